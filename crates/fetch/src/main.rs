@@ -1,1 +1,127 @@
-fn main() {}
+//! `diskless-fetch`: the helper our initramfs boot script calls.
+//!
+//! It runs before the root filesystem exists, inside Debian's stock initrd, so it is a single
+//! static binary with no async runtime and no argument-parsing framework. Every failure is
+//! printed as one line naming what failed and why; the boot script turns a non-zero exit into
+//! an initramfs panic, so a partial or corrupt image is never mounted.
+//!
+//! ```text
+//! diskless-fetch get --sha256 HEX --out FILE [--tmpfs DIR] [--retries N] URL [URL...]
+//! diskless-fetch modload FILE.ko [FILE.ko...]
+//! diskless-fetch loop FILE            prints the attached /dev/loopN
+//! diskless-fetch report URL STAGE [DETAIL]
+//! ```
+
+mod fetch;
+mod http;
+mod loopdev;
+mod modules;
+mod progress;
+mod ram;
+mod source;
+mod tftp;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("diskless-fetch: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    let (command, rest) = args.split_first().ok_or_else(usage)?;
+    match command.as_str() {
+        "get" => fetch::run(parse_get(rest)?),
+        "modload" => {
+            if rest.is_empty() {
+                return Err(usage());
+            }
+            rest.iter()
+                .try_for_each(|path| modules::load(path.as_ref()))
+        }
+        "loop" => {
+            let [file] = rest else { return Err(usage()) };
+            let device = loopdev::attach_read_only(file.as_ref())?;
+            println!("{}", device.display());
+            Ok(())
+        }
+        "report" => {
+            let (url, stage, detail) = match rest {
+                [url, stage] => (url, stage, ""),
+                [url, stage, detail] => (url, stage, detail.as_str()),
+                _ => return Err(usage()),
+            };
+            // A report is best effort: the boot goes on whether the server heard it or not.
+            if let Err(e) = http::post_report(url, stage, detail) {
+                eprintln!("diskless-fetch: report {stage} not delivered: {e}");
+            }
+            Ok(())
+        }
+        "--help" | "-h" | "help" => {
+            println!("{}", usage());
+            Ok(())
+        }
+        other => Err(format!("unknown command {other:?}\n{}", usage())),
+    }
+}
+
+fn usage() -> String {
+    "usage:\n  diskless-fetch get --sha256 HEX --out FILE [--retries N] URL [URL...]\n  \
+     diskless-fetch modload FILE.ko [FILE.ko...]\n  diskless-fetch loop FILE\n  \
+     diskless-fetch report URL STAGE [DETAIL]"
+        .to_string()
+}
+
+fn parse_get(args: &[String]) -> Result<fetch::Request, String> {
+    let mut sha256 = None;
+    let mut out = None;
+    let mut retries = 3u32;
+    let mut report_url = None;
+    let mut urls = Vec::new();
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        let mut value = |name: &str| {
+            it.next()
+                .cloned()
+                .ok_or_else(|| format!("{name} needs a value"))
+        };
+        match arg.as_str() {
+            "--sha256" => sha256 = Some(value("--sha256")?),
+            "--out" => out = Some(PathBuf::from(value("--out")?)),
+            "--retries" => {
+                let v = value("--retries")?;
+                retries = v
+                    .parse()
+                    .map_err(|_| format!("--retries: {v:?} is not a number"))?;
+            }
+            "--report" => report_url = Some(value("--report")?),
+            flag if flag.starts_with("--") => return Err(format!("unknown option {flag}")),
+            url => urls.push(url.to_string()),
+        }
+    }
+    let sha256 =
+        sha256.ok_or("get: --sha256 is required (the image is never mounted unchecked)")?;
+    let expected = fetch::parse_sha256(&sha256)?;
+    let out = out.ok_or("get: --out FILE is required")?;
+    if urls.is_empty() {
+        return Err("get: no image URL given".into());
+    }
+    let sources = urls
+        .iter()
+        .map(|u| source::Source::parse(u))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(fetch::Request {
+        sources,
+        expected_sha256: expected,
+        out,
+        retries,
+        report_url,
+    })
+}

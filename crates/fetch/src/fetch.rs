@@ -1,0 +1,280 @@
+//! `diskless-fetch get`: download the image into the RAM disk, checking size and sha256.
+//!
+//! The order of checks is the point of this file: the size is compared with free RAM and the
+//! tmpfs before a byte is written; the digest is computed while writing and compared before
+//! the boot script may mount anything; a mismatch deletes the file and retries.
+
+use crate::http;
+use crate::progress::Progress;
+use crate::ram;
+use crate::source::Source;
+use sha2::{Digest, Sha256};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub struct Request {
+    pub sources: Vec<Source>,
+    pub expected_sha256: [u8; 32],
+    pub out: PathBuf,
+    pub retries: u32,
+    /// Where to report "fetched" with the measured rate (best effort).
+    pub report_url: Option<String>,
+}
+
+/// Bytes already on disk from an interrupted HTTP download, with the digest state covering them.
+struct Partial {
+    bytes: u64,
+    hasher: Sha256,
+}
+
+/// Why one attempt failed; `Fatal` errors are not worth retrying (the image cannot fit).
+pub enum AttemptError {
+    Retry(String),
+    Fatal(String),
+}
+
+impl From<io::Error> for AttemptError {
+    fn from(e: io::Error) -> Self {
+        AttemptError::Retry(e.to_string())
+    }
+}
+
+pub fn parse_sha256(text: &str) -> Result<[u8; 32], String> {
+    let text = text.trim();
+    if text.len() != 64 {
+        return Err(format!(
+            "--sha256 must be 64 hex digits, got {} characters",
+            text.len()
+        ));
+    }
+    let mut out = [0u8; 32];
+    for (i, chunk) in text.as_bytes().chunks(2).enumerate() {
+        let pair = std::str::from_utf8(chunk).map_err(|_| "--sha256 is not hex".to_string())?;
+        out[i] =
+            u8::from_str_radix(pair, 16).map_err(|_| format!("--sha256: {pair:?} is not hex"))?;
+    }
+    Ok(out)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn run(req: Request) -> Result<(), String> {
+    let mut partial: Option<Partial> = None;
+    let mut last_error = String::new();
+    let attempts = req.retries + 1;
+    for attempt in 1..=attempts {
+        for source in &req.sources {
+            eprintln!("diskless: fetching {source} (attempt {attempt} of {attempts})");
+            match fetch_once(source, &req, &mut partial) {
+                Ok(stats) => {
+                    eprintln!(
+                        "diskless: fetched {} in {:.1} s ({:.1} MB/s), sha256 verified",
+                        Progress::human_bytes(stats.bytes),
+                        stats.seconds,
+                        stats.megabytes_per_second()
+                    );
+                    if let Some(url) = &req.report_url {
+                        let detail = format!(
+                            "bytes={} seconds={:.2} mbps={:.1}",
+                            stats.bytes,
+                            stats.seconds,
+                            stats.megabytes_per_second()
+                        );
+                        let _ = http::post_report(url, "fetched", &detail);
+                    }
+                    return Ok(());
+                }
+                Err(AttemptError::Fatal(message)) => return Err(message),
+                Err(AttemptError::Retry(message)) => {
+                    eprintln!("diskless: {source}: {message}");
+                    last_error = format!("{source}: {message}");
+                }
+            }
+        }
+        if attempt < attempts {
+            let pause = backoff(attempt);
+            eprintln!("diskless: retrying in {} s", pause.as_secs());
+            std::thread::sleep(pause);
+        }
+    }
+    let _ = fs::remove_file(&req.out);
+    Err(format!(
+        "could not fetch the image after {attempts} attempts; last error: {last_error}"
+    ))
+}
+
+/// 1, 2, 4, 8 ... seconds, capped at 30: a server being restarted gets time to come back.
+fn backoff(attempt: u32) -> Duration {
+    Duration::from_secs((1u64 << (attempt - 1).min(5)).min(30))
+}
+
+pub struct Stats {
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+impl Stats {
+    fn megabytes_per_second(&self) -> f64 {
+        self.bytes as f64 / 1e6 / self.seconds.max(1e-6)
+    }
+}
+
+fn fetch_once(
+    source: &Source,
+    req: &Request,
+    partial: &mut Option<Partial>,
+) -> Result<Stats, AttemptError> {
+    let started = std::time::Instant::now();
+    let resume_from = match (source, partial.as_ref()) {
+        (Source::Http { .. }, Some(p)) => p.bytes,
+        _ => 0,
+    };
+    let mut body = match source {
+        Source::Http { .. } => http::get(source, resume_from).map_err(AttemptError::Retry)?,
+        Source::Tftp { .. } => {
+            // TFTP cannot resume: start over.
+            *partial = None;
+            return crate::tftp::fetch(source, req, started);
+        }
+    };
+    // The server may ignore the Range request and send the whole file again.
+    let resumed = resume_from > 0 && body.resumed;
+    let total = body.total_len;
+    if let Some(total) = total {
+        check_fits(total, &req.out)?;
+    }
+    let (mut file, mut state) = if resumed {
+        let p = partial.take().expect("resumed implies partial");
+        eprintln!("diskless: resuming at {}", Progress::human_bytes(p.bytes));
+        (OpenOptions::new().append(true).open(&req.out)?, p)
+    } else {
+        let _ = fs::remove_file(&req.out);
+        (
+            File::create(&req.out).map_err(|e| {
+                AttemptError::Fatal(format!("cannot create {}: {e}", req.out.display()))
+            })?,
+            Partial {
+                bytes: 0,
+                hasher: Sha256::new(),
+            },
+        )
+    };
+    let mut progress = Progress::new(total, state.bytes);
+    let mut buf = vec![0u8; 256 * 1024];
+    let result = loop {
+        match body.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => {
+                if let Err(e) = file.write_all(&buf[..n]) {
+                    break Err(write_error(e, &req.out));
+                }
+                state.hasher.update(&buf[..n]);
+                state.bytes += n as u64;
+                progress.update(state.bytes);
+            }
+            Err(e) => break Err(AttemptError::Retry(format!("download interrupted: {e}"))),
+        }
+    };
+    if let Err(e) = result {
+        // Keep what we have: the next HTTP attempt asks only for the rest.
+        *partial = Some(state);
+        return Err(e);
+    }
+    if let Some(total) = total {
+        if state.bytes != total {
+            let message = format!("short download: {} of {total} bytes", state.bytes);
+            *partial = Some(state);
+            return Err(AttemptError::Retry(message));
+        }
+    }
+    file.sync_all()?;
+    progress.finish(state.bytes);
+    verify(
+        state.hasher.finalize().into(),
+        &req.expected_sha256,
+        &req.out,
+    )?;
+    Ok(Stats {
+        bytes: state.bytes,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Compare digests; on mismatch the file is deleted so nothing can mount it by mistake.
+pub fn verify(actual: [u8; 32], expected: &[u8; 32], out: &Path) -> Result<(), AttemptError> {
+    if &actual == expected {
+        return Ok(());
+    }
+    let _ = fs::remove_file(out);
+    Err(AttemptError::Retry(format!(
+        "sha256 mismatch: expected {}, got {} (image corrupt or replaced on the server; not mounted)",
+        hex(expected),
+        hex(&actual)
+    )))
+}
+
+/// Refuse before downloading when the image cannot fit in the tmpfs or in RAM.
+pub fn check_fits(total: u64, out: &Path) -> Result<(), AttemptError> {
+    let dir = out.parent().unwrap_or(Path::new("/"));
+    let space = ram::tmpfs_free(dir).map_err(AttemptError::Retry)?;
+    let available = ram::mem_available().map_err(AttemptError::Retry)?;
+    ram::fits(total, space, available).map_err(AttemptError::Fatal)
+}
+
+fn write_error(e: io::Error, out: &Path) -> AttemptError {
+    if e.raw_os_error() == Some(libc::ENOSPC) {
+        AttemptError::Fatal(format!(
+            "the RAM disk holding {} is full: raise diskless.size= on the kernel command line",
+            out.display()
+        ))
+    } else {
+        AttemptError::Retry(format!("writing {}: {e}", out.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sha256_parsing_rejects_bad_input() {
+        assert!(parse_sha256("abc").unwrap_err().contains("64 hex digits"));
+        assert!(parse_sha256(&"zz".repeat(32))
+            .unwrap_err()
+            .contains("not hex"));
+        let ok = parse_sha256(&"0f".repeat(32)).unwrap();
+        assert_eq!(ok, [0x0f; 32]);
+    }
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff(1), Duration::from_secs(1));
+        assert_eq!(backoff(3), Duration::from_secs(4));
+        assert_eq!(backoff(20), Duration::from_secs(30));
+    }
+
+    #[test]
+    fn verify_deletes_a_mismatching_file() {
+        let dir = std::env::temp_dir().join(format!("dlf-verify-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let out = dir.join("image");
+        fs::write(&out, b"payload").unwrap();
+        let actual: [u8; 32] = Sha256::digest(b"payload").into();
+        assert!(verify(actual, &actual, &out).is_ok());
+        assert!(out.exists());
+        let err = match verify(actual, &[0u8; 32], &out) {
+            Err(AttemptError::Retry(m)) => m,
+            _ => panic!("mismatch must be an error"),
+        };
+        assert!(err.contains("sha256 mismatch"), "{err}");
+        assert!(
+            !out.exists(),
+            "a corrupt image must not stay on the RAM disk"
+        );
+        fs::remove_dir_all(dir).unwrap();
+    }
+}

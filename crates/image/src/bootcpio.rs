@@ -1,0 +1,236 @@
+//! `diskless.cpio`: the extra initramfs archive that makes an image's stock Debian initrd boot
+//! `boot=diskless`. iPXE loads it after the stock initrd; the kernel unpacks both into one
+//! rootfs, so our files join the stock ones:
+//!
+//! ```text
+//! scripts/diskless                  the boot script (initramfs-tools/scripts/diskless)
+//! diskless/bin/diskless-fetch       the static fetch helper
+//! diskless/modules/*.ko             loop, squashfs, overlay and their dependencies,
+//! diskless/modules/load-order       decompressed, in the order they must be loaded
+//! ```
+//!
+//! Everything lives under `diskless/` except the script, which initramfs-tools' init looks for
+//! at `/scripts/${BOOT}`; nothing of the stock initrd is replaced.
+
+use crate::error::{io_at, Error, Result};
+use diskless_initramfs::CpioWriter;
+use std::collections::{BTreeMap, HashSet};
+use std::io::Read;
+use std::path::Path;
+
+/// The boot script, compiled in so the binary and the script always match.
+pub const BOOT_SCRIPT: &str = include_str!("../../../initramfs-tools/scripts/diskless");
+
+/// The modules the boot script needs and Debian's stock initrd lacks.
+pub const MODULES: &[&str] = &["loop", "squashfs", "overlay"];
+
+/// A module file to ship: its name in the archive and its (decompressed) bytes.
+struct Module {
+    file_name: String,
+    data: Vec<u8>,
+}
+
+/// Build the archive for kernel `version` of the tree at `root`.
+pub fn build(root: &Path, version: &str, fetch_helper: &Path) -> Result<Vec<u8>> {
+    let helper = std::fs::read(fetch_helper).map_err(|e| {
+        Error::Invalid(format!(
+            "cannot read the fetch helper {}: {e} (build it with scripts/build-fetch, or set DISKLESS_FETCH)",
+            fetch_helper.display()
+        ))
+    })?;
+    let modules = collect_modules(root, version)?;
+    let mut cpio = CpioWriter::new(Vec::new());
+    let io = |e: std::io::Error| Error::Invalid(format!("writing diskless.cpio: {e}"));
+    cpio.add_file("scripts/diskless", 0o755, BOOT_SCRIPT.as_bytes())
+        .map_err(io)?;
+    cpio.add_file("diskless/bin/diskless-fetch", 0o755, &helper)
+        .map_err(io)?;
+    cpio.add_dir("diskless/modules", 0o755).map_err(io)?;
+    let mut order = String::new();
+    for m in &modules {
+        cpio.add_file(&format!("diskless/modules/{}", m.file_name), 0o644, &m.data)
+            .map_err(io)?;
+        order.push_str(&m.file_name);
+        order.push('\n');
+    }
+    cpio.add_file("diskless/modules/load-order", 0o644, order.as_bytes())
+        .map_err(io)?;
+    cpio.finish().map_err(io)
+}
+
+/// Resolve MODULES and their dependencies through modules.dep, dependencies first.
+fn collect_modules(root: &Path, version: &str) -> Result<Vec<Module>> {
+    let dir = root.join("lib/modules").join(version);
+    let dep_path = dir.join("modules.dep");
+    let dep_text = std::fs::read_to_string(&dep_path).map_err(io_at(&dep_path))?;
+    let deps = parse_modules_dep(&dep_text);
+    let builtin = std::fs::read_to_string(dir.join("modules.builtin")).unwrap_or_default();
+    let mut order = Vec::new();
+    let mut seen = HashSet::new();
+    for name in MODULES {
+        match deps.keys().find(|path| module_name(path) == *name) {
+            Some(path) => visit(path, &deps, &mut seen, &mut order),
+            None if builtin.lines().any(|l| module_name(l) == *name) => {} // built into the kernel
+            None => {
+                return Err(Error::Invalid(format!(
+                    "kernel {version} has no {name} module in {} and does not build it in",
+                    dep_path.display()
+                )))
+            }
+        }
+    }
+    order
+        .into_iter()
+        .map(|rel| {
+            let path = dir.join(&rel);
+            let data = read_module(&path)?;
+            Ok(Module {
+                file_name: format!("{}.ko", module_name(&rel)),
+                data,
+            })
+        })
+        .collect()
+}
+
+fn visit(
+    path: &str,
+    deps: &BTreeMap<String, Vec<String>>,
+    seen: &mut HashSet<String>,
+    order: &mut Vec<String>,
+) {
+    if !seen.insert(path.to_string()) {
+        return;
+    }
+    for dep in deps.get(path).into_iter().flatten() {
+        visit(dep, deps, seen, order);
+    }
+    order.push(path.to_string());
+}
+
+/// `kernel/fs/overlayfs/overlay.ko.xz: dep1.ko dep2.ko` lines.
+pub fn parse_modules_dep(text: &str) -> BTreeMap<String, Vec<String>> {
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(m, d)| {
+            (
+                m.trim().to_string(),
+                d.split_whitespace().map(str::to_string).collect(),
+            )
+        })
+        .collect()
+}
+
+/// "kernel/fs/overlayfs/overlay.ko.xz" -> "overlay"; module names treat - and _ alike.
+pub fn module_name(path: &str) -> String {
+    let file = path.rsplit('/').next().unwrap_or(path);
+    file.split(".ko").next().unwrap_or(file).replace('-', "_")
+}
+
+/// Read a module, decompressing .ko.xz / .ko.zst / .ko.gz: finit_module gets a plain ELF.
+fn read_module(path: &Path) -> Result<Vec<u8>> {
+    let raw = std::fs::read(path).map_err(io_at(path))?;
+    let name = path.to_string_lossy();
+    let mut out = Vec::new();
+    let result = if name.ends_with(".ko.xz") {
+        liblzma::read::XzDecoder::new(&raw[..]).read_to_end(&mut out)
+    } else if name.ends_with(".ko.zst") {
+        zstd::stream::read::Decoder::new(&raw[..]).and_then(|mut d| d.read_to_end(&mut out))
+    } else if name.ends_with(".ko.gz") {
+        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out)
+    } else {
+        return Ok(raw);
+    };
+    result.map_err(|e| Error::Corrupt {
+        path: path.to_path_buf(),
+        what: format!("cannot decompress module: {e}"),
+    })?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn dependencies_come_first() {
+        let deps = parse_modules_dep(
+            "kernel/fs/overlayfs/overlay.ko.xz: kernel/lib/a.ko.xz\nkernel/lib/a.ko.xz: kernel/lib/b.ko.xz\nkernel/lib/b.ko.xz:\n",
+        );
+        let mut order = Vec::new();
+        visit(
+            "kernel/fs/overlayfs/overlay.ko.xz",
+            &deps,
+            &mut HashSet::new(),
+            &mut order,
+        );
+        assert_eq!(
+            order,
+            [
+                "kernel/lib/b.ko.xz",
+                "kernel/lib/a.ko.xz",
+                "kernel/fs/overlayfs/overlay.ko.xz"
+            ]
+        );
+    }
+
+    #[test]
+    fn module_names() {
+        assert_eq!(module_name("kernel/fs/overlayfs/overlay.ko.xz"), "overlay");
+        assert_eq!(module_name("kernel/drivers/block/loop.ko"), "loop");
+        assert_eq!(module_name("kernel/x/snd-hda.ko.zst"), "snd_hda");
+    }
+
+    #[test]
+    fn builds_archive_from_a_tree_with_compressed_and_builtin_modules() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("lib/modules/6.1.0-9-amd64/kernel");
+        std::fs::create_dir_all(dir.join("fs")).unwrap();
+        let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 6);
+        xz.write_all(b"\x7fELF squashfs module").unwrap();
+        std::fs::write(dir.join("fs/squashfs.ko.xz"), xz.finish().unwrap()).unwrap();
+        std::fs::write(dir.join("fs/overlay.ko"), b"\x7fELF overlay").unwrap();
+        let top = dir.parent().unwrap();
+        std::fs::write(
+            top.join("modules.dep"),
+            "kernel/fs/squashfs.ko.xz:\nkernel/fs/overlay.ko:\n",
+        )
+        .unwrap();
+        std::fs::write(
+            top.join("modules.builtin"),
+            "kernel/drivers/block/loop.ko\n",
+        )
+        .unwrap();
+        let helper = root.path().join("helper");
+        std::fs::write(&helper, b"#!helper").unwrap();
+        let archive = build(root.path(), "6.1.0-9-amd64", &helper).unwrap();
+        let mut reader = diskless_initramfs::CpioReader::new(&archive[..]);
+        let mut files = BTreeMap::new();
+        while let Some(h) = reader.next_entry().unwrap() {
+            let name = h.name_lossy().into_owned();
+            files.insert(name, reader.read_data_to_vec().unwrap());
+        }
+        assert_eq!(
+            files["diskless/modules/squashfs.ko"],
+            b"\x7fELF squashfs module"
+        );
+        assert_eq!(
+            files["diskless/modules/load-order"],
+            b"squashfs.ko\noverlay.ko\n"
+        );
+        assert_eq!(files["scripts/diskless"], BOOT_SCRIPT.as_bytes());
+        assert_eq!(files["diskless/bin/diskless-fetch"], b"#!helper");
+    }
+
+    #[test]
+    fn missing_module_is_named() {
+        let root = tempfile::tempdir().unwrap();
+        let top = root.path().join("lib/modules/v");
+        std::fs::create_dir_all(&top).unwrap();
+        std::fs::write(top.join("modules.dep"), "").unwrap();
+        let helper = root.path().join("helper");
+        std::fs::write(&helper, b"x").unwrap();
+        let err = build(root.path(), "v", &helper).unwrap_err().to_string();
+        assert!(err.contains("no loop module"), "{err}");
+    }
+}

@@ -1,0 +1,196 @@
+//! `diskless image build`: a root tree in, a verified store version out.
+
+use crate::bootcpio;
+use crate::command;
+use crate::error::{io_at, Error, Result};
+use crate::kernel;
+use crate::manifest::{self, hash_file, Manifest, BOOT_CPIO, INITRD, KERNEL, SQUASHFS};
+use crate::store::Store;
+use crate::tidy::{self, TidyOptions};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::str::FromStr;
+use std::time::Instant;
+
+/// mksquashfs compressors we offer; zstd decompresses fastest for the size on a client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Compression {
+    #[default]
+    Zstd,
+    Xz,
+    Gzip,
+    Lz4,
+}
+
+impl Compression {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Compression::Zstd => "zstd",
+            Compression::Xz => "xz",
+            Compression::Gzip => "gzip",
+            Compression::Lz4 => "lz4",
+        }
+    }
+}
+
+impl FromStr for Compression {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "zstd" => Ok(Compression::Zstd),
+            "xz" => Ok(Compression::Xz),
+            "gzip" => Ok(Compression::Gzip),
+            "lz4" => Ok(Compression::Lz4),
+            other => Err(format!(
+                "unknown compression {other:?}: use zstd, xz, gzip or lz4"
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildConfig {
+    pub source: PathBuf,
+    pub name: String,
+    pub compression: Compression,
+    /// mksquashfs block size in bytes (4 KiB to 1 MiB, a power of two); None: its default.
+    pub block_size: Option<u32>,
+    pub tidy: TidyOptions,
+    /// The static `diskless-fetch` binary that goes into diskless.cpio.
+    pub fetch_helper: PathBuf,
+    /// None: all cores.
+    pub processors: Option<usize>,
+    /// Let mksquashfs draw its progress bar (on a terminal).
+    pub progress_bar: bool,
+}
+
+#[derive(Debug)]
+pub struct BuildReport {
+    pub manifest: Manifest,
+    pub version_dir: PathBuf,
+    pub total_seconds: f64,
+}
+
+pub fn validate_block_size(size: u32) -> Result<()> {
+    if size.is_power_of_two() && (4096..=1 << 20).contains(&size) {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "block size {size} must be a power of two from 4096 to 1048576"
+        )))
+    }
+}
+
+pub fn build(store: &Store, cfg: &BuildConfig) -> Result<BuildReport> {
+    let started = Instant::now();
+    let source = std::fs::canonicalize(&cfg.source).map_err(io_at(&cfg.source))?;
+    if !source.is_dir() {
+        return Err(Error::Invalid(format!(
+            "{} is not a directory",
+            source.display()
+        )));
+    }
+    if let Some(size) = cfg.block_size {
+        validate_block_size(size)?;
+    }
+    let kernel = kernel::find(&source)?;
+    let staging = store.begin(&cfg.name)?;
+    let work = staging.dir.join(".work");
+    std::fs::create_dir(&work).map_err(io_at(&work))?;
+
+    let mut tidy_opts = cfg.tidy.clone();
+    tidy_opts.running_system |= source == Path::new("/");
+    tidy_opts
+        .own_paths
+        .push(std::fs::canonicalize(store.root()).map_err(io_at(store.root()))?);
+    let plan = tidy::plan(&source, &work, &tidy_opts)?;
+    let exclude_file = work.join("exclude");
+    std::fs::write(&exclude_file, plan.excludes.join("\n") + "\n").map_err(io_at(&exclude_file))?;
+    let pseudo_file = work.join("pseudo");
+    std::fs::write(&pseudo_file, plan.pseudo.join("\n") + "\n").map_err(io_at(&pseudo_file))?;
+
+    let squashfs = staging.dir.join(SQUASHFS);
+    let mut mksquashfs = Command::new("mksquashfs");
+    mksquashfs
+        .arg(&source)
+        .arg(&squashfs)
+        .args(["-noappend", "-comp", cfg.compression.as_str()])
+        .args(["-wildcards", "-ef"])
+        .arg(&exclude_file)
+        .arg("-pf")
+        .arg(&pseudo_file);
+    if let Some(size) = cfg.block_size {
+        mksquashfs.args(["-b", &size.to_string()]);
+    }
+    if let Some(n) = cfg.processors {
+        mksquashfs.args(["-processors", &n.to_string()]);
+    }
+    if tidy_opts.running_system {
+        mksquashfs.arg("-one-file-system");
+    }
+    if !cfg.progress_bar {
+        mksquashfs.arg("-no-progress").arg("-quiet");
+    }
+    let squash_started = Instant::now();
+    command::run_visible(&mut mksquashfs)?;
+    let build_seconds = squash_started.elapsed().as_secs_f64();
+
+    copy(&kernel.vmlinuz, &staging.dir.join(KERNEL))?;
+    copy(&kernel.initrd, &staging.dir.join(INITRD))?;
+    let cpio = bootcpio::build(&source, &kernel.version, &cfg.fetch_helper)?;
+    let cpio_path = staging.dir.join(BOOT_CPIO);
+    std::fs::write(&cpio_path, cpio).map_err(io_at(&cpio_path))?;
+    std::fs::remove_dir_all(&work).map_err(io_at(&work))?;
+
+    let mut files = BTreeMap::new();
+    for name in [SQUASHFS, KERNEL, INITRD, BOOT_CPIO] {
+        files.insert(name.to_string(), hash_file(&staging.dir.join(name))?);
+    }
+    let (created, stamp) = manifest::now_stamps();
+    let version = format!("{stamp}-{}", &files[SQUASHFS].sha256[..8]);
+    let manifest = Manifest {
+        name: cfg.name.clone(),
+        version,
+        created,
+        kernel_version: kernel.version.clone(),
+        compression: cfg.compression.as_str().to_string(),
+        source: source.display().to_string(),
+        build_seconds,
+        files,
+        changes: plan.changes,
+    };
+    let version_dir = store.publish(staging, &manifest)?;
+    Ok(BuildReport {
+        manifest,
+        version_dir,
+        total_seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+fn copy(from: &Path, to: &Path) -> Result<()> {
+    std::fs::copy(from, to).map_err(io_at(from))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compression_names() {
+        for c in ["zstd", "xz", "gzip", "lz4"] {
+            assert_eq!(Compression::from_str(c).unwrap().as_str(), c);
+        }
+        assert!(Compression::from_str("bzip9")
+            .unwrap_err()
+            .contains("zstd, xz, gzip or lz4"));
+    }
+
+    #[test]
+    fn block_sizes() {
+        assert!(validate_block_size(131072).is_ok());
+        assert!(validate_block_size(1000).is_err());
+        assert!(validate_block_size(2 << 20).is_err());
+    }
+}

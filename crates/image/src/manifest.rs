@@ -1,0 +1,177 @@
+//! `manifest.json`: what one stored image version is made of, with sizes and sha256 digests.
+
+use crate::error::{io_at, Error, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+
+/// The files of a version, by the names clients fetch them under.
+pub const SQUASHFS: &str = "root.squashfs";
+pub const KERNEL: &str = "vmlinuz";
+pub const INITRD: &str = "initrd.img";
+pub const BOOT_CPIO: &str = "diskless.cpio";
+pub const MANIFEST: &str = "manifest.json";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    pub name: String,
+    pub version: String,
+    /// UTC, RFC 3339.
+    pub created: String,
+    pub kernel_version: String,
+    pub compression: String,
+    pub source: String,
+    /// Seconds mksquashfs took.
+    pub build_seconds: f64,
+    pub files: BTreeMap<String, FileEntry>,
+    /// The image-only changes made (fstab lines removed, keys removed, ...).
+    pub changes: Vec<String>,
+}
+
+impl Manifest {
+    pub fn squashfs(&self) -> &FileEntry {
+        &self.files[SQUASHFS]
+    }
+
+    pub fn load(path: &Path) -> Result<Manifest> {
+        let text = std::fs::read_to_string(path).map_err(io_at(path))?;
+        serde_json::from_str(&text).map_err(|e| Error::Corrupt {
+            path: path.to_path_buf(),
+            what: format!("not a valid manifest: {e}"),
+        })
+    }
+
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let text = serde_json::to_string_pretty(self).expect("manifest serializes");
+        std::fs::write(path, text + "\n").map_err(io_at(path))
+    }
+
+    /// Check every file of the version in `dir` against its size and digest.
+    pub fn verify(&self, dir: &Path) -> Result<()> {
+        for (name, entry) in &self.files {
+            let path = dir.join(name);
+            let actual = hash_file(&path)?;
+            if actual.size != entry.size || actual.sha256 != entry.sha256 {
+                return Err(Error::Corrupt {
+                    path,
+                    what: format!(
+                        "expected {} bytes with sha256 {}, found {} bytes with sha256 {}",
+                        entry.size, entry.sha256, actual.size, actual.sha256
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Size and sha256 of a file, read in blocks.
+pub fn hash_file(path: &Path) -> Result<FileEntry> {
+    let mut file = std::fs::File::open(path).map_err(io_at(path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(io_at(path))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+    Ok(FileEntry {
+        size,
+        sha256: hex::encode(hasher.finalize()),
+    })
+}
+
+/// Now as RFC 3339 UTC, and as a compact version stamp `YYYYMMDD-HHMMSS`.
+pub fn now_stamps() -> (String, String) {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    stamps(secs)
+}
+
+fn stamps(secs: u64) -> (String, String) {
+    let (days, rem) = (secs / 86400, secs % 86400);
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    let (y, mo, d) = civil_from_days(days as i64);
+    (
+        format!("{y:04}-{mo:02}-{d:02}T{h:02}:{m:02}:{s:02}Z"),
+        format!("{y:04}{mo:02}{d:02}-{h:02}{m:02}{s:02}"),
+    )
+}
+
+/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian (H. Hinnant's algorithm).
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps() {
+        assert_eq!(stamps(0).0, "1970-01-01T00:00:00Z");
+        assert_eq!(
+            stamps(1_795_638_896),
+            ("2026-11-25T20:34:56Z".into(), "20261125-203456".into())
+        );
+        assert_eq!(stamps(951_782_400).0, "2000-02-29T00:00:00Z");
+    }
+
+    #[test]
+    fn verify_catches_a_changed_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join(SQUASHFS), b"image").unwrap();
+        let mut m = Manifest {
+            name: "n".into(),
+            version: "v".into(),
+            created: String::new(),
+            kernel_version: String::new(),
+            compression: "zstd".into(),
+            source: "/".into(),
+            build_seconds: 0.0,
+            files: BTreeMap::new(),
+            changes: vec![],
+        };
+        m.files.insert(
+            SQUASHFS.into(),
+            hash_file(&dir.path().join(SQUASHFS)).unwrap(),
+        );
+        m.verify(dir.path()).unwrap();
+        std::fs::write(dir.path().join(SQUASHFS), b"imagf").unwrap();
+        let err = m.verify(dir.path()).unwrap_err().to_string();
+        assert!(
+            err.contains("root.squashfs") && err.contains("sha256"),
+            "{err}"
+        );
+        let saved = dir.path().join(MANIFEST);
+        m.save(&saved).unwrap();
+        assert_eq!(Manifest::load(&saved).unwrap(), m);
+        std::fs::write(&saved, "{").unwrap();
+        assert!(Manifest::load(&saved)
+            .unwrap_err()
+            .to_string()
+            .contains("not a valid manifest"));
+    }
+}

@@ -1,0 +1,317 @@
+//! The image store: every build is a new version, and clients get the `current` one.
+//!
+//! ```text
+//! STORE/images/NAME/VERSION/{root.squashfs, vmlinuz, initrd.img, diskless.cpio, manifest.json}
+//! STORE/images/NAME/current -> VERSION
+//! STORE/images/NAME/.staging-*/     a build in progress; never served
+//! ```
+//!
+//! A version directory appears by one rename once all its files are written and verified, and
+//! `current` is switched by renaming a new symlink over the old one, so a reader sees the old
+//! version or the new one, never a mix. Clients get URLs that name the version, so a client in
+//! the middle of a boot keeps fetching the files of the version it started with.
+
+use crate::error::{io_at, Error, Result};
+use crate::manifest::{Manifest, MANIFEST};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// A version being built; dropped without `Store::publish`, it is removed.
+#[derive(Debug)]
+pub struct Staging {
+    pub dir: PathBuf,
+    published: bool,
+}
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if !self.published {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+/// Image names and versions become path components and URL segments: keep them plain.
+pub fn validate_name(kind: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name != "current"
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!(
+            "{kind} {name:?} is not valid: use 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'"
+        )))
+    }
+}
+
+impl Store {
+    pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
+        let root = root.into();
+        let images = root.join("images");
+        std::fs::create_dir_all(&images).map_err(io_at(&images))?;
+        Ok(Store { root })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    pub fn image_dir(&self, name: &str) -> PathBuf {
+        self.root.join("images").join(name)
+    }
+
+    pub fn version_dir(&self, name: &str, version: &str) -> PathBuf {
+        self.image_dir(name).join(version)
+    }
+
+    /// The names of all images that have a current version.
+    pub fn images(&self) -> Result<Vec<String>> {
+        let dir = self.root.join("images");
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .map_err(io_at(&dir))?
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.') && self.image_dir(n).join("current").exists())
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    pub fn begin(&self, name: &str) -> Result<Staging> {
+        validate_name("image name", name)?;
+        let image = self.image_dir(name);
+        std::fs::create_dir_all(&image).map_err(io_at(&image))?;
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0);
+        let dir = image.join(format!(".staging-{}-{nanos}", std::process::id()));
+        std::fs::create_dir(&dir).map_err(io_at(&dir))?;
+        Ok(Staging {
+            dir,
+            published: false,
+        })
+    }
+
+    /// Verify the staged files against the manifest, move them into place as a new version
+    /// and make it current.
+    pub fn publish(&self, mut staging: Staging, manifest: &Manifest) -> Result<PathBuf> {
+        validate_name("version", &manifest.version)?;
+        manifest.verify(&staging.dir)?;
+        manifest.save(&staging.dir.join(MANIFEST))?;
+        let target = self.version_dir(&manifest.name, &manifest.version);
+        if target.exists() {
+            return Err(Error::Invalid(format!(
+                "version {} already exists",
+                target.display()
+            )));
+        }
+        std::fs::rename(&staging.dir, &target).map_err(io_at(&target))?;
+        staging.published = true;
+        self.set_current(&manifest.name, &manifest.version)?;
+        Ok(target)
+    }
+
+    /// Point `current` at `version`, atomically.
+    pub fn set_current(&self, name: &str, version: &str) -> Result<()> {
+        validate_name("image name", name)?;
+        validate_name("version", version)?;
+        let dir = self.version_dir(name, version);
+        if !dir.join(MANIFEST).is_file() {
+            return Err(Error::Invalid(format!(
+                "image {name} has no version {version}"
+            )));
+        }
+        let image = self.image_dir(name);
+        let tmp = image.join(format!(".current-{}", std::process::id()));
+        let _ = std::fs::remove_file(&tmp);
+        std::os::unix::fs::symlink(version, &tmp).map_err(io_at(&tmp))?;
+        let current = image.join("current");
+        std::fs::rename(&tmp, &current).map_err(io_at(&current))
+    }
+
+    /// The version `current` points at.
+    pub fn current_version(&self, name: &str) -> Result<String> {
+        validate_name("image name", name)?;
+        let link = self.image_dir(name).join("current");
+        let target = std::fs::read_link(&link).map_err(|_| {
+            Error::Invalid(format!(
+                "no image named {name:?} in {}",
+                self.root.display()
+            ))
+        })?;
+        Ok(target.to_string_lossy().into_owned())
+    }
+
+    pub fn manifest(&self, name: &str, version: &str) -> Result<Manifest> {
+        validate_name("image name", name)?;
+        validate_name("version", version)?;
+        Manifest::load(&self.version_dir(name, version).join(MANIFEST))
+    }
+
+    pub fn current(&self, name: &str) -> Result<Manifest> {
+        self.manifest(name, &self.current_version(name)?)
+    }
+
+    /// All complete versions of an image, oldest first.
+    pub fn versions(&self, name: &str) -> Result<Vec<Manifest>> {
+        validate_name("image name", name)?;
+        let dir = self.image_dir(name);
+        let mut versions: Vec<Manifest> = std::fs::read_dir(&dir)
+            .map_err(io_at(&dir))?
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| !n.starts_with('.'))
+            .filter_map(|n| self.manifest(name, &n).ok())
+            .collect();
+        versions.sort_by(|a, b| a.created.cmp(&b.created).then(a.version.cmp(&b.version)));
+        Ok(versions)
+    }
+
+    /// Make the version before the current one current again.
+    pub fn rollback(&self, name: &str) -> Result<String> {
+        let current = self.current_version(name)?;
+        let versions = self.versions(name)?;
+        let pos = versions
+            .iter()
+            .position(|m| m.version == current)
+            .unwrap_or(0);
+        let previous = pos
+            .checked_sub(1)
+            .and_then(|i| versions.get(i))
+            .ok_or_else(|| {
+                Error::Invalid(format!("image {name} has no version older than {current}"))
+            })?;
+        self.set_current(name, &previous.version)?;
+        Ok(previous.version.clone())
+    }
+
+    /// Remove all but the newest `keep` versions; the current one is always kept.
+    pub fn prune(&self, name: &str, keep: usize) -> Result<Vec<String>> {
+        let current = self.current_version(name)?;
+        let versions = self.versions(name)?;
+        let cut = versions.len().saturating_sub(keep);
+        let mut removed = Vec::new();
+        for m in &versions[..cut] {
+            if m.version == current {
+                continue;
+            }
+            let dir = self.version_dir(name, &m.version);
+            std::fs::remove_dir_all(&dir).map_err(io_at(&dir))?;
+            removed.push(m.version.clone());
+        }
+        Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::{hash_file, SQUASHFS};
+    use std::collections::BTreeMap;
+
+    fn publish(store: &Store, version: &str, created: &str, content: &[u8]) -> Result<PathBuf> {
+        let staging = store.begin("lab")?;
+        std::fs::write(staging.dir.join(SQUASHFS), content).unwrap();
+        let mut files = BTreeMap::new();
+        files.insert(
+            SQUASHFS.to_string(),
+            hash_file(&staging.dir.join(SQUASHFS))?,
+        );
+        let m = Manifest {
+            name: "lab".into(),
+            version: version.into(),
+            created: created.into(),
+            kernel_version: "k".into(),
+            compression: "zstd".into(),
+            source: "/src".into(),
+            build_seconds: 1.0,
+            files,
+            changes: vec![],
+        };
+        store.publish(staging, &m)
+    }
+
+    #[test]
+    fn publish_rollback_and_prune() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        publish(&store, "v1", "2026-01-01T00:00:00Z", b"one").unwrap();
+        publish(&store, "v2", "2026-01-02T00:00:00Z", b"two").unwrap();
+        publish(&store, "v3", "2026-01-03T00:00:00Z", b"three").unwrap();
+        assert_eq!(store.current_version("lab").unwrap(), "v3");
+        assert_eq!(store.images().unwrap(), vec!["lab"]);
+        assert_eq!(store.rollback("lab").unwrap(), "v2");
+        assert_eq!(store.current(&"lab").unwrap().version, "v2");
+        // Keeping one keeps the newest and the current (v2) version.
+        let removed = store.prune("lab", 1).unwrap();
+        assert_eq!(removed, vec!["v1"]);
+        let left: Vec<_> = store
+            .versions("lab")
+            .unwrap()
+            .into_iter()
+            .map(|m| m.version)
+            .collect();
+        assert_eq!(left, ["v2", "v3"]);
+    }
+
+    #[test]
+    fn a_failed_build_leaves_nothing_behind() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let staging = store.begin("lab").unwrap();
+        let staged = staging.dir.clone();
+        drop(staging);
+        assert!(!staged.exists());
+        assert!(store.current_version("lab").is_err());
+    }
+
+    #[test]
+    fn names_cannot_escape_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for bad in ["../etc", "a/b", ".hidden", "", "current"] {
+            assert!(store.begin(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(store
+            .manifest("lab", "../../etc")
+            .unwrap_err()
+            .to_string()
+            .contains("not valid"));
+    }
+
+    #[test]
+    fn corrupt_staged_file_is_not_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        publish(&store, "v1", "2026-01-01T00:00:00Z", b"one").unwrap();
+        let staging = store.begin("lab").unwrap();
+        std::fs::write(staging.dir.join(SQUASHFS), b"two").unwrap();
+        let mut files = BTreeMap::new();
+        files.insert(
+            SQUASHFS.to_string(),
+            crate::manifest::FileEntry {
+                size: 3,
+                sha256: "0".repeat(64),
+            },
+        );
+        let m = Manifest {
+            version: "v2".into(),
+            files,
+            ..store.current("lab").unwrap()
+        };
+        assert!(store.publish(staging, &m).is_err());
+        assert_eq!(store.current_version("lab").unwrap(), "v1");
+        assert!(!store.version_dir("lab", "v2").exists());
+    }
+}

@@ -1,0 +1,345 @@
+//! The changes an image needs that its source must not get, planned as mksquashfs exclusions
+//! and pseudo files: the source tree is read, never written.
+//!
+//! Why each change: a root or swap line in fstab makes systemd wait 90 s for a disk the client
+//! does not have; a resume device in the initramfs config delays boot the same way; a shared
+//! machine-id or ssh host key makes every client the same machine to the network.
+
+use crate::error::{io_at, Result};
+use std::fs;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+
+/// How the source tree is to be read.
+#[derive(Debug, Clone, Default)]
+pub struct TidyOptions {
+    /// The source is a running system's `/`: stay on its filesystem and leave out runtime state.
+    pub running_system: bool,
+    /// More paths (relative to the source, wildcards allowed) to leave out.
+    pub extra_excludes: Vec<String>,
+    /// Paths under the source to leave out because they are ours (the store, the cache).
+    pub own_paths: Vec<PathBuf>,
+}
+
+/// The plan: what mksquashfs leaves out, what it adds, and the report for the user.
+#[derive(Debug, Default)]
+pub struct Plan {
+    /// Patterns for `-wildcards -ef`, relative to the source root.
+    pub excludes: Vec<String>,
+    /// Lines for `-pf`: files the image gets instead of the source's.
+    pub pseudo: Vec<String>,
+    /// One line per change, shown to the user and kept in the manifest.
+    pub changes: Vec<String>,
+}
+
+/// Leave out the contents of these directories but keep the directories (mount points).
+const RUNTIME_DIRS: &[&str] = &["proc", "sys", "dev", "run", "tmp", "var/tmp"];
+/// Left out of every image: package downloads, and our own bootstrap bookkeeping.
+const ALWAYS_EXCLUDED: &[&str] = &[
+    "var/cache/apt/archives/*.deb",
+    "var/cache/apt/archives/partial/*",
+    "debootstrap",
+    crate::bootstrap::MARKER,
+];
+/// Only from a running system: removable and manual mount points, lost+found.
+const RUNNING_SYSTEM_EXCLUDED: &[&str] = &["mnt/*", "media/*", "lost+found", "var/lib/diskless/*"];
+
+/// The unit that gives every client its own ssh host keys at first boot.
+pub const SSH_KEYGEN_UNIT: &str = "[Unit]
+Description=Generate this client's own ssh host keys (diskless images ship none)
+Before=ssh.service
+ConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -A
+
+[Install]
+WantedBy=multi-user.target
+";
+
+pub fn plan(source: &Path, stage: &Path, opts: &TidyOptions) -> Result<Plan> {
+    let mut plan = Plan::default();
+    for dir in RUNTIME_DIRS {
+        plan.excludes.push(format!("{dir}/*"));
+    }
+    plan.excludes
+        .extend(ALWAYS_EXCLUDED.iter().map(|s| s.to_string()));
+    if opts.running_system {
+        plan.excludes
+            .extend(RUNNING_SYSTEM_EXCLUDED.iter().map(|s| s.to_string()));
+        for swap in swap_files(source) {
+            plan.changes.push(format!("left out swap file /{swap}"));
+            plan.excludes.push(swap);
+        }
+    }
+    for own in &opts.own_paths {
+        if let Ok(rel) = own.strip_prefix(source) {
+            if !rel.as_os_str().is_empty() {
+                plan.excludes.push(rel.display().to_string());
+            }
+        }
+    }
+    plan.excludes.extend(
+        opts.extra_excludes
+            .iter()
+            .map(|e| e.trim_start_matches('/').to_string()),
+    );
+
+    fstab(source, stage, &mut plan)?;
+    resume(source, &mut plan);
+    machine_id(source, stage, &mut plan)?;
+    ssh_host_keys(source, stage, &mut plan)?;
+    hostname(source, &mut plan);
+    Ok(plan)
+}
+
+/// Replace `rel` in the image with `content`, keeping the source file's mode and owner.
+fn replace_file(
+    source: &Path,
+    stage: &Path,
+    rel: &str,
+    content: &str,
+    plan: &mut Plan,
+) -> Result<()> {
+    let (mode, uid, gid) = match fs::symlink_metadata(source.join(rel)) {
+        Ok(m) => (m.mode() & 0o7777, m.uid(), m.gid()),
+        Err(_) => (0o644, 0, 0),
+    };
+    let staged = stage.join(rel.replace('/', "__"));
+    fs::write(&staged, content).map_err(io_at(&staged))?;
+    plan.excludes.push(rel.to_string());
+    plan.pseudo.push(format!(
+        "{rel} f {mode:o} {uid} {gid} cat {}",
+        staged.display()
+    ));
+    Ok(())
+}
+
+/// The fstab without root and swap lines; returns the lines removed.
+pub fn strip_fstab(text: &str) -> (String, Vec<String>) {
+    let mut kept = String::new();
+    let mut removed = Vec::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let is_entry = !line.trim_start().starts_with('#') && fields.len() >= 3;
+        if is_entry && (fields[1] == "/" || fields[2] == "swap") {
+            removed.push(line.trim().to_string());
+        } else {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    (kept, removed)
+}
+
+fn fstab(source: &Path, stage: &Path, plan: &mut Plan) -> Result<()> {
+    let Ok(text) = fs::read_to_string(source.join("etc/fstab")) else {
+        return Ok(());
+    };
+    let (kept, removed) = strip_fstab(&text);
+    if removed.is_empty() {
+        return Ok(());
+    }
+    replace_file(source, stage, "etc/fstab", &kept, plan)?;
+    for line in removed {
+        plan.changes.push(format!("etc/fstab: removed {line:?}"));
+    }
+    Ok(())
+}
+
+fn resume(source: &Path, plan: &mut Plan) {
+    for rel in ["etc/initramfs-tools/conf.d/resume", "etc/uswsusp.conf"] {
+        if source.join(rel).exists() {
+            plan.excludes.push(rel.to_string());
+            plan.changes.push(format!(
+                "{rel}: removed (no resume device on a diskless client)"
+            ));
+        }
+    }
+}
+
+fn machine_id(source: &Path, stage: &Path, plan: &mut Plan) -> Result<()> {
+    let etc = source.join("etc/machine-id");
+    if fs::metadata(&etc).is_ok_and(|m| m.len() > 0) {
+        replace_file(source, stage, "etc/machine-id", "", plan)?;
+        plan.changes.push(
+            "etc/machine-id: emptied (each client gets its own, from systemd.machine_id=)".into(),
+        );
+    }
+    // dbus keeps its own copy unless it is a link to /etc/machine-id.
+    let dbus = "var/lib/dbus/machine-id";
+    if fs::symlink_metadata(source.join(dbus)).is_ok_and(|m| m.file_type().is_file()) {
+        plan.excludes.push(dbus.to_string());
+        plan.changes.push(format!(
+            "{dbus}: removed (dbus falls back to /etc/machine-id)"
+        ));
+    }
+    Ok(())
+}
+
+fn ssh_host_keys(source: &Path, stage: &Path, plan: &mut Plan) -> Result<()> {
+    let dir = source.join("etc/ssh");
+    let Ok(entries) = fs::read_dir(&dir) else {
+        return Ok(());
+    };
+    let mut keys: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with("ssh_host_"))
+        .collect();
+    keys.sort();
+    for key in &keys {
+        plan.excludes.push(format!("etc/ssh/{key}"));
+        plan.changes
+            .push(format!("etc/ssh/{key}: removed (shared host keys)"));
+    }
+    if dir.join("sshd_config").exists() {
+        let unit = "etc/systemd/system/diskless-ssh-keygen.service";
+        replace_file(source, stage, unit, SSH_KEYGEN_UNIT, plan)?;
+        let wants = "etc/systemd/system/multi-user.target.wants";
+        if !source.join(wants).is_dir() {
+            plan.pseudo.push(format!("{wants} d 755 0 0"));
+        }
+        plan.pseudo.push(format!(
+            "{wants}/diskless-ssh-keygen.service s 777 0 0 ../diskless-ssh-keygen.service"
+        ));
+        plan.changes.push(format!(
+            "{unit}: added (each client generates its own ssh host keys)"
+        ));
+    }
+    Ok(())
+}
+
+fn hostname(source: &Path, plan: &mut Plan) {
+    if source.join("etc/hostname").exists() {
+        plan.excludes.push("etc/hostname".into());
+        plan.changes
+            .push("etc/hostname: removed (the name comes from DHCP or the client's config)".into());
+    }
+}
+
+/// Swap files named in /proc/swaps (when the source is this system) or in the source's fstab.
+fn swap_files(source: &Path) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut consider = |path: &str| {
+        let rel = path.trim_start_matches('/');
+        if path.starts_with('/') && source.join(rel).is_file() && !found.contains(&rel.to_string())
+        {
+            found.push(rel.to_string());
+        }
+    };
+    if source == Path::new("/") {
+        if let Ok(text) = fs::read_to_string("/proc/swaps") {
+            text.lines()
+                .skip(1)
+                .filter_map(|l| l.split_whitespace().next())
+                .for_each(&mut consider);
+        }
+    }
+    if let Ok(text) = fs::read_to_string(source.join("etc/fstab")) {
+        text.lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|f| f.len() >= 3 && f[2] == "swap" && !f[0].starts_with('#'))
+            .for_each(|f| consider(f[0]));
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FSTAB: &str = "# /etc/fstab\nUUID=1234 / ext4 errors=remount-ro 0 1\nUUID=5678 none swap sw 0 0\n/swapfile none swap sw 0 0\nLABEL=data /srv/data ext4 defaults 0 2\n";
+
+    #[test]
+    fn fstab_loses_root_and_swap_and_keeps_the_rest() {
+        let (kept, removed) = strip_fstab(FSTAB);
+        assert_eq!(
+            kept,
+            "# /etc/fstab\nLABEL=data /srv/data ext4 defaults 0 2\n"
+        );
+        assert_eq!(removed.len(), 3);
+        assert!(removed[0].contains("UUID=1234 /"));
+    }
+
+    #[test]
+    fn plan_for_a_running_system_like_tree() {
+        let src = tempfile::tempdir().unwrap();
+        let stage = tempfile::tempdir().unwrap();
+        let s = src.path();
+        for d in ["etc/ssh", "etc/initramfs-tools/conf.d", "var/lib/dbus"] {
+            fs::create_dir_all(s.join(d)).unwrap();
+        }
+        fs::write(s.join("etc/fstab"), FSTAB).unwrap();
+        fs::write(s.join("swapfile"), "x").unwrap();
+        fs::write(
+            s.join("etc/machine-id"),
+            "0123456789abcdef0123456789abcdef\n",
+        )
+        .unwrap();
+        fs::write(s.join("var/lib/dbus/machine-id"), "0123\n").unwrap();
+        fs::write(
+            s.join("etc/initramfs-tools/conf.d/resume"),
+            "RESUME=UUID=5678\n",
+        )
+        .unwrap();
+        fs::write(s.join("etc/ssh/sshd_config"), "").unwrap();
+        fs::write(s.join("etc/ssh/ssh_host_ed25519_key"), "secret").unwrap();
+        fs::write(s.join("etc/hostname"), "master\n").unwrap();
+        let opts = TidyOptions {
+            running_system: true,
+            ..Default::default()
+        };
+        let plan = plan(s, stage.path(), &opts).unwrap();
+        for expected in [
+            "etc/fstab",
+            "swapfile",
+            "etc/machine-id",
+            "var/lib/dbus/machine-id",
+            "etc/initramfs-tools/conf.d/resume",
+            "etc/ssh/ssh_host_ed25519_key",
+            "etc/hostname",
+            "proc/*",
+            "mnt/*",
+        ] {
+            assert!(
+                plan.excludes.iter().any(|e| e == expected),
+                "{expected} not excluded: {:?}",
+                plan.excludes
+            );
+        }
+        let staged_fstab = fs::read_to_string(stage.path().join("etc__fstab")).unwrap();
+        assert!(!staged_fstab.contains(" / "));
+        assert!(staged_fstab.contains("/srv/data"));
+        assert!(plan
+            .pseudo
+            .iter()
+            .any(|p| p.starts_with("etc/machine-id f ")));
+        assert!(plan
+            .pseudo
+            .iter()
+            .any(|p| p.contains("diskless-ssh-keygen.service s 777")));
+        assert!(plan.changes.len() >= 8, "{:#?}", plan.changes);
+        // The source is untouched.
+        assert_eq!(fs::read_to_string(s.join("etc/fstab")).unwrap(), FSTAB);
+        assert!(s.join("etc/ssh/ssh_host_ed25519_key").exists());
+    }
+
+    #[test]
+    fn a_clean_chroot_needs_few_changes() {
+        let src = tempfile::tempdir().unwrap();
+        let stage = tempfile::tempdir().unwrap();
+        fs::create_dir_all(src.path().join("etc")).unwrap();
+        fs::write(
+            src.path().join("etc/fstab"),
+            "# UNCONFIGURED FSTAB FOR BASE SYSTEM\n",
+        )
+        .unwrap();
+        fs::write(src.path().join("etc/machine-id"), "").unwrap();
+        let plan = plan(src.path(), stage.path(), &TidyOptions::default()).unwrap();
+        assert!(plan.pseudo.is_empty(), "{:?}", plan.pseudo);
+        assert!(plan.changes.is_empty(), "{:?}", plan.changes);
+        assert!(!plan.excludes.iter().any(|e| e == "mnt/*"));
+    }
+}
