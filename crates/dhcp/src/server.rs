@@ -1,0 +1,211 @@
+//! The tokio socket loop around [`Responder`]: bind, receive, decide,
+//! send, save leases. Bad packets are logged at debug and dropped; the loop
+//! ends only on `shutdown` or a failure to bind.
+
+use std::future::Future;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::net::UdpSocket;
+use tracing::{debug, info, warn};
+
+use crate::responder::{Destination, DhcpEvent, EventAction, Handled};
+use crate::{
+    format_mac, BootPolicy, DhcpConfig, DhcpError, LeaseStore, Mode, Responder, CLIENT_PORT,
+    PXE_PORT, SERVER_PORT,
+};
+
+/// Receives every [`DhcpEvent`] (e.g. to record a client's DHCP stage).
+/// Called on the server task: keep it short and non-blocking.
+pub type EventSink = Arc<dyn Fn(&DhcpEvent) + Send + Sync>;
+
+/// Largest datagram we read; DHCP messages are at most 576 bytes unless
+/// the client allows more (option 57), and never near this.
+const RECV_BUF: usize = 4096;
+
+/// Serve DHCP on `interface` until `shutdown` completes.
+///
+/// Binds 0.0.0.0:67 (and 0.0.0.0:4011 in proxy mode) with SO_BROADCAST,
+/// SO_REUSEADDR and SO_BINDTODEVICE(`interface`); an empty `interface`
+/// skips SO_BINDTODEVICE. Leases are loaded from `lease_path` (a missing
+/// file is empty) and saved there atomically whenever they change.
+pub async fn run(
+    config: DhcpConfig,
+    interface: &str,
+    lease_path: Option<PathBuf>,
+    policy: Arc<dyn BootPolicy>,
+    on_event: Option<EventSink>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), DhcpError> {
+    let leases = match &lease_path {
+        Some(p) => LeaseStore::load(p)?,
+        None => LeaseStore::new(),
+    };
+    let mode = config.mode;
+    let mut responder = Responder::new(config, leases)?;
+    let dhcp = bind(interface, SERVER_PORT)?;
+    let pxe = match mode {
+        Mode::Proxy => Some(bind(interface, PXE_PORT)?),
+        Mode::Full => None,
+    };
+    info!(
+        interface,
+        mode = ?mode,
+        server = %responder.config().server_ip,
+        leases = responder.leases().len(),
+        "DHCP server listening"
+    );
+
+    tokio::pin!(shutdown);
+    let mut buf67 = vec![0u8; RECV_BUF];
+    let mut buf4011 = vec![0u8; RECV_BUF];
+    loop {
+        let (sock, port, received) = tokio::select! {
+            _ = &mut shutdown => break,
+            r = dhcp.recv_from(&mut buf67) => (&dhcp, SERVER_PORT, r.map(|(n, a)| (&buf67[..n], a))),
+            r = recv_opt(pxe.as_ref(), &mut buf4011) => {
+                (pxe.as_ref().expect("only polled when bound"), PXE_PORT, r.map(|(n, a)| (&buf4011[..n], a)))
+            }
+        };
+        let (packet, from) = match received {
+            Ok(x) => x,
+            Err(e) => {
+                warn!(port, error = %e, "DHCP receive failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let SocketAddr::V4(from) = from else { continue };
+        let handled = match responder.handle(SystemTime::now(), packet, port, from, policy.as_ref())
+        {
+            Ok(h) => h,
+            Err(e) if e.is_packet_error() => {
+                debug!(%from, port, len = packet.len(), error = %e, "ignoring packet");
+                continue;
+            }
+            Err(e) => {
+                warn!(%from, port, error = %e, "cannot answer packet");
+                continue;
+            }
+        };
+        let Handled {
+            reply,
+            event,
+            leases_changed,
+            ignored,
+        } = handled;
+        if let Some(reason) = ignored {
+            debug!(%from, port, reason, "ignoring request");
+        }
+        if let Some(ev) = &event {
+            log_event(ev);
+        }
+        if let Some(reply) = reply {
+            let dest = match reply.dest {
+                Destination::Broadcast => SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT),
+                Destination::Unicast(a) => a,
+            };
+            if let Err(e) = sock.send_to(&reply.bytes, dest).await {
+                warn!(%dest, error = %e, "sending DHCP reply failed");
+            }
+        }
+        if leases_changed {
+            if let Some(path) = &lease_path {
+                let store = responder.leases().clone();
+                let path = path.clone();
+                let saved = tokio::task::spawn_blocking(move || store.save(&path)).await;
+                match saved {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => warn!(error = %e, "saving leases failed"),
+                    Err(e) => warn!(error = %e, "lease saving task failed"),
+                }
+            }
+        }
+        if let (Some(ev), Some(sink)) = (&event, &on_event) {
+            sink(ev);
+        }
+    }
+    info!(interface, "DHCP server stopped");
+    Ok(())
+}
+
+async fn recv_opt(
+    sock: Option<&UdpSocket>,
+    buf: &mut [u8],
+) -> std::io::Result<(usize, SocketAddr)> {
+    match sock {
+        Some(s) => s.recv_from(buf).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn log_event(ev: &DhcpEvent) {
+    let mac = format_mac(ev.mac);
+    let kind = ev.kind.as_str();
+    match &ev.action {
+        EventAction::Offer { ip, file } => {
+            info!(%mac, kind, arch = ?ev.arch, port = ev.port, ip = ?ip, file = ?file, "DHCPOFFER")
+        }
+        EventAction::Ack { ip, file } => {
+            info!(%mac, kind, arch = ?ev.arch, port = ev.port, ip = ?ip, file = ?file, "DHCPACK")
+        }
+        EventAction::Nak { requested, reason } => {
+            info!(%mac, kind, requested = ?requested, reason, "DHCPNAK")
+        }
+        EventAction::Release { ip } => info!(%mac, %ip, "DHCPRELEASE"),
+        EventAction::Decline { ip } => warn!(%mac, %ip, "DHCPDECLINE: address in use, quarantined"),
+        EventAction::PoolExhausted => warn!(%mac, kind, "no free address in the pool"),
+    }
+}
+
+/// A UDP socket on 0.0.0.0:`port`, broadcast-capable, tied to `interface`.
+fn bind(interface: &str, port: u16) -> Result<UdpSocket, DhcpError> {
+    let err = |what: &str| {
+        let what = format!("{what} (UDP port {port}, interface {interface:?})");
+        move |source| DhcpError::Io { what, source }
+    };
+    let s = Socket::new(Domain::IPV4, Type::DGRAM, Some(Protocol::UDP))
+        .map_err(err("creating socket"))?;
+    s.set_reuse_address(true)
+        .map_err(err("setting SO_REUSEADDR"))?;
+    s.set_broadcast(true).map_err(err("setting SO_BROADCAST"))?;
+    if !interface.is_empty() {
+        bind_to_device(&s, interface).map_err(err("setting SO_BINDTODEVICE"))?;
+    }
+    s.set_nonblocking(true)
+        .map_err(err("setting non-blocking"))?;
+    s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into())
+        .map_err(err("binding"))?;
+    UdpSocket::from_std(s.into()).map_err(err("registering with tokio"))
+}
+
+/// SO_BINDTODEVICE: receive only from, and send broadcasts out of, one
+/// interface (a DHCP server answering on the wrong network is a hazard).
+fn bind_to_device(s: &Socket, interface: &str) -> std::io::Result<()> {
+    if interface.len() >= libc::IFNAMSIZ || interface.contains('\0') {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "bad interface name",
+        ));
+    }
+    // SAFETY: the pointer and length describe `interface`'s bytes, which
+    // outlive the call; the kernel copies them.
+    let rc = unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_BINDTODEVICE,
+            interface.as_ptr().cast(),
+            interface.len() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
