@@ -1,0 +1,631 @@
+//! The tokio server: one socket for requests, one task and one port per transfer.
+//!
+//! [`serve`] reads requests on the caller's socket. Each read request gets its own
+//! task with a socket bound to the address the request arrived on (learned with
+//! `IP_PKTINFO`/`IPV6_PKTINFO` when the server socket is bound to a wildcard), so a
+//! multi-homed server answers from the address the client talked to; firmware drops
+//! replies from any other. That socket is connected to the client, so the kernel
+//! filters out strangers (their packets never reach the transfer).
+//!
+//! Memory per transfer is one send buffer of `4 + blksize` bytes, a small receive
+//! buffer and the [`Session`]; files are read block by block with `pread`, never
+//! loaded whole, and at most [`ServerConfig::max_transfers`] run at once.
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::io::Interest;
+use tokio::net::UdpSocket;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+
+use crate::root::{self, BlockSource, NetasciiSource, OctetSource, PathError};
+use crate::session::{Outcome, Session, SessionConfig, Transmit};
+use crate::wire::{self, ErrorCode, Lossy, Mode, Packet, RequestOptions};
+
+/// Server settings.
+#[derive(Clone)]
+pub struct ServerConfig {
+    /// Directory served; nothing outside it is ever read.
+    pub root: PathBuf,
+    /// Limits on negotiated options and timers.
+    pub session: SessionConfig,
+    /// Transfers running at once; further requests are dropped (clients retry).
+    pub max_transfers: usize,
+    /// Called when each request ends, served or refused.
+    pub on_transfer_done: Option<Arc<dyn Fn(&TransferLog) + Send + Sync>>,
+}
+
+impl std::fmt::Debug for ServerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerConfig")
+            .field("root", &self.root)
+            .field("session", &self.session)
+            .field("max_transfers", &self.max_transfers)
+            .field("on_transfer_done", &self.on_transfer_done.is_some())
+            .finish()
+    }
+}
+
+/// Default for [`ServerConfig::max_transfers`].
+pub const DEFAULT_MAX_TRANSFERS: usize = 1024;
+
+impl ServerConfig {
+    /// Serves `root` with default limits.
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        ServerConfig {
+            root: root.into(),
+            session: SessionConfig::default(),
+            max_transfers: DEFAULT_MAX_TRANSFERS,
+            on_transfer_done: None,
+        }
+    }
+}
+
+/// The record of one request.
+#[derive(Debug, Clone)]
+pub struct TransferLog {
+    /// Client address and port.
+    pub client: SocketAddr,
+    /// Our address the request arrived on.
+    pub local: IpAddr,
+    /// Requested name, as text.
+    pub filename: String,
+    /// Transfer mode.
+    pub mode: Mode,
+    /// Options the client asked for (known ones).
+    pub requested: RequestOptions,
+    /// Block size used.
+    pub blksize: u16,
+    /// Window size used.
+    pub windowsize: u16,
+    /// Size of the file in transfer bytes, if opened.
+    pub size: Option<u64>,
+    /// Bytes the client acknowledged.
+    pub bytes: u64,
+    /// From request to end.
+    pub elapsed: Duration,
+    /// DATA packets sent again.
+    pub retransmitted: u64,
+    /// How it ended.
+    pub outcome: TransferOutcome,
+}
+
+/// How a request ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TransferOutcome {
+    /// Every byte acknowledged.
+    Complete,
+    /// Refused with this error (not found, traversal, write request, ...).
+    Refused {
+        /// Code sent.
+        code: ErrorCode,
+        /// Reason (also sent).
+        reason: String,
+    },
+    /// The client ended it with an ERROR (e.g. a UEFI `tsize` probe).
+    ClientAborted {
+        /// Client's code.
+        code: ErrorCode,
+        /// Client's message.
+        message: String,
+    },
+    /// The client stopped answering.
+    TimedOut,
+    /// Reading the file or the socket failed.
+    Failed(String),
+}
+
+/// Why the server stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The root cannot be opened.
+    #[error("cannot open root {path}: {source}")]
+    Root {
+        /// The root.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+    /// Socket setup or receive failure.
+    #[error("{context}: {source}")]
+    Socket {
+        /// What was being done.
+        context: &'static str,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// Binds a server socket on `addr` with address reuse, ready for [`serve`].
+pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    s.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        s.set_only_v6(false).ok();
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    UdpSocket::from_std(s.into())
+}
+
+/// Serves read requests arriving on `socket` until `shutdown` completes; running
+/// transfers are then cancelled.
+pub async fn serve(
+    socket: UdpSocket,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let root = root::open_root(&config.root).map_err(|source| Error::Root {
+        path: config.root.clone(),
+        source,
+    })?;
+    let local = socket.local_addr().map_err(|source| Error::Socket {
+        context: "reading the server address",
+        source,
+    })?;
+    enable_pktinfo(&socket, local).map_err(|source| Error::Socket {
+        context: "enabling IP_PKTINFO",
+        source,
+    })?;
+    let shared = Arc::new(Shared {
+        root,
+        limit: Arc::new(Semaphore::new(config.max_transfers)),
+        config,
+    });
+    tracing::info!(listen = %local, root = %shared.config.root.display(), "tftp: serving");
+    let mut tasks = JoinSet::new();
+    let mut buf = vec![0u8; 65536];
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            _ = &mut shutdown => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => {}
+            r = recv_with_dst(&socket, &mut buf) => {
+                let (n, client, dst) = match r {
+                    Ok(r) => r,
+                    Err(e) => {
+                        // ICMP errors from earlier sends surface here; keep serving.
+                        tracing::debug!(error = %e, "tftp: receive error");
+                        continue;
+                    }
+                };
+                let local_ip = dst.unwrap_or(local.ip());
+                handle_request(&shared, &mut tasks, &buf[..n], client, local_ip);
+            }
+        }
+    }
+    tasks.abort_all();
+    while tasks.join_next().await.is_some() {}
+    tracing::info!(listen = %local, "tftp: stopped");
+    Ok(())
+}
+
+/// Binds `addr` and serves (see [`serve`]).
+pub async fn serve_addr(
+    addr: SocketAddr,
+    config: ServerConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), Error> {
+    let socket = bind(addr).map_err(|source| Error::Socket {
+        context: "binding the server socket",
+        source,
+    })?;
+    serve(socket, config, shutdown).await
+}
+
+struct Shared {
+    root: std::fs::File,
+    config: ServerConfig,
+    /// One permit per running transfer.
+    limit: Arc<Semaphore>,
+}
+
+fn handle_request(
+    shared: &Arc<Shared>,
+    tasks: &mut JoinSet<()>,
+    datagram: &[u8],
+    client: SocketAddr,
+    local: IpAddr,
+) {
+    let packet = match Packet::parse(datagram) {
+        Ok(p) => p,
+        Err(e) => {
+            tracing::debug!(%client, error = %e, "tftp: malformed request dropped");
+            return;
+        }
+    };
+    let (req, is_write) = match packet {
+        Packet::Rrq(r) => (r, false),
+        Packet::Wrq(r) => (r, true),
+        // DATA/ACK/... on the request port belong to no transfer.
+        _ => {
+            tracing::debug!(%client, opcode = ?packet.opcode(), "tftp: stray packet on the server port");
+            return;
+        }
+    };
+    let Ok(permit) = Arc::clone(&shared.limit).try_acquire_owned() else {
+        tracing::warn!(%client, "tftp: too many transfers, request dropped");
+        return;
+    };
+    let filename = req.filename.to_vec();
+    let mode = req.mode;
+    let requested = RequestOptions::from_raw(&req.options);
+    let shared = Arc::clone(shared);
+    tasks.spawn(async move {
+        let started = Instant::now();
+        let mut log = TransferLog {
+            client,
+            local,
+            filename: Lossy(&filename).to_string(),
+            mode,
+            requested,
+            blksize: wire::DEFAULT_BLKSIZE,
+            windowsize: 1,
+            size: None,
+            bytes: 0,
+            elapsed: Duration::ZERO,
+            retransmitted: 0,
+            outcome: TransferOutcome::Complete,
+        };
+        log.outcome = transfer(&shared, &filename, is_write, &mut log).await;
+        log.elapsed = started.elapsed();
+        report(&shared.config, &log);
+        drop(permit);
+    });
+}
+
+fn report(config: &ServerConfig, log: &TransferLog) {
+    let secs = log.elapsed.as_secs_f64();
+    let rate = if secs > 0.0 {
+        log.bytes as f64 / secs / 1e6
+    } else {
+        0.0
+    };
+    let opts = format!(
+        "blksize={} windowsize={}{}{}",
+        log.blksize,
+        log.windowsize,
+        log.requested
+            .tsize
+            .map(|_| " tsize".to_string())
+            .unwrap_or_default(),
+        log.requested
+            .timeout
+            .map(|t| format!(" timeout={t}"))
+            .unwrap_or_default()
+    );
+    match &log.outcome {
+        TransferOutcome::Complete => tracing::info!(
+            client = %log.client, local = %log.local, file = %log.filename, mode = log.mode.as_str(),
+            options = %opts, bytes = log.bytes, seconds = format!("{secs:.3}"),
+            rate = format!("{rate:.1} MB/s"), retransmitted = log.retransmitted,
+            "tftp: sent"
+        ),
+        TransferOutcome::Refused { code, reason } => {
+            if matches!(code, ErrorCode::AccessViolation) {
+                tracing::warn!(client = %log.client, file = %log.filename, %reason, "tftp: refused")
+            } else {
+                tracing::info!(client = %log.client, file = %log.filename, %reason, "tftp: refused")
+            }
+        }
+        TransferOutcome::ClientAborted { code, message } => tracing::info!(
+            client = %log.client, file = %log.filename, options = %opts, bytes = log.bytes,
+            code = ?code, %message, "tftp: client ended the transfer"
+        ),
+        TransferOutcome::TimedOut => tracing::warn!(
+            client = %log.client, file = %log.filename, options = %opts, bytes = log.bytes,
+            seconds = format!("{secs:.3}"), "tftp: client stopped answering"
+        ),
+        TransferOutcome::Failed(e) => tracing::warn!(
+            client = %log.client, file = %log.filename, bytes = log.bytes, error = %e,
+            "tftp: transfer failed"
+        ),
+    }
+    if let Some(cb) = &config.on_transfer_done {
+        cb(log);
+    }
+}
+
+/// Opens what `filename` names under the root, for `mode`.
+fn open_source(
+    root: &std::fs::File,
+    filename: &[u8],
+    mode: Mode,
+) -> Result<Box<dyn BlockSource>, (ErrorCode, String)> {
+    let refuse = |e: PathError| {
+        let code = match e {
+            PathError::NotFound => ErrorCode::FileNotFound,
+            PathError::Io(_) => ErrorCode::NotDefined,
+            _ => ErrorCode::AccessViolation,
+        };
+        (code, e.to_string())
+    };
+    let rel = root::sanitize(filename).map_err(refuse)?;
+    let file = root::open_beneath(root, &rel).map_err(refuse)?;
+    let io = |e: io::Error| (ErrorCode::NotDefined, e.to_string());
+    Ok(match mode {
+        Mode::Octet => Box::new(OctetSource::new(file).map_err(io)?),
+        Mode::Netascii => Box::new(NetasciiSource::new(file).map_err(io)?),
+        Mode::Mail => {
+            return Err((
+                ErrorCode::IllegalOperation,
+                "mail mode is not supported".into(),
+            ))
+        }
+    })
+}
+
+async fn transfer(
+    shared: &Shared,
+    filename: &[u8],
+    is_write: bool,
+    log: &mut TransferLog,
+) -> TransferOutcome {
+    let sock = match transfer_socket(log.local, log.client) {
+        Ok(s) => s,
+        Err(e) => return TransferOutcome::Failed(format!("transfer socket: {e}")),
+    };
+    let opened = if is_write {
+        Err((
+            ErrorCode::AccessViolation,
+            "read-only server: write requests are refused".to_string(),
+        ))
+    } else {
+        open_source(&shared.root, filename, log.mode)
+    };
+    let mut source = match opened {
+        Ok(s) => s,
+        Err((code, reason)) => {
+            let _ = sock.send(&wire::error_packet(code, &reason)).await;
+            return TransferOutcome::Refused { code, reason };
+        }
+    };
+    let size = source.len();
+    log.size = Some(size);
+    let mut session = Session::new(&log.requested, size, &shared.config.session);
+    log.blksize = session.negotiated().blksize;
+    log.windowsize = session.negotiated().windowsize;
+    let result = drive(&sock, &mut session, source.as_mut()).await;
+    log.bytes = session.acked_bytes();
+    log.retransmitted = session.stats().retransmitted;
+    match result {
+        Err(e) => {
+            let _ = sock.send(&crate::session::io_error_packet()).await;
+            TransferOutcome::Failed(e.to_string())
+        }
+        Ok(()) => match session.outcome() {
+            Some(Outcome::Complete) => TransferOutcome::Complete,
+            Some(Outcome::ClientError { code, message }) => TransferOutcome::ClientAborted {
+                code: *code,
+                message: message.clone(),
+            },
+            Some(Outcome::TimedOut { .. }) | None => TransferOutcome::TimedOut,
+        },
+    }
+}
+
+/// Runs a session to its end over a connected socket.
+async fn drive(
+    sock: &UdpSocket,
+    session: &mut Session,
+    source: &mut dyn BlockSource,
+) -> io::Result<()> {
+    let mut out = vec![0u8; wire::DATA_HEADER_LEN + usize::from(session.negotiated().blksize)];
+    // ACKs are 4 bytes and ERRORs short; anything longer is truncated harmlessly.
+    let mut inbuf = [0u8; 1024];
+    let far = tokio::time::Instant::now() + Duration::from_secs(86400);
+    let sleep = tokio::time::sleep_until(far);
+    tokio::pin!(sleep);
+    let mut armed = far;
+    loop {
+        let now = Instant::now();
+        while let Some(t) = session.poll_transmit(now) {
+            match t {
+                Transmit::Packet(p) => {
+                    sock.send(&p).await?;
+                }
+                Transmit::Data { block, offset, len } => {
+                    wire::emit_data_header(&mut out, block);
+                    let end = wire::DATA_HEADER_LEN + len;
+                    source.read_exact_at(offset, &mut out[wire::DATA_HEADER_LEN..end])?;
+                    send_data(sock, &out[..end]).await?;
+                }
+            }
+        }
+        if session.outcome().is_some() {
+            return Ok(());
+        }
+        // The timer is only moved earlier: when it fires before the session's deadline
+        // it is re-armed once, which is cheaper than resetting it on every ACK.
+        let deadline = session
+            .deadline()
+            .map(tokio::time::Instant::from_std)
+            .unwrap_or(far);
+        if deadline < armed {
+            sleep.as_mut().reset(deadline);
+            armed = deadline;
+        }
+        tokio::select! {
+            biased;
+            r = sock.recv(&mut inbuf) => {
+                match r {
+                    Ok(n) => {
+                        if let Ok(p) = Packet::parse(&inbuf[..n]) {
+                            session.handle(Instant::now(), &p);
+                        }
+                    }
+                    // ICMP port unreachable: the client is gone; let the timer decide.
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            _ = &mut sleep => {
+                armed = far;
+                sleep.as_mut().reset(far);
+                session.on_timeout(Instant::now());
+            }
+        }
+    }
+}
+
+async fn send_data(sock: &UdpSocket, pkt: &[u8]) -> io::Result<()> {
+    loop {
+        match sock.send(pkt).await {
+            Ok(_) => return Ok(()),
+            // A refused earlier datagram is reported on the next send; the timer
+            // handles a client that went away.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// A socket on a new port of `local`, connected to `client`.
+fn transfer_socket(local: IpAddr, client: SocketAddr) -> io::Result<UdpSocket> {
+    let local = match (local, client) {
+        // A v4 request on a dual-stack socket: answer in kind.
+        (IpAddr::V6(v6), SocketAddr::V4(_)) => match v6.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), 0),
+            None => SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
+        },
+        (IpAddr::V6(v6), SocketAddr::V6(c)) => {
+            SocketAddrV6::new(v6, 0, 0, if is_link_local(&v6) { c.scope_id() } else { 0 }).into()
+        }
+        (ip, _) => SocketAddr::new(ip, 0),
+    };
+    let client = match client {
+        SocketAddr::V6(c) if local.is_ipv4() => match c.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), c.port()),
+            None => client,
+        },
+        c => c,
+    };
+    let s = std::net::UdpSocket::bind(local)?;
+    s.connect(client)?;
+    s.set_nonblocking(true)?;
+    UdpSocket::from_std(s)
+}
+
+fn is_link_local(ip: &Ipv6Addr) -> bool {
+    (ip.segments()[0] & 0xffc0) == 0xfe80
+}
+
+fn enable_pktinfo(socket: &UdpSocket, local: SocketAddr) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    let (level, name) = if local.is_ipv4() {
+        (libc::IPPROTO_IP, libc::IP_PKTINFO)
+    } else {
+        (libc::IPPROTO_IPV6, libc::IPV6_RECVPKTINFO)
+    };
+    // SAFETY: setsockopt on our socket with an int option.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            level,
+            name,
+            &on as *const _ as *const libc::c_void,
+            std::mem::size_of_val(&on) as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if local.is_ipv6() {
+        // v4 requests on a dual-stack socket carry IP_PKTINFO.
+        // SAFETY: as above.
+        unsafe {
+            libc::setsockopt(
+                socket.as_raw_fd(),
+                libc::IPPROTO_IP,
+                libc::IP_PKTINFO,
+                &on as *const _ as *const libc::c_void,
+                std::mem::size_of_val(&on) as libc::socklen_t,
+            )
+        };
+    }
+    Ok(())
+}
+
+/// Receives one datagram with its source and the local address it was sent to.
+async fn recv_with_dst(
+    socket: &UdpSocket,
+    buf: &mut [u8],
+) -> io::Result<(usize, SocketAddr, Option<IpAddr>)> {
+    socket
+        .async_io(Interest::READABLE, || recvmsg_dst(socket.as_raw_fd(), buf))
+        .await
+}
+
+fn recvmsg_dst(fd: i32, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, Option<IpAddr>)> {
+    // SAFETY: all pointers refer to live, correctly sized buffers for recvmsg, and the
+    // control messages are read with the CMSG_* helpers within `control`.
+    unsafe {
+        let mut addr: libc::sockaddr_storage = std::mem::zeroed();
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        let mut control = [0u64; 16];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_name = &mut addr as *mut _ as *mut libc::c_void;
+        msg.msg_namelen = std::mem::size_of_val(&addr) as libc::socklen_t;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        let n = libc::recvmsg(fd, &mut msg, 0);
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let src = match addr.ss_family as i32 {
+            libc::AF_INET => {
+                let a = &*(&addr as *const _ as *const libc::sockaddr_in);
+                SocketAddr::new(
+                    Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)).into(),
+                    u16::from_be(a.sin_port),
+                )
+            }
+            libc::AF_INET6 => {
+                let a = &*(&addr as *const _ as *const libc::sockaddr_in6);
+                SocketAddrV6::new(
+                    Ipv6Addr::from(a.sin6_addr.s6_addr),
+                    u16::from_be(a.sin6_port),
+                    a.sin6_flowinfo,
+                    a.sin6_scope_id,
+                )
+                .into()
+            }
+            _ => return Err(io::Error::other("unknown address family")),
+        };
+        let mut dst = None;
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            let c = &*cmsg;
+            if c.cmsg_level == libc::IPPROTO_IP && c.cmsg_type == libc::IP_PKTINFO {
+                let info =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::in_pktinfo);
+                // ipi_spec_dst is the local address a reply should come from; unlike
+                // ipi_addr it is never a broadcast address.
+                dst = Some(IpAddr::V4(Ipv4Addr::from(u32::from_be(
+                    info.ipi_spec_dst.s_addr,
+                ))));
+            } else if c.cmsg_level == libc::IPPROTO_IPV6 && c.cmsg_type == libc::IPV6_PKTINFO {
+                let info =
+                    std::ptr::read_unaligned(libc::CMSG_DATA(cmsg) as *const libc::in6_pktinfo);
+                dst = Some(IpAddr::V6(Ipv6Addr::from(info.ipi6_addr.s6_addr)));
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        Ok((n as usize, src, dst))
+    }
+}
