@@ -55,6 +55,9 @@ pub struct Config {
     pub state: PathBuf,
     pub http_port: u16,
     pub tftp_port: u16,
+    /// Answer IPv6 router solicitations with "no router here", so iPXE does not wait ~13 s
+    /// for one. Default: on in full mode (a network we own), off in proxy mode.
+    pub ipv6_ra: Option<bool>,
     pub dhcp: DhcpSection,
     pub ipxe: IpxeSection,
     pub boot: BootSection,
@@ -121,6 +124,7 @@ impl Default for Config {
             state: DEFAULT_STATE.into(),
             http_port: 80,
             tftp_port: 69,
+            ipv6_ra: None,
             dhcp: DhcpSection::default(),
             ipxe: IpxeSection::default(),
             boot: BootSection::default(),

@@ -10,8 +10,6 @@ use std::path::{Path, PathBuf};
 const LOOP_SET_FD: libc::c_ulong = 0x4C00;
 const LOOP_SET_STATUS64: libc::c_ulong = 0x4C04;
 const LOOP_CTL_GET_FREE: libc::c_ulong = 0x4C82;
-const LO_FLAGS_READ_ONLY: u32 = 1;
-const LO_FLAGS_AUTOCLEAR: u32 = 4;
 
 /// `struct loop_info64` from <linux/loop.h>.
 #[repr(C)]
@@ -57,16 +55,17 @@ pub fn attach_read_only(file: &Path) -> Result<PathBuf, String> {
             std::io::Error::last_os_error()
         ));
     }
+    // The device is read-only because the backing file was opened read-only. No AUTOCLEAR:
+    // it would detach the device as soon as this process closes it, before mount opens it.
     // SAFETY: LoopInfo64 is plain data; all-zero is a valid value.
     let mut info: LoopInfo64 = unsafe { std::mem::zeroed() };
-    info.lo_flags = LO_FLAGS_READ_ONLY | LO_FLAGS_AUTOCLEAR;
     let name = file.as_os_str().as_encoded_bytes();
     let len = name.len().min(63);
     info.lo_file_name[..len].copy_from_slice(&name[..len]);
     // SAFETY: info is a valid loop_info64 for the duration of the call.
     if unsafe { libc::ioctl(loop_file.as_raw_fd(), LOOP_SET_STATUS64 as _, &info) } < 0 {
         return Err(format!(
-            "setting {} read-only: {}",
+            "naming the backing file of {}: {}",
             device.display(),
             std::io::Error::last_os_error()
         ));

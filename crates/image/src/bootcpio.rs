@@ -58,6 +58,43 @@ pub fn build(root: &Path, version: &str, fetch_helper: &Path) -> Result<Vec<u8>>
     cpio.finish().map_err(io)
 }
 
+/// A new archive with this build's boot script and helper, and the modules of `old` (an
+/// archive made by [`build`] for the same kernel).
+pub fn refresh(old: &[u8], fetch_helper: &Path) -> Result<Vec<u8>> {
+    let helper = std::fs::read(fetch_helper).map_err(io_at(fetch_helper))?;
+    let corrupt = |e: &dyn std::fmt::Display| {
+        Error::Invalid(format!("reading the previous diskless.cpio: {e}"))
+    };
+    let mut reader = diskless_initramfs::CpioReader::new(old);
+    let mut modules = Vec::new();
+    while let Some(header) = reader.next_entry().map_err(|e| corrupt(&e))? {
+        let name = header.name_lossy().into_owned();
+        let data = reader.read_data_to_vec().map_err(|e| corrupt(&e))?;
+        if let Some(file) = name.strip_prefix("diskless/modules/") {
+            if !file.is_empty() {
+                modules.push((file.to_string(), data));
+            }
+        }
+    }
+    if !modules.iter().any(|(f, _)| f == "load-order") {
+        return Err(Error::Invalid(
+            "the previous diskless.cpio has no diskless/modules/load-order".into(),
+        ));
+    }
+    let io = |e: std::io::Error| Error::Invalid(format!("writing diskless.cpio: {e}"));
+    let mut cpio = CpioWriter::new(Vec::new());
+    cpio.add_file("scripts/diskless", 0o755, BOOT_SCRIPT.as_bytes())
+        .map_err(io)?;
+    cpio.add_file("diskless/bin/diskless-fetch", 0o755, &helper)
+        .map_err(io)?;
+    cpio.add_dir("diskless/modules", 0o755).map_err(io)?;
+    for (file, data) in &modules {
+        cpio.add_file(&format!("diskless/modules/{file}"), 0o644, data)
+            .map_err(io)?;
+    }
+    cpio.finish().map_err(io)
+}
+
 /// Resolve MODULES and their dependencies through modules.dep, dependencies first.
 fn collect_modules(root: &Path, version: &str) -> Result<Vec<Module>> {
     let dir = root.join("lib/modules").join(version);
@@ -220,6 +257,42 @@ mod tests {
         );
         assert_eq!(files["scripts/diskless"], BOOT_SCRIPT.as_bytes());
         assert_eq!(files["diskless/bin/diskless-fetch"], b"#!helper");
+    }
+
+    #[test]
+    fn refresh_keeps_modules_and_replaces_script_and_helper() {
+        let root = tempfile::tempdir().unwrap();
+        let top = root.path().join("lib/modules/v");
+        std::fs::create_dir_all(top.join("kernel")).unwrap();
+        for m in ["loop", "squashfs", "overlay"] {
+            std::fs::write(top.join(format!("kernel/{m}.ko")), m).unwrap();
+        }
+        std::fs::write(
+            top.join("modules.dep"),
+            "kernel/loop.ko:\nkernel/squashfs.ko:\nkernel/overlay.ko:\n",
+        )
+        .unwrap();
+        let old_helper = root.path().join("old");
+        std::fs::write(&old_helper, b"old helper").unwrap();
+        let old = build(root.path(), "v", &old_helper).unwrap();
+        let new_helper = root.path().join("new");
+        std::fs::write(&new_helper, b"new helper").unwrap();
+        let new = refresh(&old, &new_helper).unwrap();
+        let mut reader = diskless_initramfs::CpioReader::new(&new[..]);
+        let mut files = BTreeMap::new();
+        while let Some(h) = reader.next_entry().unwrap() {
+            files.insert(
+                h.name_lossy().into_owned(),
+                reader.read_data_to_vec().unwrap(),
+            );
+        }
+        assert_eq!(files["diskless/bin/diskless-fetch"], b"new helper");
+        assert_eq!(files["diskless/modules/squashfs.ko"], b"squashfs");
+        assert_eq!(
+            files["diskless/modules/load-order"],
+            b"loop.ko\nsquashfs.ko\noverlay.ko\n"
+        );
+        assert!(refresh(b"garbage", &new_helper).is_err());
     }
 
     #[test]

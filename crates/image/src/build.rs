@@ -168,6 +168,47 @@ pub fn build(store: &Store, cfg: &BuildConfig) -> Result<BuildReport> {
     })
 }
 
+/// A new version of image `name` with the boot files of this diskless build (script and fetch
+/// helper in diskless.cpio) and everything else from the current version, hard-linked.
+pub fn refresh(store: &Store, name: &str, fetch_helper: &Path) -> Result<BuildReport> {
+    let started = Instant::now();
+    let current = store.current(name)?;
+    let from = store.version_dir(name, &current.version);
+    let staging = store.begin(name)?;
+    for file in [SQUASHFS, KERNEL, INITRD] {
+        let (src, dst) = (from.join(file), staging.dir.join(file));
+        if std::fs::hard_link(&src, &dst).is_err() {
+            copy(&src, &dst)?;
+        }
+    }
+    let old_cpio_path = from.join(BOOT_CPIO);
+    let old_cpio = std::fs::read(&old_cpio_path).map_err(io_at(&old_cpio_path))?;
+    let cpio_path = staging.dir.join(BOOT_CPIO);
+    std::fs::write(&cpio_path, bootcpio::refresh(&old_cpio, fetch_helper)?)
+        .map_err(io_at(&cpio_path))?;
+    let mut files = current.files.clone();
+    files.insert(BOOT_CPIO.to_string(), hash_file(&cpio_path)?);
+    let (created, stamp) = manifest::now_stamps();
+    let mut changes = current.changes.clone();
+    changes.push(format!(
+        "diskless.cpio refreshed from version {}",
+        current.version
+    ));
+    let manifest = Manifest {
+        version: format!("{stamp}-{}", &files[SQUASHFS].sha256[..8]),
+        created,
+        files,
+        changes,
+        ..current
+    };
+    let version_dir = store.publish(staging, &manifest)?;
+    Ok(BuildReport {
+        manifest,
+        version_dir,
+        total_seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
 fn copy(from: &Path, to: &Path) -> Result<()> {
     std::fs::copy(from, to).map_err(io_at(from))?;
     Ok(())

@@ -73,19 +73,28 @@ pub struct Clients {
 }
 
 fn now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }
 
 impl Clients {
     /// Records kept in memory only.
     pub fn in_memory() -> Clients {
-        Clients { path: None, records: Mutex::new(BTreeMap::new()) }
+        Clients {
+            path: None,
+            records: Mutex::new(BTreeMap::new()),
+        }
     }
 
     /// Records persisted at `path`; the previous run's records are loaded.
     pub fn persistent(path: PathBuf) -> Clients {
         let records = load(&path).unwrap_or_default();
-        Clients { path: Some(path), records: Mutex::new(records) }
+        Clients {
+            path: Some(path),
+            records: Mutex::new(records),
+        }
     }
 
     /// Record that `mac` reached `stage`. `starts_boot` marks the first stage of a boot
@@ -96,7 +105,11 @@ impl Clients {
             let mut records = self.records.lock().expect("clients lock");
             let record = records
                 .entry(mac.to_string())
-                .or_insert_with(|| ClientRecord { mac: mac.to_string(), boot_started: now, ..Default::default() });
+                .or_insert_with(|| ClientRecord {
+                    mac: mac.to_string(),
+                    boot_started: now,
+                    ..Default::default()
+                });
             let stale = now - record.boot_started > BOOT_STALE_SECS;
             if starts_boot && (record.finished() || stale || record.stages.is_empty()) {
                 record.boot_started = now;
@@ -137,7 +150,12 @@ impl Clients {
     }
 
     pub fn all(&self) -> Vec<ClientRecord> {
-        self.records.lock().expect("clients lock").values().cloned().collect()
+        self.records
+            .lock()
+            .expect("clients lock")
+            .values()
+            .cloned()
+            .collect()
     }
 }
 
@@ -149,7 +167,10 @@ pub fn load(path: &Path) -> std::io::Result<BTreeMap<String, ClientRecord>> {
 
 fn save(path: &Path, records: &BTreeMap<String, ClientRecord>) -> std::io::Result<()> {
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_vec_pretty(records).expect("records serialize"))?;
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(records).expect("records serialize"),
+    )?;
     std::fs::rename(&tmp, path)
 }
 
@@ -163,8 +184,26 @@ mod tests {
         let path = dir.path().join("clients.json");
         let clients = Clients::persistent(path.clone());
         let mac = "52:54:00:00:00:01";
-        clients.record(mac, "dhcp-offer", "", true, Update { firmware: Some("ipxe".into()), ..Default::default() });
-        clients.record(mac, "ipxe-script", "", false, Update { image: Some(("lab".into(), "v1".into())), ..Default::default() });
+        clients.record(
+            mac,
+            "dhcp-offer",
+            "",
+            true,
+            Update {
+                firmware: Some("ipxe".into()),
+                ..Default::default()
+            },
+        );
+        clients.record(
+            mac,
+            "ipxe-script",
+            "",
+            false,
+            Update {
+                image: Some(("lab".into(), "v1".into())),
+                ..Default::default()
+            },
+        );
         // The initramfs does DHCP again: that is not a new boot.
         clients.record(mac, "dhcp-offer", "", true, Update::default());
         clients.record(mac, "multi-user", "", false, Update::default());
@@ -179,7 +218,11 @@ mod tests {
         clients.record(mac, "dhcp-offer", "", true, Update::default());
         let r = clients.get(mac).unwrap();
         assert_eq!(r.stages.len(), 1);
-        assert_eq!(r.firmware.as_deref(), Some("ipxe"), "what we know of the client is kept");
+        assert_eq!(
+            r.firmware.as_deref(),
+            Some("ipxe"),
+            "what we know of the client is kept"
+        );
     }
 
     #[test]

@@ -13,7 +13,10 @@ pub fn ipv4_of(interface: &str) -> Result<InterfaceAddr, String> {
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `list`, freed below with freeifaddrs.
     if unsafe { libc::getifaddrs(&mut list) } != 0 {
-        return Err(format!("listing interfaces: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "listing interfaces: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     let mut found = None;
     let mut exists = false;
@@ -49,9 +52,52 @@ pub fn ipv4_of(interface: &str) -> Result<InterfaceAddr, String> {
     unsafe { libc::freeifaddrs(list) };
     match (found, exists) {
         (Some(a), _) => Ok(a),
-        (None, true) => Err(format!("interface {interface} has no IPv4 address: give it one (ip addr add ...)")),
+        (None, true) => Err(format!(
+            "interface {interface} has no IPv4 address: give it one (ip addr add ...)"
+        )),
         (None, false) => Err(format!("no interface named {interface}")),
     }
+}
+
+/// The interface's Ethernet address, from getifaddrs (AF_PACKET): sysfs may belong to another
+/// network namespace than ours.
+pub fn mac_of(interface: &str) -> Result<[u8; 6], String> {
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list`, freed below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Err(format!(
+            "listing interfaces: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let mut found = None;
+    let mut cursor = list;
+    while !cursor.is_null() {
+        // SAFETY: cursor walks the list getifaddrs returned.
+        let entry = unsafe { &*cursor };
+        cursor = entry.ifa_next;
+        // SAFETY: ifa_name is a NUL-terminated string for every entry.
+        let name = unsafe { CStr::from_ptr(entry.ifa_name) };
+        if name.to_bytes() != interface.as_bytes() || entry.ifa_addr.is_null() {
+            continue;
+        }
+        // SAFETY: non-null sockaddr; the family is checked before reading it as sockaddr_ll.
+        unsafe {
+            if (*entry.ifa_addr).sa_family as i32 != libc::AF_PACKET {
+                continue;
+            }
+            let ll = &*(entry.ifa_addr as *const libc::sockaddr_ll);
+            if ll.sll_halen == 6 {
+                let mut mac = [0u8; 6];
+                mac.copy_from_slice(&ll.sll_addr[..6]);
+                found = Some(mac);
+            }
+        }
+        break;
+    }
+    // SAFETY: list came from getifaddrs.
+    unsafe { libc::freeifaddrs(list) };
+    found.ok_or_else(|| format!("interface {interface} has no Ethernet address"))
 }
 
 #[cfg(test)]
@@ -67,6 +113,8 @@ mod tests {
 
     #[test]
     fn missing_interface_is_named() {
-        assert!(ipv4_of("nosuchif0").unwrap_err().contains("no interface named nosuchif0"));
+        assert!(ipv4_of("nosuchif0")
+            .unwrap_err()
+            .contains("no interface named nosuchif0"));
     }
 }

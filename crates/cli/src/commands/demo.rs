@@ -1,0 +1,80 @@
+//! `diskless demo`: the whole path on built-in defaults.
+
+use super::image::{run_bootstrap, run_build, BootstrapArgs, BuildArgs, StoreArgs};
+use super::vm::VmArgs;
+use crate::paths;
+use anyhow::Result;
+use clap::Args;
+use diskless_image::build::Compression;
+use diskless_image::Store;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Args)]
+pub struct DemoArgs {
+    /// The image store.
+    #[arg(long, default_value = paths::DEFAULT_STORE)]
+    pub store: PathBuf,
+    /// Downloads and the bootstrapped tree are kept here between runs.
+    #[arg(long, default_value = paths::DEFAULT_CACHE)]
+    pub cache: PathBuf,
+    /// Debian suite of the image.
+    #[arg(long, default_value = "bookworm")]
+    pub suite: String,
+    /// Build a new image version even if the store has one.
+    #[arg(long)]
+    pub rebuild: bool,
+    /// Client RAM in MiB.
+    #[arg(long, default_value_t = 1024)]
+    pub memory: u32,
+    /// Give up after this many seconds without reaching multi-user.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+}
+
+pub fn run(args: DemoArgs) -> Result<ExitCode> {
+    let name = args.suite.clone();
+    let store = Store::open(&args.store)?;
+    if args.rebuild || store.current(&name).is_err() {
+        let root = args.cache.join("roots").join(&args.suite);
+        run_bootstrap(&BootstrapArgs {
+            dir: root.clone(),
+            suite: args.suite.clone(),
+            mirror: None,
+            include: vec![],
+            cache: args.cache.join("debs"),
+        })?;
+        run_build(&BuildArgs {
+            source: root,
+            name: name.clone(),
+            store: StoreArgs {
+                store: args.store.clone(),
+            },
+            compression: Compression::Zstd,
+            block_size: None,
+            exclude: vec![],
+            processors: None,
+        })?;
+    } else {
+        eprintln!(
+            "diskless: using image {name} from {} (--rebuild makes a new one)",
+            args.store.display()
+        );
+    }
+    super::vm::run(VmArgs {
+        image: name,
+        store: args.store,
+        memory: args.memory,
+        cpus: 2,
+        timeout: args.timeout,
+        firmware: "bios".into(),
+        mac: "52:54:00:12:34:56".into(),
+        run: vec![],
+        cmdline: String::new(),
+        size: "75%".into(),
+        image_protocol: "http".into(),
+        quiet: false,
+        log_dir: None,
+        report: None,
+    })
+}

@@ -1,0 +1,237 @@
+//! `diskless image ...`
+
+use crate::paths;
+use anyhow::{Context, Result};
+use clap::{Args, Subcommand};
+use diskless_image::bootstrap::{self, BootstrapConfig};
+use diskless_image::build::{self, BuildConfig, Compression};
+use diskless_image::tidy::TidyOptions;
+use diskless_image::Store;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Subcommand)]
+pub enum ImageCommand {
+    /// Debootstrap a workstation root into DIR (minbase, a kernel, systemd, udev, ...).
+    Bootstrap(BootstrapArgs),
+    /// Make a new image version from a root tree (a chroot, or / of this system).
+    Build(BuildArgs),
+    /// Make a new version of an image with this diskless's boot script and fetch helper.
+    Refresh(NameArgs),
+    /// List images and their versions.
+    List(StoreArgs),
+    /// Show an image version's manifest.
+    Show(ShowArgs),
+    /// Make the version before the current one current again.
+    Rollback(NameArgs),
+    /// Delete old versions, keeping the newest N (and always the current one).
+    Prune(PruneArgs),
+}
+
+#[derive(Args)]
+pub struct StoreArgs {
+    /// The image store.
+    #[arg(long, default_value = paths::DEFAULT_STORE)]
+    pub store: PathBuf,
+}
+
+#[derive(Args)]
+pub struct BootstrapArgs {
+    /// Where to create the root tree.
+    pub dir: PathBuf,
+    /// Debian suite.
+    #[arg(long, default_value = "bookworm")]
+    pub suite: String,
+    /// Debian mirror; default: the one in this host's apt sources.
+    #[arg(long)]
+    pub mirror: Option<String>,
+    /// Extra packages to install (repeatable, or comma-separated).
+    #[arg(long = "include", value_delimiter = ',')]
+    pub include: Vec<String>,
+    /// Where downloaded packages are kept between runs.
+    #[arg(long, default_value = "/var/cache/diskless/debs")]
+    pub cache: PathBuf,
+}
+
+#[derive(Args)]
+pub struct BuildArgs {
+    /// The root tree: a chroot directory, or / for this running system. Never modified.
+    pub source: PathBuf,
+    /// Image name (letters, digits, '-', '_', '.').
+    #[arg(long)]
+    pub name: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Compression: zstd, xz, gzip or lz4.
+    #[arg(long, default_value = "zstd")]
+    pub compression: Compression,
+    /// squashfs block size in bytes (power of two, 4096 to 1048576).
+    #[arg(long)]
+    pub block_size: Option<u32>,
+    /// More paths to leave out, relative to SOURCE (repeatable; wildcards allowed).
+    #[arg(long = "exclude")]
+    pub exclude: Vec<String>,
+    /// mksquashfs processors (default: all cores).
+    #[arg(long)]
+    pub processors: Option<usize>,
+}
+
+#[derive(Args)]
+pub struct NameArgs {
+    /// Image name.
+    pub name: String,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Args)]
+pub struct ShowArgs {
+    /// Image name.
+    pub name: String,
+    /// Version (default: the current one).
+    pub version: Option<String>,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+#[derive(Args)]
+pub struct PruneArgs {
+    /// Image name.
+    pub name: String,
+    /// How many of the newest versions to keep.
+    #[arg(long, default_value_t = 3)]
+    pub keep: usize,
+    #[command(flatten)]
+    pub store: StoreArgs,
+}
+
+pub fn run(cmd: ImageCommand) -> Result<ExitCode> {
+    match cmd {
+        ImageCommand::Bootstrap(args) => {
+            run_bootstrap(&args)?;
+        }
+        ImageCommand::Build(args) => {
+            run_build(&args)?;
+        }
+        ImageCommand::Refresh(args) => {
+            let store = Store::open(&args.store.store)?;
+            let report = build::refresh(&store, &args.name, &paths::fetch_helper()?)?;
+            println!(
+                "{}: new version {} with refreshed boot files",
+                args.name, report.manifest.version
+            );
+        }
+        ImageCommand::List(args) => {
+            let store = Store::open(&args.store)?;
+            for name in store.images()? {
+                let current = store.current_version(&name)?;
+                println!("{name}");
+                for m in store.versions(&name)? {
+                    let mark = if m.version == current { "*" } else { " " };
+                    println!(
+                        "  {mark} {}  {}  kernel {}  {:.1} MiB",
+                        m.version,
+                        m.created,
+                        m.kernel_version,
+                        m.squashfs().size as f64 / 1048576.0
+                    );
+                }
+            }
+        }
+        ImageCommand::Show(args) => {
+            let store = Store::open(&args.store.store)?;
+            let version = match args.version {
+                Some(v) => v,
+                None => store.current_version(&args.name)?,
+            };
+            let manifest = store.manifest(&args.name, &version)?;
+            println!("{}", serde_json::to_string_pretty(&manifest)?);
+        }
+        ImageCommand::Rollback(args) => {
+            let store = Store::open(&args.store.store)?;
+            let version = store.rollback(&args.name)?;
+            println!("{}: current version is now {version}", args.name);
+        }
+        ImageCommand::Prune(args) => {
+            let store = Store::open(&args.store.store)?;
+            for v in store.prune(&args.name, args.keep)? {
+                println!("removed {} {v}", args.name);
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run_bootstrap(args: &BootstrapArgs) -> Result<()> {
+    let cfg = BootstrapConfig {
+        target: args.dir.clone(),
+        suite: args.suite.clone(),
+        mirror: args.mirror.clone(),
+        cache_dir: Some(args.cache.clone()),
+        extra_packages: args.include.clone(),
+    };
+    let mirror = bootstrap::resolve_mirror(&cfg)?;
+    let started = std::time::Instant::now();
+    eprintln!(
+        "diskless: bootstrapping {} {} from {mirror} into {}",
+        cfg.suite,
+        cfg.packages().join(","),
+        cfg.target.display()
+    );
+    match bootstrap::bootstrap(&cfg)
+        .with_context(|| format!("bootstrapping {}", cfg.target.display()))?
+    {
+        bootstrap::Outcome::AlreadyThere => {
+            eprintln!("diskless: {} is already bootstrapped", cfg.target.display())
+        }
+        bootstrap::Outcome::Created => {
+            eprintln!(
+                "diskless: bootstrapped {} in {:.0} s",
+                cfg.target.display(),
+                started.elapsed().as_secs_f64()
+            )
+        }
+    }
+    Ok(())
+}
+
+pub fn run_build(args: &BuildArgs) -> Result<diskless_image::Manifest> {
+    let store = Store::open(&args.store.store)?;
+    let cfg = BuildConfig {
+        source: args.source.clone(),
+        name: args.name.clone(),
+        compression: args.compression,
+        block_size: args.block_size,
+        tidy: TidyOptions {
+            extra_excludes: args.exclude.clone(),
+            ..Default::default()
+        },
+        fetch_helper: paths::fetch_helper()?,
+        processors: args.processors,
+        progress_bar: std::io::stdout().is_terminal(),
+    };
+    eprintln!(
+        "diskless: building image {} from {}",
+        cfg.name,
+        cfg.source.display()
+    );
+    let report =
+        build::build(&store, &cfg).with_context(|| format!("building image {}", cfg.name))?;
+    let m = &report.manifest;
+    for change in &m.changes {
+        eprintln!("diskless: in the image only: {change}");
+    }
+    eprintln!(
+        "diskless: image {} version {} ({} {:.1} MiB, kernel {}) in {:.0} s (mksquashfs {:.0} s): {}",
+        m.name,
+        m.version,
+        m.compression,
+        m.squashfs().size as f64 / 1048576.0,
+        m.kernel_version,
+        report.total_seconds,
+        m.build_seconds,
+        report.version_dir.display()
+    );
+    Ok(report.manifest)
+}

@@ -1,0 +1,5 @@
+pub mod clients;
+pub mod demo;
+pub mod image;
+pub mod serve;
+pub mod vm;

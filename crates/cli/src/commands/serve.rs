@@ -1,0 +1,187 @@
+//! `diskless serve`: the config file, overridden by flags, then the server until Ctrl-C.
+
+use anyhow::{Context, Result};
+use clap::Args;
+use diskless_boot::config::{self, Config, ImageProtocol, Mode, UnknownClients};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Args, Clone, Default)]
+pub struct ServeArgs {
+    /// Config file; default /etc/diskless/diskless.toml when it exists.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Interface to serve on (config: interface).
+    #[arg(long)]
+    pub interface: Option<String>,
+    /// Image store (config: store).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    /// Leases and client records (config: state).
+    #[arg(long)]
+    pub state: Option<PathBuf>,
+    /// full: hand out addresses; proxy: beside another DHCP server (config: mode).
+    #[arg(long, value_parser = ["full", "proxy"])]
+    pub mode: Option<String>,
+    /// DHCP pool FIRST-LAST, full mode (config: dhcp.range).
+    #[arg(long)]
+    pub dhcp_range: Option<String>,
+    /// Image clients boot by default (config: boot.image).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// boot or ignore clients without a [[client]] entry (config: boot.unknown_clients).
+    #[arg(long, value_parser = ["boot", "ignore"])]
+    pub unknown_clients: Option<String>,
+    /// Extra kernel options for every client (config: boot.cmdline).
+    #[arg(long)]
+    pub cmdline: Option<String>,
+    /// Each client's RAM disk size, e.g. 75% or 4G (config: boot.size).
+    #[arg(long)]
+    pub size: Option<String>,
+    /// http or tftp: how clients fetch the image (config: boot.image_protocol).
+    #[arg(long, value_parser = ["http", "tftp"])]
+    pub image_protocol: Option<String>,
+    /// HTTP port (config: http_port).
+    #[arg(long)]
+    pub http_port: Option<u16>,
+    /// TFTP port (config: tftp_port).
+    #[arg(long)]
+    pub tftp_port: Option<u16>,
+    /// iPXE binary for UEFI clients: ipxe.efi or snponly.efi (config: ipxe.uefi).
+    #[arg(long)]
+    pub uefi_file: Option<String>,
+}
+
+/// The config file (if any) with the flags applied, validated.
+pub fn resolve(args: &ServeArgs) -> Result<Config> {
+    let path = args.config.clone().or_else(|| {
+        let default = PathBuf::from(config::DEFAULT_PATH);
+        default.exists().then_some(default)
+    });
+    let mut cfg = match &path {
+        Some(p) => Config::load(p)?,
+        None => Config::default(),
+    };
+    if let Some(v) = &args.interface {
+        cfg.interface = Some(v.clone());
+    }
+    if let Some(v) = &args.store {
+        cfg.store = v.clone();
+    }
+    if let Some(v) = &args.state {
+        cfg.state = v.clone();
+    }
+    if let Some(v) = &args.mode {
+        cfg.mode = if v == "proxy" {
+            Mode::Proxy
+        } else {
+            Mode::Full
+        };
+    }
+    if let Some(v) = &args.dhcp_range {
+        cfg.dhcp.range = Some(v.clone());
+    }
+    if let Some(v) = &args.image {
+        cfg.boot.image = Some(v.clone());
+    }
+    if let Some(v) = &args.unknown_clients {
+        cfg.boot.unknown_clients = if v == "ignore" {
+            UnknownClients::Ignore
+        } else {
+            UnknownClients::Boot
+        };
+    }
+    if let Some(v) = &args.cmdline {
+        cfg.boot.cmdline = v.clone();
+    }
+    if let Some(v) = &args.size {
+        cfg.boot.size = v.clone();
+    }
+    if let Some(v) = &args.image_protocol {
+        cfg.boot.image_protocol = if v == "tftp" {
+            ImageProtocol::Tftp
+        } else {
+            ImageProtocol::Http
+        };
+    }
+    if let Some(v) = args.http_port {
+        cfg.http_port = v;
+    }
+    if let Some(v) = args.tftp_port {
+        cfg.tftp_port = v;
+    }
+    if let Some(v) = &args.uefi_file {
+        cfg.ipxe.uefi = v.clone();
+    }
+    cfg.validate()
+        .map_err(|(_, message)| anyhow::anyhow!("{message}"))
+        .context("checking the command-line flags")?;
+    Ok(cfg)
+}
+
+pub fn run(args: ServeArgs) -> Result<ExitCode> {
+    let cfg = resolve(&args)?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        };
+        diskless_server::run(cfg, shutdown).await
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flags_override_the_config_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.toml");
+        std::fs::write(
+            &path,
+            "interface = \"eth0\"\n[boot]\nimage = \"lab\"\nsize = \"2G\"\n",
+        )
+        .unwrap();
+        let args = ServeArgs {
+            config: Some(path),
+            interface: Some("dl0".into()),
+            mode: Some("proxy".into()),
+            ..Default::default()
+        };
+        let cfg = resolve(&args).unwrap();
+        assert_eq!(cfg.interface.as_deref(), Some("dl0"));
+        assert_eq!(cfg.mode, Mode::Proxy);
+        assert_eq!(
+            (cfg.boot.image.as_deref(), cfg.boot.size.as_str()),
+            (Some("lab"), "2G")
+        );
+    }
+
+    #[test]
+    fn bad_flags_and_bad_files_are_refused() {
+        let args = ServeArgs {
+            size: Some("huge".into()),
+            config: Some("/nonexistent.toml".into()),
+            ..Default::default()
+        };
+        assert!(resolve(&args)
+            .unwrap_err()
+            .to_string()
+            .contains("/nonexistent.toml"));
+        let args = ServeArgs {
+            size: Some("huge".into()),
+            config: None,
+            ..Default::default()
+        };
+        let err = format!("{:#}", resolve(&args).unwrap_err());
+        assert!(err.contains("huge"), "{err}");
+    }
+}
