@@ -30,7 +30,11 @@ async fn main() {
         _ => panic!("{usage}"),
     };
     let (mode, range, leases) = match (mode, &args[3..]) {
-        ("full", [a, b, rest @ ..]) => (Mode::Full, Some((ip(a), ip(b))), rest.first().map(Into::into)),
+        ("full", [a, b, rest @ ..]) => (
+            Mode::Full,
+            Some((ip(a), ip(b))),
+            rest.first().map(Into::into),
+        ),
         ("proxy", []) => (Mode::Proxy, None, None),
         _ => panic!("{usage}"),
     };
