@@ -45,6 +45,8 @@
 
 pub mod classify;
 pub mod config;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod lease;
 pub mod policy;
 pub mod responder;

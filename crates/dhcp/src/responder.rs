@@ -175,6 +175,14 @@ impl Responder {
             self.boot_server(&msg, &client, source, policy)?
         } else {
             match self.config.mode {
+                // We serve one subnet: a relay on another one needs
+                // addresses we do not have (RFC 2131 4.3.1 picks the pool
+                // by giaddr).
+                Mode::Full
+                    if !client.giaddr.is_unspecified() && !self.config.in_subnet(client.giaddr) =>
+                {
+                    Handled::ignore("relayed from a subnet we do not serve")
+                }
                 Mode::Proxy => self.proxy(&msg, &client, policy)?,
                 Mode::Full => match client.msg_type {
                     MessageType::Discover => self.discover(&msg, &client, now, policy)?,

@@ -197,6 +197,23 @@ fn nak_on_wrong_requested_address() {
 }
 
 #[test]
+fn relayed_requests_go_back_to_the_relay_and_foreign_subnets_are_ignored() {
+    let mut r = responder();
+    let mut p = discover(mac(1));
+    p[24..28].copy_from_slice(&[10, 9, 0, 254]); // giaddr
+    let h = handle(&mut r, 0, &p);
+    assert_eq!(decode(&h).giaddr(), Ipv4Addr::new(10, 9, 0, 254));
+    assert_eq!(
+        h.reply.unwrap().dest,
+        Destination::Unicast(SocketAddrV4::new(Ipv4Addr::new(10, 9, 0, 254), 67))
+    );
+    p[24..28].copy_from_slice(&[192, 168, 5, 1]);
+    let h = handle(&mut r, 0, &p);
+    assert!(h.reply.is_none());
+    assert!(h.ignored.is_some());
+}
+
+#[test]
 fn renew_is_unicast_to_ciaddr() {
     let mut r = responder();
     let ip = lease(&mut r, 0, mac(1));
@@ -572,4 +589,54 @@ fn malformed_packets_are_errors_and_the_responder_goes_on() {
     }
     assert!(handle(&mut r, 0, &reply_op).ignored.is_some());
     assert!(handle(&mut r, 0, &good).reply.is_some());
+}
+
+/// A small deterministic mutation fuzzer over the fixtures: byte flips,
+/// truncations, length-byte rewrites, and splices, through the whole
+/// responder (see `crate::fuzzing` for the invariants checked).
+#[test]
+fn mutated_packets_keep_the_invariants() {
+    let seeds = [
+        bios_pxe_discover(),
+        uefi_pxe_discover(),
+        uefi_http_discover(),
+        ipxe_discover(),
+        udhcpc_discover(),
+        request(mac(1), Ipv4Addr::new(10, 9, 0, 100), Some(SERVER)),
+        raw_request(9, MAC, [10, 9, 0, 100], &[(53, &[7])]),
+        raw_request(9, MAC, [10, 9, 0, 77], &[(53, &[8])]),
+        raw_request(9, MAC, [0; 4], &[(53, &[4]), (50, &[10, 9, 0, 100])]),
+    ];
+    let mut h = crate::fuzzing::Harness::new();
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut rand = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for seed in &seeds {
+        h.packet(seed);
+    }
+    for _ in 0..20_000 {
+        let mut p = seeds[rand() as usize % seeds.len()].clone();
+        for _ in 0..(rand() % 4 + 1) {
+            let i = rand() as usize % p.len();
+            match rand() % 5 {
+                0 => p[i] ^= 1 << (rand() % 8),
+                1 => p[i] = rand() as u8,
+                2 => p.truncate(i),
+                3 => {
+                    let j = rand() as usize % p.len();
+                    let other = seeds[rand() as usize % seeds.len()].clone();
+                    p.extend_from_slice(&other[j.min(other.len())..]);
+                }
+                _ => p.insert(i.min(p.len()), rand() as u8),
+            }
+            if p.is_empty() {
+                break;
+            }
+        }
+        h.packet(&p);
+    }
 }
