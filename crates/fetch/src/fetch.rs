@@ -147,7 +147,7 @@ fn fetch_once(
     if let Some(total) = total {
         check_fits(total, &req.out)?;
     }
-    let (mut file, mut state) = if resumed {
+    let (file, state) = if resumed {
         let p = partial.take().expect("resumed implies partial");
         eprintln!("diskless: resuming at {}", Progress::human_bytes(p.bytes));
         (OpenOptions::new().append(true).open(&req.out)?, p)
@@ -164,21 +164,7 @@ fn fetch_once(
         )
     };
     let mut progress = Progress::new(total, state.bytes);
-    let mut buf = vec![0u8; 256 * 1024];
-    let result = loop {
-        match body.read(&mut buf) {
-            Ok(0) => break Ok(()),
-            Ok(n) => {
-                if let Err(e) = file.write_all(&buf[..n]) {
-                    break Err(write_error(e, &req.out));
-                }
-                state.hasher.update(&buf[..n]);
-                state.bytes += n as u64;
-                progress.update(state.bytes);
-            }
-            Err(e) => break Err(AttemptError::Retry(format!("download interrupted: {e}"))),
-        }
-    };
+    let (result, file, state) = pump(&mut body, file, state, &mut progress, &req.out);
     if let Err(e) = result {
         // Keep what we have: the next HTTP attempt asks only for the rest.
         *partial = Some(state);
@@ -202,6 +188,67 @@ fn fetch_once(
         bytes: state.bytes,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// Buffers in flight between the reading and the hashing thread.
+const PIPELINE_DEPTH: usize = 8;
+const BUFFER_SIZE: usize = 256 * 1024;
+
+/// Copy `body` into `file`, hashing as it goes. Reading the network and hashing + writing run
+/// on two threads, so a slow hash (or a slow tmpfs) does not stall the TCP window and a slow
+/// network does not leave the hash idle. Returns the file and the digest state covering
+/// exactly the bytes written, whatever happened.
+fn pump(
+    body: &mut dyn Read,
+    mut file: File,
+    mut state: Partial,
+    progress: &mut Progress,
+    out: &Path,
+) -> (Result<(), AttemptError>, File, Partial) {
+    let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(PIPELINE_DEPTH);
+    let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
+    for _ in 0..PIPELINE_DEPTH {
+        let _ = empty_tx.send(vec![0u8; BUFFER_SIZE]);
+    }
+    let out_path = out.to_path_buf();
+    let writer = std::thread::spawn(move || {
+        let mut result = Ok(());
+        for (buf, n) in full_rx {
+            if result.is_ok() {
+                match file.write_all(&buf[..n]) {
+                    Ok(()) => {
+                        state.hasher.update(&buf[..n]);
+                        state.bytes += n as u64;
+                    }
+                    Err(e) => result = Err(write_error(e, &out_path)),
+                }
+            }
+            let _ = empty_tx.send(buf);
+        }
+        (result, file, state)
+    });
+    let mut read_bytes = 0u64;
+    let mut read_result = Ok(());
+    let start_bytes = progress.start_bytes();
+    while let Ok(mut buf) = empty_rx.recv() {
+        match body.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                read_bytes += n as u64;
+                progress.update(start_bytes + read_bytes);
+                if full_tx.send((buf, n)).is_err() {
+                    break; // the writer stopped on an error: it reports it
+                }
+            }
+            Err(e) => {
+                read_result = Err(AttemptError::Retry(format!("download interrupted: {e}")));
+                break;
+            }
+        }
+    }
+    drop(full_tx);
+    let (write_result, file, state) = writer.join().expect("writer thread");
+    (write_result.and(read_result), file, state)
 }
 
 /// Compare digests; on mismatch the file is deleted so nothing can mount it by mistake.
@@ -239,6 +286,119 @@ fn write_error(e: io::Error, out: &Path) -> AttemptError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{BufRead, BufReader};
+    use std::net::TcpListener;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// An HTTP server on loopback that serves `data`, honours Range, and cuts the first
+    /// `cut_first` connections off after `cut_at` bytes (a server stopped mid-download).
+    fn server(data: Vec<u8>, cut_first: usize, cut_at: usize) -> (String, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/root.squashfs", listener.local_addr().unwrap());
+        let requests = Arc::new(AtomicUsize::new(0));
+        let count = requests.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let mut conn = conn.unwrap();
+                let n = count.fetch_add(1, Ordering::SeqCst);
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut start = 0usize;
+                loop {
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).unwrap() == 0 || line == "\r\n" {
+                        break;
+                    }
+                    if let Some(r) = line.strip_prefix("Range: bytes=") {
+                        start = r.trim().trim_end_matches('-').parse().unwrap();
+                    }
+                }
+                let body = &data[start..];
+                let head = if start > 0 {
+                    format!(
+                        "HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {start}-{}/{}\r\nContent-Length: {}\r\n\r\n",
+                        data.len() - 1,
+                        data.len(),
+                        body.len()
+                    )
+                } else {
+                    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", body.len())
+                };
+                let _ = conn.write_all(head.as_bytes());
+                let send = if n < cut_first {
+                    &body[..cut_at.min(body.len())]
+                } else {
+                    body
+                };
+                let _ = conn.write_all(send);
+            }
+        });
+        (url, requests)
+    }
+
+    fn request(url: &str, data: &[u8], dir: &Path) -> Request {
+        Request {
+            sources: vec![Source::parse(url).unwrap()],
+            expected_sha256: Sha256::digest(data).into(),
+            out: dir.join("root.squashfs"),
+            retries: 3,
+            report_url: None,
+        }
+    }
+
+    fn payload() -> Vec<u8> {
+        (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn downloads_and_verifies() {
+        let data = payload();
+        let (url, _) = server(data.clone(), 0, 0);
+        let dir = tempfile::tempdir().unwrap();
+        run(request(&url, &data, dir.path())).unwrap();
+        assert_eq!(fs::read(dir.path().join("root.squashfs")).unwrap(), data);
+    }
+
+    #[test]
+    fn an_interrupted_download_resumes_with_range() {
+        let data = payload();
+        let (url, requests) = server(data.clone(), 1, 1_000_000);
+        let dir = tempfile::tempdir().unwrap();
+        run(request(&url, &data, dir.path())).unwrap();
+        assert_eq!(fs::read(dir.path().join("root.squashfs")).unwrap(), data);
+        assert_eq!(
+            requests.load(Ordering::SeqCst),
+            2,
+            "one cut, one resumed request"
+        );
+    }
+
+    #[test]
+    fn a_corrupt_image_is_refused_and_removed() {
+        let data = payload();
+        let (url, requests) = server(data.clone(), 0, 0);
+        let dir = tempfile::tempdir().unwrap();
+        let mut req = request(&url, b"another image", dir.path());
+        req.retries = 1;
+        let err = run(req).unwrap_err();
+        assert!(err.contains("sha256 mismatch"), "{err}");
+        assert!(!dir.path().join("root.squashfs").exists());
+        assert_eq!(requests.load(Ordering::SeqCst), 2, "retried once");
+    }
+
+    #[test]
+    fn falls_back_to_the_next_server() {
+        let data = payload();
+        let dead = TcpListener::bind("127.0.0.1:0").unwrap();
+        let dead_url = format!("http://{}/x", dead.local_addr().unwrap());
+        drop(dead);
+        let (url, _) = server(data.clone(), 0, 0);
+        let dir = tempfile::tempdir().unwrap();
+        let mut req = request(&url, &data, dir.path());
+        req.sources.insert(0, Source::parse(&dead_url).unwrap());
+        run(req).unwrap();
+        assert_eq!(fs::read(dir.path().join("root.squashfs")).unwrap(), data);
+    }
 
     #[test]
     fn sha256_parsing_rejects_bad_input() {
