@@ -39,7 +39,8 @@ pub struct RttEstimator {
 
 impl RttEstimator {
     /// A new estimator with no samples.
-    pub fn new(config: RttConfig) -> Self {
+    pub fn new(mut config: RttConfig) -> Self {
+        config.max = config.max.max(config.min);
         RttEstimator {
             config,
             srtt: None,
