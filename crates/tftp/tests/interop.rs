@@ -110,8 +110,17 @@ fn busybox() {
         f.each_file(
             &format!("busybox-{blk}"),
             &[
-                "busybox", "tftp", "-g", "-b", blk, "-r", "{remote}", "-l", "{local}",
-                "127.0.0.1", "{port}",
+                "busybox",
+                "tftp",
+                "-g",
+                "-b",
+                blk,
+                "-r",
+                "{remote}",
+                "-l",
+                "{local}",
+                "127.0.0.1",
+                "{port}",
             ],
         );
     }
@@ -130,8 +139,20 @@ fn atftp_windowsize() {
         f.each_file(
             &format!("atftp-{blk}-{win}"),
             &[
-                "atftp", "-g", "-r", "{remote}", "-l", "{local}", "--option", &o1, "--option",
-                &o2, "--option", "tsize 0", "127.0.0.1", "{port}",
+                "atftp",
+                "-g",
+                "-r",
+                "{remote}",
+                "-l",
+                "{local}",
+                "--option",
+                &o1,
+                "--option",
+                &o2,
+                "--option",
+                "tsize 0",
+                "127.0.0.1",
+                "{port}",
             ],
         );
     }
@@ -147,7 +168,15 @@ fn tftp_hpa() {
     f.each_file(
         "hpa",
         &[
-            "tftp", "-m", "binary", "127.0.0.1", "{port}", "-c", "get", "{remote}", "{local}",
+            "tftp",
+            "-m",
+            "binary",
+            "127.0.0.1",
+            "{port}",
+            "-c",
+            "get",
+            "{remote}",
+            "{local}",
         ],
     );
     // Netascii: tftp-hpa turns CR LF back into LF, so a text file round-trips.
@@ -158,7 +187,14 @@ fn tftp_hpa() {
     let out = run(
         30,
         &[
-            "tftp", "-m", "ascii", "127.0.0.1", &port, "-c", "get", "notes.txt",
+            "tftp",
+            "-m",
+            "ascii",
+            "127.0.0.1",
+            &port,
+            "-c",
+            "get",
+            "notes.txt",
             local.to_str().unwrap(),
         ],
     );
