@@ -47,7 +47,7 @@ pub struct ServerConfig {
     /// Transfers running at once; further requests are dropped (clients retry).
     pub max_transfers: usize,
     /// Called when each request ends, served or refused.
-    pub on_transfer_done: Option<Arc<dyn Fn(&TransferLog) + Send + Sync>>,
+    pub on_transfer_done: Option<TransferHook>,
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -60,6 +60,9 @@ impl std::fmt::Debug for ServerConfig {
             .finish()
     }
 }
+
+/// A callback for each finished request (e.g. to record which client fetched what).
+pub type TransferHook = Arc<dyn Fn(&TransferLog) + Send + Sync>;
 
 /// Default for [`ServerConfig::max_transfers`].
 pub const DEFAULT_MAX_TRANSFERS: usize = 1024;
@@ -154,7 +157,9 @@ pub enum Error {
     },
 }
 
-/// Binds a server socket on `addr` with address reuse, ready for [`serve`].
+/// Binds a server socket on `addr` with address reuse and `IP_PKTINFO` on, ready for
+/// [`serve`]. (A socket bound elsewhere works too, but requests that arrive before
+/// `serve` turns `IP_PKTINFO` on are answered from the address routing picks.)
 pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let s = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
@@ -164,7 +169,9 @@ pub fn bind(addr: SocketAddr) -> io::Result<UdpSocket> {
     }
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
-    UdpSocket::from_std(s.into())
+    let socket = UdpSocket::from_std(s.into())?;
+    enable_pktinfo(&socket, addr)?;
+    Ok(socket)
 }
 
 /// Serves read requests arriving on `socket` until `shutdown` completes; running
@@ -444,12 +451,19 @@ fn drive(
     stopping: &AtomicBool,
 ) -> io::Result<()> {
     let blksize = usize::from(session.negotiated().blksize);
+    let windowed = session.negotiated().windowsize > 1;
     let mut out = vec![0u8; wire::DATA_HEADER_LEN + blksize];
-    // Read-ahead: while the client handles a block, the next one is read into `ahead`,
-    // so that when its ACK arrives only the send is left on the round trip.
+    // Read-ahead (lock-step): while the client handles a block, the next one is read
+    // into `ahead`, so that when its ACK arrives only the send is left on the round trip.
     let mut ahead = vec![0u8; wire::DATA_HEADER_LEN + blksize];
     let mut ahead_at: Option<(u64, usize)> = None;
     let mut last_data: Option<u64> = None;
+    // Windows go out in batches: one preadv and one UDP GSO send per batch.
+    let mut batch = if windowed {
+        Batch::new(sock, blksize)
+    } else {
+        None
+    };
     // ACKs are 4 bytes and ERRORs short; anything longer is truncated harmlessly.
     let mut inbuf = [0u8; 1024];
     let mut timeout_set: Option<Duration> = None;
@@ -457,8 +471,21 @@ fn drive(
         let now = Instant::now();
         while let Some(t) = session.poll_transmit(now) {
             match t {
-                Transmit::Packet(p) => send(sock, &p)?,
+                Transmit::Packet(p) => {
+                    if let Some(b) = batch.as_mut() {
+                        b.flush(sock, source)?;
+                    }
+                    send(sock, &p)?
+                }
                 Transmit::Data { block, offset, len } => {
+                    if let Some(b) = batch.as_mut() {
+                        if !b.push(block, offset, len) {
+                            b.flush(sock, source)?;
+                            let pushed = b.push(block, offset, len);
+                            debug_assert!(pushed);
+                        }
+                        continue;
+                    }
                     let end = wire::DATA_HEADER_LEN + len;
                     if ahead_at == Some((offset, len)) {
                         std::mem::swap(&mut out, &mut ahead);
@@ -468,8 +495,17 @@ fn drive(
                     ahead_at = None;
                     wire::emit_data_header(&mut out, block);
                     send(sock, &out[..end])?;
-                    last_data = Some(offset + len as u64);
+                    if !windowed {
+                        last_data = Some(offset + len as u64);
+                    }
                 }
+            }
+        }
+        if let Some(b) = batch.as_mut() {
+            b.flush(sock, source)?;
+            if b.gso_failed {
+                // The path MTU is below one segment: send block by block from now on.
+                batch = None;
             }
         }
         if let Some(next) = last_data.take() {
@@ -497,7 +533,7 @@ fn drive(
         };
         // Setting SO_RCVTIMEO costs a syscall; a timer that fires a little early only
         // costs one extra loop, so reuse the last value while it is close enough.
-        if timeout_set.is_none_or(|t| t > wait + wait / 4 || t < wait / 2) {
+        if timeout_set.map_or(true, |t| t > wait + wait / 4 || t < wait / 2) {
             sock.set_read_timeout(Some(wait.max(Duration::from_micros(50))))?;
             timeout_set = Some(wait);
         }
@@ -520,6 +556,141 @@ fn drive(
             Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {}
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Consecutive DATA packets sent with one `preadv` and one UDP GSO `send`: the kernel
+/// cuts the buffer into datagrams of `UDP_SEGMENT` bytes (4-byte header + blksize),
+/// the last one possibly shorter, which is exactly a window of DATA packets.
+struct Batch {
+    buf: Vec<u8>,
+    /// Bytes of one segment (header + blksize).
+    stride: usize,
+    max_segments: usize,
+    /// (block, offset, len) of the queued packets, contiguous in the file.
+    queued: Vec<(u16, u64, usize)>,
+    gso_failed: bool,
+}
+
+/// Most segments one GSO send may carry (`UDP_MAX_SEGMENTS` is 64 on older kernels).
+const MAX_GSO_SEGMENTS: usize = 64;
+/// Most bytes one GSO send may carry (64 KiB less IP and UDP headers, with margin).
+const MAX_GSO_BYTES: usize = 65000;
+
+impl Batch {
+    /// `None` when batching gains nothing (one block per 64 KiB) or GSO is unavailable.
+    fn new(sock: &std::net::UdpSocket, blksize: usize) -> Option<Batch> {
+        let stride = wire::DATA_HEADER_LEN + blksize;
+        let max_segments = (MAX_GSO_BYTES / stride).min(MAX_GSO_SEGMENTS);
+        if max_segments < 2 {
+            return None;
+        }
+        let _ = sock;
+        Some(Batch {
+            buf: vec![0u8; stride * max_segments],
+            stride,
+            max_segments,
+            queued: Vec::with_capacity(max_segments),
+            gso_failed: false,
+        })
+    }
+
+    /// Queues a packet; false if it does not fit or does not follow the last one.
+    fn push(&mut self, block: u16, offset: u64, len: usize) -> bool {
+        if let Some(&(_, o, l)) = self.queued.last() {
+            let full_before = l == self.stride - wire::DATA_HEADER_LEN;
+            if self.queued.len() == self.max_segments || o + l as u64 != offset || !full_before {
+                return false;
+            }
+        }
+        self.queued.push((block, offset, len));
+        true
+    }
+
+    fn flush(
+        &mut self,
+        sock: &std::net::UdpSocket,
+        source: &mut dyn BlockSource,
+    ) -> io::Result<()> {
+        let Some(&(_, first, _)) = self.queued.first() else {
+            return Ok(());
+        };
+        let stride = self.stride;
+        let total: usize = self
+            .queued
+            .iter()
+            .map(|&(_, _, l)| wire::DATA_HEADER_LEN + l)
+            .sum();
+        {
+            let mut slots: Vec<&mut [u8]> = Vec::with_capacity(self.queued.len());
+            for (chunk, &(block, _, len)) in self.buf.chunks_mut(stride).zip(&self.queued) {
+                wire::emit_data_header(chunk, block);
+                slots.push(&mut chunk[wire::DATA_HEADER_LEN..wire::DATA_HEADER_LEN + len]);
+            }
+            source.read_vectored_exact_at(first, &mut slots)?;
+        }
+        let result = if self.queued.len() == 1 || self.gso_failed {
+            Err(io::Error::from_raw_os_error(libc::EINVAL))
+        } else {
+            send_gso(sock, &self.buf[..total], stride)
+        };
+        match result {
+            Ok(()) => {}
+            // EINVAL: a segment exceeds the path MTU (GSO does not fragment); EIO: the
+            // device cannot checksum it. Send the packets one by one instead.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EINVAL) | Some(libc::EIO) | Some(libc::EMSGSIZE)
+                ) =>
+            {
+                if self.queued.len() > 1 {
+                    self.gso_failed = true;
+                }
+                let mut at = 0;
+                for &(_, _, len) in &self.queued {
+                    send(sock, &self.buf[at..at + wire::DATA_HEADER_LEN + len])?;
+                    at += stride;
+                }
+            }
+            Err(e) => return Err(e),
+        }
+        self.queued.clear();
+        Ok(())
+    }
+}
+
+/// Sends `buf` as datagrams of `segment` bytes (UDP GSO, `UDP_SEGMENT` control message).
+fn send_gso(sock: &std::net::UdpSocket, buf: &[u8], segment: usize) -> io::Result<()> {
+    // SAFETY: msghdr points at live buffers; the control buffer is large and aligned
+    // enough for one cmsg carrying a u16, written through the CMSG_* helpers.
+    unsafe {
+        let mut iov = libc::iovec {
+            iov_base: buf.as_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        let mut control = [0u64; 4];
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr() as *mut libc::c_void;
+        msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_UDP;
+        (*cmsg).cmsg_type = libc::UDP_SEGMENT;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg) as *mut u16, segment as u16);
+        loop {
+            let r = libc::sendmsg(sock.as_raw_fd(), &msg, 0);
+            if r >= 0 {
+                return Ok(());
+            }
+            let e = io::Error::last_os_error();
+            match e.kind() {
+                io::ErrorKind::Interrupted | io::ErrorKind::ConnectionRefused => continue,
+                _ => return Err(e),
+            }
         }
     }
 }

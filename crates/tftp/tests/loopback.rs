@@ -56,7 +56,7 @@ fn byte_exact_across_options_and_sizes() {
             let (got, s) = fetch(srv.addr, name, &opts(blk, win)).unwrap();
             assert!(got == *data, "{name} blksize {blk} windowsize {win}");
             assert_eq!(s.bytes, data.len() as u64);
-            assert_eq!(s.tsize, Some(data.len() as u64));
+            assert_eq!(s.tsize, Some(data.len() as u64), "{name} {blk} {win}");
             assert_eq!((s.blksize, s.windowsize), (blk, win));
         }
     }

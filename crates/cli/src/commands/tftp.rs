@@ -52,16 +52,15 @@ impl TftpArgs {
 /// Runs the server until Ctrl-C or SIGTERM.
 pub async fn run(args: TftpArgs) -> anyhow::Result<()> {
     let config = args.config()?;
-    let socket = server::bind(args.listen)
-        .with_context(|| format!("binding UDP {}", args.listen))?;
+    let socket =
+        server::bind(args.listen).with_context(|| format!("binding UDP {}", args.listen))?;
     server::serve(socket, config, shutdown_signal())
         .await
         .with_context(|| format!("serving {} on {}", args.root.display(), args.listen))
 }
 
 async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
         Ok(s) => s,
         Err(_) => {
             let _ = tokio::signal::ctrl_c().await;
