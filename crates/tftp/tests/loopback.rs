@@ -454,3 +454,63 @@ fn many_concurrent_transfers() {
         50
     );
 }
+
+fn rss_kib() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = s.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn thousand_concurrent_transfers_bounded_memory() {
+    // 1000 clients ask for a 64 MiB file at the largest block size and then stall
+    // after the first block, so all 1000 transfers are alive at once. The file is
+    // never loaded whole: the server's memory grows by the per-transfer buffers only.
+    let big = tempfile::NamedTempFile::new().unwrap();
+    big.as_file().set_len(64 << 20).unwrap();
+    let root = tempfile::tempdir().unwrap();
+    std::fs::hard_link(big.path(), root.path().join("big")).unwrap();
+    let mut config = ServerConfig::new(root.path());
+    config.max_transfers = 1000;
+    config.session.rtt.initial = Duration::from_secs(30);
+    config.session.rtt.min = Duration::from_secs(30);
+    let srv = TestServer::start_with(config, "127.0.0.1:0", None);
+    let before = rss_kib();
+    let socks: Vec<UdpSocket> = (0..1001).map(|_| raw()).collect();
+    let mut tids = Vec::new();
+    for s in &socks[..1000] {
+        s.send_to(&rrq(b"big", &[("blksize", "65464")]), srv.addr)
+            .unwrap();
+        let (p, tid) = recv(s);
+        assert!(matches!(Packet::parse(&p).unwrap(), Packet::Oack { .. }));
+        s.send_to(&[0, 4, 0, 0], tid).unwrap();
+        tids.push(tid);
+    }
+    for s in &socks[..1000] {
+        let (p, _) = recv(s);
+        assert!(matches!(
+            Packet::parse(&p).unwrap(),
+            Packet::Data { block: 1, .. }
+        ));
+    }
+    // The 1001st is over the limit: dropped, not answered.
+    let last = &socks[1000];
+    last.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    last.send_to(&rrq(b"big", &[]), srv.addr).unwrap();
+    let mut b = [0u8; 600];
+    assert!(
+        last.recv_from(&mut b).is_err(),
+        "request over max_transfers was served"
+    );
+    let grown_mib = rss_kib().saturating_sub(before) / 1024;
+    eprintln!("1000 live transfers of a 64 MiB file: RSS grew by {grown_mib} MiB");
+    // Two 64 KiB buffers and a small stack each: well under 256 KiB per transfer,
+    // and nowhere near 1000 copies of the file (64 GiB).
+    assert!(grown_mib < 250, "RSS grew by {grown_mib} MiB");
+    for (s, tid) in socks.iter().zip(&tids) {
+        s.send_to(b"\x00\x05\x00\x00bye\x00", tid).unwrap();
+    }
+    let logs = srv.wait_logs(1000);
+    assert_eq!(logs.len(), 1000);
+}
