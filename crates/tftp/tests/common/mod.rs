@@ -179,8 +179,8 @@ impl NetnsPair {
         };
         // Clean a leftover from an earlier crash with the same pid.
         pair.cleanup();
-        let veth_s = format!("vt{pid}s");
-        let veth_c = format!("vt{pid}c");
+        let veth_s = format!("vt{tag}{pid}s");
+        let veth_c = format!("vt{tag}{pid}c");
         let sh = |cmd: String| {
             let out = run(20, &["sh", "-c", &cmd]);
             check(&out, &cmd);
@@ -218,7 +218,7 @@ impl NetnsPair {
         }
     }
 
-    /// Packets the loss rule dropped so far (both sides), from nft counters if any.
+    /// Runs a command inside the client namespace.
     pub fn exec_client(&self, secs: u32, argv: &[&str]) -> Output {
         let mut v = vec!["ip", "netns", "exec", &self.client];
         v.extend_from_slice(argv);
