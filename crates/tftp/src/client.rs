@@ -307,11 +307,9 @@ impl Transfer {
             (State::Receiving, Packet::Data { block, .. }) => {
                 return self.on_data(now, *block, packet, step);
             }
-            (State::Done, Packet::Data { block, .. }) => {
-                // Our last ACK was lost and the server resends the last block.
-                if *block == (self.expected - 1) as u16 {
-                    step.send = Some(self.ack());
-                }
+            // Our last ACK was lost and the server resends the last block.
+            (State::Done, Packet::Data { block, .. }) if *block == (self.expected - 1) as u16 => {
+                step.send = Some(self.ack());
             }
             // A second OACK (duplicate), stray ACKs or requests: nothing to do.
             _ => {}
@@ -412,6 +410,14 @@ impl Transfer {
     }
 }
 
+fn diff(a: Duration, b: Duration) -> Duration {
+    if a > b {
+        a - b
+    } else {
+        b - a
+    }
+}
+
 fn io_err(context: &'static str) -> impl FnOnce(io::Error) -> Error {
     move |source| Error::Io { context, source }
 }
@@ -460,7 +466,7 @@ pub fn fetch(
             .unwrap_or(Duration::from_secs(1))
             .max(Duration::from_micros(100));
         // Changing the timeout costs a syscall; skip it when close enough.
-        if last_timeout.is_none_or(|l| l.abs_diff(wait) > wait / 4) {
+        if last_timeout.map_or(true, |l| diff(l, wait) > wait / 4) {
             sock.set_read_timeout(Some(wait))
                 .map_err(io_err("setting the socket timeout"))?;
             last_timeout = Some(wait);

@@ -157,6 +157,18 @@ pub trait BlockSource: Send {
     }
     /// Fills `buf` entirely with the bytes at `offset`.
     fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()>;
+    /// Fills `bufs` in turn with the bytes from `offset` on.
+    fn read_vectored_exact_at(
+        &mut self,
+        mut offset: u64,
+        bufs: &mut [&mut [u8]],
+    ) -> io::Result<()> {
+        for b in bufs.iter_mut() {
+            self.read_exact_at(offset, b)?;
+            offset += b.len() as u64;
+        }
+        Ok(())
+    }
 }
 
 /// An octet-mode transfer: the file as is, read with `pread`.
@@ -176,6 +188,45 @@ impl OctetSource {
 impl BlockSource for OctetSource {
     fn len(&self) -> u64 {
         self.len
+    }
+    fn read_vectored_exact_at(&mut self, offset: u64, bufs: &mut [&mut [u8]]) -> io::Result<()> {
+        let want: usize = bufs.iter().map(|b| b.len()).sum();
+        let iov: Vec<libc::iovec> = bufs
+            .iter_mut()
+            .map(|b| libc::iovec {
+                iov_base: b.as_mut_ptr() as *mut libc::c_void,
+                iov_len: b.len(),
+            })
+            .collect();
+        // SAFETY: each iovec points into a live, exclusively borrowed buffer.
+        let n = unsafe {
+            libc::preadv(
+                self.file.as_raw_fd(),
+                iov.as_ptr(),
+                iov.len() as libc::c_int,
+                offset as libc::off_t,
+            )
+        };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if n as usize == want {
+            return Ok(());
+        }
+        // Short read (rare, e.g. a signal): finish buffer by buffer.
+        let mut done = n as usize;
+        let mut off = offset;
+        for b in bufs.iter_mut() {
+            let l = b.len();
+            if done >= l {
+                done -= l;
+            } else {
+                self.read_exact_at(off + done as u64, &mut b[done..])?;
+                done = 0;
+            }
+            off += l as u64;
+        }
+        Ok(())
     }
     fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
         self.file.read_exact_at(buf, offset).map_err(|e| {
@@ -268,7 +319,7 @@ impl BlockSource for NetasciiSource {
                 self.encode(&mut scratch[..n])?;
             }
         }
-        if self.marks.back().is_none_or(|m| m.enc < offset) {
+        if self.marks.back().map_or(true, |m| m.enc < offset) {
             self.marks.push_back(self.cursor);
             if self.marks.len() > MAX_MARKS {
                 self.marks.pop_front();

@@ -39,7 +39,8 @@ pub struct RttEstimator {
 
 impl RttEstimator {
     /// A new estimator with no samples.
-    pub fn new(config: RttConfig) -> Self {
+    pub fn new(mut config: RttConfig) -> Self {
+        config.max = config.max.max(config.min);
         RttEstimator {
             config,
             srtt: None,
@@ -62,7 +63,7 @@ impl RttEstimator {
                 self.rttvar = rtt / 2;
             }
             Some(srtt) => {
-                let err = srtt.abs_diff(rtt);
+                let err = if srtt > rtt { srtt - rtt } else { rtt - srtt };
                 self.rttvar = (self.rttvar * 3 + err) / 4;
                 self.srtt = Some((srtt * 7 + rtt) / 8);
             }
