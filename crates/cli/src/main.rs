@@ -36,6 +36,8 @@ enum Command {
     Demo(commands::demo::DemoArgs),
     /// Show every client's last boot: stages reached and their timings.
     Clients(commands::clients::ClientsArgs),
+    /// Run only the TFTP server, read-only, on a directory (like in.tftpd).
+    Tftp(commands::tftp::TftpArgs),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +59,7 @@ fn main() -> ExitCode {
         Command::Vm(args) => commands::vm::run(args),
         Command::Demo(args) => commands::demo::run(args),
         Command::Clients(args) => commands::clients::run(args),
+        Command::Tftp(args) => commands::tftp::run_blocking(args),
     };
     match result {
         Ok(code) => code,

@@ -118,7 +118,7 @@ pub struct Stats {
 }
 
 impl Stats {
-    fn megabytes_per_second(&self) -> f64 {
+    pub fn megabytes_per_second(&self) -> f64 {
         self.bytes as f64 / 1e6 / self.seconds.max(1e-6)
     }
 }
@@ -384,6 +384,34 @@ mod tests {
         assert!(err.contains("sha256 mismatch"), "{err}");
         assert!(!dir.path().join("root.squashfs").exists());
         assert_eq!(requests.load(Ordering::SeqCst), 2, "retried once");
+    }
+
+    #[test]
+    fn downloads_over_tftp_from_our_server() {
+        let data = payload();
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("images")).unwrap();
+        std::fs::write(root.path().join("images/root.squashfs"), &data).unwrap();
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        drop(socket);
+        let config = diskless_tftp::server::ServerConfig::new(root.path());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = runtime.spawn(diskless_tftp::server::serve_addr(addr, config, async {
+            let _ = stopped.await;
+        }));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("tftp://{addr}/images/root.squashfs");
+        run(request(&url, &data, dir.path())).unwrap();
+        assert_eq!(fs::read(dir.path().join("root.squashfs")).unwrap(), data);
+        let _ = stop.send(());
+        runtime.block_on(server).unwrap().unwrap();
     }
 
     #[test]

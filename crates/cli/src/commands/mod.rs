@@ -2,4 +2,5 @@ pub mod clients;
 pub mod demo;
 pub mod image;
 pub mod serve;
+pub mod tftp;
 pub mod vm;

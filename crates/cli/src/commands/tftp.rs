@@ -94,3 +94,9 @@ mod tests {
         assert!(Cli::try_parse_from(["x"]).is_err());
     }
 }
+
+/// `run` on a runtime of its own, for the synchronous command dispatch in main.
+pub fn run_blocking(args: TftpArgs) -> anyhow::Result<std::process::ExitCode> {
+    tokio::runtime::Runtime::new()?.block_on(run(args))?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
