@@ -140,6 +140,10 @@ fn fetch_once(
             *partial = None;
             return crate::tftp::fetch(source, req, started);
         }
+        Source::File { path } => {
+            *partial = None;
+            local_file(path)?
+        }
     };
     // The server may ignore the Range request and send the whole file again.
     let resumed = resume_from > 0 && body.resumed;
@@ -249,6 +253,13 @@ fn pump(
     drop(full_tx);
     let (write_result, file, state) = writer.join().expect("writer thread");
     (write_result.and(read_result), file, state)
+}
+
+/// A local file (an image on the client's own disk) as a download body.
+fn local_file(path: &str) -> Result<http::Body, AttemptError> {
+    let file = File::open(path).map_err(|e| AttemptError::Retry(format!("opening {path}: {e}")))?;
+    let len = file.metadata().map_err(|e| AttemptError::Retry(format!("{path}: {e}")))?.len();
+    Ok(http::Body::from_reader(Box::new(file), len))
 }
 
 /// Compare digests; on mismatch the file is deleted so nothing can mount it by mistake.
@@ -412,6 +423,21 @@ mod tests {
         assert_eq!(fs::read(dir.path().join("root.squashfs")).unwrap(), data);
         let _ = stop.send(());
         runtime.block_on(server).unwrap().unwrap();
+    }
+
+    #[test]
+    fn copies_a_local_image_with_the_same_checks() {
+        let data = payload();
+        let disk = tempfile::tempdir().unwrap();
+        let image = disk.path().join("root.squashfs");
+        fs::write(&image, &data).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("file://{}", image.display());
+        run(request(&url, &data, dir.path())).unwrap();
+        assert_eq!(fs::read(dir.path().join("root.squashfs")).unwrap(), data);
+        let mut wrong = request(&url, b"other", dir.path());
+        wrong.retries = 0;
+        assert!(run(wrong).unwrap_err().contains("sha256 mismatch"));
     }
 
     #[test]

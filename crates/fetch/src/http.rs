@@ -19,7 +19,14 @@ pub struct Body {
     /// Bytes the complete file has, when the server said.
     pub total_len: Option<u64>,
     remaining: Option<u64>,
-    reader: BufReader<TcpStream>,
+    reader: Box<dyn Read + Send>,
+}
+
+impl Body {
+    /// A body read from anything else (a local file), `len` bytes long.
+    pub fn from_reader(reader: Box<dyn Read + Send>, len: u64) -> Body {
+        Body { resumed: false, total_len: Some(len), remaining: Some(len), reader }
+    }
 }
 
 impl Read for Body {
@@ -75,7 +82,7 @@ pub fn get(source: &Source, resume_from: u64) -> Result<Body, String> {
             resumed: false,
             total_len: response.content_length,
             remaining: response.content_length,
-            reader,
+            reader: Box::new(reader),
         }),
         206 if resume_from > 0 => {
             let total = response
@@ -91,7 +98,7 @@ pub fn get(source: &Source, resume_from: u64) -> Result<Body, String> {
                 resumed: true,
                 total_len: Some(total),
                 remaining: response.content_length,
-                reader,
+                reader: Box::new(reader),
             })
         }
         404 => Err(format!("{source}: not found on the server (404)")),

@@ -1,4 +1,5 @@
-//! Where an image comes from: `http://HOST[:PORT]/PATH` or `tftp://HOST[:PORT]/PATH`.
+//! Where an image comes from: `http://HOST[:PORT]/PATH`, `tftp://HOST[:PORT]/PATH`, or
+//! `file:///PATH` (a local disk the boot script mounted for a `dev:` source).
 
 use std::fmt;
 use std::net::{SocketAddr, ToSocketAddrs};
@@ -16,6 +17,9 @@ pub enum Source {
         port: u16,
         path: String,
     },
+    File {
+        path: String,
+    },
 }
 
 impl Source {
@@ -27,6 +31,12 @@ impl Source {
             Some(i) => (&rest[..i], &rest[i..]),
             None => (rest, "/"),
         };
+        if scheme == "file" {
+            if !authority.is_empty() {
+                return Err(format!("{url:?}: a file URL has no host (file:///path)"));
+            }
+            return Ok(Source::File { path: path.to_string() });
+        }
         if authority.is_empty() {
             return Err(format!("{url:?} has no host"));
         }
@@ -56,6 +66,7 @@ impl Source {
     pub fn socket_addr(&self) -> Result<SocketAddr, String> {
         let (host, port) = match self {
             Source::Http { host, port, .. } | Source::Tftp { host, port, .. } => (host, *port),
+            Source::File { path } => return Err(format!("{path} is a local file")),
         };
         (host.as_str(), port)
             .to_socket_addrs()
@@ -70,6 +81,7 @@ impl fmt::Display for Source {
         match self {
             Source::Http { host, port, path } => write!(f, "http://{host}:{port}{path}"),
             Source::Tftp { host, port, path } => write!(f, "tftp://{host}:{port}{path}"),
+            Source::File { path } => write!(f, "file://{path}"),
         }
     }
 }
@@ -108,6 +120,15 @@ mod tests {
                 path: "/root.squashfs".into()
             }
         );
+    }
+
+    #[test]
+    fn parses_local_files() {
+        assert_eq!(
+            Source::parse("file:///run/diskless/dev/images/root.squashfs").unwrap(),
+            Source::File { path: "/run/diskless/dev/images/root.squashfs".into() }
+        );
+        assert!(Source::parse("file://host/x").unwrap_err().contains("no host"));
     }
 
     #[test]
