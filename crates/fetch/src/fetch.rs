@@ -258,7 +258,10 @@ fn pump(
 /// A local file (an image on the client's own disk) as a download body.
 fn local_file(path: &str) -> Result<http::Body, AttemptError> {
     let file = File::open(path).map_err(|e| AttemptError::Retry(format!("opening {path}: {e}")))?;
-    let len = file.metadata().map_err(|e| AttemptError::Retry(format!("{path}: {e}")))?.len();
+    let len = file
+        .metadata()
+        .map_err(|e| AttemptError::Retry(format!("{path}: {e}")))?
+        .len();
     Ok(http::Body::from_reader(Box::new(file), len))
 }
 

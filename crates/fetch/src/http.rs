@@ -25,7 +25,12 @@ pub struct Body {
 impl Body {
     /// A body read from anything else (a local file), `len` bytes long.
     pub fn from_reader(reader: Box<dyn Read + Send>, len: u64) -> Body {
-        Body { resumed: false, total_len: Some(len), remaining: Some(len), reader }
+        Body {
+            resumed: false,
+            total_len: Some(len),
+            remaining: Some(len),
+            reader,
+        }
     }
 }
 

@@ -35,7 +35,9 @@ impl Source {
             if !authority.is_empty() {
                 return Err(format!("{url:?}: a file URL has no host (file:///path)"));
             }
-            return Ok(Source::File { path: path.to_string() });
+            return Ok(Source::File {
+                path: path.to_string(),
+            });
         }
         if authority.is_empty() {
             return Err(format!("{url:?} has no host"));
@@ -126,9 +128,13 @@ mod tests {
     fn parses_local_files() {
         assert_eq!(
             Source::parse("file:///run/diskless/dev/images/root.squashfs").unwrap(),
-            Source::File { path: "/run/diskless/dev/images/root.squashfs".into() }
+            Source::File {
+                path: "/run/diskless/dev/images/root.squashfs".into()
+            }
         );
-        assert!(Source::parse("file://host/x").unwrap_err().contains("no host"));
+        assert!(Source::parse("file://host/x")
+            .unwrap_err()
+            .contains("no host"));
     }
 
     #[test]

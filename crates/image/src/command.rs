@@ -43,39 +43,29 @@ fn tail(text: &[u8]) -> String {
 
 /// Run to completion, capturing output; stdout is returned, stderr shown only on failure.
 pub fn output(cmd: &mut Command) -> Result<String, CommandError> {
-    let shown = argv(cmd);
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| CommandError {
-            argv: shown.clone(),
-            reason: start_reason(&e),
-            stderr: String::new(),
-        })?;
-    if !out.status.success() {
-        return Err(CommandError {
-            argv: shown,
-            reason: out.status.to_string(),
-            stderr: tail(&out.stderr),
-        });
-    }
+    let out = complete(cmd.stdin(Stdio::null()))?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
 /// Run with stdout passed through (for tools whose progress the user should see) and stderr
 /// captured for the error.
 pub fn run_visible(cmd: &mut Command) -> Result<(), CommandError> {
+    complete(
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::inherit())
+            .stderr(Stdio::piped()),
+    )?;
+    Ok(())
+}
+
+/// Wait for the command; a failure to start or a non-zero exit becomes a CommandError.
+fn complete(cmd: &mut Command) -> Result<std::process::Output, CommandError> {
     let shown = argv(cmd);
-    let out = cmd
-        .stdin(Stdio::null())
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::piped())
-        .output()
-        .map_err(|e| CommandError {
-            argv: shown.clone(),
-            reason: start_reason(&e),
-            stderr: String::new(),
-        })?;
+    let out = cmd.output().map_err(|e| CommandError {
+        argv: shown.clone(),
+        reason: start_reason(&e),
+        stderr: String::new(),
+    })?;
     if !out.status.success() {
         return Err(CommandError {
             argv: shown,
@@ -83,7 +73,7 @@ pub fn run_visible(cmd: &mut Command) -> Result<(), CommandError> {
             stderr: tail(&out.stderr),
         });
     }
-    Ok(())
+    Ok(out)
 }
 
 fn start_reason(e: &std::io::Error) -> String {
