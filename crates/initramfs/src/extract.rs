@@ -478,6 +478,7 @@ fn resolve_parent(root: &Path, parents: &[&OsStr]) -> Result<PathBuf, Resolve> {
     // Components of the resolved directory, relative to root.
     let mut stack: Vec<OsString> = Vec::new();
     let mut followed = 0;
+    let mut last_link: Option<(String, String)> = None;
     let here = |stack: &[OsString]| -> PathBuf {
         let mut p = root.to_owned();
         p.extend(stack);
@@ -489,12 +490,10 @@ fn resolve_parent(root: &Path, parents: &[&OsStr]) -> Result<PathBuf, Resolve> {
         }
         if comp == ".." {
             if stack.pop().is_none() {
-                // Only reachable through a symlink: names with .. are
-                // refused before.
-                return Err(Resolve::Escape {
-                    link: String::new(),
-                    target: "..".into(),
-                });
+                // Only reachable through a symlink (names with .. are
+                // refused before): blame the last one followed.
+                let (link, target) = last_link.unwrap_or_default();
+                return Err(Resolve::Escape { link, target });
             }
             continue;
         }
@@ -542,6 +541,7 @@ fn resolve_parent(root: &Path, parents: &[&OsStr]) -> Result<PathBuf, Resolve> {
                 for c in target.components().rev() {
                     todo.push(c.as_os_str().to_os_string());
                 }
+                last_link = Some((rel, target.to_string_lossy().into_owned()));
             }
             Ok(meta) if meta.is_dir() => stack.push(comp),
             Ok(_) => {
