@@ -4,7 +4,7 @@
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use diskless_initramfs::listing::{long_line, Names};
@@ -69,11 +69,11 @@ fn is_broken_pipe(e: &anyhow::Error) -> bool {
         .any(|io| io.kind() == io::ErrorKind::BrokenPipe)
 }
 
-fn open(file: &PathBuf) -> Result<File> {
+fn open(file: &Path) -> Result<File> {
     File::open(file).with_context(|| format!("opening {}", file.display()))
 }
 
-fn ls(file: &PathBuf, long: bool, segments: bool) -> Result<()> {
+fn ls(file: &Path, long: bool, segments: bool) -> Result<()> {
     let mut reader = InitrdReader::new(open(file)?);
     let stdout = io::stdout();
     let mut out = BufWriter::with_capacity(64 * 1024, stdout.lock());
@@ -124,7 +124,7 @@ fn ls(file: &PathBuf, long: bool, segments: bool) -> Result<()> {
     Ok(())
 }
 
-fn extract_cmd(file: &PathBuf, dir: &PathBuf, merge: bool) -> Result<()> {
+fn extract_cmd(file: &Path, dir: &Path, merge: bool) -> Result<()> {
     let opts = ExtractOptions {
         layout: if merge {
             Layout::Merged
@@ -145,7 +145,7 @@ fn extract_cmd(file: &PathBuf, dir: &PathBuf, merge: bool) -> Result<()> {
     Ok(())
 }
 
-fn cat(file: &PathBuf, path: &str) -> Result<()> {
+fn cat(file: &Path, path: &str) -> Result<()> {
     let data = read_path(|| File::open(file), path)
         .with_context(|| format!("reading {path} from {}", file.display()))?;
     let stdout = io::stdout();
