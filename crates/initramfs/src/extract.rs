@@ -366,29 +366,36 @@ impl Extractor<'_> {
             EntryKind::File => {
                 let key = (h.devmajor, h.devminor, h.ino);
                 let root = self.roots.get_mut(subdir).expect("root exists");
-                let linked = if h.nlink >= 2 {
-                    match root.links.get(&key) {
-                        Some(first) => {
-                            fs::hard_link(first, &path).map_err(|e| werr(&path, e))?;
-                            true
-                        }
-                        None => {
-                            root.links.insert(key, path.clone());
-                            false
-                        }
-                    }
-                } else {
-                    false
+                // A later link of a group joins the first path, if that is
+                // still the regular file we made (a later entry may have
+                // replaced it with a symlink: linking to that, then writing
+                // through it, would escape).
+                let first = match root.links.get(&key) {
+                    Some(first) if h.nlink >= 2 => fs::symlink_metadata(first)
+                        .ok()
+                        .filter(|m| m.is_file())
+                        .map(|_| first.clone()),
+                    _ => None,
                 };
-                // create_new never follows a symlink planted at `path`.
-                let mut file = if linked {
-                    OpenOptions::new().write(true).open(&path)
-                } else {
-                    OpenOptions::new()
-                        .write(true)
-                        .create_new(true)
-                        .mode(0o600)
-                        .open(&path)
+                let mut file = match first {
+                    Some(first) => {
+                        fs::hard_link(&first, &path).map_err(|e| werr(&path, e))?;
+                        OpenOptions::new()
+                            .write(true)
+                            .custom_flags(libc::O_NOFOLLOW)
+                            .open(&path)
+                    }
+                    None => {
+                        if h.nlink >= 2 {
+                            root.links.insert(key, path.clone());
+                        }
+                        // create_new never follows a symlink planted at `path`.
+                        OpenOptions::new()
+                            .write(true)
+                            .create_new(true)
+                            .mode(0o600)
+                            .open(&path)
+                    }
                 }
                 .map_err(|e| werr(&path, e))?;
                 copy_data(reader, &mut file).map_err(|e| werr(&path, e))?;
@@ -444,6 +451,12 @@ impl Extractor<'_> {
                 path: d.path.clone(),
                 source,
             };
+            // A later entry may have replaced the directory (with a symlink,
+            // say): chmod would follow it.
+            match fs::symlink_metadata(&d.path) {
+                Ok(m) if m.is_dir() => {}
+                _ => continue,
+            }
             chmod(&d.path, d.mode).map_err(fail)?;
             set_mtime(&d.path, d.mtime).map_err(fail)?;
         }

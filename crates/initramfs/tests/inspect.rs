@@ -474,6 +474,50 @@ fn extract_follows_symlinks_that_stay_inside_and_replaces_planted_ones() {
     assert_nothing_outside(&dir);
 }
 
+/// Tricks with entries replaced after the fact: a directory turned into a
+/// symlink before its mode is applied, and the first name of a hard-link
+/// group turned into a symlink before the next link writes the data.
+#[test]
+fn extract_does_not_follow_symlinks_that_replaced_earlier_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let victim_dir = dir.path().join("victim-dir");
+    fs::create_dir(&victim_dir).unwrap();
+    fs::set_permissions(&victim_dir, fs::Permissions::from_mode(0o700)).unwrap();
+    let victim_file = dir.path().join("victim-file");
+    fs::write(&victim_file, b"original").unwrap();
+
+    let mut archive = Vec::new();
+    archive.extend(raw_entry("d", 0o040_777, b""));
+    archive.extend(raw_entry(
+        "d",
+        MODE_LINK,
+        victim_dir.to_str().unwrap().as_bytes(),
+    ));
+    archive.extend(raw_linked_entry("a", MODE_FILE, 2, 5, b""));
+    archive.extend(raw_entry(
+        "a",
+        MODE_LINK,
+        victim_file.to_str().unwrap().as_bytes(),
+    ));
+    archive.extend(raw_linked_entry("b", 0o100_666, 2, 5, b"pwned"));
+    archive.extend(raw_entry("TRAILER!!!", 0, b""));
+
+    let target = dir.path().join("target");
+    let opts = ExtractOptions {
+        layout: Layout::Merged,
+        ..ExtractOptions::default()
+    };
+    extract(&archive[..], &target, &opts).unwrap();
+    let mode = fs::metadata(&victim_dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o7777, 0o700);
+    assert_eq!(fs::read(&victim_file).unwrap(), b"original");
+    let perm = fs::metadata(&victim_file).unwrap().permissions().mode();
+    assert_ne!(perm & 0o7777, 0o666);
+    // The data still lands, inside the target, in a file of its own.
+    assert_eq!(fs::read(target.join("b")).unwrap(), b"pwned");
+    assert!(fs::symlink_metadata(target.join("b")).unwrap().is_file());
+}
+
 #[test]
 fn gnu_cpio_and_kernel_style_parents() {
     // Names with "./" prefixes (find . | cpio without stripping) extract to

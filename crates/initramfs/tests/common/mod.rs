@@ -151,13 +151,18 @@ pub fn run(cmd: &mut Command) -> Vec<u8> {
 /// One raw newc entry, name as given (for archives our writer refuses to
 /// make).
 pub fn raw_entry(name: &str, mode: u32, data: &[u8]) -> Vec<u8> {
+    raw_linked_entry(name, mode, 1, 0, data)
+}
+
+/// A raw entry with a link count and inode number (hard links).
+pub fn raw_linked_entry(name: &str, mode: u32, nlink: u32, ino: u32, data: &[u8]) -> Vec<u8> {
     let h = Header {
         crc_format: false,
-        ino: 0,
+        ino,
         mode,
         uid: 0,
         gid: 0,
-        nlink: 1,
+        nlink,
         mtime: 0,
         filesize: data.len() as u32,
         devmajor: 0,
