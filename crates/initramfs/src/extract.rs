@@ -191,31 +191,8 @@ pub fn extract<R: Read>(
         report: ExtractReport::default(),
     };
     let mut reader = InitrdReader::new(initrd);
-    let mut seen_compressed = false;
-    let mut plain_prefix = 0usize;
     while let Some(entry) = reader.next_entry()? {
-        let seg = &reader.segments()[entry.segment];
-        let subdir = match opts.layout {
-            Layout::Merged => String::new(),
-            Layout::Unmkinitramfs => {
-                if seg.compression != Compression::None {
-                    seen_compressed = true;
-                }
-                if entry.segment == 0 && seg.compression != Compression::None {
-                    String::new()
-                } else if !seen_compressed {
-                    plain_prefix = plain_prefix.max(entry.segment + 1);
-                    match entry.segment {
-                        0 => "early".to_owned(),
-                        n => format!("early{}", n + 1),
-                    }
-                } else if reader.segments()[0].compression == Compression::None {
-                    "main".to_owned()
-                } else {
-                    String::new()
-                }
-            }
-        };
+        let subdir = subdir_for(opts.layout, reader.segments(), entry.segment);
         ex.entry(
             &mut reader,
             entry.segment,
@@ -227,6 +204,23 @@ pub fn extract<R: Read>(
     ex.finish()?;
     ex.report.segments = reader.segments().to_vec();
     Ok(ex.report)
+}
+
+/// The subdirectory segment `index` goes to (see [`Layout`]); `segments`
+/// holds at least the segments up to `index`.
+fn subdir_for(layout: Layout, segments: &[Segment], index: usize) -> String {
+    let plain = |s: &Segment| s.compression == Compression::None;
+    if layout == Layout::Merged || !plain(&segments[0]) {
+        return String::new();
+    }
+    if segments[..=index].iter().all(plain) {
+        match index {
+            0 => "early".to_owned(),
+            n => format!("early{}", n + 1),
+        }
+    } else {
+        "main".to_owned()
+    }
 }
 
 fn cstr(p: &Path) -> io::Result<CString> {
@@ -576,4 +570,49 @@ fn resolve_parent(root: &Path, parents: &[&OsStr]) -> Result<PathBuf, Resolve> {
         }
     }
     Ok(here(&stack))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn segs(kinds: &[Compression]) -> Vec<Segment> {
+        kinds
+            .iter()
+            .enumerate()
+            .map(|(index, &compression)| Segment {
+                index,
+                offset: 0,
+                end: 0,
+                compression,
+                archives: 1,
+                entries: 1,
+                unpacked: 0,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn unmkinitramfs_layout_names() {
+        use Compression::{Gzip, None as Plain};
+        let s = segs(&[Plain, Plain, Gzip, Plain]);
+        let names: Vec<String> = (0..4)
+            .map(|i| subdir_for(Layout::Unmkinitramfs, &s, i))
+            .collect();
+        assert_eq!(names, ["early", "early2", "main", "main"]);
+        let s = segs(&[Gzip, Plain]);
+        assert_eq!(subdir_for(Layout::Unmkinitramfs, &s, 1), "");
+        let s = segs(&[Plain, Gzip]);
+        assert_eq!(subdir_for(Layout::Merged, &s, 0), "");
+        assert_eq!(subdir_for(Layout::Merged, &s, 1), "");
+    }
+
+    #[test]
+    fn safe_names() {
+        let c = |n: &str| safe_components(n.as_bytes()).map(|v| v.len());
+        assert_eq!(c("./usr//bin/"), Some(2));
+        assert_eq!(c("."), Some(0));
+        assert_eq!(c("a/../b"), None);
+        assert_eq!(c("/etc"), None);
+    }
 }

@@ -8,12 +8,16 @@
 #   debian-{gzip,xz,zstd,lz4,lzma,bzip2}.img  early intel + amd microcode cpios, then main
 #   debian-gzip-nomicrocode.img               main archive only (unmkinitramfs' flat layout)
 # Files already there are kept, so reruns are instant. Needs root, debootstrap
-# (only when /var/tmp/probe-root is absent) and access to the Debian archive.
+# (unless $DISKLESS_SEED_ROOT, default /var/tmp/probe-root, holds a bookworm
+# tree with a kernel to copy) and access to the Debian archive.
 set -eu
 
 CACHE=${1:-/var/cache/diskless/test-initrds}
 ROOT=$CACHE/root
 MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
+# A bookworm tree with a kernel to copy instead of debootstrapping (set empty
+# to force debootstrap).
+SEED=${DISKLESS_SEED_ROOT-/var/tmp/probe-root}
 COMPRESSIONS="gzip xz zstd lz4 lzma bzip2"
 
 mkdir -p "$CACHE"
@@ -32,9 +36,8 @@ wanted || exit 0
 
 if [ ! -e "$ROOT/.ready" ]; then
 	rm -rf "$ROOT"
-	if [ -d /var/tmp/probe-root/lib/modules ]; then
-		# A bookworm tree with a kernel already exists on this machine: copy it.
-		cp -a /var/tmp/probe-root "$ROOT"
+	if [ -n "$SEED" ] && [ -d "$SEED/lib/modules" ]; then
+		cp -a "$SEED" "$ROOT"
 	else
 		debootstrap --variant=minbase \
 			--include=linux-image-amd64,initramfs-tools,busybox,zstd \
