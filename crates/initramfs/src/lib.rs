@@ -4,6 +4,13 @@
 //! - [`CpioWriter`] builds a reproducible cpio "newc" archive (the format the
 //!   kernel accepts), adding parent directories before their children.
 //! - [`CpioReader`] streams the entries of one archive.
+//! - [`InitrdReader`] walks a whole initrd: concatenated segments, each plain
+//!   or compressed (gzip, xz, zstd, lz4 legacy, lzma, bzip2), with zero
+//!   padding between them, as the kernel does. It streams: listing a 100 MB
+//!   initrd holds only buffers in memory.
+//! - [`extract()`] unpacks an initrd into a directory (modes, owners, links,
+//!   devices), refusing entries that would land outside it;
+//!   [`read_path()`] returns one file as the booted system would see it.
 //!
 //! ```
 //! use diskless_initramfs::{CpioReader, CpioWriter};
@@ -23,6 +30,15 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod compress;
 pub mod cpio;
+pub mod extract;
+pub mod initrd;
+pub mod listing;
+pub mod lookup;
 
+pub use compress::{Compression, Decoder, PeekReader};
 pub use cpio::{CpioReader, CpioWriter, EntryKind, Header};
+pub use extract::{extract, ExtractError, ExtractOptions, ExtractReport, Layout};
+pub use initrd::{Entry, InitrdError, InitrdReader, Segment};
+pub use lookup::{read_path, LookupError};
