@@ -36,6 +36,9 @@ enum Command {
     Demo(commands::demo::DemoArgs),
     /// Show every client's last boot: stages reached and their timings.
     Clients(commands::clients::ClientsArgs),
+    /// Look inside initrds: list, extract or print files of every segment.
+    #[command(subcommand)]
+    Initrd(commands::initrd::InitrdCommand),
     /// Run only the TFTP server, read-only, on a directory (like in.tftpd).
     Tftp(commands::tftp::TftpArgs),
 }
@@ -60,6 +63,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => commands::demo::run(args),
         Command::Clients(args) => commands::clients::run(args),
         Command::Tftp(args) => commands::tftp::run_blocking(args),
+        Command::Initrd(cmd) => commands::initrd::run(cmd).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
