@@ -127,8 +127,13 @@ pub enum TransferOutcome {
         /// Client's message.
         message: String,
     },
-    /// The client stopped answering.
-    TimedOut,
+    /// The client stopped answering. With `all_sent`, every block went out and only the
+    /// last ACK is missing: the client most likely has the whole file (clients do not
+    /// all wait to repeat a lost last ACK).
+    TimedOut {
+        /// Every block was sent.
+        all_sent: bool,
+    },
     /// Reading the file or the socket failed.
     Failed(String),
 }
@@ -347,8 +352,9 @@ fn report(config: &ServerConfig, log: &TransferLog) {
             client = %log.client, file = %log.filename, options = %opts, bytes = log.bytes,
             code = ?code, %message, "tftp: client ended the transfer"
         ),
-        TransferOutcome::TimedOut => tracing::warn!(
+        TransferOutcome::TimedOut { all_sent } => tracing::warn!(
             client = %log.client, file = %log.filename, options = %opts, bytes = log.bytes,
+            all_sent,
             seconds = format!("{secs:.3}"), "tftp: client stopped answering"
         ),
         TransferOutcome::Failed(e) => tracing::warn!(
@@ -434,7 +440,9 @@ fn transfer(
                 code: *code,
                 message: message.clone(),
             },
-            Some(Outcome::TimedOut { .. }) => TransferOutcome::TimedOut,
+            Some(Outcome::TimedOut { all_sent }) => TransferOutcome::TimedOut {
+                all_sent: *all_sent,
+            },
             None => TransferOutcome::Failed("server shutting down".into()),
         },
     }
