@@ -62,6 +62,7 @@ impl std::fmt::Debug for ServerConfig {
 }
 
 /// A callback for each finished request (e.g. to record which client fetched what).
+/// It runs on the transfer's thread, after the last packet: keep it short.
 pub type TransferHook = Arc<dyn Fn(&TransferLog) + Send + Sync>;
 
 /// Default for [`ServerConfig::max_transfers`].
