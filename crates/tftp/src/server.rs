@@ -62,6 +62,7 @@ impl std::fmt::Debug for ServerConfig {
 }
 
 /// A callback for each finished request (e.g. to record which client fetched what).
+/// It runs on the transfer's thread, after the last packet: keep it short.
 pub type TransferHook = Arc<dyn Fn(&TransferLog) + Send + Sync>;
 
 /// Default for [`ServerConfig::max_transfers`].
@@ -127,8 +128,13 @@ pub enum TransferOutcome {
         /// Client's message.
         message: String,
     },
-    /// The client stopped answering.
-    TimedOut,
+    /// The client stopped answering. With `all_sent`, every block went out and only the
+    /// last ACK is missing: the client most likely has the whole file (clients do not
+    /// all wait to repeat a lost last ACK).
+    TimedOut {
+        /// Every block was sent.
+        all_sent: bool,
+    },
     /// Reading the file or the socket failed.
     Failed(String),
 }
@@ -347,8 +353,9 @@ fn report(config: &ServerConfig, log: &TransferLog) {
             client = %log.client, file = %log.filename, options = %opts, bytes = log.bytes,
             code = ?code, %message, "tftp: client ended the transfer"
         ),
-        TransferOutcome::TimedOut => tracing::warn!(
+        TransferOutcome::TimedOut { all_sent } => tracing::warn!(
             client = %log.client, file = %log.filename, options = %opts, bytes = log.bytes,
+            all_sent,
             seconds = format!("{secs:.3}"), "tftp: client stopped answering"
         ),
         TransferOutcome::Failed(e) => tracing::warn!(
@@ -434,7 +441,9 @@ fn transfer(
                 code: *code,
                 message: message.clone(),
             },
-            Some(Outcome::TimedOut { .. }) => TransferOutcome::TimedOut,
+            Some(Outcome::TimedOut { all_sent }) => TransferOutcome::TimedOut {
+                all_sent: *all_sent,
+            },
             None => TransferOutcome::Failed("server shutting down".into()),
         },
     }

@@ -74,6 +74,19 @@ impl TestServer {
     }
 }
 
+impl TestServer {
+    /// Waits until `pred` holds for the logs (or 60 s), and returns them.
+    pub fn wait_for(&self, pred: impl Fn(&[TransferLog]) -> bool) -> Vec<TransferLog> {
+        for _ in 0..6000 {
+            if pred(&self.logs.lock().unwrap()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.logs.lock().unwrap().clone()
+    }
+}
+
 impl Drop for TestServer {
     fn drop(&mut self) {
         if let Some(s) = self.stop.take() {
