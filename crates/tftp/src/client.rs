@@ -410,14 +410,6 @@ impl Transfer {
     }
 }
 
-fn diff(a: Duration, b: Duration) -> Duration {
-    if a > b {
-        a - b
-    } else {
-        b - a
-    }
-}
-
 fn io_err(context: &'static str) -> impl FnOnce(io::Error) -> Error {
     move |source| Error::Io { context, source }
 }
@@ -466,7 +458,7 @@ pub fn fetch(
             .unwrap_or(Duration::from_secs(1))
             .max(Duration::from_micros(100));
         // Changing the timeout costs a syscall; skip it when close enough.
-        if last_timeout.map_or(true, |l| diff(l, wait) > wait / 4) {
+        if last_timeout.is_none_or(|l| l.abs_diff(wait) > wait / 4) {
             sock.set_read_timeout(Some(wait))
                 .map_err(io_err("setting the socket timeout"))?;
             last_timeout = Some(wait);

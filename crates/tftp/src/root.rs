@@ -319,7 +319,7 @@ impl BlockSource for NetasciiSource {
                 self.encode(&mut scratch[..n])?;
             }
         }
-        if self.marks.back().map_or(true, |m| m.enc < offset) {
+        if self.marks.back().is_none_or(|m| m.enc < offset) {
             self.marks.push_back(self.cursor);
             if self.marks.len() > MAX_MARKS {
                 self.marks.pop_front();

@@ -542,7 +542,7 @@ fn drive(
         };
         // Setting SO_RCVTIMEO costs a syscall; a timer that fires a little early only
         // costs one extra loop, so reuse the last value while it is close enough.
-        if timeout_set.map_or(true, |t| t > wait + wait / 4 || t < wait / 2) {
+        if timeout_set.is_none_or(|t| t > wait + wait / 4 || t < wait / 2) {
             sock.set_read_timeout(Some(wait.max(Duration::from_micros(50))))?;
             timeout_set = Some(wait);
         }

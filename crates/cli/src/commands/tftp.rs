@@ -73,6 +73,12 @@ async fn shutdown_signal() {
     }
 }
 
+/// `run` on a runtime of its own, for the synchronous command dispatch in main.
+pub fn run_blocking(args: TftpArgs) -> anyhow::Result<std::process::ExitCode> {
+    tokio::runtime::Runtime::new()?.block_on(run(args))?;
+    Ok(std::process::ExitCode::SUCCESS)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,10 +99,4 @@ mod tests {
         assert!(Cli::try_parse_from(["x", "--root", "/tmp", "--max-blksize", "4"]).is_err());
         assert!(Cli::try_parse_from(["x"]).is_err());
     }
-}
-
-/// `run` on a runtime of its own, for the synchronous command dispatch in main.
-pub fn run_blocking(args: TftpArgs) -> anyhow::Result<std::process::ExitCode> {
-    tokio::runtime::Runtime::new()?.block_on(run(args))?;
-    Ok(std::process::ExitCode::SUCCESS)
 }

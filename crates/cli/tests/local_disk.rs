@@ -1,0 +1,133 @@
+//! The image on the client's own disk (`dev:LABEL=...:/path`), and a writable layer that
+//! survives reboots (`diskless.upper=LABEL=...`, wiped with `diskless.upper.reset=1`).
+//! Real QEMU with virtio disks made here with mkfs.ext4; run by scripts/test (--ignored).
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn run(cmd: &mut Command) -> String {
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().unwrap_or_else(|e| panic!("{shown}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{shown} failed ({}):\n{stdout}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn store() -> PathBuf {
+    std::env::var_os("DISKLESS_TEST_STORE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/var/lib/diskless/store".into())
+}
+
+/// An ext4 disk image labelled `label`, holding `files` (name in the disk, source path).
+fn ext4_disk(path: &Path, label: &str, size_mib: u64, files: &[(&str, &Path)]) {
+    let content = tempfile::tempdir().unwrap();
+    for (name, source) in files {
+        let target = content.path().join(name.trim_start_matches('/'));
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(source, &target).unwrap();
+    }
+    let file = std::fs::File::create(path).unwrap();
+    file.set_len(size_mib << 20).unwrap();
+    run(Command::new("mkfs.ext4")
+        .args(["-q", "-F", "-L", label, "-d"])
+        .arg(content.path())
+        .arg(path));
+}
+
+fn boot(disks: &[&Path], cmdline: &str, commands: &[&str], work: &Path, name: &str) -> Value {
+    let report = work.join(format!("{name}.json"));
+    let mut vm = Command::new(env!("CARGO_BIN_EXE_diskless"));
+    vm.args(["vm", "--quiet", "--timeout", "900", "--store"])
+        .arg(store())
+        .args(["--cmdline", cmdline, "--log-dir"])
+        .arg(work.join(name))
+        .arg("--report")
+        .arg(&report);
+    for disk in disks {
+        vm.arg("--disk").arg(disk);
+    }
+    for c in commands {
+        vm.arg("--run").arg(c);
+    }
+    run(&mut vm);
+    serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap()
+}
+
+fn output(report: &Value, i: usize) -> String {
+    report["commands"][i]["output"]
+        .as_str()
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+#[test]
+#[ignore = "needs root, QEMU and minutes: run by scripts/test"]
+fn image_from_a_local_disk_and_a_writable_layer_that_survives_reboots() {
+    let work = tempfile::tempdir().unwrap();
+    let squashfs = store().join("images/bookworm/current/root.squashfs");
+    let image_disk = work.path().join("image.raw");
+    ext4_disk(
+        &image_disk,
+        "dlimage",
+        400,
+        &[("images/root.squashfs", &squashfs)],
+    );
+    let upper_disk = work.path().join("upper.raw");
+    ext4_disk(&upper_disk, "dlupper", 64, &[]);
+    let disks = [image_disk.as_path(), upper_disk.as_path()];
+    let local =
+        "diskless.image=dev:LABEL=dlimage:/images/root.squashfs diskless.upper=LABEL=dlupper";
+
+    // First boot: the image comes from the disk, writes go to the persistent layer.
+    let first = boot(
+        &disks,
+        local,
+        &[
+            "findmnt -n -o OPTIONS /",
+            "echo kept-across-boots > /root/persistent-probe; sync; cat /root/persistent-probe",
+        ],
+        work.path(),
+        "first",
+    );
+    let mounts = output(&first, 0);
+    assert!(
+        mounts.contains("upperdir=/run/diskless/persist/upper"),
+        "{mounts}"
+    );
+    assert_eq!(output(&first, 1), "kept-across-boots");
+
+    // Second boot: the file is still there.
+    let second = boot(
+        &disks,
+        local,
+        &["cat /root/persistent-probe"],
+        work.path(),
+        "second",
+    );
+    assert_eq!(output(&second, 0), "kept-across-boots");
+
+    // Third boot with reset: the layer is wiped.
+    let third = boot(
+        &disks,
+        &format!("{local} diskless.upper.reset=1"),
+        &["test -e /root/persistent-probe && echo still-there || echo wiped"],
+        work.path(),
+        "third",
+    );
+    assert_eq!(output(&third, 0), "wiped");
+
+    // The image really came from the disk: the server never sent root.squashfs.
+    let log = std::fs::read_to_string(work.path().join("first/console.log")).unwrap();
+    assert!(
+        log.contains("diskless: fetching file:///run/diskless/dev/"),
+        "the image did not come from the local disk"
+    );
+}
