@@ -22,6 +22,7 @@ pub mod command;
 mod error;
 pub mod kernel;
 pub mod manifest;
+pub mod squash;
 pub mod store;
 pub mod tidy;
 

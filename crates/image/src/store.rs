@@ -252,7 +252,7 @@ mod tests {
         assert_eq!(store.current_version("lab").unwrap(), "v3");
         assert_eq!(store.images().unwrap(), vec!["lab"]);
         assert_eq!(store.rollback("lab").unwrap(), "v2");
-        assert_eq!(store.current(&"lab").unwrap().version, "v2");
+        assert_eq!(store.current("lab").unwrap().version, "v2");
         // Keeping one keeps the newest and the current (v2) version.
         let removed = store.prune("lab", 1).unwrap();
         assert_eq!(removed, vec!["v1"]);
