@@ -36,6 +36,9 @@ enum Command {
     Demo(commands::demo::DemoArgs),
     /// Show every client's last boot: stages reached and their timings.
     Clients(commands::clients::ClientsArgs),
+    /// Make a root tree's own initrd boot boot=diskless.
+    #[command(subcommand)]
+    Initrd(commands::initrd_install::InitrdCommand),
 }
 
 fn main() -> ExitCode {
@@ -57,6 +60,7 @@ fn main() -> ExitCode {
         Command::Vm(args) => commands::vm::run(args),
         Command::Demo(args) => commands::demo::run(args),
         Command::Clients(args) => commands::clients::run(args),
+        Command::Initrd(cmd) => commands::initrd_install::run(cmd),
     };
     match result {
         Ok(code) => code,

@@ -75,6 +75,10 @@ pub struct BuildArgs {
     /// mksquashfs processors (default: all cores).
     #[arg(long)]
     pub processors: Option<usize>,
+    /// Read SOURCE as a running system even if it is not / (stay on its filesystem, leave
+    /// out swap files and runtime state), e.g. another machine's root disk mounted here.
+    #[arg(long)]
+    pub running_system: bool,
 }
 
 #[derive(Args)]
@@ -205,6 +209,7 @@ pub fn run_build(args: &BuildArgs) -> Result<diskless_image::Manifest> {
         block_size: args.block_size,
         tidy: TidyOptions {
             extra_excludes: args.exclude.clone(),
+            running_system: args.running_system,
             ..Default::default()
         },
         fetch_helper: paths::fetch_helper()?,
@@ -222,12 +227,19 @@ pub fn run_build(args: &BuildArgs) -> Result<diskless_image::Manifest> {
     for change in &m.changes {
         eprintln!("diskless: in the image only: {change}");
     }
+    let mib = |bytes: u64| bytes as f64 / 1048576.0;
+    let from = match (report.source_bytes, report.ratio()) {
+        (Some(source), Some(ratio)) => {
+            format!(" from {:.1} MiB (ratio {ratio:.3})", mib(source))
+        }
+        _ => String::new(),
+    };
     eprintln!(
-        "diskless: image {} version {} ({} {:.1} MiB, kernel {}) in {:.0} s (mksquashfs {:.0} s): {}",
+        "diskless: image {} version {}: {} {:.1} MiB{from}, kernel {}, in {:.0} s (mksquashfs {:.0} s): {}",
         m.name,
         m.version,
         m.compression,
-        m.squashfs().size as f64 / 1048576.0,
+        mib(m.squashfs().size),
         m.kernel_version,
         report.total_seconds,
         m.build_seconds,

@@ -1,5 +1,6 @@
 pub mod clients;
 pub mod demo;
 pub mod image;
+pub mod initrd_install;
 pub mod serve;
 pub mod vm;
