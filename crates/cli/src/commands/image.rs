@@ -94,6 +94,8 @@ pub struct ShowArgs {
     /// Image name.
     pub name: String,
     /// Version (default: the current one).
+    // Not the id "version": that is the propagated --version flag.
+    #[arg(id = "image_version", value_name = "VERSION")]
     pub version: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
