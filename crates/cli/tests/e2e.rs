@@ -18,13 +18,19 @@ fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{shown}: {e}"));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "{shown} failed ({}):\n{stdout}\n{stderr}", out.status);
+    assert!(
+        out.status.success(),
+        "{shown} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
     eprintln!("{stderr}");
     stdout
 }
 
 fn cache() -> PathBuf {
-    std::env::var_os("DISKLESS_CACHE").map(PathBuf::from).unwrap_or_else(|| "/var/cache/diskless".into())
+    std::env::var_os("DISKLESS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/var/cache/diskless".into())
 }
 
 /// The boot-phase table and command results `diskless vm --report` wrote.
@@ -35,7 +41,10 @@ fn command_output(report: &Value, command: &str) -> (String, i64) {
         .iter()
         .find(|c| c["command"] == command)
         .unwrap_or_else(|| panic!("no result for {command}"));
-    (c["output"].as_str().unwrap().to_string(), c["status"].as_i64().unwrap())
+    (
+        c["output"].as_str().unwrap().to_string(),
+        c["status"].as_i64().unwrap(),
+    )
 }
 
 fn squashfs_listing(store: &Path) -> String {
@@ -47,18 +56,33 @@ fn squashfs_listing(store: &Path) -> String {
 #[ignore = "needs root, QEMU and minutes: run by scripts/test"]
 fn a_debian_workstation_boots_from_a_ram_overlay() {
     let root = cache().join("roots/bookworm");
-    run(diskless().args(["image", "bootstrap"]).arg(&root).arg("--cache").arg(cache().join("debs")));
+    run(diskless()
+        .args(["image", "bootstrap"])
+        .arg(&root)
+        .arg("--cache")
+        .arg(cache().join("debs")));
 
     let work = tempfile::tempdir().unwrap();
     let store = work.path().join("store");
-    run(diskless().args(["image", "build"]).arg(&root).args(["--name", "e2e", "--store"]).arg(&store));
+    run(diskless()
+        .args(["image", "build"])
+        .arg(&root)
+        .args(["--name", "e2e", "--store"])
+        .arg(&store));
     let listing = squashfs_listing(&store);
-    assert!(listing.contains("squashfs-root/sbin/init") || listing.contains("squashfs-root/usr/sbin/init"));
-    assert!(!listing.contains("squashfs-root/proc/"), "runtime directories are left empty");
+    assert!(
+        listing.contains("squashfs-root/sbin/init")
+            || listing.contains("squashfs-root/usr/sbin/init")
+    );
+    assert!(
+        !listing.contains("squashfs-root/proc/"),
+        "runtime directories are left empty"
+    );
 
     let report_path = work.path().join("report.json");
     let logs = work.path().join("logs");
-    let probe = "echo written-on-client > /root/e2e-probe; cat /run/diskless/ram/upper/root/e2e-probe; \
+    let probe =
+        "echo written-on-client > /root/e2e-probe; cat /run/diskless/ram/upper/root/e2e-probe; \
                  test ! -e /run/diskless/lower/root/e2e-probe && echo not-in-lower";
     let checks = [
         "findmnt -n -o FSTYPE,OPTIONS /",
@@ -70,25 +94,40 @@ fn a_debian_workstation_boots_from_a_ram_overlay() {
         "systemctl is-system-running || true",
     ];
     let mut vm = diskless();
-    vm.args(["vm", "--image", "e2e", "--quiet", "--timeout", "900", "--store"])
-        .arg(&store)
-        .arg("--log-dir")
-        .arg(&logs)
-        .arg("--report")
-        .arg(&report_path);
+    vm.args([
+        "vm",
+        "--image",
+        "e2e",
+        "--quiet",
+        "--timeout",
+        "900",
+        "--store",
+    ])
+    .arg(&store)
+    .arg("--log-dir")
+    .arg(&logs)
+    .arg("--report")
+    .arg(&report_path);
     for c in checks {
         vm.arg("--run").arg(c);
     }
     run(&mut vm);
-    let report: Value = serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
+    let report: Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
     eprintln!("boot phases: {}", report["phases"]);
 
     // / is an overlay of the squashfs image (lower) and a tmpfs (upper).
     let (root_mount, status) = command_output(&report, checks[0]);
     assert_eq!(status, 0);
     assert!(root_mount.starts_with("overlay "), "{root_mount}");
-    assert!(root_mount.contains("lowerdir=/run/diskless/lower"), "{root_mount}");
-    assert!(root_mount.contains("upperdir=/run/diskless/ram/upper"), "{root_mount}");
+    assert!(
+        root_mount.contains("lowerdir=/run/diskless/lower"),
+        "{root_mount}"
+    );
+    assert!(
+        root_mount.contains("upperdir=/run/diskless/ram/upper"),
+        "{root_mount}"
+    );
     let (lower, _) = command_output(&report, checks[1]);
     assert!(lower.starts_with("squashfs /dev/loop"), "{lower}");
     let (ram, _) = command_output(&report, checks[2]);
@@ -97,30 +136,54 @@ fn a_debian_workstation_boots_from_a_ram_overlay() {
     // A file written on the client lands in RAM, not in the image.
     let (written, status) = command_output(&report, probe);
     assert_eq!(status, 0, "{written}");
-    assert_eq!(written.lines().collect::<Vec<_>>(), ["written-on-client", "not-in-lower"]);
+    assert_eq!(
+        written.lines().collect::<Vec<_>>(),
+        ["written-on-client", "not-in-lower"]
+    );
     assert!(!squashfs_listing(&store).contains("e2e-probe"));
 
     let (cmdline, _) = command_output(&report, checks[4]);
-    assert!(cmdline.split_whitespace().any(|w| w == "boot=diskless"), "{cmdline}");
-    let manifest: Value =
-        serde_json::from_str(&std::fs::read_to_string(store.join("images/e2e/current/manifest.json")).unwrap()).unwrap();
-    let sha = manifest["files"]["root.squashfs"]["sha256"].as_str().unwrap();
-    assert!(cmdline.contains(&format!("diskless.sha256={sha}")), "{cmdline}");
+    assert!(
+        cmdline.split_whitespace().any(|w| w == "boot=diskless"),
+        "{cmdline}"
+    );
+    let manifest: Value = serde_json::from_str(
+        &std::fs::read_to_string(store.join("images/e2e/current/manifest.json")).unwrap(),
+    )
+    .unwrap();
+    let sha = manifest["files"]["root.squashfs"]["sha256"]
+        .as_str()
+        .unwrap();
+    assert!(
+        cmdline.contains(&format!("diskless.sha256={sha}")),
+        "{cmdline}"
+    );
 
     // The machine-id comes from the kernel command line, not from the image (which has none).
     let (machine_id, _) = command_output(&report, checks[5]);
-    assert!(cmdline.contains(&format!("systemd.machine_id={}", machine_id.trim())), "{machine_id} / {cmdline}");
+    assert!(
+        cmdline.contains(&format!("systemd.machine_id={}", machine_id.trim())),
+        "{machine_id} / {cmdline}"
+    );
 
     // The server recorded every stage of the boot, the client's own reports included.
     let clients: Value =
-        serde_json::from_str(&std::fs::read_to_string(logs.join("state/clients.json")).unwrap()).unwrap();
+        serde_json::from_str(&std::fs::read_to_string(logs.join("state/clients.json")).unwrap())
+            .unwrap();
     let stages: Vec<&str> = clients["52:54:00:12:34:56"]["stages"]
         .as_array()
         .unwrap()
         .iter()
         .map(|s| s["stage"].as_str().unwrap())
         .collect();
-    for stage in ["dhcp-ack", "ipxe-script", "network-up", "fetched", "root-mounted", "multi-user"] {
+    for stage in [
+        "dhcp-ack",
+        "ipxe-script",
+        "network-up",
+        "fetched",
+        "root-mounted",
+        "multi-user",
+    ] {
         assert!(stages.contains(&stage), "{stage} missing from {stages:?}");
     }
 

@@ -66,8 +66,8 @@ pub struct BuildArgs {
     /// Compression: zstd, xz, gzip or lz4.
     #[arg(long, default_value = "zstd")]
     pub compression: Compression,
-    /// squashfs block size in bytes (power of two, 4096 to 1048576).
-    #[arg(long)]
+    /// squashfs block size: a power of two from 4K to 1M (4096, 128K, 1M, ...).
+    #[arg(long, value_parser = parse_block_size)]
     pub block_size: Option<u32>,
     /// More paths to leave out, relative to SOURCE (repeatable; wildcards allowed).
     #[arg(long = "exclude")]
@@ -169,6 +169,24 @@ pub fn run(cmd: ImageCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `131072`, `128K`, `1M`: checked when the flags are read, before anything is built.
+fn parse_block_size(text: &str) -> std::result::Result<u32, String> {
+    let (digits, unit) = match text.strip_suffix(['K', 'k']) {
+        Some(d) => (d, 1024),
+        None => match text.strip_suffix(['M', 'm']) {
+            Some(d) => (d, 1 << 20),
+            None => (text, 1),
+        },
+    };
+    let size = digits
+        .parse::<u32>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| format!("{text:?} is not a size (examples: 131072, 128K, 1M)"))?;
+    build::validate_block_size(size).map_err(|e| e.to_string())?;
+    Ok(size)
+}
+
 pub fn run_bootstrap(args: &BootstrapArgs) -> Result<()> {
     let cfg = BootstrapConfig {
         target: args.dir.clone(),
@@ -248,4 +266,25 @@ pub fn run_build(args: &BuildArgs) -> Result<diskless_image::Manifest> {
         report.version_dir.display()
     );
     Ok(report.manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_sizes_with_units() {
+        assert_eq!(parse_block_size("131072"), Ok(131072));
+        assert_eq!(parse_block_size("128K"), Ok(131072));
+        assert_eq!(parse_block_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_block_size("4k"), Ok(4096));
+        assert!(parse_block_size("2M").unwrap_err().contains("power of two"));
+        assert!(parse_block_size("1000")
+            .unwrap_err()
+            .contains("power of two"));
+        assert!(parse_block_size("big").unwrap_err().contains("not a size"));
+        assert!(parse_block_size("9999999M")
+            .unwrap_err()
+            .contains("not a size"));
+    }
 }
