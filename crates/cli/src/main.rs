@@ -36,7 +36,7 @@ enum Command {
     Demo(commands::demo::DemoArgs),
     /// Show every client's last boot: stages reached and their timings.
     Clients(commands::clients::ClientsArgs),
-    /// Look inside initrds: list, extract or print files of every segment.
+    /// Look inside initrds (ls, extract, cat), or make a tree's own initrd boot diskless.
     #[command(subcommand)]
     Initrd(commands::initrd::InitrdCommand),
     /// Run only the TFTP server, read-only, on a directory (like in.tftpd).

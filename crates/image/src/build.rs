@@ -1,10 +1,10 @@
 //! `diskless image build`: a root tree in, a verified store version out.
 
 use crate::bootcpio;
-use crate::command;
 use crate::error::{io_at, Error, Result};
 use crate::kernel;
 use crate::manifest::{self, hash_file, Manifest, BOOT_CPIO, INITRD, KERNEL, SQUASHFS};
+use crate::squash;
 use crate::store::Store;
 use crate::tidy::{self, TidyOptions};
 use std::collections::BTreeMap;
@@ -61,7 +61,8 @@ pub struct BuildConfig {
     pub fetch_helper: PathBuf,
     /// None: all cores.
     pub processors: Option<usize>,
-    /// Let mksquashfs draw its progress bar (on a terminal).
+    /// Let mksquashfs draw its progress bar (on a terminal); otherwise progress is printed
+    /// as plain `diskless: mksquashfs NN%` lines on stderr.
     pub progress_bar: bool,
 }
 
@@ -70,6 +71,17 @@ pub struct BuildReport {
     pub manifest: Manifest,
     pub version_dir: PathBuf,
     pub total_seconds: f64,
+    /// What went into the image, uncompressed (data and metadata), as mksquashfs counted it;
+    /// None for a refresh, or if mksquashfs did not print its statistics.
+    pub source_bytes: Option<u64>,
+}
+
+impl BuildReport {
+    /// root.squashfs size / uncompressed size of what went in.
+    pub fn ratio(&self) -> Option<f64> {
+        let source = self.source_bytes.filter(|&b| b > 0)?;
+        Some(self.manifest.squashfs().size as f64 / source as f64)
+    }
 }
 
 pub fn validate_block_size(size: u32) -> Result<()> {
@@ -100,6 +112,8 @@ pub fn build(store: &Store, cfg: &BuildConfig) -> Result<BuildReport> {
     std::fs::create_dir(&work).map_err(io_at(&work))?;
 
     let mut tidy_opts = cfg.tidy.clone();
+    // `/` is always read as a running system; any other tree only when asked (a disk of
+    // another machine mounted somewhere, or a test tree with mounts inside).
     tidy_opts.running_system |= source == Path::new("/");
     tidy_opts
         .own_paths
@@ -127,13 +141,17 @@ pub fn build(store: &Store, cfg: &BuildConfig) -> Result<BuildReport> {
         mksquashfs.args(["-processors", &n.to_string()]);
     }
     if tidy_opts.running_system {
+        // Mount points inside the tree (proc, a data disk, a nested tmpfs) become empty
+        // directories: only the root filesystem goes into the image.
         mksquashfs.arg("-one-file-system");
     }
-    if !cfg.progress_bar {
-        mksquashfs.arg("-no-progress").arg("-quiet");
-    }
+    let display = if cfg.progress_bar {
+        squash::Display::Bar
+    } else {
+        squash::Display::Lines
+    };
     let squash_started = Instant::now();
-    command::run_visible(&mut mksquashfs)?;
+    let stats = squash::run(&mut mksquashfs, display)?;
     let build_seconds = squash_started.elapsed().as_secs_f64();
 
     copy(&kernel.vmlinuz, &staging.dir.join(KERNEL))?;
@@ -165,6 +183,7 @@ pub fn build(store: &Store, cfg: &BuildConfig) -> Result<BuildReport> {
         manifest,
         version_dir,
         total_seconds: started.elapsed().as_secs_f64(),
+        source_bytes: stats.map(|s| s.uncompressed_bytes),
     })
 }
 
@@ -206,6 +225,7 @@ pub fn refresh(store: &Store, name: &str, fetch_helper: &Path) -> Result<BuildRe
         manifest,
         version_dir,
         total_seconds: started.elapsed().as_secs_f64(),
+        source_bytes: None,
     })
 }
 

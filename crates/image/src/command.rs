@@ -35,7 +35,7 @@ pub fn argv(cmd: &Command) -> String {
         .join(" ")
 }
 
-fn tail(text: &[u8]) -> String {
+pub(crate) fn tail(text: &[u8]) -> String {
     let text = String::from_utf8_lossy(text);
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
@@ -76,7 +76,7 @@ fn complete(cmd: &mut Command) -> Result<std::process::Output, CommandError> {
     Ok(out)
 }
 
-fn start_reason(e: &std::io::Error) -> String {
+pub(crate) fn start_reason(e: &std::io::Error) -> String {
     if e.kind() == std::io::ErrorKind::NotFound {
         "not found: install it (scripts/install-deps lists the Debian packages)".to_string()
     } else {

@@ -20,8 +20,10 @@ pub mod bootstrap;
 pub mod build;
 pub mod command;
 mod error;
+pub mod initrd_install;
 pub mod kernel;
 pub mod manifest;
+pub mod squash;
 pub mod store;
 pub mod tidy;
 

@@ -72,6 +72,7 @@ pub fn plan(source: &Path, stage: &Path, opts: &TidyOptions) -> Result<Plan> {
             plan.changes.push(format!("left out swap file /{swap}"));
             plan.excludes.push(swap);
         }
+        mount_points(source, &mut plan);
     }
     for own in &opts.own_paths {
         if let Ok(rel) = own.strip_prefix(source) {
@@ -91,6 +92,7 @@ pub fn plan(source: &Path, stage: &Path, opts: &TidyOptions) -> Result<Plan> {
     machine_id(source, stage, &mut plan)?;
     ssh_host_keys(source, stage, &mut plan)?;
     hostname(source, &mut plan);
+    boot_files(source, &mut plan);
     Ok(plan)
 }
 
@@ -106,6 +108,9 @@ fn replace_file(
         Ok(m) => (m.mode() & 0o7777, m.uid(), m.gid()),
         Err(_) => (0o644, 0, 0),
     };
+    if let Some(parent) = Path::new(rel).parent() {
+        ensure_dirs(source, &parent.display().to_string(), plan);
+    }
     let staged = stage.join(rel.replace('/', "__"));
     fs::write(&staged, content).map_err(io_at(&staged))?;
     plan.excludes.push(rel.to_string());
@@ -198,9 +203,7 @@ fn ssh_host_keys(source: &Path, stage: &Path, plan: &mut Plan) -> Result<()> {
         let unit = "etc/systemd/system/diskless-ssh-keygen.service";
         replace_file(source, stage, unit, SSH_KEYGEN_UNIT, plan)?;
         let wants = "etc/systemd/system/multi-user.target.wants";
-        if !source.join(wants).is_dir() {
-            plan.pseudo.push(format!("{wants} d 755 0 0"));
-        }
+        ensure_dirs(source, wants, plan);
         plan.pseudo.push(format!(
             "{wants}/diskless-ssh-keygen.service s 777 0 0 ../diskless-ssh-keygen.service"
         ));
@@ -211,11 +214,114 @@ fn ssh_host_keys(source: &Path, stage: &Path, plan: &mut Plan) -> Result<()> {
     Ok(())
 }
 
+/// mksquashfs skips a pseudo file whose directory is in neither the source nor the pseudo
+/// list: add the missing directories of `rel_dir`, outermost first.
+fn ensure_dirs(source: &Path, rel_dir: &str, plan: &mut Plan) {
+    let mut dir = PathBuf::new();
+    for part in Path::new(rel_dir).components() {
+        dir.push(part);
+        let line = format!("{} d 755 0 0", dir.display());
+        if !source.join(&dir).is_dir() && !plan.pseudo.contains(&line) {
+            plan.pseudo.push(line);
+        }
+    }
+}
+
+/// mksquashfs 4.5's `-one-file-system` leaves a mount point out altogether, and a root
+/// without /proc, /sys, /dev or /run cannot boot (the initramfs moves those mounts into it):
+/// put each mount point on the source's filesystem back as an empty directory.
+fn mount_points(source: &Path, plan: &mut Plan) {
+    let Ok(root) = fs::metadata(source) else {
+        return;
+    };
+    let mountinfo = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    for rel in mount_points_below(&mountinfo, source) {
+        let (path, parent) = (source.join(&rel), source.join(&rel).join(".."));
+        let (Ok(meta), Ok(parent)) = (fs::metadata(&path), fs::metadata(parent)) else {
+            continue;
+        };
+        if meta.dev() == root.dev() || parent.dev() != root.dev() {
+            continue; // crossed by mksquashfs anyway, or inside another mount
+        }
+        let line = format!(
+            "{rel} d {:o} {} {}",
+            meta.mode() & 0o7777,
+            meta.uid(),
+            meta.gid()
+        );
+        if !plan.pseudo.contains(&line) {
+            plan.pseudo.push(line);
+        }
+    }
+}
+
+/// The mount points strictly below `source` in a /proc/self/mountinfo text, relative to it,
+/// in mount order. Paths with characters a pseudo file line cannot hold are skipped.
+pub fn mount_points_below(mountinfo: &str, source: &Path) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for line in mountinfo.lines() {
+        let Some(field) = line.split(' ').nth(4) else {
+            continue;
+        };
+        let point = unescape_mountinfo(field);
+        let Ok(rel) = Path::new(&point).strip_prefix(source) else {
+            continue;
+        };
+        let rel = rel.display().to_string();
+        let plain = !rel.is_empty() && !rel.chars().any(|c| c.is_whitespace() || c == '"');
+        if plain && !out.contains(&rel) {
+            out.push(rel);
+        }
+    }
+    out
+}
+
+/// mountinfo writes space, tab, newline and backslash as `\040`-style octal escapes.
+fn unescape_mountinfo(field: &str) -> String {
+    let bytes = field.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let octal = bytes.get(i + 1..i + 4).and_then(|d| {
+            std::str::from_utf8(d)
+                .ok()
+                .and_then(|d| u8::from_str_radix(d, 8).ok())
+        });
+        match (bytes[i], octal) {
+            (b'\\', Some(b)) => {
+                out.push(b);
+                i += 4;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 fn hostname(source: &Path, plan: &mut Plan) {
     if source.join("etc/hostname").exists() {
         plan.excludes.push("etc/hostname".into());
         plan.changes
             .push("etc/hostname: removed (the name comes from DHCP or the client's config)".into());
+    }
+}
+
+/// Clients get the kernel and initrd from the server, never from the image: leaving them out
+/// saves ~40 MB (incompressible) that every client would download at every boot.
+fn boot_files(source: &Path, plan: &mut Plan) {
+    let Ok(entries) = fs::read_dir(source.join("boot")) else { return };
+    let mut found: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|n| n.starts_with("vmlinuz-") || n.starts_with("initrd.img-"))
+        .collect();
+    found.sort();
+    for name in found {
+        plan.excludes.push(format!("boot/{name}"));
+        plan.changes.push(format!("boot/{name}: left out (clients get it from the server)"));
     }
 }
 
@@ -324,6 +430,61 @@ mod tests {
         // The source is untouched.
         assert_eq!(fs::read_to_string(s.join("etc/fstab")).unwrap(), FSTAB);
         assert!(s.join("etc/ssh/ssh_host_ed25519_key").exists());
+    }
+
+    #[test]
+    fn mount_points_from_mountinfo() {
+        let info = "22 1 252:0 / / rw,relatime shared:1 - ext4 /dev/vda rw\n\
+23 22 0:21 / /proc rw,nosuid shared:12 - proc proc rw\n\
+24 23 0:22 / /proc/sys/fs/binfmt_misc rw - autofs systemd-1 rw\n\
+25 22 0:23 / /srv/my\\040disk rw - ext4 /dev/vdb rw\n\
+26 22 0:24 / /srvx rw - tmpfs tmpfs rw\n\
+27 22 0:24 / /srv/tmp rw - tmpfs tmpfs rw\n";
+        assert_eq!(
+            mount_points_below(info, Path::new("/")),
+            ["proc", "proc/sys/fs/binfmt_misc", "srvx", "srv/tmp"],
+            "the path with a space is skipped"
+        );
+        assert_eq!(mount_points_below(info, Path::new("/srv")), ["tmp"]);
+        assert_eq!(unescape_mountinfo("/a\\040b\\134c"), "/a b\\c");
+    }
+
+    #[test]
+    fn a_pseudo_file_gets_its_missing_directories() {
+        let src = tempfile::tempdir().unwrap();
+        let stage = tempfile::tempdir().unwrap();
+        fs::create_dir_all(src.path().join("etc/ssh")).unwrap();
+        fs::write(src.path().join("etc/ssh/sshd_config"), "").unwrap();
+        let plan = plan(src.path(), stage.path(), &TidyOptions::default()).unwrap();
+        let dirs: Vec<&str> = plan
+            .pseudo
+            .iter()
+            .filter(|p| p.ends_with(" d 755 0 0"))
+            .map(|p| p.split(' ').next().unwrap())
+            .collect();
+        assert_eq!(
+            dirs,
+            [
+                "etc/systemd",
+                "etc/systemd/system",
+                "etc/systemd/system/multi-user.target.wants"
+            ]
+        );
+    }
+
+    #[test]
+    fn kernels_and_initrds_stay_out_of_the_image() {
+        let src = tempfile::tempdir().unwrap();
+        let stage = tempfile::tempdir().unwrap();
+        fs::create_dir_all(src.path().join("boot")).unwrap();
+        for f in ["vmlinuz-6.1.0-9-amd64", "initrd.img-6.1.0-9-amd64", "config-6.1.0-9-amd64"] {
+            fs::write(src.path().join("boot").join(f), "x").unwrap();
+        }
+        let plan = plan(src.path(), stage.path(), &TidyOptions::default()).unwrap();
+        assert!(plan.excludes.contains(&"boot/vmlinuz-6.1.0-9-amd64".to_string()));
+        assert!(plan.excludes.contains(&"boot/initrd.img-6.1.0-9-amd64".to_string()));
+        assert!(!plan.excludes.iter().any(|e| e.contains("config-")));
+        assert_eq!(plan.changes.len(), 2, "{:?}", plan.changes);
     }
 
     #[test]

@@ -54,6 +54,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
             block_size: None,
             exclude: vec![],
             processors: None,
+            running_system: false,
         })?;
     } else {
         eprintln!(

@@ -66,8 +66,8 @@ pub struct BuildArgs {
     /// Compression: zstd, xz, gzip or lz4.
     #[arg(long, default_value = "zstd")]
     pub compression: Compression,
-    /// squashfs block size in bytes (power of two, 4096 to 1048576).
-    #[arg(long)]
+    /// squashfs block size: a power of two from 4K to 1M (4096, 128K, 1M, ...).
+    #[arg(long, value_parser = parse_block_size)]
     pub block_size: Option<u32>,
     /// More paths to leave out, relative to SOURCE (repeatable; wildcards allowed).
     #[arg(long = "exclude")]
@@ -75,6 +75,10 @@ pub struct BuildArgs {
     /// mksquashfs processors (default: all cores).
     #[arg(long)]
     pub processors: Option<usize>,
+    /// Read SOURCE as a running system even if it is not / (stay on its filesystem, leave
+    /// out swap files and runtime state), e.g. another machine's root disk mounted here.
+    #[arg(long)]
+    pub running_system: bool,
 }
 
 #[derive(Args)]
@@ -90,6 +94,8 @@ pub struct ShowArgs {
     /// Image name.
     pub name: String,
     /// Version (default: the current one).
+    // Not the id "version": that is the propagated --version flag.
+    #[arg(id = "image_version", value_name = "VERSION")]
     pub version: Option<String>,
     #[command(flatten)]
     pub store: StoreArgs,
@@ -163,6 +169,24 @@ pub fn run(cmd: ImageCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `131072`, `128K`, `1M`: checked when the flags are read, before anything is built.
+fn parse_block_size(text: &str) -> std::result::Result<u32, String> {
+    let (digits, unit) = match text.strip_suffix(['K', 'k']) {
+        Some(d) => (d, 1024),
+        None => match text.strip_suffix(['M', 'm']) {
+            Some(d) => (d, 1 << 20),
+            None => (text, 1),
+        },
+    };
+    let size = digits
+        .parse::<u32>()
+        .ok()
+        .and_then(|n| n.checked_mul(unit))
+        .ok_or_else(|| format!("{text:?} is not a size (examples: 131072, 128K, 1M)"))?;
+    build::validate_block_size(size).map_err(|e| e.to_string())?;
+    Ok(size)
+}
+
 pub fn run_bootstrap(args: &BootstrapArgs) -> Result<()> {
     let cfg = BootstrapConfig {
         target: args.dir.clone(),
@@ -205,6 +229,7 @@ pub fn run_build(args: &BuildArgs) -> Result<diskless_image::Manifest> {
         block_size: args.block_size,
         tidy: TidyOptions {
             extra_excludes: args.exclude.clone(),
+            running_system: args.running_system,
             ..Default::default()
         },
         fetch_helper: paths::fetch_helper()?,
@@ -222,16 +247,44 @@ pub fn run_build(args: &BuildArgs) -> Result<diskless_image::Manifest> {
     for change in &m.changes {
         eprintln!("diskless: in the image only: {change}");
     }
+    let mib = |bytes: u64| bytes as f64 / 1048576.0;
+    let from = match (report.source_bytes, report.ratio()) {
+        (Some(source), Some(ratio)) => {
+            format!(" from {:.1} MiB (ratio {ratio:.3})", mib(source))
+        }
+        _ => String::new(),
+    };
     eprintln!(
-        "diskless: image {} version {} ({} {:.1} MiB, kernel {}) in {:.0} s (mksquashfs {:.0} s): {}",
+        "diskless: image {} version {}: {} {:.1} MiB{from}, kernel {}, in {:.0} s (mksquashfs {:.0} s): {}",
         m.name,
         m.version,
         m.compression,
-        m.squashfs().size as f64 / 1048576.0,
+        mib(m.squashfs().size),
         m.kernel_version,
         report.total_seconds,
         m.build_seconds,
         report.version_dir.display()
     );
     Ok(report.manifest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn block_sizes_with_units() {
+        assert_eq!(parse_block_size("131072"), Ok(131072));
+        assert_eq!(parse_block_size("128K"), Ok(131072));
+        assert_eq!(parse_block_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_block_size("4k"), Ok(4096));
+        assert!(parse_block_size("2M").unwrap_err().contains("power of two"));
+        assert!(parse_block_size("1000")
+            .unwrap_err()
+            .contains("power of two"));
+        assert!(parse_block_size("big").unwrap_err().contains("not a size"));
+        assert!(parse_block_size("9999999M")
+            .unwrap_err()
+            .contains("not a size"));
+    }
 }

@@ -13,6 +13,9 @@ use diskless_initramfs::{extract, read_path, EntryKind, ExtractOptions, InitrdRe
 /// Inspect initrds.
 #[derive(Debug, clap::Subcommand)]
 pub enum InitrdCommand {
+    /// Install the diskless hook and boot script into a root tree and regenerate its initrds,
+    /// so one initrd boots boot=diskless (for pxelinux or GRUB).
+    Install(super::initrd_install::InstallArgs),
     /// List the entries of every segment, one per line, as lsinitramfs does.
     Ls {
         /// The initrd file.
@@ -55,6 +58,7 @@ pub fn run(cmd: InitrdCommand) -> Result<()> {
         } => ls(&file, long, segments),
         InitrdCommand::Extract { file, dir, merge } => extract_cmd(&file, &dir, merge),
         InitrdCommand::Cat { file, path } => cat(&file, &path),
+        InitrdCommand::Install(args) => super::initrd_install::install(&args).map(|_| ()),
     };
     // `diskless initrd ls x | head` is not an error.
     match result {

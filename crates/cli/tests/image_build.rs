@@ -1,0 +1,85 @@
+//! `diskless image build` as a user runs it, output not a terminal: plain progress lines, the
+//! summary with the ratio, and `--running-system` / `--exclude` reaching the build.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+fn write(root: &Path, rel: &str, content: &str) {
+    let path = root.join(rel);
+    fs::create_dir_all(path.parent().unwrap()).unwrap();
+    fs::write(path, content).unwrap();
+}
+
+fn have(tool: &str) -> bool {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+        .unwrap_or(false)
+}
+
+#[test]
+fn build_prints_progress_lines_and_a_summary_and_honours_its_flags() {
+    for tool in ["mksquashfs", "unsquashfs"] {
+        if !have(tool) {
+            eprintln!("skipped: {tool} is not installed");
+            return;
+        }
+    }
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    write(&tree, "boot/vmlinuz-6.1.0-99-amd64", "kernel");
+    write(&tree, "boot/initrd.img-6.1.0-99-amd64", "initrd");
+    let modules = "lib/modules/6.1.0-99-amd64";
+    let mut dep = String::new();
+    for m in ["loop", "squashfs", "overlay"] {
+        write(&tree, &format!("{modules}/kernel/{m}.ko"), m);
+        dep.push_str(&format!("kernel/{m}.ko:\n"));
+    }
+    write(&tree, &format!("{modules}/modules.dep"), &dep);
+    write(&tree, "etc/fstab", "/swapfile none swap sw 0 0\n");
+    write(&tree, "swapfile", "swap");
+    write(&tree, "home/alice/Downloads/big.iso", "iso");
+    write(&tree, "home/alice/notes.txt", "notes");
+    write(&tree, "usr/share/words", &"lorem ipsum ".repeat(50_000));
+    let helper = work.path().join("diskless-fetch");
+    fs::write(&helper, "helper").unwrap();
+    let store = work.path().join("store");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_diskless"))
+        .args(["image", "build"])
+        .arg(&tree)
+        .args([
+            "--name",
+            "t",
+            "--running-system",
+            "--exclude",
+            "home/*/Downloads",
+        ])
+        .arg("--store")
+        .arg(&store)
+        .env("DISKLESS_FETCH", &helper)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.lines().any(|l| l == "diskless: mksquashfs 100%"),
+        "{stderr}"
+    );
+    let summary = stderr
+        .lines()
+        .find(|l| l.starts_with("diskless: image t version "))
+        .unwrap_or_else(|| panic!("no summary in\n{stderr}"));
+    assert!(summary.contains(" MiB (ratio 0."), "{summary}");
+    assert!(stderr.contains("left out swap file /swapfile"), "{stderr}");
+
+    let listing = Command::new("unsquashfs")
+        .args(["-l", "-d", "ROOT"])
+        .arg(store.join("images/t/current/root.squashfs"))
+        .output()
+        .unwrap();
+    let listing = String::from_utf8(listing.stdout).unwrap();
+    assert!(listing.lines().any(|l| l == "ROOT/home/alice/notes.txt"));
+    assert!(!listing.contains("Downloads"), "{listing}");
+    assert!(!listing.lines().any(|l| l == "ROOT/swapfile"), "{listing}");
+}

@@ -1,0 +1,281 @@
+//! `build::build` with the real mksquashfs, read back with the real unsquashfs: what a
+//! sysadmin must be able to trust about an image made from a system.
+
+mod common;
+
+use common::*;
+use diskless_image::build::{self, BuildConfig, BuildReport, Compression};
+use diskless_image::manifest::SQUASHFS;
+use diskless_image::tidy::{TidyOptions, SSH_KEYGEN_UNIT};
+use diskless_image::Store;
+use std::path::Path;
+
+fn config(source: &Path, helper: &Path, tidy: TidyOptions) -> BuildConfig {
+    BuildConfig {
+        source: source.to_path_buf(),
+        name: "lab".into(),
+        compression: Compression::Zstd,
+        block_size: None,
+        tidy,
+        fetch_helper: helper.to_path_buf(),
+        processors: None,
+        progress_bar: false,
+    }
+}
+
+fn running_system() -> TidyOptions {
+    TidyOptions {
+        running_system: true,
+        ..Default::default()
+    }
+}
+
+fn image(report: &BuildReport) -> std::path::PathBuf {
+    report.version_dir.join(SQUASHFS)
+}
+
+/// Paths directly or deeper below `dir` in the listing.
+fn below<'a>(paths: &'a [String], dir: &str) -> Vec<&'a String> {
+    let prefix = format!("{dir}/");
+    paths.iter().filter(|p| p.starts_with(&prefix)).collect()
+}
+
+#[test]
+fn image_of_a_running_system_is_tidy_and_the_source_is_untouched() {
+    require!("mksquashfs", "unsquashfs", "mount", "umount");
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    system_tree(&tree);
+    let _mounts = Mounts::running_system(&tree);
+    let helper = fake_helper(work.path());
+    let store = Store::open(work.path().join("store")).unwrap();
+    let before = tree_digest(&tree);
+
+    let report = build::build(&store, &config(&tree, &helper, running_system())).unwrap();
+
+    assert_eq!(tree_digest(&tree), before, "the source tree was modified");
+    let img = image(&report);
+    let paths = image_paths(&img);
+    let has = |p: &str| paths.iter().any(|x| x == p);
+
+    // fstab keeps the data mount only.
+    let fstab = image_cat(&img, "etc/fstab");
+    assert_eq!(
+        fstab,
+        "# /etc/fstab: static file system information.\nLABEL=data /srv/data ext4 defaults,nofail 0 2\n"
+    );
+    // machine-id present and empty (systemd fills it from systemd.machine_id=); dbus's copy gone.
+    assert!(has("etc/machine-id"));
+    assert_eq!(image_cat(&img, "etc/machine-id"), "");
+    assert!(!has("var/lib/dbus/machine-id"));
+    // No host keys, but the config and a unit that makes each client its own keys, enabled.
+    assert!(has("etc/ssh/sshd_config"));
+    assert!(
+        !paths.iter().any(|p| p.contains("ssh_host_")),
+        "host keys in the image: {:?}",
+        paths
+            .iter()
+            .filter(|p| p.contains("ssh_host_"))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(
+        image_cat(&img, "etc/systemd/system/diskless-ssh-keygen.service"),
+        SSH_KEYGEN_UNIT
+    );
+    let long = image_long_listing(&img);
+    assert!(
+        long.lines().any(|l| l.starts_with('l')
+            && l.contains(
+                "multi-user.target.wants/diskless-ssh-keygen.service -> ../diskless-ssh-keygen.service"
+            )),
+        "keygen unit not enabled:\n{long}"
+    );
+    // Resume config, hostname, swap file, downloaded packages: gone.
+    for gone in [
+        "etc/initramfs-tools/conf.d/resume",
+        "etc/hostname",
+        "swapfile",
+        "var/cache/apt/archives/bash_5.2_amd64.deb",
+        "var/cache/apt/archives/partial/vim_9.0_amd64.deb",
+    ] {
+        assert!(!has(gone), "{gone} is in the image");
+    }
+    assert!(!paths.iter().any(|p| p.ends_with(".deb")));
+    assert!(has("var/cache/apt/pkgcache.bin"), "only .debs go");
+    // Mount points stay as empty directories; nothing of what is mounted on them goes in.
+    for mount_point in ["proc", "sys", "dev", "tmp", "run", "srv/nested"] {
+        assert!(has(mount_point), "{mount_point} missing");
+        assert_eq!(below(&paths, mount_point), Vec::<&String>::new());
+    }
+    // The rest is there, byte for byte.
+    assert_eq!(image_cat(&img, "usr/bin/tool"), "#!/bin/sh\necho tool\n");
+    assert!(has("srv/data/.keep"));
+    // Every change is reported.
+    let changes = report.manifest.changes.join("\n");
+    for expected in [
+        "removed \"UUID=11111111-2222-3333-4444-555555555555 / ext4",
+        "removed \"/swapfile none swap",
+        "left out swap file /swapfile",
+        "etc/machine-id: emptied",
+        "etc/ssh/ssh_host_rsa_key: removed",
+        "etc/hostname: removed",
+        "conf.d/resume: removed",
+    ] {
+        assert!(changes.contains(expected), "{expected:?} not in\n{changes}");
+    }
+    // The ratio comes from mksquashfs's own figures.
+    let ratio = report.ratio().expect("mksquashfs statistics were parsed");
+    assert!(ratio > 0.0 && ratio < 1.5, "ratio {ratio}");
+}
+
+#[test]
+fn a_chroot_keeps_what_is_mounted_inside_it_unless_read_as_a_running_system() {
+    require!("mksquashfs", "unsquashfs", "mount", "umount");
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    minimal_tree(&tree);
+    let mut mounts = Mounts::default();
+    mounts.mount(
+        &["-t", "tmpfs", "-o", "size=4m", "tmpfs"],
+        &tree.join("srv/nested"),
+    );
+    write(&tree, "srv/nested/data.txt", "on another fs\n");
+    let helper = fake_helper(work.path());
+    let store = Store::open(work.path().join("store")).unwrap();
+
+    // A chroot with a bind mount inside is read across it (what the user mounted is wanted).
+    let chroot = build::build(&store, &config(&tree, &helper, TidyOptions::default())).unwrap();
+    assert_eq!(
+        image_cat(&image(&chroot), "srv/nested/data.txt"),
+        "on another fs\n"
+    );
+    // Read as a running system, only the tree's own filesystem goes in.
+    let system = build::build(&store, &config(&tree, &helper, running_system())).unwrap();
+    let paths = image_paths(&image(&system));
+    assert!(paths.iter().any(|p| p == "srv/nested"));
+    assert_eq!(below(&paths, "srv/nested"), Vec::<&String>::new());
+}
+
+#[test]
+fn exclude_patterns_leave_out_what_they_match_only() {
+    require!("mksquashfs", "unsquashfs");
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    minimal_tree(&tree);
+    for user in ["alice", "bob"] {
+        write(&tree, &format!("home/{user}/Downloads/big.iso"), "iso");
+        write(&tree, &format!("home/{user}/Documents/notes.txt"), "notes");
+    }
+    write(&tree, "srv/cache/a.bin", "a");
+    write(&tree, "srv/cache/b.bin", "b");
+    write(&tree, "srv/keep.txt", "keep");
+    let helper = fake_helper(work.path());
+    let store = Store::open(work.path().join("store")).unwrap();
+    let tidy = TidyOptions {
+        extra_excludes: vec!["home/*/Downloads".into(), "/srv/cache/*.bin".into()],
+        ..Default::default()
+    };
+    let report = build::build(&store, &config(&tree, &helper, tidy)).unwrap();
+    let paths = image_paths(&image(&report));
+    let has = |p: &str| paths.iter().any(|x| x == p);
+    assert!(!paths.iter().any(|p| p.contains("Downloads")), "{paths:?}");
+    assert!(!has("srv/cache/a.bin") && !has("srv/cache/b.bin"));
+    assert!(has("home/alice/Documents/notes.txt"));
+    assert!(has("home/bob/Documents/notes.txt"));
+    assert!(has("srv/cache"), "the directory itself stays");
+    assert!(has("srv/keep.txt"));
+}
+
+#[test]
+fn a_failed_mksquashfs_leaves_no_version_and_current_unchanged() {
+    require!("mksquashfs", "unsquashfs", "mount", "umount");
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    minimal_tree(&tree);
+    let helper = fake_helper(work.path());
+    // A store on a small disk: the first image fits, the second cannot.
+    let store_dir = work.path().join("store");
+    let mut mounts = Mounts::default();
+    mounts.mount(&["-t", "tmpfs", "-o", "size=1m", "tmpfs"], &store_dir);
+    let store = Store::open(&store_dir).unwrap();
+    let first = build::build(&store, &config(&tree, &helper, TidyOptions::default())).unwrap();
+    let version = first.manifest.version.clone();
+
+    // Incompressible data larger than the disk: mksquashfs fails writing the image.
+    let mut random = vec![0u8; 4 << 20];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| std::io::Read::read_exact(&mut f, &mut random))
+        .unwrap();
+    write(&tree, "srv/random.bin", &random);
+    let err = build::build(&store, &config(&tree, &helper, TidyOptions::default())).unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("mksquashfs"), "{msg}");
+
+    assert_eq!(store.current_version("lab").unwrap(), version);
+    let versions: Vec<String> = store
+        .versions("lab")
+        .unwrap()
+        .into_iter()
+        .map(|m| m.version)
+        .collect();
+    assert_eq!(versions, std::slice::from_ref(&version));
+    let leftovers: Vec<String> = std::fs::read_dir(store.image_dir("lab"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "current" && *n != version)
+        .collect();
+    assert_eq!(leftovers, Vec::<String>::new(), "staging left behind");
+    // And the old version still verifies.
+    first.manifest.verify(&first.version_dir).unwrap();
+}
+
+#[test]
+fn each_compression_is_the_one_in_the_superblock() {
+    require!("mksquashfs", "unsquashfs");
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    minimal_tree(&tree);
+    write(&tree, "usr/share/doc/text", "compress me ".repeat(20_000));
+    let helper = fake_helper(work.path());
+    let store = Store::open(work.path().join("store")).unwrap();
+    for comp in [
+        Compression::Zstd,
+        Compression::Xz,
+        Compression::Gzip,
+        Compression::Lz4,
+    ] {
+        let mut cfg = config(&tree, &helper, TidyOptions::default());
+        cfg.compression = comp;
+        cfg.block_size = Some(65536);
+        let report = build::build(&store, &cfg).unwrap();
+        let sb = image_superblock(&image(&report));
+        assert!(
+            sb.lines()
+                .any(|l| l == format!("Compression {}", comp.as_str())),
+            "{comp:?}:\n{sb}"
+        );
+        assert!(sb.lines().any(|l| l == "Block size 65536"), "{sb}");
+        assert_eq!(report.manifest.compression, comp.as_str());
+        assert_eq!(
+            image_cat(&image(&report), "usr/share/doc/text").len(),
+            12 * 20_000
+        );
+    }
+}
+
+#[test]
+fn a_bad_block_size_is_refused_before_anything_is_made() {
+    require!("mksquashfs");
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    minimal_tree(&tree);
+    let helper = fake_helper(work.path());
+    let store = Store::open(work.path().join("store")).unwrap();
+    for bad in [1000, 2 << 20, 2048] {
+        let mut cfg = config(&tree, &helper, TidyOptions::default());
+        cfg.block_size = Some(bad);
+        let err = build::build(&store, &cfg).unwrap_err().to_string();
+        assert!(err.contains("power of two from 4096 to 1048576"), "{err}");
+    }
+    assert!(!store.image_dir("lab").exists() || store.versions("lab").unwrap().is_empty());
+}
