@@ -324,6 +324,10 @@ pub fn run(cfg: &VmConfig) -> Result<VmReport, Error> {
     }
     drop(server);
     drop(site_dhcp);
+    if cfg.loss_percent > 0 {
+        // The drop counters, as evidence that the loss was real.
+        let _ = netns::save_loss_counters(&cfg.log_dir.join("loss.txt"));
+    }
     drop(ns);
     let many = cfg.clients.len() > 1;
     let mut report = VmReport::default();
@@ -374,9 +378,11 @@ fn follow_boot(
         };
         patterns.push(marker);
         match console.wait_for(&patterns, from, deadline) {
-            Ok((i, _)) if i < FAILURES.len() => {
-                // Give the failure message a moment to arrive whole.
-                std::thread::sleep(Duration::from_millis(500));
+            Ok((i, end)) if i < FAILURES.len() => {
+                // Let the whole story arrive: the helper's last error comes before the boot
+                // script's "Failure:" line, and the panic ends with a reboot (QEMU exits).
+                let soon = (Instant::now() + Duration::from_secs(8)).min(deadline);
+                let _ = console.wait_for(&["Rebooting", "reboot: "], end, soon);
                 return Err(Error::BootFailed(console.tail(15)));
             }
             Ok((_, end)) => {

@@ -125,6 +125,17 @@ pub fn drop_at_random(interface: &str, percent: u8) -> Result<(), Error> {
     Ok(())
 }
 
+/// Write the rules of [`drop_at_random`] with their counters to `path`.
+pub fn save_loss_counters(path: &std::path::Path) -> Result<(), Error> {
+    let out = Command::new("nft")
+        .args(["list", "table", "inet", "diskless_vm"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::Setup(format!("running nft: {e}")))?;
+    std::fs::write(path, &out.stdout)
+        .map_err(|e| Error::Setup(format!("writing {}: {e}", path.display())))
+}
+
 /// An input hook: traffic between the clients and a server in the same namespace is local
 /// delivery, never forwarded.
 fn loss_rules(interface: &str, percent: u8) -> String {
@@ -132,7 +143,7 @@ fn loss_rules(interface: &str, percent: u8) -> String {
         "table inet diskless_vm {{\n\
          \tchain input {{\n\
          \t\ttype filter hook input priority 0; policy accept;\n\
-         \t\tiifname \"{interface}\" numgen random mod 100 < {percent} drop\n\
+         \t\tiifname \"{interface}\" numgen random mod 100 < {percent} counter drop\n\
          \t}}\n\
          }}\n"
     )
@@ -177,7 +188,7 @@ mod tests {
         let rules = loss_rules("br0", 5);
         assert!(rules.contains("hook input"), "{rules}");
         assert!(
-            rules.contains("iifname \"br0\" numgen random mod 100 < 5 drop"),
+            rules.contains("iifname \"br0\" numgen random mod 100 < 5 counter drop"),
             "{rules}"
         );
     }
