@@ -190,7 +190,7 @@ fn boots_to_multi_user(firmware: &str, mode: &str) {
         let log = std::fs::read_to_string(logs.join("server.log")).unwrap();
         assert!(
             log.lines()
-                .any(|l| l.contains("tftp: sent") && l.contains("file=ipxe/ipxe.efi")),
+                .any(|l| l.contains("tftp: sent") && l.contains("ipxe/ipxe.efi")),
             "no TFTP transfer of ipxe.efi in the server log:\n{log}"
         );
     }
