@@ -197,9 +197,10 @@ fn a_corrupted_image_is_never_mounted() {
 #[test]
 #[ignore = "needs root, QEMU and minutes: run by scripts/test"]
 fn an_image_larger_than_the_ram_is_not_downloaded() {
-    // 320 MiB of RAM for a ~190 MiB image plus the 96 MiB the helper keeps for the system,
-    // once the kernel and the initramfs have taken their share.
-    let b = boot(false, &["--memory", "320"]);
+    // 384 MiB of RAM for a ~190 MiB image plus the 96 MiB the helper keeps for the system:
+    // once the kernel and the initramfs have taken their share, about 170 MiB is available.
+    // (With 320 MiB the stock initramfs itself does not fit: "No working init found".)
+    let b = boot(false, &["--memory", "384"]);
     assert!(
         !b.out.status.success(),
         "the image fit after all:\n{}",
@@ -208,8 +209,9 @@ fn an_image_larger_than_the_ram_is_not_downloaded() {
     assert!(b.text.contains("the image needs"), "{}", b.text);
     let console = b.console();
     assert!(console.contains("Failure: diskless:"), "{console}");
-    // Refused before the first byte: no progress line, no "fetched" report.
-    assert!(!console.contains(" MiB of "), "{console}");
+    // Refused before the first byte: no progress line ("12.0% 23.1 MiB of 192.0 MiB at 24.1
+    // MB/s"), no "fetched" report.
+    assert!(!console.contains(" MiB at "), "{console}");
     let stages = b.stages();
     assert!(!stages.iter().any(|s| s == "fetched"), "{stages:?}");
 }

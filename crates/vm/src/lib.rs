@@ -174,9 +174,9 @@ const FAILURES: &[&str] = &[
     "diskless-fetch: ",
 ];
 
-/// A progress line of the fetch helper ("diskless:  11.9% 22.9 MiB of 192.0 MiB at ..."):
-/// the download is under way.
-const FETCH_PROGRESS: &str = " MiB of ";
+/// A progress line of the fetch helper ("diskless:  11.9% 22.9 MiB of 192.0 MiB at 23.9
+/// MB/s, 7 s left"): the download is under way.
+const FETCH_PROGRESS: &str = " MiB at ";
 
 /// The name of client `index`'s console log.
 pub fn console_log_name(cfg: &VmConfig, index: usize) -> String {
