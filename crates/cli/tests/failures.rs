@@ -9,27 +9,34 @@
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
 fn diskless() -> Command {
     Command::new(env!("CARGO_BIN_EXE_diskless"))
 }
 
-fn output(cmd: &mut Command) -> (Output, String) {
+/// Run `cmd`; returns its output, its stdout and stderr as one text, and its pid.
+fn output(cmd: &mut Command) -> (Output, String, u32) {
     let shown = format!("{cmd:?}");
-    let out = cmd.output().unwrap_or_else(|e| panic!("{shown}: {e}"));
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{shown}: {e}"));
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
     let text = format!(
         "{}\n{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
     eprintln!("{shown}:\n{text}");
-    (out, text)
+    (out, text, pid)
 }
 
 fn run(cmd: &mut Command) -> String {
-    let (out, text) = output(cmd);
+    let (out, text, _) = output(cmd);
     assert!(out.status.success(), "failed ({}):\n{text}", out.status);
     text
 }
@@ -148,7 +155,7 @@ fn boot(corrupt: bool, extra: &[&str]) -> Boot {
     let store = work.path().join("store");
     add_image(&store, corrupt);
     let logs = work.path().join("logs");
-    let (out, text) = output(
+    let (out, text, pid) = output(
         diskless()
             .args(["vm", "--image", "test", "--quiet", "--timeout", "900"])
             .args(["--mac", MAC])
@@ -160,8 +167,13 @@ fn boot(corrupt: bool, extra: &[&str]) -> Boot {
             .arg(logs.join("report.json"))
             .args(extra),
     );
+    // Its namespace is gone (other runs' may exist: ours is named after the vm's pid).
+    let namespace = format!("diskless-vm-{pid}");
     let namespaces = run(Command::new("ip").args(["netns", "list"]));
-    assert!(!namespaces.contains("diskless-vm-"), "{namespaces}");
+    assert!(
+        !namespaces.split_whitespace().any(|w| w == namespace),
+        "{namespace} left behind: {namespaces}"
+    );
     Boot {
         _work: work,
         logs,

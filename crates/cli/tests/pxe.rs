@@ -14,7 +14,7 @@
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
 fn diskless() -> Command {
@@ -121,9 +121,30 @@ fn stages(logs: &Path, mac: &str) -> Vec<String> {
         .collect()
 }
 
-fn assert_no_namespace_left() {
+/// Run `diskless vm`, which must succeed, then check that its namespace is gone (other runs'
+/// namespaces may exist: only ours, named after the vm's pid, is checked).
+fn run_vm(cmd: &mut Command) {
+    let shown = format!("{cmd:?}");
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{shown}: {e}"));
+    let namespace = format!("diskless-vm-{}", child.id());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "{shown} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    eprintln!("{stderr}");
     let namespaces = run(Command::new("ip").args(["netns", "list"]));
-    assert!(!namespaces.contains("diskless-vm-"), "{namespaces}");
+    assert!(
+        !namespaces.split_whitespace().any(|w| w == namespace),
+        "{namespace} left behind: {namespaces}"
+    );
 }
 
 const MAC: &str = "52:54:00:12:34:56";
@@ -138,16 +159,18 @@ fn boots_to_multi_user(firmware: &str, mode: &str) {
     add_image(&store, "test");
     let logs = work.path().join("logs");
     let report_path = work.path().join("report.json");
-    run(diskless()
-        .args(["vm", "--image", "test", "--quiet", "--timeout", "900"])
-        .args(["--firmware", firmware, "--mode", mode, "--mac", MAC])
-        .arg("--store")
-        .arg(&store)
-        .arg("--log-dir")
-        .arg(&logs)
-        .arg("--report")
-        .arg(&report_path)
-        .args(["--run", ROOT_FS, "--run", ADDRESS]));
+    run_vm(
+        diskless()
+            .args(["vm", "--image", "test", "--quiet", "--timeout", "900"])
+            .args(["--firmware", firmware, "--mode", mode, "--mac", MAC])
+            .arg("--store")
+            .arg(&store)
+            .arg("--log-dir")
+            .arg(&logs)
+            .arg("--report")
+            .arg(&report_path)
+            .args(["--run", ROOT_FS, "--run", ADDRESS]),
+    );
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
     eprintln!("{firmware} {mode}: boot phases {}", report["phases"]);
@@ -194,7 +217,6 @@ fn boots_to_multi_user(firmware: &str, mode: &str) {
             "no TFTP transfer of ipxe.efi in the server log:\n{log}"
         );
     }
-    assert_no_namespace_left();
 }
 
 #[test]
@@ -254,7 +276,7 @@ fn two_clients_get_their_own_image_hostname_and_machine_id() {
     for c in checks {
         vm.arg("--run").arg(c);
     }
-    run(&mut vm);
+    run_vm(&mut vm);
     let report: Value =
         serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
     let clients = report["clients"].as_array().unwrap();
@@ -281,5 +303,4 @@ fn two_clients_get_their_own_image_hostname_and_machine_id() {
         machine_ids[0], machine_ids[1],
         "two clients, one machine-id"
     );
-    assert_no_namespace_left();
 }
