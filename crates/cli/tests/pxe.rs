@@ -147,6 +147,29 @@ fn run_vm(cmd: &mut Command) {
     );
 }
 
+/// A test's directory, kept (not deleted) when the test fails, for its logs.
+struct Work(Option<tempfile::TempDir>);
+
+impl Work {
+    fn new() -> Work {
+        Work(Some(tempfile::tempdir().unwrap()))
+    }
+
+    fn path(&self) -> &Path {
+        self.0.as_ref().unwrap().path()
+    }
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(work) = self.0.take() {
+                eprintln!("logs kept in {}", work.keep().join("logs").display());
+            }
+        }
+    }
+}
+
 const MAC: &str = "52:54:00:12:34:56";
 const ROOT_FS: &str = "findmnt -n -o FSTYPE /";
 const ADDRESS: &str = "ip -4 -o addr show scope global";
@@ -154,7 +177,7 @@ const ADDRESS: &str = "ip -4 -o addr show scope global";
 /// Boot one client with `firmware` in `mode`; check it runs from the overlay, and where its
 /// address came from.
 fn boots_to_multi_user(firmware: &str, mode: &str) {
-    let work = tempfile::tempdir().unwrap();
+    let work = Work::new();
     let store = work.path().join("store");
     add_image(&store, "test");
     let logs = work.path().join("logs");
@@ -248,7 +271,7 @@ fn uefi_proxy_mode_beside_dnsmasq() {
 #[test]
 #[ignore = "needs root, QEMU and minutes: run by scripts/test"]
 fn two_clients_get_their_own_image_hostname_and_machine_id() {
-    let work = tempfile::tempdir().unwrap();
+    let work = Work::new();
     let store = work.path().join("store");
     add_image(&store, "lab");
     add_image(&store, "render");
