@@ -5,6 +5,12 @@
 //! client's serial console ([`console`]) until it reaches multi-user, optionally runs commands
 //! in it, and removes the namespace, the tap and every process it started, whatever happens
 //! (Ctrl-C included).
+//!
+//! The same harness tries a lab's conditions: several clients on one bridge
+//! ([`VmConfig::clients`], each followed on its own thread), a site DHCP server beside ours
+//! (dnsmasq, [`VmConfig::site_dhcp`], for proxy mode), a lossy network
+//! ([`VmConfig::loss_percent`], nftables in the namespace) and a server killed and restarted
+//! in the middle of the image download ([`VmConfig::restart_server_during_fetch`]).
 
 pub mod console;
 pub mod netns;
