@@ -5,6 +5,12 @@
 //! client's serial console ([`console`]) until it reaches multi-user, optionally runs commands
 //! in it, and removes the namespace, the tap and every process it started, whatever happens
 //! (Ctrl-C included).
+//!
+//! The same harness tries a lab's conditions: several clients on one bridge
+//! ([`VmConfig::clients`], each followed on its own thread), a site DHCP server beside ours
+//! (dnsmasq, [`VmConfig::site_dhcp`], for proxy mode), a lossy network
+//! ([`VmConfig::loss_percent`], nftables in the namespace) and a server killed and restarted
+//! in the middle of the image download ([`VmConfig::restart_server_during_fetch`]).
 
 pub mod console;
 pub mod netns;
@@ -16,6 +22,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub use qemu::Firmware;
@@ -79,26 +86,50 @@ impl Drop for Guarded {
     }
 }
 
+/// One QEMU client on its own tap.
 #[derive(Debug, Clone)]
-pub struct VmConfig {
-    /// The server command (`diskless serve --interface TAP ...`), started inside the namespace.
-    pub server: Vec<String>,
-    pub namespace: String,
+pub struct ClientConfig {
+    pub mac: String,
     pub tap: String,
-    /// The server's address on the tap, CIDR.
-    pub server_cidr: String,
-    pub http_port: u16,
     pub memory_mib: u32,
     pub cpus: u32,
     pub firmware: Firmware,
-    pub mac: String,
+}
+
+/// The site's own DHCP server (dnsmasq), for trying proxy mode: it hands out the addresses,
+/// our server only answers the boot questions.
+#[derive(Debug, Clone)]
+pub struct SiteDhcp {
+    /// First and last address of its pool.
+    pub range: (String, String),
+}
+
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// The server command (`diskless serve --interface IF ...`), started inside the namespace.
+    pub server: Vec<String>,
+    pub namespace: String,
+    /// The server's interface: the tap itself with one client, a bridge of the taps with more.
+    pub interface: String,
+    /// The server's address on `interface`, CIDR.
+    pub server_cidr: String,
+    pub http_port: u16,
+    /// The clients, booted together; each gets its own console log.
+    pub clients: Vec<ClientConfig>,
     pub timeout: Duration,
-    /// Commands to run on the client once it reached multi-user.
+    /// Commands to run on every client once it reached multi-user.
     pub commands: Vec<String>,
-    /// Show the client's console on our stdout.
+    /// Show the first client's console on our stdout.
     pub show_console: bool,
     /// Console and server logs go here.
     pub log_dir: PathBuf,
+    /// Run dnsmasq beside the server as the site's DHCP server (the server runs in proxy mode).
+    pub site_dhcp: Option<SiteDhcp>,
+    /// Drop this percentage of the packets arriving on `interface`, at random (nftables).
+    pub loss_percent: u8,
+    /// Kill the server once the first client's image download is under way and start it
+    /// again after this pause: the fetch helper has to resume the download.
+    pub restart_server_during_fetch: Option<Duration>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -108,20 +139,28 @@ pub struct CommandResult {
     pub status: i32,
 }
 
+/// What one client did.
 #[derive(Debug, Clone, Default)]
-pub struct VmReport {
-    /// (phase, seconds since QEMU started), in order.
+pub struct ClientReport {
+    pub mac: String,
+    /// (phase, seconds since its QEMU started), in order.
     pub phases: Vec<(String, f64)>,
     pub commands: Vec<CommandResult>,
 }
 
-impl VmReport {
+impl ClientReport {
     pub fn seconds_to(&self, phase: &str) -> Option<f64> {
         self.phases
             .iter()
             .find(|(p, _)| p == phase)
             .map(|(_, s)| *s)
     }
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct VmReport {
+    /// One per client, in the order of [`VmConfig::clients`].
+    pub clients: Vec<ClientReport>,
 }
 
 /// Console lines that mark boot phases, in the order they appear.
@@ -141,11 +180,31 @@ const FAILURES: &[&str] = &[
     "diskless-fetch: ",
 ];
 
+/// A progress line of the fetch helper ("diskless:  11.9% 22.9 MiB of 192.0 MiB at 23.9
+/// MB/s, 7 s left"): the download is under way.
+const FETCH_PROGRESS: &str = " MiB at ";
+
+/// The name of client `index`'s console log.
+pub fn console_log_name(cfg: &VmConfig, index: usize) -> String {
+    if cfg.clients.len() == 1 {
+        "console.log".into()
+    } else {
+        format!("console-{}.log", cfg.clients[index].mac.replace(':', "-"))
+    }
+}
+
 pub fn run(cfg: &VmConfig) -> Result<VmReport, Error> {
+    if cfg.clients.is_empty() {
+        return Err(Error::Setup("no client to boot".into()));
+    }
     std::fs::create_dir_all(&cfg.log_dir)
         .map_err(|e| Error::Setup(format!("creating {}: {e}", cfg.log_dir.display())))?;
-    let ns = netns::Netns::create(&cfg.namespace, &cfg.tap, &cfg.server_cidr)?;
+    let taps: Vec<String> = cfg.clients.iter().map(|c| c.tap.clone()).collect();
+    let ns = netns::Netns::create(&cfg.namespace, &cfg.interface, &taps, &cfg.server_cidr)?;
     ns.enter()?;
+    if cfg.loss_percent > 0 {
+        netns::drop_at_random(&cfg.interface, cfg.loss_percent)?;
+    }
     let server_ip = cfg
         .server_cidr
         .split('/')
@@ -153,97 +212,190 @@ pub fn run(cfg: &VmConfig) -> Result<VmReport, Error> {
         .unwrap_or_default()
         .to_string();
 
+    let site_dhcp = match &cfg.site_dhcp {
+        Some(site) => Some(start_dnsmasq(cfg, site)?),
+        None => None,
+    };
     let server_log = cfg.log_dir.join("server.log");
-    let log = std::fs::File::create(&server_log)
-        .map_err(|e| Error::Setup(format!("creating {}: {e}", server_log.display())))?;
-    let (program, args) = cfg
-        .server
-        .split_first()
-        .ok_or_else(|| Error::Setup("no server command".into()))?;
-    let server = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(log.try_clone().map_err(|e| Error::Setup(e.to_string()))?)
-        .stderr(log)
-        .spawn()
-        .map_err(|e| Error::Setup(format!("starting the server {program}: {e}")))?;
-    let mut server = Guarded {
-        name: "server",
-        child: server,
-    };
+    let mut server = start_server(&cfg.server, &server_log)?;
     wait_for_http(&mut server, &server_ip, cfg.http_port, &server_log)?;
+    let server = Mutex::new(server);
 
-    let vars = cfg.log_dir.join("OVMF_VARS.fd");
-    if cfg.firmware == Firmware::Uefi {
-        std::fs::copy(qemu::OVMF_VARS, &vars).map_err(|e| {
-            Error::Setup(format!("copying {}: {e} (install ovmf)", qemu::OVMF_VARS))
-        })?;
+    let mut qemus = Vec::new();
+    let mut consoles = Vec::new();
+    for (index, client) in cfg.clients.iter().enumerate() {
+        let vars = cfg
+            .log_dir
+            .join(format!("OVMF_VARS-{}.fd", client.mac.replace(':', "-")));
+        if client.firmware == Firmware::Uefi {
+            std::fs::copy(qemu::OVMF_VARS, &vars).map_err(|e| {
+                Error::Setup(format!("copying {}: {e} (install ovmf)", qemu::OVMF_VARS))
+            })?;
+        }
+        let qemu_cfg = qemu::QemuConfig {
+            memory_mib: client.memory_mib,
+            cpus: client.cpus,
+            firmware: client.firmware,
+            tap: client.tap.clone(),
+            mac: client.mac.clone(),
+            ovmf_vars: (client.firmware == Firmware::Uefi).then_some(vars),
+        };
+        let started = Instant::now();
+        let mut child = qemu::command(&qemu_cfg)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| {
+                Error::Setup(format!(
+                    "starting qemu-system-x86_64: {e} (install qemu-system-x86)"
+                ))
+            })?;
+        let stdout = child.stdout.take().expect("piped");
+        let stdin = child.stdin.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        let errors = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut { stderr }, &mut text);
+            text
+        });
+        qemus.push((
+            Guarded {
+                name: "qemu",
+                child,
+            },
+            errors,
+        ));
+        let console_log = cfg.log_dir.join(console_log_name(cfg, index));
+        let mut echo: Vec<Box<dyn Write + Send>> = vec![Box::new(
+            std::fs::File::create(&console_log)
+                .map_err(|e| Error::Setup(format!("{}: {e}", console_log.display())))?,
+        )];
+        if cfg.show_console && index == 0 {
+            echo.push(Box::new(std::io::stdout()));
+        }
+        consoles.push((Console::start(stdout, stdin, echo), started));
     }
-    let qemu_cfg = qemu::QemuConfig {
-        memory_mib: cfg.memory_mib,
-        cpus: cfg.cpus,
-        firmware: cfg.firmware,
-        tap: cfg.tap.clone(),
-        mac: cfg.mac.clone(),
-        ovmf_vars: (cfg.firmware == Firmware::Uefi).then_some(vars),
+
+    let deadline = Instant::now() + cfg.timeout;
+    let restart = || -> Result<(), Error> {
+        let pause = cfg.restart_server_during_fetch.unwrap_or_default();
+        let mut guard = server.lock().expect("server lock");
+        // SIGKILL, as a crash or a power cut: no graceful end of the transfer under way.
+        let _ = guard.child.kill();
+        let _ = guard.child.wait();
+        std::thread::sleep(pause);
+        *guard = start_server(&cfg.server, &server_log)?;
+        wait_for_http(&mut guard, &server_ip, cfg.http_port, &server_log)
     };
-    let started = Instant::now();
-    let mut qemu = qemu::command(&qemu_cfg)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .map_err(|e| {
-            Error::Setup(format!(
-                "starting qemu-system-x86_64: {e} (install qemu-system-x86)"
-            ))
-        })?;
-    let stdout = qemu.stdout.take().expect("piped");
-    let stdin = qemu.stdin.take().expect("piped");
-    let stderr = qemu.stderr.take().expect("piped");
-    let qemu = Guarded {
-        name: "qemu",
-        child: qemu,
-    };
-    let console_log = cfg.log_dir.join("console.log");
-    let mut echo: Vec<Box<dyn Write + Send>> = vec![Box::new(
-        std::fs::File::create(&console_log)
-            .map_err(|e| Error::Setup(format!("{}: {e}", console_log.display())))?,
-    )];
-    if cfg.show_console {
-        echo.push(Box::new(std::io::stdout()));
-    }
-    let mut console = Console::start(stdout, stdin, echo);
-    let qemu_errors = std::thread::spawn(move || {
-        let mut text = String::new();
-        let _ = std::io::Read::read_to_string(&mut { stderr }, &mut text);
-        text
+    let outcomes: Vec<(Result<(), Error>, ClientReport, Console)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = consoles
+            .into_iter()
+            .zip(&cfg.clients)
+            .enumerate()
+            .map(|(index, ((mut console, started), client))| {
+                let restart = &restart;
+                let hook: Option<&(dyn Fn() -> Result<(), Error> + Sync)> =
+                    (index == 0 && cfg.restart_server_during_fetch.is_some()).then_some(restart);
+                scope.spawn(move || {
+                    let mut report = ClientReport {
+                        mac: client.mac.clone(),
+                        ..ClientReport::default()
+                    };
+                    let result = follow_boot(
+                        &mut console,
+                        started,
+                        deadline,
+                        cfg.timeout,
+                        hook,
+                        &mut report,
+                    )
+                    .and_then(|()| {
+                        run_commands(&mut console, &cfg.commands, deadline, &mut report)
+                    });
+                    (result, report, console)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("client thread"))
+            .collect()
     });
-
-    let deadline = started + cfg.timeout;
+    // Stop the clients first, then the servers; the namespace goes last.
+    let mut qemu_errors = Vec::new();
+    for (guard, errors) in qemus {
+        drop(guard);
+        qemu_errors.push(errors.join().unwrap_or_default());
+    }
+    drop(server);
+    drop(site_dhcp);
+    if cfg.loss_percent > 0 {
+        // The drop counters, as evidence that the loss was real.
+        let _ = netns::save_loss_counters(&cfg.log_dir.join("loss.txt"));
+    }
+    drop(ns);
+    let many = cfg.clients.len() > 1;
     let mut report = VmReport::default();
+    for ((result, client_report, console), qemu_stderr) in outcomes.into_iter().zip(qemu_errors) {
+        let who = |e: Error| -> Error {
+            if !many {
+                return e;
+            }
+            match e {
+                Error::BootFailed(m) => {
+                    Error::BootFailed(format!("client {}: {m}", client_report.mac))
+                }
+                Error::Timeout(m) => Error::Timeout(format!("{m} (client {})", client_report.mac)),
+                e => e,
+            }
+        };
+        match result {
+            Err(Error::ClientStopped) => {
+                return Err(who(Error::BootFailed(format!(
+                    "QEMU exited before multi-user.\n{}\n{}",
+                    qemu_stderr.trim(),
+                    console.tail(15)
+                ))))
+            }
+            Err(e) => return Err(who(e)),
+            Ok(()) => report.clients.push(client_report),
+        }
+    }
+    Ok(report)
+}
+
+/// Follow one client's console through [`PHASES`] to multi-user, or to a failure marker.
+/// `on_fetching` runs once the image download shows progress.
+fn follow_boot(
+    console: &mut Console,
+    started: Instant,
+    deadline: Instant,
+    timeout: Duration,
+    on_fetching: Option<&(dyn Fn() -> Result<(), Error> + Sync)>,
+    report: &mut ClientReport,
+) -> Result<(), Error> {
     let mut from = 0;
     let mut next_phase = 0;
-    let result = loop {
+    loop {
         let mut patterns: Vec<&str> = FAILURES.to_vec();
         let Some((phase, marker)) = PHASES.get(next_phase) else {
-            break Ok(());
+            return Ok(());
         };
         patterns.push(marker);
         match console.wait_for(&patterns, from, deadline) {
-            Ok((i, _)) if i < FAILURES.len() => {
-                // Give the failure message a moment to arrive whole.
-                std::thread::sleep(Duration::from_millis(500));
-                break Err(Error::BootFailed(console.tail(15)));
+            Ok((i, end)) if i < FAILURES.len() => {
+                // Let the whole story arrive: the helper's last error comes before the boot
+                // script's "Failure:" line, and the panic ends with a reboot (QEMU exits).
+                let soon = (Instant::now() + Duration::from_secs(8)).min(deadline);
+                let _ = console.wait_for(&["Rebooting", "reboot: "], end, soon);
+                return Err(Error::BootFailed(console.tail(15)));
             }
             Ok((_, end)) => {
                 from = end;
                 if *phase == "multi-user" {
                     // "Reached target" is printed for every target: read the rest of the line.
-                    let line_end = match console.wait_for(&["\n"], end, deadline) {
-                        Ok((_, eol)) => eol,
-                        Err(e) => break Err(e),
-                    };
+                    let (_, line_end) = console.wait_for(&["\n"], end, deadline)?;
                     let line = console.text_from(end);
                     if !reached_multi_user(&line[..(line_end - end).min(line.len())]) {
                         continue;
@@ -253,6 +405,18 @@ pub fn run(cfg: &VmConfig) -> Result<VmReport, Error> {
                     .phases
                     .push((phase.to_string(), started.elapsed().as_secs_f64()));
                 next_phase += 1;
+                if let (Some(hook), &"fetch-start") = (on_fetching, phase) {
+                    let mut progress = FAILURES.to_vec();
+                    progress.push(FETCH_PROGRESS);
+                    if let Ok((i, _)) = console.wait_for(&progress, from, deadline) {
+                        if i == FAILURES.len() {
+                            hook()?;
+                            report
+                                .phases
+                                .push(("server-restarted".into(), started.elapsed().as_secs_f64()));
+                        }
+                    }
+                }
             }
             Err(Error::Timeout(what)) => {
                 let reached = report
@@ -260,43 +424,109 @@ pub fn run(cfg: &VmConfig) -> Result<VmReport, Error> {
                     .last()
                     .map(|(p, _)| p.as_str())
                     .unwrap_or("nothing");
-                break Err(Error::Timeout(format!(
+                return Err(Error::Timeout(format!(
                     "after {} s ({what}); last phase reached: {reached}",
-                    cfg.timeout.as_secs()
+                    timeout.as_secs()
                 )));
             }
-            Err(e) => break Err(e),
+            Err(e) => return Err(e),
         }
-    };
-    let result = result.and_then(|()| {
-        if cfg.commands.is_empty() {
-            return Ok(());
-        }
-        console.wait_for_shell(deadline)?;
-        for command in &cfg.commands {
-            let (output, status) = console.run(command, Duration::from_secs(120))?;
-            report.commands.push(CommandResult {
-                command: command.clone(),
-                output,
-                status,
-            });
-        }
-        Ok(())
-    });
-    // Stop the client first, then the server; the namespace goes last (Drop order).
-    drop(qemu);
-    let qemu_stderr = qemu_errors.join().unwrap_or_default();
-    drop(server);
-    drop(ns);
-    match result {
-        Err(Error::ClientStopped) => Err(Error::BootFailed(format!(
-            "QEMU exited before multi-user.\n{}\n{}",
-            qemu_stderr.trim(),
-            console.tail(15)
-        ))),
-        Err(e) => Err(e),
-        Ok(()) => Ok(report),
     }
+}
+
+fn run_commands(
+    console: &mut Console,
+    commands: &[String],
+    deadline: Instant,
+    report: &mut ClientReport,
+) -> Result<(), Error> {
+    if commands.is_empty() {
+        return Ok(());
+    }
+    console.wait_for_shell(deadline)?;
+    for command in commands {
+        let (output, status) = console.run(command, Duration::from_secs(120))?;
+        report.commands.push(CommandResult {
+            command: command.clone(),
+            output,
+            status,
+        });
+    }
+    Ok(())
+}
+
+/// Start the server command, its output appended to `log` (a restarted server keeps one log).
+fn start_server(command: &[String], log: &std::path::Path) -> Result<Guarded, Error> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| Error::Setup(format!("opening {}: {e}", log.display())))?;
+    let (program, args) = command
+        .split_first()
+        .ok_or_else(|| Error::Setup("no server command".into()))?;
+    let child = Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(file.try_clone().map_err(|e| Error::Setup(e.to_string()))?)
+        .stderr(file)
+        .spawn()
+        .map_err(|e| Error::Setup(format!("starting the server {program}: {e}")))?;
+    Ok(Guarded {
+        name: "server",
+        child,
+    })
+}
+
+/// dnsmasq as the site's DHCP server: addresses only (no DNS, no boot options), its leases
+/// and log in the log directory.
+fn start_dnsmasq(cfg: &VmConfig, site: &SiteDhcp) -> Result<Guarded, Error> {
+    let log_path = cfg.log_dir.join("dnsmasq.log");
+    let log = std::fs::File::create(&log_path)
+        .map_err(|e| Error::Setup(format!("creating {}: {e}", log_path.display())))?;
+    let args = dnsmasq_args(cfg, site);
+    let child = Command::new("dnsmasq")
+        .args(&args)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().map_err(|e| Error::Setup(e.to_string()))?)
+        .stderr(log)
+        .spawn()
+        .map_err(|e| Error::Setup(format!("starting dnsmasq: {e} (install dnsmasq-base)")))?;
+    let mut guard = Guarded {
+        name: "dnsmasq",
+        child,
+    };
+    std::thread::sleep(Duration::from_millis(300));
+    if let Ok(Some(status)) = guard.child.try_wait() {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        return Err(Error::Setup(format!(
+            "dnsmasq {} exited ({status}):\n{}",
+            args.join(" "),
+            text.trim()
+        )));
+    }
+    Ok(guard)
+}
+
+fn dnsmasq_args(cfg: &VmConfig, site: &SiteDhcp) -> Vec<String> {
+    vec![
+        "--no-daemon".into(),
+        "--conf-file=/dev/null".into(),
+        // No DNS: only the DHCP server of a site network is needed.
+        "--port=0".into(),
+        format!("--interface={}", cfg.interface),
+        // Bound to the interface, beside our server's own port-67 socket.
+        "--bind-interfaces".into(),
+        format!("--dhcp-range={},{},1h", site.range.0, site.range.1),
+        format!(
+            "--dhcp-leasefile={}",
+            cfg.log_dir.join("dnsmasq.leases").display()
+        ),
+        "--pid-file=".into(),
+        "--user=root".into(),
+        "--log-facility=-".into(),
+        "--log-dhcp".into(),
+    ]
 }
 
 /// The rest of a "Reached target" line names the multi-user target.

@@ -6,6 +6,7 @@
 
 use crate::Error;
 use std::fs::File;
+use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::process::{Command, Stdio};
 
@@ -36,10 +37,17 @@ fn ip(args: &[&str]) -> Result<(), Error> {
 }
 
 impl Netns {
-    /// Create namespace `name` with tap `tap` holding `address` (CIDR), up. Its IPv6 link-local
-    /// address skips duplicate address detection, so the server's router advertisements (which
-    /// spare iPXE a ~13 s wait) can go out as soon as the client's NIC comes up.
-    pub fn create(name: &str, tap: &str, address: &str) -> Result<Netns, Error> {
+    /// Create namespace `name` where the server's `interface` holds `address` (CIDR), up.
+    /// With one tap, `interface` is that tap; with more, it is a bridge of them, so several
+    /// clients share one network as in a lab. The server's IPv6 link-local address skips
+    /// duplicate address detection, so its router advertisements (which spare iPXE a ~13 s
+    /// wait) can go out as soon as a client's NIC comes up.
+    pub fn create(
+        name: &str,
+        interface: &str,
+        taps: &[String],
+        address: &str,
+    ) -> Result<Netns, Error> {
         // A namespace left by a run that was killed hard is ours to replace.
         let _ = Command::new("ip")
             .args(["netns", "del", name])
@@ -48,13 +56,27 @@ impl Netns {
         ip(&["netns", "add", name])?;
         let ns = Netns {
             name: name.to_string(),
-            tap: tap.to_string(),
+            tap: interface.to_string(),
         };
         ip_in(name, &["link", "set", "lo", "up"])?;
-        ip_in(name, &["tuntap", "add", "dev", tap, "mode", "tap"])?;
-        sysctl_in(name, &format!("net.ipv6.conf.{tap}.accept_dad=0"))?;
-        ip_in(name, &["addr", "add", address, "dev", tap])?;
-        ip_in(name, &["link", "set", tap, "up"])?;
+        let bridged = !(taps.len() == 1 && taps[0] == interface);
+        if bridged {
+            // No STP: ports forward at once, as on a plain switch.
+            ip_in(
+                name,
+                &["link", "add", interface, "type", "bridge", "stp_state", "0"],
+            )?;
+        }
+        for tap in taps {
+            ip_in(name, &["tuntap", "add", "dev", tap, "mode", "tap"])?;
+            if bridged {
+                ip_in(name, &["link", "set", tap, "master", interface])?;
+                ip_in(name, &["link", "set", tap, "up"])?;
+            }
+        }
+        sysctl_in(name, &format!("net.ipv6.conf.{interface}.accept_dad=0"))?;
+        ip_in(name, &["addr", "add", address, "dev", interface])?;
+        ip_in(name, &["link", "set", interface, "up"])?;
         Ok(ns)
     }
 
@@ -73,6 +95,58 @@ impl Netns {
         }
         Ok(())
     }
+}
+
+/// Drop `percent` % of the packets arriving on `interface`, at random: a lossy network. Call
+/// it inside the namespace (after [`Netns::enter`]); the rules go with the namespace.
+pub fn drop_at_random(interface: &str, percent: u8) -> Result<(), Error> {
+    let rules = loss_rules(interface, percent);
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| Error::Setup(format!("running nft: {e} (install nftables)")))?;
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(rules.as_bytes())
+        .map_err(|e| Error::Setup(format!("writing to nft: {e}")))?;
+    let out = child
+        .wait_with_output()
+        .map_err(|e| Error::Setup(format!("running nft: {e}")))?;
+    if !out.status.success() {
+        return Err(Error::Setup(format!(
+            "nft -f - failed: {}\n{rules}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+/// Write the rules of [`drop_at_random`] with their counters to `path`.
+pub fn save_loss_counters(path: &std::path::Path) -> Result<(), Error> {
+    let out = Command::new("nft")
+        .args(["list", "table", "inet", "diskless_vm"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::Setup(format!("running nft: {e}")))?;
+    std::fs::write(path, &out.stdout)
+        .map_err(|e| Error::Setup(format!("writing {}: {e}", path.display())))
+}
+
+/// An input hook: traffic between the clients and a server in the same namespace is local
+/// delivery, never forwarded.
+fn loss_rules(interface: &str, percent: u8) -> String {
+    format!(
+        "table inet diskless_vm {{\n\
+         \tchain input {{\n\
+         \t\ttype filter hook input priority 0; policy accept;\n\
+         \t\tiifname \"{interface}\" numgen random mod 100 < {percent} counter drop\n\
+         \t}}\n\
+         }}\n"
+    )
 }
 
 fn ip_in(ns: &str, args: &[&str]) -> Result<(), Error> {
@@ -102,5 +176,20 @@ impl Drop for Netns {
             .stdin(Stdio::null())
             .stderr(Stdio::null())
             .status();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loss_rules_drop_only_on_the_interface() {
+        let rules = loss_rules("br0", 5);
+        assert!(rules.contains("hook input"), "{rules}");
+        assert!(
+            rules.contains("iifname \"br0\" numgen random mod 100 < 5 counter drop"),
+            "{rules}"
+        );
     }
 }

@@ -4,7 +4,7 @@ use crate::paths;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use diskless_image::Store;
-use diskless_vm::{Firmware, VmConfig};
+use diskless_vm::{ClientConfig, ClientReport, Firmware, SiteDhcp, VmConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -29,9 +29,24 @@ pub struct VmArgs {
     /// Client firmware: bios (SeaBIOS + iPXE ROM) or uefi (OVMF's own PXE).
     #[arg(long, default_value = "bios", value_parser = ["bios", "uefi"])]
     pub firmware: String,
-    /// Client MAC address.
+    /// Client MAC address; repeat it to boot several clients together on one bridge.
     #[arg(long, default_value = "52:54:00:12:34:56")]
-    pub mac: String,
+    pub mac: Vec<String>,
+    /// full: our server hands out addresses; proxy: dnsmasq does, as a site's DHCP server
+    /// would, and our server answers only the boot questions.
+    #[arg(long, default_value = "full", value_parser = ["full", "proxy"])]
+    pub mode: String,
+    /// A site config for the server ([[client]] entries, [boot], ...); the vm's network,
+    /// store, image, size and cmdline flags override its keys.
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Drop this percentage of the packets the server receives, at random (nftables).
+    #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub loss: u8,
+    /// Kill the server once the image download is under way and start it again 3 s later:
+    /// the client has to resume the download.
+    #[arg(long)]
+    pub restart_server_during_fetch: bool,
     /// Run this command on the client once it is up (repeatable); its output is printed.
     #[arg(long = "run")]
     pub run: Vec<String>,
@@ -70,10 +85,22 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("/tmp/diskless-vm-{pid}")));
     std::fs::create_dir_all(&log_dir)?;
-    let empty_config = log_dir.join("diskless.toml");
-    std::fs::write(&empty_config, "# diskless vm: built-in settings only\n")?;
+    let config = match &args.config {
+        Some(path) => path.clone(),
+        None => {
+            let empty = log_dir.join("diskless.toml");
+            std::fs::write(&empty, "# diskless vm: built-in settings only\n")?;
+            empty
+        }
+    };
     let exe = std::env::current_exe()?;
-    let tap = "dl0";
+    let taps: Vec<String> = (0..args.mac.len()).map(|i| format!("dl{i}")).collect();
+    // One client sits on its tap; several share a bridge, as machines share a lab switch.
+    let interface = if taps.len() == 1 {
+        taps[0].clone()
+    } else {
+        "dlbr0".to_string()
+    };
     let cmdline = format!(
         "console=ttyS0,115200n8 diskless.autologin=ttyS0 panic=5 {}",
         args.cmdline
@@ -82,9 +109,11 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
         exe.display().to_string(),
         "serve".into(),
         "--config".into(),
-        empty_config.display().to_string(),
+        config.display().to_string(),
         "--interface".into(),
-        tap.into(),
+        interface.clone(),
+        "--mode".into(),
+        args.mode.clone(),
         "--store".into(),
         args.store.display().to_string(),
         "--state".into(),
@@ -101,31 +130,50 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
         cmdline.trim().to_string(),
     ]
     .into();
+    let firmware = if args.firmware == "uefi" {
+        Firmware::Uefi
+    } else {
+        Firmware::Bios
+    };
+    let clients = args
+        .mac
+        .iter()
+        .zip(&taps)
+        .map(|(mac, tap)| ClientConfig {
+            mac: mac.clone(),
+            tap: tap.clone(),
+            memory_mib: args.memory,
+            cpus: args.cpus,
+            firmware,
+        })
+        .collect();
     let cfg = VmConfig {
         server,
         namespace: format!("diskless-vm-{pid}"),
-        tap: tap.into(),
+        interface,
         server_cidr: "10.77.0.1/24".into(),
         http_port: 80,
-        memory_mib: args.memory,
-        cpus: args.cpus,
-        firmware: if args.firmware == "uefi" {
-            Firmware::Uefi
-        } else {
-            Firmware::Bios
-        },
-        mac: args.mac.clone(),
+        clients,
         timeout: Duration::from_secs(args.timeout),
         commands: args.run.clone(),
         show_console: !args.quiet,
         log_dir: log_dir.clone(),
+        site_dhcp: (args.mode == "proxy").then(|| SiteDhcp {
+            range: ("10.77.0.100".into(), "10.77.0.150".into()),
+        }),
+        loss_percent: args.loss,
+        restart_server_during_fetch: args
+            .restart_server_during_fetch
+            .then_some(Duration::from_secs(3)),
     };
     eprintln!(
-        "diskless: booting {} {} in QEMU ({} MiB, {}, TCG); logs in {}",
+        "diskless: booting {} {} in QEMU ({} client(s), {} MiB, {}, {} mode, TCG); logs in {}",
         manifest.name,
         manifest.version,
+        args.mac.len(),
         args.memory,
         args.firmware,
+        args.mode,
         log_dir.display()
     );
     diskless_vm::catch_signals();
@@ -134,23 +182,59 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
         Ok(report) => report,
         Err(e) => bail!("{e}\n(console and server logs: {})", log_dir.display()),
     };
+    let many = report.clients.len() > 1;
     eprintln!();
-    eprintln!("diskless: the client reached multi-user. Boot phases (seconds since power-on):");
-    for (phase, secs) in &report.phases {
-        eprintln!("diskless:   {phase:<14} {secs:6.1}");
-    }
     let mut failed = false;
-    for c in &report.commands {
-        println!("--- {} (exit status {})", c.command, c.status);
-        println!("{}", c.output);
-        failed |= c.status != 0;
+    for client in &report.clients {
+        let who = if many {
+            format!("client {}", client.mac)
+        } else {
+            "the client".to_string()
+        };
+        eprintln!("diskless: {who} reached multi-user. Boot phases (seconds since power-on):");
+        for (phase, secs) in &client.phases {
+            eprintln!("diskless:   {phase:<16} {secs:6.1}");
+        }
+        for c in &client.commands {
+            if many {
+                println!(
+                    "--- {}: {} (exit status {})",
+                    client.mac, c.command, c.status
+                );
+            } else {
+                println!("--- {} (exit status {})", c.command, c.status);
+            }
+            println!("{}", c.output);
+            failed |= c.status != 0;
+        }
     }
     if let Some(path) = &args.report {
+        let phases = |c: &ClientReport| {
+            c.phases
+                .iter()
+                .map(|(p, s)| serde_json::json!({"phase": p, "seconds": s}))
+                .collect::<Vec<_>>()
+        };
+        let commands = |c: &ClientReport| {
+            c.commands
+                .iter()
+                .map(|c| serde_json::json!({"command": c.command, "output": c.output, "status": c.status}))
+                .collect::<Vec<_>>()
+        };
+        let first = &report.clients[0];
         let json = serde_json::json!({
             "image": manifest.name,
             "version": manifest.version,
-            "phases": report.phases.iter().map(|(p, s)| serde_json::json!({"phase": p, "seconds": s})).collect::<Vec<_>>(),
-            "commands": report.commands.iter().map(|c| serde_json::json!({"command": c.command, "output": c.output, "status": c.status})).collect::<Vec<_>>(),
+            "firmware": args.firmware,
+            "mode": args.mode,
+            // The first client's, as before there could be several.
+            "phases": phases(first),
+            "commands": commands(first),
+            "clients": report.clients.iter().map(|c| serde_json::json!({
+                "mac": c.mac,
+                "phases": phases(c),
+                "commands": commands(c),
+            })).collect::<Vec<_>>(),
         });
         std::fs::write(path, serde_json::to_string_pretty(&json)?)?;
     }
