@@ -156,6 +156,7 @@ pub fn build(store: &Store, cfg: &BuildConfig) -> Result<BuildReport> {
 
     copy(&kernel.vmlinuz, &staging.dir.join(KERNEL))?;
     copy(&kernel.initrd, &staging.dir.join(INITRD))?;
+    pad_to_4(&staging.dir.join(INITRD))?;
     let cpio = bootcpio::build(&source, &kernel.version, &cfg.fetch_helper)?;
     let cpio_path = staging.dir.join(BOOT_CPIO);
     std::fs::write(&cpio_path, cpio).map_err(io_at(&cpio_path))?;
@@ -200,6 +201,13 @@ pub fn refresh(store: &Store, name: &str, fetch_helper: &Path) -> Result<BuildRe
             copy(&src, &dst)?;
         }
     }
+    // Versions built before initrd.img was padded get a padded copy.
+    let initrd = staging.dir.join(INITRD);
+    if std::fs::metadata(&initrd).map_err(io_at(&initrd))?.len() % 4 != 0 {
+        std::fs::remove_file(&initrd).map_err(io_at(&initrd))?;
+        copy(&from.join(INITRD), &initrd)?;
+        pad_to_4(&initrd)?;
+    }
     let old_cpio_path = from.join(BOOT_CPIO);
     let old_cpio = std::fs::read(&old_cpio_path).map_err(io_at(&old_cpio_path))?;
     let cpio_path = staging.dir.join(BOOT_CPIO);
@@ -207,6 +215,7 @@ pub fn refresh(store: &Store, name: &str, fetch_helper: &Path) -> Result<BuildRe
         .map_err(io_at(&cpio_path))?;
     let mut files = current.files.clone();
     files.insert(BOOT_CPIO.to_string(), hash_file(&cpio_path)?);
+    files.insert(INITRD.to_string(), hash_file(&initrd)?);
     let (created, stamp) = manifest::now_stamps();
     let mut changes = current.changes.clone();
     changes.push(format!(
@@ -227,6 +236,30 @@ pub fn refresh(store: &Store, name: &str, fetch_helper: &Path) -> Result<BuildRe
         total_seconds: started.elapsed().as_secs_f64(),
         source_bytes: None,
     })
+}
+
+/// Pad the stock initrd with zeros to a multiple of 4 bytes.
+///
+/// UEFI iPXE (Debian's 1.0.0+git-20190125) hands the initrds to the kernel's EFI stub by name
+/// (`initrd=initrd.img initrd=diskless.cpio`), and the stub loads them back to back with no
+/// alignment. The kernel's unpacker (init/initramfs.c, unpack_to_rootfs) only takes a cpio
+/// header at a 4-byte-aligned offset, so diskless.cpio behind an initrd.img of odd length
+/// fails with "Initramfs unpacking failed: invalid magic at start of compressed archive" and
+/// the boot dies with "can't open '/scripts/diskless'" (seen with OVMF in `diskless vm
+/// --firmware uefi`). The unpacker skips zero bytes between archives, so the padding changes
+/// nothing for BIOS iPXE, which aligns initrds itself.
+fn pad_to_4(path: &Path) -> Result<()> {
+    use std::io::Write;
+    let len = std::fs::metadata(path).map_err(io_at(path))?.len();
+    let pad = ((4 - len % 4) % 4) as usize;
+    if pad > 0 {
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(path)
+            .map_err(io_at(path))?;
+        file.write_all(&[0u8; 3][..pad]).map_err(io_at(path))?;
+    }
+    Ok(())
 }
 
 fn copy(from: &Path, to: &Path) -> Result<()> {

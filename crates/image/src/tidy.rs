@@ -312,7 +312,9 @@ fn hostname(source: &Path, plan: &mut Plan) {
 /// Clients get the kernel and initrd from the server, never from the image: leaving them out
 /// saves ~40 MB (incompressible) that every client would download at every boot.
 fn boot_files(source: &Path, plan: &mut Plan) {
-    let Ok(entries) = fs::read_dir(source.join("boot")) else { return };
+    let Ok(entries) = fs::read_dir(source.join("boot")) else {
+        return;
+    };
     let mut found: Vec<String> = entries
         .filter_map(|e| e.ok())
         .filter_map(|e| e.file_name().into_string().ok())
@@ -321,7 +323,9 @@ fn boot_files(source: &Path, plan: &mut Plan) {
     found.sort();
     for name in found {
         plan.excludes.push(format!("boot/{name}"));
-        plan.changes.push(format!("boot/{name}: left out (clients get it from the server)"));
+        plan.changes.push(format!(
+            "boot/{name}: left out (clients get it from the server)"
+        ));
     }
 }
 
@@ -477,12 +481,20 @@ mod tests {
         let src = tempfile::tempdir().unwrap();
         let stage = tempfile::tempdir().unwrap();
         fs::create_dir_all(src.path().join("boot")).unwrap();
-        for f in ["vmlinuz-6.1.0-9-amd64", "initrd.img-6.1.0-9-amd64", "config-6.1.0-9-amd64"] {
+        for f in [
+            "vmlinuz-6.1.0-9-amd64",
+            "initrd.img-6.1.0-9-amd64",
+            "config-6.1.0-9-amd64",
+        ] {
             fs::write(src.path().join("boot").join(f), "x").unwrap();
         }
         let plan = plan(src.path(), stage.path(), &TidyOptions::default()).unwrap();
-        assert!(plan.excludes.contains(&"boot/vmlinuz-6.1.0-9-amd64".to_string()));
-        assert!(plan.excludes.contains(&"boot/initrd.img-6.1.0-9-amd64".to_string()));
+        assert!(plan
+            .excludes
+            .contains(&"boot/vmlinuz-6.1.0-9-amd64".to_string()));
+        assert!(plan
+            .excludes
+            .contains(&"boot/initrd.img-6.1.0-9-amd64".to_string()));
         assert!(!plan.excludes.iter().any(|e| e.contains("config-")));
         assert_eq!(plan.changes.len(), 2, "{:?}", plan.changes);
     }

@@ -94,6 +94,8 @@ pub struct ClientConfig {
     pub memory_mib: u32,
     pub cpus: u32,
     pub firmware: Firmware,
+    /// Raw disk images attached as virtio disks (a local image source, a persistent layer).
+    pub disks: Vec<PathBuf>,
 }
 
 /// The site's own DHCP server (dnsmasq), for trying proxy mode: it hands out the addresses,
@@ -239,6 +241,7 @@ pub fn run(cfg: &VmConfig) -> Result<VmReport, Error> {
             tap: client.tap.clone(),
             mac: client.mac.clone(),
             ovmf_vars: (client.firmware == Firmware::Uefi).then_some(vars),
+            disks: client.disks.clone(),
         };
         let started = Instant::now();
         let mut child = qemu::command(&qemu_cfg)

@@ -23,6 +23,8 @@ pub struct QemuConfig {
     pub mac: String,
     /// A writable copy of OVMF's variable store (UEFI only).
     pub ovmf_vars: Option<PathBuf>,
+    /// Raw disk images, attached as virtio disks in this order.
+    pub disks: Vec<PathBuf>,
 }
 
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
@@ -51,6 +53,12 @@ pub fn command(cfg: &QemuConfig) -> Command {
         &format!("tap,id=net0,ifname={},script=no,downscript=no", cfg.tap),
     ])
     .args(["-device", &nic(cfg)]);
+    for disk in &cfg.disks {
+        cmd.args([
+            "-drive",
+            &format!("if=virtio,format=raw,file={}", disk.display()),
+        ]);
+    }
     match cfg.firmware {
         Firmware::Bios => {
             cmd.args(["-boot", "n"]);
@@ -93,6 +101,7 @@ mod tests {
             tap: "dl0".into(),
             mac: "52:54:00:00:00:01".into(),
             ovmf_vars: Some("/tmp/vars.fd".into()),
+            disks: vec!["/tmp/disk.raw".into()],
         };
         command(&cfg)
             .get_args()

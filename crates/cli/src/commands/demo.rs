@@ -81,5 +81,6 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         quiet: false,
         log_dir: None,
         report: None,
+        disks: vec![],
     })
 }

@@ -68,6 +68,10 @@ pub struct VmArgs {
     /// Write the phases and command results as JSON to this file.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Attach this raw disk image to the client (repeatable): an image on a local disk
+    /// (diskless.image=dev:LABEL=...), a persistent writable layer (diskless.upper=).
+    #[arg(long = "disk")]
+    pub disks: Vec<PathBuf>,
 }
 
 pub fn run(args: VmArgs) -> Result<ExitCode> {
@@ -145,6 +149,7 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
             memory_mib: args.memory,
             cpus: args.cpus,
             firmware,
+            disks: args.disks.clone(),
         })
         .collect();
     let cfg = VmConfig {
