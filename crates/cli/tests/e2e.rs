@@ -6,32 +6,11 @@
 //! $DISKLESS_CACHE (default /var/cache/diskless).
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-fn diskless() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_diskless"))
-}
-
-fn run(cmd: &mut Command) -> String {
-    let shown = format!("{cmd:?}");
-    let out = cmd.output().unwrap_or_else(|e| panic!("{shown}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success(),
-        "{shown} failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
-    eprintln!("{stderr}");
-    stdout
-}
-
-fn cache() -> PathBuf {
-    std::env::var_os("DISKLESS_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/var/cache/diskless".into())
-}
+mod common;
+use common::{bootstrapped_root, diskless, run};
 
 /// The boot-phase table and command results `diskless vm --report` wrote.
 fn command_output(report: &Value, command: &str) -> (String, i64) {
@@ -55,12 +34,7 @@ fn squashfs_listing(store: &Path) -> String {
 #[test]
 #[ignore = "needs root, QEMU and minutes: run by scripts/test"]
 fn a_debian_workstation_boots_from_a_ram_overlay() {
-    let root = cache().join("roots/bookworm");
-    run(diskless()
-        .args(["image", "bootstrap"])
-        .arg(&root)
-        .arg("--cache")
-        .arg(cache().join("debs")));
+    let root = bootstrapped_root();
 
     let work = tempfile::tempdir().unwrap();
     let store = work.path().join("store");

@@ -10,11 +10,9 @@
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 
-fn diskless() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_diskless"))
-}
+mod common;
+use common::{diskless, test_image as source_version};
 
 /// Run `cmd`; returns its output, its stdout and stderr as one text, and its pid.
 fn output(cmd: &mut Command) -> (Output, String, u32) {
@@ -39,45 +37,6 @@ fn run(cmd: &mut Command) -> String {
     let (out, text, _) = output(cmd);
     assert!(out.status.success(), "failed ({}):\n{text}", out.status);
     text
-}
-
-fn cache() -> PathBuf {
-    std::env::var_os("DISKLESS_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/var/cache/diskless".into())
-}
-
-/// The version directory of the image every test boots: given, or built once per run.
-fn source_version() -> &'static Path {
-    static SOURCE: OnceLock<PathBuf> = OnceLock::new();
-    SOURCE.get_or_init(|| {
-        let (store, image) = match std::env::var_os("DISKLESS_TEST_STORE") {
-            Some(store) => (
-                PathBuf::from(store),
-                std::env::var("DISKLESS_TEST_IMAGE").unwrap_or_else(|_| "bookworm".into()),
-            ),
-            None => {
-                let root = cache().join("roots/bookworm");
-                run(diskless()
-                    .args(["image", "bootstrap"])
-                    .arg(&root)
-                    .arg("--cache")
-                    .arg(cache().join("debs")));
-                let store = cache().join("test-store");
-                run(diskless()
-                    .args(["image", "build"])
-                    .arg(&root)
-                    .args(["--name", "failures", "--store"])
-                    .arg(&store));
-                run(diskless()
-                    .args(["image", "prune", "failures", "--keep", "1", "--store"])
-                    .arg(&store));
-                (store, "failures".to_string())
-            }
-        };
-        let current = store.join("images").join(&image).join("current");
-        std::fs::canonicalize(&current).unwrap_or_else(|e| panic!("{}: {e}", current.display()))
-    })
 }
 
 /// Put the test image into `store` as image `test`: hard links, except that a `corrupt`

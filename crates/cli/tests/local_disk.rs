@@ -3,27 +3,11 @@
 //! Real QEMU with virtio disks made here with mkfs.ext4; run by scripts/test (--ignored).
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-fn run(cmd: &mut Command) -> String {
-    let shown = format!("{cmd:?}");
-    let out = cmd.output().unwrap_or_else(|e| panic!("{shown}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{shown} failed ({}):\n{stdout}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    stdout
-}
-
-fn store() -> PathBuf {
-    std::env::var_os("DISKLESS_TEST_STORE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/var/lib/diskless/store".into())
-}
+mod common;
+use common::{diskless, run, test_image};
 
 /// An ext4 disk image labelled `label`, holding `files` (name in the disk, source path).
 fn ext4_disk(path: &Path, label: &str, size_mib: u64, files: &[(&str, &Path)]) {
@@ -43,13 +27,36 @@ fn ext4_disk(path: &Path, label: &str, size_mib: u64, files: &[(&str, &Path)]) {
 
 fn boot(disks: &[&Path], cmdline: &str, commands: &[&str], work: &Path, name: &str) -> Value {
     let report = work.join(format!("{name}.json"));
-    let mut vm = Command::new(env!("CARGO_BIN_EXE_diskless"));
-    vm.args(["vm", "--quiet", "--timeout", "900", "--store"])
-        .arg(store())
-        .args(["--cmdline", cmdline, "--log-dir"])
-        .arg(work.join(name))
-        .arg("--report")
-        .arg(&report);
+    let version = test_image();
+    let store = version
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap();
+    let image = version
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap();
+    let mut vm = diskless();
+    vm.args([
+        "vm",
+        "--quiet",
+        "--timeout",
+        "900",
+        "--image",
+        image,
+        "--store",
+    ])
+    .arg(store)
+    .args(["--cmdline", cmdline, "--log-dir"])
+    .arg(work.join(name))
+    .arg("--report")
+    .arg(&report);
     for disk in disks {
         vm.arg("--disk").arg(disk);
     }
@@ -72,7 +79,7 @@ fn output(report: &Value, i: usize) -> String {
 #[ignore = "needs root, QEMU and minutes: run by scripts/test"]
 fn image_from_a_local_disk_and_a_writable_layer_that_survives_reboots() {
     let work = tempfile::tempdir().unwrap();
-    let squashfs = store().join("images/bookworm/current/root.squashfs");
+    let squashfs = test_image().join("root.squashfs");
     let image_disk = work.path().join("image.raw");
     ext4_disk(
         &image_disk,

@@ -13,66 +13,11 @@
 //! /var/cache/diskless) into $DISKLESS_CACHE/test-store.
 
 use serde_json::Value;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
-use std::sync::OnceLock;
 
-fn diskless() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_diskless"))
-}
-
-fn run(cmd: &mut Command) -> String {
-    let shown = format!("{cmd:?}");
-    let out = cmd.output().unwrap_or_else(|e| panic!("{shown}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success(),
-        "{shown} failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
-    eprintln!("{stderr}");
-    stdout
-}
-
-fn cache() -> PathBuf {
-    std::env::var_os("DISKLESS_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| "/var/cache/diskless".into())
-}
-
-/// The version directory of the image every test boots: given, or built once per run.
-fn source_version() -> &'static Path {
-    static SOURCE: OnceLock<PathBuf> = OnceLock::new();
-    SOURCE.get_or_init(|| {
-        let (store, image) = match std::env::var_os("DISKLESS_TEST_STORE") {
-            Some(store) => (
-                PathBuf::from(store),
-                std::env::var("DISKLESS_TEST_IMAGE").unwrap_or_else(|_| "bookworm".into()),
-            ),
-            None => {
-                let root = cache().join("roots/bookworm");
-                run(diskless()
-                    .args(["image", "bootstrap"])
-                    .arg(&root)
-                    .arg("--cache")
-                    .arg(cache().join("debs")));
-                let store = cache().join("test-store");
-                run(diskless()
-                    .args(["image", "build"])
-                    .arg(&root)
-                    .args(["--name", "pxe", "--store"])
-                    .arg(&store));
-                run(diskless()
-                    .args(["image", "prune", "pxe", "--keep", "1", "--store"])
-                    .arg(&store));
-                (store, "pxe".to_string())
-            }
-        };
-        let current = store.join("images").join(&image).join("current");
-        std::fs::canonicalize(&current).unwrap_or_else(|e| panic!("{}: {e}", current.display()))
-    })
-}
+mod common;
+use common::{diskless, run, test_image as source_version};
 
 /// Put the test image into `store` as image `name` (hard links; the manifest is rewritten for
 /// the name).

@@ -1,0 +1,73 @@
+//! What the QEMU tests share: running the binary, the cache, and the image they boot.
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+pub fn diskless() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_diskless"))
+}
+
+/// Run `cmd`, fail the test with its output if it fails; returns stdout.
+pub fn run(cmd: &mut Command) -> String {
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().unwrap_or_else(|e| panic!("{shown}: {e}"));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "{shown} failed ({}):\n{stdout}\n{stderr}",
+        out.status
+    );
+    eprintln!("{stderr}");
+    stdout
+}
+
+/// Downloads and the bootstrapped tree: $DISKLESS_CACHE, default /var/cache/diskless.
+pub fn cache() -> PathBuf {
+    std::env::var_os("DISKLESS_CACHE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/var/cache/diskless".into())
+}
+
+/// The bootstrapped workstation tree (debootstrap runs the first time only).
+pub fn bootstrapped_root() -> PathBuf {
+    let root = cache().join("roots/bookworm");
+    run(diskless()
+        .args(["image", "bootstrap"])
+        .arg(&root)
+        .arg("--cache")
+        .arg(cache().join("debs")));
+    root
+}
+
+/// The version directory of the image the boot tests share: `DISKLESS_TEST_STORE` and
+/// `DISKLESS_TEST_IMAGE` (default bookworm) name one already built (scripts/test builds it
+/// once for all test files); without them one is built into $DISKLESS_CACHE/test-store.
+pub fn test_image() -> &'static Path {
+    static VERSION: OnceLock<PathBuf> = OnceLock::new();
+    VERSION.get_or_init(|| {
+        let (store, image) = match std::env::var_os("DISKLESS_TEST_STORE") {
+            Some(store) => (
+                PathBuf::from(store),
+                std::env::var("DISKLESS_TEST_IMAGE").unwrap_or_else(|_| "bookworm".into()),
+            ),
+            None => {
+                let root = bootstrapped_root();
+                let store = cache().join("test-store");
+                run(diskless()
+                    .args(["image", "build"])
+                    .arg(&root)
+                    .args(["--name", "test", "--store"])
+                    .arg(&store));
+                run(diskless()
+                    .args(["image", "prune", "test", "--keep", "1", "--store"])
+                    .arg(&store));
+                (store, "test".to_string())
+            }
+        };
+        let current = store.join("images").join(&image).join("current");
+        std::fs::canonicalize(&current).unwrap_or_else(|e| panic!("{}: {e}", current.display()))
+    })
+}
