@@ -53,6 +53,9 @@ impl Default for Options {
         Options {
             // Fits a 1500-byte Ethernet MTU without IP fragmentation.
             blksize: 1468,
+            // Each window costs a round trip, which in an emulated guest is milliseconds
+            // (QEMU TCG: ~5 ms, so 16 blocks a window gave 4.6 MB/s); 64 blocks are
+            // ~94 KB a window, well inside the receive buffer and a virtio RX ring (256).
             windowsize: 16,
             timeout: Duration::from_secs(3),
             request_tsize: true,
@@ -331,12 +334,23 @@ impl Transfer {
         let Packet::Data { data, .. } = *packet else {
             unreachable!()
         };
-        if block != self.expected as u16 {
-            // Out of order: either a block we already have (the server missed our ACK)
-            // or one past a loss inside the window (RFC 7440 §4). Either way ack the last
-            // block in order, once until the next in-order block, so that a burst of
-            // such blocks does not become a burst of ACKs; and count the window afresh
-            // from there, as the server restarts its window after that ACK.
+        let ahead = block.wrapping_sub(self.expected as u16);
+        if ahead >= 0x8000 {
+            // A block we already have. It is not acknowledged: a server restarts its
+            // window at any ACK short of the window's end, so answering duplicates
+            // feeds back on itself. Our ACK past a gap makes the server resend blocks
+            // whose first copies are still on their way; those copies arrive in order,
+            // the resent ones as duplicates; an ACK for them restarts the server again,
+            // and so on: in QEMU this resent more than the whole image (14615 restarts
+            // for 8600 windows). If the server resends because our ACK was lost, our
+            // own timer repeats that ACK.
+            return Ok(step);
+        }
+        if ahead != 0 {
+            // One past a loss inside the window (RFC 7440 §4): ack the last block in
+            // order, once until the next in-order block, so that a burst of such
+            // blocks does not become a burst of ACKs; and count the window afresh from
+            // there, as the server restarts its window after that ACK.
             if !self.gap_acked {
                 self.gap_acked = true;
                 self.in_window = 0;
@@ -434,6 +448,7 @@ pub fn fetch(
         "[::]:0".parse().unwrap()
     };
     let sock = UdpSocket::bind(bind).map_err(io_err("binding a UDP socket"))?;
+    grow_receive_buffer(&sock, RECEIVE_BUFFER);
     let mut t = Transfer::new(path, opts);
     let start = Instant::now();
     sock.send_to(&t.start(start), server)
@@ -539,6 +554,34 @@ pub fn fetch(
     }
 }
 
+/// Receive buffer asked for: a few windows of the largest blocks. A window arrives as
+/// one burst; a slow receiver (an emulated guest) drains it much later, and a burst
+/// past the default buffer (~200 KiB, and each datagram is charged its whole
+/// buffer, ~2-4 KiB) is dropped and costs a timeout.
+const RECEIVE_BUFFER: usize = 4 << 20;
+
+/// Raises `SO_RCVBUF`, past `net.core.rmem_max` when privileged (`SO_RCVBUFFORCE`, which
+/// the initramfs helper is, as root); best effort: the default buffer still works.
+fn grow_receive_buffer(sock: &UdpSocket, bytes: usize) {
+    use std::os::fd::AsRawFd;
+    let v = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    for opt in [libc::SO_RCVBUFFORCE, libc::SO_RCVBUF] {
+        // SAFETY: setsockopt on our own socket with an int option.
+        let r = unsafe {
+            libc::setsockopt(
+                sock.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if r == 0 {
+            return;
+        }
+    }
+}
+
 /// After the last ACK, answer a retransmitted last block for a short while, in case
 /// that ACK was lost (otherwise the server retries until it gives up).
 fn dally(sock: &UdpSocket, t: &mut Transfer, from: SocketAddr, buf: &mut [u8]) {
@@ -579,7 +622,7 @@ mod tests {
         let rrq = t.start(Instant::now());
         assert_eq!(
             &rrq[..],
-            b"\x00\x01a/b\x00octet\x00blksize\x001468\x00timeout\x003\x00tsize\x000\x00windowsize\x0016\x00"
+            b"\x00\x01a/b\x00octet\x00blksize\x001468\x00timeout\x003\x00tsize\x000\x00windowsize\x0064\x00"
         );
     }
 
@@ -640,12 +683,20 @@ mod tests {
         assert_eq!(s.send.as_deref(), Some(&[0, 4, 0, 1][..]));
         assert_eq!(s.data, None);
         assert_eq!(t.handle(t0, &data(4, &b)).unwrap().send, None);
+        // A duplicate of block 1 is not answered.
+        assert_eq!(t.handle(t0, &data(1, &b)).unwrap().send, None);
         // Server restarts at 2.
         for blk in 2..=5 {
             let s = t.handle(t0, &data(blk, &b)).unwrap();
             assert!(s.data.is_some());
             // The window restarted after block 1, so it ends at block 5.
             assert_eq!(s.send.is_some(), blk == 5, "block {blk}");
+        }
+        // The first copies of 3 and 4, still on their way, are duplicates now: no ACK
+        // (it would restart the server's window once more).
+        for blk in [3, 4] {
+            let s = t.handle(t0, &data(blk, &b)).unwrap();
+            assert_eq!((s.send, s.data), (None, None), "block {blk}");
         }
     }
 
