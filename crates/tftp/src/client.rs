@@ -53,9 +53,6 @@ impl Default for Options {
         Options {
             // Fits a 1500-byte Ethernet MTU without IP fragmentation.
             blksize: 1468,
-            // Each window costs a round trip, which in an emulated guest is milliseconds
-            // (QEMU TCG: ~5 ms, so 16 blocks a window gave 4.6 MB/s); 64 blocks are
-            // ~94 KB a window, well inside the receive buffer and a virtio RX ring (256).
             windowsize: 16,
             timeout: Duration::from_secs(3),
             request_tsize: true,
@@ -622,7 +619,7 @@ mod tests {
         let rrq = t.start(Instant::now());
         assert_eq!(
             &rrq[..],
-            b"\x00\x01a/b\x00octet\x00blksize\x001468\x00timeout\x003\x00tsize\x000\x00windowsize\x0064\x00"
+            b"\x00\x01a/b\x00octet\x00blksize\x001468\x00timeout\x003\x00tsize\x000\x00windowsize\x0016\x00"
         );
     }
 
