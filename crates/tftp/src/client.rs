@@ -53,7 +53,10 @@ impl Default for Options {
         Options {
             // Fits a 1500-byte Ethernet MTU without IP fragmentation.
             blksize: 1468,
-            windowsize: 16,
+            // Each window costs a round trip, long in an emulated guest; 64 blocks (94 KB)
+            // fit the receive buffer and a virtio RX ring (256). QEMU TCG guest, 192 MiB:
+            // 18.5 MB/s with 16, 22.5 MB/s with 64.
+            windowsize: 64,
             timeout: Duration::from_secs(3),
             request_tsize: true,
             max_retries: 10,
@@ -619,7 +622,7 @@ mod tests {
         let rrq = t.start(Instant::now());
         assert_eq!(
             &rrq[..],
-            b"\x00\x01a/b\x00octet\x00blksize\x001468\x00timeout\x003\x00tsize\x000\x00windowsize\x0016\x00"
+            b"\x00\x01a/b\x00octet\x00blksize\x001468\x00timeout\x003\x00tsize\x000\x00windowsize\x0064\x00"
         );
     }
 
