@@ -460,7 +460,9 @@ pub fn fetch(
     let mut last_timeout: Option<Duration> = None;
     loop {
         let now = Instant::now();
-        if t.deadline().is_some_and(|d| d <= now) {
+        // A deadline that passed while this process was not running (a slow guest) is no
+        // timeout if a packet is waiting: read it first.
+        if t.deadline().is_some_and(|d| d <= now) && !readable_now(&sock) {
             if let Some(p) = t.on_timeout(now)? {
                 sock.send_to(&p, tid.unwrap_or(server))
                     .map_err(io_err("retransmitting"))?;
@@ -469,7 +471,7 @@ pub fn fetch(
         }
         let wait = t
             .deadline()
-            .map(|d| d - now)
+            .map(|d| d.saturating_duration_since(now))
             .unwrap_or(Duration::from_secs(1))
             .max(Duration::from_micros(100));
         // Changing the timeout costs a syscall; skip it when close enough.
@@ -552,6 +554,24 @@ pub fn fetch(
             return Ok(t.summary(elapsed));
         }
     }
+}
+
+/// Whether a datagram is queued on `sock`, without waiting or consuming it. Checked
+/// before acting on a deadline: a thread that was not scheduled for longer than the
+/// timeout finds its deadline passed with the awaited packet already queued.
+pub(crate) fn readable_now(sock: &UdpSocket) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut byte = 0u8;
+    // SAFETY: a one-byte peek into a local buffer on our own socket.
+    let n = unsafe {
+        libc::recv(
+            sock.as_raw_fd(),
+            (&mut byte as *mut u8).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    n >= 0
 }
 
 /// Receive buffer asked for: a few windows of the largest blocks. A window arrives as

@@ -546,11 +546,12 @@ fn drive(
         }
         let now = Instant::now();
         let wait = match session.deadline() {
-            Some(d) if d <= now => {
+            // Unless an ACK is waiting: then the thread was late, not the client.
+            Some(d) if d <= now && !crate::client::readable_now(sock) => {
                 session.on_timeout(now);
                 continue;
             }
-            Some(d) => (d - now).min(POLL_INTERVAL),
+            Some(d) => d.saturating_duration_since(now).min(POLL_INTERVAL),
             None => POLL_INTERVAL,
         };
         // Setting SO_RCVTIMEO costs a syscall; a timer that fires a little early only
