@@ -760,3 +760,89 @@ mod tests {
         ));
     }
 }
+
+#[cfg(test)]
+mod against_session {
+    //! The client state machine against the server's, packets in order, with our
+    //! ACKs reaching the server while the rest of a window is still queued for us.
+    use super::*;
+    use crate::session::{Session, SessionConfig, Transmit};
+    use std::collections::VecDeque;
+
+    /// Runs a transfer of `file`; `stall_at` makes the client's timer fire (as after a
+    /// scheduling stall) when it has received that many blocks. Returns what the
+    /// client received and the server's counters.
+    fn transfer(file: &[u8], stall_at: u64) -> (Vec<u8>, crate::session::Stats) {
+        let t0 = Instant::now();
+        let opts = Options {
+            blksize: 8,
+            windowsize: 8,
+            ..Options::default()
+        };
+        let mut client = Transfer::new("f", &opts);
+        let rrq = client.start(t0);
+        let Ok(Packet::Rrq(req)) = Packet::parse(&rrq) else {
+            panic!("not an RRQ")
+        };
+        let mut server = Session::new(
+            &RequestOptions::from_raw(&req.options),
+            file.len() as u64,
+            &SessionConfig::default(),
+        );
+        let mut queue: VecDeque<Vec<u8>> = VecDeque::new();
+        let mut got = Vec::new();
+        let mut received = 0u64;
+        let pump = |server: &mut Session, queue: &mut VecDeque<Vec<u8>>| {
+            while let Some(t) = server.poll_transmit(t0) {
+                queue.push_back(match t {
+                    Transmit::Packet(p) => p,
+                    Transmit::Data { block, offset, len } => {
+                        let o = offset as usize;
+                        Packet::Data {
+                            block,
+                            data: &file[o..o + len],
+                        }
+                        .to_vec()
+                    }
+                });
+            }
+        };
+        pump(&mut server, &mut queue);
+        while !client.is_done() {
+            let bytes = queue.pop_front().expect("the transfer stalled");
+            let step = client.handle(t0, &Packet::parse(&bytes).unwrap()).unwrap();
+            let mut send = step.send;
+            if let Some(d) = step.data {
+                got.extend_from_slice(d);
+                received += 1;
+                if received == stall_at {
+                    let at = client.deadline().unwrap();
+                    send = client.on_timeout(at).unwrap();
+                }
+            }
+            if let Some(ack) = send {
+                server.handle(t0, &Packet::parse(&ack).unwrap());
+                pump(&mut server, &mut queue);
+            }
+        }
+        (got, server.stats())
+    }
+
+    #[test]
+    fn one_early_ack_costs_at_most_a_window() {
+        let file: Vec<u8> = (0..8 * 8 * 50).map(|i| (i * 7 % 251) as u8).collect();
+        let (got, clean) = transfer(&file, 0);
+        assert!(got == file);
+        assert_eq!(clean.retransmitted, 0);
+        // An ACK in the middle of the second window: the server restarts there and
+        // resends what is still queued for us. Those copies arrive as duplicates and
+        // must not be acknowledged, or each such ACK restarts the server again, to
+        // the end of the file.
+        let (got, stalled) = transfer(&file, 11);
+        assert!(got == file);
+        assert!(
+            stalled.retransmitted <= 8 && stalled.rewinds == 1,
+            "{stalled:?}"
+        );
+    }
+}
