@@ -59,6 +59,7 @@ pub fn fetch(source: &Source, req: &Request, started: Instant) -> Result<Stats, 
     };
     // RFC 3617: the path of a tftp:// URL is the file name without its leading slash.
     let name = path.trim_start_matches('/');
+    let drops_before = udp_receive_drops();
     let summary = match client::fetch(
         server,
         name,
@@ -75,8 +76,14 @@ pub fn fetch(source: &Source, req: &Request, started: Instant) -> Result<Stats, 
     };
     sink.file.sync_all()?;
     progress.finish(summary.bytes);
+    // Datagrams the kernel dropped for a full receive buffer during the transfer (all
+    // UDP sockets, but nothing else is busy in the initramfs): each one costs a gap.
+    let drops = match (drops_before, udp_receive_drops()) {
+        (Some(a), Some(b)) => format!(", {} UDP receive-buffer drops", b.saturating_sub(a)),
+        _ => String::new(),
+    };
     eprintln!(
-        "diskless: tftp blksize {} windowsize {}, {} timeouts",
+        "diskless: tftp blksize {} windowsize {}, {} timeouts{drops}",
         summary.blksize, summary.windowsize, summary.timeouts
     );
     verify(
@@ -88,4 +95,13 @@ pub fn fetch(source: &Source, req: &Request, started: Instant) -> Result<Stats, 
         bytes: summary.bytes,
         seconds: started.elapsed().as_secs_f64(),
     })
+}
+
+/// `RcvbufErrors` of the `Udp:` lines in `/proc/net/snmp`, if readable.
+fn udp_receive_drops() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/net/snmp").ok()?;
+    let mut udp = text.lines().filter(|l| l.starts_with("Udp:"));
+    let (names, values) = (udp.next()?, udp.next()?);
+    let i = names.split_whitespace().position(|n| n == "RcvbufErrors")?;
+    values.split_whitespace().nth(i)?.parse().ok()
 }

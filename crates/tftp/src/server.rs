@@ -105,6 +105,12 @@ pub struct TransferLog {
     pub elapsed: Duration,
     /// DATA packets sent again.
     pub retransmitted: u64,
+    /// Retransmission timeouts that fired.
+    pub timeouts: u64,
+    /// ACKs short of the window end that restarted the window (gaps at the client).
+    pub rewinds: u64,
+    /// Duplicate ACKs.
+    pub duplicate_acks: u64,
     /// How it ended.
     pub outcome: TransferOutcome,
 }
@@ -289,6 +295,9 @@ fn handle_request(shared: &Arc<Shared>, datagram: &[u8], client: SocketAddr, loc
         bytes: 0,
         elapsed: Duration::ZERO,
         retransmitted: 0,
+        timeouts: 0,
+        rewinds: 0,
+        duplicate_acks: 0,
         outcome: TransferOutcome::Complete,
     };
     let shared2 = Arc::clone(shared);
@@ -340,6 +349,7 @@ fn report(config: &ServerConfig, log: &TransferLog) {
             client = %log.client, local = %log.local, file = %log.filename, mode = log.mode.as_str(),
             options = %opts, bytes = log.bytes, seconds = format!("{secs:.3}"),
             rate = format!("{rate:.1} MB/s"), retransmitted = log.retransmitted,
+            timeouts = log.timeouts, rewinds = log.rewinds, duplicate_acks = log.duplicate_acks,
             "tftp: sent"
         ),
         TransferOutcome::Refused { code, reason } => {
@@ -430,6 +440,9 @@ fn transfer(
     let result = drive(&sock, &mut session, source.as_mut(), &shared.stopping);
     log.bytes = session.acked_bytes();
     log.retransmitted = session.stats().retransmitted;
+    log.timeouts = session.stats().timeouts;
+    log.rewinds = session.stats().rewinds;
+    log.duplicate_acks = session.stats().duplicate_acks;
     match result {
         Err(e) => {
             let _ = sock.send(&crate::session::io_error_packet());
@@ -533,11 +546,12 @@ fn drive(
         }
         let now = Instant::now();
         let wait = match session.deadline() {
-            Some(d) if d <= now => {
+            // Unless an ACK is waiting: then the thread was late, not the client.
+            Some(d) if d <= now && !crate::client::readable_now(sock) => {
                 session.on_timeout(now);
                 continue;
             }
-            Some(d) => (d - now).min(POLL_INTERVAL),
+            Some(d) => d.saturating_duration_since(now).min(POLL_INTERVAL),
             None => POLL_INTERVAL,
         };
         // Setting SO_RCVTIMEO costs a syscall; a timer that fires a little early only

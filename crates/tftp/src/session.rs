@@ -142,6 +142,8 @@ pub struct Stats {
     pub timeouts: u64,
     /// Duplicate ACKs ignored.
     pub duplicate_acks: u64,
+    /// ACKs short of the window end that restarted it (a gap at the client).
+    pub rewinds: u64,
 }
 
 /// One read transfer, server side.
@@ -341,6 +343,9 @@ impl Session {
                 } else {
                     self.rtt.progress();
                     self.retries = 0;
+                }
+                if idx < self.next - 1 && idx < self.last_block {
+                    self.stats.rewinds += 1;
                 }
                 self.acked = idx;
                 if idx >= self.last_block {
