@@ -60,7 +60,7 @@ fn run(args: &[String]) -> Result<(), String> {
             };
             // A report is best effort: the boot goes on whether the server heard it or not.
             if let Err(e) = http::post_report(url, stage, detail) {
-                eprintln!("diskless-fetch: report {stage} not delivered: {e}");
+                eprintln!("diskless: warning: report {stage} not delivered: {e}");
             }
             Ok(())
         }

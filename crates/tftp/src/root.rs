@@ -30,6 +30,10 @@ pub enum PathError {
     /// The name has a `..` component.
     #[error("path has a '..' component")]
     ParentDir,
+    /// A component starts with a dot: hidden files are never served (in the boot server's
+    /// store, half-built image versions live in hidden directories).
+    #[error("hidden files are not served")]
+    Hidden,
     /// Resolving the name (symlinks included) leaves the root.
     #[error("path leads outside the root")]
     Escapes,
@@ -75,6 +79,7 @@ pub fn sanitize(name: &[u8]) -> Result<PathBuf, PathError> {
         match comp {
             b"" | b"." => {}
             b".." => return Err(PathError::ParentDir),
+            c if c.first() == Some(&b'.') => return Err(PathError::Hidden),
             c => out.push(std::ffi::OsStr::from_bytes(c)),
         }
     }
@@ -404,6 +409,12 @@ mod tests {
             Err(PathError::ParentDir)
         ));
         assert!(matches!(sanitize(b"a/../../b"), Err(PathError::ParentDir)));
+        assert!(matches!(
+            sanitize(b"images/lab/.staging-1/root.squashfs"),
+            Err(PathError::Hidden)
+        ));
+        assert!(matches!(sanitize(b".ssh/id_rsa"), Err(PathError::Hidden)));
+        assert_eq!(sanitize(b"./a/./b").unwrap(), PathBuf::from("a/b"));
         assert!(matches!(
             sanitize(b"..\\..\\etc"),
             Err(PathError::ParentDir)
