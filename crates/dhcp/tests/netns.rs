@@ -340,7 +340,17 @@ fn proxy_mode_gives_udhcpc_nothing_but_answers_pxe() {
     assert_eq!(&ack[12..16], &client_ip.octets(), "ciaddr echoed");
     assert_eq!(&ack[16..20], &[0, 0, 0, 0], "no address from a proxy");
     assert_eq!(&ack[108..117], b"ipxe.efi\0");
-    let kinds: Vec<_> = server.events().iter().map(|e| (e.port, e.kind)).collect();
+    // The event is recorded just after the reply is sent: give the server a moment.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut kinds: Vec<_> = Vec::new();
+    while std::time::Instant::now() < deadline {
+        // events() drains what arrived since the last call.
+        kinds.extend(server.events().iter().map(|e| (e.port, e.kind)));
+        if kinds.len() >= 2 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     assert_eq!(
         kinds,
         vec![
