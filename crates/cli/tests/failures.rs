@@ -9,29 +9,10 @@
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 mod common;
-use common::{diskless, test_image as source_version};
-
-/// Run `cmd`; returns its output, its stdout and stderr as one text, and its pid.
-fn output(cmd: &mut Command) -> (Output, String, u32) {
-    let shown = format!("{cmd:?}");
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{shown}: {e}"));
-    let pid = child.id();
-    let out = child.wait_with_output().unwrap();
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    eprintln!("{shown}:\n{text}");
-    (out, text, pid)
-}
+use common::{diskless, output, test_image as source_version};
 
 fn run(cmd: &mut Command) -> String {
     let (out, text, _) = output(cmd);

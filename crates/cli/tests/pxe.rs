@@ -14,10 +14,10 @@
 
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 mod common;
-use common::{diskless, run, test_image as source_version};
+use common::{diskless, output, run, test_image as source_version};
 
 /// Put the test image into `store` as image `name` (hard links; the manifest is rewritten for
 /// the name).
@@ -69,22 +69,13 @@ fn stages(logs: &Path, mac: &str) -> Vec<String> {
 /// Run `diskless vm`, which must succeed, then check that its namespace is gone (other runs'
 /// namespaces may exist: only ours, named after the vm's pid, is checked).
 fn run_vm(cmd: &mut Command) {
-    let shown = format!("{cmd:?}");
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("{shown}: {e}"));
-    let namespace = format!("diskless-vm-{}", child.id());
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    let (out, text, pid) = output(cmd);
     assert!(
         out.status.success(),
-        "{shown} failed ({}):\n{stdout}\n{stderr}",
+        "diskless vm failed ({}):\n{text}",
         out.status
     );
-    eprintln!("{stderr}");
+    let namespace = format!("diskless-vm-{pid}");
     let namespaces = run(Command::new("ip").args(["netns", "list"]));
     assert!(
         !namespaces.split_whitespace().any(|w| w == namespace),

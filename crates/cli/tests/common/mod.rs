@@ -24,6 +24,26 @@ pub fn run(cmd: &mut Command) -> String {
     stdout
 }
 
+/// Run `cmd`; returns its output, its stdout and stderr as one text, and its pid (a
+/// `diskless vm` names its namespace after it).
+pub fn output(cmd: &mut Command) -> (std::process::Output, String, u32) {
+    let shown = format!("{cmd:?}");
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{shown}: {e}"));
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("{shown}:\n{text}");
+    (out, text, pid)
+}
+
 /// Downloads and the bootstrapped tree: $DISKLESS_CACHE, default /var/cache/diskless.
 pub fn cache() -> PathBuf {
     std::env::var_os("DISKLESS_CACHE")
