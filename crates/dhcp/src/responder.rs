@@ -406,21 +406,7 @@ impl Responder {
         let mut r = self.base_reply(msg, client, MessageType::Offer);
         r.yiaddr = ip;
         r.options = self.config_options(hostname, true);
-        let boot = policy.boot(client);
-        if let Some(b) = &boot {
-            self.add_boot(&mut r, client, b, false);
-        }
-        Ok(Handled {
-            reply: Self::reply(r, Self::destination(client, false))?,
-            event: Self::event(
-                client,
-                EventAction::Offer {
-                    ip: Some(ip),
-                    file: boot.map(|b| b.filename),
-                },
-            ),
-            ..Default::default()
-        })
+        self.answer_with_boot(r, client, policy, Some(ip))
     }
 
     fn request(
@@ -444,10 +430,8 @@ impl Responder {
                 }
                 return Ok(Handled::ignore("REQUEST for another server"));
             }
-            // SELECTING our offer.
-            Some(_) => client.requested_ip.or(ciaddr),
-            // INIT-REBOOT, or RENEWING/REBINDING.
-            None => client.requested_ip.or(ciaddr),
+            // SELECTING our offer; INIT-REBOOT; RENEWING/REBINDING.
+            _ => client.requested_ip.or(ciaddr),
         };
         let Some(ip) = wanted else {
             return self.nak(msg, client, None, "no address requested");
@@ -475,21 +459,7 @@ impl Responder {
         r.ciaddr = client.ciaddr;
         r.yiaddr = ip;
         r.options = self.config_options(hostname, true);
-        let boot = policy.boot(client);
-        if let Some(b) = &boot {
-            self.add_boot(&mut r, client, b, false);
-        }
-        Ok(Handled {
-            reply: Self::reply(r, Self::destination(client, false))?,
-            event: Self::event(
-                client,
-                EventAction::Ack {
-                    ip: Some(ip),
-                    file: boot.map(|b| b.filename),
-                },
-            ),
-            ..Default::default()
-        })
+        self.answer_with_boot(r, client, policy, Some(ip))
     }
 
     fn nak(
@@ -560,19 +530,30 @@ impl Responder {
         let mut r = self.base_reply(msg, client, MessageType::Ack);
         r.ciaddr = client.ciaddr;
         r.options = self.config_options(self.hostname(client.mac, policy), false);
+        self.answer_with_boot(r, client, policy, None)
+    }
+
+    /// The end of every full-mode answer: the boot file the policy gives the client (if
+    /// any), the reply to where the client listens, and the event saying what it got.
+    fn answer_with_boot(
+        &self,
+        mut r: ReplyRepr,
+        client: &ClientInfo,
+        policy: &dyn BootPolicy,
+        ip: Option<Ipv4Addr>,
+    ) -> Result<Handled, DhcpError> {
         let boot = policy.boot(client);
         if let Some(b) = &boot {
             self.add_boot(&mut r, client, b, false);
         }
+        let file = boot.map(|b| b.filename);
+        let action = match r.msg_type {
+            MessageType::Offer => EventAction::Offer { ip, file },
+            _ => EventAction::Ack { ip, file },
+        };
         Ok(Handled {
             reply: Self::reply(r, Self::destination(client, false))?,
-            event: Self::event(
-                client,
-                EventAction::Ack {
-                    ip: None,
-                    file: boot.map(|b| b.filename),
-                },
-            ),
+            event: Self::event(client, action),
             ..Default::default()
         })
     }
