@@ -426,19 +426,22 @@ mod tests {
         }
     }
 
+    /// Every compression that has a decoder.
+    const STREAMS: [Compression; 6] = [
+        Compression::Gzip,
+        Compression::Xz,
+        Compression::Lzma,
+        Compression::Zstd,
+        Compression::Bzip2,
+        Compression::Lz4Legacy,
+    ];
+
     /// Each decoder returns the payload and leaves the source exactly at
     /// the bytes after its stream.
     #[test]
     fn decoders_stop_exactly_at_stream_end() {
         let data = payload();
-        for c in [
-            Compression::Gzip,
-            Compression::Xz,
-            Compression::Lzma,
-            Compression::Zstd,
-            Compression::Bzip2,
-            Compression::Lz4Legacy,
-        ] {
+        for c in STREAMS {
             let mut input = compress(c, &data);
             let stream_len = input.len() as u64;
             input.extend_from_slice(TAIL);
@@ -460,14 +463,7 @@ mod tests {
     #[test]
     fn truncated_streams_are_errors() {
         let data = payload();
-        for c in [
-            Compression::Gzip,
-            Compression::Xz,
-            Compression::Lzma,
-            Compression::Zstd,
-            Compression::Bzip2,
-            Compression::Lz4Legacy,
-        ] {
+        for c in STREAMS {
             let input = compress(c, &data);
             let cut = &input[..input.len() - 7];
             let mut d = Decoder::new(PeekReader::new(cut), c).unwrap();

@@ -113,10 +113,6 @@ pub fn default_range(ip: Ipv4Addr, netmask: Ipv4Addr) -> Option<(Ipv4Addr, Ipv4A
     (first < broadcast && first <= last).then(|| (Ipv4Addr::from(first), Ipv4Addr::from(last)))
 }
 
-fn firmware_name(kind: ClientKind) -> &'static str {
-    kind.as_str()
-}
-
 /// Run the boot server until `shutdown` completes.
 pub async fn run(
     config: Config,
@@ -215,7 +211,7 @@ pub async fn run(
                 .expect("macs lock")
                 .insert(IpAddr::V4(ip), mac.clone());
         }
-        let firmware = firmware_name(event.kind);
+        let firmware = event.kind.as_str();
         let starts_boot = event.kind != ClientKind::Plain && stage == "dhcp-offer";
         let detail = format!("{firmware} {}", file.unwrap_or_default())
             .trim()
