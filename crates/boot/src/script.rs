@@ -11,6 +11,9 @@ pub struct ImageRef<'a> {
     pub name: &'a str,
     pub version: &'a str,
     pub squashfs_sha256: &'a str,
+    /// Whether the version has a diskless.cpio to load after initrd.img; an image whose own
+    /// initrd carries the boot script (`diskless initrd install`) has none.
+    pub boot_cpio: bool,
 }
 
 /// Everything a script is made from.
@@ -44,10 +47,12 @@ pub fn kernel_cmdline(p: &ScriptParams) -> String {
         ImageProtocol::Http => format!("http://{}{squashfs}", p.http_authority),
         ImageProtocol::Tftp => format!("tftp://{}{squashfs}", p.tftp_authority),
     };
-    let mut words = vec![
-        // UEFI iPXE (Debian's older builds) hands initrds to the kernel's EFI stub by name.
-        "initrd=initrd.img".to_string(),
-        "initrd=diskless.cpio".to_string(),
+    // UEFI iPXE (Debian's older builds) hands initrds to the kernel's EFI stub by name.
+    let mut words = vec!["initrd=initrd.img".to_string()];
+    if p.image.boot_cpio {
+        words.push("initrd=diskless.cpio".to_string());
+    }
+    words.extend([
         "boot=diskless".to_string(),
         format!("diskless.image={image_url}"),
         format!("diskless.sha256={}", p.image.squashfs_sha256),
@@ -60,7 +65,7 @@ pub fn kernel_cmdline(p: &ScriptParams) -> String {
         format!("systemd.machine_id={}", machine_id(p.mac)),
         // initramfs-tools configures the NIC the client booted from, not the first one found.
         format!("BOOTIF=01-{}", p.mac.hyphenated()),
-    ];
+    ]);
     if !p.boot.cmdline.is_empty() {
         words.push(p.boot.cmdline.clone());
     }
@@ -71,14 +76,19 @@ pub fn ipxe_script(p: &ScriptParams) -> String {
     let base = format!("http://{}", p.http_authority);
     let kernel = format!("{base}{}", file_path(&p.image, "vmlinuz"));
     let initrd = format!("{base}{}", file_path(&p.image, "initrd.img"));
-    let cpio = format!("{base}{}", file_path(&p.image, "diskless.cpio"));
+    let cpio = if p.image.boot_cpio {
+        let url = format!("{base}{}", file_path(&p.image, "diskless.cpio"));
+        format!("initrd --name diskless.cpio {url}\n")
+    } else {
+        String::new()
+    };
     format!(
         "#!ipxe\n\
          # diskless: {mac} boots image {name} version {version}\n\
          echo diskless: loading {name} {version}\n\
          kernel {kernel} {cmdline}\n\
          initrd --name initrd.img {initrd}\n\
-         initrd --name diskless.cpio {cpio}\n\
+         {cpio}\
          boot\n",
         mac = p.mac,
         name = p.image.name,
@@ -117,6 +127,7 @@ mod tests {
                 name: "lab",
                 version: "20261125-120000-abcd1234",
                 squashfs_sha256: "ab12",
+                boot_cpio: true,
             },
         }
     }
@@ -133,6 +144,26 @@ mod tests {
         assert_eq!(lines[4], "initrd --name initrd.img http://10.0.0.1:8080/images/lab/20261125-120000-abcd1234/initrd.img");
         assert_eq!(lines[5], "initrd --name diskless.cpio http://10.0.0.1:8080/images/lab/20261125-120000-abcd1234/diskless.cpio");
         assert_eq!(lines[6], "boot");
+    }
+
+    #[test]
+    fn an_initrd_with_the_boot_script_is_loaded_alone() {
+        let b = boot();
+        let mut p = params(&b, ImageProtocol::Http);
+        p.image.boot_cpio = false;
+        let script = ipxe_script(&p);
+        assert!(!script.contains("diskless.cpio"), "{script}");
+        let lines: Vec<&str> = script.lines().collect();
+        assert!(
+            lines[4].starts_with("initrd --name initrd.img "),
+            "{script}"
+        );
+        assert_eq!(lines[5], "boot");
+        let cmdline = kernel_cmdline(&p);
+        assert!(
+            cmdline.starts_with("initrd=initrd.img boot=diskless "),
+            "{cmdline}"
+        );
     }
 
     #[test]

@@ -28,7 +28,11 @@ fn build_prints_progress_lines_and_a_summary_and_honours_its_flags() {
     let work = tempfile::tempdir().unwrap();
     let tree = work.path().join("tree");
     write(&tree, "boot/vmlinuz-6.1.0-99-amd64", "kernel");
-    write(&tree, "boot/initrd.img-6.1.0-99-amd64", "initrd");
+    let mut initrd = diskless_initramfs::CpioWriter::new(Vec::new());
+    initrd.add_file("init", 0o755, b"#!/bin/sh\n").unwrap();
+    let initrd = initrd.finish().unwrap();
+    fs::create_dir_all(tree.join("boot")).unwrap();
+    fs::write(tree.join("boot/initrd.img-6.1.0-99-amd64"), initrd).unwrap();
     let modules = "lib/modules/6.1.0-99-amd64";
     let mut dep = String::new();
     for m in ["loop", "squashfs", "overlay"] {

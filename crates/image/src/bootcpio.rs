@@ -30,6 +30,26 @@ struct Module {
     data: Vec<u8>,
 }
 
+/// Does the initrd at `path` already carry the boot script and the helper, as one that
+/// `diskless initrd install` regenerated does? Then it boots `boot=diskless` on its own and
+/// the image needs no diskless.cpio.
+pub fn initrd_has_boot_files(path: &Path) -> Result<bool> {
+    let file = std::fs::File::open(path).map_err(io_at(path))?;
+    let mut initrd = diskless_initramfs::InitrdReader::new(std::io::BufReader::new(file));
+    let mut missing: HashSet<&str> = ["scripts/diskless", "diskless/bin/diskless-fetch"].into();
+    while let Some(entry) = initrd
+        .next_entry()
+        .map_err(|e| Error::Invalid(format!("reading the initrd {}: {e}", path.display())))?
+    {
+        let name = entry.header.name_lossy();
+        missing.remove(name.trim_start_matches("./").trim_start_matches('/'));
+        if missing.is_empty() {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
 /// Build the archive for kernel `version` of the tree at `root`.
 pub fn build(root: &Path, version: &str, fetch_helper: &Path) -> Result<Vec<u8>> {
     let helper = std::fs::read(fetch_helper).map_err(|e| {
@@ -209,6 +229,37 @@ mod tests {
                 "kernel/fs/overlayfs/overlay.ko.xz"
             ]
         );
+    }
+
+    #[test]
+    fn a_self_contained_initrd_is_recognised_behind_microcode() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = |files: &[&str]| {
+            let mut w = CpioWriter::new(Vec::new());
+            for f in files {
+                w.add_file(f, 0o755, b"x").unwrap();
+            }
+            w.finish().unwrap()
+        };
+        // An early microcode segment, then the main archive gzip-compressed, as Debian's are.
+        let initrd = |main: &[&str]| {
+            let mut bytes = archive(&["kernel/x86/microcode/GenuineIntel.bin"]);
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(&archive(main)).unwrap();
+            bytes.extend(gz.finish().unwrap());
+            let path = dir.path().join("initrd");
+            std::fs::write(&path, bytes).unwrap();
+            path
+        };
+        let stock = initrd(&["init", "scripts/local"]);
+        assert!(!initrd_has_boot_files(&stock).unwrap());
+        let script_only = initrd(&["init", "scripts/diskless"]);
+        assert!(!initrd_has_boot_files(&script_only).unwrap());
+        let installed = initrd(&["init", "scripts/diskless", "diskless/bin/diskless-fetch"]);
+        assert!(initrd_has_boot_files(&installed).unwrap());
+        std::fs::write(&installed, b"not an initrd at all, just text").unwrap();
+        let err = initrd_has_boot_files(&installed).unwrap_err().to_string();
+        assert!(err.contains("reading the initrd"), "{err}");
     }
 
     #[test]

@@ -157,13 +157,28 @@ pub fn build(store: &Store, cfg: &BuildConfig) -> Result<BuildReport> {
     copy(&kernel.vmlinuz, &staging.dir.join(KERNEL))?;
     copy(&kernel.initrd, &staging.dir.join(INITRD))?;
     pad_to_4(&staging.dir.join(INITRD))?;
-    let cpio = bootcpio::build(&source, &kernel.version, &cfg.fetch_helper)?;
-    let cpio_path = staging.dir.join(BOOT_CPIO);
-    std::fs::write(&cpio_path, cpio).map_err(io_at(&cpio_path))?;
+    let mut changes = plan.changes;
+    let mut boot_files = vec![SQUASHFS, KERNEL, INITRD];
+    if bootcpio::initrd_has_boot_files(&kernel.initrd)? {
+        changes.push(format!(
+            "{}: carries the diskless boot script and helper (diskless initrd install), \
+             clients load it without diskless.cpio",
+            kernel
+                .initrd
+                .strip_prefix(&source)
+                .unwrap_or(&kernel.initrd)
+                .display()
+        ));
+    } else {
+        let cpio = bootcpio::build(&source, &kernel.version, &cfg.fetch_helper)?;
+        let cpio_path = staging.dir.join(BOOT_CPIO);
+        std::fs::write(&cpio_path, cpio).map_err(io_at(&cpio_path))?;
+        boot_files.push(BOOT_CPIO);
+    }
     std::fs::remove_dir_all(&work).map_err(io_at(&work))?;
 
     let mut files = BTreeMap::new();
-    for name in [SQUASHFS, KERNEL, INITRD, BOOT_CPIO] {
+    for name in boot_files {
         files.insert(name.to_string(), hash_file(&staging.dir.join(name))?);
     }
     let (created, stamp) = manifest::now_stamps();
@@ -177,7 +192,7 @@ pub fn build(store: &Store, cfg: &BuildConfig) -> Result<BuildReport> {
         source: source.display().to_string(),
         build_seconds,
         files,
-        changes: plan.changes,
+        changes,
     };
     let version_dir = store.publish(staging, &manifest)?;
     Ok(BuildReport {
@@ -193,6 +208,14 @@ pub fn build(store: &Store, cfg: &BuildConfig) -> Result<BuildReport> {
 pub fn refresh(store: &Store, name: &str, fetch_helper: &Path) -> Result<BuildReport> {
     let started = Instant::now();
     let current = store.current(name)?;
+    if !current.has_boot_cpio() {
+        return Err(Error::Invalid(format!(
+            "image {name} version {} boots from its own initrd (made by `diskless initrd \
+             install`), which holds the boot script: run `diskless initrd install` on its \
+             source tree again and rebuild the image",
+            current.version
+        )));
+    }
     let from = store.version_dir(name, &current.version);
     let staging = store.begin(name)?;
     for file in [SQUASHFS, KERNEL, INITRD] {

@@ -41,6 +41,12 @@ impl Manifest {
         &self.files[SQUASHFS]
     }
 
+    /// False for an image whose own initrd carries the boot script (`diskless initrd
+    /// install`): clients then load initrd.img alone.
+    pub fn has_boot_cpio(&self) -> bool {
+        self.files.contains_key(BOOT_CPIO)
+    }
+
     pub fn load(path: &Path) -> Result<Manifest> {
         let text = std::fs::read_to_string(path).map_err(io_at(path))?;
         serde_json::from_str(&text).map_err(|e| Error::Corrupt {

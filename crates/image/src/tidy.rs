@@ -44,19 +44,44 @@ const ALWAYS_EXCLUDED: &[&str] = &[
 /// Only from a running system: removable and manual mount points, lost+found.
 const RUNNING_SYSTEM_EXCLUDED: &[&str] = &["mnt/*", "media/*", "lost+found", "var/lib/diskless/*"];
 
-/// The unit that gives every client its own ssh host keys at first boot.
-pub const SSH_KEYGEN_UNIT: &str = "[Unit]
+/// The units that give every client its own ssh host keys at boot, by file name. ed25519 and
+/// ECDSA keys take milliseconds and are made before sshd starts; an RSA key takes seconds (7 s
+/// on an emulated CPU), so it is made once the client reached multi-user and sshd is reloaded
+/// to offer it. A persistent writable layer keeps the keys: then nothing is generated.
+pub const SSH_KEYGEN_UNITS: &[(&str, &str)] = &[
+    (
+        "diskless-ssh-keygen.service",
+        "[Unit]
 Description=Generate this client's own ssh host keys (diskless images ship none)
 Before=ssh.service
-ConditionPathExistsGlob=!/etc/ssh/ssh_host_*_key
+ConditionPathExists=!/etc/ssh/ssh_host_ed25519_key
 
 [Service]
 Type=oneshot
-ExecStart=/usr/bin/ssh-keygen -A
+ExecStart=/usr/bin/ssh-keygen -q -t ed25519 -N \"\" -f /etc/ssh/ssh_host_ed25519_key
+ExecStart=/bin/sh -c 'test -e /etc/ssh/ssh_host_ecdsa_key || exec /usr/bin/ssh-keygen -q -t ecdsa -N \"\" -f /etc/ssh/ssh_host_ecdsa_key'
 
 [Install]
 WantedBy=multi-user.target
-";
+",
+    ),
+    (
+        "diskless-ssh-keygen-rsa.service",
+        "[Unit]
+Description=Generate this client's own RSA ssh host key, after boot (it takes seconds)
+After=multi-user.target ssh.service
+ConditionPathExists=!/etc/ssh/ssh_host_rsa_key
+
+[Service]
+Type=oneshot
+ExecStart=/usr/bin/ssh-keygen -q -t rsa -N \"\" -f /etc/ssh/ssh_host_rsa_key
+ExecStart=-/bin/systemctl try-reload-or-restart ssh.service
+
+[Install]
+WantedBy=multi-user.target
+",
+    ),
+];
 
 pub fn plan(source: &Path, stage: &Path, opts: &TidyOptions) -> Result<Plan> {
     let mut plan = Plan::default();
@@ -200,16 +225,17 @@ fn ssh_host_keys(source: &Path, stage: &Path, plan: &mut Plan) -> Result<()> {
             .push(format!("etc/ssh/{key}: removed (shared host keys)"));
     }
     if dir.join("sshd_config").exists() {
-        let unit = "etc/systemd/system/diskless-ssh-keygen.service";
-        replace_file(source, stage, unit, SSH_KEYGEN_UNIT, plan)?;
         let wants = "etc/systemd/system/multi-user.target.wants";
         ensure_dirs(source, wants, plan);
-        plan.pseudo.push(format!(
-            "{wants}/diskless-ssh-keygen.service s 777 0 0 ../diskless-ssh-keygen.service"
-        ));
-        plan.changes.push(format!(
-            "{unit}: added (each client generates its own ssh host keys)"
-        ));
+        for (name, content) in SSH_KEYGEN_UNITS {
+            let unit = format!("etc/systemd/system/{name}");
+            replace_file(source, stage, &unit, content, plan)?;
+            plan.pseudo
+                .push(format!("{wants}/{name} s 777 0 0 ../{name}"));
+            plan.changes.push(format!(
+                "{unit}: added (each client generates its own ssh host keys)"
+            ));
+        }
     }
     Ok(())
 }
@@ -430,6 +456,10 @@ mod tests {
             .pseudo
             .iter()
             .any(|p| p.contains("diskless-ssh-keygen.service s 777")));
+        assert!(plan
+            .pseudo
+            .iter()
+            .any(|p| p.contains("diskless-ssh-keygen-rsa.service s 777")));
         assert!(plan.changes.len() >= 8, "{:#?}", plan.changes);
         // The source is untouched.
         assert_eq!(fs::read_to_string(s.join("etc/fstab")).unwrap(), FSTAB);

@@ -6,7 +6,7 @@ mod common;
 use common::*;
 use diskless_image::build::{self, BuildConfig, BuildReport, Compression};
 use diskless_image::manifest::SQUASHFS;
-use diskless_image::tidy::{TidyOptions, SSH_KEYGEN_UNIT};
+use diskless_image::tidy::{TidyOptions, SSH_KEYGEN_UNITS};
 use diskless_image::Store;
 use std::path::Path;
 
@@ -78,18 +78,19 @@ fn image_of_a_running_system_is_tidy_and_the_source_is_untouched() {
             .filter(|p| p.contains("ssh_host_"))
             .collect::<Vec<_>>()
     );
-    assert_eq!(
-        image_cat(&img, "etc/systemd/system/diskless-ssh-keygen.service"),
-        SSH_KEYGEN_UNIT
-    );
     let long = image_long_listing(&img);
-    assert!(
-        long.lines().any(|l| l.starts_with('l')
-            && l.contains(
-                "multi-user.target.wants/diskless-ssh-keygen.service -> ../diskless-ssh-keygen.service"
-            )),
-        "keygen unit not enabled:\n{long}"
-    );
+    for (name, content) in SSH_KEYGEN_UNITS {
+        assert_eq!(
+            image_cat(&img, &format!("etc/systemd/system/{name}")),
+            *content
+        );
+        let link = format!("multi-user.target.wants/{name} -> ../{name}");
+        assert!(
+            long.lines()
+                .any(|l| l.starts_with('l') && l.contains(&link)),
+            "{name} not enabled:\n{long}"
+        );
+    }
     // Resume config, hostname, swap file, downloaded packages: gone.
     for gone in [
         "etc/initramfs-tools/conf.d/resume",
@@ -184,6 +185,46 @@ fn exclude_patterns_leave_out_what_they_match_only() {
     assert!(has("home/bob/Documents/notes.txt"));
     assert!(has("srv/cache"), "the directory itself stays");
     assert!(has("srv/keep.txt"));
+}
+
+/// The tree's initrd already boots diskless (as after `diskless initrd install`): the version
+/// has no diskless.cpio, the change is reported, and `refresh` (which would only replace
+/// diskless.cpio) refuses with the way out.
+#[test]
+fn an_initrd_with_the_boot_script_needs_no_diskless_cpio() {
+    require!("mksquashfs", "unsquashfs");
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    minimal_tree(&tree);
+    write(
+        &tree,
+        &format!("boot/initrd.img-{KERNEL_VERSION}"),
+        initrd(&["init", "scripts/diskless", "diskless/bin/diskless-fetch"]),
+    );
+    let helper = fake_helper(work.path());
+    let store = Store::open(work.path().join("store")).unwrap();
+    let report = build::build(&store, &config(&tree, &helper, TidyOptions::default())).unwrap();
+    let m = &report.manifest;
+    assert!(!m.has_boot_cpio());
+    assert_eq!(
+        m.files.keys().map(String::as_str).collect::<Vec<_>>(),
+        ["initrd.img", "root.squashfs", "vmlinuz"]
+    );
+    assert!(!report.version_dir.join("diskless.cpio").exists());
+    assert!(
+        m.changes
+            .iter()
+            .any(|c| c.contains("diskless initrd install")),
+        "{:?}",
+        m.changes
+    );
+    m.verify(&report.version_dir).unwrap();
+
+    let err = build::refresh(&store, "lab", &helper)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("its own initrd"), "{err}");
+    assert_eq!(store.current_version("lab").unwrap(), m.version);
 }
 
 #[test]

@@ -108,6 +108,7 @@ async fn boot_script(
             name: &manifest.name,
             version: &manifest.version,
             squashfs_sha256: &manifest.squashfs().sha256,
+            boot_cpio: manifest.has_boot_cpio(),
         },
     };
     tracing::info!(%mac, image = %manifest.name, version = %manifest.version, "iPXE script");
@@ -142,6 +143,19 @@ async fn image_file(
         tracing::warn!(%name, %version, %file, "refused a request outside the image files");
         return text(StatusCode::NOT_FOUND, "no such image file\n".into());
     }
+    let client = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    let range = request
+        .headers()
+        .get(header::RANGE)
+        .and_then(|r| r.to_str().ok())
+        .unwrap_or("whole file")
+        .to_string();
+    // Which version each client really fetched, file by file: what a sysadmin checks after
+    // publishing or rolling back while machines boot.
+    tracing::info!(?client, %name, %version, %file, %range, "http: sending");
     let path = state.store.version_dir(&name, &version).join(&file);
     serve_file(path, request).await
 }

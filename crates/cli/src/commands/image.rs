@@ -23,6 +23,8 @@ pub enum ImageCommand {
     List(StoreArgs),
     /// Show an image version's manifest.
     Show(ShowArgs),
+    /// Check a version's files against the sizes and sha256 sums of its manifest.
+    Verify(ShowArgs),
     /// Make the version before the current one current again.
     Rollback(NameArgs),
     /// Delete old versions, keeping the newest N (and always the current one).
@@ -101,6 +103,16 @@ pub struct ShowArgs {
     pub store: StoreArgs,
 }
 
+impl ShowArgs {
+    /// The version asked for, or the current one.
+    fn version_in(&self, store: &Store) -> Result<String> {
+        match &self.version {
+            Some(v) => Ok(v.clone()),
+            None => Ok(store.current_version(&self.name)?),
+        }
+    }
+}
+
 #[derive(Args)]
 pub struct PruneArgs {
     /// Image name.
@@ -147,12 +159,22 @@ pub fn run(cmd: ImageCommand) -> Result<ExitCode> {
         }
         ImageCommand::Show(args) => {
             let store = Store::open(&args.store.store)?;
-            let version = match args.version {
-                Some(v) => v,
-                None => store.current_version(&args.name)?,
-            };
+            let version = args.version_in(&store)?;
             let manifest = store.manifest(&args.name, &version)?;
             println!("{}", serde_json::to_string_pretty(&manifest)?);
+        }
+        ImageCommand::Verify(args) => {
+            let store = Store::open(&args.store.store)?;
+            let version = args.version_in(&store)?;
+            let manifest = store.manifest(&args.name, &version)?;
+            manifest
+                .verify(&store.version_dir(&args.name, &version))
+                .with_context(|| format!("image {} version {version}", args.name))?;
+            println!(
+                "{} {version}: {} files match the manifest",
+                args.name,
+                manifest.files.len()
+            );
         }
         ImageCommand::Rollback(args) => {
             let store = Store::open(&args.store.store)?;

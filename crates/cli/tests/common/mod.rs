@@ -1,6 +1,7 @@
 //! What the QEMU tests share: running the binary, the cache, and the image they boot.
 #![allow(dead_code)] // each test file uses its own subset
 
+use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
@@ -90,4 +91,43 @@ pub fn test_image() -> &'static Path {
         let current = store.join("images").join(&image).join("current");
         std::fs::canonicalize(&current).unwrap_or_else(|e| panic!("{}: {e}", current.display()))
     })
+}
+
+/// `diskless vm` booting `image` from `store` and running `checks` on every client once it is
+/// up; console and server logs go to `logs`, the report to `logs/report.json` (see
+/// [`read_report`]). Callers add their own flags.
+pub fn vm(image: &str, store: &Path, logs: &Path, checks: &[&str]) -> Command {
+    let mut vm = diskless();
+    vm.args(["vm", "--image", image, "--quiet", "--timeout", "1200"])
+        .arg("--store")
+        .arg(store)
+        .arg("--log-dir")
+        .arg(logs)
+        .arg("--report")
+        .arg(logs.join("report.json"));
+    for check in checks {
+        vm.arg("--run").arg(check);
+    }
+    vm
+}
+
+/// The report a [`vm`] run wrote.
+pub fn read_report(logs: &Path) -> Value {
+    let path = logs.join("report.json");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+/// Output and exit status of `command` in a client's part of the report.
+pub fn command_output(client: &Value, command: &str) -> (String, i64) {
+    let c = client["commands"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["command"] == command)
+        .unwrap_or_else(|| panic!("no result for {command}"));
+    (
+        c["output"].as_str().unwrap().to_string(),
+        c["status"].as_i64().unwrap(),
+    )
 }

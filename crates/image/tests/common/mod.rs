@@ -53,6 +53,15 @@ pub fn write(root: &Path, rel: &str, content: impl AsRef<[u8]>) {
     fs::write(&path, content).unwrap();
 }
 
+/// A small initrd holding `files`: an uncompressed cpio archive.
+pub fn initrd(files: &[&str]) -> Vec<u8> {
+    let mut w = diskless_initramfs::CpioWriter::new(Vec::new());
+    for f in files {
+        w.add_file(f, 0o755, b"#!/bin/sh\n").unwrap();
+    }
+    w.finish().unwrap()
+}
+
 /// The least a build needs: a kernel with its initrd, and modules.dep naming the three
 /// modules diskless.cpio carries (bootcpio only copies their bytes, so small fakes do).
 pub fn minimal_tree(root: &Path) {
@@ -64,7 +73,7 @@ pub fn minimal_tree(root: &Path) {
     write(
         root,
         &format!("boot/initrd.img-{KERNEL_VERSION}"),
-        "fake initrd",
+        initrd(&["init", "scripts/local"]),
     );
     let modules = format!("lib/modules/{KERNEL_VERSION}");
     let mut dep = String::new();
