@@ -3,7 +3,9 @@
 //!
 //! Why each change: a root or swap line in fstab makes systemd wait 90 s for a disk the client
 //! does not have; a resume device in the initramfs config delays boot the same way; a shared
-//! machine-id or ssh host key makes every client the same machine to the network.
+//! machine-id or ssh host key makes every client the same machine to the network; the
+//! master's random seed and DHCP leases would make every client start from the same seed and
+//! ask for the master's address.
 
 use crate::error::{io_at, Result};
 use std::fs;
@@ -117,6 +119,7 @@ pub fn plan(source: &Path, stage: &Path, opts: &TidyOptions) -> Result<Plan> {
     machine_id(source, stage, &mut plan)?;
     ssh_host_keys(source, stage, &mut plan)?;
     hostname(source, &mut plan);
+    machine_state(source, &mut plan);
     boot_files(source, &mut plan);
     Ok(plan)
 }
@@ -325,6 +328,53 @@ fn unescape_mountinfo(field: &str) -> String {
         }
     }
     String::from_utf8_lossy(&out).into_owned()
+}
+
+/// State that belongs to the machine the image was made from, by directory: (directory, file
+/// name or `*.suffix`, why it goes).
+const MACHINE_STATE: &[(&str, &str, &str)] = &[
+    (
+        "var/lib/systemd",
+        "random-seed",
+        "every client would start from the same random seed",
+    ),
+    (
+        "var/lib/systemd",
+        "credential.secret",
+        "the master's key for its host-bound credentials",
+    ),
+    (
+        "var/lib/dhcp",
+        "*.leases",
+        "the master's DHCP lease: clients would ask for its address",
+    ),
+    (
+        "var/lib/NetworkManager",
+        "*.lease",
+        "the master's DHCP lease: clients would ask for its address",
+    ),
+];
+
+fn machine_state(source: &Path, plan: &mut Plan) {
+    for (dir, pattern, why) in MACHINE_STATE {
+        let Ok(entries) = fs::read_dir(source.join(dir)) else {
+            continue;
+        };
+        let mut found: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|name| match pattern.strip_prefix('*') {
+                Some(suffix) => name.ends_with(suffix),
+                None => name == pattern,
+            })
+            .collect();
+        found.sort();
+        for name in found {
+            plan.excludes.push(format!("{dir}/{name}"));
+            plan.changes.push(format!("{dir}/{name}: removed ({why})"));
+        }
+    }
 }
 
 fn hostname(source: &Path, plan: &mut Plan) {

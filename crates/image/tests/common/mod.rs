@@ -137,6 +137,14 @@ pub fn system_tree(root: &Path) {
         "RESUME=UUID=66666666-7777-8888-9999-000000000000\n",
     );
     write(root, "etc/hostname", "master\n");
+    write(root, "var/lib/systemd/random-seed", vec![7u8; 512]);
+    write(root, "var/lib/systemd/catalog/database", "kept");
+    write(
+        root,
+        "var/lib/dhcp/dhclient.enp3s0.leases",
+        "lease { fixed-address 10.0.0.7; }\n",
+    );
+    write(root, "var/lib/dhcp/dhclient6.conf", "kept");
     write(
         root,
         "var/cache/apt/archives/bash_5.2_amd64.deb",
