@@ -115,6 +115,12 @@ pub fn refresh(old: &[u8], fetch_helper: &Path) -> Result<Vec<u8>> {
     cpio.finish().map_err(io)
 }
 
+/// Does `cpio` (an image's diskless.cpio) already hold this build's boot script and
+/// `fetch_helper`? (Archives are reproducible: refreshing a current one changes nothing.)
+pub fn is_current(cpio: &[u8], fetch_helper: &Path) -> Result<bool> {
+    Ok(refresh(cpio, fetch_helper)? == cpio)
+}
+
 /// Resolve MODULES and their dependencies through modules.dep, dependencies first.
 fn collect_modules(root: &Path, version: &str) -> Result<Vec<Module>> {
     let dir = root.join("lib/modules").join(version);
@@ -344,6 +350,28 @@ mod tests {
             b"loop.ko\nsquashfs.ko\noverlay.ko\n"
         );
         assert!(refresh(b"garbage", &new_helper).is_err());
+    }
+
+    #[test]
+    fn an_archive_is_current_only_with_this_script_and_helper() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("root");
+        let modules = root.join("lib/modules/6.1.0-9-amd64");
+        std::fs::create_dir_all(modules.join("kernel")).unwrap();
+        let mut dep = String::new();
+        for m in MODULES {
+            std::fs::write(modules.join(format!("kernel/{m}.ko")), m).unwrap();
+            dep.push_str(&format!("kernel/{m}.ko:\n"));
+        }
+        std::fs::write(modules.join("modules.dep"), dep).unwrap();
+        let helper = dir.path().join("helper");
+        std::fs::write(&helper, "helper v1").unwrap();
+        let cpio = build(&root, "6.1.0-9-amd64", &helper).unwrap();
+        assert!(is_current(&cpio, &helper).unwrap());
+        std::fs::write(&helper, "helper v2").unwrap();
+        assert!(!is_current(&cpio, &helper).unwrap());
+        let refreshed = refresh(&cpio, &helper).unwrap();
+        assert!(is_current(&refreshed, &helper).unwrap());
     }
 
     #[test]

@@ -203,6 +203,19 @@ pub fn build(store: &Store, cfg: &BuildConfig) -> Result<BuildReport> {
     })
 }
 
+/// Whether the current version of image `name` has the boot files of this diskless build (an
+/// image whose own initrd carries the boot script has nothing to compare and counts as
+/// current).
+pub fn boot_files_current(store: &Store, name: &str, fetch_helper: &Path) -> Result<bool> {
+    let current = store.current(name)?;
+    if !current.has_boot_cpio() {
+        return Ok(true);
+    }
+    let path = store.version_dir(name, &current.version).join(BOOT_CPIO);
+    let cpio = std::fs::read(&path).map_err(io_at(&path))?;
+    bootcpio::is_current(&cpio, fetch_helper)
+}
+
 /// A new version of image `name` with the boot files of this diskless build (script and fetch
 /// helper in diskless.cpio) and everything else from the current version, hard-linked.
 pub fn refresh(store: &Store, name: &str, fetch_helper: &Path) -> Result<BuildReport> {

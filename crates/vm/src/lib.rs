@@ -165,17 +165,25 @@ pub struct VmReport {
     pub clients: Vec<ClientReport>,
 }
 
-/// Console lines that mark boot phases, in the order they appear.
-const PHASES: &[(&str, &str)] = &[
-    ("kernel", "Linux version"),
-    ("fetch-start", "diskless: fetching"),
-    ("fetched", "sha256 verified"),
-    ("root-mounted", "diskless: root is an overlay"),
-    // Printed by a unit the boot script adds, ordered after multi-user.target. (systemd's own
-    // "Reached target Multi-User System" stops appearing once a getty holds the console,
-    // which happens before multi-user when a unit is slow.)
-    ("multi-user", "diskless: reached multi-user"),
+/// Console lines that mark boot phases, in the order they appear; any one of a phase's
+/// markers will do.
+const PHASES: &[(&str, &[&str])] = &[
+    ("kernel", &["Linux version"]),
+    ("fetch-start", &["diskless: fetching"]),
+    ("fetched", &["sha256 verified"]),
+    ("root-mounted", &["diskless: root is an overlay"]),
+    // Ours is printed by a unit the boot script adds, ordered after multi-user.target:
+    // systemd's own "Reached target Multi-User System" stops appearing once a getty holds the
+    // console, which happens before multi-user when a unit is slow. systemd's line still
+    // counts, for images made before ours existed.
+    (
+        "multi-user",
+        &["diskless: reached multi-user", SYSTEMD_REACHED],
+    ),
 ];
+
+/// systemd's status line for every target it reaches; the rest of the line names it.
+const SYSTEMD_REACHED: &str = "Reached target";
 
 /// Console lines that mean the boot failed.
 const FAILURES: &[&str] = &[
@@ -385,10 +393,10 @@ fn follow_boot(
     let mut next_phase = 0;
     loop {
         let mut patterns: Vec<&str> = FAILURES.to_vec();
-        let Some((phase, marker)) = PHASES.get(next_phase) else {
+        let Some((phase, markers)) = PHASES.get(next_phase) else {
             return Ok(());
         };
-        patterns.push(marker);
+        patterns.extend_from_slice(markers);
         match console.wait_for(&patterns, from, deadline) {
             Ok((i, end)) if i < FAILURES.len() => {
                 // Let the whole story arrive: the helper's last error comes before the boot
@@ -397,8 +405,15 @@ fn follow_boot(
                 let _ = console.wait_for(&["Rebooting", "reboot: "], end, soon);
                 return Err(Error::BootFailed(console.tail(15)));
             }
-            Ok((_, end)) => {
+            Ok((i, end)) => {
                 from = end;
+                if patterns[i] == SYSTEMD_REACHED {
+                    let (_, line_end) = console.wait_for(&["\n"], end, deadline)?;
+                    let line = console.text_from(end);
+                    if !reached_multi_user(&line[..(line_end - end).min(line.len())]) {
+                        continue;
+                    }
+                }
                 report
                     .phases
                     .push((phase.to_string(), started.elapsed().as_secs_f64()));
@@ -557,6 +572,11 @@ fn dnsmasq_args(cfg: &VmConfig, site: &SiteDhcp) -> Vec<String> {
     ]
 }
 
+/// The rest of a "Reached target" line names the multi-user target.
+fn reached_multi_user(rest_of_line: &str) -> bool {
+    rest_of_line.contains("multi-user.target") || rest_of_line.contains("Multi-User System")
+}
+
 /// Wait until the server answers HTTP; fail early, with its log, if it exits.
 fn wait_for_http(
     server: &mut Guarded,
@@ -592,6 +612,15 @@ fn wait_for_http(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn multi_user_is_recognised_in_both_spellings() {
+        assert!(reached_multi_user(
+            " multi-user.target - Multi-User System.\r\n"
+        ));
+        assert!(reached_multi_user(" Multi-User System.\r\n"));
+        assert!(!reached_multi_user(" basic.target - Basic System.\r\n"));
+    }
 
     #[test]
     fn guarded_children_are_stopped_on_drop() {

@@ -5,7 +5,7 @@ use super::vm::VmArgs;
 use crate::paths;
 use anyhow::Result;
 use clap::Args;
-use diskless_image::build::Compression;
+use diskless_image::build::{self, Compression};
 use diskless_image::Store;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -61,6 +61,16 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
             "diskless: using image {name} from {} (--rebuild makes a new one)",
             args.store.display()
         );
+        // An image made by another diskless build carries that build's boot script and helper.
+        let helper = paths::fetch_helper()?;
+        if !build::boot_files_current(&store, &name, &helper)? {
+            let report = build::refresh(&store, &name, &helper)?;
+            eprintln!(
+                "diskless: its boot files came from another diskless build: refreshed them \
+                 (new version {})",
+                report.manifest.version
+            );
+        }
     }
     super::vm::run(VmArgs {
         image: name,

@@ -290,6 +290,20 @@ pub fn run_build(args: &BuildArgs) -> Result<diskless_image::Manifest> {
     Ok(report.manifest)
 }
 
+/// Warn when an image's boot files (diskless.cpio) come from another diskless build: clients
+/// would boot that build's script and helper. Silent when this build's helper is not found.
+pub fn warn_if_boot_files_outdated(store: &Store, name: &str) {
+    let Ok(helper) = paths::fetch_helper() else {
+        return;
+    };
+    if let Ok(false) = build::boot_files_current(store, name, &helper) {
+        eprintln!(
+            "diskless: warning: image {name}'s boot script and fetch helper come from another \
+             diskless build; `diskless image refresh {name}` gives it this build's"
+        );
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -121,6 +121,11 @@ pub fn resolve(args: &ServeArgs) -> Result<Config> {
 
 pub fn run(args: ServeArgs) -> Result<ExitCode> {
     let cfg = resolve(&args)?;
+    if let Ok(store) = diskless_image::Store::open(&cfg.store) {
+        for name in store.images().unwrap_or_default() {
+            super::image::warn_if_boot_files_outdated(&store, &name);
+        }
+    }
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let shutdown = async {

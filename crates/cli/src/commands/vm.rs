@@ -83,6 +83,7 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
             args.store.display()
         )
     })?;
+    super::image::warn_if_boot_files_outdated(&store, &args.image);
     let pid = std::process::id();
     let log_dir = args
         .log_dir
