@@ -159,15 +159,23 @@ pub fn build(store: &Store, cfg: &BuildConfig) -> Result<BuildReport> {
     pad_to_4(&staging.dir.join(INITRD))?;
     let mut changes = plan.changes;
     let mut boot_files = vec![SQUASHFS, KERNEL, INITRD];
-    if bootcpio::initrd_has_boot_files(&kernel.initrd)? {
+    let initrd_name = kernel
+        .initrd
+        .strip_prefix(&source)
+        .unwrap_or(&kernel.initrd)
+        .display()
+        .to_string();
+    // An initrd we cannot read (lzop, say) is left to the kernel, as any stock one is.
+    let self_contained = bootcpio::initrd_has_boot_files(&kernel.initrd).unwrap_or_else(|e| {
         changes.push(format!(
-            "{}: carries the diskless boot script and helper (diskless initrd install), \
-             clients load it without diskless.cpio",
-            kernel
-                .initrd
-                .strip_prefix(&source)
-                .unwrap_or(&kernel.initrd)
-                .display()
+            "{initrd_name}: not inspected ({e}); clients load diskless.cpio after it"
+        ));
+        false
+    });
+    if self_contained {
+        changes.push(format!(
+            "{initrd_name}: carries the diskless boot script and helper (diskless initrd \
+             install), clients load it without diskless.cpio"
         ));
     } else {
         let cpio = bootcpio::build(&source, &kernel.version, &cfg.fetch_helper)?;

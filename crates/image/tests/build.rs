@@ -230,6 +230,35 @@ fn an_initrd_with_the_boot_script_needs_no_diskless_cpio() {
     assert_eq!(store.current_version("lab").unwrap(), m.version);
 }
 
+/// An initrd diskless cannot read (a compression it does not decode, or not an initrd at all)
+/// is left to the kernel: the build goes on, with diskless.cpio, and says so.
+#[test]
+fn an_initrd_that_cannot_be_inspected_gets_diskless_cpio() {
+    require!("mksquashfs", "unsquashfs");
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    minimal_tree(&tree);
+    // lzop's magic: initramfs-tools can make these; we do not decode them.
+    write(
+        &tree,
+        &format!("boot/initrd.img-{KERNEL_VERSION}"),
+        b"\x89LZO\x00\r\n\x1a\n and the rest",
+    );
+    let helper = fake_helper(work.path());
+    let store = Store::open(work.path().join("store")).unwrap();
+    let report = build::build(&store, &config(&tree, &helper, TidyOptions::default())).unwrap();
+    assert!(report.manifest.has_boot_cpio());
+    assert!(
+        report
+            .manifest
+            .changes
+            .iter()
+            .any(|c| c.contains("not inspected")),
+        "{:?}",
+        report.manifest.changes
+    );
+}
+
 #[test]
 fn a_failed_mksquashfs_leaves_no_version_and_current_unchanged() {
     require!("mksquashfs", "unsquashfs", "mount", "umount");
