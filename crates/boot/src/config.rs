@@ -222,7 +222,7 @@ impl Config {
         check_size(&self.boot.size).map_err(|m| (Some(self.boot.size.clone()), m))?;
         check_cmdline(&self.boot.cmdline).map_err(|m| (None, m))?;
         if let Some(image) = &self.boot.image {
-            check_image_name(image).map_err(|m| (Some(image.clone()), m))?;
+            crate::names::check_name("image name", image).map_err(|m| (Some(image.clone()), m))?;
         }
         for file in [&self.ipxe.bios, &self.ipxe.uefi] {
             if file.is_empty() || file.contains('/') {
@@ -258,7 +258,8 @@ impl Config {
                 }
             }
             if let Some(image) = &client.image {
-                check_image_name(image).map_err(|m| (Some(image.clone()), m))?;
+                crate::names::check_name("image name", image)
+                    .map_err(|m| (Some(image.clone()), m))?;
             }
             if let Some(size) = &client.size {
                 check_size(size).map_err(|m| (Some(size.clone()), m))?;
@@ -329,22 +330,6 @@ pub fn check_hostname(name: &str) -> Result<(), String> {
     } else {
         Err(format!(
             "hostname {name:?} must be 1-63 letters, digits or '-' (not at either end)"
-        ))
-    }
-}
-
-pub fn check_image_name(name: &str) -> Result<(), String> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with('.')
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "image name {name:?} must be letters, digits, '-', '_' or '.'"
         ))
     }
 }

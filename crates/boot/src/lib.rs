@@ -2,6 +2,7 @@
 //!
 //! - [`config`]: `/etc/diskless/diskless.toml`, parsed strictly; errors name file, line, reason.
 //! - [`Mac`]: the client identity everything is keyed by.
+//! - [`names`]: the rule image names and versions follow (store, URLs, config).
 //! - [`policy`]: from a MAC to a [`policy::ClientBoot`] (image, hostname, options), or nothing
 //!   for unknown clients when the site says to ignore them.
 //! - [`script`]: the iPXE script a client gets, and its kernel command line (`boot=diskless`,
@@ -11,6 +12,7 @@
 
 pub mod config;
 mod mac;
+pub mod names;
 pub mod policy;
 pub mod script;
 

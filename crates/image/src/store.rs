@@ -37,20 +37,7 @@ impl Drop for Staging {
 
 /// Image names and versions become path components and URL segments: keep them plain.
 pub fn validate_name(kind: &str, name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with('.')
-        && name != "current"
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::Invalid(format!(
-            "{kind} {name:?} is not valid: use 1 to 64 letters, digits, '-', '_' or '.', not starting with '.'"
-        )))
-    }
+    diskless_boot::names::check_name(kind, name).map_err(Error::Invalid)
 }
 
 impl Store {
