@@ -21,10 +21,18 @@ use std::path::Path;
 /// The boot script, compiled in so the binary and the script always match.
 pub const BOOT_SCRIPT: &str = include_str!("../../../initramfs-tools/scripts/diskless");
 
+/// Where the archive (and an initrd made by `diskless initrd install`) has its files.
+pub const SCRIPT_PATH: &str = "scripts/diskless";
+pub const HELPER_PATH: &str = "diskless/bin/diskless-fetch";
+pub const MODULES_DIR: &str = "diskless/modules";
+/// In [`MODULES_DIR`]: the module files, one per line, in the order they must be loaded.
+const LOAD_ORDER: &str = "load-order";
+
 /// The modules the boot script needs and Debian's stock initrd lacks.
 pub const MODULES: &[&str] = &["loop", "squashfs", "overlay"];
 
-/// A module file to ship: its name in the archive and its (decompressed) bytes.
+/// A file of [`MODULES_DIR`]: a module (decompressed) or the load order; its name there and
+/// its bytes.
 struct Module {
     file_name: String,
     data: Vec<u8>,
@@ -36,7 +44,7 @@ struct Module {
 pub fn initrd_has_boot_files(path: &Path) -> Result<bool> {
     let file = std::fs::File::open(path).map_err(io_at(path))?;
     let mut initrd = diskless_initramfs::InitrdReader::new(std::io::BufReader::new(file));
-    let mut missing: HashSet<&str> = ["scripts/diskless", "diskless/bin/diskless-fetch"].into();
+    let mut missing: HashSet<&str> = [SCRIPT_PATH, HELPER_PATH].into();
     while let Some(entry) = initrd
         .next_entry()
         .map_err(|e| Error::Invalid(format!("reading the initrd {}: {e}", path.display())))?
@@ -52,36 +60,23 @@ pub fn initrd_has_boot_files(path: &Path) -> Result<bool> {
 
 /// Build the archive for kernel `version` of the tree at `root`.
 pub fn build(root: &Path, version: &str, fetch_helper: &Path) -> Result<Vec<u8>> {
-    let helper = std::fs::read(fetch_helper).map_err(|e| {
-        Error::Invalid(format!(
-            "cannot read the fetch helper {}: {e} (build it with scripts/build-fetch, or set DISKLESS_FETCH)",
-            fetch_helper.display()
-        ))
-    })?;
-    let modules = collect_modules(root, version)?;
-    let mut cpio = CpioWriter::new(Vec::new());
-    let io = |e: std::io::Error| Error::Invalid(format!("writing diskless.cpio: {e}"));
-    cpio.add_file("scripts/diskless", 0o755, BOOT_SCRIPT.as_bytes())
-        .map_err(io)?;
-    cpio.add_file("diskless/bin/diskless-fetch", 0o755, &helper)
-        .map_err(io)?;
-    cpio.add_dir("diskless/modules", 0o755).map_err(io)?;
-    let mut order = String::new();
-    for m in &modules {
-        cpio.add_file(&format!("diskless/modules/{}", m.file_name), 0o644, &m.data)
-            .map_err(io)?;
-        order.push_str(&m.file_name);
-        order.push('\n');
-    }
-    cpio.add_file("diskless/modules/load-order", 0o644, order.as_bytes())
-        .map_err(io)?;
-    cpio.finish().map_err(io)
+    let helper = read_helper(fetch_helper)?;
+    let mut modules = collect_modules(root, version)?;
+    let order: String = modules
+        .iter()
+        .map(|m| format!("{}\n", m.file_name))
+        .collect();
+    modules.push(Module {
+        file_name: LOAD_ORDER.to_string(),
+        data: order.into_bytes(),
+    });
+    archive(&helper, &modules)
 }
 
 /// A new archive with this build's boot script and helper, and the modules of `old` (an
 /// archive made by [`build`] for the same kernel).
 pub fn refresh(old: &[u8], fetch_helper: &Path) -> Result<Vec<u8>> {
-    let helper = std::fs::read(fetch_helper).map_err(io_at(fetch_helper))?;
+    let helper = read_helper(fetch_helper)?;
     let corrupt = |e: &dyn std::fmt::Display| {
         Error::Invalid(format!("reading the previous diskless.cpio: {e}"))
     };
@@ -90,26 +85,45 @@ pub fn refresh(old: &[u8], fetch_helper: &Path) -> Result<Vec<u8>> {
     while let Some(header) = reader.next_entry().map_err(|e| corrupt(&e))? {
         let name = header.name_lossy().into_owned();
         let data = reader.read_data_to_vec().map_err(|e| corrupt(&e))?;
-        if let Some(file) = name.strip_prefix("diskless/modules/") {
+        if let Some(file) = name
+            .strip_prefix(MODULES_DIR)
+            .and_then(|f| f.strip_prefix('/'))
+        {
             if !file.is_empty() {
-                modules.push((file.to_string(), data));
+                modules.push(Module {
+                    file_name: file.to_string(),
+                    data,
+                });
             }
         }
     }
-    if !modules.iter().any(|(f, _)| f == "load-order") {
-        return Err(Error::Invalid(
-            "the previous diskless.cpio has no diskless/modules/load-order".into(),
-        ));
+    if !modules.iter().any(|m| m.file_name == LOAD_ORDER) {
+        return Err(Error::Invalid(format!(
+            "the previous diskless.cpio has no {MODULES_DIR}/{LOAD_ORDER}"
+        )));
     }
+    archive(&helper, &modules)
+}
+
+fn read_helper(fetch_helper: &Path) -> Result<Vec<u8>> {
+    std::fs::read(fetch_helper).map_err(|e| {
+        Error::Invalid(format!(
+            "cannot read the fetch helper {}: {e} (build it with scripts/build, or set DISKLESS_FETCH)",
+            fetch_helper.display()
+        ))
+    })
+}
+
+/// The archive: the boot script, `helper`, and the files of [`MODULES_DIR`], in this order.
+fn archive(helper: &[u8], modules: &[Module]) -> Result<Vec<u8>> {
     let io = |e: std::io::Error| Error::Invalid(format!("writing diskless.cpio: {e}"));
     let mut cpio = CpioWriter::new(Vec::new());
-    cpio.add_file("scripts/diskless", 0o755, BOOT_SCRIPT.as_bytes())
+    cpio.add_file(SCRIPT_PATH, 0o755, BOOT_SCRIPT.as_bytes())
         .map_err(io)?;
-    cpio.add_file("diskless/bin/diskless-fetch", 0o755, &helper)
-        .map_err(io)?;
-    cpio.add_dir("diskless/modules", 0o755).map_err(io)?;
-    for (file, data) in &modules {
-        cpio.add_file(&format!("diskless/modules/{file}"), 0o644, data)
+    cpio.add_file(HELPER_PATH, 0o755, helper).map_err(io)?;
+    cpio.add_dir(MODULES_DIR, 0o755).map_err(io)?;
+    for m in modules {
+        cpio.add_file(&format!("{MODULES_DIR}/{}", m.file_name), 0o644, &m.data)
             .map_err(io)?;
     }
     cpio.finish().map_err(io)
