@@ -184,10 +184,7 @@ fn fstab(source: &Path, stage: &Path, plan: &mut Plan) -> Result<()> {
 fn resume(source: &Path, plan: &mut Plan) {
     for rel in ["etc/initramfs-tools/conf.d/resume", "etc/uswsusp.conf"] {
         if source.join(rel).exists() {
-            plan.excludes.push(rel.to_string());
-            plan.changes.push(format!(
-                "{rel}: removed (no resume device on a diskless client)"
-            ));
+            leave_out(plan, rel, "removed (no resume device on a diskless client)");
         }
     }
 }
@@ -203,31 +200,20 @@ fn machine_id(source: &Path, stage: &Path, plan: &mut Plan) -> Result<()> {
     // dbus keeps its own copy unless it is a link to /etc/machine-id.
     let dbus = "var/lib/dbus/machine-id";
     if fs::symlink_metadata(source.join(dbus)).is_ok_and(|m| m.file_type().is_file()) {
-        plan.excludes.push(dbus.to_string());
-        plan.changes.push(format!(
-            "{dbus}: removed (dbus falls back to /etc/machine-id)"
-        ));
+        leave_out(plan, dbus, "removed (dbus falls back to /etc/machine-id)");
     }
     Ok(())
 }
 
 fn ssh_host_keys(source: &Path, stage: &Path, plan: &mut Plan) -> Result<()> {
-    let dir = source.join("etc/ssh");
-    let Ok(entries) = fs::read_dir(&dir) else {
-        return Ok(());
-    };
-    let mut keys: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| n.starts_with("ssh_host_"))
-        .collect();
-    keys.sort();
-    for key in &keys {
-        plan.excludes.push(format!("etc/ssh/{key}"));
-        plan.changes
-            .push(format!("etc/ssh/{key}: removed (shared host keys)"));
+    for key in names_in(source, "etc/ssh", |n, _| n.starts_with("ssh_host_")) {
+        leave_out(
+            plan,
+            &format!("etc/ssh/{key}"),
+            "removed (shared host keys)",
+        );
     }
-    if dir.join("sshd_config").exists() {
+    if source.join("etc/ssh/sshd_config").exists() {
         let wants = "etc/systemd/system/multi-user.target.wants";
         ensure_dirs(source, wants, plan);
         for (name, content) in SSH_KEYGEN_UNITS {
@@ -357,52 +343,62 @@ const MACHINE_STATE: &[(&str, &str, &str)] = &[
 
 fn machine_state(source: &Path, plan: &mut Plan) {
     for (dir, pattern, why) in MACHINE_STATE {
-        let Ok(entries) = fs::read_dir(source.join(dir)) else {
-            continue;
+        let wanted = |name: &str, kind: fs::FileType| {
+            kind.is_file()
+                && match pattern.strip_prefix('*') {
+                    Some(suffix) => name.ends_with(suffix),
+                    None => name == *pattern,
+                }
         };
-        let mut found: Vec<String> = entries
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
-            .filter_map(|e| e.file_name().into_string().ok())
-            .filter(|name| match pattern.strip_prefix('*') {
-                Some(suffix) => name.ends_with(suffix),
-                None => name == pattern,
-            })
-            .collect();
-        found.sort();
-        for name in found {
-            plan.excludes.push(format!("{dir}/{name}"));
-            plan.changes.push(format!("{dir}/{name}: removed ({why})"));
+        for name in names_in(source, dir, wanted) {
+            leave_out(plan, &format!("{dir}/{name}"), &format!("removed ({why})"));
         }
     }
 }
 
 fn hostname(source: &Path, plan: &mut Plan) {
     if source.join("etc/hostname").exists() {
-        plan.excludes.push("etc/hostname".into());
-        plan.changes
-            .push("etc/hostname: removed (the name comes from DHCP or the client's config)".into());
+        leave_out(
+            plan,
+            "etc/hostname",
+            "removed (the name comes from DHCP or the client's config)",
+        );
     }
 }
 
 /// Clients get the kernel and initrd from the server, never from the image: leaving them out
 /// saves ~40 MB (incompressible) that every client would download at every boot.
 fn boot_files(source: &Path, plan: &mut Plan) {
-    let Ok(entries) = fs::read_dir(source.join("boot")) else {
-        return;
-    };
-    let mut found: Vec<String> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| e.file_name().into_string().ok())
-        .filter(|n| n.starts_with("vmlinuz-") || n.starts_with("initrd.img-"))
-        .collect();
-    found.sort();
-    for name in found {
-        plan.excludes.push(format!("boot/{name}"));
-        plan.changes.push(format!(
-            "boot/{name}: left out (clients get it from the server)"
-        ));
+    let kernel_or_initrd = |n: &str, _| n.starts_with("vmlinuz-") || n.starts_with("initrd.img-");
+    for name in names_in(source, "boot", kernel_or_initrd) {
+        leave_out(
+            plan,
+            &format!("boot/{name}"),
+            "left out (clients get it from the server)",
+        );
     }
+}
+
+/// The names in `source/dir` that `wanted` picks (by name and type), sorted; none when the
+/// directory cannot be read.
+fn names_in(source: &Path, dir: &str, wanted: impl Fn(&str, fs::FileType) -> bool) -> Vec<String> {
+    let Ok(entries) = fs::read_dir(source.join(dir)) else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter_map(|e| Some((e.file_name().into_string().ok()?, e.file_type().ok()?)))
+        .filter(|(name, kind)| wanted(name, *kind))
+        .map(|(name, _)| name)
+        .collect();
+    names.sort();
+    names
+}
+
+/// Leave `rel` out of the image, and say so.
+fn leave_out(plan: &mut Plan, rel: &str, what: &str) {
+    plan.excludes.push(rel.to_string());
+    plan.changes.push(format!("{rel}: {what}"));
 }
 
 /// Swap files named in /proc/swaps (when the source is this system) or in the source's fstab.
