@@ -134,6 +134,7 @@ fn ipxe(body: String) -> Response {
 async fn image_file(
     State(state): State<Arc<HttpState>>,
     Path((name, version, file)): Path<(String, String, String)>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
     request: Request,
 ) -> Response {
     if validate_name("image name", &name).is_err()
@@ -143,10 +144,7 @@ async fn image_file(
         tracing::warn!(%name, %version, %file, "refused a request outside the image files");
         return text(StatusCode::NOT_FOUND, "no such image file\n".into());
     }
-    let client = request
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip());
+    let client = peer(&connect);
     let range = request
         .headers()
         .get(header::RANGE)
