@@ -190,23 +190,42 @@ fn exclude_patterns_leave_out_what_they_match_only() {
     assert!(has("srv/keep.txt"));
 }
 
+/// An image built from the minimal tree with `initrd` as its initrd.
+struct Built {
+    _work: tempfile::TempDir,
+    store: Store,
+    helper: std::path::PathBuf,
+    report: BuildReport,
+}
+
+fn build_with_initrd(initrd: &[u8]) -> Built {
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    minimal_tree(&tree);
+    write(&tree, &format!("boot/initrd.img-{KERNEL_VERSION}"), initrd);
+    let helper = fake_helper(work.path());
+    let store = Store::open(work.path().join("store")).unwrap();
+    let report = build::build(&store, &config(&tree, &helper, TidyOptions::default())).unwrap();
+    Built {
+        _work: work,
+        store,
+        helper,
+        report,
+    }
+}
+
 /// The tree's initrd already boots diskless (as after `diskless initrd install`): the version
 /// has no diskless.cpio, the change is reported, and `refresh` (which would only replace
 /// diskless.cpio) refuses with the way out.
 #[test]
 fn an_initrd_with_the_boot_script_needs_no_diskless_cpio() {
     require!("mksquashfs", "unsquashfs");
-    let work = tempfile::tempdir().unwrap();
-    let tree = work.path().join("tree");
-    minimal_tree(&tree);
-    write(
-        &tree,
-        &format!("boot/initrd.img-{KERNEL_VERSION}"),
-        initrd(&["init", "scripts/diskless", "diskless/bin/diskless-fetch"]),
-    );
-    let helper = fake_helper(work.path());
-    let store = Store::open(work.path().join("store")).unwrap();
-    let report = build::build(&store, &config(&tree, &helper, TidyOptions::default())).unwrap();
+    let built = build_with_initrd(&initrd(&[
+        "init",
+        "scripts/diskless",
+        "diskless/bin/diskless-fetch",
+    ]));
+    let (store, report, helper) = (&built.store, &built.report, &built.helper);
     let m = &report.manifest;
     assert!(!m.has_boot_cpio());
     assert_eq!(
@@ -223,7 +242,7 @@ fn an_initrd_with_the_boot_script_needs_no_diskless_cpio() {
     );
     m.verify(&report.version_dir).unwrap();
 
-    let err = build::refresh(&store, "lab", &helper)
+    let err = build::refresh(store, "lab", helper)
         .unwrap_err()
         .to_string();
     assert!(err.contains("its own initrd"), "{err}");
@@ -235,18 +254,8 @@ fn an_initrd_with_the_boot_script_needs_no_diskless_cpio() {
 #[test]
 fn an_initrd_that_cannot_be_inspected_gets_diskless_cpio() {
     require!("mksquashfs", "unsquashfs");
-    let work = tempfile::tempdir().unwrap();
-    let tree = work.path().join("tree");
-    minimal_tree(&tree);
     // lzop's magic: initramfs-tools can make these; we do not decode them.
-    write(
-        &tree,
-        &format!("boot/initrd.img-{KERNEL_VERSION}"),
-        b"\x89LZO\x00\r\n\x1a\n and the rest",
-    );
-    let helper = fake_helper(work.path());
-    let store = Store::open(work.path().join("store")).unwrap();
-    let report = build::build(&store, &config(&tree, &helper, TidyOptions::default())).unwrap();
+    let report = build_with_initrd(b"\x89LZO\x00\r\n\x1a\n and the rest").report;
     assert!(report.manifest.has_boot_cpio());
     assert!(
         report
