@@ -65,12 +65,32 @@ fn run_vm(cmd: &mut Command) {
         "diskless vm failed ({}):\n{text}",
         out.status
     );
+    assert_namespace_gone(pid);
+}
+
+/// The namespace of the `diskless vm` with this pid is gone.
+fn assert_namespace_gone(pid: u32) {
     let namespace = format!("diskless-vm-{pid}");
     let namespaces = run(Command::new("ip").args(["netns", "list"]));
     assert!(
         !namespaces.split_whitespace().any(|w| w == namespace),
         "{namespace} left behind: {namespaces}"
     );
+}
+
+/// A `diskless vm` running in the background; interrupted (as Ctrl-C would, so it removes its
+/// namespace and stops QEMU) if the test fails before it ends.
+struct Booting(Option<std::process::Child>);
+
+impl Drop for Booting {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
 }
 
 /// A test's directory, kept (not deleted) when the test fails, for its logs.
@@ -292,7 +312,16 @@ fn current_version(store: &Path, name: &str) -> String {
 fn boot_and_meanwhile(store: &Path, logs: &Path, mac: &str, change: impl FnOnce()) -> Value {
     let mut vm = vm("test", store, logs, &["cat /proc/cmdline", ROOT_FS]);
     vm.args(["--mac", mac]);
-    let booting = std::thread::spawn(move || run_vm(&mut vm));
+    std::fs::create_dir_all(logs).unwrap();
+    let output_path = logs.join("vm.out");
+    let output = std::fs::File::create(&output_path).unwrap();
+    let child = vm
+        .stdout(output.try_clone().unwrap())
+        .stderr(output)
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut booting = Booting(Some(child));
     let clients = logs.join("state/clients.json");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(900);
     loop {
@@ -305,15 +334,20 @@ fn boot_and_meanwhile(store: &Path, logs: &Path, mac: &str, change: impl FnOnce(
         if got_script {
             break;
         }
+        let running = booting.0.as_mut().unwrap().try_wait().unwrap().is_none();
         assert!(
-            !booting.is_finished() && std::time::Instant::now() < deadline,
+            running && std::time::Instant::now() < deadline,
             "{mac} never fetched its iPXE script (logs in {})",
             logs.display()
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     change();
-    booting.join().expect("the client's boot failed");
+    let status = booting.0.take().unwrap().wait().unwrap();
+    let text = std::fs::read_to_string(&output_path).unwrap();
+    eprintln!("{text}");
+    assert!(status.success(), "diskless vm failed ({status}):\n{text}");
+    assert_namespace_gone(pid);
     read_report(logs)
 }
 
