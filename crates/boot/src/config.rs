@@ -3,7 +3,8 @@
 //! Parsing is strict (unknown keys are errors, so a typo is not silently ignored) and every
 //! error names the file, the line and the reason.
 
-use crate::mac::Mac;
+use diskless_dhcp::Mac;
+pub use diskless_dhcp::Mode;
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::fmt;
@@ -13,16 +14,6 @@ use std::path::{Path, PathBuf};
 pub const DEFAULT_PATH: &str = "/etc/diskless/diskless.toml";
 pub const DEFAULT_STORE: &str = "/var/lib/diskless/store";
 pub const DEFAULT_STATE: &str = "/var/lib/diskless/state";
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Mode {
-    /// We hand out addresses: an isolated lab network.
-    #[default]
-    Full,
-    /// Another DHCP server hands out addresses; we only answer PXE clients.
-    Proxy,
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -61,6 +52,7 @@ pub struct Config {
     pub dhcp: DhcpSection,
     pub ipxe: IpxeSection,
     pub boot: BootSection,
+    pub record: RecordSection,
     #[serde(rename = "client")]
     pub clients: Vec<ClientConfig>,
 }
@@ -102,6 +94,25 @@ pub struct BootSection {
     pub image_protocol: ImageProtocol,
 }
 
+/// The record of client boots (`STATE/clients.json`, `diskless clients`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RecordSection {
+    /// Clients kept; beyond it the one seen longest ago is dropped.
+    pub max_clients: usize,
+    /// A client not seen for this many days is dropped.
+    pub client_expiry_days: u32,
+}
+
+impl Default for RecordSection {
+    fn default() -> Self {
+        RecordSection {
+            max_clients: 1000,
+            client_expiry_days: 30,
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
@@ -128,6 +139,7 @@ impl Default for Config {
             dhcp: DhcpSection::default(),
             ipxe: IpxeSection::default(),
             boot: BootSection::default(),
+            record: RecordSection::default(),
             clients: Vec::new(),
         }
     }
@@ -267,6 +279,12 @@ impl Config {
             if let Some(cmdline) = &client.cmdline {
                 check_cmdline(cmdline).map_err(|m| (Some(mac.clone()), m))?;
             }
+        }
+        if self.record.max_clients == 0 {
+            return Err((
+                Some("max_clients".into()),
+                "max_clients must be at least 1".into(),
+            ));
         }
         if self.http_port == 0 {
             return Err((Some("http_port".into()), "http_port must not be 0".into()));

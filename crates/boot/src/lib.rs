@@ -1,21 +1,29 @@
-//! Boot policy: which client boots which image, with which kernel command line.
+//! The site and its one boot decision: which client boots what, through which URLs, with
+//! which iPXE script and kernel command line.
 //!
 //! - [`config`]: `/etc/diskless/diskless.toml`, parsed strictly; errors name file, line, reason.
-//! - [`Mac`]: the client identity everything is keyed by.
-//! - [`names`]: the rule image names and versions follow (store, URLs, config).
-//! - [`policy`]: from a MAC to a [`policy::ClientBoot`] (image, hostname, options), or nothing
-//!   for unknown clients when the site says to ignore them.
+//! - [`site`]: the config resolved once against the served interface ([`Site`]): range,
+//!   [`Mode`], authorities, the `[[client]]` table by [`Mac`]. The server swaps it on reload.
+//! - [`decision`]: [`Site::boot_spec`] (pixiecore's `BootSpec(Machine)`): what a [`Machine`]
+//!   boots or that it is refused; [`Site::first_stage`]: what each firmware loads first. The
+//!   DHCP core asks it through [`diskless_dhcp::BootPolicy`], the HTTP server for scripts.
+//! - [`routes`]: every URL the server serves, built and parsed in one place, and the
+//!   [`ImageFile`]s of a stored version.
 //! - [`script`]: the iPXE script a client gets, and its kernel command line (`boot=diskless`,
 //!   the image URL and sha256, a per-client machine-id).
+//! - [`names`]: the rule image names and versions follow (store, URLs, config).
 //!
 //! Nothing here does I/O beyond reading the config file: the server crate feeds it.
 
 pub mod config;
-mod mac;
+pub mod decision;
 pub mod names;
-pub mod policy;
+pub mod routes;
 pub mod script;
+pub mod site;
 
-pub use config::{Config, ConfigError};
-pub use mac::Mac;
-pub use policy::{ClientBoot, Policy};
+pub use config::{Config, ConfigError, Mode};
+pub use decision::{BootSpec, Loader, Machine};
+pub use diskless_dhcp::Mac;
+pub use routes::{ImageFile, Route};
+pub use site::Site;

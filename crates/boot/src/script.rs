@@ -1,8 +1,9 @@
 //! The iPXE script each client gets, and the kernel command line inside it.
 
 use crate::config::ImageProtocol;
-use crate::mac::Mac;
-use crate::policy::ClientBoot;
+use crate::decision::BootSpec;
+use crate::routes::{ImageFile, Route};
+use diskless_dhcp::Mac;
 use sha2::{Digest, Sha256};
 
 /// The stored image version a client boots.
@@ -25,7 +26,7 @@ pub struct ScriptParams<'a> {
     pub tftp_authority: &'a str,
     pub protocol: ImageProtocol,
     pub mac: Mac,
-    pub boot: &'a ClientBoot,
+    pub boot: &'a BootSpec,
     pub image: ImageRef<'a>,
 }
 
@@ -36,21 +37,27 @@ pub fn machine_id(mac: Mac) -> String {
     digest[..16].iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// The URL path of a file of a stored version, as our HTTP and TFTP servers serve it.
-pub fn file_path(image: &ImageRef, file: &str) -> String {
-    format!("/images/{}/{}/{file}", image.name, image.version)
+impl ImageRef<'_> {
+    /// The route of one of its files.
+    pub fn route(&self, file: ImageFile) -> Route {
+        Route::ImageFile {
+            image: self.name.to_string(),
+            version: self.version.to_string(),
+            file,
+        }
+    }
 }
 
 pub fn kernel_cmdline(p: &ScriptParams) -> String {
-    let squashfs = file_path(&p.image, "root.squashfs");
+    let squashfs = p.image.route(ImageFile::Squashfs);
     let image_url = match p.protocol {
-        ImageProtocol::Http => format!("http://{}{squashfs}", p.http_authority),
-        ImageProtocol::Tftp => format!("tftp://{}{squashfs}", p.tftp_authority),
+        ImageProtocol::Http => squashfs.url(p.http_authority),
+        ImageProtocol::Tftp => squashfs.tftp_url(p.tftp_authority),
     };
     // UEFI iPXE (Debian's older builds) hands initrds to the kernel's EFI stub by name.
-    let mut words = vec!["initrd=initrd.img".to_string()];
+    let mut words = vec![format!("initrd={}", ImageFile::Initrd)];
     if p.image.boot_cpio {
-        words.push("initrd=diskless.cpio".to_string());
+        words.push(format!("initrd={}", ImageFile::BootCpio));
     }
     words.extend([
         "boot=diskless".to_string(),
@@ -58,9 +65,8 @@ pub fn kernel_cmdline(p: &ScriptParams) -> String {
         format!("diskless.sha256={}", p.image.squashfs_sha256),
         format!("diskless.size={}", p.boot.size),
         format!(
-            "diskless.report=http://{}/api/report/{}",
-            p.http_authority,
-            p.mac.hyphenated()
+            "diskless.report={}",
+            Route::Report(p.mac).url(p.http_authority)
         ),
         format!("systemd.machine_id={}", machine_id(p.mac)),
         // initramfs-tools configures the NIC the client booted from, not the first one found.
@@ -73,12 +79,12 @@ pub fn kernel_cmdline(p: &ScriptParams) -> String {
 }
 
 pub fn ipxe_script(p: &ScriptParams) -> String {
-    let base = format!("http://{}", p.http_authority);
-    let kernel = format!("{base}{}", file_path(&p.image, "vmlinuz"));
-    let initrd = format!("{base}{}", file_path(&p.image, "initrd.img"));
+    let url = |file| p.image.route(file).url(p.http_authority);
+    let kernel = url(ImageFile::Kernel);
+    let initrd = url(ImageFile::Initrd);
     let cpio = if p.image.boot_cpio {
-        let url = format!("{base}{}", file_path(&p.image, "diskless.cpio"));
-        format!("initrd --name diskless.cpio {url}\n")
+        let cpio = ImageFile::BootCpio;
+        format!("initrd --name {cpio} {}\n", url(cpio))
     } else {
         String::new()
     };
@@ -87,13 +93,14 @@ pub fn ipxe_script(p: &ScriptParams) -> String {
          # diskless: {mac} boots image {name} version {version}\n\
          echo diskless: loading {name} {version}\n\
          kernel {kernel} {cmdline}\n\
-         initrd --name initrd.img {initrd}\n\
+         initrd --name {initrd_name} {initrd}\n\
          {cpio}\
          boot\n",
         mac = p.mac,
         name = p.image.name,
         version = p.image.version,
         cmdline = kernel_cmdline(p),
+        initrd_name = ImageFile::Initrd,
     )
 }
 
@@ -107,16 +114,17 @@ pub fn refusal_script(mac: Mac, reason: &str) -> String {
 mod tests {
     use super::*;
 
-    fn boot() -> ClientBoot {
-        ClientBoot {
-            image: "lab".into(),
+    fn boot() -> BootSpec {
+        BootSpec {
+            loader: crate::Loader::Ipxe,
+            image: Some("lab".into()),
             hostname: None,
             size: "3G".into(),
             cmdline: "quiet".into(),
         }
     }
 
-    fn params<'a>(boot: &'a ClientBoot, protocol: ImageProtocol) -> ScriptParams<'a> {
+    fn params<'a>(boot: &'a BootSpec, protocol: ImageProtocol) -> ScriptParams<'a> {
         ScriptParams {
             http_authority: "10.0.0.1:8080",
             tftp_authority: "10.0.0.1",

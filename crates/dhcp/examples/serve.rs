@@ -5,14 +5,15 @@
 //! serve INTERFACE SERVER_IP proxy
 //! ```
 //!
-//! The netmask is /24 and the policy is [`StandardPolicy`] with its
-//! defaults. Stops on Ctrl-C.
+//! The netmask is /24 and the policy is the crate's `TestPolicy` (BIOS
+//! `undionly.kpxe`, UEFI `ipxe.efi`, iPXE `http://SERVER/boot/MAC.ipxe`).
+//! Stops on Ctrl-C.
 
 use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use diskless_dhcp::{run, DhcpConfig, Mode, StandardPolicy};
+use diskless_dhcp::{fuzzing::TestPolicy, run, DhcpConfig, DhcpSockets, Mode};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
@@ -49,11 +50,15 @@ async fn main() {
         lease_time: Duration::from_secs(3600),
         reservations: vec![],
     };
-    let policy = Arc::new(StandardPolicy::new(server));
+    let policy = Arc::new(TestPolicy::new(server));
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };
-    if let Err(e) = run(config, &iface, leases, policy, None, shutdown).await {
+    let result = match DhcpSockets::bind(&iface, mode) {
+        Ok(sockets) => run(sockets, config, leases, policy, None, shutdown).await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = result {
         eprintln!("error: {e}");
         std::process::exit(1);
     }

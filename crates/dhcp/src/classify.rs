@@ -15,7 +15,7 @@ use std::net::Ipv4Addr;
 
 use dhcproto::v4::{DhcpOption, Message, MessageType, OptionCode};
 
-use crate::wire;
+use crate::{wire, Mac};
 
 /// Client system architecture values (option 93, RFC 4578 section 2.1 and
 /// the IANA "Processor Architecture Types" registry) that we act on.
@@ -81,7 +81,7 @@ impl std::fmt::Display for ClientKind {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientInfo {
     /// Ethernet address from `chaddr`.
-    pub mac: [u8; 6],
+    pub mac: Mac,
     /// Firmware kind.
     pub kind: ClientKind,
     /// Option 93, first entry (RFC 4578 allows a list; the first is the
@@ -130,13 +130,6 @@ pub enum ClassifyError {
     BadGuid(usize),
 }
 
-impl ClientInfo {
-    /// The MAC formatted as `aa:bb:cc:dd:ee:ff`.
-    pub fn mac_string(&self) -> String {
-        crate::format_mac(self.mac)
-    }
-}
-
 /// Read a parsed request.
 pub fn classify(msg: &Message) -> Result<ClientInfo, ClassifyError> {
     let htype = u8::from(msg.htype());
@@ -147,7 +140,7 @@ pub fn classify(msg: &Message) -> Result<ClientInfo, ClassifyError> {
             hlen: msg.hlen(),
         });
     }
-    let mac: [u8; 6] = hw.try_into().expect("length checked");
+    let mac = Mac(hw.try_into().expect("length checked"));
     let opts = msg.opts();
 
     let vendor_class = match opts.get(OptionCode::ClassIdentifier) {
@@ -367,7 +360,7 @@ pub(crate) mod tests {
         let c = info(&bios_pxe_discover());
         assert_eq!(c.kind, ClientKind::BiosPxe);
         assert_eq!(c.arch, Some(0));
-        assert_eq!(c.mac, MAC);
+        assert_eq!(c.mac, Mac(MAC));
         assert_eq!(c.guid, Some(GUID));
         assert_eq!(c.msg_type, MessageType::Discover);
     }

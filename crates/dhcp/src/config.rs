@@ -4,10 +4,14 @@ use std::collections::HashSet;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-/// Full DHCP or proxyDHCP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+use crate::Mac;
+
+/// Full DHCP or proxyDHCP (`mode = "full"` or `"proxy"` in the site config).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Mode {
     /// We are the network's DHCP server: we hand out addresses.
+    #[default]
     Full,
     /// Another server hands out addresses; we only add boot information
     /// for network-boot clients (PXE spec section 2.2.4), on port 67 and
@@ -19,7 +23,7 @@ pub enum Mode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reservation {
     /// Client Ethernet address.
-    pub mac: [u8; 6],
+    pub mac: Mac,
     /// Address it always gets.
     pub ip: Ipv4Addr,
     /// Option 12 host name.
@@ -156,7 +160,7 @@ impl DhcpConfig {
     }
 
     /// The reservation for `mac`, if any.
-    pub fn reservation(&self, mac: [u8; 6]) -> Option<&Reservation> {
+    pub fn reservation(&self, mac: Mac) -> Option<&Reservation> {
         self.reservations.iter().find(|r| r.mac == mac)
     }
 
@@ -223,7 +227,7 @@ impl DhcpConfig {
         let mut macs = HashSet::new();
         let mut ips = HashSet::new();
         for r in &self.reservations {
-            let mac = crate::format_mac(r.mac);
+            let mac = r.mac.to_string();
             if !self.in_subnet(r.ip) {
                 return Err(outside("reservation", r.ip));
             }
@@ -279,7 +283,7 @@ pub(crate) mod tests {
             range: Some((Ipv4Addr::new(10, 9, 0, 100), Ipv4Addr::new(10, 9, 0, 102))),
             lease_time: Duration::from_secs(3600),
             reservations: vec![Reservation {
-                mac: [2, 0, 0, 0, 0, 7],
+                mac: Mac([2, 0, 0, 0, 0, 7]),
                 ip: Ipv4Addr::new(10, 9, 0, 7),
                 hostname: Some("ws7".into()),
             }],

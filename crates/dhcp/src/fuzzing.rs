@@ -1,14 +1,85 @@
-//! Shared by the fuzz target (`fuzz/fuzz_targets/dhcp_packet.rs`) and the
-//! mutation test: drive the parser and both responders with arbitrary
-//! bytes and check the invariants that must hold for any input.
+//! Shared by the fuzz target (`fuzz/fuzz_targets/dhcp_packet.rs`), the
+//! mutation test, the crate's tests and its example: drive the parser and
+//! both responders with arbitrary bytes and check the invariants that must
+//! hold for any input; [`TestPolicy`] is the boot policy they answer with.
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::classify::{arch, ClientInfo, ClientKind};
 use crate::{
-    wire, DhcpConfig, LeaseStore, Mode, Reservation, Responder, StandardPolicy, PXE_PORT,
-    SERVER_PORT,
+    wire, BootOffer, BootPolicy, DhcpConfig, LeaseStore, Mac, Mode, Reservation, Responder,
+    PXE_PORT, SERVER_PORT,
 };
+
+/// A DISCOVER's worth of client facts, for policy tests elsewhere.
+pub fn client_info(mac: Mac, kind: ClientKind, arch: Option<u16>) -> ClientInfo {
+    ClientInfo {
+        mac,
+        kind,
+        arch,
+        xid: 1,
+        msg_type: dhcproto::v4::MessageType::Discover,
+        vendor_class: None,
+        guid: None,
+        user_class: None,
+        ipxe_options: false,
+        requested_ip: None,
+        server_id: None,
+        hostname: None,
+        ciaddr: Ipv4Addr::UNSPECIFIED,
+        giaddr: Ipv4Addr::UNSPECIFIED,
+        broadcast: false,
+    }
+}
+
+/// The iPXE chainload a standalone DHCP server would give, for tests: BIOS
+/// PXE `undionly.kpxe`, UEFI x86-64 PXE `ipxe.efi`, UEFI HTTP boot
+/// `http://SERVER/ipxe.efi`, iPXE `http://SERVER/boot/MAC.ipxe` (or
+/// `script_url` when set), anything else nothing. (diskless's own table is
+/// its boot decision, `diskless_boot::decision`.)
+#[derive(Debug, Clone)]
+pub struct TestPolicy {
+    /// Server address in the URLs.
+    pub server: Ipv4Addr,
+    /// The script URL iPXE gets instead of the default.
+    pub script_url: Option<String>,
+    /// Option 12 for every client.
+    pub hostname: Option<String>,
+}
+
+impl TestPolicy {
+    /// The policy for a server at `server`.
+    pub fn new(server: Ipv4Addr) -> Self {
+        TestPolicy {
+            server,
+            script_url: None,
+            hostname: None,
+        }
+    }
+}
+
+impl BootPolicy for TestPolicy {
+    fn boot(&self, client: &ClientInfo) -> Option<BootOffer> {
+        let server = self.server;
+        let file = match (client.kind, client.arch) {
+            (ClientKind::Ipxe, _) => self.script_url.clone().unwrap_or_else(|| {
+                format!("http://{server}/boot/{}.ipxe", client.mac.hyphenated())
+            }),
+            (ClientKind::BiosPxe, _) => "undionly.kpxe".into(),
+            (ClientKind::UefiPxe, Some(arch::EFI_BC | arch::EFI_X86_64)) => "ipxe.efi".into(),
+            (ClientKind::UefiHttp, None | Some(arch::EFI_X86_64_HTTP)) => {
+                format!("http://{server}/ipxe.efi")
+            }
+            _ => return None,
+        };
+        Some(BootOffer::new(file))
+    }
+
+    fn hostname(&self, _mac: Mac) -> Option<String> {
+        self.hostname.clone()
+    }
+}
 
 fn config(mode: Mode) -> DhcpConfig {
     let full = mode == Mode::Full;
@@ -23,7 +94,7 @@ fn config(mode: Mode) -> DhcpConfig {
         lease_time: Duration::from_secs(600),
         reservations: if full {
             vec![Reservation {
-                mac: [0x52, 0x54, 0, 0x12, 0x34, 0x56],
+                mac: Mac([0x52, 0x54, 0, 0x12, 0x34, 0x56]),
                 ip: Ipv4Addr::new(10, 9, 0, 9),
                 hostname: Some("ws9".into()),
             }]
@@ -37,7 +108,7 @@ fn config(mode: Mode) -> DhcpConfig {
 pub struct Harness {
     full: Responder,
     proxy: Responder,
-    policy: StandardPolicy,
+    policy: TestPolicy,
     now: SystemTime,
 }
 
@@ -53,7 +124,7 @@ impl Harness {
         Harness {
             full: Responder::new(config(Mode::Full), LeaseStore::new()).expect("valid"),
             proxy: Responder::new(config(Mode::Proxy), LeaseStore::new()).expect("valid"),
-            policy: StandardPolicy::new(Ipv4Addr::new(10, 9, 0, 1)),
+            policy: TestPolicy::new(Ipv4Addr::new(10, 9, 0, 1)),
             now: UNIX_EPOCH + Duration::from_secs(1_750_000_000),
         }
     }

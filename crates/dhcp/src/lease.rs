@@ -8,12 +8,13 @@
 
 use std::collections::HashMap;
 use std::fs;
-use std::io::Write;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
+
+use crate::Mac;
 
 /// How long an offered address is held for the client that was offered it.
 pub const OFFER_HOLD_SECS: u64 = 60;
@@ -32,8 +33,7 @@ pub enum LeaseState {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lease {
     /// Client MAC, `aa:bb:cc:dd:ee:ff` in the file.
-    #[serde(with = "mac_serde")]
-    pub mac: [u8; 6],
+    pub mac: Mac,
     /// Address.
     pub ip: Ipv4Addr,
     /// Expiry, seconds since the Unix epoch.
@@ -101,7 +101,7 @@ pub enum LeaseFileError {
 /// All leases, by MAC.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LeaseStore {
-    by_mac: HashMap<[u8; 6], Lease>,
+    by_mac: HashMap<Mac, Lease>,
     declined: HashMap<Ipv4Addr, u64>,
     /// Something that [`LeaseStore::save`] writes changed since the last
     /// [`LeaseStore::take_dirty`].
@@ -183,43 +183,15 @@ impl LeaseStore {
         let mut json = serde_json::to_vec_pretty(&file).expect("lease file serializes");
         json.push(b'\n');
 
-        let io = |op, p: &Path| {
-            let p = p.to_path_buf();
-            move |source| LeaseFileError::Io {
-                op,
-                path: p,
-                source,
-            }
-        };
-        let dir = match path.parent() {
-            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
-        let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
-        let tmp = dir.join(format!(
-            ".{}.tmp.{}",
-            name.as_deref().unwrap_or("leases"),
-            std::process::id()
-        ));
-        let result = (|| {
-            let mut f = fs::File::create(&tmp).map_err(io("creating", &tmp))?;
-            f.write_all(&json).map_err(io("writing", &tmp))?;
-            f.sync_all().map_err(io("syncing", &tmp))?;
-            drop(f);
-            fs::rename(&tmp, path).map_err(io("renaming into place", path))?;
-            // Make the rename itself durable.
-            fs::File::open(&dir)
-                .and_then(|d| d.sync_all())
-                .map_err(io("syncing directory of", path))
-        })();
-        if result.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        result
+        crate::state_file::write_atomic(path, &json).map_err(|e| LeaseFileError::Io {
+            op: e.op,
+            path: e.path,
+            source: e.source,
+        })
     }
 
     /// The lease record of `mac`, live or expired.
-    pub fn get(&self, mac: [u8; 6]) -> Option<&Lease> {
+    pub fn get(&self, mac: Mac) -> Option<&Lease> {
         self.by_mac.get(&mac)
     }
 
@@ -254,7 +226,7 @@ impl LeaseStore {
     }
 
     /// Forget `mac`'s lease; returns it.
-    pub fn remove(&mut self, mac: [u8; 6]) -> Option<Lease> {
+    pub fn remove(&mut self, mac: Mac) -> Option<Lease> {
         let old = self.by_mac.remove(&mac);
         self.dirty |= old.as_ref().is_some_and(|l| l.state == LeaseState::Bound);
         old
@@ -297,26 +269,13 @@ impl LeaseStore {
     }
 }
 
-mod mac_serde {
-    use serde::{de::Error, Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(mac: &[u8; 6], s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&crate::format_mac(*mac))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 6], D::Error> {
-        let s = String::deserialize(d)?;
-        crate::parse_mac(&s).ok_or_else(|| D::Error::custom(format!("bad MAC address {s:?}")))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn lease(mac_last: u8, ip_last: u8, state: LeaseState) -> Lease {
         Lease {
-            mac: [2, 0, 0, 0, 0, mac_last],
+            mac: Mac([2, 0, 0, 0, 0, mac_last]),
             ip: Ipv4Addr::new(10, 9, 0, ip_last),
             expires: 1_700_000_000,
             state,
@@ -337,7 +296,7 @@ mod tests {
         let back = LeaseStore::load(&path).unwrap();
         assert_eq!(back.len(), 1);
         assert_eq!(
-            back.get([2, 0, 0, 0, 0, 1]),
+            back.get(Mac([2, 0, 0, 0, 0, 1])),
             Some(&lease(1, 101, LeaseState::Bound))
         );
         assert!(back.is_declined(Ipv4Addr::new(10, 9, 0, 150), 1_700_000_000));
@@ -380,6 +339,9 @@ mod tests {
         s.insert(lease(1, 101, LeaseState::Bound));
         s.insert(lease(2, 101, LeaseState::Bound));
         assert_eq!(s.len(), 1);
-        assert_eq!(s.holder_of(Ipv4Addr::new(10, 9, 0, 101)).unwrap().mac[5], 2);
+        assert_eq!(
+            s.holder_of(Ipv4Addr::new(10, 9, 0, 101)).unwrap().mac.0[5],
+            2
+        );
     }
 }

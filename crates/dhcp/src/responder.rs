@@ -26,6 +26,7 @@ use crate::config::{DhcpConfig, Mode};
 use crate::lease::{unix_secs, Lease, LeaseState, LeaseStore, OFFER_HOLD_SECS};
 use crate::policy::{BootOffer, BootPolicy};
 use crate::wire::{self, ReplyRepr};
+use crate::Mac;
 use crate::{DhcpError, CLIENT_PORT, PXE_PORT, SERVER_PORT};
 
 /// Where a reply goes.
@@ -51,7 +52,7 @@ pub struct Reply {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DhcpEvent {
     /// Client MAC.
-    pub mac: [u8; 6],
+    pub mac: Mac,
     /// Firmware kind.
     pub kind: ClientKind,
     /// Option 93.
@@ -212,7 +213,7 @@ impl Responder {
     }
 
     /// The host name for `mac`: its reservation's, else the policy's.
-    fn hostname(&self, mac: [u8; 6], policy: &dyn BootPolicy) -> Option<String> {
+    fn hostname(&self, mac: Mac, policy: &dyn BootPolicy) -> Option<String> {
         self.config
             .reservation(mac)
             .and_then(|r| r.hostname.clone())
@@ -220,7 +221,7 @@ impl Responder {
     }
 
     /// Whether `mac` may hold `ip` at `now`.
-    fn assignable(&self, mac: [u8; 6], ip: Ipv4Addr, now: u64) -> bool {
+    fn assignable(&self, mac: Mac, ip: Ipv4Addr, now: u64) -> bool {
         let c = &self.config;
         if !c.is_client_address(ip) || self.leases.is_declined(ip, now) {
             return false;
@@ -243,7 +244,7 @@ impl Responder {
     /// Pick an address for `mac` (RFC 2131 4.3.1): its reservation, its
     /// previous address, the one it asks for, a never-used one, then one
     /// whose lease ran out.
-    fn choose(&self, mac: [u8; 6], requested: Option<Ipv4Addr>, now: u64) -> Option<Ipv4Addr> {
+    fn choose(&self, mac: Mac, requested: Option<Ipv4Addr>, now: u64) -> Option<Ipv4Addr> {
         if let Some(r) = self.config.reservation(mac) {
             return self.assignable(mac, r.ip, now).then_some(r.ip);
         }
@@ -349,7 +350,7 @@ impl Responder {
             yiaddr: Ipv4Addr::UNSPECIFIED,
             siaddr: Ipv4Addr::UNSPECIFIED,
             giaddr: client.giaddr,
-            mac: client.mac,
+            mac: client.mac.0,
             sname: None,
             file: None,
             options: Vec::new(),

@@ -7,7 +7,7 @@ use dhcproto::{Decodable, Decoder};
 use super::*;
 use crate::classify::tests::*;
 use crate::config::tests::full;
-use crate::policy::StandardPolicy;
+use crate::fuzzing::TestPolicy;
 use crate::wire::tests::raw_request;
 use crate::wire::BOOTP_MIN_LEN;
 
@@ -19,8 +19,8 @@ fn at(secs: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(T0 + secs)
 }
 
-fn policy() -> StandardPolicy {
-    StandardPolicy::new(SERVER)
+fn policy() -> TestPolicy {
+    TestPolicy::new(SERVER)
 }
 
 fn responder() -> Responder {
@@ -35,22 +35,24 @@ fn proxy_responder() -> Responder {
     Responder::new(c, LeaseStore::new()).unwrap()
 }
 
-fn mac(n: u8) -> [u8; 6] {
-    [2, 0, 0, 0, 1, n]
+fn mac(n: u8) -> Mac {
+    Mac([2, 0, 0, 0, 1, n])
 }
 
-fn discover(m: [u8; 6]) -> Vec<u8> {
-    raw_request(0xd15c_0000 | u32::from(m[5]), m, [0; 4], &[(53, &[1])])
+fn discover(m: impl Into<Mac>) -> Vec<u8> {
+    let m = m.into();
+    raw_request(0xd15c_0000 | u32::from(m.0[5]), m.0, [0; 4], &[(53, &[1])])
 }
 
-fn request(m: [u8; 6], ip: Ipv4Addr, server: Option<Ipv4Addr>) -> Vec<u8> {
+fn request(m: impl Into<Mac>, ip: Ipv4Addr, server: Option<Ipv4Addr>) -> Vec<u8> {
+    let m = m.into();
     let ip = ip.octets();
     let sid = server.map(|s| s.octets());
     let mut o: Vec<(u8, &[u8])> = vec![(53, &[3]), (50, &ip)];
     if let Some(s) = &sid {
         o.push((54, s));
     }
-    raw_request(0x5e1e_0000, m, [0; 4], &o)
+    raw_request(0x5e1e_0000, m.0, [0; 4], &o)
 }
 
 fn handle(r: &mut Responder, t: u64, p: &[u8]) -> Handled {
@@ -80,7 +82,7 @@ fn opt(m: &Message, code: u8) -> Option<&DhcpOption> {
 }
 
 /// Full exchange: DISCOVER, OFFER, REQUEST, ACK. Returns the address.
-fn lease(r: &mut Responder, t: u64, m: [u8; 6]) -> Ipv4Addr {
+fn lease(r: &mut Responder, t: u64, m: Mac) -> Ipv4Addr {
     let offer = decode(&handle(r, t, &discover(m)));
     let ip = offer.yiaddr();
     let ack = handle(r, t, &request(m, ip, Some(SERVER)));
@@ -434,7 +436,10 @@ fn ipxe_gets_script_and_no_pxedhcp_never_the_chainloader() {
 #[test]
 fn long_url_goes_in_option_67_only() {
     let mut p = policy();
-    p.script_url_template = format!("http://{{server}}/{}/{{mac}}.ipxe", "x".repeat(150));
+    p.script_url = Some(format!(
+        "http://10.9.0.1/{}/52-54-00-ab-cd-ef.ipxe",
+        "x".repeat(150)
+    ));
     let mut r = responder();
     let h = r
         .handle(at(0), &ipxe_discover(), 67, FROM_NOWHERE, &p)

@@ -1,10 +1,10 @@
-//! The tokio socket loop around [`Responder`]: bind, receive, decide,
-//! send, save leases. Bad packets are logged at debug and dropped; the loop
-//! ends only on `shutdown` or a failure to bind.
+//! The tokio socket loop around [`Responder`]: receive, decide, send, save
+//! leases. The caller binds ([`DhcpSockets::bind`], as root, before dropping
+//! privileges) and owns the shutdown signal. Bad packets are logged at debug
+//! and dropped; the loop ends only on `shutdown`.
 
 use std::future::Future;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -15,27 +15,54 @@ use tracing::{debug, info, warn};
 
 use crate::responder::{Destination, DhcpEvent, EventAction, Handled};
 use crate::{
-    format_mac, BootPolicy, DhcpConfig, DhcpError, LeaseStore, Mode, Responder, CLIENT_PORT,
-    PXE_PORT, SERVER_PORT,
+    BootPolicy, DhcpConfig, DhcpError, LeaseStore, Mode, Responder, CLIENT_PORT, PXE_PORT,
+    SERVER_PORT,
 };
 
 /// Receives every [`DhcpEvent`] (e.g. to record a client's DHCP stage).
-/// Called on the server task: keep it short and non-blocking.
+/// Called on the server task: keep it short and non-blocking (hand the
+/// event to a channel, never write a file here).
 pub type EventSink = Arc<dyn Fn(&DhcpEvent) + Send + Sync>;
 
 /// Largest datagram we read; DHCP messages are at most 576 bytes unless
 /// the client allows more (option 57), and never near this.
 const RECV_BUF: usize = 4096;
 
-/// Serve DHCP on `interface` until `shutdown` completes.
+/// The sockets the DHCP server reads: port 67, and 4011 in proxy mode.
+#[derive(Debug)]
+pub struct DhcpSockets {
+    /// 0.0.0.0:67.
+    pub dhcp: UdpSocket,
+    /// 0.0.0.0:4011, the PXE boot-server port (proxy mode only).
+    pub pxe: Option<UdpSocket>,
+    /// The interface they are tied to (for logs).
+    pub interface: String,
+}
+
+impl DhcpSockets {
+    /// Binds 0.0.0.0:67 (and 0.0.0.0:4011 in proxy mode) with SO_BROADCAST,
+    /// SO_REUSEADDR and SO_BINDTODEVICE(`interface`); an empty `interface`
+    /// skips SO_BINDTODEVICE. Needs CAP_NET_BIND_SERVICE and CAP_NET_RAW.
+    pub fn bind(interface: &str, mode: Mode) -> Result<DhcpSockets, DhcpError> {
+        Ok(DhcpSockets {
+            dhcp: bind(interface, SERVER_PORT)?,
+            pxe: match mode {
+                Mode::Proxy => Some(bind(interface, PXE_PORT)?),
+                Mode::Full => None,
+            },
+            interface: interface.to_string(),
+        })
+    }
+}
+
+/// Serve DHCP on `sockets` until `shutdown` completes.
 ///
-/// Binds 0.0.0.0:67 (and 0.0.0.0:4011 in proxy mode) with SO_BROADCAST,
-/// SO_REUSEADDR and SO_BINDTODEVICE(`interface`); an empty `interface`
-/// skips SO_BINDTODEVICE. Leases are loaded from `lease_path` (a missing
-/// file is empty) and saved there atomically whenever they change.
+/// Leases are loaded from `lease_path` (a missing file is empty) and saved
+/// there atomically whenever they change. A proxy-mode `config` needs
+/// `sockets.pxe`.
 pub async fn run(
+    sockets: DhcpSockets,
     config: DhcpConfig,
-    interface: &str,
     lease_path: Option<PathBuf>,
     policy: Arc<dyn BootPolicy>,
     on_event: Option<EventSink>,
@@ -47,13 +74,19 @@ pub async fn run(
     };
     let mode = config.mode;
     let mut responder = Responder::new(config, leases)?;
-    let dhcp = bind(interface, SERVER_PORT)?;
-    let pxe = match mode {
-        Mode::Proxy => Some(bind(interface, PXE_PORT)?),
-        Mode::Full => None,
-    };
-    info!(
+    let DhcpSockets {
+        dhcp,
+        pxe,
         interface,
+    } = sockets;
+    if mode == Mode::Proxy && pxe.is_none() {
+        return Err(DhcpError::Io {
+            what: "proxy mode needs the PXE port 4011 bound".into(),
+            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        });
+    }
+    info!(
+        %interface,
         mode = ?mode,
         server = %responder.config().server_ip,
         leases = responder.leases().len(),
@@ -129,7 +162,7 @@ pub async fn run(
             sink(ev);
         }
     }
-    info!(interface, "DHCP server stopped");
+    info!(%interface, "DHCP server stopped");
     Ok(())
 }
 
@@ -144,7 +177,7 @@ async fn recv_opt(
 }
 
 fn log_event(ev: &DhcpEvent) {
-    let mac = format_mac(ev.mac);
+    let mac = ev.mac;
     let kind = ev.kind.as_str();
     match &ev.action {
         EventAction::Offer { ip, file } => {
@@ -173,39 +206,15 @@ fn bind(interface: &str, port: u16) -> Result<UdpSocket, DhcpError> {
     s.set_reuse_address(true)
         .map_err(err("setting SO_REUSEADDR"))?;
     s.set_broadcast(true).map_err(err("setting SO_BROADCAST"))?;
+    // SO_BINDTODEVICE: receive only from, and send broadcasts out of, one
+    // interface (a DHCP server answering on the wrong network is a hazard).
     if !interface.is_empty() {
-        bind_to_device(&s, interface).map_err(err("setting SO_BINDTODEVICE"))?;
+        s.bind_device(Some(interface.as_bytes()))
+            .map_err(err("setting SO_BINDTODEVICE"))?;
     }
     s.set_nonblocking(true)
         .map_err(err("setting non-blocking"))?;
     s.bind(&SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port).into())
         .map_err(err("binding"))?;
     UdpSocket::from_std(s.into()).map_err(err("registering with tokio"))
-}
-
-/// SO_BINDTODEVICE: receive only from, and send broadcasts out of, one
-/// interface (a DHCP server answering on the wrong network is a hazard).
-fn bind_to_device(s: &Socket, interface: &str) -> std::io::Result<()> {
-    if interface.len() >= libc::IFNAMSIZ || interface.contains('\0') {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            "bad interface name",
-        ));
-    }
-    // SAFETY: the pointer and length describe `interface`'s bytes, which
-    // outlive the call; the kernel copies them.
-    let rc = unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_BINDTODEVICE,
-            interface.as_ptr().cast(),
-            interface.len() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error())
-    }
 }

@@ -227,14 +227,19 @@ pub(crate) mod tests {
 
     /// Build a raw BOOTREQUEST by hand (independent of dhcproto), the way a
     /// client's ROM lays it out: header, cookie, options, End.
-    pub fn raw_request(xid: u32, mac: [u8; 6], ciaddr: [u8; 4], opts: &[(u8, &[u8])]) -> Vec<u8> {
+    pub fn raw_request(
+        xid: u32,
+        mac: impl Into<[u8; 6]>,
+        ciaddr: [u8; 4],
+        opts: &[(u8, &[u8])],
+    ) -> Vec<u8> {
         let mut p = vec![0u8; HEADER_LEN];
         p[field::OP] = 1;
         p[field::HTYPE] = 1;
         p[field::HLEN] = 6;
         p[4..8].copy_from_slice(&xid.to_be_bytes());
         p[12..16].copy_from_slice(&ciaddr);
-        p[field::CHADDR.start..field::CHADDR.start + 6].copy_from_slice(&mac);
+        p[field::CHADDR.start..field::CHADDR.start + 6].copy_from_slice(&mac.into());
         p[field::MAGIC].copy_from_slice(&MAGIC_COOKIE);
         for (code, data) in opts {
             p.push(*code);

@@ -15,7 +15,8 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use diskless_dhcp::{
-    run, BootPolicy, DhcpConfig, DhcpEvent, EventAction, EventSink, Mode, StandardPolicy,
+    fuzzing::TestPolicy, run, BootPolicy, DhcpConfig, DhcpEvent, DhcpSockets, EventAction,
+    EventSink, Mode,
 };
 
 static NEXT: AtomicU32 = AtomicU32::new(0);
@@ -220,7 +221,7 @@ impl Server {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (tx, events) = mpsc::channel();
         let (ready_tx, ready) = mpsc::channel();
-        let policy: Arc<dyn BootPolicy> = Arc::new(StandardPolicy::new(config.server_ip));
+        let policy: Arc<dyn BootPolicy> = Arc::new(TestPolicy::new(config.server_ip));
         let sink: EventSink = Arc::new(move |e: &DhcpEvent| {
             let _ = tx.send(e.clone());
         });
@@ -230,16 +231,16 @@ impl Server {
                 .build()
                 .unwrap();
             rt.block_on(async move {
+                // Bound before the test sends anything: no race with the first request.
+                let sockets = DhcpSockets::bind(SRV_IF, config.mode);
                 let _ = ready_tx.send(());
-                run(config, SRV_IF, leases, policy, Some(sink), async {
+                run(sockets?, config, leases, policy, Some(sink), async {
                     let _ = stopped.await;
                 })
                 .await
             })
         });
         ready.recv().unwrap();
-        // The sockets are bound right after `run` starts; give it a moment.
-        std::thread::sleep(Duration::from_millis(200));
         Server {
             stop: Some(stop),
             thread: Some(thread),
@@ -422,7 +423,9 @@ fn garbage_and_truncated_packets_leave_the_server_running() {
     assert_eq!(net.udhcpc("3"), Some(net.ip(100)));
     let events = server.events();
     assert!(
-        events.iter().all(|e| e.mac != [0x02, 0x77, 0, 0, 0, 0x99]),
+        events
+            .iter()
+            .all(|e| e.mac.0 != [0x02, 0x77, 0, 0, 0, 0x99]),
         "{events:?}"
     );
     server.stop().unwrap();

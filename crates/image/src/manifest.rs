@@ -7,11 +7,14 @@ use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::Path;
 
-/// The files of a version, by the names clients fetch them under.
-pub const SQUASHFS: &str = "root.squashfs";
-pub const KERNEL: &str = "vmlinuz";
-pub const INITRD: &str = "initrd.img";
-pub const BOOT_CPIO: &str = "diskless.cpio";
+use diskless_boot::ImageFile;
+
+/// The files of a version, by the names clients fetch them under (the names of
+/// [`ImageFile`], the one list the server's routes and the boot script use too).
+pub const SQUASHFS: &str = ImageFile::Squashfs.name();
+pub const KERNEL: &str = ImageFile::Kernel.name();
+pub const INITRD: &str = ImageFile::Initrd.name();
+pub const BOOT_CPIO: &str = ImageFile::BootCpio.name();
 pub const MANIFEST: &str = "manifest.json";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

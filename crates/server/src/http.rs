@@ -1,40 +1,34 @@
 //! The HTTP side of the boot server: per-client iPXE scripts, image files (with Range, so an
 //! interrupted download resumes), iPXE binaries for UEFI HTTP boot, and boot stage reports.
 //!
-//! ```text
-//! GET  /boot/{mac}.ipxe                    the client's iPXE script
-//! GET  /images/{name}/{version}/{file}     vmlinuz, initrd.img, diskless.cpio, root.squashfs
-//! GET  /ipxe/{file}                        iPXE binaries (UEFI HTTP boot)
-//! POST /api/report/{mac}                   stage=...&detail=... from the client
-//! GET  /api/clients                        the boot record of every client, as JSON
-//! ```
+//! One handler reads every request: [`Route::parse`] says which of the server's URLs it is
+//! (the table is in [`diskless_boot::routes`]), a `match` answers it. Scripts come from the
+//! boot decision of the site current at the time of the request ([`Site::boot_spec`]), so a
+//! reload applies to the next request. What clients fetch and report goes to the
+//! [`Recorder`] without waiting.
 
-use crate::clients::{Clients, Update};
-use axum::extract::{ConnectInfo, Path, Request, State};
-use axum::http::{header, StatusCode};
+use crate::recorder::{BootEvent, Recorder};
+use axum::extract::{ConnectInfo, FromRequest, Request, State};
+use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use axum::{Extension, Form, Json, Router};
-use diskless_boot::config::ImageProtocol;
+use diskless_boot::routes::{ImageFile, Route, RouteError};
 use diskless_boot::script::{self, ImageRef, ScriptParams};
-use diskless_boot::{Mac, Policy};
-use diskless_image::manifest::{BOOT_CPIO, INITRD, KERNEL, SQUASHFS};
-use diskless_image::store::{validate_name, Store};
-use std::net::SocketAddr;
+use diskless_boot::{Mac, Machine, Site};
+use diskless_image::Store;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
+use tokio::sync::watch;
 use tower::ServiceExt;
 use tower_http::services::ServeFile;
 
 /// What the HTTP handlers share.
 pub struct HttpState {
+    /// The current site; a reload replaces it.
+    pub site: watch::Receiver<Arc<Site>>,
     pub store: Store,
-    pub policy: Policy,
-    pub clients: Arc<Clients>,
-    /// `10.0.0.1` or `10.0.0.1:8080`: how clients reach this server.
-    pub http_authority: String,
-    pub tftp_authority: String,
-    pub protocol: ImageProtocol,
+    pub recorder: Recorder,
     /// Directory holding the iPXE binaries we serve.
     pub ipxe_dir: PathBuf,
     /// The iPXE binaries that may be fetched.
@@ -42,14 +36,7 @@ pub struct HttpState {
 }
 
 pub fn router(state: Arc<HttpState>) -> Router {
-    Router::new()
-        .route("/", get(|| async { "diskless boot server\n" }))
-        .route("/boot/{file}", get(boot_script))
-        .route("/images/{name}/{version}/{file}", get(image_file))
-        .route("/ipxe/{file}", get(ipxe_file))
-        .route("/api/report/{mac}", post(report))
-        .route("/api/clients", get(clients))
-        .with_state(state)
+    Router::new().fallback(handle).with_state(state)
 }
 
 fn text(status: StatusCode, body: String) -> Response {
@@ -61,49 +48,83 @@ fn text(status: StatusCode, body: String) -> Response {
         .into_response()
 }
 
-fn peer(connect: &Option<Extension<ConnectInfo<SocketAddr>>>) -> Option<std::net::IpAddr> {
-    connect
-        .as_ref()
-        .map(|Extension(ConnectInfo(addr))| addr.ip())
+async fn handle(
+    State(state): State<Arc<HttpState>>,
+    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    request: Request,
+) -> Response {
+    let peer = connect.map(|Extension(ConnectInfo(addr))| addr.ip());
+    let route = match Route::parse(request.uri().path()) {
+        Ok(route) => route,
+        Err(e) => {
+            let status = match e {
+                RouteError::Mac(_) => StatusCode::BAD_REQUEST,
+                RouteError::ImageFile(_) | RouteError::Ipxe(_) => {
+                    tracing::warn!(path = %request.uri().path(), "refused a request outside the served files");
+                    StatusCode::NOT_FOUND
+                }
+                _ => StatusCode::NOT_FOUND,
+            };
+            return text(status, format!("{e}\n"));
+        }
+    };
+    let get = matches!(*request.method(), Method::GET | Method::HEAD);
+    match route {
+        Route::Index if get => text(StatusCode::OK, "diskless boot server\n".into()),
+        Route::BootScript(mac) if get => boot_script(&state, mac, peer),
+        Route::ImageFile {
+            image,
+            version,
+            file,
+        } if get => image_file(&state, image, version, file, peer, request).await,
+        Route::Ipxe(file) if get => {
+            if !state.ipxe_files.contains(&file) {
+                return text(StatusCode::NOT_FOUND, "no such iPXE file\n".into());
+            }
+            serve_file(state.ipxe_dir.join(&file), request).await
+        }
+        Route::Report(mac) if request.method() == Method::POST => {
+            match Form::<Report>::from_request(request, &()).await {
+                Ok(Form(r)) => report(&state, mac, peer, r),
+                Err(rejection) => rejection.into_response(),
+            }
+        }
+        Route::Clients if get => Json(state.recorder.snapshot()).into_response(),
+        _ => text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method not allowed\n".into(),
+        ),
+    }
 }
 
-async fn boot_script(
-    State(state): State<Arc<HttpState>>,
-    Path(file): Path<String>,
-    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
-) -> Response {
-    let Some(mac) = file
-        .strip_suffix(".ipxe")
-        .and_then(|m| m.parse::<Mac>().ok())
+fn boot_script(state: &HttpState, mac: Mac, peer: Option<IpAddr>) -> Response {
+    let site = state.site.borrow().clone();
+    let Some((spec, image)) = site
+        .boot_spec(&Machine::ipxe(mac))
+        .and_then(|spec| Some((spec.clone(), spec.image?)))
     else {
-        return text(
-            StatusCode::NOT_FOUND,
-            format!("{file}: expected /boot/aa-bb-cc-dd-ee-ff.ipxe\n"),
-        );
-    };
-    let Some(boot) = state.policy.for_client(mac) else {
         tracing::info!(%mac, "not booting: unknown client (unknown_clients = \"ignore\") or no image");
         return ipxe(script::refusal_script(
             mac,
             "this client is not configured to boot here",
         ));
     };
-    let manifest = match state.store.current(&boot.image) {
+    let manifest = match state.store.current(&image) {
         Ok(m) => m,
         Err(e) => {
-            tracing::warn!(%mac, image = %boot.image, error = %e, "no image to boot");
+            tracing::warn!(%mac, %image, error = %e, "no image to boot");
             return ipxe(script::refusal_script(
                 mac,
-                &format!("image {} is not in the store", boot.image),
+                &format!("image {image} is not in the store"),
             ));
         }
     };
     let params = ScriptParams {
-        http_authority: &state.http_authority,
-        tftp_authority: &state.tftp_authority,
-        protocol: state.protocol,
+        http_authority: &site.http_authority,
+        tftp_authority: &site.tftp_authority,
+        protocol: site.image_protocol,
         mac,
-        boot: &boot,
+        boot: &spec,
         image: ImageRef {
             name: &manifest.name,
             version: &manifest.version,
@@ -112,19 +133,15 @@ async fn boot_script(
         },
     };
     tracing::info!(%mac, image = %manifest.name, version = %manifest.version, "iPXE script");
-    state.clients.record(
-        &mac.to_string(),
-        "ipxe-script",
-        &format!("{} {}", manifest.name, manifest.version),
-        false,
-        Update {
-            ip: peer(&connect),
-            hostname: boot.hostname.clone(),
-            image: Some((manifest.name.clone(), manifest.version.clone())),
-            ..Default::default()
-        },
-    );
-    ipxe(script::ipxe_script(&params))
+    let body = script::ipxe_script(&params);
+    state.recorder.record(BootEvent::Script {
+        mac,
+        client: peer,
+        hostname: spec.hostname.clone(),
+        image: manifest.name.clone(),
+        version: manifest.version.clone(),
+    });
+    ipxe(body)
 }
 
 fn ipxe(body: String) -> Response {
@@ -132,19 +149,13 @@ fn ipxe(body: String) -> Response {
 }
 
 async fn image_file(
-    State(state): State<Arc<HttpState>>,
-    Path((name, version, file)): Path<(String, String, String)>,
-    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
+    state: &HttpState,
+    image: String,
+    version: String,
+    file: ImageFile,
+    client: Option<IpAddr>,
     request: Request,
 ) -> Response {
-    if validate_name("image name", &name).is_err()
-        || validate_name("version", &version).is_err()
-        || ![SQUASHFS, KERNEL, INITRD, BOOT_CPIO].contains(&file.as_str())
-    {
-        tracing::warn!(%name, %version, %file, "refused a request outside the image files");
-        return text(StatusCode::NOT_FOUND, "no such image file\n".into());
-    }
-    let client = peer(&connect);
     let range = request
         .headers()
         .get(header::RANGE)
@@ -153,20 +164,24 @@ async fn image_file(
         .to_string();
     // Which version each client really fetched, file by file: what a sysadmin checks after
     // publishing or rolling back while machines boot.
-    tracing::info!(?client, %name, %version, %file, %range, "http: sending");
-    let path = state.store.version_dir(&name, &version).join(&file);
-    serve_file(path, request).await
-}
-
-async fn ipxe_file(
-    State(state): State<Arc<HttpState>>,
-    Path(file): Path<String>,
-    request: Request,
-) -> Response {
-    if !state.ipxe_files.contains(&file) {
-        return text(StatusCode::NOT_FOUND, "no such iPXE file\n".into());
+    tracing::info!(?client, name = %image, %version, %file, %range, "http: sending");
+    let path = state.store.version_dir(&image, &version).join(file.name());
+    let response = serve_file(path, request).await;
+    if response.status().is_success() {
+        let bytes = response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .unwrap_or(0);
+        state.recorder.record(BootEvent::HttpFile {
+            client,
+            image,
+            version,
+            file,
+            bytes,
+        });
     }
-    serve_file(state.ipxe_dir.join(&file), request).await
+    response
 }
 
 async fn serve_file(path: PathBuf, request: Request) -> Response {
@@ -189,18 +204,7 @@ struct Report {
     detail: String,
 }
 
-async fn report(
-    State(state): State<Arc<HttpState>>,
-    Path(mac): Path<String>,
-    connect: Option<Extension<ConnectInfo<SocketAddr>>>,
-    Form(report): Form<Report>,
-) -> Response {
-    let Ok(mac) = mac.parse::<Mac>() else {
-        return text(
-            StatusCode::BAD_REQUEST,
-            format!("{mac:?} is not a MAC address\n"),
-        );
-    };
+fn report(state: &HttpState, mac: Mac, client: Option<IpAddr>, report: Report) -> Response {
     let stage_ok = !report.stage.is_empty()
         && report.stage.len() <= 32
         && report
@@ -215,34 +219,36 @@ async fn report(
     }
     let detail: String = report.detail.chars().take(512).collect();
     tracing::info!(%mac, stage = %report.stage, %detail, "client report");
-    state.clients.record(
-        &mac.to_string(),
-        &report.stage,
-        &detail,
-        false,
-        Update {
-            ip: peer(&connect),
-            ..Default::default()
-        },
-    );
+    state.recorder.record(BootEvent::Report {
+        mac,
+        client,
+        stage: report.stage,
+        detail,
+    });
     text(StatusCode::OK, "ok\n".into())
-}
-
-async fn clients(State(state): State<Arc<HttpState>>) -> Json<Vec<crate::clients::ClientRecord>> {
-    Json(state.clients.all())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::recorder::{Limits, RecorderTask};
     use axum::body::Body;
-    use diskless_image::manifest::{hash_file, Manifest};
+    use diskless_image::manifest::{hash_file, Manifest, BOOT_CPIO, INITRD, KERNEL, SQUASHFS};
     use std::collections::BTreeMap;
 
     struct Fixture {
         _dir: tempfile::TempDir,
         state: Arc<HttpState>,
         version: String,
+        site: watch::Sender<Arc<Site>>,
+        _recorder: RecorderTask,
+    }
+
+    impl Fixture {
+        async fn record(&self, mac: &str) -> Option<crate::recorder::ClientRecord> {
+            self.state.recorder.sync().await;
+            self.state.recorder.get(mac.parse().unwrap())
+        }
     }
 
     fn fixture(config: &str) -> Fixture {
@@ -278,14 +284,14 @@ mod tests {
         let ipxe_dir = dir.path().join("ipxe");
         std::fs::create_dir(&ipxe_dir).unwrap();
         std::fs::write(ipxe_dir.join("ipxe.efi"), "efi").unwrap();
-        let config = diskless_boot::Config::parse(config, std::path::Path::new("t")).unwrap();
+        let (site, site_rx) = watch::channel(Arc::new(Site::for_tests(&format!(
+            "http_port = 8080\n{config}"
+        ))));
+        let (recorder, task) = crate::recorder::Recorder::start(None, Limits::default());
         let state = Arc::new(HttpState {
+            site: site_rx,
             store,
-            policy: Policy::from_config(&config),
-            clients: Arc::new(Clients::in_memory()),
-            http_authority: "10.0.0.1:8080".into(),
-            tftp_authority: "10.0.0.1".into(),
-            protocol: ImageProtocol::Http,
+            recorder,
             ipxe_dir,
             ipxe_files: vec!["ipxe.efi".into()],
         });
@@ -293,6 +299,8 @@ mod tests {
             _dir: dir,
             state,
             version: manifest.version,
+            site,
+            _recorder: task,
         }
     }
 
@@ -332,7 +340,7 @@ mod tests {
             .sha256
             .clone();
         assert!(body.contains(&format!("diskless.sha256={sha}")), "{body}");
-        let record = f.state.clients.get("52:54:00:12:34:56").unwrap();
+        let record = f.record("52:54:00:12:34:56").await.unwrap();
         assert_eq!(record.stage(), "ipxe-script");
         assert_eq!(record.version.as_deref(), Some(f.version.as_str()));
     }
@@ -350,6 +358,49 @@ mod tests {
         assert!(body.contains("image missing is not in the store"), "{body}");
         let (status, _, _) = call(&f.state, get("/boot/not-a-mac.ipxe")).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn a_reloaded_site_decides_the_next_script() {
+        let f = fixture("[boot]\nimage = \"lab\"\n");
+        let uri = "/boot/52-54-00-12-34-56.ipxe";
+        let (_, _, body) = call(&f.state, get(uri)).await;
+        assert!(body.contains("diskless.size=75%"), "{body}");
+        // The new site gives this client its own entry: the next request follows it.
+        f.site.send_replace(Arc::new(Site::for_tests(
+            "http_port = 8080\n[boot]\nimage = \"lab\"\nunknown_clients = \"ignore\"\n\
+             [[client]]\nmac = \"52:54:00:12:34:56\"\nsize = \"2G\"\n",
+        )));
+        let (_, _, body) = call(&f.state, get(uri)).await;
+        assert!(body.contains("diskless.size=2G"), "{body}");
+        let (_, _, body) = call(&f.state, get("/boot/52-54-00-99-99-99.ipxe")).await;
+        assert!(body.contains("not booting"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn image_files_sent_are_events() {
+        let f = fixture("");
+        let mut updates = f.state.recorder.subscribe();
+        let uri = format!("/images/lab/{}/vmlinuz", f.version);
+        let (status, _, _) = call(&f.state, get(&uri)).await;
+        assert_eq!(status, StatusCode::OK);
+        match updates.recv().await.unwrap() {
+            crate::recorder::Recorded::Event(e) => match &*e {
+                BootEvent::HttpFile { file, bytes, .. } => {
+                    assert_eq!((*file, *bytes), (ImageFile::Kernel, 6))
+                }
+                other => panic!("{other:?}"),
+            },
+            other => panic!("{other:?}"),
+        }
+        let (status, _, _) = call(
+            &f.state,
+            axum::http::Request::delete(&uri)
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     }
 
     #[tokio::test]
@@ -406,7 +457,7 @@ mod tests {
         )
         .await;
         assert_eq!(status, StatusCode::OK);
-        let record = f.state.clients.get("52:54:00:12:34:56").unwrap();
+        let record = f.record("52:54:00:12:34:56").await.unwrap();
         assert_eq!(
             (record.stage(), record.stages[0].detail.as_str()),
             ("fetched", "mbps=90.1")
@@ -415,6 +466,7 @@ mod tests {
         assert_eq!(status, StatusCode::BAD_REQUEST);
         let (status, _, _) = call(&f.state, post("zz", "stage=x")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
+        f.state.recorder.sync().await;
         let (status, _, body) = call(&f.state, get("/api/clients")).await;
         assert_eq!(status, StatusCode::OK);
         assert!(body.contains("\"stage\":\"fetched\""), "{body}");

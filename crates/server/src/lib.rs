@@ -1,42 +1,85 @@
 //! The diskless boot server: DHCP, TFTP and HTTP on one interface, and the record of every
 //! client boot. This is the only crate that binds sockets.
 //!
-//! [`run`] resolves the site config into the three protocol servers and runs them until the
-//! shutdown future completes or one fails:
+//! In mini-redis's manner the caller owns the sockets and the shutdown signal:
 //!
-//! - DHCP ([`diskless_dhcp::run`]), full or proxy, with [`BootFiles`] deciding what each
-//!   firmware gets: BIOS PXE `undionly.kpxe`, UEFI `ipxe.efi` (TFTP), UEFI HTTP boot the same
-//!   over HTTP, and iPXE the URL of its per-client script.
+//! ```text
+//! let site = resolve_site(&config)?;              // the config, resolved once (diskless_boot::Site)
+//! let listeners = Listeners::bind(&site)?;        // as root: ports 67, 69, 80, raw ICMPv6
+//! // ... drop privileges here ...
+//! let (handle, site) = site_channel(site);        // handle.reload(new_site) on SIGHUP
+//! run(listeners, site, shutdown).await?;          // until `shutdown` completes
+//! ```
+//!
+//! [`run`] starts one task per protocol and the recorder, and stops and joins every one of
+//! them when `shutdown` completes or one fails:
+//!
+//! - DHCP ([`diskless_dhcp::run`]), full or proxy; what each firmware gets is the boot
+//!   decision of the current site ([`diskless_boot::decision`]).
 //! - TFTP ([`diskless_tftp::server`]) over the store: iPXE binaries and, when
 //!   `image_protocol = "tftp"`, the images.
-//! - HTTP ([`http`]): scripts, image files, stage reports.
+//! - HTTP ([`http`]): scripts, image files, stage reports, on the routes of
+//!   [`diskless_boot::routes`].
+//! - IPv6 router advertisements ([`ra`]), when the site wants them.
+//! - The recorder ([`recorder`]): every protocol's [`BootEvent`]s, the client table and
+//!   `clients.json`.
 //!
-//! Every stage a client reaches is kept in [`clients::Clients`].
+//! The site is read from a `watch` channel at each decision: [`SiteHandle::reload`] makes the
+//! next DHCP request and the next script follow a new config. Leases, running transfers and
+//! the client record are untouched by a reload.
 
-pub mod clients;
 pub mod http;
 pub mod netif;
 pub mod ra;
+pub mod recorder;
 
-use clients::{Clients, Update};
-use diskless_boot::config::{Config, Mode};
-use diskless_boot::{Mac, Policy};
-use diskless_dhcp::{
-    BootOffer, BootPolicy, ClientInfo, ClientKind, DhcpEvent, EventAction, StandardPolicy,
-};
+use diskless_boot::config::Config;
+use diskless_boot::routes::IPXE_DIR;
+use diskless_boot::site::SiteError;
+use diskless_boot::Site;
+use diskless_dhcp::{BootOffer, BootPolicy, ClientInfo, DhcpEvent, DhcpSockets, EventAction, Mac};
 use diskless_image::Store;
-use std::collections::HashMap;
+use recorder::{BootEvent, DhcpAction, Recorder};
 use std::future::Future;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use tokio::sync::watch;
 
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServerError {
-    #[error("{0}")]
-    Setup(String),
+    /// The served interface cannot be used.
+    #[error("interface {interface}: {message}")]
+    Interface { interface: String, message: String },
+    /// The config cannot be resolved on the interface.
+    #[error(transparent)]
+    Site(#[from] SiteError),
+    /// A directory the server needs cannot be made.
+    #[error("creating {path}: {source}")]
+    Directory {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// An iPXE binary is missing from `[ipxe] dir`.
+    #[error(
+        "{path}: {source}: install Debian's ipxe package (apt-get install ipxe), or set [ipxe] dir"
+    )]
+    IpxeMissing {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// An iPXE binary cannot be copied into the store.
+    #[error(transparent)]
+    IpxeInstall(#[from] diskless_dhcp::state_file::WriteError),
+    /// A socket cannot be bound.
+    #[error("binding {what} on {addr}: {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("DHCP: {0}")]
     Dhcp(#[from] diskless_dhcp::DhcpError),
     #[error("TFTP: {0}")]
@@ -46,296 +89,347 @@ pub enum ServerError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    /// A server task panicked.
+    #[error("a server task failed: {0}")]
+    Task(tokio::task::JoinError),
     #[error(transparent)]
     Image(#[from] diskless_image::Error),
 }
 
-/// Where the iPXE binaries go inside the store (so TFTP serves them from one root).
-pub const IPXE_SUBDIR: &str = "ipxe";
-
-/// The DHCP boot decision: the site's policy says whether we boot a client at all, the
-/// standard iPXE chainload rules say with what.
-pub struct BootFiles {
-    pub policy: Policy,
-    pub standard: StandardPolicy,
+/// Why a reload was not applied.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ReloadError {
+    /// The new site changes something only a restart applies.
+    #[error("the new config changes the {0}: restart the server to apply it")]
+    RestartNeeded(&'static str),
+    /// The server has stopped.
+    #[error("the server is not running")]
+    Stopped,
 }
 
-impl BootPolicy for BootFiles {
-    fn boot(&self, client: &ClientInfo) -> Option<BootOffer> {
-        if !self.policy.serves(Mac(client.mac)) {
-            return None;
+/// Resolve `config` on its interface: the interface's address, then [`Site::resolve`].
+pub fn resolve_site(config: &Config) -> Result<Site, ServerError> {
+    let interface = config.interface.as_deref().ok_or(SiteError::NoInterface)?;
+    let addr = netif::ipv4_of(interface).map_err(|message| ServerError::Interface {
+        interface: interface.to_string(),
+        message,
+    })?;
+    Ok(Site::resolve(config, addr.ip, addr.netmask)?)
+}
+
+/// Where a reload sends the new site. Cheap to clone.
+#[derive(Clone)]
+pub struct SiteHandle {
+    tx: Arc<watch::Sender<Arc<Site>>>,
+}
+
+/// The channel [`run`] reads the site from, and its [`SiteHandle`].
+pub fn site_channel(site: Site) -> (SiteHandle, watch::Receiver<Arc<Site>>) {
+    let (tx, rx) = watch::channel(Arc::new(site));
+    (SiteHandle { tx: Arc::new(tx) }, rx)
+}
+
+impl SiteHandle {
+    /// Make `site` the current site: the next DHCP request and script request follow it.
+    /// Refused when it changes what only a restart applies ([`Site::restart_needed`]).
+    pub fn reload(&self, site: Site) -> Result<(), ReloadError> {
+        if let Some(what) = self.tx.borrow().restart_needed(&site) {
+            return Err(ReloadError::RestartNeeded(what));
         }
-        self.standard.boot(client)
+        self.tx
+            .send(Arc::new(site))
+            .map_err(|_| ReloadError::Stopped)?;
+        tracing::info!("site config reloaded");
+        Ok(())
     }
 
-    fn hostname(&self, mac: [u8; 6]) -> Option<String> {
-        self.policy.hostname(Mac(mac))
+    /// The current site.
+    pub fn current(&self) -> Arc<Site> {
+        self.tx.borrow().clone()
+    }
+}
+
+/// The sockets the server serves on, bound by the caller (as root, before dropping
+/// privileges) or handed in by tests.
+pub struct Listeners {
+    /// Port 67 (and 4011 in proxy mode), tied to the interface.
+    pub dhcp: DhcpSockets,
+    /// The TFTP request socket.
+    pub tftp: tokio::net::UdpSocket,
+    /// The HTTP listener.
+    pub http: tokio::net::TcpListener,
+    /// The raw ICMPv6 socket for router advertisements, when the site wants them.
+    pub ra: Option<ra::RaSocket>,
+}
+
+impl Listeners {
+    /// Bind everything `site` serves on: DHCP on its interface, TFTP and HTTP on its address
+    /// and ports, and the router advertisement socket if `ipv6_ra` (a failure there is a
+    /// warning: iPXE then waits ~13 s for a router). Call within a tokio runtime.
+    pub fn bind(site: &Site) -> Result<Listeners, ServerError> {
+        let dhcp = DhcpSockets::bind(&site.interface, site.mode)?;
+        let tftp_addr = SocketAddr::new(IpAddr::V4(site.server_ip), site.tftp_port);
+        let tftp = diskless_tftp::server::bind(tftp_addr).map_err(|source| ServerError::Bind {
+            what: "TFTP",
+            addr: tftp_addr,
+            source,
+        })?;
+        let http_addr = SocketAddr::new(IpAddr::V4(site.server_ip), site.http_port);
+        let http = std::net::TcpListener::bind(http_addr)
+            .and_then(|l| {
+                l.set_nonblocking(true)?;
+                tokio::net::TcpListener::from_std(l)
+            })
+            .map_err(|source| ServerError::Bind {
+                what: "HTTP",
+                addr: http_addr,
+                source,
+            })?;
+        let ra = if site.ipv6_ra {
+            ra::RaSocket::open(&site.interface)
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "IPv6 router advertisements off: iPXE may wait ~13 s for one");
+                })
+                .ok()
+        } else {
+            None
+        };
+        Ok(Listeners {
+            dhcp,
+            tftp,
+            http,
+            ra,
+        })
     }
 }
 
 /// Copy the iPXE binaries clients need into the store, naming the package when one is missing.
-pub fn install_ipxe_files(
-    config: &Config,
-    store: &Path,
-) -> Result<(PathBuf, Vec<String>), ServerError> {
-    let dir = store.join(IPXE_SUBDIR);
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| ServerError::Setup(format!("creating {}: {e}", dir.display())))?;
-    let mut names = vec![config.ipxe.bios.clone(), config.ipxe.uefi.clone()];
+/// Returns their directory and names.
+pub fn install_ipxe_files(site: &Site) -> Result<(PathBuf, Vec<String>), ServerError> {
+    let dir = site.store.join(IPXE_DIR);
+    std::fs::create_dir_all(&dir).map_err(|source| ServerError::Directory {
+        path: dir.clone(),
+        source,
+    })?;
+    let mut names = vec![site.ipxe.bios.clone(), site.ipxe.uefi.clone()];
     names.dedup();
     for name in &names {
-        let from = config.ipxe.dir.join(name);
-        let data = std::fs::read(&from).map_err(|e| {
-            ServerError::Setup(format!(
-                "{}: {e}: install Debian's ipxe package (apt-get install ipxe), or set [ipxe] dir",
-                from.display()
-            ))
+        let from = site.ipxe.dir.join(name);
+        let data = std::fs::read(&from).map_err(|source| ServerError::IpxeMissing {
+            path: from.clone(),
+            source,
         })?;
         let to = dir.join(name);
         if std::fs::read(&to).ok().as_deref() != Some(&data[..]) {
-            let tmp = dir.join(format!(".{name}.tmp"));
-            std::fs::write(&tmp, &data)
-                .map_err(|e| ServerError::Setup(format!("{}: {e}", tmp.display())))?;
-            std::fs::rename(&tmp, &to)
-                .map_err(|e| ServerError::Setup(format!("{}: {e}", to.display())))?;
+            diskless_dhcp::state_file::write_atomic(&to, &data)?;
         }
     }
     Ok((dir, names))
 }
 
-/// The default pool: .100 to .199 of the interface's subnet, clipped to the subnet.
-pub fn default_range(ip: Ipv4Addr, netmask: Ipv4Addr) -> Option<(Ipv4Addr, Ipv4Addr)> {
-    let mask = u32::from(netmask);
-    let network = u32::from(ip) & mask;
-    let broadcast = network | !mask;
-    let first = network + 100;
-    let last = (network + 199).min(broadcast - 1);
-    (first < broadcast && first <= last).then(|| (Ipv4Addr::from(first), Ipv4Addr::from(last)))
+/// The DHCP core's boot policy: the boot decision of the site current at each request.
+struct CurrentSite(watch::Receiver<Arc<Site>>);
+
+impl BootPolicy for CurrentSite {
+    fn boot(&self, client: &ClientInfo) -> Option<BootOffer> {
+        self.0.borrow().boot(client)
+    }
+
+    fn hostname(&self, mac: Mac) -> Option<String> {
+        self.0.borrow().hostname(mac)
+    }
 }
 
-/// Run the boot server until `shutdown` completes.
+/// A DHCP answer as a recorder event (releases, declines and exhaustion are only logged).
+fn dhcp_event(event: &DhcpEvent) -> Option<BootEvent> {
+    let (action, ip, detail) = match &event.action {
+        EventAction::Offer { ip, file } => (DhcpAction::Offer, *ip, file.clone()),
+        EventAction::Ack { ip, file } => (DhcpAction::Ack, *ip, file.clone()),
+        EventAction::Nak { reason, .. } => (DhcpAction::Nak, None, Some(reason.to_string())),
+        _ => return None,
+    };
+    Some(BootEvent::Dhcp {
+        mac: event.mac,
+        firmware: event.kind,
+        action,
+        ip,
+        detail,
+    })
+}
+
+/// A future that completes when `stop` says true.
+fn stopped_clone(stop: &watch::Sender<bool>) -> impl Future<Output = ()> + Send + 'static {
+    let mut rx = stop.subscribe();
+    async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+/// Run the boot server on `listeners` until `shutdown` completes, with a recorder of its own
+/// writing `STATE/clients.json`.
 pub async fn run(
-    config: Config,
+    listeners: Listeners,
+    site: watch::Receiver<Arc<Site>>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let interface = config.interface.clone().ok_or_else(|| {
-        ServerError::Setup(
-            "no interface given: use --interface or set interface in the config".into(),
-        )
+    let current = site.borrow().clone();
+    std::fs::create_dir_all(&current.state).map_err(|source| ServerError::Directory {
+        path: current.state.clone(),
+        source,
     })?;
-    let addr = netif::ipv4_of(&interface).map_err(ServerError::Setup)?;
-    let store = Store::open(&config.store)?;
-    if let Some(image) = &config.boot.image {
+    let (recorder, recorder_task) = Recorder::start(
+        Some(current.state.join("clients.json")),
+        (&current.record).into(),
+    );
+    let result = run_with_recorder(listeners, site, recorder, shutdown).await;
+    recorder_task.stop().await;
+    result
+}
+
+/// [`run`] with the caller's [`Recorder`] (the caller stops it after this returns).
+pub async fn run_with_recorder(
+    listeners: Listeners,
+    site: watch::Receiver<Arc<Site>>,
+    recorder: Recorder,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    let current = site.borrow().clone();
+    let store = Store::open(&current.store)?;
+    if let Some(image) = &current.default_image {
         if let Err(e) = store.current(image) {
             tracing::warn!(%image, error = %e, "the default image is not in the store: clients will be told so");
         }
     }
-    std::fs::create_dir_all(&config.state)
-        .map_err(|e| ServerError::Setup(format!("creating {}: {e}", config.state.display())))?;
-    let clients = Arc::new(Clients::persistent(config.state.join("clients.json")));
-    let (ipxe_dir, ipxe_files) = install_ipxe_files(&config, &config.store)?;
-    let policy = Policy::from_config(&config);
+    let (ipxe_dir, ipxe_files) = install_ipxe_files(&current)?;
+    let Listeners {
+        dhcp,
+        tftp,
+        http,
+        ra,
+    } = listeners;
+    let http_addr = http.local_addr().map_err(|source| ServerError::Http {
+        addr: SocketAddr::new(IpAddr::V4(current.server_ip), current.http_port),
+        source,
+    })?;
 
-    let http_authority = if config.http_port == 80 {
-        addr.ip.to_string()
-    } else {
-        format!("{}:{}", addr.ip, config.http_port)
-    };
-    let tftp_authority = if config.tftp_port == 69 {
-        addr.ip.to_string()
-    } else {
-        format!("{}:{}", addr.ip, config.tftp_port)
-    };
+    // One stop signal for every task.
+    let (stop_tx, _) = watch::channel(false);
+    let stopped = || stopped_clone(&stop_tx);
+    tracing::info!(
+        interface = %current.interface, server = %current.server_ip, mode = ?current.mode,
+        store = %current.store.display(), http = %http_addr, tftp_port = current.tftp_port,
+        "diskless server starting"
+    );
 
-    // DHCP.
-    let range = match &config.dhcp.range {
-        Some(r) => Some(diskless_boot::config::parse_range(r).map_err(ServerError::Setup)?),
-        None => default_range(addr.ip, addr.netmask),
-    };
-    let dhcp_config = diskless_dhcp::DhcpConfig {
-        mode: match config.mode {
-            Mode::Full => diskless_dhcp::Mode::Full,
-            Mode::Proxy => diskless_dhcp::Mode::Proxy,
-        },
-        server_ip: addr.ip,
-        netmask: addr.netmask,
-        router: config.dhcp.router,
-        dns: config.dhcp.dns.clone(),
-        domain: config.dhcp.domain.clone(),
-        range: if config.mode == Mode::Full {
-            range
-        } else {
-            None
-        },
-        lease_time: std::time::Duration::from_secs(config.dhcp.lease_time.into()),
-        reservations: config
-            .clients
-            .iter()
-            .filter_map(|c| {
-                Some(diskless_dhcp::Reservation {
-                    mac: c.mac.0,
-                    ip: c.ip?,
-                    hostname: c.hostname.clone(),
-                })
-            })
-            .collect(),
-    };
-    let mut standard = StandardPolicy::new(addr.ip);
-    standard.bios_file = format!("{IPXE_SUBDIR}/{}", config.ipxe.bios);
-    standard.uefi_file = format!("{IPXE_SUBDIR}/{}", config.ipxe.uefi);
-    standard.script_url_template = format!("http://{http_authority}/boot/{{mac}}.ipxe");
-    standard.http_boot_url = Some(format!(
-        "http://{http_authority}/{IPXE_SUBDIR}/{}",
-        config.ipxe.uefi
-    ));
-    let boot_files: Arc<dyn BootPolicy> = Arc::new(BootFiles {
-        policy: policy.clone(),
-        standard,
-    });
-
-    // Which MAC has which address: TFTP only sees addresses.
-    let macs_by_ip: Arc<Mutex<HashMap<IpAddr, String>>> = Arc::default();
-    let sink_clients = clients.clone();
-    let sink_macs = macs_by_ip.clone();
-    let on_dhcp: diskless_dhcp::EventSink = Arc::new(move |event: &DhcpEvent| {
-        let mac = Mac(event.mac).to_string();
-        let (stage, ip, file) = match &event.action {
-            EventAction::Offer { ip, file } => ("dhcp-offer", *ip, file.clone()),
-            EventAction::Ack { ip, file } => ("dhcp-ack", *ip, file.clone()),
-            EventAction::Nak { reason, .. } => ("dhcp-nak", None, Some(reason.to_string())),
-            _ => return,
-        };
-        if let Some(ip) = ip {
-            sink_macs
-                .lock()
-                .expect("macs lock")
-                .insert(IpAddr::V4(ip), mac.clone());
-        }
-        let firmware = event.kind.as_str();
-        let starts_boot = event.kind != ClientKind::Plain && stage == "dhcp-offer";
-        let detail = format!("{firmware} {}", file.unwrap_or_default())
-            .trim()
-            .to_string();
-        sink_clients.record(
-            &mac,
-            stage,
-            &detail,
-            starts_boot,
-            Update {
-                ip: ip.map(IpAddr::V4),
-                firmware: (event.kind != ClientKind::Plain).then(|| firmware.to_string()),
-                ..Default::default()
-            },
-        );
-    });
-
-    // TFTP.
-    let mut tftp_config = diskless_tftp::server::ServerConfig::new(&config.store);
-    let tftp_clients = clients.clone();
-    let tftp_macs = macs_by_ip.clone();
-    tftp_config.on_transfer_done =
-        Some(Arc::new(move |log: &diskless_tftp::server::TransferLog| {
-            let mac = tftp_macs
-                .lock()
-                .expect("macs lock")
-                .get(&log.client.ip())
-                .cloned();
-            if let Some(mac) = mac {
-                let detail = format!("{} {} bytes {:?}", log.filename, log.bytes, log.outcome);
-                tftp_clients.record(&mac, "tftp", &detail, false, Update::default());
+    let on_dhcp: diskless_dhcp::EventSink = {
+        let recorder = recorder.clone();
+        Arc::new(move |event: &DhcpEvent| {
+            if let Some(event) = dhcp_event(event) {
+                recorder.record(event);
             }
-        }));
+        })
+    };
+    // Every task the server starts, each ending on the stop signal.
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn({
+        let config = current.dhcp_config();
+        let leases = current.state.join("leases.json");
+        let policy = Arc::new(CurrentSite(site.clone()));
+        let stopped = stopped();
+        async move {
+            diskless_dhcp::run(dhcp, config, Some(leases), policy, Some(on_dhcp), stopped)
+                .await
+                .map_err(ServerError::from)
+        }
+    });
 
-    // HTTP.
+    let mut tftp_config = diskless_tftp::server::ServerConfig::new(&current.store);
+    tftp_config.on_transfer_done = Some({
+        let recorder = recorder.clone();
+        Arc::new(move |log: &diskless_tftp::server::TransferLog| {
+            recorder.record(BootEvent::Tftp {
+                client: log.client.ip(),
+                file: log.filename.clone(),
+                bytes: log.bytes,
+                outcome: format!("{:?}", log.outcome),
+            });
+        })
+    });
+    tasks.spawn({
+        let stopped = stopped();
+        async move {
+            diskless_tftp::server::serve(tftp, tftp_config, stopped)
+                .await
+                .map_err(ServerError::from)
+        }
+    });
+
     let http_state = Arc::new(http::HttpState {
-        store: store.clone(),
-        policy,
-        clients: clients.clone(),
-        http_authority: http_authority.clone(),
-        tftp_authority,
-        protocol: config.boot.image_protocol,
+        site,
+        store,
+        recorder,
         ipxe_dir,
         ipxe_files,
     });
-    let http_addr = SocketAddr::new(IpAddr::V4(addr.ip), config.http_port);
-    let listener = tokio::net::TcpListener::bind(http_addr)
-        .await
-        .map_err(|source| ServerError::Http {
-            addr: http_addr,
-            source,
-        })?;
-
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stopped = move || {
-        let mut rx = stop_rx.clone();
-        async move {
-            let _ = rx.wait_for(|stop| *stop).await;
-        }
-    };
-    tracing::info!(
-        %interface, server = %addr.ip, mode = ?config.mode, store = %config.store.display(),
-        http = %http_addr, tftp_port = config.tftp_port, "diskless server starting"
-    );
-
-    let lease_path = config.state.join("leases.json");
-    let mut dhcp_task = tokio::spawn({
-        let stopped = stopped();
-        let interface = interface.clone();
-        async move {
-            diskless_dhcp::run(
-                dhcp_config,
-                &interface,
-                Some(lease_path),
-                boot_files,
-                Some(on_dhcp),
-                stopped,
-            )
-            .await
-        }
-    });
-    let tftp_addr = SocketAddr::new(IpAddr::V4(addr.ip), config.tftp_port);
-    if config.ipv6_ra.unwrap_or(config.mode == Mode::Full) {
-        let interface = interface.clone();
-        tokio::spawn(async move {
-            if let Err(e) = ra::serve(interface).await {
-                tracing::warn!(error = %e, "IPv6 router advertisements off: iPXE may wait ~13 s for one");
-            }
-        });
-    }
-    let mut tftp_task = tokio::spawn(diskless_tftp::server::serve_addr(
-        tftp_addr,
-        tftp_config,
-        stopped(),
-    ));
     let app = http::router(http_state).into_make_service_with_connect_info::<SocketAddr>();
-    let mut http_task = tokio::spawn({
+    tasks.spawn({
         let stopped = stopped();
         async move {
-            axum::serve(listener, app)
+            axum::serve(http, app)
                 .with_graceful_shutdown(stopped)
                 .await
+                .map_err(|source| ServerError::Http {
+                    addr: http_addr,
+                    source,
+                })
         }
     });
 
-    // Stop everything on the shutdown signal or when any server fails.
+    if let Some(socket) = ra {
+        let stopped = stopped();
+        let stopped_too = stopped_clone(&stop_tx);
+        tasks.spawn(async move {
+            // Not fatal: without it iPXE only boots slower.
+            if let Err(e) = socket.serve(stopped).await {
+                tracing::warn!(error = %e, "IPv6 router advertisements stopped");
+                stopped_too.await;
+            }
+            Ok(())
+        });
+    }
+
+    // Stop everything on the shutdown signal or when any server ends.
     tokio::pin!(shutdown);
     let result: Result<(), ServerError> = tokio::select! {
         _ = &mut shutdown => Ok(()),
-        r = &mut dhcp_task => r.map_err(|e| ServerError::Setup(format!("DHCP task: {e}")))?.map_err(ServerError::from),
-        r = &mut tftp_task => r.map_err(|e| ServerError::Setup(format!("TFTP task: {e}")))?.map_err(ServerError::from),
-        r = &mut http_task => r.map_err(|e| ServerError::Setup(format!("HTTP task: {e}")))?
-            .map_err(|source| ServerError::Http { addr: http_addr, source }),
+        Some(ended) = tasks.join_next() => ended.map_err(ServerError::Task).and_then(|r| r),
     };
-    // Each server stops on the signal; give them a moment to finish what they are doing.
+    // Each task stops on the signal; give them a moment to finish what they are doing (an
+    // HTTP download in progress, say), then abort the rest. Every task is joined.
     let _ = stop_tx.send(true);
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
-        let _ = (&mut dhcp_task).await;
-        let _ = (&mut tftp_task).await;
-        let _ = (&mut http_task).await;
-    })
-    .await;
+    let drain = async {
+        while let Some(ended) = tasks.join_next().await {
+            if let Err(e) = ended.map_err(ServerError::Task).and_then(|r| r) {
+                tracing::warn!(error = %e, "while stopping");
+            }
+        }
+    };
+    if tokio::time::timeout(std::time::Duration::from_secs(5), drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!("server tasks still busy after 5 s: stopping them");
+        tasks.abort_all();
+        while tasks.join_next().await.is_some() {}
+    }
     tracing::info!("diskless server stopped");
     result
+}
+
+/// The state directory's client record file.
+pub fn clients_file(state: &Path) -> PathBuf {
+    state.join("clients.json")
 }
 
 #[cfg(test)]
@@ -343,39 +437,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn default_pool_is_inside_the_subnet() {
-        let r =
-            default_range(Ipv4Addr::new(10, 77, 0, 1), Ipv4Addr::new(255, 255, 255, 0)).unwrap();
-        assert_eq!(
-            r,
-            (Ipv4Addr::new(10, 77, 0, 100), Ipv4Addr::new(10, 77, 0, 199))
-        );
-        let r = default_range(
-            Ipv4Addr::new(10, 77, 0, 1),
-            Ipv4Addr::new(255, 255, 255, 128),
-        )
-        .unwrap();
-        assert_eq!(
-            r,
-            (Ipv4Addr::new(10, 77, 0, 100), Ipv4Addr::new(10, 77, 0, 126))
-        );
-        assert_eq!(
-            default_range(
-                Ipv4Addr::new(10, 77, 0, 1),
-                Ipv4Addr::new(255, 255, 255, 192)
-            ),
-            None
-        );
-    }
-
-    #[test]
     fn missing_ipxe_binary_names_the_package() {
         let dir = tempfile::tempdir().unwrap();
-        let mut config = Config::default();
-        config.ipxe.dir = dir.path().join("nothing");
-        let err = install_ipxe_files(&config, dir.path())
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("apt-get install ipxe"), "{err}");
+        let mut site = Site::for_tests("");
+        site.store = dir.path().to_path_buf();
+        site.ipxe.dir = dir.path().join("nothing");
+        let err = install_ipxe_files(&site).unwrap_err();
+        assert!(matches!(err, ServerError::IpxeMissing { .. }), "{err}");
+        assert!(err.to_string().contains("apt-get install ipxe"), "{err}");
     }
 }

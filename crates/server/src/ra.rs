@@ -62,8 +62,34 @@ fn setsockopt<T>(
     check(rc, what)
 }
 
-/// Answer router solicitations on `interface` until the task is dropped.
-pub async fn serve(interface: String) -> io::Result<()> {
+/// A raw ICMPv6 socket on one interface, in the all-routers group, ready to answer router
+/// solicitations. Opening it needs CAP_NET_RAW: the caller opens it before dropping
+/// privileges ([`crate::Listeners::bind`]).
+pub struct RaSocket {
+    fd: OwnedFd,
+    index: u32,
+    mac: [u8; 6],
+    interface: String,
+}
+
+impl RaSocket {
+    /// Open the socket on `interface`.
+    pub fn open(interface: &str) -> io::Result<RaSocket> {
+        open(interface)
+    }
+
+    /// Answer router solicitations until `shutdown` completes.
+    pub async fn serve(self, shutdown: impl std::future::Future<Output = ()>) -> io::Result<()> {
+        tokio::pin!(shutdown);
+        tokio::select! {
+            r = serve(self) => r,
+            _ = &mut shutdown => Ok(()),
+        }
+    }
+}
+
+fn open(interface: &str) -> io::Result<RaSocket> {
+    let interface = interface.to_string();
     let name = CString::new(interface.clone())
         .map_err(|_| io::Error::other("interface name has a NUL"))?;
     // SAFETY: plain libc calls on a socket we own.
@@ -83,18 +109,9 @@ pub async fn serve(interface: String) -> io::Result<()> {
     check(raw, "opening a raw ICMPv6 socket")?;
     // SAFETY: raw is a fresh, valid fd.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    setsockopt(
-        &fd,
-        libc::SOL_SOCKET,
-        libc::SO_BINDTODEVICE,
-        &{
-            let mut buf = [0u8; libc::IFNAMSIZ];
-            buf[..interface.len().min(libc::IFNAMSIZ - 1)]
-                .copy_from_slice(&interface.as_bytes()[..interface.len().min(libc::IFNAMSIZ - 1)]);
-            buf
-        },
-        "binding to the interface",
-    )?;
+    socket2::SockRef::from(&fd)
+        .bind_device(Some(interface.as_bytes()))
+        .map_err(|e| io::Error::new(e.kind(), format!("binding to the interface: {e}")))?;
     let hops: libc::c_int = 255; // RFC 4861: hop limit 255, or receivers drop it
     setsockopt(
         &fd,
@@ -130,6 +147,21 @@ pub async fn serve(interface: String) -> io::Result<()> {
         &group,
         "joining ff02::2",
     )?;
+    Ok(RaSocket {
+        fd,
+        index,
+        mac,
+        interface,
+    })
+}
+
+async fn serve(socket: RaSocket) -> io::Result<()> {
+    let RaSocket {
+        fd,
+        index,
+        mac,
+        interface,
+    } = socket;
     // SAFETY: we own the fd and it stays open for as long as the AsyncFd that holds it.
     let fd = unsafe { tokio::io::unix::AsyncFd::register(fd) }
         .map_err(|e| io::Error::other(e.to_string()))?;

@@ -16,8 +16,8 @@ pub struct ClientsArgs {
 }
 
 pub fn run(args: ClientsArgs) -> Result<ExitCode> {
-    let path = args.state.join("clients.json");
-    let records = match diskless_server::clients::load(&path) {
+    let path = diskless_server::clients_file(&args.state);
+    let records = match diskless_server::recorder::load(&path) {
         Ok(r) => r,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             println!(

@@ -137,7 +137,12 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
                 _ = term.recv() => {}
             }
         };
-        diskless_server::run(cfg, shutdown).await
+        // Bind while we may (ports below 1024, raw sockets), then serve.
+        let site = diskless_server::resolve_site(&cfg)?;
+        let listeners = diskless_server::Listeners::bind(&site)?;
+        let (_reload, site) = diskless_server::site_channel(site);
+        diskless_server::run(listeners, site, shutdown).await?;
+        anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
 }

@@ -1,3 +1,10 @@
+//! [`Mac`]: the client identity every part of diskless is keyed by.
+//!
+//! It lives here, in the lowest crate that needs it: the DHCP packet's `chaddr` is where a
+//! client's identity first appears. Its one formatter is [`Display`](fmt::Display) (colon
+//! form, used in logs, files and the config); [`Mac::hyphenated`] is the form in URLs and
+//! kernel options; [`FromStr`] is its one parser and takes both.
+
 use std::fmt;
 use std::str::FromStr;
 
@@ -7,11 +14,28 @@ use std::str::FromStr;
 pub struct Mac(pub [u8; 6]);
 
 impl Mac {
-    /// `aa-bb-cc-dd-ee-ff`: safe in URLs and file names.
+    /// `aa-bb-cc-dd-ee-ff`: safe in URLs and file names (iPXE's `${net0/mac:hexhyp}`).
     pub fn hyphenated(&self) -> String {
         self.to_string().replace(':', "-")
     }
 }
+
+impl From<[u8; 6]> for Mac {
+    fn from(bytes: [u8; 6]) -> Mac {
+        Mac(bytes)
+    }
+}
+
+impl From<Mac> for [u8; 6] {
+    fn from(mac: Mac) -> [u8; 6] {
+        mac.0
+    }
+}
+
+/// Text that is not a MAC address.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a MAC address (expected aa:bb:cc:dd:ee:ff)")]
+pub struct BadMac(pub String);
 
 impl fmt::Display for Mac {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -21,10 +45,10 @@ impl fmt::Display for Mac {
 }
 
 impl FromStr for Mac {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Mac, String> {
+    type Err = BadMac;
+    fn from_str(s: &str) -> Result<Mac, BadMac> {
         let parts: Vec<&str> = s.split([':', '-']).collect();
-        let bad = || format!("{s:?} is not a MAC address (expected aa:bb:cc:dd:ee:ff)");
+        let bad = || BadMac(s.to_string());
         if parts.len() != 6 {
             return Err(bad());
         }
@@ -66,6 +90,8 @@ mod tests {
             "52:54:00:ab:cd:zz",
             "525400abcd01",
             "52:54:00:ab:cd:0001",
+            "52:54:00:ab:cd:ef:00",
+            "5:54:00:ab:cd:eff",
         ] {
             assert!(bad.parse::<Mac>().is_err(), "{bad}");
         }

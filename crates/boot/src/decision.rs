@@ -1,0 +1,281 @@
+//! The one boot decision: given a client, what it boots, or that it is refused (pixiecore's
+//! `Booter.BootSpec(Machine)`).
+//!
+//! Everything that hands a client something asks here: the DHCP core (through the
+//! [`BootPolicy`] impl on [`Site`]: which first-stage file or URL each firmware gets, and the
+//! host name), the HTTP server for the iPXE script ([`Site::boot_spec`]), and later a GRUB
+//! config. The chain a client follows is chosen by its [`Loader`]:
+//!
+//! | firmware (option 60/77/93) | [`Loader::Ipxe`] gets                                  |
+//! |----------------------------|--------------------------------------------------------|
+//! | BIOS PXE ROM               | `ipxe/undionly.kpxe` over TFTP (`[ipxe] bios`)          |
+//! | UEFI x86-64 PXE            | `ipxe/ipxe.efi` over TFTP (`[ipxe] uefi`: snponly.efi)  |
+//! | UEFI x86-64 HTTP boot      | `http://SERVER/ipxe/ipxe.efi`                          |
+//! | iPXE                       | `http://SERVER/boot/MAC.ipxe`, its script              |
+//! | anything else              | nothing (an address only, in full mode)               |
+//!
+//! A Secure Boot chain (shim → GRUB → kernel) is a second [`Loader`] variant with its own
+//! column in [`Site::first_stage`]; the boot spec (image, size, options) stays the same.
+
+use crate::config::UnknownClients;
+use crate::routes::Route;
+use crate::site::Site;
+use diskless_dhcp::classify::arch;
+use diskless_dhcp::{BootOffer, BootPolicy, ClientInfo, ClientKind, Mac};
+
+/// A client asking to boot: who it is and what its firmware is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Machine {
+    /// Its Ethernet address.
+    pub mac: Mac,
+    /// What its firmware said it is.
+    pub firmware: ClientKind,
+    /// Option 93 (client architecture), when sent.
+    pub arch: Option<u16>,
+}
+
+impl Machine {
+    /// A client known only by its MAC that already runs iPXE (a script request).
+    pub fn ipxe(mac: Mac) -> Machine {
+        Machine {
+            mac,
+            firmware: ClientKind::Ipxe,
+            arch: None,
+        }
+    }
+}
+
+impl From<&ClientInfo> for Machine {
+    fn from(client: &ClientInfo) -> Machine {
+        Machine {
+            mac: client.mac,
+            firmware: client.kind,
+            arch: client.arch,
+        }
+    }
+}
+
+/// The network boot loader a client is chained into.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loader {
+    /// iPXE (Debian's `ipxe` package), which then fetches `/boot/MAC.ipxe`.
+    Ipxe,
+}
+
+/// What one client boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootSpec {
+    /// The loader chain it follows.
+    pub loader: Loader,
+    /// The image it boots; None: no image is configured for it, and the loader tells the
+    /// client so on its console instead of booting.
+    pub image: Option<String>,
+    /// Its host name (option 12).
+    pub hostname: Option<String>,
+    /// RAM disk size (`diskless.size=`).
+    pub size: String,
+    /// Extra kernel options: the site's, then the client's.
+    pub cmdline: String,
+}
+
+impl Site {
+    /// Is this client one we boot? Unknown clients may be ignored by the site's choice.
+    pub fn serves(&self, mac: Mac) -> bool {
+        self.clients.contains_key(&mac) || self.unknown_clients == UnknownClients::Boot
+    }
+
+    /// The host name of `mac`: its `[[client]]` entry's.
+    pub fn hostname(&self, mac: Mac) -> Option<String> {
+        self.clients.get(&mac).and_then(|c| c.hostname.clone())
+    }
+
+    /// What `machine` boots; None: it is refused (an unknown client on a site that ignores
+    /// them).
+    pub fn boot_spec(&self, machine: &Machine) -> Option<BootSpec> {
+        if !self.serves(machine.mac) {
+            return None;
+        }
+        let entry = self.clients.get(&machine.mac);
+        let extra = entry.and_then(|c| c.cmdline.as_deref()).unwrap_or("");
+        let cmdline = [self.cmdline.as_str(), extra]
+            .iter()
+            .filter(|s| !s.trim().is_empty())
+            .map(|s| s.trim())
+            .collect::<Vec<_>>()
+            .join(" ");
+        Some(BootSpec {
+            loader: Loader::Ipxe,
+            image: entry
+                .and_then(|c| c.image.clone())
+                .or_else(|| self.default_image.clone()),
+            hostname: entry.and_then(|c| c.hostname.clone()),
+            size: entry
+                .and_then(|c| c.size.clone())
+                .unwrap_or_else(|| self.size.clone()),
+            cmdline,
+        })
+    }
+
+    /// The file or URL the firmware of `machine` loads first, for `spec`'s loader (the table
+    /// in the module docs); None: nothing for this firmware.
+    pub fn first_stage(&self, machine: &Machine, spec: &BootSpec) -> Option<String> {
+        let ipxe = |file: &str| Route::Ipxe(file.to_string());
+        match spec.loader {
+            Loader::Ipxe => match machine.firmware {
+                ClientKind::Plain => None,
+                // Whatever its architecture: iPXE already runs, so it goes straight to its
+                // script (and never gets the chainloader again).
+                ClientKind::Ipxe => Some(self.url(&Route::BootScript(machine.mac))),
+                ClientKind::BiosPxe => Some(ipxe(&self.ipxe.bios).tftp_path()),
+                // Debian's ipxe package has x86-64 EFI binaries only.
+                ClientKind::UefiPxe => match machine.arch {
+                    Some(arch::EFI_BC | arch::EFI_X86_64) => {
+                        Some(ipxe(&self.ipxe.uefi).tftp_path())
+                    }
+                    _ => None,
+                },
+                ClientKind::UefiHttp => match machine.arch {
+                    None | Some(arch::EFI_X86_64_HTTP) => Some(self.url(&ipxe(&self.ipxe.uefi))),
+                    _ => None,
+                },
+            },
+        }
+    }
+}
+
+/// The DHCP core asks the site through this.
+impl BootPolicy for Site {
+    fn boot(&self, client: &ClientInfo) -> Option<BootOffer> {
+        let machine = Machine::from(client);
+        let spec = self.boot_spec(&machine)?;
+        self.first_stage(&machine, &spec).map(BootOffer::new)
+    }
+
+    fn hostname(&self, mac: Mac) -> Option<String> {
+        Site::hostname(self, mac)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: &str = r#"
+[boot]
+image = "lab"
+cmdline = "quiet"
+size = "3G"
+[[client]]
+mac = "52:54:00:00:00:01"
+hostname = "pc01"
+image = "render"
+cmdline = "nomodeset"
+size = "8G"
+[[client]]
+mac = "52:54:00:00:00:02"
+"#;
+
+    fn site(extra: &str) -> Site {
+        Site::for_tests(&format!("{extra}{CONFIG}"))
+    }
+
+    fn spec(site: &Site, mac: &str) -> Option<BootSpec> {
+        site.boot_spec(&Machine::ipxe(mac.parse().unwrap()))
+    }
+
+    fn machine(firmware: ClientKind, arch: Option<u16>) -> Machine {
+        Machine {
+            mac: "52:54:00:ab:cd:ef".parse().unwrap(),
+            firmware,
+            arch,
+        }
+    }
+
+    #[test]
+    fn known_client_gets_its_own_settings() {
+        let boot = spec(&site(""), "52:54:00:00:00:01").unwrap();
+        assert_eq!(boot.image.as_deref(), Some("render"));
+        assert_eq!(boot.hostname.as_deref(), Some("pc01"));
+        assert_eq!(boot.size, "8G");
+        assert_eq!(boot.cmdline, "quiet nomodeset");
+    }
+
+    #[test]
+    fn client_without_image_gets_the_default() {
+        let boot = spec(&site(""), "52:54:00:00:00:02").unwrap();
+        assert_eq!(
+            (
+                boot.image.as_deref(),
+                boot.size.as_str(),
+                boot.cmdline.as_str()
+            ),
+            (Some("lab"), "3G", "quiet")
+        );
+    }
+
+    #[test]
+    fn unknown_clients_boot_or_are_ignored() {
+        let stranger = "52:54:00:99:99:99";
+        assert_eq!(
+            spec(&site(""), stranger).unwrap().image.as_deref(),
+            Some("lab")
+        );
+        let s = Site::for_tests(&CONFIG.replace("[boot]", "[boot]\nunknown_clients = \"ignore\""));
+        assert!(spec(&s, stranger).is_none());
+        assert!(!s.serves(stranger.parse().unwrap()));
+        assert!(spec(&s, "52:54:00:00:00:02").is_some());
+    }
+
+    #[test]
+    fn each_firmware_gets_its_first_stage() {
+        let s = Site::for_tests("http_port = 8080\n");
+        let first = |m: Machine| {
+            s.boot(&diskless_dhcp::fuzzing::client_info(
+                m.mac, m.firmware, m.arch,
+            ))
+            .map(|o| o.filename)
+        };
+        assert_eq!(
+            first(machine(ClientKind::BiosPxe, None)).as_deref(),
+            Some("ipxe/undionly.kpxe")
+        );
+        assert_eq!(
+            first(machine(ClientKind::UefiPxe, Some(arch::EFI_X86_64))).as_deref(),
+            Some("ipxe/ipxe.efi")
+        );
+        assert_eq!(
+            first(machine(ClientKind::UefiHttp, Some(arch::EFI_X86_64_HTTP))).as_deref(),
+            Some("http://10.0.0.1:8080/ipxe/ipxe.efi")
+        );
+        // iPXE never gets the chainloader again, whatever its architecture.
+        for arch in [None, Some(0), Some(7), Some(9)] {
+            assert_eq!(
+                first(machine(ClientKind::Ipxe, arch)).as_deref(),
+                Some("http://10.0.0.1:8080/boot/52-54-00-ab-cd-ef.ipxe")
+            );
+        }
+        assert_eq!(first(machine(ClientKind::Plain, None)), None);
+        assert_eq!(first(machine(ClientKind::UefiPxe, Some(11))), None, "arm64");
+        let snp = Site::for_tests("[ipxe]\nuefi = \"snponly.efi\"\n");
+        let m = machine(ClientKind::UefiPxe, Some(arch::EFI_BC));
+        assert_eq!(
+            snp.first_stage(&m, &snp.boot_spec(&m).unwrap()).as_deref(),
+            Some("ipxe/snponly.efi")
+        );
+    }
+
+    #[test]
+    fn ignored_clients_get_no_offer_and_hostnames_one_route() {
+        let s = Site::for_tests(&CONFIG.replace("[boot]", "[boot]\nunknown_clients = \"ignore\""));
+        let stranger = Machine {
+            mac: "52:54:00:99:99:99".parse().unwrap(),
+            firmware: ClientKind::BiosPxe,
+            arch: None,
+        };
+        assert!(s.boot_spec(&stranger).is_none());
+        assert_eq!(
+            BootPolicy::hostname(&s, "52:54:00:00:00:01".parse().unwrap()).as_deref(),
+            Some("pc01")
+        );
+    }
+}

@@ -1,0 +1,259 @@
+//! Every URL the boot server serves, built and parsed here and nowhere else.
+//!
+//! ```text
+//! GET  /                                   a line saying what this is
+//! GET  /boot/{mac}.ipxe                    the client's iPXE script ({mac}: aa-bb-cc-dd-ee-ff)
+//! GET  /images/{name}/{version}/{file}     an ImageFile of a stored version (HTTP and TFTP)
+//! GET  /ipxe/{file}                        iPXE binaries (UEFI HTTP boot; TFTP: ipxe/{file})
+//! POST /api/report/{mac}                   stage=...&detail=... from the client
+//! GET  /api/clients                        the boot record of every client, as JSON
+//! ```
+//!
+//! [`Route::path`] builds a path, [`Route::parse`] reads one back (`parse(path()) == route`,
+//! tested below), [`Route::url`] and [`Route::tftp_path`] put it in the form a client is given.
+//! [`ImageFile`] names the files of a stored image version: the manifest, the script generator
+//! and the HTTP allow-list all use it.
+
+use crate::names::check_name;
+use diskless_dhcp::{BadMac, Mac};
+use std::fmt;
+
+/// The files of a stored image version, the only ones served from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ImageFile {
+    /// `root.squashfs`: the root file system the initramfs downloads.
+    Squashfs,
+    /// `vmlinuz`: the kernel.
+    Kernel,
+    /// `initrd.img`: the image's own initramfs.
+    Initrd,
+    /// `diskless.cpio`: our boot script and fetch helper, loaded after `initrd.img` (absent
+    /// when the image's own initrd carries them: `diskless initrd install`).
+    BootCpio,
+}
+
+impl ImageFile {
+    /// Every image file.
+    pub const ALL: [ImageFile; 4] = [
+        ImageFile::Squashfs,
+        ImageFile::Kernel,
+        ImageFile::Initrd,
+        ImageFile::BootCpio,
+    ];
+
+    /// Its file name in the store and in URLs.
+    pub const fn name(self) -> &'static str {
+        match self {
+            ImageFile::Squashfs => "root.squashfs",
+            ImageFile::Kernel => "vmlinuz",
+            ImageFile::Initrd => "initrd.img",
+            ImageFile::BootCpio => "diskless.cpio",
+        }
+    }
+
+    /// The image file called `name`, if it is one.
+    pub fn from_name(name: &str) -> Option<ImageFile> {
+        ImageFile::ALL.into_iter().find(|f| f.name() == name)
+    }
+}
+
+impl fmt::Display for ImageFile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One URL path the server answers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Route {
+    /// `/`.
+    Index,
+    /// `/boot/{mac}.ipxe`: the client's iPXE script.
+    BootScript(Mac),
+    /// `/images/{image}/{version}/{file}`.
+    ImageFile {
+        /// Image name (checked by [`check_name`]).
+        image: String,
+        /// Version (checked by [`check_name`]; never `current`).
+        version: String,
+        /// Which file.
+        file: ImageFile,
+    },
+    /// `/ipxe/{file}`: an iPXE binary (a plain file name; the server checks its allow-list).
+    Ipxe(String),
+    /// `/api/report/{mac}`: a stage report from the client.
+    Report(Mac),
+    /// `/api/clients`: every client's record.
+    Clients,
+}
+
+/// A path that is none of the [`Route`]s, with what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum RouteError {
+    /// No route has this shape.
+    #[error("{0}: no such page")]
+    Unknown(String),
+    /// `/boot/...` that is not `/boot/{mac}.ipxe`.
+    #[error("{0}: expected /boot/aa-bb-cc-dd-ee-ff.ipxe")]
+    BootScript(String),
+    /// `/images/...` naming something that is not an image file.
+    #[error("{0}: no such image file")]
+    ImageFile(String),
+    /// `/ipxe/...` with something that is not a plain file name.
+    #[error("{0}: no such iPXE file")]
+    Ipxe(String),
+    /// `/api/report/{mac}` with a bad MAC.
+    #[error(transparent)]
+    Mac(#[from] BadMac),
+}
+
+/// The directory of the iPXE binaries in the TFTP root (the store) and in URLs.
+pub const IPXE_DIR: &str = "ipxe";
+
+impl Route {
+    /// The URL path, starting with `/`.
+    pub fn path(&self) -> String {
+        match self {
+            Route::Index => "/".into(),
+            Route::BootScript(mac) => format!("/boot/{}.ipxe", mac.hyphenated()),
+            Route::ImageFile {
+                image,
+                version,
+                file,
+            } => format!("/images/{image}/{version}/{file}"),
+            Route::Ipxe(file) => format!("/{IPXE_DIR}/{file}"),
+            Route::Report(mac) => format!("/api/report/{}", mac.hyphenated()),
+            Route::Clients => "/api/clients".into(),
+        }
+    }
+
+    /// `http://{authority}{path}`; `authority` is `host` or `host:port`.
+    pub fn url(&self, authority: &str) -> String {
+        format!("http://{authority}{}", self.path())
+    }
+
+    /// `tftp://{authority}{path}`: the same file from the TFTP server (image files only).
+    pub fn tftp_url(&self, authority: &str) -> String {
+        format!("tftp://{authority}{}", self.path())
+    }
+
+    /// The path as a TFTP file name (relative to the TFTP root: no leading `/`), which is
+    /// how PXE firmware asks for its boot file.
+    pub fn tftp_path(&self) -> String {
+        self.path().trim_start_matches('/').to_string()
+    }
+
+    /// The route `path` names (a raw request path: percent escapes are not decoded, so an
+    /// encoded `/` or `..` stays inside one segment and fails the name check).
+    pub fn parse(path: &str) -> Result<Route, RouteError> {
+        let unknown = || RouteError::Unknown(path.to_string());
+        let parts: Vec<&str> = path
+            .strip_prefix('/')
+            .ok_or_else(unknown)?
+            .split('/')
+            .collect();
+        match parts.as_slice() {
+            [""] => Ok(Route::Index),
+            ["boot", file] => file
+                .strip_suffix(".ipxe")
+                .and_then(|m| m.parse().ok())
+                .map(Route::BootScript)
+                .ok_or_else(|| RouteError::BootScript(file.to_string())),
+            ["images", image, version, file] => {
+                let bad = || RouteError::ImageFile(path.to_string());
+                check_name("image name", image).map_err(|_| bad())?;
+                check_name("version", version).map_err(|_| bad())?;
+                Ok(Route::ImageFile {
+                    image: image.to_string(),
+                    version: version.to_string(),
+                    file: ImageFile::from_name(file).ok_or_else(bad)?,
+                })
+            }
+            [dir, file] if *dir == IPXE_DIR => {
+                if file.is_empty() || file.starts_with('.') || file.contains(['\\', '%']) {
+                    return Err(RouteError::Ipxe(file.to_string()));
+                }
+                Ok(Route::Ipxe(file.to_string()))
+            }
+            ["api", "report", mac] => Ok(Route::Report(mac.parse()?)),
+            ["api", "clients"] => Ok(Route::Clients),
+            _ => Err(unknown()),
+        }
+    }
+}
+
+impl fmt::Display for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.path())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mac() -> Mac {
+        "52:54:00:12:34:56".parse().unwrap()
+    }
+
+    #[test]
+    fn every_route_parses_back_from_its_path() {
+        let routes = [
+            Route::Index,
+            Route::BootScript(mac()),
+            Route::ImageFile {
+                image: "lab".into(),
+                version: "20260101-000000-abcdef01".into(),
+                file: ImageFile::Squashfs,
+            },
+            Route::Ipxe("ipxe.efi".into()),
+            Route::Report(mac()),
+            Route::Clients,
+        ];
+        for route in routes {
+            assert_eq!(Route::parse(&route.path()), Ok(route.clone()), "{route}");
+        }
+        assert_eq!(
+            Route::BootScript(mac()).url("10.0.0.1:8080"),
+            "http://10.0.0.1:8080/boot/52-54-00-12-34-56.ipxe"
+        );
+        assert_eq!(
+            Route::Ipxe("undionly.kpxe".into()).tftp_path(),
+            "ipxe/undionly.kpxe"
+        );
+    }
+
+    #[test]
+    fn paths_outside_the_routes_are_refused() {
+        for bad in [
+            "/images/lab/current/root.squashfs",
+            "/images/lab/v1/manifest.json",
+            "/images/lab/..%2F..%2Fsecret/vmlinuz",
+            "/images/../../secret",
+            "/images/lab/.staging-1/root.squashfs",
+            "/ipxe/..%2Fsecret",
+            "/ipxe/.hidden",
+            "/boot/not-a-mac.ipxe",
+            "/boot/52-54-00-12-34-56.cfg",
+            "/api/report/zz",
+            "/api/clients/x",
+            "",
+            "boot",
+        ] {
+            assert!(Route::parse(bad).is_err(), "{bad} parsed");
+        }
+        assert!(matches!(
+            Route::parse("/api/report/zz"),
+            Err(RouteError::Mac(_))
+        ));
+    }
+
+    #[test]
+    fn image_files_by_name() {
+        for file in ImageFile::ALL {
+            assert_eq!(ImageFile::from_name(file.name()), Some(file));
+        }
+        assert_eq!(ImageFile::from_name("manifest.json"), None);
+    }
+}

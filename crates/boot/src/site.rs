@@ -1,0 +1,294 @@
+//! The site: the config resolved once, against the served interface's address, into the typed
+//! values every part of the server reads.
+//!
+//! [`Site::resolve`] parses the range, fills in the default pool, picks the one [`Mode`],
+//! builds the authorities clients are given (`10.0.0.1` or `10.0.0.1:8080`) and indexes the
+//! `[[client]]` table by MAC. Nothing re-reads the [`Config`] afterwards.
+//!
+//! The server holds the current `Arc<Site>` in a `tokio::sync::watch` channel: a reload
+//! (`diskless_server::SiteHandle::reload`) swaps it, and each DHCP request and each script
+//! request reads the site current at that moment ([`crate::decision`]). What a reload cannot
+//! change without new sockets (interface, ports, mode) is named by [`Site::restart_needed`].
+
+use crate::config::{
+    parse_range, ClientConfig, Config, DhcpSection, ImageProtocol, IpxeSection, RecordSection,
+    UnknownClients,
+};
+use crate::routes::Route;
+use diskless_dhcp::{DhcpConfig, Mac, Mode, Reservation};
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A config that cannot be resolved on this interface.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SiteError {
+    /// No interface was given.
+    #[error("no interface given: use --interface or set interface in the config")]
+    NoInterface,
+    /// `[dhcp] range` does not parse.
+    #[error("{0}")]
+    Range(String),
+    /// Full mode without a range, on a subnet too small for the default pool.
+    #[error(
+        "the subnet of {ip}/{netmask} is too small for the default pool (.100 to .199): set [dhcp] range"
+    )]
+    NoDefaultRange {
+        /// The server's address.
+        ip: Ipv4Addr,
+        /// Its netmask.
+        netmask: Ipv4Addr,
+    },
+}
+
+/// The resolved site config (see the module docs).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Site {
+    /// The interface served on.
+    pub interface: String,
+    /// Our IPv4 address on it: every URL and option 54 name it.
+    pub server_ip: Ipv4Addr,
+    /// Its netmask.
+    pub netmask: Ipv4Addr,
+    /// Full DHCP or proxyDHCP.
+    pub mode: Mode,
+    /// The dynamic pool (full mode only): `[dhcp] range`, or .100 to .199 of the subnet.
+    pub range: Option<(Ipv4Addr, Ipv4Addr)>,
+    /// HTTP port.
+    pub http_port: u16,
+    /// TFTP port.
+    pub tftp_port: u16,
+    /// `10.0.0.1` or `10.0.0.1:8080`: how clients reach our HTTP server.
+    pub http_authority: String,
+    /// The same for TFTP.
+    pub tftp_authority: String,
+    /// Answer IPv6 router solicitations.
+    pub ipv6_ra: bool,
+    /// The image store.
+    pub store: PathBuf,
+    /// Leases and the client record.
+    pub state: PathBuf,
+    /// Router, DNS, domain, lease time.
+    pub dhcp: DhcpSection,
+    /// The iPXE binaries.
+    pub ipxe: IpxeSection,
+    /// The image clients boot unless their entry names another.
+    pub default_image: Option<String>,
+    /// Whether clients without an entry boot.
+    pub unknown_clients: UnknownClients,
+    /// RAM disk size unless the client's entry says otherwise.
+    pub size: String,
+    /// Kernel options for every client.
+    pub cmdline: String,
+    /// How the initramfs fetches the image.
+    pub image_protocol: ImageProtocol,
+    /// Bounds of the client record.
+    pub record: RecordSection,
+    /// The `[[client]]` entries by MAC.
+    pub clients: HashMap<Mac, ClientConfig>,
+}
+
+/// The default pool: .100 to .199 of the interface's subnet, clipped to the subnet.
+pub fn default_range(ip: Ipv4Addr, netmask: Ipv4Addr) -> Option<(Ipv4Addr, Ipv4Addr)> {
+    let mask = u32::from(netmask);
+    let network = u32::from(ip) & mask;
+    let broadcast = network | !mask;
+    let first = network + 100;
+    let last = (network + 199).min(broadcast - 1);
+    (first < broadcast && first <= last).then(|| (Ipv4Addr::from(first), Ipv4Addr::from(last)))
+}
+
+/// `ip` or `ip:port`, leaving out the scheme's default port.
+fn authority(ip: Ipv4Addr, port: u16, default: u16) -> String {
+    if port == default {
+        ip.to_string()
+    } else {
+        format!("{ip}:{port}")
+    }
+}
+
+impl Site {
+    /// Resolve a validated `config` for a server at `server_ip`/`netmask` (the interface's
+    /// address, looked up by the caller).
+    pub fn resolve(
+        config: &Config,
+        server_ip: Ipv4Addr,
+        netmask: Ipv4Addr,
+    ) -> Result<Site, SiteError> {
+        let interface = config.interface.clone().ok_or(SiteError::NoInterface)?;
+        let range = match (config.mode, &config.dhcp.range) {
+            (Mode::Proxy, _) => None,
+            (Mode::Full, Some(r)) => Some(parse_range(r).map_err(SiteError::Range)?),
+            (Mode::Full, None) => Some(default_range(server_ip, netmask).ok_or(
+                SiteError::NoDefaultRange {
+                    ip: server_ip,
+                    netmask,
+                },
+            )?),
+        };
+        Ok(Site {
+            interface,
+            server_ip,
+            netmask,
+            mode: config.mode,
+            range,
+            http_port: config.http_port,
+            tftp_port: config.tftp_port,
+            http_authority: authority(server_ip, config.http_port, 80),
+            tftp_authority: authority(server_ip, config.tftp_port, 69),
+            ipv6_ra: config.ipv6_ra.unwrap_or(config.mode == Mode::Full),
+            store: config.store.clone(),
+            state: config.state.clone(),
+            dhcp: config.dhcp.clone(),
+            ipxe: config.ipxe.clone(),
+            default_image: config.boot.image.clone(),
+            unknown_clients: config.boot.unknown_clients,
+            size: config.boot.size.clone(),
+            cmdline: config.boot.cmdline.clone(),
+            image_protocol: config.boot.image_protocol,
+            record: config.record.clone(),
+            clients: config.clients.iter().map(|c| (c.mac, c.clone())).collect(),
+        })
+    }
+
+    /// The DHCP core's settings. Host names are not in the reservations: the DHCP core asks
+    /// the boot decision for them ([`crate::decision`]), so they take one route.
+    pub fn dhcp_config(&self) -> DhcpConfig {
+        let mut reservations: Vec<Reservation> = self
+            .clients
+            .values()
+            .filter_map(|c| {
+                Some(Reservation {
+                    mac: c.mac,
+                    ip: c.ip?,
+                    hostname: None,
+                })
+            })
+            .collect();
+        reservations.sort_by_key(|r| r.mac);
+        DhcpConfig {
+            mode: self.mode,
+            server_ip: self.server_ip,
+            netmask: self.netmask,
+            router: self.dhcp.router,
+            dns: self.dhcp.dns.clone(),
+            domain: self.dhcp.domain.clone(),
+            range: self.range,
+            lease_time: Duration::from_secs(self.dhcp.lease_time.into()),
+            reservations,
+        }
+    }
+
+    /// The HTTP URL of `route` on this server.
+    pub fn url(&self, route: &Route) -> String {
+        route.url(&self.http_authority)
+    }
+
+    /// What a reload to `new` cannot change on running sockets and tasks, if anything: the
+    /// interface, the ports, the mode, the network's DHCP settings and the store and state
+    /// directories need a restart. The boot decision (images, clients, options) does not.
+    pub fn restart_needed(&self, new: &Site) -> Option<&'static str> {
+        if self.interface != new.interface || self.server_ip != new.server_ip {
+            Some("interface")
+        } else if self.http_port != new.http_port || self.tftp_port != new.tftp_port {
+            Some("ports")
+        } else if self.mode != new.mode || self.dhcp_config() != new.dhcp_config() {
+            Some("DHCP settings")
+        } else if self.store != new.store || self.state != new.state {
+            Some("store or state directory")
+        } else if self.ipv6_ra != new.ipv6_ra || self.record != new.record {
+            Some("ipv6_ra or [record]")
+        } else {
+            None
+        }
+    }
+
+    /// A site for tests: `config` (TOML) served on `eth0` at 10.0.0.1/24.
+    #[doc(hidden)]
+    pub fn for_tests(config: &str) -> Site {
+        let mut config =
+            Config::parse(config, std::path::Path::new("test.toml")).expect("test config");
+        config.interface.get_or_insert_with(|| "eth0".into());
+        Site::resolve(
+            &config,
+            Ipv4Addr::new(10, 0, 0, 1),
+            Ipv4Addr::new(255, 255, 255, 0),
+        )
+        .expect("test site")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_pool_is_inside_the_subnet() {
+        let r =
+            default_range(Ipv4Addr::new(10, 77, 0, 1), Ipv4Addr::new(255, 255, 255, 0)).unwrap();
+        assert_eq!(
+            r,
+            (Ipv4Addr::new(10, 77, 0, 100), Ipv4Addr::new(10, 77, 0, 199))
+        );
+        let r = default_range(
+            Ipv4Addr::new(10, 77, 0, 1),
+            Ipv4Addr::new(255, 255, 255, 128),
+        )
+        .unwrap();
+        assert_eq!(
+            r,
+            (Ipv4Addr::new(10, 77, 0, 100), Ipv4Addr::new(10, 77, 0, 126))
+        );
+        assert_eq!(
+            default_range(
+                Ipv4Addr::new(10, 77, 0, 1),
+                Ipv4Addr::new(255, 255, 255, 192)
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn resolved_once_with_authorities_range_and_reservations() {
+        let site = Site::for_tests(
+            "http_port = 8080\n[dhcp]\nrange = \"10.0.0.10-10.0.0.20\"\n\
+             [[client]]\nmac = \"52:54:00:00:00:01\"\nip = \"10.0.0.5\"\nhostname = \"pc01\"\n",
+        );
+        assert_eq!(site.http_authority, "10.0.0.1:8080");
+        assert_eq!(site.tftp_authority, "10.0.0.1");
+        assert!(site.ipv6_ra, "on in full mode by default");
+        let dhcp = site.dhcp_config();
+        assert_eq!(
+            dhcp.range,
+            Some((Ipv4Addr::new(10, 0, 0, 10), Ipv4Addr::new(10, 0, 0, 20)))
+        );
+        assert_eq!(dhcp.reservations.len(), 1);
+        assert_eq!(
+            dhcp.reservations[0].hostname, None,
+            "one route for host names"
+        );
+        dhcp.validate().unwrap();
+        let proxy = Site::for_tests("mode = \"proxy\"\n");
+        assert_eq!((proxy.range, proxy.ipv6_ra), (None, false));
+        proxy.dhcp_config().validate().unwrap();
+    }
+
+    #[test]
+    fn a_reload_names_what_needs_a_restart() {
+        let site = Site::for_tests("[boot]\nimage = \"lab\"\n");
+        assert_eq!(
+            site.restart_needed(&Site::for_tests("[boot]\nimage = \"other\"\n")),
+            None
+        );
+        assert_eq!(
+            site.restart_needed(&Site::for_tests("http_port = 8080\n")),
+            Some("ports")
+        );
+        assert_eq!(
+            site.restart_needed(&Site::for_tests("mode = \"proxy\"\n")),
+            Some("DHCP settings")
+        );
+    }
+}

@@ -1,0 +1,76 @@
+//! The one way diskless writes a state file (leases, the client record, installed boot
+//! files): a temporary file in the same directory, fsync, rename over the target, fsync the
+//! directory. A crash leaves the old file or the new one, whole, never a mix.
+//!
+//! It lives in this crate because the lease file is the lowest state file; the server and
+//! the image store use it too.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// A state file that could not be written, with the step and the path.
+#[derive(Debug, thiserror::Error)]
+#[error("{op} {path}: {source}")]
+pub struct WriteError {
+    /// What was being done: creating, writing, syncing, renaming into place, ...
+    pub op: &'static str,
+    /// The file (the temporary one for the steps before the rename).
+    pub path: PathBuf,
+    /// Cause.
+    pub source: std::io::Error,
+}
+
+/// Replace `path` with `bytes` atomically and durably (see the module docs).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
+    let io = |op, p: &Path| {
+        let p = p.to_path_buf();
+        move |source| WriteError {
+            op,
+            path: p,
+            source,
+        }
+    };
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned());
+    let tmp = dir.join(format!(
+        ".{}.tmp.{}",
+        name.as_deref().unwrap_or("state"),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut f = fs::File::create(&tmp).map_err(io("creating", &tmp))?;
+        f.write_all(bytes).map_err(io("writing", &tmp))?;
+        f.sync_all().map_err(io("syncing", &tmp))?;
+        drop(f);
+        fs::rename(&tmp, path).map_err(io("renaming into place", path))?;
+        // Make the rename itself durable.
+        fs::File::open(&dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io("syncing directory of", path))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_whole_and_leaves_no_temporary_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.json");
+        write_atomic(&path, b"one").unwrap();
+        write_atomic(&path, b"two").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+        let err = write_atomic(&dir.path().join("no/such/dir/x"), b"").unwrap_err();
+        assert_eq!(err.op, "creating", "{err}");
+    }
+}
