@@ -6,12 +6,11 @@
 
 use crate::http;
 use crate::progress::Progress;
-use crate::ram;
+use crate::sink::{AttemptError, Sink};
 use crate::source::Source;
-use sha2::{Digest, Sha256};
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
-use std::path::{Path, PathBuf};
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub struct Request {
@@ -21,24 +20,6 @@ pub struct Request {
     pub retries: u32,
     /// Where to report "fetched" with the measured rate (best effort).
     pub report_url: Option<String>,
-}
-
-/// Bytes already on disk from an interrupted HTTP download, with the digest state covering them.
-struct Partial {
-    bytes: u64,
-    hasher: Sha256,
-}
-
-/// Why one attempt failed; `Fatal` errors are not worth retrying (the image cannot fit).
-pub enum AttemptError {
-    Retry(String),
-    Fatal(String),
-}
-
-impl From<io::Error> for AttemptError {
-    fn from(e: io::Error) -> Self {
-        AttemptError::Retry(e.to_string())
-    }
 }
 
 pub fn parse_sha256(text: &str) -> Result<[u8; 32], String> {
@@ -58,12 +39,9 @@ pub fn parse_sha256(text: &str) -> Result<[u8; 32], String> {
     Ok(out)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 pub fn run(req: Request) -> Result<(), String> {
-    let mut partial: Option<Partial> = None;
+    // What an interrupted HTTP download left, to resume from.
+    let mut partial: Option<Sink> = None;
     let mut last_error = String::new();
     let attempts = req.retries + 1;
     for attempt in 1..=attempts {
@@ -126,11 +104,11 @@ impl Stats {
 fn fetch_once(
     source: &Source,
     req: &Request,
-    partial: &mut Option<Partial>,
+    partial: &mut Option<Sink>,
 ) -> Result<Stats, AttemptError> {
     let started = std::time::Instant::now();
     let resume_from = match (source, partial.as_ref()) {
-        (Source::Http { .. }, Some(p)) => p.bytes,
+        (Source::Http { .. }, Some(p)) => p.bytes(),
         _ => 0,
     };
     let mut body = match source {
@@ -138,7 +116,9 @@ fn fetch_once(
         Source::Tftp { .. } => {
             // TFTP cannot resume: start over.
             *partial = None;
-            return crate::tftp::fetch(source, req, started);
+            let mut sink = Sink::create(&req.out)?;
+            crate::tftp::fetch(source, &mut sink)?;
+            return finish(sink, req, started);
         }
         Source::File { path } => {
             *partial = None;
@@ -146,50 +126,32 @@ fn fetch_once(
         }
     };
     // The server may ignore the Range request and send the whole file again.
-    let resumed = resume_from > 0 && body.resumed;
-    let total = body.total_len;
-    if let Some(total) = total {
-        check_fits(total, &req.out)?;
-    }
-    let (file, state) = if resumed {
-        let p = partial.take().expect("resumed implies partial");
-        eprintln!("diskless: resuming at {}", Progress::human_bytes(p.bytes));
-        (OpenOptions::new().append(true).open(&req.out)?, p)
-    } else {
-        let _ = fs::remove_file(&req.out);
-        (
-            File::create(&req.out).map_err(|e| {
-                AttemptError::Fatal(format!("cannot create {}: {e}", req.out.display()))
-            })?,
-            Partial {
-                bytes: 0,
-                hasher: Sha256::new(),
-            },
-        )
+    let mut sink = match partial.take() {
+        Some(sink) if resume_from > 0 && body.resumed => {
+            eprintln!(
+                "diskless: resuming at {}",
+                Progress::human_bytes(sink.bytes())
+            );
+            sink
+        }
+        _ => Sink::create(&req.out)?,
     };
-    let mut progress = Progress::new(total, state.bytes);
-    let (result, file, state) = pump(&mut body, file, state, &mut progress, &req.out);
-    if let Err(e) = result {
+    if let Some(total) = body.total_len {
+        sink.expect_total(total)?;
+    }
+    let (result, sink) = pump(&mut body, sink);
+    if let Err(e) = result.and_then(|()| sink.check_complete()) {
         // Keep what we have: the next HTTP attempt asks only for the rest.
-        *partial = Some(state);
+        *partial = Some(sink);
         return Err(e);
     }
-    if let Some(total) = total {
-        if state.bytes != total {
-            let message = format!("short download: {} of {total} bytes", state.bytes);
-            *partial = Some(state);
-            return Err(AttemptError::Retry(message));
-        }
-    }
-    file.sync_all()?;
-    progress.finish(state.bytes);
-    verify(
-        state.hasher.finalize().into(),
-        &req.expected_sha256,
-        &req.out,
-    )?;
+    finish(sink, req, started)
+}
+
+fn finish(sink: Sink, req: &Request, started: std::time::Instant) -> Result<Stats, AttemptError> {
+    let bytes = sink.finish(&req.expected_sha256)?;
     Ok(Stats {
-        bytes: state.bytes,
+        bytes,
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -198,48 +160,33 @@ fn fetch_once(
 const PIPELINE_DEPTH: usize = 8;
 const BUFFER_SIZE: usize = 256 * 1024;
 
-/// Copy `body` into `file`, hashing as it goes. Reading the network and hashing + writing run
-/// on two threads, so a slow hash (or a slow tmpfs) does not stall the TCP window and a slow
-/// network does not leave the hash idle. Returns the file and the digest state covering
-/// exactly the bytes written, whatever happened.
-fn pump(
-    body: &mut dyn Read,
-    mut file: File,
-    mut state: Partial,
-    progress: &mut Progress,
-    out: &Path,
-) -> (Result<(), AttemptError>, File, Partial) {
+/// Copy `body` into `sink`. Reading the network and hashing + writing run on two threads,
+/// so a slow hash (or a slow tmpfs) does not stall the TCP window and a slow network does not
+/// leave the hash idle. Returns the sink, holding exactly the bytes written, whatever
+/// happened.
+fn pump(body: &mut dyn Read, mut sink: Sink) -> (Result<(), AttemptError>, Sink) {
     let (full_tx, full_rx) = std::sync::mpsc::sync_channel::<(Vec<u8>, usize)>(PIPELINE_DEPTH);
     let (empty_tx, empty_rx) = std::sync::mpsc::channel::<Vec<u8>>();
     for _ in 0..PIPELINE_DEPTH {
         let _ = empty_tx.send(vec![0u8; BUFFER_SIZE]);
     }
-    let out_path = out.to_path_buf();
     let writer = std::thread::spawn(move || {
         let mut result = Ok(());
         for (buf, n) in full_rx {
             if result.is_ok() {
-                match file.write_all(&buf[..n]) {
-                    Ok(()) => {
-                        state.hasher.update(&buf[..n]);
-                        state.bytes += n as u64;
-                    }
-                    Err(e) => result = Err(write_error(e, &out_path)),
+                if let Err(e) = sink.write_all(&buf[..n]) {
+                    result = Err(sink.write_error(e));
                 }
             }
             let _ = empty_tx.send(buf);
         }
-        (result, file, state)
+        (result, sink)
     });
-    let mut read_bytes = 0u64;
     let mut read_result = Ok(());
-    let start_bytes = progress.start_bytes();
     while let Ok(mut buf) = empty_rx.recv() {
         match body.read(&mut buf) {
             Ok(0) => break,
             Ok(n) => {
-                read_bytes += n as u64;
-                progress.update(start_bytes + read_bytes);
                 if full_tx.send((buf, n)).is_err() {
                     break; // the writer stopped on an error: it reports it
                 }
@@ -251,8 +198,8 @@ fn pump(
         }
     }
     drop(full_tx);
-    let (write_result, file, state) = writer.join().expect("writer thread");
-    (write_result.and(read_result), file, state)
+    let (write_result, sink) = writer.join().expect("writer thread");
+    (write_result.and(read_result), sink)
 }
 
 /// A local file (an image on the client's own disk) as a download body.
@@ -265,43 +212,13 @@ fn local_file(path: &str) -> Result<http::Body, AttemptError> {
     Ok(http::Body::from_reader(Box::new(file), len))
 }
 
-/// Compare digests; on mismatch the file is deleted so nothing can mount it by mistake.
-pub fn verify(actual: [u8; 32], expected: &[u8; 32], out: &Path) -> Result<(), AttemptError> {
-    if &actual == expected {
-        return Ok(());
-    }
-    let _ = fs::remove_file(out);
-    Err(AttemptError::Retry(format!(
-        "sha256 mismatch: expected {}, got {} (image corrupt or replaced on the server; not mounted)",
-        hex(expected),
-        hex(&actual)
-    )))
-}
-
-/// Refuse before downloading when the image cannot fit in the tmpfs or in RAM.
-pub fn check_fits(total: u64, out: &Path) -> Result<(), AttemptError> {
-    let dir = out.parent().unwrap_or(Path::new("/"));
-    let space = ram::tmpfs_free(dir).map_err(AttemptError::Retry)?;
-    let available = ram::mem_available().map_err(AttemptError::Retry)?;
-    ram::fits(total, space, available).map_err(AttemptError::Fatal)
-}
-
-fn write_error(e: io::Error, out: &Path) -> AttemptError {
-    if e.raw_os_error() == Some(libc::ENOSPC) {
-        AttemptError::Fatal(format!(
-            "the RAM disk holding {} is full: raise diskless.size= on the kernel command line",
-            out.display()
-        ))
-    } else {
-        AttemptError::Retry(format!("writing {}: {e}", out.display()))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sha2::{Digest, Sha256};
     use std::io::{BufRead, BufReader};
     use std::net::TcpListener;
+    use std::path::Path;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
 
@@ -472,26 +389,5 @@ mod tests {
         assert_eq!(backoff(1), Duration::from_secs(1));
         assert_eq!(backoff(3), Duration::from_secs(4));
         assert_eq!(backoff(20), Duration::from_secs(30));
-    }
-
-    #[test]
-    fn verify_deletes_a_mismatching_file() {
-        let dir = std::env::temp_dir().join(format!("dlf-verify-{}", std::process::id()));
-        fs::create_dir_all(&dir).unwrap();
-        let out = dir.join("image");
-        fs::write(&out, b"payload").unwrap();
-        let actual: [u8; 32] = Sha256::digest(b"payload").into();
-        assert!(verify(actual, &actual, &out).is_ok());
-        assert!(out.exists());
-        let err = match verify(actual, &[0u8; 32], &out) {
-            Err(AttemptError::Retry(m)) => m,
-            _ => panic!("mismatch must be an error"),
-        };
-        assert!(err.contains("sha256 mismatch"), "{err}");
-        assert!(
-            !out.exists(),
-            "a corrupt image must not stay on the RAM disk"
-        );
-        fs::remove_dir_all(dir).unwrap();
     }
 }

@@ -18,6 +18,7 @@ mod loopdev;
 mod modules;
 mod progress;
 mod ram;
+mod sink;
 mod source;
 mod tftp;
 

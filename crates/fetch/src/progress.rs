@@ -22,11 +22,6 @@ impl Progress {
         }
     }
 
-    /// Bytes already there when this download started (a resumed one).
-    pub fn start_bytes(&self) -> u64 {
-        self.start_bytes
-    }
-
     pub fn update(&mut self, done: u64) {
         if self.last_print.elapsed() >= INTERVAL {
             self.last_print = Instant::now();
