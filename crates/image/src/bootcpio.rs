@@ -203,24 +203,23 @@ pub fn module_name(path: &str) -> String {
     file.split(".ko").next().unwrap_or(file).replace('-', "_")
 }
 
-/// Read a module, decompressing .ko.xz / .ko.zst / .ko.gz: finit_module gets a plain ELF.
+/// Read a module, decompressing it when its first bytes say it is compressed (Debian ships
+/// `.ko.xz`, other kernels `.ko.zst` or `.ko.gz`; the magic decides, not the name):
+/// finit_module gets a plain ELF.
 fn read_module(path: &Path) -> Result<Vec<u8>> {
+    use diskless_initramfs::{Compression, Decoder, PeekReader};
     let raw = std::fs::read(path).map_err(io_at(path))?;
-    let name = path.to_string_lossy();
-    let mut out = Vec::new();
-    let result = if name.ends_with(".ko.xz") {
-        liblzma::read::XzDecoder::new(&raw[..]).read_to_end(&mut out)
-    } else if name.ends_with(".ko.zst") {
-        zstd::stream::read::Decoder::new(&raw[..]).and_then(|mut d| d.read_to_end(&mut out))
-    } else if name.ends_with(".ko.gz") {
-        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out)
-    } else {
-        return Ok(raw);
+    let compression = match Compression::sniff(&raw) {
+        None | Some(Compression::None) => return Ok(raw),
+        Some(c) => c,
     };
-    result.map_err(|e| Error::Corrupt {
-        path: path.to_path_buf(),
-        what: format!("cannot decompress module: {e}"),
-    })?;
+    let mut out = Vec::new();
+    Decoder::new(PeekReader::new(&raw[..]), compression)
+        .and_then(|mut d| d.read_to_end(&mut out))
+        .map_err(|e| Error::Corrupt {
+            path: path.to_path_buf(),
+            what: format!("cannot decompress module ({compression}): {e}"),
+        })?;
     Ok(out)
 }
 
@@ -297,7 +296,10 @@ mod tests {
         let mut xz = liblzma::write::XzEncoder::new(Vec::new(), 6);
         xz.write_all(b"\x7fELF squashfs module").unwrap();
         std::fs::write(dir.join("fs/squashfs.ko.xz"), xz.finish().unwrap()).unwrap();
-        std::fs::write(dir.join("fs/overlay.ko"), b"\x7fELF overlay").unwrap();
+        // Compressed under a plain name: the magic decides, not the suffix.
+        let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        gz.write_all(b"\x7fELF overlay").unwrap();
+        std::fs::write(dir.join("fs/overlay.ko"), gz.finish().unwrap()).unwrap();
         let top = dir.parent().unwrap();
         std::fs::write(
             top.join("modules.dep"),
@@ -322,6 +324,7 @@ mod tests {
             files["diskless/modules/squashfs.ko"],
             b"\x7fELF squashfs module"
         );
+        assert_eq!(files["diskless/modules/overlay.ko"], b"\x7fELF overlay");
         assert_eq!(
             files["diskless/modules/load-order"],
             b"squashfs.ko\noverlay.ko\n"
