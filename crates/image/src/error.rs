@@ -17,6 +17,21 @@ pub enum Error {
     /// The input is not usable; the message says why and what to do.
     #[error("{0}")]
     Invalid(String),
+    /// An image name or version breaks the naming rule (`diskless_boot::names`).
+    #[error("{0}")]
+    BadName(String),
+    /// The store has no image of this name (no `current` link).
+    #[error("no image named {name:?} in {store}")]
+    NoSuchImage { name: String, store: PathBuf },
+    /// The image has no such version.
+    #[error("image {name} has no version {version}")]
+    NoSuchVersion { name: String, version: String },
+    /// Publishing a version that is already stored.
+    #[error("version {0} already exists")]
+    VersionExists(PathBuf),
+    /// A rollback with nothing older to go back to.
+    #[error("image {name} has no version older than {current}")]
+    NoOlderVersion { name: String, current: String },
     /// A stored file does not match its manifest.
     #[error("{path}: {what}")]
     Corrupt { path: PathBuf, what: String },

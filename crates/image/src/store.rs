@@ -37,7 +37,7 @@ impl Drop for Staging {
 
 /// Image names and versions become path components and URL segments: keep them plain.
 pub fn validate_name(kind: &str, name: &str) -> Result<()> {
-    diskless_boot::names::check_name(kind, name).map_err(Error::Invalid)
+    diskless_boot::names::check_name(kind, name).map_err(Error::BadName)
 }
 
 impl Store {
@@ -97,10 +97,7 @@ impl Store {
         manifest.save(&staging.dir.join(MANIFEST))?;
         let target = self.version_dir(&manifest.name, &manifest.version);
         if target.exists() {
-            return Err(Error::Invalid(format!(
-                "version {} already exists",
-                target.display()
-            )));
+            return Err(Error::VersionExists(target));
         }
         std::fs::rename(&staging.dir, &target).map_err(io_at(&target))?;
         staging.published = true;
@@ -114,9 +111,10 @@ impl Store {
         validate_name("version", version)?;
         let dir = self.version_dir(name, version);
         if !dir.join(MANIFEST).is_file() {
-            return Err(Error::Invalid(format!(
-                "image {name} has no version {version}"
-            )));
+            return Err(Error::NoSuchVersion {
+                name: name.to_string(),
+                version: version.to_string(),
+            });
         }
         let image = self.image_dir(name);
         let tmp = image.join(format!(".current-{}", std::process::id()));
@@ -130,11 +128,9 @@ impl Store {
     pub fn current_version(&self, name: &str) -> Result<String> {
         validate_name("image name", name)?;
         let link = self.image_dir(name).join("current");
-        let target = std::fs::read_link(&link).map_err(|_| {
-            Error::Invalid(format!(
-                "no image named {name:?} in {}",
-                self.root.display()
-            ))
+        let target = std::fs::read_link(&link).map_err(|_| Error::NoSuchImage {
+            name: name.to_string(),
+            store: self.root.clone(),
         })?;
         Ok(target.to_string_lossy().into_owned())
     }
@@ -176,8 +172,9 @@ impl Store {
         let previous = pos
             .checked_sub(1)
             .and_then(|i| versions.get(i))
-            .ok_or_else(|| {
-                Error::Invalid(format!("image {name} has no version older than {current}"))
+            .ok_or_else(|| Error::NoOlderVersion {
+                name: name.to_string(),
+                current: current.clone(),
             })?;
         self.set_current(name, &previous.version)?;
         Ok(previous.version.clone())
@@ -250,6 +247,29 @@ mod tests {
             .map(|m| m.version)
             .collect();
         assert_eq!(left, ["v2", "v3"]);
+    }
+
+    #[test]
+    fn what_a_caller_can_act_on_has_its_own_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        assert!(matches!(
+            store.current("lab"),
+            Err(Error::NoSuchImage { .. })
+        ));
+        assert!(matches!(store.current("../x"), Err(Error::BadName(_))));
+        publish(&store, "v1", "2026-01-01T00:00:00Z", b"one").unwrap();
+        assert!(matches!(
+            publish(&store, "v1", "2026-01-01T00:00:00Z", b"one"),
+            Err(Error::VersionExists(_))
+        ));
+        assert!(matches!(
+            store.set_current("lab", "v9"),
+            Err(Error::NoSuchVersion { .. })
+        ));
+        let err = store.rollback("lab").unwrap_err();
+        assert!(matches!(err, Error::NoOlderVersion { .. }), "{err}");
+        assert_eq!(err.to_string(), "image lab has no version older than v1");
     }
 
     #[test]
