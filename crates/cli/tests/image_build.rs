@@ -11,19 +11,10 @@ fn write(root: &Path, rel: &str, content: &str) {
     fs::write(path, content).unwrap();
 }
 
-fn have(tool: &str) -> bool {
-    std::env::var_os("PATH")
-        .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-        .unwrap_or(false)
-}
-
 #[test]
 fn build_prints_progress_lines_and_a_summary_and_honours_its_flags() {
-    for tool in ["mksquashfs", "unsquashfs"] {
-        if !have(tool) {
-            eprintln!("skipped: {tool} is not installed");
-            return;
-        }
+    if let Some(why) = diskless_testkit::missing_tools(&["mksquashfs", "unsquashfs"]) {
+        return diskless_testkit::skip(&why);
     }
     let work = tempfile::tempdir().unwrap();
     let tree = work.path().join("tree");

@@ -23,26 +23,16 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// Why these tests cannot run here, if they cannot.
 fn missing_prerequisite() -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !diskless_testkit::is_root() {
         return Some("not root".into());
     }
-    for tool in ["ip", "udhcpc"] {
-        let found = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-            .unwrap_or(false);
-        if !found {
-            return Some(format!("{tool} not installed"));
-        }
-    }
-    None
+    diskless_testkit::missing_tools(&["ip", "udhcpc"])
 }
 
 macro_rules! require_netns {
     () => {
         if let Some(why) = missing_prerequisite() {
-            eprintln!("SKIPPED: {why}");
-            return;
+            return diskless_testkit::skip(&why);
         }
     };
 }

@@ -41,7 +41,9 @@ fn images() -> Option<Vec<PathBuf>> {
     static READY: OnceLock<bool> = OnceLock::new();
     let ready = *READY.get_or_init(|| {
         if Command::new("lsinitramfs").arg("--help").output().is_err() {
-            eprintln!("skipping: lsinitramfs/unmkinitramfs (initramfs-tools-core) not installed");
+            diskless_testkit::skip(
+                "lsinitramfs/unmkinitramfs (initramfs-tools-core) not installed",
+            );
             return false;
         }
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/make-debian-initrds.sh");

@@ -36,7 +36,7 @@ fn skip_unless(tool: &str) -> bool {
     if have(tool) {
         return false;
     }
-    eprintln!("SKIP: {tool} is not installed");
+    skip(&format!("{tool} is not installed"));
     true
 }
 

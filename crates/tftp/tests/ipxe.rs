@@ -18,8 +18,9 @@ const LKRN: &str = "/usr/lib/ipxe/ipxe.lkrn";
 #[test]
 fn ipxe_fetches_over_tftp() {
     if !have("qemu-system-x86_64") || !std::path::Path::new(LKRN).exists() {
-        eprintln!("SKIP: needs qemu-system-x86_64 and {LKRN} (packages qemu-system-x86, ipxe)");
-        return;
+        return skip(&format!(
+            "needs qemu-system-x86_64 and {LKRN} (packages qemu-system-x86, ipxe)"
+        ));
     }
     let payload = pattern(3 << 20, 77);
     let root = root_with(&[

@@ -37,7 +37,7 @@ fn setup(
     files: &[(&str, &[u8])],
 ) -> Option<(NetnsPair, tempfile::TempDir, TestServer)> {
     if !can_netns() {
-        eprintln!("SKIP: needs root, ip and nft to build network namespaces");
+        skip("needs root, ip and nft to build network namespaces");
         return None;
     }
     let pair = NetnsPair::new(tag, loss);

@@ -21,28 +21,18 @@ LABEL=data /srv/data ext4 defaults,nofail 0 2\n";
 
 /// Why a test cannot run here, or None when it can.
 pub fn missing_prerequisite(tools: &[&str]) -> Option<String> {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
+    if !diskless_testkit::is_root() {
         return Some("needs root (mounts inside the test tree, files owned by root)".into());
     }
-    for tool in tools {
-        let found = std::env::var_os("PATH")
-            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
-            .unwrap_or(false);
-        if !found {
-            return Some(format!("{tool} is not installed"));
-        }
-    }
-    None
+    diskless_testkit::missing_tools(tools)
 }
 
-/// Skip the test, with the reason printed, when it cannot run here.
+/// Skip the test when it cannot run here: loudly, and a failure under CI=true.
 #[macro_export]
 macro_rules! require {
     ($($tool:expr),*) => {
         if let Some(why) = common::missing_prerequisite(&[$($tool),*]) {
-            eprintln!("skipped: {why}");
-            return;
+            return diskless_testkit::skip(&why);
         }
     };
 }

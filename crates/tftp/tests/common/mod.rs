@@ -132,14 +132,8 @@ pub fn root_with(files: &[(&str, &[u8])]) -> tempfile::TempDir {
     dir
 }
 
-/// Whether `tool` is on PATH.
-pub fn have(tool: &str) -> bool {
-    Command::new("sh")
-        .args(["-c", &format!("command -v {tool}")])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false)
-}
+#[allow(unused_imports)] // not every test file skips
+pub use diskless_testkit::{have, skip};
 
 /// Runs a command (killed after `secs`) and returns its output, with the command line
 /// in the panic message if it cannot start.
@@ -163,9 +157,7 @@ pub fn check(out: &Output, what: &str) {
 
 /// Whether we can create network namespaces (root, iproute2, nft).
 pub fn can_netns() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let root = unsafe { libc::geteuid() } == 0;
-    root && have("ip") && have("nft")
+    diskless_testkit::is_root() && have("ip") && have("nft")
 }
 
 /// Two namespaces joined by a veth pair: `server` at 10.X.0.1, `client` at 10.X.0.2,
