@@ -140,6 +140,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         // Bind while we may (ports below 1024, raw sockets), then serve.
         let site = diskless_server::resolve_site(&cfg)?;
         let listeners = diskless_server::Listeners::bind(&site)?;
+        // `_reload.reload(site)` applies a re-read config to the next requests.
         let (_reload, site) = diskless_server::site_channel(site);
         diskless_server::run(listeners, site, shutdown).await?;
         anyhow::Ok(())
