@@ -6,11 +6,11 @@
 //! of 0 says "no router, no DHCPv6 here": iPXE's IPv6 configurator finishes at once, and no
 //! host takes us for a default router. Only for networks we own (full mode by default).
 
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::ffi::CString;
-use std::io;
-use std::mem::size_of;
-use std::net::Ipv6Addr;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::io::{self, Read};
+use std::net::{Ipv6Addr, SocketAddrV6};
+use tokio::io::unix::AsyncFd;
 
 const ROUTER_SOLICITATION: u8 = 133;
 const ROUTER_ADVERTISEMENT: u8 = 134;
@@ -34,39 +34,11 @@ pub fn is_solicitation(packet: &[u8]) -> bool {
     packet.len() >= 8 && packet[0] == ROUTER_SOLICITATION && packet[1] == 0
 }
 
-fn check(rc: libc::c_int, what: &str) -> io::Result<()> {
-    if rc < 0 {
-        let e = io::Error::last_os_error();
-        return Err(io::Error::new(e.kind(), format!("{what}: {e}")));
-    }
-    Ok(())
-}
-
-fn setsockopt<T>(
-    fd: &OwnedFd,
-    level: libc::c_int,
-    name: libc::c_int,
-    value: &T,
-    what: &str,
-) -> io::Result<()> {
-    // SAFETY: value points to a live T of the size given.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd.as_raw_fd(),
-            level,
-            name,
-            value as *const T as *const libc::c_void,
-            size_of::<T>() as u32,
-        )
-    };
-    check(rc, what)
-}
-
 /// A raw ICMPv6 socket on one interface, in the all-routers group, ready to answer router
 /// solicitations. Opening it needs CAP_NET_RAW: the caller opens it before dropping
 /// privileges ([`crate::Listeners::bind`]).
 pub struct RaSocket {
-    fd: OwnedFd,
+    socket: Socket,
     index: u32,
     mac: [u8; 6],
     interface: String,
@@ -89,125 +61,69 @@ impl RaSocket {
 }
 
 fn open(interface: &str) -> io::Result<RaSocket> {
-    let interface = interface.to_string();
-    let name = CString::new(interface.clone())
-        .map_err(|_| io::Error::other("interface name has a NUL"))?;
-    // SAFETY: plain libc calls on a socket we own.
+    let context =
+        |what: &'static str| move |e: io::Error| io::Error::new(e.kind(), format!("{what}: {e}"));
+    let name = CString::new(interface).map_err(|_| io::Error::other("interface name has a NUL"))?;
+    // SAFETY: if_nametoindex reads a NUL-terminated name and nothing else.
     let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
     if index == 0 {
         return Err(io::Error::other(format!("no interface {interface}")));
     }
-    let mac = crate::netif::mac_of(&interface).map_err(io::Error::other)?;
-    // SAFETY: socket(2); the fd is owned by OwnedFd from here on.
-    let raw = unsafe {
-        libc::socket(
-            libc::AF_INET6,
-            libc::SOCK_RAW | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-            libc::IPPROTO_ICMPV6,
-        )
-    };
-    check(raw, "opening a raw ICMPv6 socket")?;
-    // SAFETY: raw is a fresh, valid fd.
-    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    socket2::SockRef::from(&fd)
+    let mac = crate::netif::mac_of(interface).map_err(io::Error::other)?;
+    let socket = Socket::new(Domain::IPV6, Type::RAW, Some(Protocol::ICMPV6))
+        .map_err(context("opening a raw ICMPv6 socket"))?;
+    socket
         .bind_device(Some(interface.as_bytes()))
-        .map_err(|e| io::Error::new(e.kind(), format!("binding to the interface: {e}")))?;
-    let hops: libc::c_int = 255; // RFC 4861: hop limit 255, or receivers drop it
-    setsockopt(
-        &fd,
-        libc::IPPROTO_IPV6,
-        libc::IPV6_MULTICAST_HOPS,
-        &hops,
-        "IPV6_MULTICAST_HOPS",
-    )?;
-    setsockopt(
-        &fd,
-        libc::IPPROTO_IPV6,
-        libc::IPV6_UNICAST_HOPS,
-        &hops,
-        "IPV6_UNICAST_HOPS",
-    )?;
-    setsockopt(
-        &fd,
-        libc::IPPROTO_IPV6,
-        libc::IPV6_MULTICAST_IF,
-        &(index as libc::c_int),
-        "IPV6_MULTICAST_IF",
-    )?;
-    let group = libc::ipv6_mreq {
-        ipv6mr_multiaddr: libc::in6_addr {
-            s6_addr: ALL_ROUTERS.octets(),
-        },
-        ipv6mr_interface: index,
-    };
-    setsockopt(
-        &fd,
-        libc::IPPROTO_IPV6,
-        libc::IPV6_ADD_MEMBERSHIP,
-        &group,
-        "joining ff02::2",
-    )?;
+        .map_err(context("binding to the interface"))?;
+    // RFC 4861: hop limit 255, or receivers drop it.
+    socket
+        .set_multicast_hops_v6(255)
+        .map_err(context("IPV6_MULTICAST_HOPS"))?;
+    socket
+        .set_unicast_hops_v6(255)
+        .map_err(context("IPV6_UNICAST_HOPS"))?;
+    socket
+        .set_multicast_if_v6(index)
+        .map_err(context("IPV6_MULTICAST_IF"))?;
+    socket
+        .join_multicast_v6(&ALL_ROUTERS, index)
+        .map_err(context("joining ff02::2"))?;
+    socket
+        .set_nonblocking(true)
+        .map_err(context("O_NONBLOCK"))?;
     Ok(RaSocket {
-        fd,
+        socket,
         index,
         mac,
-        interface,
+        interface: interface.to_string(),
     })
 }
 
 async fn serve(socket: RaSocket) -> io::Result<()> {
     let RaSocket {
-        fd,
+        socket,
         index,
         mac,
         interface,
     } = socket;
-    // SAFETY: we own the fd and it stays open for as long as the AsyncFd that holds it.
-    let fd = unsafe { tokio::io::unix::AsyncFd::register(fd) }
-        .map_err(|e| io::Error::other(e.to_string()))?;
+    // SAFETY: we own the socket and it stays open for as long as the AsyncFd that holds it.
+    let fd = unsafe { AsyncFd::register(socket) }.map_err(|e| io::Error::other(e.to_string()))?;
     let ra = advertisement(mac);
-    let send = |fd: &OwnedFd| -> io::Result<()> {
-        // SAFETY: sockaddr_in6 is plain data.
-        let mut to: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-        to.sin6_family = libc::AF_INET6 as u16;
-        to.sin6_addr.s6_addr = ALL_NODES.octets();
-        to.sin6_scope_id = index;
-        // SAFETY: buffer and address are valid for the call.
-        let rc = unsafe {
-            libc::sendto(
-                fd.as_raw_fd(),
-                ra.as_ptr() as *const _,
-                ra.len(),
-                0,
-                &to as *const _ as *const libc::sockaddr,
-                size_of::<libc::sockaddr_in6>() as u32,
-            )
-        };
-        check(rc as libc::c_int, "sending a router advertisement")
-    };
+    let all_nodes = SockAddr::from(SocketAddrV6::new(ALL_NODES, 0, 0, index));
     tracing::info!(%interface, "answering IPv6 router solicitations (no router, no DHCPv6)");
     let mut buf = [0u8; 1500];
     loop {
         let mut guard = fd.readable().await?;
-        // SAFETY: buf is valid for writes of its length.
-        let n = unsafe {
-            libc::recv(
-                guard.get_inner().as_raw_fd(),
-                buf.as_mut_ptr() as *mut _,
-                buf.len(),
-                0,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::WouldBlock {
+        let n = match guard.get_inner().read(&mut buf) {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 guard.clear_ready();
                 continue;
             }
-            return Err(e);
-        }
-        if is_solicitation(&buf[..n as usize]) {
-            if let Err(e) = send(guard.get_inner()) {
+            Err(e) => return Err(e),
+        };
+        if is_solicitation(&buf[..n]) {
+            if let Err(e) = guard.get_inner().send_to(&ra, &all_nodes) {
                 // Before the link-local address is ready the send fails; the client retries.
                 tracing::debug!(error = %e, "router advertisement not sent");
             }
@@ -226,6 +142,17 @@ mod tests {
         assert_eq!(ra[5], 0, "M and O flags clear");
         assert_eq!(&ra[6..8], &[0, 0], "router lifetime 0");
         assert_eq!(&ra[16..24], &[1, 1, 0x52, 0x54, 0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn opens_on_an_interface_and_names_a_missing_one() {
+        let err = RaSocket::open("nosuchif0").err().unwrap();
+        assert!(err.to_string().contains("nosuchif0"), "{err}");
+        if !diskless_testkit::is_root() {
+            return diskless_testkit::skip("a raw ICMPv6 socket needs root");
+        }
+        let socket = RaSocket::open("lo").unwrap();
+        assert_eq!(socket.interface, "lo");
     }
 
     #[test]
