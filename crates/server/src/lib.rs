@@ -259,7 +259,7 @@ fn dhcp_event(event: &DhcpEvent) -> Option<BootEvent> {
 }
 
 /// A future that completes when `stop` says true.
-fn stopped_clone(stop: &watch::Sender<bool>) -> impl Future<Output = ()> + Send + 'static {
+fn stop_signal(stop: &watch::Sender<bool>) -> impl Future<Output = ()> + Send + 'static {
     let mut rx = stop.subscribe();
     async move {
         let _ = rx.wait_for(|stop| *stop).await;
@@ -278,10 +278,8 @@ pub async fn run(
         path: current.state.clone(),
         source,
     })?;
-    let (recorder, recorder_task) = Recorder::start(
-        Some(current.state.join("clients.json")),
-        (&current.record).into(),
-    );
+    let (recorder, recorder_task) =
+        Recorder::start(Some(clients_file(&current.state)), (&current.record).into());
     let result = run_with_recorder(listeners, site, recorder, shutdown).await;
     recorder_task.stop().await;
     result
@@ -315,7 +313,7 @@ pub async fn run_with_recorder(
 
     // One stop signal for every task.
     let (stop_tx, _) = watch::channel(false);
-    let stopped = || stopped_clone(&stop_tx);
+    let stopped = || stop_signal(&stop_tx);
     tracing::info!(
         interface = %current.interface, server = %current.server_ip, mode = ?current.mode,
         store = %current.store.display(), http = %http_addr, tftp_port = current.tftp_port,
@@ -388,7 +386,7 @@ pub async fn run_with_recorder(
 
     if let Some(socket) = ra {
         let stopped = stopped();
-        let stopped_too = stopped_clone(&stop_tx);
+        let stopped_too = stop_signal(&stop_tx);
         tasks.spawn(async move {
             // Not fatal: without it iPXE only boots slower.
             if let Err(e) = socket.serve(stopped).await {
