@@ -50,8 +50,8 @@ use tokio::sync::watch;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServerError {
-    /// The served interface cannot be used.
-    #[error("interface {interface}: {message}")]
+    /// The served interface cannot be used (the message names it).
+    #[error("{message}")]
     Interface { interface: String, message: String },
     /// The config cannot be resolved on the interface.
     #[error(transparent)]
