@@ -14,9 +14,10 @@
 //! `recv` with `SO_RCVTIMEO` reaches the speed of tftpd-hpa and beyond: the reactor
 //! adds an `epoll_wait` and a cross-thread wake to every block.
 //!
-//! Memory per transfer is one send buffer of `4 + blksize` bytes, a small receive
-//! buffer, the [`Session`] and a thread with a 256 KiB stack; files are read block by
-//! block with `pread`, never loaded whole, and at most
+//! Memory per transfer is one send buffer of `4 + blksize` bytes, a read buffer of
+//! 64 KiB (or one block, if larger; windows use a GSO buffer of the same size), a small
+//! receive buffer, the [`Session`] and a thread with a 256 KiB stack; files are read a
+//! chunk at a time with `pread`, never loaded whole, and at most
 //! [`ServerConfig::max_transfers`] run at once.
 
 use std::future::Future;
@@ -475,10 +476,10 @@ fn drive(
     let blksize = usize::from(session.negotiated().blksize);
     let windowed = session.negotiated().windowsize > 1;
     let mut out = vec![0u8; wire::DATA_HEADER_LEN + blksize];
-    // Read-ahead (lock-step): while the client handles a block, the next one is read
-    // into `ahead`, so that when its ACK arrives only the send is left on the round trip.
-    let mut ahead = vec![0u8; wire::DATA_HEADER_LEN + blksize];
-    let mut ahead_at: Option<(u64, usize)> = None;
+    // Lock-step: the file is read a chunk of blocks at a time, and the next chunk is read
+    // while the client handles the last block of this one, so that when an ACK arrives
+    // only the send is left on the round trip.
+    let mut chunk = Chunk::new(blksize);
     let mut last_data: Option<u64> = None;
     // Windows go out in batches: one preadv and one UDP GSO send per batch.
     let mut batch = if windowed {
@@ -509,12 +510,10 @@ fn drive(
                         continue;
                     }
                     let end = wire::DATA_HEADER_LEN + len;
-                    if ahead_at == Some((offset, len)) {
-                        std::mem::swap(&mut out, &mut ahead);
-                    } else {
-                        source.read_exact_at(offset, &mut out[wire::DATA_HEADER_LEN..end])?;
+                    if !chunk.holds(offset, len) {
+                        chunk.fill(source, offset, session.size())?;
                     }
-                    ahead_at = None;
+                    out[wire::DATA_HEADER_LEN..end].copy_from_slice(chunk.get(offset, len));
                     wire::emit_data_header(&mut out, block);
                     send(sock, &out[..end])?;
                     if !windowed {
@@ -531,11 +530,9 @@ fn drive(
             }
         }
         if let Some(next) = last_data.take() {
-            if next < session.size() || (next == session.size() && next % blksize as u64 == 0) {
-                let len = (session.size() - next).min(blksize as u64) as usize;
-                let end = wire::DATA_HEADER_LEN + len;
-                source.read_exact_at(next, &mut ahead[wire::DATA_HEADER_LEN..end])?;
-                ahead_at = Some((next, len));
+            let len = (session.size().saturating_sub(next)).min(blksize as u64) as usize;
+            if !chunk.holds(next, len) {
+                chunk.fill(source, next, session.size())?;
             }
         }
         if session.outcome().is_some() {
@@ -580,6 +577,54 @@ fn drive(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
         }
+    }
+}
+
+/// Bytes of the file around the block being sent (lock-step): one `pread` per chunk
+/// instead of one per block. With busybox at blksize 1468 the server made three system
+/// calls per block (strace -c: `sendto`, `recvfrom`, `pread64`, each 65 000 times for
+/// 100 MB); now it makes two, and one `pread` of 64 KiB per 44 blocks.
+struct Chunk {
+    buf: Vec<u8>,
+    /// File offset of `buf[0]`.
+    start: u64,
+    /// Valid bytes in `buf`.
+    len: usize,
+}
+
+/// Bytes read at once (rounded down to whole blocks, at least one block).
+const CHUNK_BYTES: usize = 64 << 10;
+
+impl Chunk {
+    fn new(blksize: usize) -> Chunk {
+        let size = (CHUNK_BYTES / blksize).max(1) * blksize;
+        Chunk {
+            buf: vec![0u8; size],
+            start: 0,
+            len: 0,
+        }
+    }
+
+    /// Whether `len` bytes at `offset` are here (an empty block always is).
+    fn holds(&self, offset: u64, len: usize) -> bool {
+        len == 0 || (offset >= self.start && offset + len as u64 <= self.start + self.len as u64)
+    }
+
+    fn get(&self, offset: u64, len: usize) -> &[u8] {
+        if len == 0 {
+            return &[];
+        }
+        let at = (offset - self.start) as usize;
+        &self.buf[at..at + len]
+    }
+
+    /// Reads the chunk that starts at `offset` (up to the end of the `size` bytes).
+    fn fill(&mut self, source: &mut dyn BlockSource, offset: u64, size: u64) -> io::Result<()> {
+        let len = (size.saturating_sub(offset)).min(self.buf.len() as u64) as usize;
+        source.read_exact_at(offset, &mut self.buf[..len])?;
+        self.start = offset;
+        self.len = len;
+        Ok(())
     }
 }
 
