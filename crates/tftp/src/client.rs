@@ -344,6 +344,14 @@ impl Transfer {
             // and so on: in QEMU this resent more than the whole image (14615 restarts
             // for 8600 windows). If the server resends because our ACK was lost, our
             // own timer repeats that ACK.
+            //
+            // The timer restarts, as for any block: duplicates are the copies the
+            // server sent before our last ACK reached it, queued ahead of what we
+            // asked for. Timing out behind them would ACK again, restart the server
+            // again and queue a third copy: through a shared, queueing link (a boot
+            // storm: 5 clients behind a 100 Mbit FIFO) that fed back until each block
+            // was sent 4 times (scripts/bench-storm).
+            self.arm(now, false);
             return Ok(step);
         }
         if ahead != 0 {
@@ -355,8 +363,9 @@ impl Transfer {
                 self.gap_acked = true;
                 self.in_window = 0;
                 step.send = Some(self.ack());
-                self.arm(now, false);
             }
+            // The server is sending: wait for its answer to that ACK behind these.
+            self.arm(now, false);
             return Ok(step);
         }
         if data.len() > usize::from(self.blksize) {
@@ -392,9 +401,9 @@ impl Transfer {
     }
 
     fn took_sample(&mut self, now: Instant) {
-        match self.sample_from.take() {
-            Some(t) => self.rtt.sample(now.saturating_duration_since(t)),
-            None => self.rtt.progress(),
+        // After a retransmission there is no sample, and the backed-off timer stays.
+        if let Some(t) = self.sample_from.take() {
+            self.rtt.sample(now.saturating_duration_since(t));
         }
         self.retries = 0;
     }
@@ -718,6 +727,41 @@ mod tests {
             let s = t.handle(t0, &data(blk, &b)).unwrap();
             assert_eq!((s.send, s.data), (None, None), "block {blk}");
         }
+    }
+
+    #[test]
+    fn duplicates_restart_the_timer() {
+        // After our ACK restarted the server, the copies it sent before are still
+        // arriving: while they do, our timer must not fire (its ACK would restart the
+        // server once more).
+        let t0 = Instant::now();
+        let opts = Options {
+            blksize: 8,
+            windowsize: 4,
+            ..Options::default()
+        };
+        let mut t = Transfer::new("f", &opts);
+        t.start(t0);
+        t.handle(
+            t0,
+            &Packet::parse(b"\x00\x06blksize\x008\x00windowsize\x004\x00").unwrap(),
+        )
+        .unwrap();
+        let b = [0u8; 8];
+        for blk in 1..=4 {
+            t.handle(t0, &data(blk, &b)).unwrap();
+        }
+        let rto = t.deadline().unwrap() - t0;
+        let later = t0 + rto * 3 / 4;
+        assert_eq!(t.handle(later, &data(2, &b)).unwrap().send, None);
+        assert_eq!(t.deadline(), Some(later + rto));
+        // Past a gap, too: the answer to our gap ACK is behind these blocks.
+        let gap = later + rto * 3 / 4;
+        assert!(t.handle(gap, &data(7, &b)).unwrap().send.is_some());
+        let after = gap + rto * 3 / 4;
+        assert_eq!(t.handle(after, &data(8, &b)).unwrap().send, None);
+        assert_eq!(t.deadline(), Some(after + rto));
+        assert_eq!(t.on_timeout(after + rto / 2).unwrap(), None);
     }
 
     #[test]

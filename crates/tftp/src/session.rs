@@ -341,7 +341,6 @@ impl Session {
                 if idx == self.window_end && self.next > self.window_end {
                     self.took_sample(now);
                 } else {
-                    self.rtt.progress();
                     self.retries = 0;
                 }
                 if idx < self.next - 1 && idx < self.last_block {
@@ -363,9 +362,9 @@ impl Session {
     }
 
     fn took_sample(&mut self, now: Instant) {
-        match self.sample_from.take() {
-            Some(t) => self.rtt.sample(now.saturating_duration_since(t)),
-            None => self.rtt.progress(),
+        // After a retransmission there is no sample, and the backed-off timer stays.
+        if let Some(t) = self.sample_from.take() {
+            self.rtt.sample(now.saturating_duration_since(t));
         }
         self.retries = 0;
     }
@@ -596,6 +595,38 @@ mod tests {
         }
         drain(&mut s, now);
         // 200 µs round trips: the timer sits at its 10 ms floor, not at seconds.
+        assert_eq!(s.deadline().unwrap() - now, Duration::from_millis(10));
+    }
+
+    #[test]
+    fn backoff_lasts_until_a_clean_round_trip() {
+        // The round trip grew from 200 µs to 30 ms (a queue filled): the 10 ms timer
+        // fires, the block goes again, the first copy's ACK comes back. The next block
+        // must wait the doubled timer, not the 10 ms that just proved too short.
+        let t0 = Instant::now();
+        let mut s = Session::new(
+            &RequestOptions::default(),
+            1 << 20,
+            &SessionConfig::default(),
+        );
+        let mut now = t0;
+        for b in 1..=20u16 {
+            drain(&mut s, now);
+            now += Duration::from_micros(200);
+            s.handle(now, &ack(b));
+        }
+        assert_eq!(blocks(&drain(&mut s, now)), vec![21]);
+        now += Duration::from_millis(10);
+        s.on_timeout(now);
+        assert_eq!(blocks(&drain(&mut s, now)), vec![21]);
+        now += Duration::from_millis(20);
+        s.handle(now, &ack(21));
+        assert_eq!(blocks(&drain(&mut s, now)), vec![22]);
+        assert_eq!(s.deadline().unwrap() - now, Duration::from_millis(20));
+        // An answer to a block sent once is a sample again, and ends the backoff.
+        now += Duration::from_micros(200);
+        s.handle(now, &ack(22));
+        drain(&mut s, now);
         assert_eq!(s.deadline().unwrap() - now, Duration::from_millis(10));
     }
 
