@@ -41,6 +41,8 @@ enum Command {
     Initrd(commands::initrd::InitrdCommand),
     /// Run only the TFTP server, read-only, on a directory (like in.tftpd).
     Tftp(commands::tftp::TftpArgs),
+    /// Wake clients with Wake-on-LAN magic packets (UDP broadcast and Ethernet 0x0842).
+    Wake(commands::wake::WakeArgs),
 }
 
 fn main() -> ExitCode {
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => commands::demo::run(args),
         Command::Clients(args) => commands::clients::run(args),
         Command::Tftp(args) => commands::tftp::run_blocking(args),
+        Command::Wake(args) => commands::wake::run(args),
         Command::Initrd(cmd) => commands::initrd::run(cmd).map(|()| ExitCode::SUCCESS),
     };
     match result {

@@ -6,3 +6,4 @@ pub mod initrd_install;
 pub mod serve;
 pub mod tftp;
 pub mod vm;
+pub mod wake;
