@@ -8,12 +8,13 @@ pub use diskless_dhcp::Mode;
 use serde::Deserialize;
 use std::collections::HashSet;
 use std::fmt;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 pub const DEFAULT_PATH: &str = "/etc/diskless/diskless.toml";
 pub const DEFAULT_STORE: &str = "/var/lib/diskless/store";
 pub const DEFAULT_STATE: &str = "/var/lib/diskless/state";
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9180";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -46,6 +47,9 @@ pub struct Config {
     pub state: PathBuf,
     pub http_port: u16,
     pub tftp_port: u16,
+    /// `ADDR:PORT` of the admin listener (dashboard, its API, `/metrics`), or `off`. Default
+    /// 127.0.0.1:9180: the boot network does not reach it unless the admin says so.
+    pub admin_listen: String,
     /// Answer IPv6 router solicitations with "no router here", so iPXE does not wait ~13 s
     /// for one. Default: on in full mode (a network we own), off in proxy mode.
     pub ipv6_ra: Option<bool>,
@@ -135,6 +139,7 @@ impl Default for Config {
             state: DEFAULT_STATE.into(),
             http_port: 80,
             tftp_port: 69,
+            admin_listen: DEFAULT_ADMIN_LISTEN.into(),
             ipv6_ra: None,
             dhcp: DhcpSection::default(),
             ipxe: IpxeSection::default(),
@@ -289,7 +294,22 @@ impl Config {
         if self.http_port == 0 {
             return Err((Some("http_port".into()), "http_port must not be 0".into()));
         }
+        self.admin_addr()
+            .map_err(|m| (Some(self.admin_listen.clone()), m))?;
         Ok(())
+    }
+
+    /// Where the admin listener listens, or None when `admin_listen = "off"`.
+    pub fn admin_addr(&self) -> Result<Option<SocketAddr>, String> {
+        if self.admin_listen == "off" {
+            return Ok(None);
+        }
+        self.admin_listen.parse().map(Some).map_err(|_| {
+            format!(
+                "admin_listen {:?} is not ADDR:PORT (e.g. 127.0.0.1:9180) or off",
+                self.admin_listen
+            )
+        })
     }
 }
 
@@ -423,6 +443,20 @@ mod tests {
         let err = parse(text).unwrap_err();
         assert_eq!(err.line, Some(4));
         assert!(err.message.contains("listed twice"), "{err}");
+    }
+
+    #[test]
+    fn admin_listen_is_an_address_or_off() {
+        let cfg = parse("").unwrap();
+        assert_eq!(
+            cfg.admin_addr().unwrap(),
+            Some("127.0.0.1:9180".parse().unwrap())
+        );
+        let cfg = parse("admin_listen = \"off\"\n").unwrap();
+        assert_eq!(cfg.admin_addr().unwrap(), None);
+        let err = parse("admin_listen = \"localhost\"\n").unwrap_err();
+        assert_eq!(err.line, Some(1));
+        assert!(err.message.contains("not ADDR:PORT"), "{err}");
     }
 
     #[test]
