@@ -17,7 +17,7 @@ use crate::config::{
 use crate::routes::Route;
 use diskless_dhcp::{DhcpConfig, Mac, Mode, Reservation};
 use std::collections::HashMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -31,6 +31,9 @@ pub enum SiteError {
     /// `[dhcp] range` does not parse.
     #[error("{0}")]
     Range(String),
+    /// `admin_listen` is neither `ADDR:PORT` nor `off`.
+    #[error("{0}")]
+    AdminListen(String),
     /// Full mode without a range, on a subnet too small for the default pool.
     #[error(
         "the subnet of {ip}/{netmask} is too small for the default pool (.100 to .199): set [dhcp] range"
@@ -60,6 +63,8 @@ pub struct Site {
     pub http_port: u16,
     /// TFTP port.
     pub tftp_port: u16,
+    /// The admin listener (dashboard, `/metrics`), apart from the boot network; None: off.
+    pub admin: Option<SocketAddr>,
     /// `10.0.0.1` or `10.0.0.1:8080`: how clients reach our HTTP server.
     pub http_authority: String,
     /// The same for TFTP.
@@ -136,6 +141,7 @@ impl Site {
             range,
             http_port: config.http_port,
             tftp_port: config.tftp_port,
+            admin: config.admin_addr().map_err(SiteError::AdminListen)?,
             http_authority: authority(server_ip, config.http_port, 80),
             tftp_authority: authority(server_ip, config.tftp_port, 69),
             ipv6_ra: config.ipv6_ra.unwrap_or(config.mode == Mode::Full),
@@ -187,12 +193,15 @@ impl Site {
     }
 
     /// What a reload to `new` cannot change on running sockets and tasks, if anything: the
-    /// interface, the ports, the mode, the network's DHCP settings and the store and state
-    /// directories need a restart. The boot decision (images, clients, options) does not.
+    /// interface, the ports (HTTP, TFTP, the admin listener), the mode, the network's DHCP
+    /// settings and the store and state directories need a restart. The boot decision (images, clients, options) does not.
     pub fn restart_needed(&self, new: &Site) -> Option<&'static str> {
         if self.interface != new.interface || self.server_ip != new.server_ip {
             Some("interface")
-        } else if self.http_port != new.http_port || self.tftp_port != new.tftp_port {
+        } else if self.http_port != new.http_port
+            || self.tftp_port != new.tftp_port
+            || self.admin != new.admin
+        {
             Some("ports")
         } else if self.mode != new.mode || self.dhcp_config() != new.dhcp_config() {
             Some("DHCP settings")

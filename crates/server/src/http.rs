@@ -166,8 +166,10 @@ async fn image_file(
     // publishing or rolling back while machines boot.
     tracing::info!(?client, name = %image, %version, %file, %range, "http: sending");
     let path = state.store.version_dir(&image, &version).join(file.name());
+    // A HEAD is answered with the length but sends nothing.
+    let sends_body = request.method() != axum::http::Method::HEAD;
     let response = serve_file(path, request).await;
-    if response.status().is_success() {
+    if response.status().is_success() && sends_body {
         let bytes = response
             .headers()
             .get(header::CONTENT_LENGTH)

@@ -28,7 +28,10 @@
 //! next DHCP request and the next script follow a new config. Leases, running transfers and
 //! the client record are untouched by a reload.
 
+pub mod admin;
+pub mod boots;
 pub mod http;
+pub mod metrics;
 pub mod netif;
 pub mod ra;
 pub mod recorder;
@@ -87,6 +90,12 @@ pub enum ServerError {
     #[error("HTTP on {addr}: {source}")]
     Http {
         addr: SocketAddr,
+        source: std::io::Error,
+    },
+    /// The admin listener failed.
+    #[error("admin listener on {addr:?}: {source}")]
+    Admin {
+        addr: Option<SocketAddr>,
         source: std::io::Error,
     },
     /// A server task panicked.
@@ -161,6 +170,8 @@ pub struct Listeners {
     pub http: tokio::net::TcpListener,
     /// The raw ICMPv6 socket for router advertisements, when the site wants them.
     pub ra: Option<ra::RaSocket>,
+    /// The admin listener (dashboard, `/metrics`), unless `admin_listen = "off"`.
+    pub admin: Option<tokio::net::TcpListener>,
 }
 
 impl Listeners {
@@ -186,6 +197,21 @@ impl Listeners {
                 addr: http_addr,
                 source,
             })?;
+        let admin = site
+            .admin
+            .map(|addr| {
+                std::net::TcpListener::bind(addr)
+                    .and_then(|l| {
+                        l.set_nonblocking(true)?;
+                        tokio::net::TcpListener::from_std(l)
+                    })
+                    .map_err(|source| ServerError::Bind {
+                        what: "the admin listener (admin_listen, --admin-listen)",
+                        addr,
+                        source,
+                    })
+            })
+            .transpose()?;
         let ra = if site.ipv6_ra {
             ra::RaSocket::open(&site.interface)
                 .map_err(|e| {
@@ -200,6 +226,7 @@ impl Listeners {
             tftp,
             http,
             ra,
+            admin,
         })
     }
 }
@@ -305,6 +332,7 @@ pub async fn run_with_recorder(
         tftp,
         http,
         ra,
+        admin,
     } = listeners;
     let http_addr = http.local_addr().map_err(|source| ServerError::Http {
         addr: SocketAddr::new(IpAddr::V4(current.server_ip), current.http_port),
@@ -362,6 +390,40 @@ pub async fn run_with_recorder(
                 .map_err(ServerError::from)
         }
     });
+
+    // The admin pages and metrics, fed by the recorder.
+    if let Some(listener) = admin {
+        let addr = listener.local_addr().ok();
+        let state = Arc::new(admin::AdminState::new(
+            {
+                let recorder = recorder.clone();
+                Arc::new(move || recorder.snapshot())
+            },
+            store.clone(),
+            Some(current.interface.clone()),
+            (current.mode == diskless_boot::Mode::Full).then(|| current.state.join("leases.json")),
+        ));
+        // Subscribed before the snapshot is taken: nothing falls in between. What earlier runs
+        // recorded goes in the lab view, not in this server's counts.
+        let updates = recorder.subscribe();
+        state.seed(&recorder.snapshot());
+        tasks.spawn({
+            let (state, stopped) = (state.clone(), stopped());
+            async move {
+                admin::follow(state, updates, stopped).await;
+                Ok(())
+            }
+        });
+        tasks.spawn({
+            let stopped = stopped();
+            async move {
+                tracing::info!(?addr, "admin pages: dashboard, /metrics");
+                admin::serve(listener, state, stopped)
+                    .await
+                    .map_err(|source| ServerError::Admin { addr, source })
+            }
+        });
+    }
 
     let http_state = Arc::new(http::HttpState {
         site,

@@ -156,7 +156,8 @@ pub struct ClientRecord {
 }
 
 impl ClientRecord {
-    fn new(mac: Mac, now: f64) -> ClientRecord {
+    /// A client first heard of at `now` (Unix seconds), nothing known of it yet.
+    pub fn new(mac: Mac, now: f64) -> ClientRecord {
         ClientRecord {
             mac,
             ip: None,

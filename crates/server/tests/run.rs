@@ -1,5 +1,6 @@
 //! `run` on sockets the test hands in (loopback, ephemeral ports): scripts follow a reloaded
-//! site, every task stops on shutdown, and the client record is on disk when `run` returns.
+//! site, a report reaches the admin pages' JSON and metrics, every task stops on shutdown (an
+//! open event stream included), and the client record is on disk when `run` returns.
 
 use diskless_boot::Site;
 use diskless_dhcp::DhcpSockets;
@@ -57,7 +58,13 @@ async fn scripts_follow_a_reload_and_everything_stops_on_shutdown() {
             .await
             .unwrap(),
         ra: None,
+        admin: Some(
+            tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0))
+                .await
+                .unwrap(),
+        ),
     };
+    let admin = listeners.admin.as_ref().unwrap().local_addr().unwrap();
     let http = listeners.http.local_addr().unwrap();
     let (handle, rx) = site_channel(site(dir.path(), ""));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -102,6 +109,33 @@ async fn scripts_follow_a_reload_and_everything_stops_on_shutdown() {
     stream.read_to_string(&mut response).await.unwrap();
     assert!(response.starts_with("HTTP/1.0 200"), "{response}");
 
+    // The admin side sees it (the recorder applies events on its own task: wait a little):
+    // the JSON, the metrics; then a page's event stream is open at the stop.
+    let fetched = "diskless_boot_stage_reached_total{image=\"-\",stage=\"fetched\"} 1";
+    let mut metrics = String::new();
+    for _ in 0..100 {
+        metrics = get(admin, "/metrics").await;
+        if metrics.contains(fetched) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(metrics.contains(fetched), "{metrics}");
+    let clients = get(admin, "/api/clients").await;
+    assert!(
+        clients.contains("\"mac\":\"52:54:00:12:34:56\"")
+            && clients.contains("\"stage\":\"fetched\""),
+        "{clients}"
+    );
+    let mut events = tokio::net::TcpStream::connect(admin).await.unwrap();
+    events
+        .write_all(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = [0u8; 64];
+    let n = events.read(&mut head).await.unwrap();
+    assert!(head[..n].starts_with(b"HTTP/1.1 200"));
+
     stop.send(()).unwrap();
     tokio::time::timeout(Duration::from_secs(10), server)
         .await
@@ -113,4 +147,5 @@ async fn scripts_follow_a_reload_and_everything_stops_on_shutdown() {
     assert_eq!(record.stage(), "fetched");
     // The HTTP port is free again: the listener was dropped with its task.
     std::net::TcpListener::bind(http).expect("the HTTP listener is closed");
+    std::net::TcpListener::bind(admin).expect("the admin listener is closed");
 }

@@ -50,6 +50,9 @@ pub struct ServeArgs {
     /// iPXE binary for UEFI clients: ipxe.efi or snponly.efi (config: ipxe.uefi).
     #[arg(long)]
     pub uefi_file: Option<String>,
+    /// Dashboard and /metrics: ADDR:PORT, or off (config: admin_listen).
+    #[arg(long)]
+    pub admin_listen: Option<String>,
 }
 
 /// The config file (if any) with the flags applied, validated.
@@ -113,6 +116,9 @@ pub fn resolve(args: &ServeArgs) -> Result<Config> {
     if let Some(v) = &args.uefi_file {
         cfg.ipxe.uefi = v.clone();
     }
+    if let Some(v) = &args.admin_listen {
+        cfg.admin_listen = v.clone();
+    }
     cfg.validate()
         .map_err(|(_, message)| anyhow::anyhow!("{message}"))
         .context("checking the command-line flags")?;
@@ -165,10 +171,15 @@ mod tests {
             config: Some(path),
             interface: Some("dl0".into()),
             mode: Some("proxy".into()),
+            admin_listen: Some("0.0.0.0:9999".into()),
             ..Default::default()
         };
         let cfg = resolve(&args).unwrap();
         assert_eq!(cfg.interface.as_deref(), Some("dl0"));
+        assert_eq!(
+            cfg.admin_addr().unwrap(),
+            Some("0.0.0.0:9999".parse().unwrap())
+        );
         assert_eq!(cfg.mode, Mode::Proxy);
         assert_eq!(
             (cfg.boot.image.as_deref(), cfg.boot.size.as_str()),

@@ -1,0 +1,460 @@
+//! The admin listener: the dashboard, its JSON and live stream, the wake button, `/metrics`.
+//!
+//! It listens apart from the boot network's HTTP server (`admin_listen`, 127.0.0.1 by
+//! default), so machines on the lab network reach neither the dashboard nor the metrics.
+//!
+//! ```text
+//! GET  /              the dashboard (one page, compiled in: works offline)
+//! GET  /api/clients   [ClientView]: every client's current or last boot
+//! GET  /api/boots     [ClientView]: the last finished boots, newest first
+//! GET  /api/images    [ImageView]: versions, sizes, current, which clients run which
+//! GET  /api/events    server-sent events: `client` (a ClientView that changed),
+//!                     `resync` (events were missed: fetch /api/clients again)
+//! POST /api/wake      {"macs": ["aa:bb:cc:dd:ee:ff", ...]} -> {"woke": [...], "udp_only": ...}
+//! GET  /metrics       Prometheus text format
+//! ```
+//!
+//! A [`ClientView`] is the [`ClientRecord`] (mac, ip, hostname, firmware, image, version,
+//! boot_started, stages) with `stage`, `last_seen`, `duration`, `finished`, `failure` and
+//! `phases` beside it.
+
+use crate::boots::{BootHistory, ClientView};
+use crate::metrics::{self, Metrics};
+use crate::recorder::{ClientRecord, Recorded};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use diskless_boot::Mac;
+use diskless_image::Store;
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use tokio::sync::broadcast;
+
+/// The dashboard page: HTML, CSS and script in one file, no external resources.
+pub const DASHBOARD: &str = include_str!("../assets/dashboard.html");
+
+/// Finished boots kept for the lab view.
+pub const HISTORY: usize = 200;
+
+/// Every client record, as the recorder holds them now.
+pub type Snapshot = Arc<dyn Fn() -> Vec<ClientRecord> + Send + Sync>;
+
+/// What an open page is told.
+#[derive(Debug, Clone)]
+enum PageEvent {
+    /// A client's record changed.
+    Client(ClientRecord),
+    /// Changes were missed: fetch the table again.
+    Resync,
+}
+
+/// What the admin handlers share.
+pub struct AdminState {
+    snapshot: Snapshot,
+    /// Client records as they change; each page's stream subscribes to it.
+    changes: broadcast::Sender<PageEvent>,
+    history: Mutex<BootHistory>,
+    store: Store,
+    /// Where wake packets go out: the boot interface.
+    interface: Option<String>,
+    pub metrics: Arc<Metrics>,
+    /// The DHCP leases file, for `diskless_dhcp_leases_active` (full mode).
+    leases: Option<PathBuf>,
+    /// The last stage counted per client (boot start, stage time), so a record seen again
+    /// counts only its new stages.
+    counted: Mutex<HashMap<Mac, (f64, f64)>>,
+    /// Set when the server stops: open event streams end, so connections close.
+    closing: tokio::sync::watch::Sender<bool>,
+}
+
+impl AdminState {
+    /// No client seen yet; `leases` is the DHCP leases file (full mode).
+    pub fn new(
+        snapshot: Snapshot,
+        store: Store,
+        interface: Option<String>,
+        leases: Option<PathBuf>,
+    ) -> AdminState {
+        AdminState {
+            snapshot,
+            changes: broadcast::channel(1024).0,
+            history: Mutex::new(BootHistory::new(HISTORY)),
+            store,
+            interface,
+            metrics: Arc::new(Metrics::new()),
+            leases,
+            counted: Mutex::default(),
+            closing: tokio::sync::watch::Sender::new(false),
+        }
+    }
+
+    /// Records of earlier runs (from `clients.json`): into the lab view, not into the metrics,
+    /// which count what this server saw.
+    pub fn seed(&self, records: &[ClientRecord]) {
+        let mut counted = self.counted.lock().expect("counted lock");
+        let mut history = self.history.lock().expect("history lock");
+        let mut records: Vec<&ClientRecord> = records.iter().collect();
+        records.sort_by(|a, b| a.boot_started.total_cmp(&b.boot_started));
+        for record in records {
+            if let Some(stage) = record.stages.last() {
+                counted.insert(record.mac, (record.boot_started, stage.at));
+            }
+            history.add(record);
+        }
+    }
+
+    /// Note a changed record: its new stages into the metrics, into the lab view's history if
+    /// its boot ended, then to every open page.
+    pub fn changed(&self, record: ClientRecord) {
+        let new = {
+            let mut counted = self.counted.lock().expect("counted lock");
+            let last = counted.get(&record.mac).copied();
+            let from = match last {
+                Some((started, at)) if started == record.boot_started => {
+                    record.stages.iter().position(|s| s.at > at)
+                }
+                _ => Some(0),
+            };
+            if let Some(stage) = record.stages.last() {
+                counted.insert(record.mac, (record.boot_started, stage.at));
+            }
+            from.map(|i| record.stages[i..].to_vec())
+                .unwrap_or_default()
+        };
+        self.metrics.stages_reached(&record, &new);
+        self.history.lock().expect("history lock").add(&record);
+        let _ = self.changes.send(PageEvent::Client(record));
+    }
+}
+
+/// Feed `state` from the recorder's `updates` ([`crate::recorder::Recorder::subscribe`]) until `stopped`
+/// completes: each changed record to the pages,
+/// the lab view and the stage metrics, each protocol event to the other metrics.
+pub async fn follow(
+    state: Arc<AdminState>,
+    mut updates: broadcast::Receiver<Recorded>,
+    stopped: impl std::future::Future<Output = ()>,
+) {
+    tokio::pin!(stopped);
+    loop {
+        let update = tokio::select! {
+            _ = &mut stopped => return,
+            update = updates.recv() => update,
+        };
+        match update {
+            Ok(Recorded::Client(record)) => state.changed(ClientRecord::clone(&record)),
+            Ok(Recorded::Event(event)) => state.metrics.boot_event(&event),
+            // The pages are told to fetch the table again; counts of the missed events are
+            // lost (and said so).
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(
+                    missed,
+                    "admin pages behind the recorder: some metrics missed"
+                );
+                let _ = state.changes.send(PageEvent::Resync);
+            }
+            Err(broadcast::error::RecvError::Closed) => {
+                stopped.await;
+                return;
+            }
+        }
+    }
+}
+
+/// Serve the admin pages on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: Arc<AdminState>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let closing = state.closing.clone();
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = closing.send(true);
+        })
+        .await
+}
+
+pub fn router(state: Arc<AdminState>) -> Router {
+    Router::new()
+        .route("/", get(|| async { Html(DASHBOARD) }))
+        .route("/api/clients", get(clients))
+        .route("/api/boots", get(boots))
+        .route("/api/images", get(images))
+        .route("/api/events", get(events))
+        .route("/api/wake", post(wake))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+async fn clients(State(state): State<Arc<AdminState>>) -> Json<Vec<ClientView>> {
+    Json(
+        (state.snapshot)()
+            .into_iter()
+            .map(ClientView::from)
+            .collect(),
+    )
+}
+
+async fn boots(State(state): State<Arc<AdminState>>) -> Json<Vec<ClientView>> {
+    Json(state.history.lock().expect("history lock").newest_first())
+}
+
+/// An image and its versions.
+#[derive(Debug, Serialize)]
+pub struct ImageView {
+    pub name: String,
+    pub current: Option<String>,
+    /// Oldest first.
+    pub versions: Vec<VersionView>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VersionView {
+    pub version: String,
+    pub created: String,
+    pub kernel_version: String,
+    /// All its files, in bytes.
+    pub size: u64,
+    pub squashfs_size: u64,
+    pub current: bool,
+    /// MACs of the clients whose last boot used this version.
+    pub clients: Vec<String>,
+}
+
+/// The store's images and which clients run which version.
+pub fn image_views(store: &Store, records: &[ClientRecord]) -> Vec<ImageView> {
+    let mut out = Vec::new();
+    for name in store.images().unwrap_or_default() {
+        let current = store.current_version(&name).ok();
+        let versions = store
+            .versions(&name)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|m| VersionView {
+                size: m.files.values().map(|f| f.size).sum(),
+                squashfs_size: m.squashfs().size,
+                current: current.as_deref() == Some(m.version.as_str()),
+                clients: records
+                    .iter()
+                    .filter(|r| {
+                        r.image.as_deref() == Some(name.as_str())
+                            && r.version.as_deref() == Some(m.version.as_str())
+                    })
+                    .map(|r| r.mac.to_string())
+                    .collect(),
+                version: m.version,
+                created: m.created,
+                kernel_version: m.kernel_version,
+            })
+            .collect();
+        out.push(ImageView {
+            name,
+            current,
+            versions,
+        });
+    }
+    out
+}
+
+async fn images(State(state): State<Arc<AdminState>>) -> Json<Vec<ImageView>> {
+    let records = (state.snapshot)();
+    let store = state.store.clone();
+    let views = tokio::task::spawn_blocking(move || image_views(&store, &records))
+        .await
+        .unwrap_or_default();
+    Json(views)
+}
+
+async fn events(
+    State(state): State<Arc<AdminState>>,
+) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+    let rx = state.changes.subscribe();
+    let mut closing = state.closing.subscribe();
+    let closed = async move {
+        let _ = closing.wait_for(|closing| *closing).await;
+    };
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        let event = match rx.recv().await {
+            Ok(PageEvent::Client(record)) => Event::default()
+                .event("client")
+                .json_data(ClientView::from(record))
+                .expect("a client view serializes"),
+            // A page too slow to keep up refetches everything rather than show a stale row.
+            Ok(PageEvent::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                Event::default().event("resync").data("")
+            }
+            Err(broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok(event), rx))
+    });
+    Sse::new(futures_util::StreamExt::take_until(stream, closed)).keep_alive(KeepAlive::default())
+}
+
+#[derive(Debug, Deserialize)]
+struct WakeRequest {
+    macs: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+struct WakeReply {
+    woke: Vec<String>,
+    /// Why only the UDP broadcast was sent, if so.
+    udp_only: Option<String>,
+}
+
+async fn wake(State(state): State<Arc<AdminState>>, Json(request): Json<WakeRequest>) -> Response {
+    let mut macs = Vec::new();
+    for m in &request.macs {
+        match m.parse::<Mac>() {
+            Ok(mac) => macs.push(mac),
+            Err(e) => return (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+        }
+    }
+    if macs.is_empty() {
+        return (StatusCode::BAD_REQUEST, "no MAC to wake").into_response();
+    }
+    let Some(interface) = state.interface.clone() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the server has no interface to send wake packets on",
+        )
+            .into_response();
+    };
+    let sent = tokio::task::spawn_blocking(move || {
+        let sender = diskless_wake::Sender::open(&interface)?;
+        for mac in &macs {
+            sender.send(*mac)?;
+        }
+        tracing::info!(%interface, count = macs.len(), "wake-on-LAN packets sent");
+        Ok::<_, diskless_wake::WakeError>(WakeReply {
+            woke: macs.iter().map(Mac::to_string).collect(),
+            udp_only: sender.ethernet_unavailable().map(str::to_string),
+        })
+    })
+    .await;
+    match sent {
+        Ok(Ok(reply)) => Json(reply).into_response(),
+        Ok(Err(e)) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()).into_response(),
+    }
+}
+
+/// Bound leases that have not expired, from the leases file the DHCP server writes.
+fn active_leases(path: &std::path::Path) -> usize {
+    let now = diskless_dhcp::lease::unix_secs(std::time::SystemTime::now());
+    diskless_dhcp::lease::LeaseStore::load(path)
+        .map(|store| {
+            store
+                .iter()
+                .filter(|l| l.state == diskless_dhcp::lease::LeaseState::Bound && l.expires > now)
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
+    if let Some(path) = state.leases.clone() {
+        let n = tokio::task::spawn_blocking(move || active_leases(&path))
+            .await
+            .unwrap_or(0);
+        state.metrics.set_leases_active(n);
+    }
+    (
+        [(header::CONTENT_TYPE, metrics::CONTENT_TYPE)],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recorder::StageEvent;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    fn state(interface: Option<&str>) -> (tempfile::TempDir, Arc<AdminState>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let state = AdminState::new(
+            Arc::new(Vec::new),
+            store,
+            interface.map(str::to_string),
+            None,
+        );
+        (dir, Arc::new(state))
+    }
+
+    async fn post_wake(state: &Arc<AdminState>, body: &str) -> (StatusCode, String) {
+        let request = axum::http::Request::post("/api/wake")
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .unwrap();
+        let response = router(state.clone()).oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    #[tokio::test]
+    async fn wake_refuses_bad_input_and_names_a_missing_interface() {
+        let (_dir, with_none) = state(None);
+        let (status, body) = post_wake(&with_none, r#"{"macs": ["52:54:00:00:00:01"]}"#).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        let (_dir, with_bad) = state(Some("nosuchif0"));
+        let (status, body) = post_wake(&with_bad, r#"{"macs": ["nonsense"]}"#).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert!(body.contains("not a MAC address"), "{body}");
+        let (status, _) = post_wake(&with_bad, r#"{"macs": []}"#).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (status, body) = post_wake(&with_bad, r#"{"macs": ["52:54:00:00:00:01"]}"#).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert!(body.contains("no interface named nosuchif0"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn a_record_seen_again_counts_only_its_new_stages() {
+        let (_dir, state) = state(None);
+        let mut record = ClientRecord {
+            image: Some("lab".into()),
+            stages: vec![StageEvent {
+                stage: "dhcp-offer".into(),
+                at: 0.0,
+                detail: String::new(),
+            }],
+            ..ClientRecord::new("52:54:00:00:00:01".parse().unwrap(), 100.0)
+        };
+        let mut events = state.changes.subscribe();
+        state.changed(record.clone());
+        state.changed(record.clone());
+        record.stages.push(StageEvent {
+            stage: "multi-user".into(),
+            at: 30.0,
+            detail: String::new(),
+        });
+        state.changed(record.clone());
+        let text = state.metrics.render();
+        assert!(
+            text.contains(
+                "diskless_boot_stage_reached_total{image=\"lab\",stage=\"dhcp-offer\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("stage=\"multi-user\"} 1"), "{text}");
+        match events.recv().await.unwrap() {
+            PageEvent::Client(r) => assert_eq!(r.stages.len(), 1),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(state.history.lock().unwrap().newest_first().len(), 1);
+    }
+}

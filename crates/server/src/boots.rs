@@ -1,0 +1,238 @@
+//! A boot as the dashboard and the metrics see it: a client record with its phases.
+//!
+//! A phase is the time between two stages, named after what happened in it; consecutive
+//! intervals of one phase merge (an offer then an ack: one `dhcp` phase):
+//!
+//! ```text
+//! stage reached   phase that ends there
+//! dhcp-*          dhcp        the firmware, iPXE or the initramfs waiting for an address
+//! tftp            tftp        iPXE loaded by the firmware
+//! ipxe-script     ipxe        iPXE started, its script fetched
+//! network-up      kernel      kernel and initrds downloaded, Linux started, initramfs network
+//! fetching        initramfs   RAM disk mounted
+//! fetched         image       the image downloaded and its sha256 checked
+//! root-mounted    mount       the squashfs and overlay mounted
+//! multi-user      systemd     the system started
+//! failed          failed
+//! ```
+
+use crate::recorder::{ClientRecord, FINAL_STAGES};
+use serde::Serialize;
+use std::collections::VecDeque;
+
+/// One phase of a boot.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Phase {
+    pub phase: &'static str,
+    /// Seconds since the boot started.
+    pub start: f64,
+    pub seconds: f64,
+}
+
+/// Every phase name, in boot order.
+pub const PHASES: &[&str] = &[
+    "dhcp",
+    "tftp",
+    "ipxe",
+    "kernel",
+    "initramfs",
+    "image",
+    "mount",
+    "systemd",
+    "failed",
+    "other",
+];
+
+/// The phase that ends when `stage` is reached.
+pub fn phase_ending_at(stage: &str) -> &'static str {
+    match stage {
+        "dhcp-offer" | "dhcp-ack" | "dhcp-nak" => "dhcp",
+        "tftp" => "tftp",
+        "ipxe-script" => "ipxe",
+        "network-up" => "kernel",
+        "fetching" => "initramfs",
+        "fetched" => "image",
+        "root-mounted" => "mount",
+        "multi-user" => "systemd",
+        "failed" => "failed",
+        _ => "other",
+    }
+}
+
+/// The phases of `record`'s boot, in order.
+pub fn phases(record: &ClientRecord) -> Vec<Phase> {
+    let mut out: Vec<Phase> = Vec::new();
+    for pair in record.stages.windows(2) {
+        let (from, to) = (&pair[0], &pair[1]);
+        let name = phase_ending_at(&to.stage);
+        let seconds = (to.at - from.at).max(0.0);
+        match out.last_mut() {
+            Some(last) if last.phase == name => last.seconds += seconds,
+            _ => out.push(Phase {
+                phase: name,
+                start: from.at,
+                seconds,
+            }),
+        }
+    }
+    for p in &mut out {
+        p.seconds = (p.seconds * 1000.0).round() / 1000.0;
+    }
+    out
+}
+
+/// A client record with what the page shows beside it.
+#[derive(Debug, Clone, Serialize)]
+pub struct ClientView {
+    #[serde(flatten)]
+    pub record: ClientRecord,
+    /// The stage it is in now (`-` before any).
+    pub stage: String,
+    /// Unix time of the last stage.
+    pub last_seen: f64,
+    /// Seconds from the first stage to the last.
+    pub duration: f64,
+    /// multi-user or failed.
+    pub finished: bool,
+    /// The failure message, for a failed boot.
+    pub failure: Option<String>,
+    pub phases: Vec<Phase>,
+}
+
+impl From<ClientRecord> for ClientView {
+    fn from(record: ClientRecord) -> ClientView {
+        let last = record.stages.last();
+        let duration = last.map(|s| s.at).unwrap_or(0.0);
+        let stage = record.stage().to_string();
+        ClientView {
+            last_seen: record.boot_started + duration,
+            duration,
+            finished: FINAL_STAGES.contains(&stage.as_str()),
+            failure: (stage == "failed")
+                .then(|| last.map(|s| s.detail.clone()).unwrap_or_default()),
+            phases: phases(&record),
+            stage,
+            record,
+        }
+    }
+}
+
+/// The last finished boots, newest first, for the lab view.
+pub struct BootHistory {
+    boots: VecDeque<ClientView>,
+    capacity: usize,
+}
+
+impl BootHistory {
+    pub fn new(capacity: usize) -> BootHistory {
+        BootHistory {
+            boots: VecDeque::with_capacity(capacity),
+            capacity,
+        }
+    }
+
+    /// Keep `record` if it is a finished boot not kept yet; true if it was added.
+    pub fn add(&mut self, record: &ClientRecord) -> bool {
+        let view = ClientView::from(record.clone());
+        let known = self
+            .boots
+            .iter()
+            .any(|b| b.record.mac == record.mac && b.record.boot_started == record.boot_started);
+        if !view.finished || known {
+            return false;
+        }
+        if self.boots.len() == self.capacity {
+            self.boots.pop_back();
+        }
+        self.boots.push_front(view);
+        true
+    }
+
+    pub fn newest_first(&self) -> Vec<ClientView> {
+        self.boots.iter().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::recorder::StageEvent;
+
+    fn record(stages: &[(&str, f64)]) -> ClientRecord {
+        ClientRecord {
+            stages: stages
+                .iter()
+                .map(|(stage, at)| StageEvent {
+                    stage: stage.to_string(),
+                    at: *at,
+                    detail: String::new(),
+                })
+                .collect(),
+            ..ClientRecord::new("52:54:00:00:00:01".parse().unwrap(), 1000.0)
+        }
+    }
+
+    #[test]
+    fn phases_merge_consecutive_stages_of_one_kind() {
+        let r = record(&[
+            ("dhcp-offer", 0.0),
+            ("dhcp-ack", 1.0),
+            ("tftp", 1.5),
+            ("dhcp-offer", 4.0),
+            ("dhcp-ack", 4.25),
+            ("ipxe-script", 5.0),
+            ("network-up", 15.0),
+            ("fetching", 16.0),
+            ("fetched", 46.0),
+            ("root-mounted", 47.0),
+            ("multi-user", 80.0),
+        ]);
+        let got: Vec<(&str, f64, f64)> = phases(&r)
+            .iter()
+            .map(|p| (p.phase, p.start, p.seconds))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("dhcp", 0.0, 1.0),
+                ("tftp", 1.0, 0.5),
+                ("dhcp", 1.5, 2.75),
+                ("ipxe", 4.25, 0.75),
+                ("kernel", 5.0, 10.0),
+                ("initramfs", 15.0, 1.0),
+                ("image", 16.0, 30.0),
+                ("mount", 46.0, 1.0),
+                ("systemd", 47.0, 33.0),
+            ]
+        );
+        let view = ClientView::from(r);
+        assert_eq!((view.stage.as_str(), view.finished), ("multi-user", true));
+        assert_eq!((view.duration, view.last_seen), (80.0, 1080.0));
+        assert_eq!(view.failure, None);
+    }
+
+    #[test]
+    fn history_keeps_each_finished_boot_once_newest_first() {
+        let mut h = BootHistory::new(2);
+        let running = record(&[("dhcp-offer", 0.0)]);
+        assert!(!h.add(&running));
+        let mut done = record(&[("dhcp-offer", 0.0), ("failed", 3.0)]);
+        done.stages[1].detail = "the network did not come up".into();
+        assert!(h.add(&done));
+        assert!(!h.add(&done), "the same boot again");
+        for started in [2000.0, 3000.0] {
+            done.boot_started = started;
+            assert!(h.add(&done));
+        }
+        let kept: Vec<f64> = h
+            .newest_first()
+            .iter()
+            .map(|b| b.record.boot_started)
+            .collect();
+        assert_eq!(kept, [3000.0, 2000.0]);
+        assert_eq!(
+            h.newest_first()[0].failure.as_deref(),
+            Some("the network did not come up")
+        );
+    }
+}

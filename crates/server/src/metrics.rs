@@ -1,0 +1,441 @@
+//! Prometheus metrics, served as text at `/metrics` of the admin listener.
+//!
+//! Names follow kea's statistics (`pkt4-received` and friends: one family per protocol, a
+//! `type` label) and MAAS's exporter (`maas_…_total`, histograms in seconds), with the
+//! `diskless_` prefix:
+//!
+//! ```text
+//! diskless_dhcp_packets_received_total{type}          DISCOVER and REQUEST we answered
+//! diskless_dhcp_leases_active                         bound, unexpired leases (full mode)
+//! diskless_tftp_transfers_total{result}               ok, error
+//! diskless_tftp_bytes_sent_total
+//! diskless_http_bytes_sent_total{file}                root.squashfs, vmlinuz, initrd.img, ...
+//! diskless_boot_stage_reached_total{stage,image}
+//! diskless_boot_phase_seconds{phase}                  histogram, per finished boot
+//! diskless_image_fetch_bytes_per_second               histogram, as the client measured it
+//! diskless_boot_failures_total{reason}
+//! ```
+//!
+//! Every family is registered at start, and the label values known in advance (DHCP message
+//! types, TFTP results, image files, phases, failure reasons) start at zero: a scrape before
+//! the first boot lists them, and `rate()` sees the first increase.
+
+use crate::boots::{phases, PHASES};
+use crate::recorder::{BootEvent, ClientRecord, DhcpAction, StageEvent, FINAL_STAGES};
+use diskless_boot::ImageFile;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
+};
+
+/// The server's metrics and the registry that renders them.
+pub struct Metrics {
+    registry: Registry,
+    dhcp_packets: IntCounterVec,
+    leases_active: IntGauge,
+    tftp_transfers: IntCounterVec,
+    tftp_bytes: IntCounter,
+    http_bytes: IntCounterVec,
+    stages: IntCounterVec,
+    phase_seconds: HistogramVec,
+    fetch_rate: Histogram,
+    failures: IntCounterVec,
+}
+
+/// Boot phases last from a fraction of a second (a DHCP exchange) to minutes (systemd under
+/// emulation, a large image on a busy network).
+const PHASE_BUCKETS: &[f64] = &[
+    0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+/// The DHCP messages the server answers (releases and declines are only logged).
+pub const DHCP_TYPES: &[&str] = &["discover", "request"];
+/// The files clients fetch over HTTP.
+const HTTP_FILES: &[ImageFile] = &ImageFile::ALL;
+/// From a congested 10 Mbit/s link (1.25 MB/s) to 10 Gbit/s.
+const RATE_BUCKETS: &[f64] = &[1e6, 5e6, 1e7, 2.5e7, 5e7, 1e8, 2.5e8, 5e8, 1e9, 2.5e9];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    /// All families registered, no sample yet.
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+            r.register(Box::new(c.clone()))
+                .expect("unique metric names");
+            c
+        }
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            reg(
+                &registry,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let histogram = |name: &str, help: &str, labels: &[&str], buckets: &[f64]| {
+            reg(
+                &registry,
+                HistogramVec::new(
+                    HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                    labels,
+                )
+                .expect("valid metric"),
+            )
+        };
+        let dhcp_packets = counter(
+            "diskless_dhcp_packets_received_total",
+            "DHCP packets received and acted on, by message type.",
+            &["type"],
+        );
+        let tftp_transfers = counter(
+            "diskless_tftp_transfers_total",
+            "TFTP transfers finished, by result (ok, error).",
+            &["result"],
+        );
+        let http_bytes = counter(
+            "diskless_http_bytes_sent_total",
+            "Bytes of image files sent over HTTP, by file.",
+            &["file"],
+        );
+        let stages = counter(
+            "diskless_boot_stage_reached_total",
+            "Boot stages reached by clients, by stage and image.",
+            &["stage", "image"],
+        );
+        let failures = counter(
+            "diskless_boot_failures_total",
+            "Boots that ended in failure, by reason.",
+            &["reason"],
+        );
+        let phase_seconds = histogram(
+            "diskless_boot_phase_seconds",
+            "Time each phase of a finished boot took, in seconds.",
+            &["phase"],
+            PHASE_BUCKETS,
+        );
+        let fetch_rate = reg(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "diskless_image_fetch_bytes_per_second",
+                    "Image download rate measured by the clients, in bytes per second.",
+                )
+                .buckets(RATE_BUCKETS.to_vec()),
+            )
+            .expect("valid metric"),
+        );
+        let leases_active = reg(
+            &registry,
+            IntGauge::new(
+                "diskless_dhcp_leases_active",
+                "Bound, unexpired DHCP leases (full mode).",
+            )
+            .expect("valid metric"),
+        );
+        let tftp_bytes = reg(
+            &registry,
+            IntCounter::new("diskless_tftp_bytes_sent_total", "Bytes sent over TFTP.")
+                .expect("valid metric"),
+        );
+        for kind in DHCP_TYPES {
+            dhcp_packets.with_label_values(&[*kind]);
+        }
+        for result in ["ok", "error"] {
+            tftp_transfers.with_label_values(&[result]);
+        }
+        for file in HTTP_FILES {
+            http_bytes.with_label_values(&[file.name()]);
+        }
+        for phase in PHASES {
+            phase_seconds.with_label_values(&[*phase]);
+        }
+        for reason in FAILURE_REASONS.iter().map(|(_, r)| *r).chain(["other"]) {
+            failures.with_label_values(&[reason]);
+        }
+        Metrics {
+            registry,
+            dhcp_packets,
+            leases_active,
+            tftp_transfers,
+            tftp_bytes,
+            http_bytes,
+            stages,
+            phase_seconds,
+            fetch_rate,
+            failures,
+        }
+    }
+
+    /// A DHCP packet of `kind` (`discover`, `request`, ...) was received and acted on.
+    pub fn dhcp_packet(&self, kind: &str) {
+        self.dhcp_packets.with_label_values(&[kind]).inc();
+    }
+
+    /// The number of bound, unexpired leases.
+    pub fn set_leases_active(&self, n: usize) {
+        self.leases_active.set(n as i64);
+    }
+
+    /// A TFTP transfer ended.
+    pub fn tftp_transfer(&self, ok: bool, bytes: u64) {
+        let result = if ok { "ok" } else { "error" };
+        self.tftp_transfers.with_label_values(&[result]).inc();
+        self.tftp_bytes.inc_by(bytes);
+    }
+
+    /// `bytes` of `file` were sent over HTTP.
+    pub fn http_sent(&self, file: &str, bytes: u64) {
+        self.http_bytes.with_label_values(&[file]).inc_by(bytes);
+    }
+
+    /// A client reached `stage` booting `image` (`-` when not known yet).
+    pub fn stage_reached(&self, stage: &str, image: Option<&str>) {
+        self.stages
+            .with_label_values(&[stage, image.unwrap_or("-")])
+            .inc();
+    }
+
+    /// A client measured its image download at `bytes_per_second`.
+    pub fn image_fetched(&self, bytes_per_second: f64) {
+        self.fetch_rate.observe(bytes_per_second);
+    }
+
+    /// A boot ended: its phases go into the histograms; a failure is counted by reason.
+    pub fn boot_finished(&self, record: &ClientRecord) {
+        for phase in phases(record) {
+            self.phase_seconds
+                .with_label_values(&[phase.phase])
+                .observe(phase.seconds);
+        }
+        if record.stage() == "failed" {
+            let detail = record.stages.last().map(|s| s.detail.as_str());
+            self.failures
+                .with_label_values(&[failure_reason(detail.unwrap_or(""))])
+                .inc();
+        }
+    }
+
+    /// A protocol server's event: DHCP answers, TFTP transfers, HTTP files. (Client stages
+    /// are counted from the records, [`Metrics::stages_reached`].)
+    pub fn boot_event(&self, event: &BootEvent) {
+        match event {
+            // An offer answers a DISCOVER, an ACK or a NAK a REQUEST.
+            BootEvent::Dhcp { action, .. } => self.dhcp_packet(match action {
+                DhcpAction::Offer => "discover",
+                DhcpAction::Ack | DhcpAction::Nak => "request",
+            }),
+            BootEvent::Tftp { bytes, outcome, .. } => {
+                self.tftp_transfer(outcome == "Complete", *bytes)
+            }
+            BootEvent::HttpFile { file, bytes, .. } => self.http_sent(file.name(), *bytes),
+            BootEvent::Script { .. } | BootEvent::Report { .. } => {}
+        }
+    }
+
+    /// Stages a client reached since the record was last seen (`new`): each is counted; a
+    /// `fetched` report gives the download rate; a final stage puts the boot's phases in the
+    /// histograms.
+    pub fn stages_reached(&self, record: &ClientRecord, new: &[StageEvent]) {
+        for stage in new {
+            self.stage_reached(&stage.stage, record.image.as_deref());
+            if stage.stage == "fetched" {
+                if let Some(rate) = fetch_rate(&stage.detail) {
+                    self.image_fetched(rate);
+                }
+            }
+            if FINAL_STAGES.contains(&stage.stage.as_str()) {
+                self.boot_finished(record);
+            }
+        }
+    }
+
+    /// The Prometheus text exposition format (version 0.0.4).
+    pub fn render(&self) -> String {
+        let mut out = Vec::new();
+        TextEncoder::new()
+            .encode(&self.registry.gather(), &mut out)
+            .expect("text encoding to memory");
+        String::from_utf8(out).expect("the text format is UTF-8")
+    }
+}
+
+/// The content type of [`Metrics::render`].
+pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+/// Bytes per second from the fetch helper's `fetched` report, `bytes=N seconds=S mbps=M`.
+pub fn fetch_rate(detail: &str) -> Option<f64> {
+    let field = |name: &str| {
+        detail
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    let (bytes, seconds) = (field("bytes")?, field("seconds")?);
+    (seconds > 0.0).then(|| bytes / seconds)
+}
+
+/// A small, fixed set of failure reasons from the boot script's message (`diskless_fail` in
+/// initramfs-tools/scripts/diskless), so the label's cardinality stays bounded whatever a
+/// client sends.
+pub fn failure_reason(detail: &str) -> &'static str {
+    let detail = detail.to_ascii_lowercase();
+    FAILURE_REASONS
+        .iter()
+        .find(|(words, _)| detail.contains(words))
+        .map(|(_, reason)| *reason)
+        .unwrap_or("other")
+}
+
+/// Words of a failure message and the reason they mean; anything else is `other`.
+const FAILURE_REASONS: &[(&str, &str)] = &[
+    ("kernel command line", "cmdline"),
+    ("kernel module", "module"),
+    ("network did not come up", "network"),
+    ("ram disk", "memory"),
+    ("could not be fetched", "fetch"),
+    ("no disk with", "disk"),
+    ("cannot mount", "mount"),
+    ("loop device", "mount"),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stage(stage: &str, at: f64, detail: &str) -> StageEvent {
+        StageEvent {
+            stage: stage.into(),
+            at,
+            detail: detail.into(),
+        }
+    }
+
+    #[test]
+    fn every_family_is_listed_before_any_boot() {
+        let text = Metrics::new().render();
+        for name in [
+            "diskless_dhcp_leases_active 0",
+            "diskless_tftp_bytes_sent_total 0",
+            "diskless_dhcp_packets_received_total{type=\"discover\"} 0",
+            "diskless_tftp_transfers_total{result=\"error\"} 0",
+            "diskless_http_bytes_sent_total{file=\"root.squashfs\"} 0",
+            "diskless_boot_phase_seconds_count{phase=\"systemd\"} 0",
+            "diskless_boot_failures_total{reason=\"network\"} 0",
+            "# TYPE diskless_boot_phase_seconds histogram",
+            "# TYPE diskless_image_fetch_bytes_per_second histogram",
+        ] {
+            assert!(text.contains(name), "{name} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn a_finished_boot_fills_the_histograms_and_a_failure_its_counter() {
+        let m = Metrics::new();
+        let mut record = ClientRecord {
+            image: Some("lab".into()),
+            stages: vec![
+                stage("dhcp-offer", 0.0, ""),
+                stage("ipxe-script", 2.0, ""),
+                stage("fetching", 10.0, ""),
+                stage("fetched", 38.0, ""),
+                stage("root-mounted", 40.0, ""),
+                stage("multi-user", 70.0, ""),
+            ],
+            ..ClientRecord::new("52:54:00:00:00:01".parse().unwrap(), 0.0)
+        };
+        m.boot_finished(&record);
+        m.stage_reached("multi-user", record.image.as_deref());
+        m.image_fetched(25e6);
+        m.tftp_transfer(true, 1000);
+        m.tftp_transfer(false, 24);
+        m.http_sent("root.squashfs", 5000);
+        m.dhcp_packet("discover");
+        record.stages.push(stage(
+            "failed",
+            71.0,
+            "the image could not be fetched and verified (see the lines above)",
+        ));
+        m.boot_finished(&record);
+        let text = m.render();
+        for line in [
+            "diskless_boot_phase_seconds_count{phase=\"image\"} 2",
+            "diskless_boot_phase_seconds_sum{phase=\"image\"} 56",
+            "diskless_boot_stage_reached_total{image=\"lab\",stage=\"multi-user\"} 1",
+            "diskless_boot_failures_total{reason=\"fetch\"} 1",
+            "diskless_image_fetch_bytes_per_second_bucket{le=\"25000000\"} 1",
+            "diskless_tftp_transfers_total{result=\"error\"} 1",
+            "diskless_tftp_bytes_sent_total 1024",
+            "diskless_http_bytes_sent_total{file=\"root.squashfs\"} 5000",
+            "diskless_dhcp_packets_received_total{type=\"discover\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn stages_count_once_and_fetched_gives_the_rate() {
+        let m = Metrics::new();
+        let record = ClientRecord {
+            image: Some("lab".into()),
+            stages: vec![
+                stage("fetching", 1.0, ""),
+                stage("fetched", 5.0, "bytes=100000000 seconds=4.00 mbps=25.0"),
+            ],
+            ..ClientRecord::new("52:54:00:00:00:01".parse().unwrap(), 0.0)
+        };
+        m.stages_reached(&record, &record.stages[1..]);
+        let text = m.render();
+        assert!(
+            text.contains("diskless_image_fetch_bytes_per_second_sum 25000000"),
+            "{text}"
+        );
+        assert!(
+            text.contains("{image=\"lab\",stage=\"fetched\"} 1"),
+            "{text}"
+        );
+        assert!(!text.contains("stage=\"fetching\""), "{text}");
+        assert_eq!(fetch_rate("bytes=10 seconds=0.00"), None);
+        assert_eq!(fetch_rate("garbage"), None);
+    }
+
+    #[test]
+    fn the_grafana_example_asks_for_metrics_we_have() {
+        let dashboard = include_str!("../../../docs/grafana-dashboard.json");
+        let m = Metrics::new();
+        // The one family without series until a boot.
+        m.stage_reached("multi-user", Some("lab"));
+        let text = m.render();
+        let mut asked = 0;
+        for (i, _) in dashboard.match_indices("diskless_") {
+            let name: String = dashboard[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if name == "diskless_lab" || !dashboard[..i].ends_with(['(', ' ', '"']) {
+                continue;
+            }
+            asked += 1;
+            assert!(
+                text.contains(&format!("\n{name}")),
+                "{name} is not a metric"
+            );
+        }
+        assert!(asked >= 10, "{asked} metric names found");
+    }
+
+    #[test]
+    fn failure_reasons_are_a_small_set() {
+        assert_eq!(
+            failure_reason("cannot mount the RAM disk (diskless.size=1G)"),
+            "memory"
+        );
+        assert_eq!(
+            failure_reason("the network did not come up (no DHCP answer)"),
+            "network"
+        );
+        assert_eq!(failure_reason("something odd"), "other");
+    }
+}
