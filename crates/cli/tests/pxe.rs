@@ -18,31 +18,7 @@ use std::path::Path;
 use std::process::Command;
 
 mod common;
-use common::{
-    command_output, diskless, output, read_report, run, test_image as source_version, vm,
-};
-
-/// Put the test image into `store` as image `name` (hard links; the manifest is rewritten for
-/// the name).
-fn add_image(store: &Path, name: &str) {
-    let from = source_version();
-    let mut manifest: Value =
-        serde_json::from_str(&std::fs::read_to_string(from.join("manifest.json")).unwrap())
-            .unwrap();
-    let version = manifest["version"].as_str().unwrap().to_string();
-    manifest["name"] = Value::String(name.into());
-    let dir = store.join("images").join(name).join(&version);
-    std::fs::create_dir_all(&dir).unwrap();
-    for file in ["root.squashfs", "vmlinuz", "initrd.img", "diskless.cpio"] {
-        std::fs::hard_link(from.join(file), dir.join(file)).unwrap();
-    }
-    std::fs::write(
-        dir.join("manifest.json"),
-        serde_json::to_string_pretty(&manifest).unwrap(),
-    )
-    .unwrap();
-    std::os::unix::fs::symlink(&version, store.join("images").join(name).join("current")).unwrap();
-}
+use common::{add_image, command_output, diskless, output, read_report, run, vm, Booting, Work};
 
 fn stages(logs: &Path, mac: &str) -> Vec<String> {
     let clients: Value =
@@ -76,44 +52,6 @@ fn assert_namespace_gone(pid: u32) {
         !namespaces.split_whitespace().any(|w| w == namespace),
         "{namespace} left behind: {namespaces}"
     );
-}
-
-/// A `diskless vm` running in the background; interrupted (as Ctrl-C would, so it removes its
-/// namespace and stops QEMU) if the test fails before it ends.
-struct Booting(Option<std::process::Child>);
-
-impl Drop for Booting {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.0.take() {
-            let _ = Command::new("kill")
-                .args(["-INT", &child.id().to_string()])
-                .status();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// A test's directory, kept (not deleted) when the test fails, for its logs.
-struct Work(Option<tempfile::TempDir>);
-
-impl Work {
-    fn new() -> Work {
-        Work(Some(tempfile::tempdir().unwrap()))
-    }
-
-    fn path(&self) -> &Path {
-        self.0.as_ref().unwrap().path()
-    }
-}
-
-impl Drop for Work {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            if let Some(work) = self.0.take() {
-                eprintln!("logs kept in {}", work.keep().join("logs").display());
-            }
-        }
-    }
 }
 
 const MAC: &str = "52:54:00:12:34:56";

@@ -3,13 +3,14 @@
 //! `AF_PACKET` socket), and must see one well-formed magic packet of each kind for exactly
 //! each MAC asked. Needs root and `ip` (iproute2).
 
+mod common;
+
 use diskless_boot::Mac;
 use diskless_wake::packet::{parse_magic_packet, ETHERTYPE};
 use socket2::{Domain, Protocol, Socket, Type};
 use std::collections::BTreeSet;
 use std::mem::MaybeUninit;
 use std::net::UdpSocket;
-use std::os::fd::AsRawFd;
 use std::process::{Command, Output};
 use std::time::Duration;
 
@@ -18,24 +19,15 @@ const LISTEN_IF: &str = "wklisten0";
 
 /// Whether the test can run; under CI=true a missing prerequisite fails it.
 fn prerequisites() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    let why = if unsafe { libc::geteuid() } != 0 {
+    let why = if !diskless_testkit::is_root() {
         Some("not root".to_string())
-    } else if Command::new("ip").arg("-V").output().is_err() {
-        Some("ip (iproute2) not installed".to_string())
     } else {
-        None
+        diskless_testkit::missing_tools(&["ip"])
     };
-    match why {
-        None => true,
-        Some(why) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("the wake test needs root and iproute2: {why}")
-        }
-        Some(why) => {
-            eprintln!("SKIPPED: {why}");
-            false
-        }
+    if let Some(why) = &why {
+        diskless_testkit::skip(why);
     }
+    why.is_none()
 }
 
 fn must(args: &[&str]) -> Output {
@@ -131,12 +123,9 @@ struct Listener {
 
 impl Listener {
     fn open(ns: &str) -> Listener {
-        let path = format!("/run/netns/{ns}");
+        let ns = ns.to_string();
         std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).unwrap();
-            // SAFETY: setns on an open namespace fd, for this thread only.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            common::enter_netns(&ns);
             let udp = UdpSocket::bind("0.0.0.0:9").unwrap();
             udp.set_read_timeout(Some(Duration::from_millis(300)))
                 .unwrap();

@@ -1,6 +1,8 @@
 //! What the QEMU tests share: running the binary, the cache, and the image they boot.
 #![allow(dead_code)] // each test file uses its own subset
 
+pub mod browser;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -130,4 +132,129 @@ pub fn command_output(client: &Value, command: &str) -> (String, i64) {
         c["output"].as_str().unwrap().to_string(),
         c["status"].as_i64().unwrap(),
     )
+}
+
+/// Put the test image into `store` as image `name` (hard links; the manifest is rewritten for
+/// the name).
+pub fn add_image(store: &Path, name: &str) {
+    let from = test_image();
+    let mut manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(from.join("manifest.json")).unwrap())
+            .unwrap();
+    let version = manifest["version"].as_str().unwrap().to_string();
+    manifest["name"] = Value::String(name.into());
+    let dir = store.join("images").join(name).join(&version);
+    std::fs::create_dir_all(&dir).unwrap();
+    for file in ["root.squashfs", "vmlinuz", "initrd.img", "diskless.cpio"] {
+        std::fs::hard_link(from.join(file), dir.join(file)).unwrap();
+    }
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_string_pretty(&manifest).unwrap(),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&version, store.join("images").join(name).join("current")).unwrap();
+}
+
+/// A `diskless vm` running in the background; interrupted (as Ctrl-C would, so it removes its
+/// namespace and stops QEMU) if the test fails before it ends.
+pub struct Booting(pub Option<std::process::Child>);
+
+impl Drop for Booting {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A test's directory, kept (not deleted) when the test fails, for its logs.
+pub struct Work(Option<tempfile::TempDir>);
+
+impl Work {
+    pub fn new() -> Work {
+        Work(Some(tempfile::tempdir().unwrap()))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.as_ref().unwrap().path()
+    }
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(work) = self.0.take() {
+                eprintln!("logs kept in {}", work.keep().join("logs").display());
+            }
+        }
+    }
+}
+
+/// Move this thread into network namespace `name` (waiting up to a minute for it to appear);
+/// the processes it starts and the sockets it opens are then inside.
+pub fn enter_netns(name: &str) {
+    let path = Path::new("/run/netns").join(name);
+    use std::os::fd::AsRawFd;
+    use std::time::{Duration, Instant};
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let file = std::fs::File::open(&path).unwrap();
+    // SAFETY: setns on an open namespace fd, for this thread only.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {name}: {}", std::io::Error::last_os_error());
+}
+
+/// Whether promtool (Debian's prometheus package) is installed; if not, the test is skipped
+/// (failed under CI=true).
+pub fn have_promtool() -> bool {
+    match diskless_testkit::missing_tools(&["promtool"]) {
+        None => true,
+        Some(why) => {
+            diskless_testkit::skip(&format!(
+                "{why}: install Debian's prometheus package (scripts/install-deps --test)"
+            ));
+            false
+        }
+    }
+}
+
+/// What `promtool check metrics` says about a metrics page (nothing when it is clean); its
+/// exit status is part of it.
+pub fn promtool_check(text: &str) -> String {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    if out.status.success() {
+        said.trim().to_string()
+    } else {
+        format!("exit {}: {said}", out.status)
+    }
 }
