@@ -1,7 +1,11 @@
-//! `diskless clients`: the record the server keeps of every client's last boot.
+//! `diskless clients`: the record the server keeps of every client's last boot, once, as JSON,
+//! or live (`--watch`: redrawn each second from the file the server rewrites as stages come).
 
 use anyhow::{Context, Result};
 use clap::Args;
+use diskless_boot::Mac;
+use diskless_server::recorder::ClientRecord;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -11,12 +15,36 @@ pub struct ClientsArgs {
     #[arg(long, default_value = diskless_boot::config::DEFAULT_STATE)]
     pub state: PathBuf,
     /// Print the records as JSON.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "watch")]
     pub json: bool,
+    /// Redraw the table every second until interrupted (Ctrl-C).
+    #[arg(long)]
+    pub watch: bool,
 }
 
 pub fn run(args: ClientsArgs) -> Result<ExitCode> {
     let path = diskless_server::clients_file(&args.state);
+    if args.watch {
+        loop {
+            let table = match diskless_server::recorder::load(&path) {
+                Ok(records) => table(&records),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    format!(
+                        "no client has booted yet ({} does not exist)\n",
+                        path.display()
+                    )
+                }
+                Err(e) => format!("reading {}: {e}\n", path.display()),
+            };
+            // Home, clear, then the table: one redraw per second, no scrolling.
+            print!(
+                "\x1b[H\x1b[2Jdiskless clients --watch: {} (Ctrl-C to stop)\n\n{table}",
+                path.display()
+            );
+            std::io::Write::flush(&mut std::io::stdout())?;
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        }
+    }
     let records = match diskless_server::recorder::load(&path) {
         Ok(r) => r,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -32,8 +60,14 @@ pub fn run(args: ClientsArgs) -> Result<ExitCode> {
         println!("{}", serde_json::to_string_pretty(&records)?);
         return Ok(ExitCode::SUCCESS);
     }
-    println!(
-        "{:<17}  {:<15}  {:<12}  {:<9}  {:<28}  {:<12}  timings (s)",
+    print!("{}", table(&records));
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The records as a table, one line per client.
+fn table(records: &BTreeMap<Mac, ClientRecord>) -> String {
+    let mut out = format!(
+        "{:<17}  {:<15}  {:<12}  {:<9}  {:<28}  {:<12}  timings (s)\n",
         "MAC", "IP", "HOSTNAME", "FIRMWARE", "IMAGE", "STAGE"
     );
     for r in records.values() {
@@ -46,9 +80,9 @@ pub fn run(args: ClientsArgs) -> Result<ExitCode> {
             .iter()
             .map(|s| format!("{} {:.1}", s.stage, s.at))
             .collect();
-        println!(
-            "{:<17}  {:<15}  {:<12}  {:<9}  {:<28}  {:<12}  {}",
-            r.mac,
+        out += &format!(
+            "{:<17}  {:<15}  {:<12}  {:<9}  {:<28}  {:<12}  {}\n",
+            r.mac.to_string(),
             r.ip.map(|i| i.to_string()).unwrap_or_else(|| "-".into()),
             r.hostname.as_deref().unwrap_or("-"),
             r.firmware.as_deref().unwrap_or("-"),
@@ -57,5 +91,5 @@ pub fn run(args: ClientsArgs) -> Result<ExitCode> {
             timings.join(", ")
         );
     }
-    Ok(ExitCode::SUCCESS)
+    out
 }
