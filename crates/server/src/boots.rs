@@ -5,7 +5,8 @@
 //!
 //! ```text
 //! stage reached   phase that ends there
-//! dhcp-*          dhcp        the firmware, iPXE or the initramfs waiting for an address
+//! dhcp-*          dhcp        the firmware or iPXE waiting for an address (after the
+//!                             script: kernel, the initramfs's DHCP comes after Linux started)
 //! tftp            tftp        iPXE loaded by the firmware
 //! ipxe-script     ipxe        iPXE started, its script fetched
 //! network-up      kernel      kernel and initrds downloaded, Linux started, initramfs network
@@ -62,9 +63,17 @@ pub fn phase_ending_at(stage: &str) -> &'static str {
 /// The phases of `record`'s boot, in order.
 pub fn phases(record: &ClientRecord) -> Vec<Phase> {
     let mut out: Vec<Phase> = Vec::new();
+    let mut script_fetched = false;
     for pair in record.stages.windows(2) {
         let (from, to) = (&pair[0], &pair[1]);
-        let name = phase_ending_at(&to.stage);
+        script_fetched |= from.stage == "ipxe-script";
+        let name = match phase_ending_at(&to.stage) {
+            // After the script, the next DHCP is the initramfs's own: until then iPXE fetched
+            // the kernel and initrds and Linux started (seen on a QEMU boot: 31 s that the
+            // dashboard first called "DHCP").
+            "dhcp" if script_fetched => "kernel",
+            name => name,
+        };
         let seconds = (to.at - from.at).max(0.0);
         match out.last_mut() {
             Some(last) if last.phase == name => last.seconds += seconds,
@@ -209,6 +218,16 @@ mod tests {
         assert_eq!((view.stage.as_str(), view.finished), ("multi-user", true));
         assert_eq!((view.duration, view.last_seen), (80.0, 1080.0));
         assert_eq!(view.failure, None);
+        // The initramfs's DHCP ends the kernel phase, not a DHCP one.
+        let r = record(&[
+            ("dhcp-offer", 0.0),
+            ("ipxe-script", 0.5),
+            ("dhcp-offer", 31.0),
+            ("dhcp-ack", 31.5),
+            ("network-up", 32.0),
+        ]);
+        let got: Vec<(&str, f64)> = phases(&r).iter().map(|p| (p.phase, p.seconds)).collect();
+        assert_eq!(got, [("ipxe", 0.5), ("kernel", 31.5)]);
     }
 
     #[test]
