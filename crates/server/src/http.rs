@@ -9,7 +9,7 @@
 
 use crate::recorder::{BootEvent, Recorder};
 use axum::extract::{ConnectInfo, FromRequest, Request, State};
-use axum::http::{header, Method, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Form, Json, Router};
 use diskless_boot::routes::{ImageFile, Route, RouteError};
@@ -166,9 +166,21 @@ async fn image_file(
     // publishing or rolling back while machines boot.
     tracing::info!(?client, name = %image, %version, %file, %range, "http: sending");
     let path = state.store.version_dir(&image, &version).join(file.name());
+    // A version's files never change (the store publishes a new version instead), so their
+    // manifest hash is a strong validator for a year-long cache.
+    let etag = match state.store.manifest(&image, &version) {
+        Ok(manifest) => manifest
+            .files
+            .get(file.name())
+            .map(|f| format!("\"{}\"", f.sha256)),
+        Err(_) => None,
+    };
+    let Some(etag) = etag else {
+        return text(StatusCode::NOT_FOUND, "not found\n".into());
+    };
     // A HEAD is answered with the length but sends nothing.
     let sends_body = request.method() != axum::http::Method::HEAD;
-    let response = serve_file(path, request).await;
+    let response = serve_immutable(path, &etag, request).await;
     if response.status().is_success() && sends_body {
         let bytes = response
             .headers()
@@ -182,6 +194,49 @@ async fn image_file(
             file,
             bytes,
         });
+    }
+    response
+}
+
+/// `Cache-Control` of an immutable file (a stored version's).
+const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+
+/// Serves a file that never changes, whose strong validator is `etag` (quoted). tower-http's
+/// `ServeFile` does `Range` (one range, 416 otherwise) and Last-Modified preconditions but
+/// knows no ETag: `If-None-Match` (weak comparison, RFC 9110 13.1.2) and `If-Range` (strong
+/// comparison, 13.1.5; a date or another tag gets the whole file) are answered here.
+async fn serve_immutable(path: PathBuf, etag: &str, mut request: Request) -> Response {
+    let headers = request.headers_mut();
+    let none_match: Vec<String> = headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().trim_start_matches("W/").to_owned())
+        .collect();
+    let mut response = if none_match.iter().any(|t| t == "*" || t == etag) {
+        StatusCode::NOT_MODIFIED.into_response()
+    } else {
+        if !none_match.is_empty() {
+            // If-None-Match overrides If-Modified-Since (RFC 9110 13.1.3).
+            headers.remove(header::IF_MODIFIED_SINCE);
+        }
+        if let Some(if_range) = headers.get(header::IF_RANGE) {
+            if if_range.as_bytes() != etag.as_bytes() {
+                headers.remove(header::RANGE);
+            }
+        }
+        serve_file(path, request).await
+    };
+    if matches!(
+        response.status(),
+        StatusCode::OK | StatusCode::PARTIAL_CONTENT | StatusCode::NOT_MODIFIED
+    ) {
+        let headers = response.headers_mut();
+        if let Ok(value) = HeaderValue::from_str(etag) {
+            headers.insert(header::ETAG, value);
+            headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(IMMUTABLE));
+        }
     }
     response
 }
@@ -422,6 +477,121 @@ mod tests {
             (StatusCode::PARTIAL_CONTENT, "456789")
         );
         assert_eq!(headers[header::CONTENT_RANGE], "bytes 4-9/10");
+    }
+
+    /// GET `uri` with `headers`.
+    fn get_with(uri: &str, headers: &[(header::HeaderName, &str)]) -> axum::http::Request<Body> {
+        let mut request = axum::http::Request::get(uri);
+        for (name, value) in headers {
+            request = request.header(name, *value);
+        }
+        request.body(Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn image_files_are_immutable_with_their_hash_as_etag() {
+        let f = fixture("");
+        let uri = format!("/images/lab/{}/root.squashfs", f.version);
+        let sha = f.state.store.manifest("lab", &f.version).unwrap().files[SQUASHFS]
+            .sha256
+            .clone();
+        let etag = format!("\"{sha}\"");
+        let (status, headers, _) = call(&f.state, get(&uri)).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(headers[header::ETAG], etag.as_str());
+        assert_eq!(
+            headers[header::CACHE_CONTROL],
+            "public, max-age=31536000, immutable"
+        );
+        // If-None-Match: the same tag (also weak, also in a list, or *) is a 304 with no
+        // body; another tag is the file.
+        for tag in [
+            etag.clone(),
+            format!("W/{etag}"),
+            format!("\"other\", {etag}"),
+            "*".into(),
+        ] {
+            let request = get_with(&uri, &[(header::IF_NONE_MATCH, &tag)]);
+            let (status, headers, body) = call(&f.state, request).await;
+            assert_eq!(
+                (status, body.as_str()),
+                (StatusCode::NOT_MODIFIED, ""),
+                "{tag}"
+            );
+            assert_eq!(headers[header::ETAG], etag.as_str());
+        }
+        let request = get_with(
+            &uri,
+            &[
+                (header::IF_NONE_MATCH, "\"other\""),
+                (header::IF_MODIFIED_SINCE, "Fri, 01 Jan 2100 00:00:00 GMT"),
+            ],
+        );
+        let (status, _, body) = call(&f.state, request).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "0123456789"));
+        // The files of another version have their own tag.
+        let kernel = format!("/images/lab/{}/vmlinuz", f.version);
+        let (status, headers, _) = call(
+            &f.state,
+            get_with(&kernel, &[(header::IF_NONE_MATCH, &etag)]),
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK);
+        assert_ne!(headers[header::ETAG], etag.as_str());
+    }
+
+    #[tokio::test]
+    async fn ranges_follow_if_range_and_refuse_what_is_not_there() {
+        let f = fixture("");
+        let uri = format!("/images/lab/{}/root.squashfs", f.version);
+        let sha = f.state.store.manifest("lab", &f.version).unwrap().files[SQUASHFS]
+            .sha256
+            .clone();
+        let etag = format!("\"{sha}\"");
+        // If-Range with this file's tag: the range.
+        let request = get_with(
+            &uri,
+            &[(header::RANGE, "bytes=2-4"), (header::IF_RANGE, &etag)],
+        );
+        let (status, headers, body) = call(&f.state, request).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::PARTIAL_CONTENT, "234")
+        );
+        assert_eq!(headers[header::CONTENT_RANGE], "bytes 2-4/10");
+        assert_eq!(headers[header::ETAG], etag.as_str());
+        // Another tag, a weak one (If-Range compares strongly) or a date: the whole file.
+        for if_range in [
+            "\"0000\"".to_string(),
+            format!("W/{etag}"),
+            "Fri, 01 Jan 2100 00:00:00 GMT".into(),
+        ] {
+            let request = get_with(
+                &uri,
+                &[(header::RANGE, "bytes=2-4"), (header::IF_RANGE, &if_range)],
+            );
+            let (status, headers, body) = call(&f.state, request).await;
+            assert_eq!(
+                (status, body.as_str()),
+                (StatusCode::OK, "0123456789"),
+                "{if_range}"
+            );
+            assert!(headers.get(header::CONTENT_RANGE).is_none());
+        }
+        // A range past the end, or several ranges: 416 naming the size.
+        for range in ["bytes=10-", "bytes=0-1,4-5"] {
+            let request = get_with(&uri, &[(header::RANGE, range)]);
+            let (status, headers, _) = call(&f.state, request).await;
+            assert_eq!(status, StatusCode::RANGE_NOT_SATISFIABLE, "{range}");
+            assert_eq!(headers[header::CONTENT_RANGE], "bytes */10");
+        }
+        // A suffix range.
+        let request = get_with(&uri, &[(header::RANGE, "bytes=-3")]);
+        let (status, _, body) = call(&f.state, request).await;
+        assert_eq!(
+            (status, body.as_str()),
+            (StatusCode::PARTIAL_CONTENT, "789")
+        );
     }
 
     #[tokio::test]
