@@ -20,6 +20,7 @@ pub mod bootstrap;
 pub mod build;
 pub mod command;
 mod error;
+pub mod export;
 pub mod initrd_install;
 pub mod kernel;
 pub mod manifest;

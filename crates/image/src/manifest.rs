@@ -4,7 +4,7 @@ use crate::error::{io_at, Error, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use diskless_boot::ImageFile;
@@ -67,23 +67,36 @@ impl Manifest {
     pub fn verify(&self, dir: &Path) -> Result<()> {
         for (name, entry) in &self.files {
             let path = dir.join(name);
-            let actual = hash_file(&path)?;
-            if actual.size != entry.size || actual.sha256 != entry.sha256 {
-                return Err(Error::Corrupt {
-                    path,
-                    what: format!(
-                        "expected {} bytes with sha256 {}, found {} bytes with sha256 {}",
-                        entry.size, entry.sha256, actual.size, actual.sha256
-                    ),
-                });
-            }
+            entry.check(&path, &hash_file(&path)?)?;
         }
         Ok(())
     }
 }
 
+impl FileEntry {
+    /// `actual` (what `path` holds) is this entry, or [`Error::Corrupt`] says how not.
+    pub fn check(&self, path: &Path, actual: &FileEntry) -> Result<()> {
+        if actual == self {
+            return Ok(());
+        }
+        Err(Error::Corrupt {
+            path: path.to_path_buf(),
+            what: format!(
+                "expected {} bytes with sha256 {}, found {} bytes with sha256 {}",
+                self.size, self.sha256, actual.size, actual.sha256
+            ),
+        })
+    }
+}
+
 /// Size and sha256 of a file, read in blocks.
 pub fn hash_file(path: &Path) -> Result<FileEntry> {
+    hash_copy(path, &mut std::io::sink(), path)
+}
+
+/// Size and sha256 of the file at `path`, read in blocks, each also written to `out`
+/// (which is `out_path` in errors): a copy checked while it is made.
+pub fn hash_copy(path: &Path, out: &mut impl Write, out_path: &Path) -> Result<FileEntry> {
     let mut file = std::fs::File::open(path).map_err(io_at(path))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -94,6 +107,7 @@ pub fn hash_file(path: &Path) -> Result<FileEntry> {
             break;
         }
         hasher.update(&buf[..n]);
+        out.write_all(&buf[..n]).map_err(io_at(out_path))?;
         size += n as u64;
     }
     Ok(FileEntry {

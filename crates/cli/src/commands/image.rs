@@ -29,6 +29,20 @@ pub enum ImageCommand {
     Rollback(NameArgs),
     /// Delete old versions, keeping the newest N (and always the current one).
     Prune(PruneArgs),
+    /// Copy a version to DIR/images/NAME/VERSION for a static web server, checking each
+    /// file's sha256 while copying; an existing different file is never overwritten.
+    Export(ExportArgs),
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    /// Image name.
+    pub name: String,
+    /// [VERSION] DIR: the version (default: the current one) and the web root to write into.
+    #[arg(value_name = "[VERSION] DIR", num_args = 1..=2, required = true)]
+    pub rest: Vec<PathBuf>,
+    #[command(flatten)]
+    pub store: StoreArgs,
 }
 
 #[derive(Args)]
@@ -156,6 +170,22 @@ pub fn run(cmd: ImageCommand) -> Result<ExitCode> {
                     );
                 }
             }
+        }
+        ImageCommand::Export(args) => {
+            let store = Store::open(&args.store.store)?;
+            let (version, dir) = match args.rest.as_slice() {
+                [dir] => (None, dir),
+                [version, dir] => (Some(version.to_string_lossy()), dir),
+                _ => unreachable!("clap takes 1 or 2"),
+            };
+            let done = diskless_image::export::export(&store, &args.name, version.as_deref(), dir)
+                .with_context(|| format!("exporting image {}", args.name))?;
+            println!(
+                "{}: {} copied, {} already there",
+                done.dir.display(),
+                done.copied.len(),
+                done.kept.len()
+            );
         }
         ImageCommand::Show(args) => {
             let store = Store::open(&args.store.store)?;
