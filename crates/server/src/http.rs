@@ -241,11 +241,18 @@ async fn serve_immutable(path: PathBuf, etag: &str, mut request: Request) -> Res
     response
 }
 
+/// Bytes read from a file at a time (tower-http's default: 64 KiB).
+const READ_CHUNK: usize = 256 << 10;
+
 async fn serve_file(path: PathBuf, request: Request) -> Response {
     if !path.is_file() {
         return text(StatusCode::NOT_FOUND, "not found\n".into());
     }
-    match ServeFile::new(&path).oneshot(request).await {
+    match ServeFile::new(&path)
+        .with_buf_chunk_size(READ_CHUNK)
+        .oneshot(request)
+        .await
+    {
         Ok(response) => response.map(axum::body::Body::new),
         Err(e) => text(
             StatusCode::INTERNAL_SERVER_ERROR,
