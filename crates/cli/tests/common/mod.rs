@@ -131,3 +131,97 @@ pub fn command_output(client: &Value, command: &str) -> (String, i64) {
         c["status"].as_i64().unwrap(),
     )
 }
+
+/// Put the test image into `store` as image `name` (hard links; the manifest is rewritten for
+/// the name).
+pub fn add_image(store: &Path, name: &str) {
+    let from = test_image();
+    let mut manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(from.join("manifest.json")).unwrap())
+            .unwrap();
+    let version = manifest["version"].as_str().unwrap().to_string();
+    manifest["name"] = Value::String(name.into());
+    let dir = store.join("images").join(name).join(&version);
+    std::fs::create_dir_all(&dir).unwrap();
+    for file in ["root.squashfs", "vmlinuz", "initrd.img", "diskless.cpio"] {
+        std::fs::hard_link(from.join(file), dir.join(file)).unwrap();
+    }
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_string_pretty(&manifest).unwrap(),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink(&version, store.join("images").join(name).join("current")).unwrap();
+}
+
+pub fn stages(logs: &Path, mac: &str) -> Vec<String> {
+    let clients: Value =
+        serde_json::from_str(&std::fs::read_to_string(logs.join("state/clients.json")).unwrap())
+            .unwrap();
+    clients[mac]["stages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no record of {mac}: {clients}"))
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Run `diskless vm`, which must succeed, then check that its namespace is gone (other runs'
+/// namespaces may exist: only ours, named after the vm's pid, is checked).
+pub fn run_vm(cmd: &mut Command) {
+    let (out, text, pid) = output(cmd);
+    assert!(
+        out.status.success(),
+        "diskless vm failed ({}):\n{text}",
+        out.status
+    );
+    assert_namespace_gone(pid);
+}
+
+/// The namespace of the `diskless vm` with this pid is gone.
+pub fn assert_namespace_gone(pid: u32) {
+    let namespace = format!("diskless-vm-{pid}");
+    let namespaces = run(Command::new("ip").args(["netns", "list"]));
+    assert!(
+        !namespaces.split_whitespace().any(|w| w == namespace),
+        "{namespace} left behind: {namespaces}"
+    );
+}
+
+/// A `diskless vm` running in the background; interrupted (as Ctrl-C would, so it removes its
+/// namespace and stops QEMU) if the test fails before it ends.
+pub struct Booting(pub Option<std::process::Child>);
+
+impl Drop for Booting {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// A test's directory, kept (not deleted) when the test fails, for its logs.
+pub struct Work(Option<tempfile::TempDir>);
+
+impl Work {
+    pub fn new() -> Work {
+        Work(Some(tempfile::tempdir().unwrap()))
+    }
+
+    pub fn path(&self) -> &Path {
+        self.0.as_ref().unwrap().path()
+    }
+}
+
+impl Drop for Work {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            if let Some(work) = self.0.take() {
+                eprintln!("logs kept in {}", work.keep().join("logs").display());
+            }
+        }
+    }
+}
