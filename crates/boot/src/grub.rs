@@ -3,45 +3,53 @@
 //! script ([`crate::script`]): image, version, sha256, machine-id, kernel command line, report
 //! URL, `diskless.cpio` when the version has one.
 //!
-//! How the binaries find their files (read in shim 16.1 and GRUB 2.06 sources, and in the
-//! binaries Debian 12 ships):
+//! How the binaries find their files: read in shim 16.1 and GRUB 2.06 sources and in the
+//! binaries Debian 12 ships, and seen in a Secure Boot OVMF client booted from dnsmasq's TFTP
+//! server (its log lists every file asked for):
 //!
 //! - shim (`shim-signed`: /usr/lib/shim/shimx64.efi.signed) loads its second stage by the
-//!   compiled-in name `\grubx64.efi` (`strings -el` shows it), from the same place it was
-//!   loaded from: over PXE (netboot.c) by TFTP from the boot server (`siaddr`) in the
-//!   directory of the DHCP boot file name (the proxy offer's when the address server gave
-//!   none); over UEFI HTTP Boot (httpboot.c) from the boot URL with its last path segment
-//!   replaced, only on a 200 answer with a Content-Length (no redirects, no chunks). So the
-//!   server serves `grubnetx64.efi.signed` under the name `grubx64.efi` beside shim.
+//!   compiled-in name `\grubx64.efi` (`strings -el` shows it) from the server it was loaded
+//!   from. Over PXE, Debian's shim 16.1 asked for `grubx64.efi` at the TFTP root although its
+//!   boot file was `boot/shimx64.efi`, after `revocations_sku.efi`, `revocations_sbat.efi`
+//!   and `shim_certificate_0.efi` (optional: "not found" is fine). So the server serves
+//!   `grubnetx64.efi.signed` as [`SHIM_SECOND_STAGE`] at the root. Over UEFI HTTP Boot
+//!   (httpboot.c) it replaces the boot URL's last segment, and needs a 200 answer with a
+//!   Content-Length.
 //! - Debian's `grubnetx64.efi.signed` (grub-efi-amd64-signed) has the prefix `/grub` and an
-//!   embedded config `normal (memdisk)/grub.cfg` whose memdisk `grub.cfg` sources
-//!   `$prefix/x86_64-efi/grub.cfg` if it exists, else `$prefix/grub.cfg` (read from the
-//!   image's `mods` section). The prefix's device is where GRUB was loaded from:
-//!   `(tftp,SERVER)` after PXE (the DHCP ACK's `siaddr`, also `$net_default_server`). As
-//!   `normal` is given a file, GRUB's per-client search (`grub.cfg-01-MAC`, `grub.cfg-HEXIP`,
-//!   net.c's `grub_net_search_config_file`) never runs: every client reads `/grub/grub.cfg`,
-//!   which is [`dispatcher`], and it hands over to the client's own file by
+//!   embedded config `normal (memdisk)/grub.cfg`, whose memdisk `grub.cfg` sources
+//!   `$prefix/x86_64-efi/grub.cfg` if `[ -e ]` finds it (never on a network device: GRUB's
+//!   network "filesystem" lists no directory, and no request for it was seen), else
+//!   `$prefix/grub.cfg` (read from the image's `mods` section). After PXE the prefix is
+//!   `(tftp,SERVER)/grub`, SERVER the DHCP answer's `siaddr`, also `$net_default_server`. As
+//!   `normal` is given a file, GRUB's own per-client search (`grub.cfg-01-MAC`,
+//!   `grub.cfg-HEXIP`, net.c's `grub_net_search_config_file`) never runs: every client reads
+//!   [`DISPATCHER_PATH`] ([`dispatcher`]), which hands over to the client's own file by
 //!   `$net_default_mac` ([`client_config_path`]).
 //! - Its modules (the `mods` section of Debian 12's image): tftp, efinet, linux, ... but no
 //!   http. GRUB loads a missing protocol module on first use from `$prefix` (net.c,
-//!   `grub_net_open_real`), and Secure Boot (shim_lock) forbids loading modules at all. So
-//!   the per-client config tries `insmod http` and fetches the kernel and initrds over HTTP
-//!   where that works (a GRUB with http built in), over TFTP otherwise: with Debian 12's
-//!   image, lock-step 1024-byte TFTP blocks.
-//! - GRUB 2.06 names a network device `(PROTOCOL,HOST)`, without a port: HTTP is used only
-//!   on port 80, TFTP only on port 69 (the firmware's PXE and shim use 69 too).
+//!   `grub_net_open_real`; the client asked for `grub/x86_64-efi/http.mod` over TFTP), and
+//!   under Secure Boot shim_lock refuses modules anyway. So the dispatcher tries the client's
+//!   config over HTTP first, and the kernel and initrds follow over HTTP where GRUB has it;
+//!   with Debian 12's image they come over TFTP (lock-step 1024-byte blocks). `insmod http`
+//!   cannot decide this: it returns success even when loading fails (the client printed the
+//!   "not found" error and took the `then` branch of `if insmod http`).
+//! - GRUB 2.06 names a network device `(PROTOCOL,HOST)`, without a port: HTTP is tried only
+//!   on port 80; TFTP is port 69 (the firmware's PXE and shim use 69 too).
+//! - The kernel gets its initrds from GRUB (`initrd A B` concatenates them); the EFI stub's
+//!   `initrd=NAME` of the iPXE command line would look for files on a boot device that a
+//!   network boot does not have, so those words are left out.
 
 use crate::mac::Mac;
 use crate::script::{file_path, kernel_cmdline, ScriptParams};
 
-/// Where every GRUB client looks first: `$prefix/grub.cfg`.
+/// Where every GRUB client looks: `$prefix/grub.cfg`.
 pub const DISPATCHER_PATH: &str = "/grub/grub.cfg";
 
-/// The name shim loads its second stage by, in the directory it was loaded from.
+/// The name shim loads its second stage by, at the root of the server it came from.
 pub const SHIM_SECOND_STAGE: &str = "grubx64.efi";
 
 /// The path of a client's own config, as [`dispatcher`] asks for it (GRUB spells
-/// `$net_default_mac` `aa:bb:cc:dd:ee:ff`).
+/// `$net_default_mac` `aa:bb:cc:dd:ee:ff`), over HTTP or TFTP.
 pub fn client_config_path(mac: Mac) -> String {
     format!("/grub/clients/{mac}.cfg")
 }
@@ -54,48 +62,47 @@ pub fn client_config_mac(path: &str) -> Option<Mac> {
         .ok()
 }
 
-/// `/grub/grub.cfg`, the same for every client: on to the client's own config.
-pub fn dispatcher() -> String {
-    "# diskless: every client's GRUB reads this; its own config is named after its MAC.\n\
-     echo \"diskless: GRUB on ${net_default_mac}, server ${net_default_server}\"\n\
-     configfile \"$prefix/clients/${net_default_mac}.cfg\"\n"
-        .to_string()
+/// `/grub/grub.cfg`, the same for every client: on to the client's own config, over HTTP
+/// when this GRUB speaks it and our HTTP server is on port 80, else over TFTP from the server
+/// GRUB was loaded from. `$diskless_files` tells the client's config where its kernel and
+/// initrds are: the same place.
+pub fn dispatcher(http_authority: &str) -> String {
+    let mut cfg = String::from(
+        "# diskless: every client's GRUB reads this; its own config is named after its MAC.\n\
+         echo \"diskless: GRUB on ${net_default_mac}, server ${net_default_server}\"\n",
+    );
+    if let Some(host) = without_port(http_authority, "80") {
+        // A GRUB without http (Debian 12's) prints "disk not found" here and goes on.
+        cfg.push_str(&format!(
+            "set diskless_files=(http,{host})\n\
+             source \"${{diskless_files}}/grub/clients/${{net_default_mac}}.cfg\"\n"
+        ));
+    }
+    cfg.push_str(
+        "set diskless_files=\"(tftp,${net_default_server})\"\n\
+         source \"${diskless_files}/grub/clients/${net_default_mac}.cfg\"\n",
+    );
+    cfg
 }
 
-/// A client's config: the kernel with the same command line as the iPXE script, the stock
-/// initrd and `diskless.cpio`, over HTTP where this GRUB can, else over TFTP.
+/// `host` of `host:port` when the port is `default_port` or absent.
+fn without_port<'a>(authority: &'a str, default_port: &str) -> Option<&'a str> {
+    match authority.rsplit_once(':') {
+        None => Some(authority),
+        Some((host, port)) if port == default_port => Some(host),
+        Some(_) => None,
+    }
+}
+
+/// A client's config: the kernel with the same command line as the iPXE script (less its
+/// `initrd=` names), the stock initrd and `diskless.cpio`, from `$diskless_files`, which
+/// [`dispatcher`] set to where this config came from.
 pub fn client_config(p: &ScriptParams) -> String {
-    let host = |authority: &str, default_port: &str| -> Option<String> {
-        match authority.rsplit_once(':') {
-            None => Some(authority.to_string()),
-            Some((host, port)) if port == default_port => Some(host.to_string()),
-            Some(_) => None,
-        }
-    };
-    let tftp = host(p.tftp_authority, "69").map(|h| format!("(tftp,{h})"));
-    let http = host(p.http_authority, "80").map(|h| format!("(http,{h})"));
-    let choose = match (&http, &tftp) {
-        (Some(http), Some(tftp)) => format!(
-            "if insmod http; then\n  set diskless_files={http}\nelse\n  \
-             echo 'diskless: no http module in this GRUB: kernel and initrd over TFTP'\n  \
-             set diskless_files={tftp}\nfi\n"
-        ),
-        (Some(http), None) => format!("insmod http\nset diskless_files={http}\n"),
-        (None, Some(tftp)) => format!("set diskless_files={tftp}\n"),
-        // GRUB cannot reach the server on these ports; the server refuses such a setup at
-        // start, so this only says why the boot stops.
-        (None, None) => {
-            "echo 'diskless: GRUB reaches HTTP on port 80 and TFTP on port 69 only'\n".to_string()
-        }
-    };
     let file = |name: &str| format!("${{diskless_files}}{}", file_path(&p.image, name));
     let mut initrds = vec![file("initrd.img")];
     if p.image.boot_cpio {
         initrds.push(file("diskless.cpio"));
     }
-    // GRUB hands the initrds to the kernel itself; the `initrd=NAME` words of the iPXE
-    // command line would send the EFI stub looking for files on the boot device, which a
-    // network boot does not have.
     let cmdline: Vec<String> = kernel_cmdline(p)
         .split(' ')
         .filter(|w| !w.is_empty() && !w.starts_with("initrd="))
@@ -103,18 +110,13 @@ pub fn client_config(p: &ScriptParams) -> String {
         .collect();
     format!(
         "# diskless: {mac} boots image {name} version {version}\n\
-         {choose}\
-         echo {loading}\n\
+         echo \"diskless: loading {name} {version} from ${{diskless_files}}\"\n\
          linux {kernel} {cmdline}\n\
          initrd {initrds}\n\
          boot\n",
         mac = p.mac,
         name = p.image.name,
         version = p.image.version,
-        loading = quote(&format!(
-            "diskless: loading {} {}",
-            p.image.name, p.image.version
-        )),
         kernel = file("vmlinuz"),
         cmdline = cmdline.join(" "),
         initrds = initrds.join(" "),
@@ -169,29 +171,28 @@ mod tests {
     }
 
     #[test]
-    fn loads_kernel_and_both_initrds_over_http_or_tftp() {
+    fn loads_kernel_and_both_initrds_from_where_its_config_came_from() {
         let b = boot("quiet");
         let cfg = client_config(&params(&b, "10.0.0.1"));
         let lines: Vec<&str> = cfg.lines().collect();
-        assert_eq!(lines[1], "if insmod http; then");
-        assert_eq!(lines[2], "  set diskless_files=(http,10.0.0.1)");
-        assert_eq!(lines[5], "  set diskless_files=(tftp,10.0.0.1)");
+        assert_eq!(
+            lines[1],
+            "echo \"diskless: loading lab 20261125-120000-abcd1234 from ${diskless_files}\""
+        );
         let v = "/images/lab/20261125-120000-abcd1234";
-        let linux = lines.iter().find(|l| l.starts_with("linux ")).unwrap();
         assert!(
-            linux.starts_with(&format!(
+            lines[2].starts_with(&format!(
                 "linux ${{diskless_files}}{v}/vmlinuz 'boot=diskless' "
             )),
-            "{linux}"
+            "{cfg}"
         );
-        let initrd = lines.iter().find(|l| l.starts_with("initrd ")).unwrap();
         assert_eq!(
-            *initrd,
+            lines[3],
             format!(
                 "initrd ${{diskless_files}}{v}/initrd.img ${{diskless_files}}{v}/diskless.cpio"
             )
         );
-        assert_eq!(*lines.last().unwrap(), "boot");
+        assert_eq!(lines[4], "boot");
     }
 
     #[test]
@@ -233,19 +234,24 @@ mod tests {
     }
 
     #[test]
-    fn http_on_another_port_falls_back_to_tftp() {
-        let b = boot("");
-        let cfg = client_config(&params(&b, "10.0.0.1:8080"));
-        assert!(!cfg.contains("(http,"), "{cfg}");
-        assert!(
-            cfg.contains("set diskless_files=(tftp,10.0.0.1)\n"),
-            "{cfg}"
+    fn dispatcher_tries_http_on_port_80_then_tftp() {
+        let d = dispatcher("10.0.0.1");
+        let lines: Vec<&str> = d.lines().collect();
+        assert_eq!(lines[2], "set diskless_files=(http,10.0.0.1)");
+        assert_eq!(
+            lines[3],
+            "source \"${diskless_files}/grub/clients/${net_default_mac}.cfg\""
         );
-        // The image itself still comes over HTTP from the initramfs, which knows ports.
-        assert!(
-            cfg.contains("diskless.image=http://10.0.0.1:8080/"),
-            "{cfg}"
+        assert_eq!(
+            lines[4],
+            "set diskless_files=\"(tftp,${net_default_server})\""
         );
+        assert_eq!(lines[5], lines[3]);
+        assert_eq!(dispatcher("10.0.0.1:80"), d);
+        // GRUB 2.06 cannot name another port: TFTP only.
+        let other = dispatcher("10.0.0.1:8080");
+        assert!(!other.contains("(http,"), "{other}");
+        assert!(other.contains("(tftp,${net_default_server})"), "{other}");
     }
 
     #[test]
@@ -273,13 +279,15 @@ mod tests {
         assert_eq!(client_config_mac("/grub/clients/../x.cfg"), None);
         assert_eq!(client_config_mac("/grub/grub.cfg"), None);
         // What GRUB expands the dispatcher's path to for this client.
-        let asked = dispatcher()
+        let asked = dispatcher("10.0.0.1")
             .lines()
-            .find_map(|l| l.strip_prefix("configfile "))
-            .unwrap()
-            .trim_matches('"')
-            .replace("$prefix", "/grub")
-            .replace("${net_default_mac}", &mac.to_string());
-        assert_eq!(asked, path);
+            .filter_map(|l| l.strip_prefix("source "))
+            .map(|l| {
+                l.trim_matches('"')
+                    .replace("${diskless_files}", "")
+                    .replace("${net_default_mac}", &mac.to_string())
+            })
+            .collect::<Vec<_>>();
+        assert_eq!(asked, [path.clone(), path]);
     }
 }
