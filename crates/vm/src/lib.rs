@@ -196,6 +196,10 @@ const FAILURES: &[&str] = &[
     "Kernel panic",
     "(initramfs)",
     "diskless-fetch: ",
+    // OVMF with Secure Boot refusing an unsigned binary (Debian's ipxe.efi): `BdsDxe: failed
+    // to load Boot0001 "UEFI PXEv4 (MAC:...)" from ...: Access Denied`. It would go on to
+    // IPv6 PXE and stall; the line says it all.
+    "): Access Denied",
 ];
 
 /// A progress line of the fetch helper ("diskless:  11.9% 22.9 MiB of 192.0 MiB at 23.9
