@@ -48,6 +48,40 @@ pub const DISPATCHER_PATH: &str = "/grub/grub.cfg";
 /// The name shim loads its second stage by, at the root of the server it came from.
 pub const SHIM_SECOND_STAGE: &str = "grubx64.efi";
 
+/// Debian's signed shim (package `shim-signed`), served as it is: never copied or re-signed.
+pub const SHIM_SIGNED: &str = "/usr/lib/shim/shimx64.efi.signed";
+
+/// Debian's signed GRUB network image (package `grub-efi-amd64-signed`).
+pub const GRUBNET_SIGNED: &str = "/usr/lib/grub/x86_64-efi-signed/grubnetx64.efi.signed";
+
+/// The boot file DHCP gives a Secure Boot client: shim, at the TFTP root, where shim then
+/// looks for [`SHIM_SECOND_STAGE`].
+pub const SHIM_BOOT_FILE: &str = "shimx64.efi";
+
+/// A file of the Secure Boot chain, by the name a client asks for it (relative to the
+/// server's root, as the TFTP server checked it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChainFile {
+    /// A signed binary, served from its package's path.
+    Package(&'static str),
+    /// [`dispatcher`].
+    Dispatcher,
+    /// [`client_config`] of this client.
+    ClientConfig(Mac),
+}
+
+/// What a requested name is in the Secure Boot chain, if anything (other names are the
+/// store's files: the kernel and initrds GRUB loads).
+pub fn chain_file(name: &str) -> Option<ChainFile> {
+    let name = name.trim_start_matches('/');
+    match name {
+        SHIM_BOOT_FILE => Some(ChainFile::Package(SHIM_SIGNED)),
+        SHIM_SECOND_STAGE => Some(ChainFile::Package(GRUBNET_SIGNED)),
+        _ if format!("/{name}") == DISPATCHER_PATH => Some(ChainFile::Dispatcher),
+        _ => client_config_mac(&format!("/{name}")).map(ChainFile::ClientConfig),
+    }
+}
+
 /// The path of a client's own config, as [`dispatcher`] asks for it (GRUB spells
 /// `$net_default_mac` `aa:bb:cc:dd:ee:ff`), over HTTP or TFTP.
 pub fn client_config_path(mac: Mac) -> String {
@@ -268,6 +302,36 @@ mod tests {
             r.lines().next().unwrap(),
             "echo 'diskless: not booting 52:54:00:00:00:01: no image'\\''; reboot'"
         );
+    }
+
+    #[test]
+    fn chain_files_by_the_names_clients_ask() {
+        assert_eq!(
+            chain_file("shimx64.efi"),
+            Some(ChainFile::Package(SHIM_SIGNED))
+        );
+        // shim asks for its second stage at the root whatever its own directory was.
+        assert_eq!(
+            chain_file("grubx64.efi"),
+            Some(ChainFile::Package(GRUBNET_SIGNED))
+        );
+        assert_eq!(chain_file("/grub/grub.cfg"), Some(ChainFile::Dispatcher));
+        assert_eq!(chain_file("grub/grub.cfg"), Some(ChainFile::Dispatcher));
+        assert_eq!(
+            chain_file("/grub/clients/52:54:00:12:34:56.cfg"),
+            Some(ChainFile::ClientConfig(
+                "52:54:00:12:34:56".parse().unwrap()
+            ))
+        );
+        for other in [
+            "images/lab/v1/vmlinuz",
+            "grub/x86_64-efi/http.mod",
+            "revocations_sbat.efi",
+            "grub/clients/nobody.cfg",
+            "boot/shimx64.efi",
+        ] {
+            assert_eq!(chain_file(other), None, "{other}");
+        }
     }
 
     #[test]
