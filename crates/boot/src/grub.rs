@@ -39,8 +39,9 @@
 //!   `initrd=NAME` of the iPXE command line would look for files on a boot device that a
 //!   network boot does not have, so those words are left out.
 
-use crate::mac::Mac;
-use crate::script::{file_path, kernel_cmdline, ScriptParams};
+use crate::routes::ImageFile;
+use crate::script::{kernel_cmdline, ScriptParams};
+use diskless_dhcp::Mac;
 
 /// Where every GRUB client looks: `$prefix/grub.cfg`.
 pub const DISPATCHER_PATH: &str = "/grub/grub.cfg";
@@ -132,10 +133,10 @@ fn without_port<'a>(authority: &'a str, default_port: &str) -> Option<&'a str> {
 /// `initrd=` names), the stock initrd and `diskless.cpio`, from `$diskless_files`, which
 /// [`dispatcher`] set to where this config came from.
 pub fn client_config(p: &ScriptParams) -> String {
-    let file = |name: &str| format!("${{diskless_files}}{}", file_path(&p.image, name));
-    let mut initrds = vec![file("initrd.img")];
+    let file = |file| format!("${{diskless_files}}{}", p.image.route(file).path());
+    let mut initrds = vec![file(ImageFile::Initrd)];
     if p.image.boot_cpio {
-        initrds.push(file("diskless.cpio"));
+        initrds.push(file(ImageFile::BootCpio));
     }
     let cmdline: Vec<String> = kernel_cmdline(p)
         .split(' ')
@@ -151,7 +152,7 @@ pub fn client_config(p: &ScriptParams) -> String {
         mac = p.mac,
         name = p.image.name,
         version = p.image.version,
-        kernel = file("vmlinuz"),
+        kernel = file(ImageFile::Kernel),
         cmdline = cmdline.join(" "),
         initrds = initrds.join(" "),
     )
@@ -176,31 +177,20 @@ fn quote(word: &str) -> String {
 mod tests {
     use super::*;
     use crate::config::ImageProtocol;
-    use crate::policy::ClientBoot;
-    use crate::script::ImageRef;
+    use crate::decision::BootSpec;
+    use crate::script::tests as ipxe;
 
-    fn boot(cmdline: &str) -> ClientBoot {
-        ClientBoot {
-            image: "lab".into(),
-            hostname: None,
-            size: "3G".into(),
+    fn boot(cmdline: &str) -> BootSpec {
+        BootSpec {
             cmdline: cmdline.into(),
+            ..ipxe::boot()
         }
     }
 
-    fn params<'a>(boot: &'a ClientBoot, http: &'a str) -> ScriptParams<'a> {
+    fn params<'a>(boot: &'a BootSpec, http: &'a str) -> ScriptParams<'a> {
         ScriptParams {
             http_authority: http,
-            tftp_authority: "10.0.0.1",
-            protocol: ImageProtocol::Http,
-            mac: "52:54:00:12:34:56".parse().unwrap(),
-            boot,
-            image: ImageRef {
-                name: "lab",
-                version: "20261125-120000-abcd1234",
-                squashfs_sha256: "ab12",
-                boot_cpio: true,
-            },
+            ..ipxe::params(boot, ImageProtocol::Http)
         }
     }
 
