@@ -39,7 +39,8 @@ fn http_boot_to_multi_user(mode: &str) {
     ]));
     let report = read_report(&logs);
     eprintln!("uefi-http {mode}: boot phases {}", report["phases"]);
-    assert_eq!(command_output(&report, ROOT_FS), ("overlay\n".into(), 0));
+    let (fstype, status) = command_output(&report, ROOT_FS);
+    assert_eq!((fstype.trim(), status), ("overlay", 0));
 
     // The firmware asked as an HTTP Boot client (vendor class HTTPClient) and was offered a
     // URL (option 67; with vendor class HTTPClient echoed, as edk2's HttpBootDxe requires).
@@ -118,7 +119,8 @@ fn uefi_secure_boot_through_shim_and_grub() {
     ]));
     let report = read_report(&logs);
     eprintln!("uefi-secureboot: boot phases {}", report["phases"]);
-    assert_eq!(command_output(&report, ROOT_FS), ("overlay\n".into(), 0));
+    let (fstype, status) = command_output(&report, ROOT_FS);
+    assert_eq!((fstype.trim(), status), ("overlay", 0));
     let (secure_boot, status) = command_output(&report, SECURE_BOOT_VAR);
     assert_eq!(status, 0, "{secure_boot}");
     assert_eq!(

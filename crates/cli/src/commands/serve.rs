@@ -50,6 +50,10 @@ pub struct ServeArgs {
     /// iPXE binary for UEFI clients: ipxe.efi or snponly.efi (config: ipxe.uefi).
     #[arg(long)]
     pub uefi_file: Option<String>,
+    /// UEFI PXE clients boot through Debian's signed shim and GRUB, for Secure Boot
+    /// (config: boot.secure_boot).
+    #[arg(long)]
+    pub secure_boot: bool,
 }
 
 /// The config file (if any) with the flags applied, validated.
@@ -112,6 +116,9 @@ pub fn resolve(args: &ServeArgs) -> Result<Config> {
     }
     if let Some(v) = &args.uefi_file {
         cfg.ipxe.uefi = v.clone();
+    }
+    if args.secure_boot {
+        cfg.boot.secure_boot = true;
     }
     cfg.validate()
         .map_err(|(_, message)| anyhow::anyhow!("{message}"))

@@ -115,7 +115,7 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
         "console=ttyS0,115200n8 diskless.autologin=ttyS0 panic=5 {}",
         args.cmdline
     );
-    let server: Vec<String> = [
+    let mut server: Vec<String> = [
         exe.display().to_string(),
         "serve".into(),
         "--config".into(),
@@ -140,6 +140,11 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
         cmdline.trim().to_string(),
     ]
     .into();
+    // A Secure Boot machine runs only signed binaries: the server hands it Debian's shim and
+    // GRUB instead of iPXE (which OVMF refuses: "Access Denied").
+    if args.firmware == Firmware::SecureBoot {
+        server.push("--secure-boot".into());
+    }
     let firmware = args.firmware;
     let clients = args
         .mac
