@@ -12,7 +12,9 @@
 //!   from. Over PXE, Debian's shim 16.1 asked for `grubx64.efi` at the TFTP root although its
 //!   boot file was `boot/shimx64.efi`, after `revocations_sku.efi`, `revocations_sbat.efi`
 //!   and `shim_certificate_0.efi` (optional: "not found" is fine). So the server serves
-//!   `grubnetx64.efi.signed` as [`SHIM_SECOND_STAGE`] at the root. Over UEFI HTTP Boot
+//!   `grubnetx64.efi.signed` as [`SHIM_SECOND_STAGE`] at the root. shim fetches it with
+//!   512-byte blocks (netboot.c's `blksz = 512`): 3.8 MB took 4.4 s under TCG, where the
+//!   firmware took shim at blksize 1468 and windowsize 4. Over UEFI HTTP Boot
 //!   (httpboot.c) it replaces the boot URL's last segment, and needs a 200 answer with a
 //!   Content-Length.
 //! - Debian's `grubnetx64.efi.signed` (grub-efi-amd64-signed) has the prefix `/grub` and an
@@ -30,7 +32,8 @@
 //!   `grub_net_open_real`; the client asked for `grub/x86_64-efi/http.mod` over TFTP), and
 //!   under Secure Boot shim_lock refuses modules anyway. So the dispatcher tries the client's
 //!   config over HTTP first, and the kernel and initrds follow over HTTP where GRUB has it;
-//!   with Debian 12's image they come over TFTP (lock-step 1024-byte blocks). `insmod http`
+//!   with Debian 12's image they come over TFTP (lock-step 1024-byte blocks: the 30 MB
+//!   stock initrd took 14 s, 2.2 MB/s, in the QEMU test). `insmod http`
 //!   cannot decide this: it returns success even when loading fails (the client printed the
 //!   "not found" error and took the `then` branch of `if insmod http`).
 //! - GRUB 2.06 names a network device `(PROTOCOL,HOST)`, without a port: HTTP is tried only
