@@ -96,6 +96,9 @@ pub struct BootSection {
     /// Extra kernel options for every client.
     pub cmdline: String,
     pub image_protocol: ImageProtocol,
+    /// UEFI PXE clients boot through the Secure Boot chain (Debian's signed shim and GRUB)
+    /// instead of iPXE; a `[[client]]` entry's `secure_boot` overrides it.
+    pub secure_boot: bool,
 }
 
 /// The record of client boots (`STATE/clients.json`, `diskless clients`).
@@ -128,6 +131,8 @@ pub struct ClientConfig {
     /// Extra kernel options, after the site's.
     pub cmdline: Option<String>,
     pub size: Option<String>,
+    /// This client boots through the Secure Boot chain (or not), whatever `[boot]` says.
+    pub secure_boot: Option<bool>,
 }
 
 impl Default for Config {
@@ -180,6 +185,7 @@ impl Default for BootSection {
             size: "75%".into(),
             cmdline: String::new(),
             image_protocol: ImageProtocol::Http,
+            secure_boot: false,
         }
     }
 }

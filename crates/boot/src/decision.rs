@@ -14,8 +14,12 @@
 //! | iPXE                       | `http://SERVER/boot/MAC.ipxe`, its script              |
 //! | anything else              | nothing (an address only, in full mode)               |
 //!
-//! A Secure Boot chain (shim → GRUB → kernel) is a second [`Loader`] variant with its own
-//! column in [`Site::first_stage`]; the boot spec (image, size, options) stays the same.
+//! The Secure Boot chain ([`Loader::ShimGrub`], `[boot] secure_boot` or a client's
+//! `secure_boot`) changes one row: a UEFI x86-64 PXE client gets Debian's signed shim,
+//! `shimx64.efi` over TFTP, which loads Debian's signed GRUB, which reads the client's GRUB
+//! config ([`crate::grub`]). Other firmware keep the iPXE column: BIOS and iPXE have no
+//! Secure Boot, and an HTTP Boot client cannot go on with Debian 12's GRUB, which has no
+//! http module (see [`crate::grub`]). The boot spec (image, size, options) stays the same.
 
 use crate::config::UnknownClients;
 use crate::routes::Route;
@@ -60,6 +64,9 @@ impl From<&ClientInfo> for Machine {
 pub enum Loader {
     /// iPXE (Debian's `ipxe` package), which then fetches `/boot/MAC.ipxe`.
     Ipxe,
+    /// Debian's signed shim, then its signed GRUB network image, then the image's signed
+    /// kernel: what a Secure Boot machine runs.
+    ShimGrub,
 }
 
 /// What one client boots.
@@ -103,8 +110,15 @@ impl Site {
             .map(|s| s.trim())
             .collect::<Vec<_>>()
             .join(" ");
+        let secure_boot = entry
+            .and_then(|c| c.secure_boot)
+            .unwrap_or(self.secure_boot);
         Some(BootSpec {
-            loader: Loader::Ipxe,
+            loader: if secure_boot {
+                Loader::ShimGrub
+            } else {
+                Loader::Ipxe
+            },
             image: entry
                 .and_then(|c| c.image.clone())
                 .or_else(|| self.default_image.clone()),
@@ -120,8 +134,13 @@ impl Site {
     /// in the module docs); None: nothing for this firmware.
     pub fn first_stage(&self, machine: &Machine, spec: &BootSpec) -> Option<String> {
         let ipxe = |file: &str| Route::Ipxe(file.to_string());
+        let x86_64_pxe = machine.firmware == ClientKind::UefiPxe
+            && matches!(machine.arch, Some(arch::EFI_BC | arch::EFI_X86_64));
+        if spec.loader == Loader::ShimGrub && x86_64_pxe {
+            return Some(crate::grub::SHIM_BOOT_FILE.to_string());
+        }
         match spec.loader {
-            Loader::Ipxe => match machine.firmware {
+            Loader::Ipxe | Loader::ShimGrub => match machine.firmware {
                 ClientKind::Plain => None,
                 // Whatever its architecture: iPXE already runs, so it goes straight to its
                 // script (and never gets the chainloader again).
@@ -276,6 +295,37 @@ mac = "52:54:00:00:00:02"
         assert_eq!(
             BootPolicy::hostname(&s, "52:54:00:00:00:01".parse().unwrap()).as_deref(),
             Some("pc01")
+        );
+    }
+
+    #[test]
+    fn secure_boot_clients_get_shim_over_pxe_and_ipxe_elsewhere() {
+        let sb = Site::for_tests("[boot]\nimage = \"lab\"\nsecure_boot = true\n");
+        let mut pxe = machine(ClientKind::UefiPxe, Some(arch::EFI_BC));
+        let spec = sb.boot_spec(&pxe).unwrap();
+        assert_eq!(spec.loader, Loader::ShimGrub);
+        assert_eq!(sb.first_stage(&pxe, &spec).as_deref(), Some("shimx64.efi"));
+        let bios = machine(ClientKind::BiosPxe, Some(0));
+        assert_eq!(
+            sb.first_stage(&bios, &spec).as_deref(),
+            Some("ipxe/undionly.kpxe")
+        );
+        // A client entry overrides the site.
+        pxe.mac = "52:54:00:00:00:01".parse().unwrap();
+        let off = Site::for_tests(&format!(
+            "[boot]\nimage = \"lab\"\n[[client]]\nmac = \"{}\"\nsecure_boot = false\n",
+            pxe.mac
+        ));
+        assert_eq!(off.boot_spec(&pxe).unwrap().loader, Loader::Ipxe);
+        let on = Site::for_tests(&format!(
+            "[boot]\nimage = \"lab\"\n[[client]]\nmac = \"{}\"\nsecure_boot = true\n",
+            pxe.mac
+        ));
+        assert_eq!(on.boot_spec(&pxe).unwrap().loader, Loader::ShimGrub);
+        assert_eq!(
+            site("").boot_spec(&pxe).unwrap().loader,
+            Loader::Ipxe,
+            "iPXE stays the default"
         );
     }
 }

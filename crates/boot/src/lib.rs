@@ -12,11 +12,14 @@
 //! - [`script`]: the iPXE script a client gets, and its kernel command line (`boot=diskless`,
 //!   the image URL and sha256, a per-client machine-id).
 //! - [`names`]: the rule image names and versions follow (store, URLs, config).
+//! - [`grub`]: the same decisions as GRUB configs, for the Secure Boot chain (shim, then
+//!   Debian's signed GRUB network image).
 //!
 //! Nothing here does I/O beyond reading the config file: the server crate feeds it.
 
 pub mod config;
 pub mod decision;
+pub mod grub;
 pub mod names;
 pub mod routes;
 pub mod script;

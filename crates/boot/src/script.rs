@@ -111,10 +111,10 @@ pub fn refusal_script(mac: Mac, reason: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn boot() -> BootSpec {
+    pub(crate) fn boot() -> BootSpec {
         BootSpec {
             loader: crate::Loader::Ipxe,
             image: Some("lab".into()),
@@ -124,7 +124,7 @@ mod tests {
         }
     }
 
-    fn params<'a>(boot: &'a BootSpec, protocol: ImageProtocol) -> ScriptParams<'a> {
+    pub(crate) fn params<'a>(boot: &'a BootSpec, protocol: ImageProtocol) -> ScriptParams<'a> {
         ScriptParams {
             http_authority: "10.0.0.1:8080",
             tftp_authority: "10.0.0.1",

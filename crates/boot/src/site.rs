@@ -89,6 +89,8 @@ pub struct Site {
     pub cmdline: String,
     /// How the initramfs fetches the image.
     pub image_protocol: ImageProtocol,
+    /// `[boot] secure_boot`: UEFI PXE clients boot through shim and GRUB.
+    pub secure_boot: bool,
     /// Bounds of the client record.
     pub record: RecordSection,
     /// The `[[client]]` entries by MAC.
@@ -154,6 +156,7 @@ impl Site {
             size: config.boot.size.clone(),
             cmdline: config.boot.cmdline.clone(),
             image_protocol: config.boot.image_protocol,
+            secure_boot: config.boot.secure_boot,
             record: config.record.clone(),
             clients: config.clients.iter().map(|c| (c.mac, c.clone())).collect(),
         })

@@ -69,6 +69,43 @@ pub fn compare_versions(a: &str, b: &str) -> Ordering {
     pa.len().cmp(&pb.len())
 }
 
+/// Whether a PE image (an EFI binary, a kernel with its EFI stub) carries an Authenticode
+/// signature: its certificate table (data directory 4, a file offset, not an address) holds a
+/// `WIN_CERTIFICATE` of type PKCS#7 signed data. Secure Boot firmware and shim run nothing
+/// else; whether the signature is one they trust is theirs to check. `Err` when the bytes are
+/// not a 64-bit PE image.
+pub fn authenticode_signed(image: &[u8]) -> std::result::Result<bool, String> {
+    use object::pe::IMAGE_DIRECTORY_ENTRY_SECURITY;
+    /// wCertificateType of a PKCS#7 SignedData (Authenticode) entry (PE format, "The
+    /// Attribute Certificate Table").
+    const WIN_CERT_TYPE_PKCS_SIGNED_DATA: u16 = 0x0002;
+    let pe = object::read::pe::PeFile64::parse(image)
+        .map_err(|e| format!("not a 64-bit PE (EFI) image: {e}"))?;
+    let Some(table) = pe.data_directory(IMAGE_DIRECTORY_ENTRY_SECURITY) else {
+        return Ok(false);
+    };
+    let (start, size) = table.address_range();
+    let end = start as usize + size as usize;
+    let certificates = image
+        .get(start as usize..end)
+        .ok_or_else(|| format!("the certificate table ({start}+{size}) is past the file's end"))?;
+    // WIN_CERTIFICATE: dwLength (u32), wRevision (u16), wCertificateType (u16), data; each
+    // entry padded to 8 bytes.
+    let mut rest = certificates;
+    while rest.len() >= 8 {
+        let length = u32::from_le_bytes(rest[0..4].try_into().expect("4 bytes")) as usize;
+        let kind = u16::from_le_bytes(rest[6..8].try_into().expect("2 bytes"));
+        if kind == WIN_CERT_TYPE_PKCS_SIGNED_DATA {
+            return Ok(true);
+        }
+        if length < 8 {
+            break;
+        }
+        rest = rest.get(length.next_multiple_of(8)..).unwrap_or_default();
+    }
+    Ok(false)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -115,5 +152,30 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("update-initramfs"));
+    }
+
+    /// EFI binaries of Debian packages diskless depends on: shim-signed's (signed by
+    /// Microsoft) and ipxe's (unsigned).
+    fn debian_efi(path: &str, package: &str) -> Vec<u8> {
+        std::fs::read(path)
+            .unwrap_or_else(|e| panic!("{path}: {e} (install {package}: scripts/install-deps)"))
+    }
+
+    #[test]
+    fn authenticode_signatures_are_found_in_signed_efi_binaries_only() {
+        let shim = debian_efi("/usr/lib/shim/shimx64.efi.signed", "shim-signed");
+        assert_eq!(authenticode_signed(&shim), Ok(true));
+        let ipxe = debian_efi("/usr/lib/ipxe/ipxe.efi", "ipxe");
+        assert_eq!(authenticode_signed(&ipxe), Ok(false));
+        // The same binary with its certificate table cut off.
+        let pe = object::read::pe::PeFile64::parse(&*shim).unwrap();
+        let (start, _) = pe
+            .data_directory(object::pe::IMAGE_DIRECTORY_ENTRY_SECURITY)
+            .unwrap()
+            .address_range();
+        let err = authenticode_signed(&shim[..start as usize]).unwrap_err();
+        assert!(err.contains("past the file's end"), "{err}");
+        let err = authenticode_signed(b"MZ not a kernel").unwrap_err();
+        assert!(err.contains("not a 64-bit PE"), "{err}");
     }
 }

@@ -12,6 +12,7 @@ use axum::extract::{ConnectInfo, FromRequest, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Form, Json, Router};
+use diskless_boot::grub;
 use diskless_boot::routes::{ImageFile, Route, RouteError};
 use diskless_boot::script::{self, ImageRef, ScriptParams};
 use diskless_boot::{Mac, Machine, Site};
@@ -99,24 +100,50 @@ async fn handle(
 
 fn boot_script(state: &HttpState, mac: Mac, peer: Option<IpAddr>) -> Response {
     let site = state.site.borrow().clone();
+    ipxe(client_boot_file(
+        &site,
+        &state.store,
+        &state.recorder,
+        mac,
+        peer,
+        Script::Ipxe,
+    ))
+}
+
+/// Which boot file a client asked for: its iPXE script or its GRUB config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Script {
+    Ipxe,
+    Grub,
+}
+
+/// A client's iPXE script or GRUB config from the site's boot decision (both say the same:
+/// image, version, sha256, machine-id, command line), or the refusal that says why not; the
+/// recorder learns which version it got.
+pub fn client_boot_file(
+    site: &Site,
+    store: &Store,
+    recorder: &Recorder,
+    mac: Mac,
+    peer: Option<IpAddr>,
+    kind: Script,
+) -> String {
+    let refusal = |reason: &str| match kind {
+        Script::Ipxe => script::refusal_script(mac, reason),
+        Script::Grub => grub::refusal(mac, reason),
+    };
     let Some((spec, image)) = site
         .boot_spec(&Machine::ipxe(mac))
         .and_then(|spec| Some((spec.clone(), spec.image?)))
     else {
         tracing::info!(%mac, "not booting: unknown client (unknown_clients = \"ignore\") or no image");
-        return ipxe(script::refusal_script(
-            mac,
-            "this client is not configured to boot here",
-        ));
+        return refusal("this client is not configured to boot here");
     };
-    let manifest = match state.store.current(&image) {
+    let manifest = match store.current(&image) {
         Ok(m) => m,
         Err(e) => {
             tracing::warn!(%mac, %image, error = %e, "no image to boot");
-            return ipxe(script::refusal_script(
-                mac,
-                &format!("image {image} is not in the store"),
-            ));
+            return refusal(&format!("image {image} is not in the store"));
         }
     };
     let params = ScriptParams {
@@ -132,16 +159,24 @@ fn boot_script(state: &HttpState, mac: Mac, peer: Option<IpAddr>) -> Response {
             boot_cpio: manifest.has_boot_cpio(),
         },
     };
-    tracing::info!(%mac, image = %manifest.name, version = %manifest.version, "iPXE script");
-    let body = script::ipxe_script(&params);
-    state.recorder.record(BootEvent::Script {
+    let body = match kind {
+        Script::Ipxe => {
+            tracing::info!(%mac, image = %manifest.name, version = %manifest.version, "iPXE script");
+            script::ipxe_script(&params)
+        }
+        Script::Grub => {
+            tracing::info!(%mac, image = %manifest.name, version = %manifest.version, "GRUB config");
+            grub::client_config(&params)
+        }
+    };
+    recorder.record(BootEvent::Script {
         mac,
         client: peer,
         hostname: spec.hostname.clone(),
         image: manifest.name.clone(),
         version: manifest.version.clone(),
     });
-    ipxe(body)
+    body
 }
 
 fn ipxe(body: String) -> Response {

@@ -73,6 +73,15 @@ pub enum ServerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A signed binary of the Secure Boot chain is missing.
+    #[error(
+        "{path} is missing: the Secure Boot chain (secure_boot = true) needs Debian's {package} \
+         package (apt-get install {package})"
+    )]
+    SecureBootMissing {
+        path: &'static str,
+        package: &'static str,
+    },
     /// An iPXE binary cannot be copied into the store.
     #[error(transparent)]
     IpxeInstall(#[from] diskless_dhcp::state_file::WriteError),
@@ -327,6 +336,9 @@ pub async fn run_with_recorder(
         }
     }
     let (ipxe_dir, ipxe_files) = install_ipxe_files(&current)?;
+    if secure_boot_used(&current) {
+        check_secure_boot_chain(&current, &store)?;
+    }
     let Listeners {
         dhcp,
         tftp,
@@ -380,6 +392,15 @@ pub async fn run_with_recorder(
                 bytes: log.bytes,
                 outcome: format!("{:?}", log.outcome),
             });
+        })
+    });
+    tftp_config.virtual_files = Some({
+        let site = site.clone();
+        let store = store.clone();
+        let recorder = recorder.clone();
+        Arc::new(move |name: &std::path::Path, client: SocketAddr| {
+            let site = site.borrow().clone();
+            secure_boot_file(&site, &store, &recorder, name, client)
         })
     });
     tasks.spawn({
@@ -490,6 +511,88 @@ pub async fn run_with_recorder(
 /// The state directory's client record file.
 pub fn clients_file(state: &Path) -> PathBuf {
     state.join("clients.json")
+}
+
+/// Whether any client boots the Secure Boot chain (`[boot] secure_boot`, or a client's).
+fn secure_boot_used(site: &Site) -> bool {
+    site.secure_boot || site.clients.values().any(|c| c.secure_boot == Some(true))
+}
+
+/// A file of the Secure Boot chain over TFTP (see [`diskless_boot::grub`]): shim and GRUB from
+/// their Debian packages' paths, the GRUB dispatcher, each client's GRUB config. Nothing when
+/// no client boots that chain; other names are the store's.
+fn secure_boot_file(
+    site: &Site,
+    store: &Store,
+    recorder: &Recorder,
+    name: &std::path::Path,
+    client: SocketAddr,
+) -> Option<diskless_tftp::server::Virtual> {
+    use diskless_boot::grub::{self, ChainFile};
+    use diskless_tftp::server::Virtual;
+    if !secure_boot_used(site) {
+        return None;
+    }
+    Some(match grub::chain_file(name.to_str()?)? {
+        ChainFile::Package(path) => Virtual::File(path.into()),
+        ChainFile::Dispatcher => {
+            Virtual::Bytes(grub::dispatcher(&site.http_authority).into_bytes())
+        }
+        ChainFile::ClientConfig(mac) => Virtual::Bytes(
+            http::client_boot_file(
+                site,
+                store,
+                recorder,
+                mac,
+                Some(client.ip()),
+                http::Script::Grub,
+            )
+            .into_bytes(),
+        ),
+    })
+}
+
+/// Before serving the Secure Boot chain: its signed binaries are installed (an error naming
+/// the package otherwise), and every image a Secure Boot client may boot has a signed kernel
+/// (a warning otherwise: shim would refuse it, and the client would stop at GRUB).
+fn check_secure_boot_chain(site: &Site, store: &Store) -> Result<(), ServerError> {
+    use diskless_boot::grub::{GRUBNET_SIGNED, SHIM_SIGNED};
+    for (path, package) in [
+        (SHIM_SIGNED, "shim-signed"),
+        (GRUBNET_SIGNED, "grub-efi-amd64-signed"),
+    ] {
+        if !std::path::Path::new(path).is_file() {
+            return Err(ServerError::SecureBootMissing { path, package });
+        }
+    }
+    let mut images: Vec<&str> = site.default_image.iter().map(String::as_str).collect();
+    images.extend(site.clients.values().filter_map(|c| c.image.as_deref()));
+    images.sort_unstable();
+    images.dedup();
+    for image in images {
+        let Ok(manifest) = store.current(image) else {
+            continue;
+        };
+        let kernel = store
+            .version_dir(&manifest.name, &manifest.version)
+            .join(diskless_image::manifest::KERNEL);
+        let signed = std::fs::read(&kernel)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| diskless_image::kernel::authenticode_signed(&bytes));
+        match signed {
+            Ok(true) => {}
+            Ok(false) => tracing::warn!(
+                %image, version = %manifest.version, kernel = %kernel.display(),
+                "the image's kernel is not signed: Secure Boot clients cannot boot it (shim \
+                 refuses it after GRUB); use a distribution kernel such as Debian's linux-image-amd64"
+            ),
+            Err(e) => tracing::warn!(
+                %image, kernel = %kernel.display(), error = %e,
+                "cannot tell whether the image's kernel is signed"
+            ),
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! Confining requests to the served directory, and reading files block by block.
 //!
-//! [`sanitize`] turns a requested name into a relative path or refuses it: NUL bytes,
-//! absolute paths and `..` components are errors, backslashes count as separators
-//! (PXE ROMs and Windows-made configs send `boot\x86\pxeboot.n12`). [`open_beneath`]
+//! [`sanitize`] turns a requested name into a path relative to the root or refuses it: NUL
+//! bytes and `..` components are errors, backslashes count as separators (PXE ROMs and
+//! Windows-made configs send `boot\x86\pxeboot.n12`), and a leading `/` means the root
+//! (GRUB asks for `/grub/grub.cfg`). [`open_beneath`]
 //! then opens it with `openat2(RESOLVE_BENEATH)`, so a symlink inside the root that
 //! points outside of it is refused by the kernel, race-free.
 
@@ -24,9 +25,6 @@ pub enum PathError {
     /// The name is empty or only separators.
     #[error("empty name")]
     Empty,
-    /// The name is absolute.
-    #[error("absolute path")]
-    Absolute,
     /// The name has a `..` component.
     #[error("path has a '..' component")]
     ParentDir,
@@ -56,7 +54,7 @@ impl PathError {
     pub fn is_traversal(&self) -> bool {
         matches!(
             self,
-            PathError::Nul | PathError::Absolute | PathError::ParentDir | PathError::Escapes
+            PathError::Nul | PathError::ParentDir | PathError::Escapes
         )
     }
 }
@@ -71,9 +69,10 @@ pub fn sanitize(name: &[u8]) -> Result<PathBuf, PathError> {
         .iter()
         .map(|&b| if b == b'\\' { b'/' } else { b })
         .collect();
-    if name.first() == Some(&b'/') {
-        return Err(PathError::Absolute);
-    }
+    // A leading separator names the root, as tftpd-hpa -s and dnsmasq read it: GRUB sends
+    // the path of `(tftp,SERVER)/grub/grub.cfg` as "/grub/grub.cfg" (seen in dnsmasq's log
+    // of a Secure Boot client), where OVMF's PXE client and shim send relative names. The
+    // empty first component is skipped below like any other.
     let mut out = PathBuf::new();
     for comp in name.split(|&b| b == b'/') {
         match comp {
@@ -172,6 +171,33 @@ pub trait BlockSource: Send {
             self.read_exact_at(offset, b)?;
             offset += b.len() as u64;
         }
+        Ok(())
+    }
+}
+
+/// Bytes in memory (a generated file), sent as they are.
+pub struct MemorySource {
+    bytes: Vec<u8>,
+}
+
+impl MemorySource {
+    /// Serves `bytes`.
+    pub fn new(bytes: Vec<u8>) -> Self {
+        MemorySource { bytes }
+    }
+}
+
+impl BlockSource for MemorySource {
+    fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+    fn read_exact_at(&mut self, offset: u64, buf: &mut [u8]) -> io::Result<()> {
+        let start = usize::try_from(offset).unwrap_or(usize::MAX);
+        let part = start
+            .checked_add(buf.len())
+            .and_then(|end| self.bytes.get(start..end))
+            .ok_or_else(|| io::Error::from(io::ErrorKind::UnexpectedEof))?;
+        buf.copy_from_slice(part);
         Ok(())
     }
 }
@@ -419,11 +445,20 @@ mod tests {
             sanitize(b"..\\..\\etc"),
             Err(PathError::ParentDir)
         ));
-        assert!(matches!(sanitize(b"/etc/passwd"), Err(PathError::Absolute)));
-        assert!(matches!(
-            sanitize(b"\\etc\\passwd"),
-            Err(PathError::Absolute)
-        ));
+        // Rooted names stay beneath the root.
+        assert_eq!(
+            sanitize(b"/etc/passwd").unwrap(),
+            PathBuf::from("etc/passwd")
+        );
+        assert_eq!(
+            sanitize(b"\\etc\\passwd").unwrap(),
+            PathBuf::from("etc/passwd")
+        );
+        assert_eq!(
+            sanitize(b"/grub/grub.cfg").unwrap(),
+            PathBuf::from("grub/grub.cfg")
+        );
+        assert!(matches!(sanitize(b"/../etc"), Err(PathError::ParentDir)));
         assert!(matches!(sanitize(b"a\0b"), Err(PathError::Nul)));
         assert!(matches!(sanitize(b"./"), Err(PathError::Empty)));
         assert!(sanitize(b"..").unwrap_err().is_traversal());

@@ -34,7 +34,7 @@ use tokio::net::UdpSocket;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::root::{self, BlockSource, NetasciiSource, OctetSource, PathError};
+use crate::root::{self, BlockSource, MemorySource, NetasciiSource, OctetSource, PathError};
 use crate::session::{Outcome, Session, SessionConfig, Transmit};
 use crate::wire::{self, ErrorCode, Lossy, Mode, Packet, RequestOptions};
 
@@ -49,6 +49,23 @@ pub struct ServerConfig {
     pub max_transfers: usize,
     /// Called when each request ends, served or refused.
     pub on_transfer_done: Option<TransferHook>,
+    /// Files served beside the root, asked first: a boot server's generated configs, or
+    /// binaries it serves from the paths their packages installed them at.
+    pub virtual_files: Option<VirtualFiles>,
+}
+
+/// Given a requested name (already checked by [`root::sanitize`]: relative, no `..`, no
+/// hidden component) and the client, what to serve instead of a file of the root; `None`
+/// falls through to the root.
+pub type VirtualFiles = Arc<dyn Fn(&std::path::Path, SocketAddr) -> Option<Virtual> + Send + Sync>;
+
+/// What [`VirtualFiles`] serves.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Virtual {
+    /// This file, wherever it is (the hook chose it; the client's name does not reach it).
+    File(PathBuf),
+    /// These bytes.
+    Bytes(Vec<u8>),
 }
 
 impl std::fmt::Debug for ServerConfig {
@@ -58,6 +75,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("session", &self.session)
             .field("max_transfers", &self.max_transfers)
             .field("on_transfer_done", &self.on_transfer_done.is_some())
+            .field("virtual_files", &self.virtual_files.is_some())
             .finish()
     }
 }
@@ -77,6 +95,7 @@ impl ServerConfig {
             session: SessionConfig::default(),
             max_transfers: DEFAULT_MAX_TRANSFERS,
             on_transfer_done: None,
+            virtual_files: None,
         }
     }
 }
@@ -379,11 +398,12 @@ fn report(config: &ServerConfig, log: &TransferLog) {
     }
 }
 
-/// Opens what `filename` names under the root, for `mode`.
+/// Opens what `filename` names, a virtual file or one under the root, for `mode`.
 fn open_source(
-    root: &std::fs::File,
+    shared: &Shared,
     filename: &[u8],
     mode: Mode,
+    client: SocketAddr,
 ) -> Result<Box<dyn BlockSource>, (ErrorCode, String)> {
     let refuse = |e: PathError| {
         let code = match e {
@@ -394,8 +414,24 @@ fn open_source(
         (code, e.to_string())
     };
     let rel = root::sanitize(filename).map_err(refuse)?;
-    let file = root::open_beneath(root, &rel).map_err(refuse)?;
     let io = |e: io::Error| (ErrorCode::NotDefined, e.to_string());
+    let found = shared
+        .config
+        .virtual_files
+        .as_ref()
+        .and_then(|files| files(&rel, client));
+    let file = match found {
+        None => root::open_beneath(&shared.root, &rel).map_err(refuse)?,
+        Some(_) if mode != Mode::Octet => {
+            return Err((
+                ErrorCode::IllegalOperation,
+                "this file is served in octet mode only".into(),
+            ))
+        }
+        Some(Virtual::Bytes(bytes)) => return Ok(Box::new(MemorySource::new(bytes))),
+        Some(Virtual::File(path)) => std::fs::File::open(&path)
+            .map_err(|e| io(io::Error::new(e.kind(), format!("{}: {e}", path.display()))))?,
+    };
     Ok(match mode {
         Mode::Octet => Box::new(OctetSource::new(file).map_err(io)?),
         Mode::Netascii => Box::new(NetasciiSource::new(file).map_err(io)?),
@@ -424,7 +460,7 @@ fn transfer(
             "read-only server: write requests are refused".to_string(),
         ))
     } else {
-        open_source(&shared.root, filename, log.mode)
+        open_source(shared, filename, log.mode, log.client)
     };
     let mut source = match opened {
         Ok(s) => s,

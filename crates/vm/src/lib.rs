@@ -116,6 +116,8 @@ pub struct VmConfig {
     /// The server's address on `interface`, CIDR.
     pub server_cidr: String,
     pub http_port: u16,
+    /// The server's TFTP port: requests to it are counted ([`VmReport::tftp_requests`]).
+    pub tftp_port: u16,
     /// The clients, booted together; each gets its own console log.
     pub clients: Vec<ClientConfig>,
     pub timeout: Duration,
@@ -163,6 +165,9 @@ impl ClientReport {
 pub struct VmReport {
     /// One per client, in the order of [`VmConfig::clients`].
     pub clients: Vec<ClientReport>,
+    /// TFTP read requests the server's interface received during the run (an nftables
+    /// counter on UDP port [`VmConfig::tftp_port`]): 0 means nothing went over TFTP.
+    pub tftp_requests: u64,
 }
 
 /// Console lines that mark boot phases, in the order they appear; any one of a phase's
@@ -191,6 +196,10 @@ const FAILURES: &[&str] = &[
     "Kernel panic",
     "(initramfs)",
     "diskless-fetch: ",
+    // OVMF with Secure Boot refusing an unsigned binary (Debian's ipxe.efi): `BdsDxe: failed
+    // to load Boot0001 "UEFI PXEv4 (MAC:...)" from ...: Access Denied`. It would go on to
+    // IPv6 PXE and stall; the line says it all.
+    "): Access Denied",
 ];
 
 /// A progress line of the fetch helper ("diskless:  11.9% 22.9 MiB of 192.0 MiB at 23.9
@@ -218,6 +227,7 @@ pub fn run(cfg: &VmConfig) -> Result<VmReport, Error> {
     if cfg.loss_percent > 0 {
         netns::drop_at_random(&cfg.interface, cfg.loss_percent)?;
     }
+    netns::count_tftp_requests(&cfg.interface, cfg.tftp_port)?;
     let server_ip = cfg
         .server_cidr
         .split('/')
@@ -240,10 +250,11 @@ pub fn run(cfg: &VmConfig) -> Result<VmReport, Error> {
         let vars = cfg
             .log_dir
             .join(format!("OVMF_VARS-{}.fd", client.mac.replace(':', "-")));
-        if client.firmware == Firmware::Uefi {
-            std::fs::copy(qemu::OVMF_VARS, &vars).map_err(|e| {
-                Error::Setup(format!("copying {}: {e} (install ovmf)", qemu::OVMF_VARS))
-            })?;
+        // Each client gets its own copy of the variable store: the firmware writes its boot
+        // options there, and the one in /usr/share stays as Debian shipped it.
+        if let Some(template) = client.firmware.ovmf_vars_template() {
+            std::fs::copy(template, &vars)
+                .map_err(|e| Error::Setup(format!("copying {template}: {e} (install ovmf)")))?;
         }
         let qemu_cfg = qemu::QemuConfig {
             memory_mib: client.memory_mib,
@@ -251,7 +262,7 @@ pub fn run(cfg: &VmConfig) -> Result<VmReport, Error> {
             firmware: client.firmware,
             tap: client.tap.clone(),
             mac: client.mac.clone(),
-            ovmf_vars: (client.firmware == Firmware::Uefi).then_some(vars),
+            ovmf_vars: client.firmware.is_uefi().then_some(vars),
             disks: client.disks.clone(),
         };
         let started = Instant::now();
@@ -344,13 +355,17 @@ pub fn run(cfg: &VmConfig) -> Result<VmReport, Error> {
     }
     drop(server);
     drop(site_dhcp);
+    let tftp_requests = netns::tftp_requests();
     if cfg.loss_percent > 0 {
         // The drop counters, as evidence that the loss was real.
         let _ = netns::save_loss_counters(&cfg.log_dir.join("loss.txt"));
     }
     drop(ns);
     let many = cfg.clients.len() > 1;
-    let mut report = VmReport::default();
+    let mut report = VmReport {
+        tftp_requests: tftp_requests?,
+        ..VmReport::default()
+    };
     for ((result, client_report, console), qemu_stderr) in outcomes.into_iter().zip(qemu_errors) {
         let who = |e: Error| -> Error {
             if !many {

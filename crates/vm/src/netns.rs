@@ -100,7 +100,56 @@ impl Netns {
 /// Drop `percent` % of the packets arriving on `interface`, at random: a lossy network. Call
 /// it inside the namespace (after [`Netns::enter`]); the rules go with the namespace.
 pub fn drop_at_random(interface: &str, percent: u8) -> Result<(), Error> {
-    let rules = loss_rules(interface, percent);
+    nft_apply(&loss_rules(interface, percent))
+}
+
+/// Count the TFTP read requests (UDP to `port`) arriving on `interface`, in a named nftables
+/// counter read by [`tftp_requests`]. Every TFTP transfer starts with one, whichever client
+/// or server implementation is involved, and the count does not depend on a capture being
+/// up in time. Call it inside the namespace; the counter goes with it.
+pub fn count_tftp_requests(interface: &str, port: u16) -> Result<(), Error> {
+    nft_apply(&tftp_counter_rules(interface, port))
+}
+
+/// The counter of [`count_tftp_requests`]: how many TFTP requests arrived so far.
+pub fn tftp_requests() -> Result<u64, Error> {
+    let out = Command::new("nft")
+        .args(["list", "counter", "inet", "diskless_vm_count", "tftp"])
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| Error::Setup(format!("running nft: {e} (install nftables)")))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    if !out.status.success() {
+        return Err(Error::Setup(format!(
+            "nft list counter failed: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    packets_of(&text)
+        .ok_or_else(|| Error::Setup(format!("no packet count in nft's answer: {text}")))
+}
+
+/// "packets N" in nft's listing of a counter.
+fn packets_of(listing: &str) -> Option<u64> {
+    let mut words = listing.split_whitespace();
+    words.find(|w| *w == "packets")?;
+    words.next()?.parse().ok()
+}
+
+fn tftp_counter_rules(interface: &str, port: u16) -> String {
+    format!(
+        "table inet diskless_vm_count {{\n\
+         \tcounter tftp {{ }}\n\
+         \tchain input {{\n\
+         \t\ttype filter hook input priority -10; policy accept;\n\
+         \t\tiifname \"{interface}\" udp dport {port} counter name \"tftp\"\n\
+         \t}}\n\
+         }}\n"
+    )
+}
+
+/// Load an nftables ruleset (`nft -f -`).
+fn nft_apply(rules: &str) -> Result<(), Error> {
     let mut child = Command::new("nft")
         .args(["-f", "-"])
         .stdin(Stdio::piped())
@@ -191,5 +240,19 @@ mod tests {
             rules.contains("iifname \"br0\" numgen random mod 100 < 5 counter drop"),
             "{rules}"
         );
+    }
+
+    #[test]
+    fn tftp_counter_counts_requests_to_the_port() {
+        let rules = tftp_counter_rules("dl0", 69);
+        assert!(rules.contains("counter tftp"), "{rules}");
+        assert!(
+            rules.contains("iifname \"dl0\" udp dport 69 counter name \"tftp\""),
+            "{rules}"
+        );
+        let listing =
+            "table inet diskless_vm_count {\n\tcounter tftp {\n\t\tpackets 42 bytes 2310\n\t}\n}\n";
+        assert_eq!(packets_of(listing), Some(42));
+        assert_eq!(packets_of("table inet x {\n}\n"), None);
     }
 }

@@ -6,12 +6,83 @@
 use std::path::PathBuf;
 use std::process::Command;
 
+/// How the client starts: which firmware, and which of its network boot paths.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Firmware {
     /// SeaBIOS with the iPXE option ROM of the virtio NIC (Debian's ipxe-qemu).
     Bios,
-    /// OVMF (Debian's ovmf), booting with its own UEFI network stack.
+    /// OVMF (Debian's ovmf), booting with its own UEFI PXE client (TFTP).
     Uefi,
+    /// OVMF's UEFI HTTP Boot: PXE switched off, so the firmware asks for its boot file with
+    /// vendor class `HTTPClient` and fetches the URL it gets over HTTP.
+    UefiHttp,
+    /// OVMF with Secure Boot enforced: the SMM build and Microsoft's keys enrolled, as
+    /// Debian's ovmf ships them; its own PXE client, so only signed binaries run.
+    SecureBoot,
+}
+
+impl Firmware {
+    /// Every firmware, by its command-line name.
+    pub const ALL: [Firmware; 4] = [
+        Firmware::Bios,
+        Firmware::Uefi,
+        Firmware::UefiHttp,
+        Firmware::SecureBoot,
+    ];
+
+    /// The name `diskless vm --firmware` takes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Firmware::Bios => "bios",
+            Firmware::Uefi => "uefi",
+            Firmware::UefiHttp => "uefi-http",
+            Firmware::SecureBoot => "uefi-secureboot",
+        }
+    }
+
+    pub fn is_uefi(self) -> bool {
+        self != Firmware::Bios
+    }
+
+    /// OVMF's code image (read only) for this firmware; None for SeaBIOS.
+    pub fn ovmf_code(self) -> Option<&'static str> {
+        match self {
+            Firmware::Bios => None,
+            Firmware::Uefi | Firmware::UefiHttp => Some(OVMF_CODE),
+            Firmware::SecureBoot => Some(OVMF_CODE_SECURE_BOOT),
+        }
+    }
+
+    /// The variable store each client gets a private copy of; None for SeaBIOS.
+    pub fn ovmf_vars_template(self) -> Option<&'static str> {
+        match self {
+            Firmware::Bios => None,
+            Firmware::Uefi | Firmware::UefiHttp => Some(OVMF_VARS),
+            Firmware::SecureBoot => Some(OVMF_VARS_MS_KEYS),
+        }
+    }
+}
+
+impl std::fmt::Display for Firmware {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Firmware {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Firmware, String> {
+        Firmware::ALL
+            .into_iter()
+            .find(|f| f.as_str() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Firmware::ALL.iter().map(|f| f.as_str()).collect();
+                format!(
+                    "unknown firmware {s:?} (expected one of {})",
+                    names.join(", ")
+                )
+            })
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -27,8 +98,16 @@ pub struct QemuConfig {
     pub disks: Vec<PathBuf>,
 }
 
+// What Debian 12's ovmf (2022.11) ships in /usr/share/OVMF (`dpkg -L ovmf`): OVMF_CODE.fd,
+// OVMF_CODE_4M.fd and their .secboot.fd (SMM, Secure Boot capable), .ms.fd and .snakeoil.fd
+// variants, and the variable stores OVMF_VARS{,_4M}.fd (no keys), OVMF_VARS{,_4M}.ms.fd
+// (Microsoft's KEK and db enrolled, Secure Boot on: what shipped PCs have) and
+// OVMF_VARS_4M.snakeoil.fd (a test key). The 4M builds are the ones Debian's
+// qemu/firmware descriptors pick.
 pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
 pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+pub const OVMF_CODE_SECURE_BOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+pub const OVMF_VARS_MS_KEYS: &str = "/usr/share/OVMF/OVMF_VARS_4M.ms.fd";
 
 pub fn command(cfg: &QemuConfig) -> Command {
     let mut cmd = Command::new("qemu-system-x86_64");
@@ -63,17 +142,35 @@ pub fn command(cfg: &QemuConfig) -> Command {
         Firmware::Bios => {
             cmd.args(["-boot", "n"]);
         }
-        Firmware::Uefi => {
-            cmd.args(["-machine", "q35"]).args([
+        Firmware::Uefi | Firmware::UefiHttp => {
+            cmd.args(["-machine", "q35"]);
+        }
+        Firmware::SecureBoot => {
+            // The .secboot build keeps its variables in SMM, where the OS cannot write them
+            // (README.Debian of ovmf): q35 with SMM, and the flash writable from SMM only.
+            // S3 off, as that README says for this build.
+            cmd.args(["-machine", "q35,smm=on"])
+                .args(["-global", "driver=cfi.pflash01,property=secure,value=on"])
+                .args(["-global", "ICH9-LPC.disable_s3=1"]);
+        }
+    }
+    if cfg.firmware == Firmware::UefiHttp {
+        // OVMF reads these fw_cfg knobs at start (NetworkPkg's PcdIPv4PXESupport and
+        // PcdIPv6PXESupport): with both PXE clients off, its only network boot options
+        // are HTTP Boot, over IPv4 first.
+        cmd.args(["-fw_cfg", "name=opt/org.tianocore/IPv4PXESupport,string=no"])
+            .args(["-fw_cfg", "name=opt/org.tianocore/IPv6PXESupport,string=no"]);
+    }
+    if let Some(code) = cfg.firmware.ovmf_code() {
+        cmd.args([
+            "-drive",
+            &format!("if=pflash,format=raw,unit=0,readonly=on,file={code}"),
+        ]);
+        if let Some(vars) = &cfg.ovmf_vars {
+            cmd.args([
                 "-drive",
-                &format!("if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"),
+                &format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
             ]);
-            if let Some(vars) = &cfg.ovmf_vars {
-                cmd.args([
-                    "-drive",
-                    &format!("if=pflash,format=raw,unit=1,file={}", vars.display()),
-                ]);
-            }
         }
     }
     cmd
@@ -81,9 +178,9 @@ pub fn command(cfg: &QemuConfig) -> Command {
 
 fn nic(cfg: &QemuConfig) -> String {
     let mut nic = format!("virtio-net-pci,netdev=net0,mac={},bootindex=1", cfg.mac);
-    if cfg.firmware == Firmware::Uefi {
-        // Without the iPXE option ROM, OVMF boots with its own PXE client, as real UEFI
-        // machines do: it fetches ipxe.efi over TFTP first.
+    if cfg.firmware.is_uefi() {
+        // Without the iPXE option ROM, OVMF boots with its own network stack (PXE or HTTP
+        // Boot), as real UEFI machines do; with it, iPXE's driver would take the NIC over.
         nic.push_str(",romfile=");
     }
     nic
@@ -100,7 +197,7 @@ mod tests {
             firmware,
             tap: "dl0".into(),
             mac: "52:54:00:00:00:01".into(),
-            ovmf_vars: Some("/tmp/vars.fd".into()),
+            ovmf_vars: firmware.is_uefi().then(|| "/tmp/vars.fd".into()),
             disks: vec!["/tmp/disk.raw".into()],
         };
         command(&cfg)
@@ -111,7 +208,7 @@ mod tests {
 
     #[test]
     fn always_tcg_never_kvm() {
-        for fw in [Firmware::Bios, Firmware::Uefi] {
+        for fw in Firmware::ALL {
             let a = args(fw);
             assert!(a.windows(2).any(|w| w == ["-accel", "tcg"]));
             assert!(!a.iter().any(|x| x.contains("kvm")), "{a:?}");
@@ -125,7 +222,48 @@ mod tests {
             a.contains(OVMF_CODE) && a.contains("/tmp/vars.fd") && a.contains("romfile="),
             "{a}"
         );
+        assert!(!a.contains("PXESupport"), "{a}");
         let b = args(Firmware::Bios).join(" ");
         assert!(b.contains("-boot n") && !b.contains("romfile="), "{b}");
+        assert!(!b.contains("pflash"), "{b}");
+    }
+
+    #[test]
+    fn http_boot_switches_pxe_off() {
+        let a = args(Firmware::UefiHttp).join(" ");
+        assert!(a.contains("romfile="), "{a}");
+        assert!(
+            a.contains("-fw_cfg name=opt/org.tianocore/IPv4PXESupport,string=no"),
+            "{a}"
+        );
+        assert!(a.contains(OVMF_CODE), "{a}");
+    }
+
+    #[test]
+    fn secure_boot_is_the_smm_build_with_microsoft_keys() {
+        let a = args(Firmware::SecureBoot).join(" ");
+        for part in [
+            "-machine q35,smm=on",
+            "driver=cfi.pflash01,property=secure,value=on",
+            OVMF_CODE_SECURE_BOOT,
+            "/tmp/vars.fd",
+            "romfile=",
+        ] {
+            assert!(a.contains(part), "{part} missing: {a}");
+        }
+        assert_eq!(
+            Firmware::SecureBoot.ovmf_vars_template(),
+            Some(OVMF_VARS_MS_KEYS)
+        );
+        assert!(!a.contains("PXESupport"), "{a}");
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for fw in Firmware::ALL {
+            assert_eq!(fw.as_str().parse::<Firmware>(), Ok(fw));
+        }
+        let err = "efi".parse::<Firmware>().unwrap_err();
+        assert!(err.contains("uefi-http"), "{err}");
     }
 }

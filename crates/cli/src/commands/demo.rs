@@ -78,7 +78,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         memory: args.memory,
         cpus: 2,
         timeout: args.timeout,
-        firmware: "bios".into(),
+        firmware: diskless_vm::Firmware::Bios,
         mac: vec!["52:54:00:12:34:56".into()],
         mode: "full".into(),
         config: None,

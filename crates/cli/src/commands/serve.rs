@@ -53,6 +53,10 @@ pub struct ServeArgs {
     /// Dashboard and /metrics: ADDR:PORT, or off (config: admin_listen).
     #[arg(long)]
     pub admin_listen: Option<String>,
+    /// UEFI PXE clients boot through Debian's signed shim and GRUB, for Secure Boot
+    /// (config: boot.secure_boot).
+    #[arg(long)]
+    pub secure_boot: bool,
 }
 
 /// The config file (if any) with the flags applied, validated.
@@ -118,6 +122,9 @@ pub fn resolve(args: &ServeArgs) -> Result<Config> {
     }
     if let Some(v) = &args.admin_listen {
         cfg.admin_listen = v.clone();
+    }
+    if args.secure_boot {
+        cfg.boot.secure_boot = true;
     }
     cfg.validate()
         .map_err(|(_, message)| anyhow::anyhow!("{message}"))

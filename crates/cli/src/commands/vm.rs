@@ -26,9 +26,10 @@ pub struct VmArgs {
     /// Give up after this many seconds without reaching multi-user.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
-    /// Client firmware: bios (SeaBIOS + iPXE ROM) or uefi (OVMF's own PXE).
-    #[arg(long, default_value = "bios", value_parser = ["bios", "uefi"])]
-    pub firmware: String,
+    /// Client firmware: bios (SeaBIOS + iPXE ROM), uefi (OVMF's own PXE), uefi-http (OVMF's
+    /// HTTP Boot, PXE off), uefi-secureboot (OVMF with Secure Boot enforced, Microsoft keys).
+    #[arg(long, default_value = "bios", value_parser = firmware_name)]
+    pub firmware: Firmware,
     /// Client MAC address; repeat it to boot several clients together on one bridge.
     #[arg(long, default_value = "52:54:00:12:34:56")]
     pub mac: Vec<String>,
@@ -74,6 +75,10 @@ pub struct VmArgs {
     pub disks: Vec<PathBuf>,
 }
 
+fn firmware_name(name: &str) -> Result<Firmware, String> {
+    name.parse()
+}
+
 pub fn run(args: VmArgs) -> Result<ExitCode> {
     let store = Store::open(&args.store)?;
     let manifest = store.current(&args.image).with_context(|| {
@@ -110,7 +115,7 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
         "console=ttyS0,115200n8 diskless.autologin=ttyS0 panic=5 {}",
         args.cmdline
     );
-    let server: Vec<String> = [
+    let mut server: Vec<String> = [
         exe.display().to_string(),
         "serve".into(),
         "--config".into(),
@@ -135,11 +140,12 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
         cmdline.trim().to_string(),
     ]
     .into();
-    let firmware = if args.firmware == "uefi" {
-        Firmware::Uefi
-    } else {
-        Firmware::Bios
-    };
+    // A Secure Boot machine runs only signed binaries: the server hands it Debian's shim and
+    // GRUB instead of iPXE (which OVMF refuses: "Access Denied").
+    if args.firmware == Firmware::SecureBoot {
+        server.push("--secure-boot".into());
+    }
+    let firmware = args.firmware;
     let clients = args
         .mac
         .iter()
@@ -159,6 +165,7 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
         interface,
         server_cidr: "10.77.0.1/24".into(),
         http_port: 80,
+        tftp_port: 69,
         clients,
         timeout: Duration::from_secs(args.timeout),
         commands: args.run.clone(),
@@ -214,6 +221,10 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
             failed |= c.status != 0;
         }
     }
+    eprintln!(
+        "diskless: TFTP requests the server received: {}",
+        report.tftp_requests
+    );
     if let Some(path) = &args.report {
         let phases = |c: &ClientReport| {
             c.phases
@@ -231,8 +242,11 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
         let json = serde_json::json!({
             "image": manifest.name,
             "version": manifest.version,
-            "firmware": args.firmware,
+            "firmware": args.firmware.as_str(),
             "mode": args.mode,
+            // Read requests to the server's TFTP port (an nftables counter): 0, nothing went
+            // over TFTP.
+            "tftp_requests": report.tftp_requests,
             // The first client's, as before there could be several.
             "phases": phases(first),
             "commands": commands(first),

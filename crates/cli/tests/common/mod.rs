@@ -156,6 +156,40 @@ pub fn add_image(store: &Path, name: &str) {
     std::os::unix::fs::symlink(&version, store.join("images").join(name).join("current")).unwrap();
 }
 
+pub fn stages(logs: &Path, mac: &str) -> Vec<String> {
+    let clients: Value =
+        serde_json::from_str(&std::fs::read_to_string(logs.join("state/clients.json")).unwrap())
+            .unwrap();
+    clients[mac]["stages"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no record of {mac}: {clients}"))
+        .iter()
+        .map(|s| s["stage"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// Run `diskless vm`, which must succeed, then check that its namespace is gone (other runs'
+/// namespaces may exist: only ours, named after the vm's pid, is checked).
+pub fn run_vm(cmd: &mut Command) {
+    let (out, text, pid) = output(cmd);
+    assert!(
+        out.status.success(),
+        "diskless vm failed ({}):\n{text}",
+        out.status
+    );
+    assert_namespace_gone(pid);
+}
+
+/// The namespace of the `diskless vm` with this pid is gone.
+pub fn assert_namespace_gone(pid: u32) {
+    let namespace = format!("diskless-vm-{pid}");
+    let namespaces = run(Command::new("ip").args(["netns", "list"]));
+    assert!(
+        !namespaces.split_whitespace().any(|w| w == namespace),
+        "{namespace} left behind: {namespaces}"
+    );
+}
+
 /// A `diskless vm` running in the background; interrupted (as Ctrl-C would, so it removes its
 /// namespace and stops QEMU) if the test fails before it ends.
 pub struct Booting(pub Option<std::process::Child>);

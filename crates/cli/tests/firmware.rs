@@ -1,0 +1,163 @@
+//! Issue 14, every firmware a lab buys: OVMF's UEFI HTTP Boot (PXE switched off, the NIC
+//! without iPXE's option ROM) boots the image to multi-user with our server as the network's
+//! DHCP server (full mode) and beside dnsmasq as the site's (proxy mode), with not one TFTP
+//! request on the wire.
+//!
+//! "No TFTP" is read from an nftables counter of the UDP packets to the server's TFTP port in
+//! the vm's namespace (`diskless vm` reports it as `tftp_requests`): every TFTP transfer,
+//! whoever makes it, starts with a request there. pxe.rs's UEFI PXE tests check that the same
+//! counter counts ipxe.efi's request, and here the server's log must show no TFTP transfer
+//! either.
+//!
+//! Then the Secure Boot chain (see `uefi_secure_boot_through_shim_and_grub`).
+//!
+//! Run by scripts/test (`cargo test -p diskless --test firmware -- --ignored
+//! --test-threads=1`), sharing the test image with the other boot tests (see common).
+
+use serde_json::Value;
+
+mod common;
+use common::{add_image, command_output, read_report, run_vm, stages, vm, Work};
+
+const MAC: &str = "52:54:00:12:34:56";
+const ROOT_FS: &str = "findmnt -n -o FSTYPE /";
+
+/// Boot one client with OVMF's HTTP Boot in `mode`: it reaches multi-user on the overlay,
+/// asked for its boot file as an HTTP client, got a URL, and nothing went over TFTP.
+fn http_boot_to_multi_user(mode: &str) {
+    let work = Work::new();
+    let store = work.path().join("store");
+    add_image(&store, "test");
+    let logs = work.path().join("logs");
+    run_vm(vm("test", &store, &logs, &[ROOT_FS]).args([
+        "--firmware",
+        "uefi-http",
+        "--mode",
+        mode,
+        "--mac",
+        MAC,
+    ]));
+    let report = read_report(&logs);
+    eprintln!("uefi-http {mode}: boot phases {}", report["phases"]);
+    let (fstype, status) = command_output(&report, ROOT_FS);
+    assert_eq!((fstype.trim(), status), ("overlay", 0));
+
+    // The firmware asked as an HTTP Boot client (vendor class HTTPClient) and was offered a
+    // URL (option 67; with vendor class HTTPClient echoed, as edk2's HttpBootDxe requires).
+    let clients: Value =
+        serde_json::from_str(&std::fs::read_to_string(logs.join("state/clients.json")).unwrap())
+            .unwrap();
+    let offers: Vec<&str> = clients[MAC]["stages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|s| s["stage"] == "dhcp-offer")
+        .map(|s| s["detail"].as_str().unwrap())
+        .collect();
+    assert!(
+        offers.iter().any(|d| d.starts_with("uefi-http http://")),
+        "no HTTP Boot offer with a URL: {offers:?}"
+    );
+    let stages = stages(&logs, MAC);
+    for stage in ["ipxe-script", "fetched", "root-mounted", "multi-user"] {
+        assert!(
+            stages.iter().any(|s| s == stage),
+            "{stage} missing: {stages:?}"
+        );
+    }
+
+    // Zero TFTP: the counter saw no request, the server sent nothing over TFTP.
+    assert_eq!(
+        report["tftp_requests"].as_u64(),
+        Some(0),
+        "TFTP requests during an HTTP Boot"
+    );
+    let log = std::fs::read_to_string(logs.join("server.log")).unwrap();
+    let tftp: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("tftp: sent") || l.contains("tftp: refused"))
+        .collect();
+    assert!(tftp.is_empty(), "TFTP in the server log: {tftp:?}");
+}
+
+#[test]
+#[ignore = "needs root, QEMU, OVMF and minutes: run by scripts/test"]
+fn uefi_http_boot_full_mode() {
+    http_boot_to_multi_user("full");
+}
+
+#[test]
+#[ignore = "needs root, QEMU, OVMF, dnsmasq and minutes: run by scripts/test"]
+fn uefi_http_boot_proxy_mode_beside_dnsmasq() {
+    http_boot_to_multi_user("proxy");
+}
+
+/// The SecureBoot EFI variable (global variable GUID): 4 attribute bytes, then 1 when on.
+const SECURE_BOOT_VAR: &str =
+    "od -An -t u1 /sys/firmware/efi/efivars/SecureBoot-8be4df61-93ca-11d2-aa0d-00e098032b8c";
+const LOCKDOWN: &str = "cat /sys/kernel/security/lockdown";
+const MODULES: &str = "cut -d' ' -f1 /proc/modules";
+
+/// Issue 14's Secure Boot chain: OVMF with Secure Boot enforced and Microsoft's keys runs
+/// Debian's signed shim, which runs Debian's signed GRUB network image, which loads the
+/// image's Debian-signed kernel with its initrd and diskless.cpio; the client reaches
+/// multi-user with Secure Boot on, the kernel locked down, the modules from diskless.cpio
+/// loaded, and `/` the overlay.
+#[test]
+#[ignore = "needs root, QEMU, OVMF, shim-signed, grub-efi-amd64-signed and minutes: run by scripts/test"]
+fn uefi_secure_boot_through_shim_and_grub() {
+    let work = Work::new();
+    let store = work.path().join("store");
+    add_image(&store, "test");
+    let logs = work.path().join("logs");
+    let checks = [ROOT_FS, SECURE_BOOT_VAR, LOCKDOWN, MODULES];
+    run_vm(vm("test", &store, &logs, &checks).args([
+        "--firmware",
+        "uefi-secureboot",
+        "--mac",
+        MAC,
+    ]));
+    let report = read_report(&logs);
+    eprintln!("uefi-secureboot: boot phases {}", report["phases"]);
+    let (fstype, status) = command_output(&report, ROOT_FS);
+    assert_eq!((fstype.trim(), status), ("overlay", 0));
+    let (secure_boot, status) = command_output(&report, SECURE_BOOT_VAR);
+    assert_eq!(status, 0, "{secure_boot}");
+    assert_eq!(
+        secure_boot.split_whitespace().last(),
+        Some("1"),
+        "Secure Boot is off: {secure_boot}"
+    );
+    // Debian's kernel locks itself down when booted with Secure Boot: "[integrity]" (or the
+    // stricter confidentiality) is the mode in force.
+    let (lockdown, _) = command_output(&report, LOCKDOWN);
+    assert!(
+        lockdown.contains("[integrity]") || lockdown.contains("[confidentiality]"),
+        "kernel not locked down: {lockdown}"
+    );
+    // diskless.cpio's modules loaded under lockdown: they are the image kernel's own,
+    // signed by Debian.
+    let (modules, _) = command_output(&report, MODULES);
+    let loaded: Vec<&str> = modules.split_whitespace().collect();
+    // (Debian's kernel builds all three as modules.)
+    for module in ["loop", "squashfs", "overlay"] {
+        assert!(loaded.contains(&module), "{module} not loaded: {loaded:?}");
+    }
+
+    // The chain as the server saw it: shim, then GRUB, over TFTP; GRUB's dispatcher and
+    // this client's config.
+    let log = std::fs::read_to_string(logs.join("server.log")).unwrap();
+    for file in [
+        "shimx64.efi",
+        "grubx64.efi",
+        "grub/grub.cfg",
+        &format!("grub/clients/{MAC}.cfg"),
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("tftp: sent") && l.contains(file)),
+            "{file} was not sent over TFTP:\n{log}"
+        );
+    }
+    assert!(report["tftp_requests"].as_u64().unwrap() >= 4);
+}
