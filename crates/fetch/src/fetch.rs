@@ -323,20 +323,21 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         std::fs::create_dir_all(root.path().join("images")).unwrap();
         std::fs::write(root.path().join("images/root.squashfs"), &data).unwrap();
-        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let addr = socket.local_addr().unwrap();
-        drop(socket);
         let config = diskless_tftp::server::ServerConfig::new(root.path());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
+        // Bound before the client starts: no race with its first request.
+        let socket = runtime
+            .block_on(async { diskless_tftp::server::bind("127.0.0.1:0".parse().unwrap()) })
+            .unwrap();
+        let addr = socket.local_addr().unwrap();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let server = runtime.spawn(diskless_tftp::server::serve_addr(addr, config, async {
+        let server = runtime.spawn(diskless_tftp::server::serve(socket, config, async {
             let _ = stopped.await;
         }));
-        std::thread::sleep(std::time::Duration::from_millis(200));
         let dir = tempfile::tempdir().unwrap();
         let url = format!("tftp://{addr}/images/root.squashfs");
         run(request(&url, &data, dir.path())).unwrap();
