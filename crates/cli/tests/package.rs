@@ -226,7 +226,7 @@ fn installed_package_serves_a_pxe_client_and_purges_cleanly() {
          bootstraps it",
         lower.display()
     );
-    // The image the client boots, bound read-only as the service's store.
+    // The image the client boots, bound read-only into the service's store.
     let version = test_image();
     let image_dir = version.parent().unwrap();
     let image = image_dir.file_name().unwrap().to_str().unwrap().to_string();
@@ -269,7 +269,12 @@ fn installed_package_serves_a_pxe_client_and_purges_cleanly() {
         tree,
         &[
             format!("--network-namespace-path=/run/netns/{namespace}"),
-            format!("--bind-ro={}:/var/lib/diskless/store", store.display()),
+            // The images, as root's `diskless image build` leaves them: read-only to the
+            // service, which writes only its iPXE copies beside them (store/ipxe).
+            format!(
+                "--bind-ro={}:/var/lib/diskless/store/images",
+                store.join("images").display()
+            ),
             apt_bind,
         ],
         &dir.path().join("container.log"),
