@@ -123,7 +123,7 @@ impl Container {
         // systemd listens.
         let deadline = Instant::now() + Duration::from_secs(120);
         loop {
-            let (state, _) = container.sh("systemctl is-system-running --wait");
+            let (state, _) = container.sh("timeout 60 systemctl is-system-running --wait");
             if state.starts_with("running") || state.starts_with("degraded") {
                 break;
             }
