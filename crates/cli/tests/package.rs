@@ -1,9 +1,10 @@
 //! Issue 11, as an admin meets diskless: the Debian package installed with
 //! `apt-get install ./diskless_*.deb` on a Debian 12 system running systemd, the service
 //! started with `systemctl enable --now diskless`, checked to run as user `diskless` with only
-//! its two capabilities, a QEMU client PXE-booted from it to multi-user, then `apt-get remove`
-//! (the state stays) and `apt-get purge` (the state goes, the admin's image store and the
-//! system user stay).
+//! its two capabilities, reloaded with a [[client]] entry added (`systemctl reload`: same
+//! process), a QEMU client PXE-booted from it to multi-user with the hostname that entry
+//! gives it, then `apt-get remove` (the state stays) and `apt-get purge` (the state goes, the
+//! admin's image store and the system user stay).
 //!
 //! The system is the bootstrapped tree cached in $DISKLESS_CACHE/roots/bookworm, never
 //! modified: it is the lower layer of an overlay whose upper layer is a temporary directory,
@@ -31,6 +32,10 @@ use common::{cache, run, test_image};
 /// The service's capabilities, as /proc/PID/status shows them: CAP_NET_BIND_SERVICE (10) and
 /// CAP_NET_RAW (13).
 const SERVICE_CAPS: &str = "0000000000002400";
+
+/// The client, and the hostname a [[client]] entry added by a reload gives it.
+const CLIENT_MAC: &str = "52:54:00:11:00:01";
+const CLIENT_NAME: &str = "reloaded01";
 
 /// The overlay of the cached tree; unmounted when dropped.
 struct Overlay {
@@ -325,6 +330,34 @@ fn installed_package_serves_a_pxe_client_and_purges_cleanly() {
     assert_eq!(field("NoNewPrivs"), "1");
     assert_eq!(field("Seccomp"), "2", "no system call filter:\n{status}");
 
+    // `systemctl reload`: a [[client]] entry added to the config reaches the running server
+    // (the client below gets its hostname), the process stays the same.
+    let config = tree.join("etc/diskless/diskless.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(&format!(
+        "\n[[client]]\nmac = \"{CLIENT_MAC}\"\nhostname = \"{CLIENT_NAME}\"\n"
+    ));
+    std::fs::write(&config, text).unwrap();
+    container.ok("diskless serve --check --config /etc/diskless/diskless.toml");
+    let before = container.ok("systemctl show -p MainPID --value diskless");
+    container.ok("systemctl reload diskless");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !container
+        .sh("journalctl -u diskless --no-pager")
+        .0
+        .contains("config re-read on SIGHUP")
+    {
+        assert!(Instant::now() < deadline, "no reload in the journal");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let after =
+        container.ok("systemctl is-active diskless; systemctl show -p MainPID --value diskless");
+    assert_eq!(
+        after,
+        format!("active\n{before}"),
+        "the server restarted on reload"
+    );
+
     // A client PXE-boots from the service to multi-user.
     let logs = dir.path().join("vm");
     let cfg = VmConfig {
@@ -334,7 +367,7 @@ fn installed_package_serves_a_pxe_client_and_purges_cleanly() {
         server_cidr: "10.78.0.1/24".into(),
         http_port: 80,
         clients: vec![ClientConfig {
-            mac: "52:54:00:11:00:01".into(),
+            mac: CLIENT_MAC.into(),
             tap: tap.clone(),
             memory_mib: 1024,
             cpus: 1,
@@ -342,7 +375,7 @@ fn installed_package_serves_a_pxe_client_and_purges_cleanly() {
             disks: vec![],
         }],
         timeout: Duration::from_secs(1200),
-        commands: vec!["findmnt -n -o FSTYPE /".into()],
+        commands: vec!["findmnt -n -o FSTYPE /".into(), "hostname".into()],
         show_console: false,
         log_dir: logs.clone(),
         site_dhcp: None,
@@ -358,9 +391,10 @@ fn installed_package_serves_a_pxe_client_and_purges_cleanly() {
     });
     let client = &report.clients[0];
     assert_eq!(client.commands[0].output.trim(), "overlay", "{client:?}");
+    assert_eq!(client.commands[1].output.trim(), CLIENT_NAME, "{client:?}");
     let clients = container.ok("diskless clients");
     assert!(
-        clients.contains("52:54:00:11:00:01") && clients.contains("multi-user"),
+        clients.contains(CLIENT_MAC) && clients.contains("multi-user"),
         "the service did not record the boot:\n{clients}"
     );
 
