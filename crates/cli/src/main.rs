@@ -4,7 +4,7 @@
 mod commands;
 mod paths;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;
 
 /// Boot Debian workstations from the network: a squashfs image under a RAM overlay.
@@ -43,6 +43,9 @@ enum Command {
     Tftp(commands::tftp::TftpArgs),
     /// Wake clients with Wake-on-LAN magic packets (UDP broadcast and Ethernet 0x0842).
     Wake(commands::wake::WakeArgs),
+    /// Write the man pages or a shell's completions (for packaging).
+    #[command(subcommand, hide = true)]
+    Generate(commands::generate::GenerateCommand),
 }
 
 fn main() -> ExitCode {
@@ -69,6 +72,9 @@ fn main() -> ExitCode {
         Command::Tftp(args) => commands::tftp::run_blocking(args),
         Command::Wake(args) => commands::wake::run(args),
         Command::Initrd(cmd) => commands::initrd::run(cmd).map(|()| ExitCode::SUCCESS),
+        Command::Generate(cmd) => {
+            commands::generate::run(cmd, Cli::command()).map(|()| ExitCode::SUCCESS)
+        }
     };
     match result {
         Ok(code) => code,
@@ -82,7 +88,6 @@ fn main() -> ExitCode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::CommandFactory;
 
     #[test]
     fn cli_definition_is_valid() {

@@ -11,6 +11,10 @@
 //! (dnsmasq, [`VmConfig::site_dhcp`], for proxy mode), a lossy network
 //! ([`VmConfig::loss_percent`], nftables in the namespace) and a server killed and restarted
 //! in the middle of the image download ([`VmConfig::restart_server_during_fetch`]).
+//!
+//! The server may also be one already running in a namespace the caller made
+//! ([`Server::Running`], [`run_in`]): the package test boots a client from the installed
+//! `diskless.service`, in a container joined to the namespace.
 
 pub mod console;
 pub mod netns;
@@ -106,10 +110,20 @@ pub struct SiteDhcp {
     pub range: (String, String),
 }
 
+/// Who answers the clients.
+#[derive(Debug, Clone)]
+pub enum Server {
+    /// This command (`diskless serve --interface IF ...`), started inside the namespace and
+    /// stopped at the end.
+    Command(Vec<String>),
+    /// A server already running in the namespace (a service in a container joined to it):
+    /// only its HTTP port is waited for.
+    Running,
+}
+
 #[derive(Debug, Clone)]
 pub struct VmConfig {
-    /// The server command (`diskless serve --interface IF ...`), started inside the namespace.
-    pub server: Vec<String>,
+    pub server: Server,
     pub namespace: String,
     /// The server's interface: the tap itself with one client, a bridge of the taps with more.
     pub interface: String,
@@ -215,14 +229,32 @@ pub fn console_log_name(cfg: &VmConfig, index: usize) -> String {
     }
 }
 
+/// Make the namespace, boot the clients in it ([`run_in`]), remove the namespace.
 pub fn run(cfg: &VmConfig) -> Result<VmReport, Error> {
+    let ns = netns::Netns::create(&cfg.namespace, &cfg.interface, &taps(cfg), &cfg.server_cidr)?;
+    run_in(cfg, &ns)
+}
+
+/// The tap of each client, in order.
+pub fn taps(cfg: &VmConfig) -> Vec<String> {
+    cfg.clients.iter().map(|c| c.tap.clone()).collect()
+}
+
+/// Boot the clients in `ns`, made by the caller with [`netns::Netns::create`] from
+/// `cfg.namespace`, `cfg.interface`, [`taps`] and `cfg.server_cidr`; the calling thread
+/// enters it. Every process started here is stopped before it returns; the namespace stays
+/// the caller's to remove.
+pub fn run_in(cfg: &VmConfig, ns: &netns::Netns) -> Result<VmReport, Error> {
     if cfg.clients.is_empty() {
         return Err(Error::Setup("no client to boot".into()));
     }
+    if matches!(cfg.server, Server::Running) && cfg.restart_server_during_fetch.is_some() {
+        return Err(Error::Setup(
+            "a server this harness did not start cannot be restarted by it".into(),
+        ));
+    }
     std::fs::create_dir_all(&cfg.log_dir)
         .map_err(|e| Error::Setup(format!("creating {}: {e}", cfg.log_dir.display())))?;
-    let taps: Vec<String> = cfg.clients.iter().map(|c| c.tap.clone()).collect();
-    let ns = netns::Netns::create(&cfg.namespace, &cfg.interface, &taps, &cfg.server_cidr)?;
     ns.enter()?;
     if cfg.loss_percent > 0 {
         netns::drop_at_random(&cfg.interface, cfg.loss_percent)?;
@@ -240,8 +272,11 @@ pub fn run(cfg: &VmConfig) -> Result<VmReport, Error> {
         None => None,
     };
     let server_log = cfg.log_dir.join("server.log");
-    let mut server = start_server(&cfg.server, &server_log)?;
-    wait_for_http(&mut server, &server_ip, cfg.http_port, &server_log)?;
+    let mut server = match &cfg.server {
+        Server::Command(command) => Some(start_server(command, &server_log)?),
+        Server::Running => None,
+    };
+    wait_for_http(server.as_mut(), &server_ip, cfg.http_port, &server_log)?;
     let server = Mutex::new(server);
 
     let mut qemus = Vec::new();
@@ -305,13 +340,18 @@ pub fn run(cfg: &VmConfig) -> Result<VmReport, Error> {
     let deadline = Instant::now() + cfg.timeout;
     let restart = || -> Result<(), Error> {
         let pause = cfg.restart_server_during_fetch.unwrap_or_default();
+        let Server::Command(command) = &cfg.server else {
+            return Err(Error::Setup("no server command to restart".into()));
+        };
         let mut guard = server.lock().expect("server lock");
-        // SIGKILL, as a crash or a power cut: no graceful end of the transfer under way.
-        let _ = guard.child.kill();
-        let _ = guard.child.wait();
+        if let Some(running) = guard.as_mut() {
+            // SIGKILL, as a crash or a power cut: no graceful end of the transfer under way.
+            let _ = running.child.kill();
+            let _ = running.child.wait();
+        }
         std::thread::sleep(pause);
-        *guard = start_server(&cfg.server, &server_log)?;
-        wait_for_http(&mut guard, &server_ip, cfg.http_port, &server_log)
+        *guard = Some(start_server(command, &server_log)?);
+        wait_for_http(guard.as_mut(), &server_ip, cfg.http_port, &server_log)
     };
     let outcomes: Vec<(Result<(), Error>, ClientReport, Console)> = std::thread::scope(|scope| {
         let handles: Vec<_> = consoles
@@ -347,7 +387,7 @@ pub fn run(cfg: &VmConfig) -> Result<VmReport, Error> {
             .map(|h| h.join().expect("client thread"))
             .collect()
     });
-    // Stop the clients first, then the servers; the namespace goes last.
+    // Stop the clients first, then the servers; the namespace goes last (the caller's).
     let mut qemu_errors = Vec::new();
     for (guard, errors) in qemus {
         drop(guard);
@@ -360,7 +400,6 @@ pub fn run(cfg: &VmConfig) -> Result<VmReport, Error> {
         // The drop counters, as evidence that the loss was real.
         let _ = netns::save_loss_counters(&cfg.log_dir.join("loss.txt"));
     }
-    drop(ns);
     let many = cfg.clients.len() > 1;
     let mut report = VmReport {
         tftp_requests: tftp_requests?,
@@ -592,9 +631,9 @@ fn reached_multi_user(rest_of_line: &str) -> bool {
     rest_of_line.contains("multi-user.target") || rest_of_line.contains("Multi-User System")
 }
 
-/// Wait until the server answers HTTP; fail early, with its log, if it exits.
+/// Wait until the server answers HTTP; fail early, with its log, if it is ours and exits.
 fn wait_for_http(
-    server: &mut Guarded,
+    mut server: Option<&mut Guarded>,
     ip: &str,
     port: u16,
     log: &std::path::Path,
@@ -607,7 +646,7 @@ fn wait_for_http(
         if TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_ok() {
             return Ok(());
         }
-        if let Ok(Some(status)) = server.child.try_wait() {
+        if let Some(Ok(Some(status))) = server.as_mut().map(|s| s.child.try_wait()) {
             let text = std::fs::read_to_string(log).unwrap_or_default();
             return Err(Error::Setup(format!(
                 "the server exited ({status}):\n{}",

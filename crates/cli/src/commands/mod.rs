@@ -1,5 +1,6 @@
 pub mod clients;
 pub mod demo;
+pub mod generate;
 pub mod image;
 pub mod initrd;
 pub mod initrd_install;

@@ -1,4 +1,9 @@
 //! `diskless serve`: the config file, overridden by flags, then the server until Ctrl-C.
+//!
+//! Under systemd (`Type=notify`) it says READY=1 once every socket is bound, and SIGHUP
+//! (`systemctl reload diskless`) re-reads the config and hands the new site to the running
+//! server: [[client]] entries and the default image change for the next requests, leases and
+//! transfers under way are kept.
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -57,6 +62,10 @@ pub struct ServeArgs {
     /// (config: boot.secure_boot).
     #[arg(long)]
     pub secure_boot: bool,
+    /// Check the config (file and flags) and exit: 0 when it is valid, 1 with FILE:LINE:
+    /// reason when not.
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// The config file (if any) with the flags applied, validated.
@@ -134,6 +143,13 @@ pub fn resolve(args: &ServeArgs) -> Result<Config> {
 
 pub fn run(args: ServeArgs) -> Result<ExitCode> {
     let cfg = resolve(&args)?;
+    if args.check {
+        match &args.config {
+            Some(path) => println!("{}: valid", path.display()),
+            None => println!("the config is valid"),
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
     if let Ok(store) = diskless_image::Store::open(&cfg.store) {
         for name in store.images().unwrap_or_default() {
             super::image::warn_if_boot_files_outdated(&store, &name);
@@ -153,12 +169,39 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         // Bind while we may (ports below 1024, raw sockets), then serve.
         let site = diskless_server::resolve_site(&cfg)?;
         let listeners = diskless_server::Listeners::bind(&site)?;
-        // `_reload.reload(site)` applies a re-read config to the next requests.
-        let (_reload, site) = diskless_server::site_channel(site);
+        let (handle, site) = diskless_server::site_channel(site);
+        notify(&[sd_notify::NotifyState::Ready]);
+        let mut hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("installing the SIGHUP handler")?;
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                notify(&[sd_notify::NotifyState::Reloading]);
+                reload(&args, &handle);
+                notify(&[sd_notify::NotifyState::Ready]);
+            }
+        });
         diskless_server::run(listeners, site, shutdown).await?;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Re-read the config and hand the new site to the running server; a config with a mistake,
+/// or one that changes what only a restart applies (interface, ports, ...), is refused with
+/// its reason and the server carries on with the site it has.
+fn reload(args: &ServeArgs, handle: &diskless_server::SiteHandle) {
+    let site = resolve(args).and_then(|cfg| Ok(diskless_server::resolve_site(&cfg)?));
+    match site.and_then(|site| Ok(handle.reload(site)?)) {
+        Ok(()) => tracing::info!("config re-read on SIGHUP"),
+        Err(e) => tracing::error!("reload refused, the server keeps its config: {e:#}"),
+    }
+}
+
+/// Tell systemd (`Type=notify`); nothing when not started by it.
+fn notify(state: &[sd_notify::NotifyState]) {
+    if let Err(e) = sd_notify::notify(false, state) {
+        tracing::warn!(error = %e, "could not notify systemd");
+    }
 }
 
 #[cfg(test)]
@@ -192,6 +235,25 @@ mod tests {
             (cfg.boot.image.as_deref(), cfg.boot.size.as_str()),
             (Some("lab"), "2G")
         );
+    }
+
+    #[test]
+    fn check_accepts_a_valid_config_and_names_the_line_of_a_mistake() {
+        let dir = tempfile::tempdir().unwrap();
+        let good = dir.path().join("good.toml");
+        std::fs::write(&good, "interface = \"eth0\"\n[boot]\nimage = \"lab\"\n").unwrap();
+        let check = |config: &std::path::Path| {
+            run(ServeArgs {
+                config: Some(config.to_path_buf()),
+                check: true,
+                ..Default::default()
+            })
+        };
+        assert_eq!(check(&good).unwrap(), ExitCode::SUCCESS);
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "interface = \"eth0\"\n[boot]\nsize = \"huge\"\n").unwrap();
+        let err = format!("{:#}", check(&bad).unwrap_err());
+        assert!(err.contains("bad.toml:3"), "{err}");
     }
 
     #[test]

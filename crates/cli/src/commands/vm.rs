@@ -4,7 +4,7 @@ use crate::paths;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use diskless_image::Store;
-use diskless_vm::{ClientConfig, ClientReport, Firmware, SiteDhcp, VmConfig};
+use diskless_vm::{ClientConfig, ClientReport, Firmware, Server, SiteDhcp, VmConfig};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -160,7 +160,7 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
         })
         .collect();
     let cfg = VmConfig {
-        server,
+        server: Server::Command(server),
         namespace: format!("diskless-vm-{pid}"),
         interface,
         server_cidr: "10.77.0.1/24".into(),
