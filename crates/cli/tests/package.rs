@@ -366,6 +366,7 @@ fn installed_package_serves_a_pxe_client_and_purges_cleanly() {
         interface: tap.clone(),
         server_cidr: "10.78.0.1/24".into(),
         http_port: 80,
+        tftp_port: 69,
         clients: vec![ClientConfig {
             mac: CLIENT_MAC.into(),
             tap: tap.clone(),
