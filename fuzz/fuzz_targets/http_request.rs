@@ -11,16 +11,16 @@
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use diskless_boot::config::ImageProtocol;
-use diskless_boot::{Config, Mac, Policy};
+use diskless_boot::routes::Route;
+use diskless_boot::Site;
 use diskless_image::manifest::{hash_file, Manifest, BOOT_CPIO, INITRD, KERNEL, SQUASHFS};
 use diskless_image::store::Store;
-use diskless_server::clients::Clients;
 use diskless_server::http::{router, HttpState};
+use diskless_server::recorder::{Limits, Recorder, RecorderTask};
 use libfuzzer_sys::fuzz_target;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
+use tokio::sync::watch;
 use tower::ServiceExt;
 
 const SECRET: &str = "never served";
@@ -31,11 +31,14 @@ const FILES: [(&str, &str); 4] = [
     (BOOT_CPIO, "cpio bytes"),
 ];
 
+/// The server's state as `diskless serve` builds it (a site, the store, a recorder), built
+/// once: the recorder keeps what every run reported, so a run checks the record of its own
+/// MAC after the recorder has caught up.
 struct Fixture {
     _dir: tempfile::TempDir,
-    store: PathBuf,
-    ipxe: PathBuf,
-    config: Config,
+    state: Arc<HttpState>,
+    _site: watch::Sender<Arc<Site>>,
+    _recorder: RecorderTask,
     runtime: tokio::runtime::Runtime,
 }
 
@@ -68,20 +71,27 @@ fn fixture() -> &'static Fixture {
         let ipxe = dir.path().join("ipxe");
         std::fs::create_dir(&ipxe).unwrap();
         std::fs::write(ipxe.join("ipxe.efi"), "efi bytes").unwrap();
-        let config = Config::parse(
-            "[boot]\nimage = \"lab\"\n\n[[client]]\nmac = \"52:54:00:00:00:01\"\nhostname = \"pc01\"\n",
-            std::path::Path::new("fuzz.toml"),
-        )
-        .unwrap();
+        let (site, site_rx) = watch::channel(Arc::new(Site::for_tests(
+            "http_port = 8080\n[boot]\nimage = \"lab\"\n\n[[client]]\nmac = \"52:54:00:00:00:01\"\nhostname = \"pc01\"\n",
+        )));
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .unwrap();
+        // The recorder's task runs on the fuzzer's runtime, whenever a run blocks on it.
+        let (recorder, task) = runtime.block_on(async { Recorder::start(None, Limits::default()) });
+        let state = Arc::new(HttpState {
+            site: site_rx,
+            store,
+            recorder,
+            ipxe_dir: ipxe,
+            ipxe_files: vec!["ipxe.efi".into()],
+        });
         Fixture {
             _dir: dir,
-            store: store_dir,
-            ipxe,
-            config,
+            state,
+            _site: site,
+            _recorder: task,
             runtime,
         }
     })
@@ -113,40 +123,38 @@ fuzz_target!(|data: &[u8]| {
         return; // not a URI the HTTP parser would have handed us
     };
     let path = request.uri().path().to_string();
-    let clients = Arc::new(Clients::in_memory());
-    let state = Arc::new(HttpState {
-        store: Store::open(&f.store).unwrap(),
-        policy: Policy::from_config(&f.config),
-        clients: clients.clone(),
-        http_authority: "10.0.0.1".into(),
-        tftp_authority: "10.0.0.1".into(),
-        protocol: ImageProtocol::Http,
-        ipxe_dir: f.ipxe.clone(),
-        ipxe_files: vec!["ipxe.efi".into()],
-    });
+    let route = Route::parse(&path);
+    if let Ok(route) = &route {
+        // The table's own URL for a route parses back to that route.
+        assert_eq!(Route::parse(&route.path()).as_ref(), Ok(route), "{path}");
+    }
     let (status, body) = f.runtime.block_on(async {
-        let response = router(state).oneshot(request).await.unwrap();
+        let response = router(f.state.clone()).oneshot(request).await.unwrap();
         let status = response.status();
         let body = axum::body::to_bytes(response.into_body(), 1 << 20)
             .await
             .unwrap();
+        f.state.recorder.sync().await;
         (status, body)
     });
     assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR, "{method} {uri}");
     let text = String::from_utf8_lossy(&body);
-    assert!(!text.contains(SECRET), "{method} {uri} sent a file it must not");
+    assert!(
+        !text.contains(SECRET),
+        "{method} {uri} sent a file it must not"
+    );
     if status.is_success() && method == "GET" {
-        if let Some(file) = path.strip_prefix("/images/lab/v1/") {
-            let expected = FILES.iter().find(|(name, _)| *name == file);
+        if let Ok(Route::ImageFile { .. }) = &route {
+            let file = path.strip_prefix("/images/lab/v1/");
+            let expected = FILES.iter().find(|(name, _)| Some(*name) == file);
             assert_eq!(Some(text.as_ref()), expected.map(|(_, c)| *c), "{uri}");
         }
     }
     if status == StatusCode::OK && method == "POST" {
-        let mac: Mac = path
-            .strip_prefix("/api/report/")
-            .and_then(|m| m.parse().ok())
-            .expect("a report accepted only for a MAC");
-        let record = clients.get(&mac.to_string()).expect("the report was recorded");
+        let Ok(Route::Report(mac)) = route else {
+            panic!("{uri}: a POST accepted that is not a report");
+        };
+        let record = f.state.recorder.get(mac).expect("the report was recorded");
         let stage = record.stage();
         assert!(
             (1..=32).contains(&stage.len())
