@@ -645,3 +645,43 @@ fn mutated_packets_keep_the_invariants() {
         h.packet(&p);
     }
 }
+
+/// The seed corpus of the fuzz target (`fuzz/seeds/dhcp_packet/`, copies of the fixtures above)
+/// is made of packets the parser accepts, so the fuzzer starts past the BOOTP header and the
+/// magic cookie; each file is split on "DHCP" as the target does.
+#[test]
+fn fuzz_seeds_are_packets_the_responder_answers() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz/seeds/dhcp_packet");
+    let mut answered = 0;
+    let mut files = 0;
+    for entry in std::fs::read_dir(&dir).expect("fuzz/seeds/dhcp_packet") {
+        let path = entry.unwrap().path();
+        let bytes = std::fs::read(&path).unwrap();
+        files += 1;
+        let mut r = responder();
+        let mut rest = &bytes[..];
+        loop {
+            let end = rest
+                .windows(4)
+                .position(|w| w == b"DHCP")
+                .unwrap_or(rest.len());
+            let packet = &rest[..end];
+            assert!(
+                wire::parse(packet).is_ok(),
+                "{} does not parse",
+                path.display()
+            );
+            if r.handle(at(0), packet, 67, FROM_NOWHERE, &policy())
+                .is_ok_and(|h| h.reply.is_some())
+            {
+                answered += 1;
+            }
+            if end == rest.len() {
+                break;
+            }
+            rest = &rest[end + 4..];
+        }
+    }
+    assert!(files >= 8, "{files} seeds in {}", dir.display());
+    assert!(answered >= 6, "only {answered} seed packets were answered");
+}

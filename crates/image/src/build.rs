@@ -74,6 +74,9 @@ pub struct BuildReport {
     /// What went into the image, uncompressed (data and metadata), as mksquashfs counted it;
     /// None for a refresh, or if mksquashfs did not print its statistics.
     pub source_bytes: Option<u64>,
+    /// What still looks like a secret in the image, each with the way to leave it out
+    /// ([`tidy::Plan::secrets`]); empty for a refresh, which reuses the image unread.
+    pub secrets: Vec<String>,
 }
 
 impl BuildReport {
@@ -158,6 +161,7 @@ pub fn build(store: &Store, cfg: &BuildConfig) -> Result<BuildReport> {
     copy(&kernel.initrd, &staging.dir.join(INITRD))?;
     pad_to_4(&staging.dir.join(INITRD))?;
     let mut changes = plan.changes;
+    let secrets = plan.secrets;
     let mut boot_files = vec![SQUASHFS, KERNEL, INITRD];
     let initrd_name = kernel
         .initrd
@@ -208,6 +212,7 @@ pub fn build(store: &Store, cfg: &BuildConfig) -> Result<BuildReport> {
         version_dir,
         total_seconds: started.elapsed().as_secs_f64(),
         source_bytes: stats.map(|s| s.uncompressed_bytes),
+        secrets,
     })
 }
 
@@ -279,6 +284,7 @@ pub fn refresh(store: &Store, name: &str, fetch_helper: &Path) -> Result<BuildRe
         version_dir,
         total_seconds: started.elapsed().as_secs_f64(),
         source_bytes: None,
+        secrets: Vec::new(),
     })
 }
 

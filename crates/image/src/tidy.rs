@@ -5,7 +5,11 @@
 //! does not have; a resume device in the initramfs config delays boot the same way; a shared
 //! machine-id or ssh host key makes every client the same machine to the network; the
 //! master's random seed and DHCP leases would make every client start from the same seed and
-//! ask for the master's address.
+//! ask for the master's address. From a running system the users' files (`/home/*`, `/root`)
+//! stay on the master, and in every image the password hashes of `/etc/shadow` are replaced:
+//! the image is served to anyone on the boot network, without authentication. What still looks
+//! like a secret afterwards (private keys, Wi-Fi and VPN credentials) is listed, with the
+//! `--exclude` that leaves it out.
 
 use crate::error::{io_at, Result};
 use std::fs;
@@ -21,6 +25,11 @@ pub struct TidyOptions {
     pub extra_excludes: Vec<String>,
     /// Paths under the source to leave out because they are ours (the store, the cache).
     pub own_paths: Vec<PathBuf>,
+    /// From a running system, keep what is in `/home/*` and `/root` (left out by default).
+    pub include_home: bool,
+    /// Keep the password hashes of `/etc/shadow` and `/etc/gshadow` (replaced by `!`, which
+    /// no password matches, by default).
+    pub keep_password_hashes: bool,
 }
 
 /// The plan: what mksquashfs leaves out, what it adds, and the report for the user.
@@ -32,6 +41,30 @@ pub struct Plan {
     pub pseudo: Vec<String>,
     /// One line per change, shown to the user and kept in the manifest.
     pub changes: Vec<String>,
+    /// What still looks like a secret in the image, one line each with the way to leave it out.
+    pub secrets: Vec<String>,
+}
+
+impl Plan {
+    /// Whether `rel` (relative to the source) is left out by an exclusion, itself or through
+    /// one of its directories, matched as mksquashfs `-wildcards` does (fnmatch with
+    /// FNM_PATHNAME and FNM_PERIOD: `*` stops at '/' and does not match a leading '.').
+    pub fn leaves_out(&self, rel: &str) -> bool {
+        let opts = glob::MatchOptions {
+            case_sensitive: true,
+            require_literal_separator: true,
+            require_literal_leading_dot: true,
+        };
+        let patterns: Vec<glob::Pattern> = self
+            .excludes
+            .iter()
+            .filter_map(|e| glob::Pattern::new(e).ok())
+            .collect();
+        Path::new(rel).ancestors().any(|a| {
+            let a = a.to_string_lossy();
+            !a.is_empty() && patterns.iter().any(|p| p.matches_with(&a, opts))
+        })
+    }
 }
 
 /// Leave out the contents of these directories but keep the directories (mount points).
@@ -100,6 +133,9 @@ pub fn plan(source: &Path, stage: &Path, opts: &TidyOptions) -> Result<Plan> {
             plan.excludes.push(swap);
         }
         mount_points(source, &mut plan);
+        if !opts.include_home {
+            homes(source, &mut plan);
+        }
     }
     for own in &opts.own_paths {
         if let Ok(rel) = own.strip_prefix(source) {
@@ -121,6 +157,8 @@ pub fn plan(source: &Path, stage: &Path, opts: &TidyOptions) -> Result<Plan> {
     hostname(source, &mut plan);
     machine_state(source, &mut plan);
     boot_files(source, &mut plan);
+    password_hashes(source, stage, opts.keep_password_hashes, &mut plan)?;
+    secrets(source, &mut plan);
     Ok(plan)
 }
 
@@ -401,6 +439,195 @@ fn leave_out(plan: &mut Plan, rel: &str, what: &str) {
     plan.changes.push(format!("{rel}: {what}"));
 }
 
+/// From a running system the users' files stay on the master: what is in each home directory
+/// and in /root is left out. The directories themselves stay, with their owner and mode, so
+/// the accounts still work on a client (with an empty home).
+fn homes(source: &Path, plan: &mut Plan) {
+    let mut emptied = Vec::new();
+    for name in names_in(source, "home", |_, _| true) {
+        let rel = format!("home/{name}");
+        let path = source.join(&rel);
+        if fs::symlink_metadata(&path).is_ok_and(|m| m.is_dir()) {
+            if names_in(source, &rel, |_, _| true).is_empty() {
+                continue;
+            }
+            let dir = glob::Pattern::escape(&rel);
+            // Two patterns: mksquashfs's `*` does not match a leading dot.
+            plan.excludes.push(format!("{dir}/*"));
+            plan.excludes.push(format!("{dir}/.*"));
+        } else {
+            plan.excludes.push(glob::Pattern::escape(&rel));
+        }
+        emptied.push(rel);
+    }
+    if !emptied.is_empty() {
+        plan.changes.push(format!(
+            "{}: left out (the master's users' files; --include-home keeps them)",
+            emptied.join(", ")
+        ));
+    }
+    if !names_in(source, "root", |_, _| true).is_empty() {
+        plan.excludes.push("root/*".into());
+        plan.excludes.push("root/.*".into());
+        plan.changes
+            .push("root: its files left out (--include-home keeps them)".into());
+    }
+}
+
+/// The files that hold password hashes: `name:hash:...` lines.
+const PASSWORD_FILES: &[&str] = &["etc/shadow", "etc/shadow-", "etc/gshadow", "etc/gshadow-"];
+
+/// `text` (shadow or gshadow lines) with every password hash replaced by `!`, and the names
+/// whose hash was replaced. The second field is a hash unless it is `*`, `!`, `!*` or empty
+/// (no password, locked, or no password needed); a locked hash (`!$6$...`) is a hash too.
+pub fn blank_hashes(text: &str) -> (String, Vec<String>) {
+    let mut out = String::with_capacity(text.len());
+    let mut names = Vec::new();
+    for line in text.lines() {
+        let mut fields: Vec<&str> = line.split(':').collect();
+        if fields.len() >= 2 && !matches!(fields[1], "*" | "!" | "!*" | "") {
+            names.push(fields[0].to_string());
+            fields[1] = "!";
+        }
+        out.push_str(&fields.join(":"));
+        out.push('\n');
+    }
+    (out, names)
+}
+
+/// Password hashes would let anyone who downloads the image try passwords offline: they are
+/// replaced by `!` unless the build is told to keep them (then they are listed as secrets).
+fn password_hashes(source: &Path, stage: &Path, keep: bool, plan: &mut Plan) -> Result<()> {
+    for rel in PASSWORD_FILES {
+        let Ok(text) = fs::read_to_string(source.join(rel)) else {
+            continue;
+        };
+        let (blanked, names) = blank_hashes(&text);
+        if names.is_empty() || plan.leaves_out(rel) {
+            continue;
+        }
+        let names = names.join(", ");
+        if keep {
+            plan.secrets.push(format!(
+                "{rel}: password hashes of {names} (kept by --keep-password-hashes)"
+            ));
+        } else {
+            replace_file(source, stage, rel, &blanked, plan)?;
+            plan.changes.push(format!(
+                "{rel}: password hashes of {names} replaced by '!' (no password login on \
+                 clients; --keep-password-hashes keeps them)"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Keys in NetworkManager connection files and wpa_supplicant.conf that hold a secret.
+fn is_secret_key(key: &str) -> bool {
+    let key = key.trim().to_ascii_lowercase();
+    key == "psk"
+        || key.ends_with("-psk")
+        || key.ends_with("password")
+        || key == "private-key"
+        || key.starts_with("wep-key")
+}
+
+/// Whether a key=value file has a line setting a secret key (a non-empty value).
+fn has_secret_line(path: &Path) -> bool {
+    fs::read_to_string(path).is_ok_and(|text| {
+        text.lines().any(|l| {
+            l.split_once('=')
+                .is_some_and(|(k, v)| is_secret_key(k) && !v.trim().is_empty())
+        })
+    })
+}
+
+/// Regular files below `source/dir`, relative to the source, sorted (at most 4 levels down).
+fn files_below(source: &Path, dir: &str) -> Vec<String> {
+    fn walk(source: &Path, dir: &str, depth: usize, out: &mut Vec<String>) {
+        for name in names_in(source, dir, |_, _| true) {
+            let rel = format!("{dir}/{name}");
+            match fs::symlink_metadata(source.join(&rel)) {
+                Ok(m) if m.is_file() => out.push(rel),
+                Ok(m) if m.is_dir() && depth < 4 => walk(source, &rel, depth + 1, out),
+                _ => {}
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(source, dir, 1, &mut out);
+    out
+}
+
+/// What still looks like a secret in the image once the plan is made: each is listed with
+/// the `--exclude` that leaves it out (the image is served to anyone on the boot network).
+fn secrets(source: &Path, plan: &mut Plan) {
+    let is_file = |rel: &str| fs::symlink_metadata(source.join(rel)).is_ok_and(|m| m.is_file());
+    let mut found: Vec<(String, &str)> = Vec::new();
+    for name in names_in(source, "etc/ssl/private", |_, t| t.is_file()) {
+        found.push((format!("etc/ssl/private/{name}"), "a TLS private key"));
+    }
+    for name in names_in(source, "etc/ssh", |n, t| t.is_file() && n.ends_with("_key")) {
+        found.push((format!("etc/ssh/{name}"), "an ssh private key"));
+    }
+    let mut homes: Vec<String> = names_in(source, "home", |_, t| t.is_dir())
+        .into_iter()
+        .map(|n| format!("home/{n}"))
+        .collect();
+    homes.push("root".into());
+    for home in homes {
+        let ssh = format!("{home}/.ssh");
+        let id =
+            |n: &str, t: fs::FileType| t.is_file() && n.starts_with("id_") && !n.ends_with(".pub");
+        for name in names_in(source, &ssh, id) {
+            found.push((format!("{ssh}/{name}"), "an ssh private key"));
+        }
+    }
+    let nm = "etc/NetworkManager/system-connections";
+    for name in names_in(source, nm, |_, t| t.is_file()) {
+        let rel = format!("{nm}/{name}");
+        if has_secret_line(&source.join(&rel)) {
+            found.push((rel, "a network connection with its password or Wi-Fi key"));
+        }
+    }
+    let mut wpa: Vec<String> = names_in(source, "etc/wpa_supplicant", |n, t| {
+        t.is_file() && n.ends_with(".conf")
+    })
+    .into_iter()
+    .map(|n| format!("etc/wpa_supplicant/{n}"))
+    .collect();
+    wpa.push("etc/wpa_supplicant.conf".into());
+    for rel in wpa {
+        if is_file(&rel) && has_secret_line(&source.join(&rel)) {
+            found.push((rel, "Wi-Fi credentials"));
+        }
+    }
+    // The openvpn package ships this script; everything else there is the site's.
+    for rel in files_below(source, "etc/openvpn") {
+        if rel != "etc/openvpn/update-resolv-conf" {
+            found.push((rel, "OpenVPN configuration or keys"));
+        }
+    }
+    for name in names_in(source, "etc/wireguard", |_, t| t.is_file()) {
+        found.push((
+            format!("etc/wireguard/{name}"),
+            "a WireGuard configuration with its private key",
+        ));
+    }
+    if fs::metadata(source.join("etc/security/opasswd")).is_ok_and(|m| m.is_file() && m.len() > 0) {
+        found.push((
+            "etc/security/opasswd".into(),
+            "old password hashes (pam_pwhistory)",
+        ));
+    }
+    for (rel, what) in found {
+        if !plan.leaves_out(&rel) {
+            plan.secrets
+                .push(format!("{rel}: {what} (--exclude {rel} leaves it out)"));
+        }
+    }
+}
+
 /// Swap files named in /proc/swaps (when the source is this system) or in the source's fstab.
 fn swap_files(source: &Path) -> Vec<String> {
     let mut found = Vec::new();
@@ -590,5 +817,173 @@ mod tests {
         assert!(plan.pseudo.is_empty(), "{:?}", plan.pseudo);
         assert!(plan.changes.is_empty(), "{:?}", plan.changes);
         assert!(!plan.excludes.iter().any(|e| e == "mnt/*"));
+    }
+
+    const SHADOW: &str = "root:$y$j9T$abc$def:19000:0:99999:7:::\n\
+daemon:*:19000:0:99999:7:::\n\
+alice:!$6$salt$hash:19000:0:99999:7:::\n\
+bob:!:19000::::::\n\
+carol::19000::::::\n\
+dave:!*:19000::::::\n";
+
+    #[test]
+    fn password_hashes_are_replaced_and_markers_kept() {
+        let (blanked, names) = blank_hashes(SHADOW);
+        assert_eq!(names, ["root", "alice"]);
+        assert_eq!(
+            blanked,
+            "root:!:19000:0:99999:7:::\ndaemon:*:19000:0:99999:7:::\nalice:!:19000:0:99999:7:::\n\
+bob:!:19000::::::\ncarol::19000::::::\ndave:!*:19000::::::\n"
+        );
+        assert_eq!(blank_hashes("root:*:1::::::\n").1, Vec::<String>::new());
+    }
+
+    #[test]
+    fn exclusions_match_as_mksquashfs_does() {
+        let plan = Plan {
+            excludes: vec![
+                "home/alice/*".into(),
+                "root/.*".into(),
+                "etc/ssl/private".into(),
+            ],
+            ..Default::default()
+        };
+        assert!(plan.leaves_out("home/alice/notes"));
+        assert!(
+            plan.leaves_out("home/alice/docs/a.txt"),
+            "below an excluded directory"
+        );
+        assert!(
+            !plan.leaves_out("home/alice/.ssh/id_rsa"),
+            "* does not match a leading dot"
+        );
+        assert!(plan.leaves_out("root/.ssh/id_rsa"));
+        assert!(!plan.leaves_out("root/notes"));
+        assert!(plan.leaves_out("etc/ssl/private/x.key"));
+        assert!(!plan.leaves_out("home/alice"), "the directory itself stays");
+    }
+
+    #[test]
+    fn secrets_still_in_the_image_are_listed_with_their_way_out() {
+        let src = tempfile::tempdir().unwrap();
+        let stage = tempfile::tempdir().unwrap();
+        let s = src.path();
+        let put = |rel: &str, content: &str| {
+            fs::create_dir_all(s.join(rel).parent().unwrap()).unwrap();
+            fs::write(s.join(rel), content).unwrap();
+        };
+        put("etc/shadow", SHADOW);
+        put(
+            "etc/ssl/private/ssl-cert-snakeoil.key",
+            "-----BEGIN PRIVATE KEY-----",
+        );
+        put("etc/ssh/ssh_host_ed25519_key", "host key");
+        put("etc/ssh/backup_key", "another key");
+        put("home/alice/.ssh/id_ed25519", "key");
+        put("home/alice/.ssh/id_ed25519.pub", "public");
+        put("root/.ssh/id_rsa", "key");
+        put(
+            "etc/NetworkManager/system-connections/office.nmconnection",
+            "[wifi-security]\nkey-mgmt=wpa-psk\npsk=hunter22\n",
+        );
+        put(
+            "etc/NetworkManager/system-connections/wired.nmconnection",
+            "[ethernet]\n",
+        );
+        put(
+            "etc/wpa_supplicant/wpa_supplicant.conf",
+            "network={\n ssid=\"x\"\n psk=\"secret\"\n}\n",
+        );
+        put("etc/openvpn/update-resolv-conf", "#!/bin/sh");
+        put("etc/openvpn/client/site.conf", "remote vpn.example 1194");
+        put("etc/wireguard/wg0.conf", "[Interface]\nPrivateKey = abc\n");
+
+        // A chroot: homes stay (and their keys are listed); hashes are replaced.
+        let chroot = super::plan(s, stage.path(), &TidyOptions::default()).unwrap();
+        let listed: Vec<&str> = chroot
+            .secrets
+            .iter()
+            .map(|l| l.split(':').next().unwrap())
+            .collect();
+        assert_eq!(
+            listed,
+            [
+                "etc/ssl/private/ssl-cert-snakeoil.key",
+                "etc/ssh/backup_key",
+                "home/alice/.ssh/id_ed25519",
+                "root/.ssh/id_rsa",
+                "etc/NetworkManager/system-connections/office.nmconnection",
+                "etc/wpa_supplicant/wpa_supplicant.conf",
+                "etc/openvpn/client/site.conf",
+                "etc/wireguard/wg0.conf",
+            ],
+            "{:#?}",
+            chroot.secrets
+        );
+        assert!(chroot.secrets[0]
+            .ends_with("(--exclude etc/ssl/private/ssl-cert-snakeoil.key leaves it out)"));
+        assert!(
+            chroot
+                .changes
+                .iter()
+                .any(|c| c.starts_with("etc/shadow: password hashes of root, alice replaced")),
+            "{:?}",
+            chroot.changes
+        );
+        assert!(fs::read_to_string(stage.path().join("etc__shadow"))
+            .unwrap()
+            .starts_with("root:!:"));
+
+        // A running system: homes and root are emptied, so their keys are no longer listed;
+        // what the user leaves out is not listed either; kept hashes are.
+        let opts = TidyOptions {
+            running_system: true,
+            keep_password_hashes: true,
+            extra_excludes: vec!["etc/wireguard".into()],
+            ..Default::default()
+        };
+        let plan = super::plan(s, stage.path(), &opts).unwrap();
+        let all = plan.secrets.join("\n");
+        assert!(
+            !all.contains("id_ed25519") && !all.contains("id_rsa") && !all.contains("wg0"),
+            "{all}"
+        );
+        assert!(
+            all.contains(
+                "etc/shadow: password hashes of root, alice (kept by --keep-password-hashes)"
+            ),
+            "{all}"
+        );
+        for gone in ["home/alice/*", "home/alice/.*", "root/*", "root/.*"] {
+            assert!(
+                plan.excludes.iter().any(|e| e == gone),
+                "{gone}: {:?}",
+                plan.excludes
+            );
+        }
+        assert!(
+            plan.changes
+                .iter()
+                .any(|c| c.starts_with("home/alice: left out")),
+            "{:?}",
+            plan.changes
+        );
+        assert!(!plan.pseudo.iter().any(|p| p.starts_with("etc/shadow ")));
+
+        // --include-home keeps them.
+        let opts = TidyOptions {
+            running_system: true,
+            include_home: true,
+            ..Default::default()
+        };
+        let plan = super::plan(s, stage.path(), &opts).unwrap();
+        assert!(!plan
+            .excludes
+            .iter()
+            .any(|e| e.starts_with("home/") || e.starts_with("root/")));
+        assert!(plan
+            .secrets
+            .iter()
+            .any(|l| l.starts_with("root/.ssh/id_rsa")));
     }
 }

@@ -55,6 +55,8 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
             exclude: vec![],
             processors: None,
             running_system: false,
+            include_home: false,
+            keep_password_hashes: false,
         })?;
     } else {
         eprintln!(

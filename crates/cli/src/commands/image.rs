@@ -95,6 +95,14 @@ pub struct BuildArgs {
     /// out swap files and runtime state), e.g. another machine's root disk mounted here.
     #[arg(long)]
     pub running_system: bool,
+    /// From a running system, keep the files in /home/* and /root (left out by default: the
+    /// image is served to anyone on the boot network).
+    #[arg(long)]
+    pub include_home: bool,
+    /// Keep the password hashes of /etc/shadow and /etc/gshadow (replaced by '!' by default:
+    /// anyone who downloads the image could try passwords against them offline).
+    #[arg(long)]
+    pub keep_password_hashes: bool,
 }
 
 #[derive(Args)]
@@ -282,6 +290,8 @@ pub fn run_build(args: &BuildArgs) -> Result<diskless_image::Manifest> {
         tidy: TidyOptions {
             extra_excludes: args.exclude.clone(),
             running_system: args.running_system,
+            include_home: args.include_home,
+            keep_password_hashes: args.keep_password_hashes,
             ..Default::default()
         },
         fetch_helper: paths::fetch_helper()?,
@@ -298,6 +308,15 @@ pub fn run_build(args: &BuildArgs) -> Result<diskless_image::Manifest> {
     let m = &report.manifest;
     for change in &m.changes {
         eprintln!("diskless: in the image only: {change}");
+    }
+    if !report.secrets.is_empty() {
+        eprintln!(
+            "diskless: warning: the image still holds what looks like secrets, and anyone on \
+             the boot network can download it:"
+        );
+        for secret in &report.secrets {
+            eprintln!("diskless: warning:   {secret}");
+        }
     }
     let mib = |bytes: u64| bytes as f64 / 1048576.0;
     let from = match (report.source_bytes, report.ratio()) {

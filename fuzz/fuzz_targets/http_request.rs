@@ -1,0 +1,167 @@
+//! Any request through the boot server's HTTP routes (the per-client script, image files,
+//! iPXE files, stage reports and the client list), on a store with one image. Invariants: no
+//! panic and no 500; nothing outside the image files is ever sent (a file beside the store
+//! and one inside the image directory are never in a body); an image file sent is the one
+//! its URL names; an accepted report is in the record under the MAC it names, with a stage
+//! of 1-32 of a-z, 0-9, '-'.
+//!
+//! Input: one byte picks the method, one the content type, then the path and query up to the
+//! first newline, then the body.
+#![no_main]
+
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use diskless_boot::routes::Route;
+use diskless_boot::Site;
+use diskless_image::manifest::{hash_file, Manifest, BOOT_CPIO, INITRD, KERNEL, SQUASHFS};
+use diskless_image::store::Store;
+use diskless_server::http::{router, HttpState};
+use diskless_server::recorder::{Limits, Recorder, RecorderTask};
+use libfuzzer_sys::fuzz_target;
+use std::collections::BTreeMap;
+use std::sync::{Arc, OnceLock};
+use tokio::sync::watch;
+use tower::ServiceExt;
+
+const SECRET: &str = "never served";
+const FILES: [(&str, &str); 4] = [
+    (SQUASHFS, "squashfs bytes"),
+    (KERNEL, "kernel bytes"),
+    (INITRD, "initrd bytes"),
+    (BOOT_CPIO, "cpio bytes"),
+];
+
+/// The server's state as `diskless serve` builds it (a site, the store, a recorder), built
+/// once: the recorder keeps what every run reported, so a run checks the record of its own
+/// MAC after the recorder has caught up.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    state: Arc<HttpState>,
+    _site: watch::Sender<Arc<Site>>,
+    _recorder: RecorderTask,
+    runtime: tokio::runtime::Runtime,
+}
+
+fn fixture() -> &'static Fixture {
+    static FIXTURE: OnceLock<Fixture> = OnceLock::new();
+    FIXTURE.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        let store_dir = dir.path().join("store");
+        let store = Store::open(&store_dir).unwrap();
+        let staging = store.begin("lab").unwrap();
+        let mut files = BTreeMap::new();
+        for (name, content) in FILES {
+            std::fs::write(staging.dir.join(name), content).unwrap();
+            files.insert(name.to_string(), hash_file(&staging.dir.join(name)).unwrap());
+        }
+        let manifest = Manifest {
+            name: "lab".into(),
+            version: "v1".into(),
+            created: "2026-01-01T00:00:00Z".into(),
+            kernel_version: "6.1.0-9-amd64".into(),
+            compression: "zstd".into(),
+            source: "/".into(),
+            build_seconds: 1.0,
+            files,
+            changes: vec![],
+        };
+        store.publish(staging, &manifest).unwrap();
+        std::fs::write(dir.path().join("secret"), SECRET).unwrap();
+        std::fs::write(store_dir.join("images/lab/v1/secret"), SECRET).unwrap();
+        let ipxe = dir.path().join("ipxe");
+        std::fs::create_dir(&ipxe).unwrap();
+        std::fs::write(ipxe.join("ipxe.efi"), "efi bytes").unwrap();
+        let (site, site_rx) = watch::channel(Arc::new(Site::for_tests(
+            "http_port = 8080\n[boot]\nimage = \"lab\"\n\n[[client]]\nmac = \"52:54:00:00:00:01\"\nhostname = \"pc01\"\n",
+        )));
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // The recorder's task runs on the fuzzer's runtime, whenever a run blocks on it.
+        let (recorder, task) = runtime.block_on(async { Recorder::start(None, Limits::default()) });
+        let state = Arc::new(HttpState {
+            site: site_rx,
+            store,
+            recorder,
+            ipxe_dir: ipxe,
+            ipxe_files: vec!["ipxe.efi".into()],
+        });
+        Fixture {
+            _dir: dir,
+            state,
+            _site: site,
+            _recorder: task,
+            runtime,
+        }
+    })
+}
+
+fuzz_target!(|data: &[u8]| {
+    if data.len() < 2 {
+        return;
+    }
+    let f = fixture();
+    let method = ["GET", "POST", "HEAD", "PUT", "OPTIONS"][usize::from(data[0]) % 5];
+    let content_type = [
+        Some("application/x-www-form-urlencoded"),
+        None,
+        Some("application/json"),
+        Some("text/plain"),
+    ][usize::from(data[1]) % 4];
+    let rest = &data[2..];
+    let end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
+    let Ok(uri) = std::str::from_utf8(&rest[..end]) else {
+        return;
+    };
+    let body = rest.get(end + 1..).unwrap_or_default().to_vec();
+    let mut request = Request::builder().method(method).uri(uri);
+    if let Some(ct) = content_type {
+        request = request.header(header::CONTENT_TYPE, ct);
+    }
+    let Ok(request) = request.body(Body::from(body)) else {
+        return; // not a URI the HTTP parser would have handed us
+    };
+    let path = request.uri().path().to_string();
+    let route = Route::parse(&path);
+    if let Ok(route) = &route {
+        // The table's own URL for a route parses back to that route.
+        assert_eq!(Route::parse(&route.path()).as_ref(), Ok(route), "{path}");
+    }
+    let (status, body) = f.runtime.block_on(async {
+        let response = router(f.state.clone()).oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        f.state.recorder.sync().await;
+        (status, body)
+    });
+    assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR, "{method} {uri}");
+    let text = String::from_utf8_lossy(&body);
+    assert!(
+        !text.contains(SECRET),
+        "{method} {uri} sent a file it must not"
+    );
+    if status.is_success() && method == "GET" {
+        if let Ok(Route::ImageFile { .. }) = &route {
+            let file = path.strip_prefix("/images/lab/v1/");
+            let expected = FILES.iter().find(|(name, _)| Some(*name) == file);
+            assert_eq!(Some(text.as_ref()), expected.map(|(_, c)| *c), "{uri}");
+        }
+    }
+    if status == StatusCode::OK && method == "POST" {
+        let Ok(Route::Report(mac)) = route else {
+            panic!("{uri}: a POST accepted that is not a report");
+        };
+        let record = f.state.recorder.get(mac).expect("the report was recorded");
+        let stage = record.stage();
+        assert!(
+            (1..=32).contains(&stage.len())
+                && stage
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+            "stage {stage:?}"
+        );
+    }
+});
