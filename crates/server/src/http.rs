@@ -530,14 +530,17 @@ mod tests {
         request.body(Body::empty()).unwrap()
     }
 
+    /// The strong ETag the fixture's squashfs must carry: its manifest sha256, quoted.
+    fn squashfs_etag(f: &Fixture) -> String {
+        let manifest = f.state.store.manifest("lab", &f.version).unwrap();
+        format!("\"{}\"", manifest.files[SQUASHFS].sha256)
+    }
+
     #[tokio::test]
     async fn image_files_are_immutable_with_their_hash_as_etag() {
         let f = fixture("");
         let uri = format!("/images/lab/{}/root.squashfs", f.version);
-        let sha = f.state.store.manifest("lab", &f.version).unwrap().files[SQUASHFS]
-            .sha256
-            .clone();
-        let etag = format!("\"{sha}\"");
+        let etag = squashfs_etag(&f);
         let (status, headers, _) = call(&f.state, get(&uri)).await;
         assert_eq!(status, StatusCode::OK);
         assert_eq!(headers[header::ETAG], etag.as_str());
@@ -586,10 +589,7 @@ mod tests {
     async fn ranges_follow_if_range_and_refuse_what_is_not_there() {
         let f = fixture("");
         let uri = format!("/images/lab/{}/root.squashfs", f.version);
-        let sha = f.state.store.manifest("lab", &f.version).unwrap().files[SQUASHFS]
-            .sha256
-            .clone();
-        let etag = format!("\"{sha}\"");
+        let etag = squashfs_etag(&f);
         // If-Range with this file's tag: the range.
         let request = get_with(
             &uri,
