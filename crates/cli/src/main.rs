@@ -3,6 +3,7 @@
 
 mod commands;
 mod paths;
+mod privileges;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;

@@ -19,15 +19,7 @@ const LISTEN_IF: &str = "wklisten0";
 
 /// Whether the test can run; under CI=true a missing prerequisite fails it.
 fn prerequisites() -> bool {
-    let why = if !diskless_testkit::is_root() {
-        Some("not root".to_string())
-    } else {
-        diskless_testkit::missing_tools(&["ip"])
-    };
-    if let Some(why) = &why {
-        diskless_testkit::skip(why);
-    }
-    why.is_none()
+    diskless_testkit::root_with_tools(&["ip"])
 }
 
 fn must(args: &[&str]) -> Output {

@@ -4,9 +4,10 @@
 //! In mini-redis's manner the caller owns the sockets and the shutdown signal:
 //!
 //! ```text
+//! // as a user with CAP_NET_BIND_SERVICE and CAP_NET_RAW (diskless.service, or `diskless
+//! // serve` started as root, which drops to that before its runtime starts any thread)
 //! let site = resolve_site(&config)?;              // the config, resolved once (diskless_boot::Site)
-//! let listeners = Listeners::bind(&site)?;        // as root: ports 67, 69, 80, raw ICMPv6
-//! // ... drop privileges here ...
+//! let listeners = Listeners::bind(&site)?;        // ports 67, 69, 80, raw ICMPv6
 //! let (handle, site) = site_channel(site);        // handle.reload(new_site) on SIGHUP
 //! run(listeners, site, shutdown).await?;          // until `shutdown` completes
 //! ```
@@ -168,8 +169,8 @@ impl SiteHandle {
     }
 }
 
-/// The sockets the server serves on, bound by the caller (as root, before dropping
-/// privileges) or handed in by tests.
+/// The sockets the server serves on, bound by the caller (with the two capabilities
+/// binding needs) or handed in by tests.
 pub struct Listeners {
     /// Port 67 (and 4011 in proxy mode), tied to the interface.
     pub dhcp: DhcpSockets,

@@ -68,6 +68,20 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Whether a test that needs root and `tools` can run here; when not, it is [`skip`]ped
+/// (failed under `CI=true`) and the caller returns.
+pub fn root_with_tools(tools: &[&str]) -> bool {
+    let why = if !is_root() {
+        Some("not root".to_string())
+    } else {
+        missing_tools(tools)
+    };
+    if let Some(why) = &why {
+        skip(why);
+    }
+    why.is_none()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,10 +4,15 @@
 //! (`systemctl reload diskless`) re-reads the config and hands the new site to the running
 //! server: [[client]] entries and the default image change for the next requests, leases and
 //! transfers under way are kept.
+//!
+//! Started by hand as root it first becomes the service user, `diskless` (`--user` another),
+//! with only the two capabilities the server needs, then binds its sockets: see
+//! [`crate::privileges`]. Under systemd it already is that user and changes nothing.
 
 use anyhow::{Context, Result};
 use clap::Args;
 use diskless_boot::config::{self, Config, ImageProtocol, Mode, UnknownClients};
+use diskless_boot::routes::IPXE_DIR;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -62,18 +67,28 @@ pub struct ServeArgs {
     /// (config: boot.secure_boot).
     #[arg(long)]
     pub secure_boot: bool,
+    /// When started as root: the user to run as, with only the capabilities to bind its
+    /// ports and send router advertisements; the state directory becomes its own (root
+    /// keeps root, not recommended). Ignored when not started as root (under systemd).
+    #[arg(long, value_name = "NAME", default_value = crate::privileges::SERVICE_USER)]
+    pub user: String,
     /// Check the config (file and flags) and exit: 0 when it is valid, 1 with FILE:LINE:
     /// reason when not.
     #[arg(long)]
     pub check: bool,
 }
 
-/// The config file (if any) with the flags applied, validated.
-pub fn resolve(args: &ServeArgs) -> Result<Config> {
-    let path = args.config.clone().or_else(|| {
+/// The config file: `--config`, or the default one when it exists.
+fn config_path(args: &ServeArgs) -> Option<PathBuf> {
+    args.config.clone().or_else(|| {
         let default = PathBuf::from(config::DEFAULT_PATH);
         default.exists().then_some(default)
-    });
+    })
+}
+
+/// The config file (if any) with the flags applied, validated.
+pub fn resolve(args: &ServeArgs) -> Result<Config> {
+    let path = config_path(args);
     let mut cfg = match &path {
         Some(p) => Config::load(p)?,
         None => Config::default(),
@@ -155,6 +170,8 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
             super::image::warn_if_boot_files_outdated(&store, &name);
         }
     }
+    // Before the runtime starts its threads: they are then all the user (see privileges).
+    drop_privileges(&args, &cfg)?;
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let shutdown = async {
@@ -166,7 +183,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
                 _ = term.recv() => {}
             }
         };
-        // Bind while we may (ports below 1024, raw sockets), then serve.
+        // Bind (ports below 1024, raw sockets: the capabilities kept), then serve.
         let site = diskless_server::resolve_site(&cfg)?;
         let listeners = diskless_server::Listeners::bind(&site)?;
         let (handle, site) = diskless_server::site_channel(site);
@@ -184,6 +201,31 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// As root: give the user the directories it writes, become it, and check that it reaches
+/// what it reads later (the config on SIGHUP, the store). Nothing when not root or when the
+/// user is root.
+fn drop_privileges(args: &ServeArgs, cfg: &Config) -> Result<()> {
+    use crate::privileges;
+    if !privileges::is_root() {
+        return Ok(());
+    }
+    if args.user == "root" {
+        tracing::warn!("--user root: the server keeps every privilege of root");
+        return Ok(());
+    }
+    let user = privileges::service_user(&args.user)?;
+    let store = diskless_image::Store::open(&cfg.store)?;
+    privileges::give_dir(&cfg.state, 0o700, &user)?;
+    privileges::give_dir(&store.root().join(IPXE_DIR), 0o755, &user)?;
+    privileges::drop_to(&user)?;
+    tracing::info!(user = %user.name, uid = user.uid, "running as {} with CAP_NET_BIND_SERVICE and CAP_NET_RAW only", user.name);
+    let config = config_path(args);
+    let images = store.root().join("images");
+    let mut readable = vec![images.as_path()];
+    readable.extend(config.as_deref());
+    privileges::check_access(&user, &[&cfg.state], &readable)
 }
 
 /// Re-read the config and hand the new site to the running server; a config with a mistake,

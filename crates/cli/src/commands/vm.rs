@@ -138,6 +138,10 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
         args.image_protocol.clone(),
         "--cmdline".into(),
         cmdline.trim().to_string(),
+        // A throwaway server for one VM, in a namespace of its own, over a store and logs
+        // that may sit in private (0700) directories: it stays root.
+        "--user".into(),
+        "root".into(),
     ]
     .into();
     // A Secure Boot machine runs only signed binaries: the server hands it Debian's shim and

@@ -1,0 +1,297 @@
+//! `diskless serve` started as root becomes an ordinary user that keeps only the capabilities
+//! the server uses, the same two `diskless.service` grants (packaging/diskless.service says
+//! how they were measured): the service user by default ([`SERVICE_USER`]), `--user` another.
+//!
+//! **When.** Capabilities, the bounding set, `no_new_privs` and the keep-capabilities flag
+//! belong to threads, not to the process: a thread started later inherits its creator's. The
+//! drop therefore happens while the process has one thread, before the tokio runtime starts
+//! its workers, and every thread of the server is then the user with the two capabilities.
+//! Dropping after the workers exist (after the sockets are bound) would leave the workers
+//! with an empty permitted set but a full bounding set and no `no_new_privs`: a worker that
+//! executed a set-uid program would be root again. Binding needs no more than the two
+//! capabilities kept (ports below 1024: `CAP_NET_BIND_SERVICE`; the raw ICMPv6 socket:
+//! `CAP_NET_RAW`), so the process binds its sockets right after the drop, exactly as it does
+//! under systemd, where it starts as the user with those two capabilities ambient.
+//!
+//! **What it may write.** Before it drops, root makes the state directory (leases,
+//! `clients.json`, the server's secret) and the store's `ipxe/` directory (its copies of the
+//! iPXE binaries) the user's, as `StateDirectory=` and packaging/tmpfiles.conf do for the
+//! service; the store's images stay root's and must be readable by the user (`image build`
+//! writes them 0755/0644). After the drop, [`check_access`] says what the user cannot reach.
+
+use anyhow::{bail, Context, Result};
+use caps::{CapSet, Capability, CapsHashSet};
+use std::ffi::{CStr, CString};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+
+/// The user the package creates (packaging/sysusers.conf) and `serve` becomes by default.
+pub const SERVICE_USER: &str = "diskless";
+
+/// Ports below 1024, and the raw ICMPv6 socket of the router advertisements.
+pub const KEPT: [Capability; 2] = [Capability::CAP_NET_BIND_SERVICE, Capability::CAP_NET_RAW];
+
+/// A user from the password database.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct User {
+    pub name: String,
+    pub uid: libc::uid_t,
+    pub gid: libc::gid_t,
+}
+
+/// Look `name` up in the password database; `None` when there is no such user.
+pub fn lookup(name: &str) -> Result<Option<User>> {
+    let cname = CString::new(name).with_context(|| format!("user name {name:?}"))?;
+    let mut buf = vec![0u8; 16 * 1024];
+    // SAFETY: getpwnam_r writes into `pwd` and `buf`, both ours and large enough as told.
+    let mut pwd: libc::passwd = unsafe { std::mem::zeroed() };
+    let mut found: *mut libc::passwd = std::ptr::null_mut();
+    let rc = unsafe {
+        libc::getpwnam_r(
+            cname.as_ptr(),
+            &mut pwd,
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            &mut found,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::from_raw_os_error(rc))
+            .with_context(|| format!("looking up user {name}"));
+    }
+    if found.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: pw_name points into `buf`, NUL-terminated, as getpwnam_r succeeded.
+    let name = unsafe { CStr::from_ptr(pwd.pw_name) }
+        .to_string_lossy()
+        .into_owned();
+    Ok(Some(User {
+        name,
+        uid: pwd.pw_uid,
+        gid: pwd.pw_gid,
+    }))
+}
+
+/// The user `serve` is to become, or the error that says how to create it.
+pub fn service_user(name: &str) -> Result<User> {
+    lookup(name)?.with_context(|| {
+        format!(
+            "there is no user {name:?} to run the server as: create it (useradd --system \
+             --home-dir /var/lib/diskless --shell /usr/sbin/nologin {name}; the Debian package \
+             does), or choose another with --user NAME (--user root keeps root)"
+        )
+    })
+}
+
+/// Whether this process runs as root (effective uid 0): the only case where `serve` drops.
+pub fn is_root() -> bool {
+    // SAFETY: a getter without arguments.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn check(rc: libc::c_int, what: &str) -> Result<()> {
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context(what.to_string());
+    }
+    Ok(())
+}
+
+/// The number of threads of this process (`Threads:` of /proc/self/status).
+fn threads() -> Result<usize> {
+    let status =
+        std::fs::read_to_string("/proc/self/status").context("reading /proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .context("no Threads: line in /proc/self/status")
+}
+
+/// Become `user`, with its groups (initgroups, as systemd's `User=` does), keeping [`KEPT`]
+/// as effective and permitted capabilities and nothing else, bounding set included, and set
+/// `no_new_privs` (the unit's `NoNewPrivileges=yes`). The inheritable and ambient sets stay
+/// empty: the server executes no program that needs a capability. Call it as root, while the
+/// process has a single thread (see the module docs).
+pub fn drop_to(user: &User) -> Result<()> {
+    let threads = threads()?;
+    if threads != 1 {
+        bail!("dropping privileges needs a process with one thread, this one has {threads}");
+    }
+    let kept: CapsHashSet = KEPT.into_iter().collect();
+    // Dropping from the bounding set needs CAP_SETPCAP: while still root.
+    for cap in caps::all().difference(&kept) {
+        caps::drop(None, CapSet::Bounding, *cap)
+            .with_context(|| format!("dropping {cap} from the bounding set"))?;
+    }
+    let name = CString::new(user.name.as_str()).context("user name")?;
+    // SAFETY: plain system calls on this process's credentials; `name` outlives the call.
+    unsafe {
+        check(
+            libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0),
+            "prctl(PR_SET_KEEPCAPS)",
+        )?;
+        check(
+            libc::initgroups(name.as_ptr(), user.gid),
+            &format!("setting the groups of {}", user.name),
+        )?;
+        check(
+            libc::setresgid(user.gid, user.gid, user.gid),
+            &format!("setresgid({})", user.gid),
+        )?;
+        check(
+            libc::setresuid(user.uid, user.uid, user.uid),
+            &format!("setresuid({})", user.uid),
+        )?;
+        check(
+            libc::prctl(libc::PR_SET_KEEPCAPS, 0, 0, 0, 0),
+            "prctl(PR_SET_KEEPCAPS, 0)",
+        )?;
+    }
+    caps::set(None, CapSet::Permitted, &kept).context("setting the permitted capabilities")?;
+    caps::set(None, CapSet::Effective, &kept).context("setting the effective capabilities")?;
+    caps::clear(None, CapSet::Inheritable).context("clearing the inheritable capabilities")?;
+    caps::clear(None, CapSet::Ambient).context("clearing the ambient capabilities")?;
+    // SAFETY: a plain prctl on this thread.
+    check(
+        unsafe { libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) },
+        "prctl(PR_SET_NO_NEW_PRIVS)",
+    )?;
+    // Check, rather than trust, what the kernel now says.
+    // SAFETY: getters without arguments.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let effective = caps::read(None, CapSet::Effective).context("reading the capabilities")?;
+    if (uid, gid) != (user.uid, user.gid) || effective != kept {
+        bail!(
+            "dropping privileges to {} did not hold: uid {uid}, gid {gid}, capabilities {effective:?}",
+            user.name
+        );
+    }
+    Ok(())
+}
+
+/// Make `dir` (created if missing; its mode `mode`) and the regular files directly in it
+/// `user`'s, as root, before the drop: what the server writes there must stay its own.
+/// Refused, changing nothing, when `dir` holds anything else (a subdirectory, a link): a
+/// state directory set by mistake to a shared one (`/var/lib`, `/tmp`) must not change owner.
+pub fn give_dir(dir: &Path, mode: u32, user: &User) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let meta = std::fs::symlink_metadata(dir).with_context(|| format!("{}", dir.display()))?;
+    if !meta.is_dir() {
+        bail!("{} is not a directory", dir.display());
+    }
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
+        let kind = entry
+            .file_type()
+            .with_context(|| format!("{}", entry.path().display()))?;
+        if !kind.is_file() {
+            bail!(
+                "{} holds {}, which is not a file the server wrote: the server makes the \
+                 directories it writes user {}'s only when they hold nothing but its files; \
+                 choose a directory of its own (--state), or chown -R {} it yourself",
+                dir.display(),
+                entry.path().display(),
+                user.name,
+                user.name
+            );
+        }
+        files.push(entry.path());
+    }
+    if meta.permissions().mode() & 0o7777 != mode {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("setting the mode of {}", dir.display()))?;
+    }
+    for path in std::iter::once(dir.to_path_buf()).chain(files) {
+        let meta = std::fs::symlink_metadata(&path)?;
+        if (meta.uid(), meta.gid()) != (user.uid, user.gid) {
+            std::os::unix::fs::lchown(&path, Some(user.uid), Some(user.gid))
+                .with_context(|| format!("giving {} to user {}", path.display(), user.name))?;
+        }
+    }
+    Ok(())
+}
+
+/// What the dropped process must reach: `writable` directories (each a place it writes) and
+/// `readable` paths (the config, read again on SIGHUP; the store's images). An error names
+/// the first it cannot reach, as whom, and what to change.
+pub fn check_access(user: &User, writable: &[&Path], readable: &[&Path]) -> Result<()> {
+    let can = |path: &Path, mode: libc::c_int| -> bool {
+        let Ok(c) = CString::new(path.as_os_str().as_bytes()) else {
+            return false;
+        };
+        // SAFETY: access(2) on a NUL-terminated path; it checks the real uid, the user's now.
+        unsafe { libc::access(c.as_ptr(), mode) == 0 }
+    };
+    for dir in writable {
+        if !can(dir, libc::W_OK | libc::X_OK) {
+            bail!(
+                "{} is not writable by user {}: it or a directory above it is closed to that \
+                 user; choose another place or open the way (chmod o+x on the parents)",
+                dir.display(),
+                user.name
+            );
+        }
+    }
+    for path in readable {
+        let mode = if path.is_dir() {
+            libc::R_OK | libc::X_OK
+        } else {
+            libc::R_OK
+        };
+        if !can(path, mode) {
+            bail!(
+                "{} is not readable by user {}, which the server runs as after it starts \
+                 (it reads the config again on SIGHUP, the store's images at each request): \
+                 make it and the directories above it readable (chmod o+rX, or chgrp {})",
+                path.display(),
+                user.name,
+                user.name
+            );
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn root_is_found_and_a_missing_user_is_none() {
+        let root = lookup("root").unwrap().unwrap();
+        assert_eq!((root.uid, root.gid), (0, 0));
+        assert_eq!(lookup("diskless-no-such-user").unwrap(), None);
+        assert!(lookup("a\0b").is_err());
+        let err = format!("{:#}", service_user("diskless-no-such-user").unwrap_err());
+        assert!(
+            err.contains("\"diskless-no-such-user\"")
+                && err.contains("useradd --system")
+                && err.contains("--user"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_shared_directory_is_not_given_away() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("leases.json"), "{}").unwrap();
+        std::fs::create_dir(dir.path().join("home")).unwrap();
+        let me = User {
+            name: "me".into(),
+            // SAFETY: getters without arguments.
+            uid: unsafe { libc::geteuid() },
+            gid: unsafe { libc::getegid() },
+        };
+        let err = format!("{:#}", give_dir(dir.path(), 0o700, &me).unwrap_err());
+        assert!(err.contains("home") && err.contains("--state"), "{err}");
+        std::fs::remove_dir(dir.path().join("home")).unwrap();
+        give_dir(dir.path(), 0o700, &me).unwrap();
+        let fresh = dir.path().join("new/state");
+        give_dir(&fresh, 0o700, &me).unwrap();
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+    }
+}

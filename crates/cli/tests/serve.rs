@@ -1,0 +1,285 @@
+//! `diskless serve` as a sysadmin starts it, in network namespaces of its own (no QEMU):
+//! started as root it becomes a plain user with two capabilities and still serves. Needs
+//! root, `ip` (iproute2) and `useradd` (passwd).
+
+mod common;
+
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The system user the tests run the server as (created when missing, kept afterwards: a
+/// system user with no home and no shell).
+const TEST_USER: &str = "diskless-test";
+
+/// Whether the test can run; under CI=true a missing prerequisite fails it.
+fn prerequisites() -> bool {
+    diskless_testkit::root_with_tools(&["ip", "useradd", "id"])
+}
+
+fn must(args: &[&str]) -> String {
+    common::run(Command::new(args[0]).args(&args[1..]))
+}
+
+/// `TEST_USER`'s uid, gid and groups, the user made first if missing.
+fn test_user() -> (u32, u32, Vec<u32>) {
+    let exists = Command::new("id")
+        .arg(TEST_USER)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap()
+        .success();
+    if !exists {
+        // Another test may create it at the same moment: then useradd fails, and id below
+        // tells whether the user is there.
+        let _ = Command::new("useradd")
+            .args(["--system", "--no-create-home", "--home-dir", "/nonexistent"])
+            .args(["--shell", "/usr/sbin/nologin", TEST_USER])
+            .status();
+    }
+    let number = |flag: &str| must(&["id", flag, TEST_USER]).trim().parse().unwrap();
+    let groups = must(&["id", "-G", TEST_USER])
+        .split_whitespace()
+        .map(|g| g.parse().unwrap())
+        .collect();
+    (number("-u"), number("-g"), groups)
+}
+
+/// A network namespace with its loopback up; deleted on drop.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let ns = Netns(format!("dl{tag}{}", std::process::id()));
+        must(&["ip", "netns", "add", &ns.0]);
+        must(&["ip", "-n", &ns.0, "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Run `f` on a thread inside the namespace (its sockets are the namespace's).
+    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
+        let file = std::fs::File::open(format!("/run/netns/{}", self.0)).unwrap();
+        std::thread::spawn(move || {
+            // SAFETY: setns on this thread only, with a namespace file we hold open.
+            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            f()
+        })
+        .join()
+        .unwrap()
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+/// A `diskless serve` in a namespace, its log in a file; stopped on drop.
+struct Server {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(ns: &Netns, config: &Path, user: &str, log: PathBuf) -> Server {
+        let out = std::fs::File::create(&log).unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &ns.0])
+            .arg(env!("CARGO_BIN_EXE_diskless"))
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .args(["--user", user])
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap();
+        // `ip netns exec` executes the command in place: the child is the server.
+        let server = Server { child, log };
+        server.wait_for("diskless server starting");
+        server
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Wait until the log says `what` (a server that stops first fails the test).
+    fn wait_for(&self, what: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !self.log().contains(what) {
+            let exited = std::fs::metadata(format!("/proc/{}", self.child.id())).is_err();
+            assert!(
+                !exited && Instant::now() < deadline,
+                "the server never said {what:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of `field` in a /proc status file.
+fn field<'a>(status: &'a str, field: &str) -> &'a str {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .unwrap_or_else(|| panic!("no {field} in\n{status}"))
+        .trim()
+}
+
+/// A directory every user may enter (tempdir makes 0700 ones), holding a config for the
+/// loopback of a namespace, ports 80 and 69 (below 1024: a capability is needed).
+fn workdir(extra: &str) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = dir.path().join("diskless.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "interface = \"lo\"\nmode = \"proxy\"\nstore = \"{0}/store\"\nstate = \"{0}/state\"\n\
+             http_port = 80\ntftp_port = 69\nadmin_listen = \"off\"\n{extra}",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    (dir, config)
+}
+
+#[test]
+fn serve_started_as_root_runs_as_its_user_with_two_capabilities() {
+    if !prerequisites() {
+        return;
+    }
+    let (uid, gid, groups) = test_user();
+    let (dir, config) = workdir("");
+    // A state directory an earlier run as root left: it becomes the user's.
+    let state = dir.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::write(state.join("report.key"), "0123").unwrap();
+    let ns = Netns::new("priv");
+    let server = Server::start(&ns, &config, TEST_USER, dir.path().join("serve.log"));
+
+    // It serves, on a port only CAP_NET_BIND_SERVICE could bind.
+    let body = ns.run(|| {
+        ureq::get("http://127.0.0.1:80/")
+            .call()
+            .expect("the server answers HTTP")
+            .into_body()
+            .read_to_string()
+            .unwrap()
+    });
+    assert_eq!(body, "diskless boot server\n");
+
+    // Every thread, not only the main one: capabilities are per thread.
+    let tasks: Vec<PathBuf> = std::fs::read_dir(format!("/proc/{}/task", server.pid()))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(tasks.len() > 1, "tokio's workers are threads: {tasks:?}");
+    for task in &tasks {
+        let status = std::fs::read_to_string(task.join("status")).unwrap();
+        let ids = |name| {
+            field(&status, name)
+                .split_whitespace()
+                .map(|n| n.parse::<u32>().unwrap())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids("Uid"), [uid; 4], "{}: {status}", task.display());
+        assert_eq!(ids("Gid"), [gid; 4], "{}: {status}", task.display());
+        let mut have = ids("Groups");
+        let mut want = groups.clone();
+        have.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(have, want, "the user's groups, no one else's");
+        // CAP_NET_BIND_SERVICE (10) and CAP_NET_RAW (13): 0x400 | 0x2000.
+        for (set, value) in [
+            ("CapEff", "0000000000002400"),
+            ("CapPrm", "0000000000002400"),
+            ("CapBnd", "0000000000002400"),
+            ("CapInh", "0000000000000000"),
+            ("CapAmb", "0000000000000000"),
+            ("NoNewPrivs", "1"),
+        ] {
+            assert_eq!(field(&status, set), value, "{set} of {}", task.display());
+        }
+    }
+
+    // What it writes is its own: the state directory and the store's iPXE copies.
+    for path in [
+        state.clone(),
+        state.join("report.key"),
+        dir.path().join("store/ipxe"),
+        dir.path().join("store/ipxe/ipxe.efi"),
+    ] {
+        let meta = std::fs::metadata(&path).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (uid, gid), "{}", path.display());
+    }
+    assert_eq!(std::fs::metadata(&state).unwrap().mode() & 0o777, 0o700);
+
+    // SIGHUP still re-reads the config, as the user.
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str("[[client]]\nmac = \"52:54:00:00:00:01\"\nhostname = \"pc01\"\n");
+    std::fs::write(&config, text).unwrap();
+    // SAFETY: a signal to the server we started.
+    assert_eq!(unsafe { libc::kill(server.pid() as i32, libc::SIGHUP) }, 0);
+    server.wait_for("config re-read on SIGHUP");
+}
+
+#[test]
+fn serve_names_a_missing_user_and_a_config_it_could_not_read_again() {
+    if !prerequisites() {
+        return;
+    }
+    test_user();
+    let (dir, config) = workdir("");
+    let ns = Netns::new("nouser");
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.0])
+        .arg(env!("CARGO_BIN_EXE_diskless"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args(["--user", "diskless-no-such-user"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("\"diskless-no-such-user\"") && stderr.contains("useradd --system"),
+        "{stderr}"
+    );
+    // A config only root can read: SIGHUP could not re-read it, so the server does not start.
+    std::fs::set_permissions(&config, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.0])
+        .arg(env!("CARGO_BIN_EXE_diskless"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args(["--user", TEST_USER])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&config.display().to_string())
+            && stderr.contains("not readable by user diskless-test"),
+        "{stderr}"
+    );
+    drop(dir);
+}
