@@ -13,6 +13,7 @@
 
 use crate::error::{io_at, Error, Result};
 use crate::manifest::{Manifest, MANIFEST};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone)]
@@ -33,6 +34,10 @@ impl Drop for Staging {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
     }
+}
+
+fn set_mode(path: &Path, mode: u32) -> Result<()> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(io_at(path))
 }
 
 /// Image names and versions become path components and URL segments: keep them plain.
@@ -98,6 +103,26 @@ impl Store {
         let target = self.version_dir(&manifest.name, &manifest.version);
         if target.exists() {
             return Err(Error::VersionExists(target));
+        }
+        // The server reads the store as its own user (`diskless`), whatever umask root built
+        // with: what it serves is public anyway (any host on the boot network fetches it).
+        for entry in std::fs::read_dir(&staging.dir).map_err(io_at(&staging.dir))? {
+            let path = entry.map_err(io_at(&staging.dir))?.path();
+            set_mode(&path, 0o644)?;
+        }
+        set_mode(&staging.dir, 0o755)?;
+        for dir in [
+            self.root.clone(),
+            self.root.join("images"),
+            self.image_dir(&manifest.name),
+        ] {
+            let mode = std::fs::metadata(&dir)
+                .map_err(io_at(&dir))?
+                .permissions()
+                .mode();
+            if mode & 0o055 != 0o055 {
+                set_mode(&dir, (mode | 0o055) & 0o7777)?;
+            }
         }
         std::fs::rename(&staging.dir, &target).map_err(io_at(&target))?;
         staging.published = true;
@@ -207,6 +232,9 @@ mod tests {
     fn publish(store: &Store, version: &str, created: &str, content: &[u8]) -> Result<PathBuf> {
         let staging = store.begin("lab")?;
         std::fs::write(staging.dir.join(SQUASHFS), content).unwrap();
+        // As a build with umask 077 leaves it: publish opens it to the server's user.
+        set_mode(&staging.dir.join(SQUASHFS), 0o600).unwrap();
+        set_mode(&staging.dir, 0o700).unwrap();
         let mut files = BTreeMap::new();
         files.insert(
             SQUASHFS.to_string(),
@@ -234,6 +262,11 @@ mod tests {
         publish(&store, "v2", "2026-01-02T00:00:00Z", b"two").unwrap();
         publish(&store, "v3", "2026-01-03T00:00:00Z", b"three").unwrap();
         assert_eq!(store.current_version("lab").unwrap(), "v3");
+        let mode = |p: PathBuf| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let v3 = store.version_dir("lab", "v3");
+        assert_eq!(mode(v3.clone()), 0o755);
+        assert_eq!(mode(v3.join(SQUASHFS)), 0o644);
+        assert_eq!(mode(v3.join(MANIFEST)), 0o644);
         assert_eq!(store.images().unwrap(), vec!["lab"]);
         assert_eq!(store.rollback("lab").unwrap(), "v2");
         assert_eq!(store.current("lab").unwrap().version, "v2");
