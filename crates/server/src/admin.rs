@@ -94,6 +94,13 @@ impl AdminState {
         }
     }
 
+    /// With `metrics` shared with the rest of the server (the HTTP and TFTP access checks
+    /// count their refusals there).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> AdminState {
+        self.metrics = metrics;
+        self
+    }
+
     /// Records of earlier runs (from `clients.json`): into the lab view, not into the metrics,
     /// which count what this server saw.
     pub fn seed(&self, records: &[ClientRecord]) {

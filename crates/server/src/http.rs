@@ -5,8 +5,10 @@
 //! (the table is in [`diskless_boot::routes`]), a `match` answers it. Scripts come from the
 //! boot decision of the site current at the time of the request ([`Site::boot_spec`]), so a
 //! reload applies to the next request. What clients fetch and report goes to the
-//! [`Recorder`] without waiting.
+//! [`Recorder`] without waiting. With `unknown_clients = "ignore"` every URL but the index
+//! first asks [`Access`] whether the peer is a listed client (403 when not).
 
+use crate::access::{Access, Protocol};
 use crate::recorder::{BootEvent, Recorder};
 use axum::extract::{ConnectInfo, FromRequest, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
@@ -34,6 +36,8 @@ pub struct HttpState {
     pub ipxe_dir: PathBuf,
     /// The iPXE binaries that may be fetched.
     pub ipxe_files: Vec<String>,
+    /// Who may fetch anything but the index (`unknown_clients = "ignore"`).
+    pub access: Access,
 }
 
 pub fn router(state: Arc<HttpState>) -> Router {
@@ -69,6 +73,13 @@ async fn handle(
             return text(status, format!("{e}\n"));
         }
     };
+    if !matches!(route, Route::Index) {
+        let site = state.site.borrow().clone();
+        let path = request.uri().path();
+        if let Err(refusal) = state.access.check(&site, peer, Protocol::Http, path) {
+            return text(StatusCode::FORBIDDEN, format!("{refusal}\n"));
+        }
+    }
     let get = matches!(*request.method(), Method::GET | Method::HEAD);
     match route {
         Route::Index if get => text(StatusCode::OK, "diskless boot server\n".into()),
@@ -387,12 +398,28 @@ mod tests {
             "http_port = 8080\n{config}"
         ))));
         let (recorder, task) = crate::recorder::Recorder::start(None, Limits::default());
+        // The neighbour table the access check reads: LISTED and STRANGER on the site's link.
+        let arp_table = dir.path().join("arp");
+        std::fs::write(
+            &arp_table,
+            format!(
+                "IP address HW type Flags HW address Mask Device\n\
+                 {LISTED} 0x1 0x2 52:54:00:12:34:56 * eth0\n\
+                 {STRANGER} 0x1 0x2 52:54:00:99:99:99 * eth0\n"
+            ),
+        )
+        .unwrap();
+        let access = Access {
+            arp_table,
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+        };
         let state = Arc::new(HttpState {
             site: site_rx,
             store,
             recorder,
             ipxe_dir,
             ipxe_files: vec!["ipxe.efi".into()],
+            access,
         });
         Fixture {
             _dir: dir,
@@ -418,6 +445,18 @@ mod tests {
 
     fn get(uri: &str) -> axum::http::Request<Body> {
         axum::http::Request::get(uri).body(Body::empty()).unwrap()
+    }
+
+    /// The address of 52:54:00:12:34:56 in the fixture's neighbour table.
+    const LISTED: &str = "10.0.0.51";
+    /// The address of 52:54:00:99:99:99.
+    const STRANGER: &str = "10.0.0.99";
+
+    /// `request` as if it came from `ip` (what axum's connect info says in the server).
+    fn from(ip: &str, mut request: axum::http::Request<Body>) -> axum::http::Request<Body> {
+        let addr = SocketAddr::new(ip.parse().unwrap(), 40000);
+        request.extensions_mut().insert(ConnectInfo(addr));
+        request
     }
 
     #[tokio::test]
@@ -446,8 +485,12 @@ mod tests {
 
     #[tokio::test]
     async fn ignored_or_imageless_clients_get_a_refusal_script() {
-        let f = fixture("[boot]\nimage = \"lab\"\nunknown_clients = \"ignore\"\n");
-        let (_, _, body) = call(&f.state, get("/boot/52-54-00-12-34-56.ipxe")).await;
+        // A listed machine asking for the script of one that is not.
+        let f = fixture(
+            "[boot]\nimage = \"lab\"\nunknown_clients = \"ignore\"\n\
+             [[client]]\nmac = \"52:54:00:12:34:56\"\n",
+        );
+        let (_, _, body) = call(&f.state, from(LISTED, get("/boot/52-54-00-99-99-99.ipxe"))).await;
         assert!(
             body.contains("not booting") && body.contains("exit"),
             "{body}"
@@ -470,9 +513,10 @@ mod tests {
             "http_port = 8080\n[boot]\nimage = \"lab\"\nunknown_clients = \"ignore\"\n\
              [[client]]\nmac = \"52:54:00:12:34:56\"\nsize = \"2G\"\n",
         )));
-        let (_, _, body) = call(&f.state, get(uri)).await;
+        let (_, _, body) = call(&f.state, from(LISTED, get(uri))).await;
         assert!(body.contains("diskless.size=2G"), "{body}");
-        let (_, _, body) = call(&f.state, get("/boot/52-54-00-99-99-99.ipxe")).await;
+        let other = get("/boot/52-54-00-99-99-99.ipxe");
+        let (_, _, body) = call(&f.state, from(LISTED, other)).await;
         assert!(body.contains("not booting"), "{body}");
     }
 
@@ -684,5 +728,57 @@ mod tests {
         let (status, _, body) = call(&f.state, get("/api/clients")).await;
         assert_eq!(status, StatusCode::OK);
         assert!(body.contains("\"stage\":\"fetched\""), "{body}");
+    }
+
+    #[tokio::test]
+    async fn ignoring_unknown_clients_closes_every_url_but_the_index_to_them() {
+        let f = fixture(
+            "[boot]\nimage = \"lab\"\nunknown_clients = \"ignore\"\n\
+             [[client]]\nmac = \"52:54:00:12:34:56\"\n",
+        );
+        let image = format!("/images/lab/{}/vmlinuz", f.version);
+        let report = || {
+            axum::http::Request::post("/api/report/52-54-00-12-34-56")
+                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+                .body(Body::from("stage=fetched"))
+                .unwrap()
+        };
+        let requests = || {
+            [
+                get("/boot/52-54-00-12-34-56.ipxe"),
+                get(&image),
+                get("/ipxe/ipxe.efi"),
+                get("/api/clients"),
+                report(),
+            ]
+        };
+        // The listed client gets everything.
+        for request in requests() {
+            let uri = request.uri().clone();
+            let (status, _, body) = call(&f.state, from(LISTED, request)).await;
+            assert_eq!(status, StatusCode::OK, "{uri}: {body}");
+        }
+        // A stranger on the link, or a peer whose MAC the server cannot tell, gets 403 for
+        // each, even asking in a listed client's name.
+        for peer in [Some(STRANGER), Some("10.0.0.77"), None] {
+            for request in requests() {
+                let uri = request.uri().clone();
+                let request = match peer {
+                    Some(ip) => from(ip, request),
+                    None => request,
+                };
+                let (status, _, body) = call(&f.state, request).await;
+                assert_eq!(status, StatusCode::FORBIDDEN, "{peer:?} {uri}: {body}");
+            }
+        }
+        let (status, _, _) = call(&f.state, from(STRANGER, get("/"))).await;
+        assert_eq!(status, StatusCode::OK, "the index says what the server is");
+        let metrics = f.state.access.metrics.render();
+        assert!(
+            metrics.contains("diskless_access_refused_total{protocol=\"http\"} 15"),
+            "{metrics}"
+        );
+        // The stranger's report left no record.
+        assert!(f.record("52:54:00:99:99:99").await.is_none());
     }
 }

@@ -21,6 +21,8 @@
 //!   `image_protocol = "tftp"`, the images.
 //! - HTTP ([`http`]): scripts, image files, stage reports, on the routes of
 //!   [`diskless_boot::routes`].
+//! - With `unknown_clients = "ignore"`, HTTP and TFTP answer only listed clients: [`access`]
+//!   maps a peer's address to its MAC and decides.
 //! - IPv6 router advertisements ([`ra`]), when the site wants them.
 //! - The recorder ([`recorder`]): every protocol's [`BootEvent`]s, the client table and
 //!   `clients.json`.
@@ -29,6 +31,7 @@
 //! next DHCP request and the next script follow a new config. Leases, running transfers and
 //! the client record are untouched by a reload.
 
+pub mod access;
 pub mod admin;
 pub mod boots;
 pub mod http;
@@ -383,7 +386,20 @@ pub async fn run_with_recorder(
         }
     });
 
+    // One set of metrics: the admin pages render it, the access checks count refusals in it.
+    let metrics = Arc::new(metrics::Metrics::new());
+    let access = access::Access::new(metrics.clone());
     let mut tftp_config = diskless_tftp::server::ServerConfig::new(&current.store);
+    tftp_config.allow = Some({
+        let (site, access) = (site.clone(), access.clone());
+        Arc::new(move |name: &std::path::Path, client: SocketAddr| {
+            let site = site.borrow().clone();
+            let what = name.display().to_string();
+            access
+                .check(&site, Some(client.ip()), access::Protocol::Tftp, &what)
+                .map_err(|refusal| refusal.to_string())
+        })
+    });
     tftp_config.on_transfer_done = Some({
         let recorder = recorder.clone();
         Arc::new(move |log: &diskless_tftp::server::TransferLog| {
@@ -416,15 +432,19 @@ pub async fn run_with_recorder(
     // The admin pages and metrics, fed by the recorder.
     if let Some(listener) = admin {
         let addr = listener.local_addr().ok();
-        let state = Arc::new(admin::AdminState::new(
-            {
-                let recorder = recorder.clone();
-                Arc::new(move || recorder.snapshot())
-            },
-            store.clone(),
-            Some(current.interface.clone()),
-            (current.mode == diskless_boot::Mode::Full).then(|| current.state.join("leases.json")),
-        ));
+        let state = Arc::new(
+            admin::AdminState::new(
+                {
+                    let recorder = recorder.clone();
+                    Arc::new(move || recorder.snapshot())
+                },
+                store.clone(),
+                Some(current.interface.clone()),
+                (current.mode == diskless_boot::Mode::Full)
+                    .then(|| current.state.join("leases.json")),
+            )
+            .with_metrics(metrics.clone()),
+        );
         // Subscribed before the snapshot is taken: nothing falls in between. What earlier runs
         // recorded goes in the lab view, not in this server's counts.
         let updates = recorder.subscribe();
@@ -453,6 +473,7 @@ pub async fn run_with_recorder(
         recorder,
         ipxe_dir,
         ipxe_files,
+        access,
     });
     let app = http::router(http_state).into_make_service_with_connect_info::<SocketAddr>();
     tasks.spawn({

@@ -14,6 +14,7 @@
 //! diskless_boot_phase_seconds{phase}                  histogram, per finished boot
 //! diskless_image_fetch_bytes_per_second               histogram, as the client measured it
 //! diskless_boot_failures_total{reason}
+//! diskless_access_refused_total{protocol}            http, tftp (unknown_clients = "ignore")
 //! ```
 //!
 //! Every family is registered at start, and the label values known in advance (DHCP message
@@ -40,6 +41,7 @@ pub struct Metrics {
     phase_seconds: HistogramVec,
     fetch_rate: Histogram,
     failures: IntCounterVec,
+    access_refused: IntCounterVec,
 }
 
 /// Boot phases last from a fraction of a second (a DHCP exchange) to minutes (systemd under
@@ -110,6 +112,12 @@ impl Metrics {
             "Boots that ended in failure, by reason.",
             &["reason"],
         );
+        let access_refused = counter(
+            "diskless_access_refused_total",
+            "Requests refused because the client is not listed (unknown_clients = \"ignore\"), \
+             by protocol.",
+            &["protocol"],
+        );
         let phase_seconds = histogram(
             "diskless_boot_phase_seconds",
             "Time each phase of a finished boot took, in seconds.",
@@ -143,6 +151,9 @@ impl Metrics {
         for kind in DHCP_TYPES {
             dhcp_packets.with_label_values(&[*kind]);
         }
+        for protocol in ["http", "tftp"] {
+            access_refused.with_label_values(&[protocol]);
+        }
         for result in ["ok", "error"] {
             tftp_transfers.with_label_values(&[result]);
         }
@@ -166,7 +177,13 @@ impl Metrics {
             phase_seconds,
             fetch_rate,
             failures,
+            access_refused,
         }
+    }
+
+    /// A request over `protocol` (`http`, `tftp`) was refused: the client is not listed.
+    pub fn access_refused(&self, protocol: &str) {
+        self.access_refused.with_label_values(&[protocol]).inc();
     }
 
     /// A DHCP packet of `kind` (`discover`, `request`, ...) was received and acted on.
@@ -324,6 +341,7 @@ mod tests {
             "diskless_http_bytes_sent_total{file=\"root.squashfs\"} 0",
             "diskless_boot_phase_seconds_count{phase=\"systemd\"} 0",
             "diskless_boot_failures_total{reason=\"network\"} 0",
+            "diskless_access_refused_total{protocol=\"tftp\"} 0",
             "# TYPE diskless_boot_phase_seconds histogram",
             "# TYPE diskless_image_fetch_bytes_per_second histogram",
         ] {

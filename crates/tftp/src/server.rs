@@ -52,7 +52,14 @@ pub struct ServerConfig {
     /// Files served beside the root, asked first: a boot server's generated configs, or
     /// binaries it serves from the paths their packages installed them at.
     pub virtual_files: Option<VirtualFiles>,
+    /// Asked first, before any file is looked for: `Err(reason)` refuses the request with
+    /// error 2, access violation (a boot server that answers only the clients it lists).
+    pub allow: Option<AllowHook>,
 }
+
+/// Given a requested name (checked as for [`VirtualFiles`]) and the client, whether to serve
+/// it; `Err` carries the reason sent in the error packet.
+pub type AllowHook = Arc<dyn Fn(&std::path::Path, SocketAddr) -> Result<(), String> + Send + Sync>;
 
 /// Given a requested name (already checked by [`root::sanitize`]: relative, no `..`, no
 /// hidden component) and the client, what to serve instead of a file of the root; `None`
@@ -76,6 +83,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("max_transfers", &self.max_transfers)
             .field("on_transfer_done", &self.on_transfer_done.is_some())
             .field("virtual_files", &self.virtual_files.is_some())
+            .field("allow", &self.allow.is_some())
             .finish()
     }
 }
@@ -96,6 +104,7 @@ impl ServerConfig {
             max_transfers: DEFAULT_MAX_TRANSFERS,
             on_transfer_done: None,
             virtual_files: None,
+            allow: None,
         }
     }
 }
@@ -414,6 +423,9 @@ fn open_source(
         (code, e.to_string())
     };
     let rel = root::sanitize(filename).map_err(refuse)?;
+    if let Some(allow) = &shared.config.allow {
+        allow(&rel, client).map_err(|reason| (ErrorCode::AccessViolation, reason))?;
+    }
     let io = |e: io::Error| (ErrorCode::NotDefined, e.to_string());
     let found = shared
         .config

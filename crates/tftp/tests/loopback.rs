@@ -560,3 +560,39 @@ fn virtual_files_before_the_root() {
         .collect();
     assert_eq!(names, ["grub/grub.cfg", "grubx64.efi", "ok", "gone"]);
 }
+
+/// The allow hook is asked before any file: a refusal is error 2, access violation, with its
+/// reason, and nothing is read.
+#[test]
+fn the_allow_hook_refuses_with_access_violation() {
+    use diskless_tftp::server::TransferOutcome;
+    use diskless_tftp::wire::ErrorCode;
+    let root = root_with(&[("ok", b"fine"), ("private", b"not for you")]);
+    let mut config = ServerConfig::new(root.path());
+    config.allow = Some(std::sync::Arc::new(|name: &std::path::Path, _client| {
+        if name == std::path::Path::new("private") {
+            Err("not a client of this server".to_string())
+        } else {
+            Ok(())
+        }
+    }));
+    let srv = TestServer::start_with(config, "127.0.0.1:0", None);
+    let (got, _) = fetch(srv.addr, "ok", &opts(512, 1)).unwrap();
+    assert_eq!(got, b"fine");
+    assert!(fetch(srv.addr, "private", &opts(512, 1)).is_err());
+    let logs = srv.wait_logs(2);
+    let refused = logs
+        .iter()
+        .find(|l| l.filename == "private")
+        .expect("the refused request is logged");
+    assert!(
+        matches!(
+            &refused.outcome,
+            TransferOutcome::Refused { code: ErrorCode::AccessViolation, reason }
+                if reason == "not a client of this server"
+        ),
+        "{:?}",
+        refused.outcome
+    );
+    assert_eq!(refused.bytes, 0);
+}
