@@ -1,5 +1,7 @@
 //! `diskless serve` as a sysadmin starts it, in network namespaces of its own (no QEMU):
-//! started as root it becomes a plain user with two capabilities and still serves. Needs
+//! started as root it becomes a plain user with two capabilities and still serves; with
+//! `unknown_clients = "ignore"` it answers a listed client on its link and refuses another
+//! (HTTP 403, TFTP access violation). Needs
 //! root, `ip` (iproute2) and `useradd` (passwd).
 
 mod common;
@@ -282,4 +284,127 @@ fn serve_names_a_missing_user_and_a_config_it_could_not_read_again() {
         "{stderr}"
     );
     drop(dir);
+}
+
+/// A boot link: the server's namespace with a bridge, two client namespaces on it, each
+/// with a MAC of its own. Everything is deleted on drop (the namespaces take their links).
+struct Lan {
+    server: Netns,
+    clients: Vec<(Netns, &'static str, &'static str)>,
+}
+
+impl Lan {
+    /// Server 10.78.0.1 on `br0`; clients (ADDRESS, MAC) on their `eth0`.
+    fn new(clients: [(&'static str, &'static str); 2]) -> Lan {
+        let server = Netns::new("lan");
+        let ip = |ns: &Netns, args: &[&str]| {
+            let mut all = vec!["ip", "-n", &ns.0];
+            all.extend_from_slice(args);
+            must(&all);
+        };
+        ip(&server, &["link", "add", "br0", "type", "bridge"]);
+        ip(&server, &["addr", "add", "10.78.0.1/24", "dev", "br0"]);
+        ip(&server, &["link", "set", "br0", "up"]);
+        let mut lan = Lan {
+            server,
+            clients: Vec::new(),
+        };
+        for (i, (addr, mac)) in clients.into_iter().enumerate() {
+            let ns = Netns::new(&format!("c{i}"));
+            let port = format!("c{i}");
+            ip(
+                &lan.server,
+                &[
+                    "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", &ns.0,
+                ],
+            );
+            ip(&lan.server, &["link", "set", &port, "master", "br0", "up"]);
+            ip(&ns, &["link", "set", "eth0", "address", mac]);
+            ip(&ns, &["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
+            ip(&ns, &["link", "set", "eth0", "up"]);
+            lan.clients.push((ns, addr, mac));
+        }
+        lan
+    }
+}
+
+/// The first packet the TFTP server sends for a read request of `file` from inside `ns`.
+fn tftp_first_packet(ns: &Netns, file: &'static str) -> Vec<u8> {
+    ns.run(move || {
+        let socket = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+        socket
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut rrq = vec![0, 1];
+        rrq.extend_from_slice(file.as_bytes());
+        rrq.extend_from_slice(b"\0octet\0");
+        socket.send_to(&rrq, "10.78.0.1:69").unwrap();
+        let mut buf = [0u8; 1024];
+        let (n, _) = socket.recv_from(&mut buf).expect("a TFTP answer");
+        buf[..n].to_vec()
+    })
+}
+
+/// The HTTP status of GET `path` from inside `ns`.
+fn http_status(ns: &Netns, path: &'static str) -> u16 {
+    ns.run(
+        move || match ureq::get(&format!("http://10.78.0.1:80{path}")).call() {
+            Ok(response) => response.status().as_u16(),
+            Err(ureq::Error::StatusCode(code)) => code,
+            Err(e) => panic!("GET {path}: {e}"),
+        },
+    )
+}
+
+#[test]
+fn ignored_unknown_clients_get_403_and_access_violation_the_listed_one_is_served() {
+    if !prerequisites() {
+        return;
+    }
+    test_user();
+    let listed = ("10.78.0.11", "52:54:00:00:00:01");
+    let stranger = ("10.78.0.12", "52:54:00:00:00:02");
+    let lan = Lan::new([listed, stranger]);
+    let (dir, config) = workdir(&format!(
+        "[boot]\nunknown_clients = \"ignore\"\n[[client]]\nmac = \"{}\"\n",
+        listed.1
+    ));
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("interface = \"lo\"", "interface = \"br0\"");
+    std::fs::write(&config, text).unwrap();
+    // As the service runs: a user, mapping peers from the neighbour table (proxy mode).
+    let server = Server::start(
+        &lan.server,
+        &config,
+        TEST_USER,
+        dir.path().join("serve.log"),
+    );
+
+    let (listed_ns, stranger_ns) = (&lan.clients[0].0, &lan.clients[1].0);
+    for path in ["/ipxe/ipxe.efi", "/api/clients"] {
+        assert_eq!(http_status(listed_ns, path), 200, "{path}");
+        assert_eq!(http_status(stranger_ns, path), 403, "{path}");
+    }
+    // The script of the listed client, asked by the stranger in its name: refused too.
+    assert_eq!(
+        http_status(stranger_ns, "/boot/52-54-00-00-00-01.ipxe"),
+        403
+    );
+    assert_eq!(http_status(stranger_ns, "/"), 200, "the index is open");
+    // TFTP: DATA block 1 for the listed client, ERROR 2 (access violation) for the other.
+    let data = tftp_first_packet(listed_ns, "ipxe/ipxe.efi");
+    assert_eq!(data[..4], [0, 3, 0, 1], "{data:?}");
+    let error = tftp_first_packet(stranger_ns, "ipxe/ipxe.efi");
+    assert_eq!(
+        error[..4],
+        [0, 5, 0, 2],
+        "{}",
+        String::from_utf8_lossy(&error)
+    );
+    let log = server.log();
+    assert!(
+        log.contains("refused (unknown_clients = \"ignore\")") && log.contains(stranger.1),
+        "{log}"
+    );
 }
