@@ -15,7 +15,9 @@ use diskless_boot::routes::Route;
 use diskless_boot::Site;
 use diskless_image::manifest::{hash_file, Manifest, BOOT_CPIO, INITRD, KERNEL, SQUASHFS};
 use diskless_image::store::Store;
+use diskless_server::access::Access;
 use diskless_server::http::{router, HttpState};
+use diskless_server::metrics::Metrics;
 use diskless_server::recorder::{Limits, Recorder, RecorderTask};
 use libfuzzer_sys::fuzz_target;
 use std::collections::BTreeMap;
@@ -86,6 +88,7 @@ fn fixture() -> &'static Fixture {
             recorder,
             ipxe_dir: ipxe,
             ipxe_files: vec!["ipxe.efi".into()],
+            access: Access::new(Arc::new(Metrics::new())),
         });
         Fixture {
             _dir: dir,

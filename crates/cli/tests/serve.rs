@@ -1,8 +1,7 @@
 //! `diskless serve` as a sysadmin starts it, in network namespaces of its own (no QEMU):
 //! started as root it becomes a plain user with two capabilities and still serves; with
 //! `unknown_clients = "ignore"` it answers a listed client on its link and refuses another
-//! (HTTP 403, TFTP access violation). Needs
-//! root, `ip` (iproute2) and `useradd` (passwd).
+//! (HTTP 403, TFTP access violation). Needs root, `ip` (iproute2) and `useradd` (passwd).
 
 mod common;
 

@@ -67,9 +67,9 @@ pub struct ServeArgs {
     /// (config: boot.secure_boot).
     #[arg(long)]
     pub secure_boot: bool,
-    /// When started as root: the user to run as, with only the capabilities to bind its
-    /// ports and send router advertisements; the state directory becomes its own (root
-    /// keeps root, not recommended). Ignored when not started as root (under systemd).
+    /// Started as root: the user to become before binding, keeping only CAP_NET_BIND_SERVICE
+    /// and CAP_NET_RAW; the state directory becomes its own. `root` keeps root (not
+    /// recommended). Not used when not started as root (systemd starts it as its user).
     #[arg(long, value_name = "NAME", default_value = crate::privileges::SERVICE_USER)]
     pub user: String,
     /// Check the config (file and flags) and exit: 0 when it is valid, 1 with FILE:LINE:
