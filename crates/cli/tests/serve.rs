@@ -368,17 +368,21 @@ fn ignored_unknown_clients_get_403_and_access_violation_the_listed_one_is_served
         "[boot]\nunknown_clients = \"ignore\"\n[[client]]\nmac = \"{}\"\n",
         listed.1
     ));
+    // Full mode: the server also answers router solicitations, on a raw ICMPv6 socket that
+    // only CAP_NET_RAW opens.
     let text = std::fs::read_to_string(&config)
         .unwrap()
-        .replace("interface = \"lo\"", "interface = \"br0\"");
+        .replace("interface = \"lo\"", "interface = \"br0\"")
+        .replace("mode = \"proxy\"", "mode = \"full\"");
     std::fs::write(&config, text).unwrap();
-    // As the service runs: a user, mapping peers from the neighbour table (proxy mode).
+    // As the service runs: a user, mapping peers from the neighbour table.
     let server = Server::start(
         &lan.server,
         &config,
         TEST_USER,
         dir.path().join("serve.log"),
     );
+    server.wait_for("answering IPv6 router solicitations");
 
     let (listed_ns, stranger_ns) = (&lan.clients[0].0, &lan.clients[1].0);
     for path in ["/ipxe/ipxe.efi", "/api/clients"] {
