@@ -13,6 +13,9 @@
 //! 2. **The server's own leases** (`STATE/leases.json`, full mode): the bound, unexpired
 //!    lease of that address, for a peer the table does not list (yet, or any more).
 //!
+//! Not the recorder's last-seen address of a client: script requests and reports name their
+//! MAC in the URL, so that address is what a peer claimed, not what the server observed.
+//!
 //! A peer on another link (through a router) shows up as the router's MAC or not at all, and
 //! is refused: only clients on the boot link can be identified. Nothing here authenticates: a
 //! host on the boot link that takes a listed MAC or a listed client's address passes. This is
