@@ -394,8 +394,10 @@ mod tests {
         let ipxe_dir = dir.path().join("ipxe");
         std::fs::create_dir(&ipxe_dir).unwrap();
         std::fs::write(ipxe_dir.join("ipxe.efi"), "efi").unwrap();
+        // Its own state directory: the access check reads the leases there (full mode).
         let (site, site_rx) = watch::channel(Arc::new(Site::for_tests(&format!(
-            "http_port = 8080\n{config}"
+            "http_port = 8080\nstate = {:?}\n{config}",
+            dir.path().join("state")
         ))));
         let (recorder, task) = crate::recorder::Recorder::start(None, Limits::default());
         // The neighbour table the access check reads: LISTED and STRANGER on the site's link.
@@ -780,5 +782,20 @@ mod tests {
         );
         // The stranger's report left no record.
         assert!(f.record("52:54:00:99:99:99").await.is_none());
+        // Full mode: an address the neighbour table lacks is the listed client's when the
+        // server leased it to that client.
+        let site = f.state.site.borrow().clone();
+        let mut leases = diskless_dhcp::lease::LeaseStore::new();
+        leases.insert(diskless_dhcp::lease::Lease {
+            mac: "52:54:00:12:34:56".parse().unwrap(),
+            ip: "10.0.0.77".parse().unwrap(),
+            expires: u64::MAX,
+            state: diskless_dhcp::lease::LeaseState::Bound,
+            hostname: None,
+        });
+        std::fs::create_dir_all(&site.state).unwrap();
+        leases.save(&site.state.join("leases.json")).unwrap();
+        let (status, _, body) = call(&f.state, from("10.0.0.77", get(&image))).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
     }
 }
