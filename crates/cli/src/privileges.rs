@@ -120,10 +120,21 @@ pub fn drop_to(user: &User) -> Result<()> {
         bail!("dropping privileges needs a process with one thread, this one has {threads}");
     }
     let kept: CapsHashSet = KEPT.into_iter().collect();
-    // Dropping from the bounding set needs CAP_SETPCAP: while still root.
-    for cap in caps::all().difference(&kept) {
-        caps::drop(None, CapSet::Bounding, *cap)
-            .with_context(|| format!("dropping {cap} from the bounding set"))?;
+    // Dropping from the bounding set needs CAP_SETPCAP: while still root. By number, up to
+    // the kernel's last capability, so that one newer than the caps crate goes too.
+    let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .context("reading /proc/sys/kernel/cap_last_cap")?;
+    let last: u8 = last
+        .trim()
+        .parse()
+        .with_context(|| format!("/proc/sys/kernel/cap_last_cap: {last:?}"))?;
+    for cap in (0..=last).filter(|n| !KEPT.iter().any(|k| k.index() == *n)) {
+        // SAFETY: a plain prctl on this thread's bounding set.
+        let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) };
+        check(
+            rc,
+            &format!("dropping capability {cap} from the bounding set"),
+        )?;
     }
     let name = CString::new(user.name.as_str()).context("user name")?;
     // SAFETY: plain system calls on this process's credentials; `name` outlives the call.
