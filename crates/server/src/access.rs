@@ -33,7 +33,9 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// The kernel's IPv4 neighbour table, as procfs shows it.
+/// The kernel's IPv4 neighbour table, as procfs shows it. Through `self`, not `/proc/net`:
+/// the unit's `ProcSubset=pid` mounts procfs with `subset=pid`, which hides `/proc/net` but
+/// keeps `/proc/self/net/arp` (tried with `mount -t proc -o subset=pid`, Linux 6.x).
 pub const ARP_TABLE: &str = "/proc/self/net/arp";
 
 /// `ATF_COM` in the Flags column: the entry has a hardware address (include/uapi/linux/if_arp.h).
