@@ -24,8 +24,14 @@ fn must(args: &[&str]) -> String {
     common::run(Command::new(args[0]).args(&args[1..]))
 }
 
-/// `TEST_USER`'s uid, gid and groups, the user made first if missing.
+/// `TEST_USER`'s uid, gid and groups, the user made first if missing (once: the tests of
+/// this file run on threads of one process, and two useradd at once would collide).
 fn test_user() -> (u32, u32, Vec<u32>) {
+    static USER: std::sync::OnceLock<(u32, u32, Vec<u32>)> = std::sync::OnceLock::new();
+    USER.get_or_init(make_test_user).clone()
+}
+
+fn make_test_user() -> (u32, u32, Vec<u32>) {
     let exists = Command::new("id")
         .arg(TEST_USER)
         .stdout(Stdio::null())
@@ -34,12 +40,16 @@ fn test_user() -> (u32, u32, Vec<u32>) {
         .unwrap()
         .success();
     if !exists {
-        // Another test may create it at the same moment: then useradd fails, and id below
-        // tells whether the user is there.
-        let _ = Command::new("useradd")
-            .args(["--system", "--no-create-home", "--home-dir", "/nonexistent"])
-            .args(["--shell", "/usr/sbin/nologin", TEST_USER])
-            .status();
+        must(&[
+            "useradd",
+            "--system",
+            "--no-create-home",
+            "--home-dir",
+            "/nonexistent",
+            "--shell",
+            "/usr/sbin/nologin",
+            TEST_USER,
+        ]);
     }
     let number = |flag: &str| must(&["id", flag, TEST_USER]).trim().parse().unwrap();
     let groups = must(&["id", "-G", TEST_USER])
