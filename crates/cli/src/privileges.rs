@@ -184,43 +184,64 @@ pub fn drop_to(user: &User) -> Result<()> {
 
 /// Make `dir` (created if missing; its mode `mode`) and the regular files directly in it
 /// `user`'s, as root, before the drop: what the server writes there must stay its own.
-/// Refused, changing nothing, when `dir` holds anything else (a subdirectory, a link): a
-/// state directory set by mistake to a shared one (`/var/lib`, `/tmp`) must not change owner.
+/// Refused, changing nothing, when `dir` holds anything else (a subdirectory, a link) not
+/// already the user's: a state directory set by mistake to a shared one (`/var/lib`, `/tmp`)
+/// must not change owner. `dir` itself may be a link to a directory.
 pub fn give_dir(dir: &Path, mode: u32, user: &User) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    let meta = std::fs::symlink_metadata(dir).with_context(|| format!("{}", dir.display()))?;
+    let meta = std::fs::metadata(dir).with_context(|| format!("{}", dir.display()))?;
     if !meta.is_dir() {
         bail!("{} is not a directory", dir.display());
     }
+    let owned = |m: &std::fs::Metadata| (m.uid(), m.gid()) == (user.uid, user.gid);
     let mut files = Vec::new();
+    let mut foreign = None;
     for entry in std::fs::read_dir(dir).with_context(|| format!("reading {}", dir.display()))? {
         let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
-        let kind = entry
-            .file_type()
-            .with_context(|| format!("{}", entry.path().display()))?;
-        if !kind.is_file() {
-            bail!(
-                "{} holds {}, which is not a file the server wrote: the server makes the \
-                 directories it writes user {}'s only when they hold nothing but its files; \
-                 choose a directory of its own (--state), or chown -R {} it yourself",
-                dir.display(),
-                entry.path().display(),
-                user.name,
-                user.name
-            );
+        let path = entry.path();
+        let entry_meta =
+            std::fs::symlink_metadata(&path).with_context(|| format!("{}", path.display()))?;
+        if entry_meta.is_file() {
+            files.push((path, entry_meta));
+        } else if !owned(&entry_meta) {
+            foreign.get_or_insert(path);
         }
-        files.push(entry.path());
+    }
+    let done = owned(&meta)
+        && meta.permissions().mode() & 0o7777 == mode
+        && files.iter().all(|(_, m)| owned(m));
+    if done {
+        return Ok(());
+    }
+    if let Some(other) = foreign {
+        bail!(
+            "{} holds {}, which is not a file the server wrote: the server makes the \
+             directories it writes user {}'s only when they hold nothing but its files; \
+             choose a directory of its own (--state), or chown -R {} it yourself",
+            dir.display(),
+            other.display(),
+            user.name,
+            user.name
+        );
     }
     if meta.permissions().mode() & 0o7777 != mode {
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode))
             .with_context(|| format!("setting the mode of {}", dir.display()))?;
     }
-    for path in std::iter::once(dir.to_path_buf()).chain(files) {
-        let meta = std::fs::symlink_metadata(&path)?;
-        if (meta.uid(), meta.gid()) != (user.uid, user.gid) {
-            std::os::unix::fs::lchown(&path, Some(user.uid), Some(user.gid))
-                .with_context(|| format!("giving {} to user {}", path.display(), user.name))?;
-        }
+    let give = |path: &Path, result: std::io::Result<()>| {
+        result.with_context(|| format!("giving {} to user {}", path.display(), user.name))
+    };
+    if !owned(&meta) {
+        give(
+            dir,
+            std::os::unix::fs::chown(dir, Some(user.uid), Some(user.gid)),
+        )?;
+    }
+    for (path, _) in files.iter().filter(|(_, m)| !owned(m)) {
+        give(
+            path,
+            std::os::unix::fs::lchown(path, Some(user.uid), Some(user.gid)),
+        )?;
     }
     Ok(())
 }
@@ -296,8 +317,17 @@ mod tests {
             uid: unsafe { libc::geteuid() },
             gid: unsafe { libc::getegid() },
         };
-        let err = format!("{:#}", give_dir(dir.path(), 0o700, &me).unwrap_err());
+        // As root, `me` is root and owns the directory already: another owner stands for
+        // the one it would be given to.
+        let other = User {
+            name: "other".into(),
+            uid: me.uid + 4242,
+            gid: me.gid + 4242,
+        };
+        let err = format!("{:#}", give_dir(dir.path(), 0o700, &other).unwrap_err());
         assert!(err.contains("home") && err.contains("--state"), "{err}");
+        // Already the user's (chowned by hand): accepted as it is.
+        give_dir(dir.path(), 0o700, &me).unwrap();
         std::fs::remove_dir(dir.path().join("home")).unwrap();
         give_dir(dir.path(), 0o700, &me).unwrap();
         let fresh = dir.path().join("new/state");
