@@ -20,7 +20,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-
 /// The image's size: 3 slices of docs/nginx-cache.conf's 4 MiB, the last one partial.
 const IMAGE_BYTES: u64 = 10_000_000;
 const SLICE: u64 = 4 * 1024 * 1024;
@@ -470,5 +469,80 @@ fn room_cache() {
         "room_cache: cache killed with {} of {CLIENTS} clients done; {} fell back to the origin, {resumed} resumed with Range",
         done_before_kill.len(),
         CLIENTS - done_before_kill.len()
+    );
+}
+
+#[test]
+#[ignore = "root, namespaces: scripts/test runs it"]
+fn two_servers() {
+    let Some(fetch) = prerequisites(&["curl", "tc", "flock"]) else {
+        return;
+    };
+    const CLIENTS: usize = 10;
+    const SECOND: &str = "10.77.0.3";
+    let mut lab = Lab::new("two", CLIENTS, fetch);
+    lab.host("b", SECOND);
+    // The same images on both: the second server's store is a copy of the first's.
+    let sha256 = store_with_image(&lab.path().join("store-a"));
+    check(
+        Command::new("cp")
+            .arg("-a")
+            .arg(lab.path().join("store-a"))
+            .arg(lab.path().join("store-b")),
+    );
+    // One config for the lab, on both servers: both named, the first first.
+    let config = format!(
+        "[boot]\nimage = \"storm\"\nimage_urls = [\"http://{ORIGIN}\", \"http://{SECOND}\"]\n"
+    );
+    let first = lab.serve(&lab.ns("srv"), "a", "srv0", &config);
+    lab.serve(&lab.ns("b"), "b", "eth0", &config);
+    lab.wait_for(&format!("http://{ORIGIN}/"));
+    lab.wait_for(&format!("http://{SECOND}/"));
+
+    // A client gets the same boot from either server.
+    let (sources, sha, script) = lab.script(1, ORIGIN);
+    let (from_second, sha_second, _) = lab.script(2, SECOND);
+    let path = "/images/storm/v1/root.squashfs";
+    assert_eq!(
+        sources,
+        [
+            format!("http://{ORIGIN}{path}"),
+            format!("http://{SECOND}{path}")
+        ],
+        "{script}"
+    );
+    assert_eq!((&from_second, &sha_second), (&sources, &sha));
+    assert_eq!(sha, sha256);
+
+    // The first server's link at 100 Mbit (10 x 10 MB: 8 s of wire time); it dies 2 s in.
+    check(storm_net().args(["shape", &lab.ns("srv"), "srv0", "100mbit"]));
+    let storm = lab.storm("storm", &sha, &sources);
+    lab.mid_storm("storm", Duration::from_secs(2));
+    let done_before_kill = lab.done("storm");
+    let _ = lab.servers[first].kill();
+    let _ = lab.servers[first].wait();
+    lab.all_verified(storm, "storm");
+    assert!(
+        done_before_kill.is_empty(),
+        "clients done before the first server died: {done_before_kill:?}"
+    );
+    let from_first = image_requests(&lab.path().join("a.log"));
+    let from_second = image_requests(&lab.path().join("b.log"));
+    for i in 1..=CLIENTS {
+        let ip = client_ip(i);
+        assert!(
+            from_first.contains_key(&ip),
+            "client {i} did not start at the first server"
+        );
+        let resumed = from_second
+            .get(&ip)
+            .unwrap_or_else(|| panic!("client {i} never reached the second server"));
+        assert!(
+            resumed.iter().all(|r| r.starts_with("bytes=")),
+            "client {i} started over at the second server: {resumed:?}"
+        );
+    }
+    eprintln!(
+        "two_servers: the first server killed 2 s into a storm of {CLIENTS}; every client resumed at the second: {from_second:?}"
     );
 }
