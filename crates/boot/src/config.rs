@@ -59,6 +59,9 @@ pub struct Config {
     pub record: RecordSection,
     #[serde(rename = "client")]
     pub clients: Vec<ClientConfig>,
+    /// `[[subnet]]`: settings for the clients whose address is in a subnet.
+    #[serde(rename = "subnet")]
+    pub subnets: Vec<SubnetConfig>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -99,6 +102,21 @@ pub struct BootSection {
     /// UEFI PXE clients boot through the Secure Boot chain (Debian's signed shim and GRUB)
     /// instead of iPXE; a `[[client]]` entry's `secure_boot` overrides it.
     pub secure_boot: bool,
+    /// Where clients fetch the kernel, initrds and image from, in order, before this server:
+    /// each the base URL of a store layout (`diskless image export`), e.g. a room's cache.
+    /// This server comes last unless the list names it. A `[[subnet]]` or `[[client]]`
+    /// entry's list replaces this one.
+    pub image_urls: Vec<String>,
+}
+
+/// `[[subnet]]`: the clients whose address is in `cidr` (the most specific subnet wins).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubnetConfig {
+    /// `10.1.0.0/16`.
+    pub cidr: String,
+    /// Replaces `[boot] image_urls` for these clients.
+    pub image_urls: Vec<String>,
 }
 
 /// The record of client boots (`STATE/clients.json`, `diskless clients`).
@@ -133,6 +151,8 @@ pub struct ClientConfig {
     pub size: Option<String>,
     /// This client boots through the Secure Boot chain (or not), whatever `[boot]` says.
     pub secure_boot: Option<bool>,
+    /// Replaces `[boot] image_urls` and its subnet's for this client.
+    pub image_urls: Option<Vec<String>>,
 }
 
 impl Default for Config {
@@ -151,6 +171,7 @@ impl Default for Config {
             boot: BootSection::default(),
             record: RecordSection::default(),
             clients: Vec::new(),
+            subnets: Vec::new(),
         }
     }
 }
@@ -186,6 +207,7 @@ impl Default for BootSection {
             cmdline: String::new(),
             image_protocol: ImageProtocol::Http,
             secure_boot: false,
+            image_urls: Vec::new(),
         }
     }
 }
@@ -255,6 +277,18 @@ impl Config {
                 ));
             }
         }
+        check_image_urls(&self.boot.image_urls)?;
+        let mut cidrs = HashSet::new();
+        for subnet in &self.subnets {
+            let net = parse_cidr(&subnet.cidr).map_err(|m| (Some(subnet.cidr.clone()), m))?;
+            if !cidrs.insert(net) {
+                return Err((
+                    Some(subnet.cidr.clone()),
+                    format!("subnet {net} is listed twice"),
+                ));
+            }
+            check_image_urls(&subnet.image_urls)?;
+        }
         let mut macs = HashSet::new();
         let mut ips = HashSet::new();
         let mut names = HashSet::new();
@@ -289,6 +323,9 @@ impl Config {
             }
             if let Some(cmdline) = &client.cmdline {
                 check_cmdline(cmdline).map_err(|m| (Some(mac.clone()), m))?;
+            }
+            if let Some(urls) = &client.image_urls {
+                check_image_urls(urls)?;
             }
         }
         if self.record.max_clients == 0 {
@@ -336,6 +373,67 @@ pub fn parse_range(text: &str) -> Result<(Ipv4Addr, Ipv4Addr), String> {
         return Err(format!("range {text:?} ends before it starts"));
     }
     Ok((first, last))
+}
+
+/// `10.1.0.0/16`: a network address and its prefix length, without host bits.
+pub fn parse_cidr(text: &str) -> Result<ipnet::Ipv4Net, String> {
+    let net: ipnet::Ipv4Net = text
+        .parse()
+        .map_err(|_| format!("cidr {text:?} must be an IPv4 network like 10.1.0.0/16"))?;
+    if net.trunc() != net {
+        return Err(format!(
+            "cidr {text:?} has host bits set: the network is {}",
+            net.trunc()
+        ));
+    }
+    Ok(net)
+}
+
+/// The most bytes a list of image URLs may take: each file's URLs go on the kernel command
+/// line (`diskless.image=`), which the x86 kernel cuts at 2048 bytes.
+pub const IMAGE_URLS_MAX_BYTES: usize = 1024;
+
+/// An `image_urls` list: plain `http://HOST[:PORT][/PATH]` base URLs (the initramfs helper
+/// speaks HTTP; a comma would split `diskless.image=`, a space the command line, `${` is
+/// expanded by iPXE), short enough for the kernel command line. The error carries the
+/// offending URL to find its line by.
+pub fn check_image_urls(urls: &[String]) -> Result<(), (Option<String>, String)> {
+    for url in urls {
+        let bad = |why: &str| {
+            Err((
+                Some(url.clone()),
+                format!("image_urls: {url:?} {why} (e.g. \"http://cache-room1/diskless\")"),
+            ))
+        };
+        let Some(rest) = url.strip_prefix("http://") else {
+            return bad("must start with http:// (the initramfs fetches over plain HTTP)");
+        };
+        let host = rest.split('/').next().unwrap_or("");
+        if host.is_empty() || host.starts_with(':') {
+            return bad("has no host");
+        }
+        if let Some((_, port)) = host.rsplit_once(':') {
+            if port.parse::<u16>().map_or(true, |p| p == 0) {
+                return bad("has a bad port");
+            }
+        }
+        if url.contains(|c: char| c.is_whitespace() || c.is_control() || ",?#\"'\\".contains(c))
+            || url.contains("${")
+        {
+            return bad("must not contain spaces, commas, quotes, ?, # or ${");
+        }
+    }
+    let total: usize = urls.iter().map(|u| u.len() + 1).sum();
+    if total > IMAGE_URLS_MAX_BYTES {
+        return Err((
+            urls.first().cloned(),
+            format!(
+                "image_urls: {total} bytes of URLs, more than {IMAGE_URLS_MAX_BYTES}: each file's \
+                 URLs go on the kernel command line, which holds 2048 bytes"
+            ),
+        ));
+    }
+    Ok(())
 }
 
 /// A tmpfs size: a number with an optional k, m, g or % suffix.
@@ -408,6 +506,8 @@ mod tests {
         assert_eq!(c.clients.len(), 2);
         assert_eq!(c.clients[0].hostname.as_deref(), Some("pc01"));
         assert_eq!(c.boot.image.as_deref(), Some("bookworm"));
+        assert_eq!(c.subnets[0].cidr, "10.0.1.0/24");
+        assert_eq!(c.clients[1].image_urls.as_deref(), Some(&[][..]));
     }
 
     #[test]
@@ -480,6 +580,64 @@ mod tests {
         assert!(
             parse("[[client]]\nmac = \"52:54:00:00:00:01\"\nhostname = \"bad_name\"\n").is_err()
         );
+    }
+
+    #[test]
+    fn image_urls_and_subnets_are_checked() {
+        let c = parse(
+            "[boot]\nimage_urls = [\"http://cache:8080/d\"]\n\
+             [[subnet]]\ncidr = \"10.1.0.0/16\"\nimage_urls = [\"http://c1\"]\n",
+        )
+        .unwrap();
+        assert_eq!(c.boot.image_urls, ["http://cache:8080/d"]);
+        assert_eq!(c.subnets[0].image_urls, ["http://c1"]);
+        for (text, line, why) in [
+            (
+                "[boot]\nimage_urls = [\"https://c\"]\n",
+                2,
+                "must start with http://",
+            ),
+            ("[boot]\nimage_urls = [\"http:///x\"]\n", 2, "has no host"),
+            ("[boot]\nimage_urls = [\"http://c:0\"]\n", 2, "bad port"),
+            ("[boot]\nimage_urls = [\"http://a,b\"]\n", 2, "commas"),
+            ("[boot]\nimage_urls = [\"http://c/${x}\"]\n", 2, "${"),
+            (
+                "[[subnet]]\ncidr = \"10.1.2.3/16\"\nimage_urls = []\n",
+                2,
+                "host bits set: the network is 10.1.0.0/16",
+            ),
+            (
+                "[[subnet]]\ncidr = \"10.1.0.0\"\nimage_urls = []\n",
+                2,
+                "like 10.1.0.0/16",
+            ),
+            (
+                "[[subnet]]\ncidr = \"10.1.0.0/16\"\nimage_urls = []\n\
+                 [[subnet]]\ncidr = \"10.1.0.0/16\"\nimage_urls = []\n",
+                5,
+                "listed twice",
+            ),
+            (
+                "[[subnet]]\ncidr = \"10.1.0.0/16\"\n",
+                1,
+                "missing field `image_urls`",
+            ),
+            (
+                "[[client]]\nmac = \"52:54:00:00:00:01\"\nimage_urls = [\"ftp://x\"]\n",
+                3,
+                "must start with http://",
+            ),
+        ] {
+            let err = parse(text).unwrap_err();
+            assert!(err.message.contains(why), "{text}: {err}");
+            assert_eq!(err.line, Some(line), "{text}: {err}");
+        }
+        let long = format!("\"http://cache/{}\"", "x".repeat(300));
+        let err = parse(&format!(
+            "[boot]\nimage_urls = [{long}, {long}, {long}, {long}]\n"
+        ))
+        .unwrap_err();
+        assert!(err.message.contains("2048"), "{err}");
     }
 
     #[test]

@@ -26,6 +26,7 @@ use crate::routes::Route;
 use crate::site::Site;
 use diskless_dhcp::classify::arch;
 use diskless_dhcp::{BootOffer, BootPolicy, ClientInfo, ClientKind, Mac};
+use std::net::{IpAddr, Ipv4Addr};
 
 /// A client asking to boot: who it is and what its firmware is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,15 +37,23 @@ pub struct Machine {
     pub firmware: ClientKind,
     /// Option 93 (client architecture), when sent.
     pub arch: Option<u16>,
+    /// Its IPv4 address, when it has one (a script request's peer): picks its `[[subnet]]`.
+    pub address: Option<Ipv4Addr>,
 }
 
 impl Machine {
-    /// A client known only by its MAC that already runs iPXE (a script request).
-    pub fn ipxe(mac: Mac) -> Machine {
+    /// A client known only by its MAC that already runs iPXE (a script request), from
+    /// `address` when known.
+    pub fn ipxe(mac: Mac, address: Option<IpAddr>) -> Machine {
         Machine {
             mac,
             firmware: ClientKind::Ipxe,
             arch: None,
+            address: match address {
+                Some(IpAddr::V4(ip)) => Some(ip),
+                Some(IpAddr::V6(ip)) => ip.to_ipv4_mapped(),
+                None => None,
+            },
         }
     }
 }
@@ -55,6 +64,8 @@ impl From<&ClientInfo> for Machine {
             mac: client.mac,
             firmware: client.kind,
             arch: client.arch,
+            // A DHCP request comes before the address: the first stage needs no subnet.
+            address: None,
         }
     }
 }
@@ -83,6 +94,10 @@ pub struct BootSpec {
     pub size: String,
     /// Extra kernel options: the site's, then the client's.
     pub cmdline: String,
+    /// Base URLs of store layouts (`diskless image export`) to fetch the kernel, initrds and
+    /// image from, in order, before this server (which comes last unless it is listed): the
+    /// client's `image_urls`, else its most specific `[[subnet]]`'s, else `[boot]`'s.
+    pub image_urls: Vec<String>,
 }
 
 impl Site {
@@ -110,6 +125,13 @@ impl Site {
             .map(|s| s.trim())
             .collect::<Vec<_>>()
             .join(" ");
+        let image_urls = match entry.and_then(|c| c.image_urls.as_ref()) {
+            Some(urls) => urls.clone(),
+            None => machine
+                .address
+                .and_then(|ip| self.subnets.iter().find(|s| s.net.contains(&ip)))
+                .map_or_else(|| self.image_urls.clone(), |s| s.image_urls.clone()),
+        };
         let secure_boot = entry
             .and_then(|c| c.secure_boot)
             .unwrap_or(self.secure_boot);
@@ -127,6 +149,7 @@ impl Site {
                 .and_then(|c| c.size.clone())
                 .unwrap_or_else(|| self.size.clone()),
             cmdline,
+            image_urls,
         })
     }
 
@@ -199,7 +222,7 @@ mac = "52:54:00:00:00:02"
     }
 
     fn spec(site: &Site, mac: &str) -> Option<BootSpec> {
-        site.boot_spec(&Machine::ipxe(mac.parse().unwrap()))
+        site.boot_spec(&Machine::ipxe(mac.parse().unwrap(), None))
     }
 
     fn machine(firmware: ClientKind, arch: Option<u16>) -> Machine {
@@ -207,6 +230,7 @@ mac = "52:54:00:00:00:02"
             mac: "52:54:00:ab:cd:ef".parse().unwrap(),
             firmware,
             arch,
+            address: None,
         }
     }
 
@@ -243,6 +267,58 @@ mac = "52:54:00:00:00:02"
         assert!(spec(&s, stranger).is_none());
         assert!(!s.serves(stranger.parse().unwrap()));
         assert!(spec(&s, "52:54:00:00:00:02").is_some());
+    }
+
+    #[test]
+    fn image_urls_from_the_client_its_subnet_or_the_site() {
+        let s = Site::for_tests(
+            r#"
+[boot]
+image = "lab"
+image_urls = ["http://origin"]
+[[subnet]]
+cidr = "10.1.0.0/16"
+image_urls = ["http://cache-building1"]
+[[subnet]]
+cidr = "10.1.2.0/24"
+image_urls = ["http://cache-room2", "http://cache-building1"]
+[[subnet]]
+cidr = "10.9.0.0/16"
+image_urls = []
+[[client]]
+mac = "52:54:00:00:00:01"
+image_urls = ["http://teacher-cache"]
+"#,
+        );
+        let urls = |mac: &str, ip: Option<&str>| {
+            let ip = ip.map(|ip| ip.parse::<IpAddr>().unwrap());
+            s.boot_spec(&Machine::ipxe(mac.parse().unwrap(), ip))
+                .unwrap()
+                .image_urls
+        };
+        let other = "52:54:00:00:00:09";
+        assert_eq!(urls(other, None), ["http://origin"]);
+        assert_eq!(urls(other, Some("10.2.0.5")), ["http://origin"]);
+        assert_eq!(urls(other, Some("10.1.7.5")), ["http://cache-building1"]);
+        assert_eq!(
+            urls(other, Some("10.1.2.5")),
+            ["http://cache-room2", "http://cache-building1"],
+            "the most specific subnet"
+        );
+        assert_eq!(
+            urls(other, Some("::ffff:10.1.2.5")),
+            ["http://cache-room2", "http://cache-building1"],
+            "an IPv4-mapped peer"
+        );
+        assert!(
+            urls(other, Some("10.9.3.3")).is_empty(),
+            "an empty list: this server only"
+        );
+        assert_eq!(
+            urls("52:54:00:00:00:01", Some("10.1.2.5")),
+            ["http://teacher-cache"],
+            "the client's own list first"
+        );
     }
 
     #[test]
@@ -290,6 +366,7 @@ mac = "52:54:00:00:00:02"
             mac: "52:54:00:99:99:99".parse().unwrap(),
             firmware: ClientKind::BiosPxe,
             arch: None,
+            address: None,
         };
         assert!(s.boot_spec(&stranger).is_none());
         assert_eq!(

@@ -133,6 +133,13 @@ impl Route {
         format!("http://{authority}{}", self.path())
     }
 
+    /// The path under `base`, the URL of a store layout served elsewhere (`diskless image
+    /// export DIR` published at `base`): `http://cache-room1/diskless` +
+    /// `/images/{image}/{version}/{file}`.
+    pub fn url_at(&self, base: &str) -> String {
+        format!("{}{}", base.trim_end_matches('/'), self.path())
+    }
+
     /// `tftp://{authority}{path}`: the same file from the TFTP server (image files only).
     pub fn tftp_url(&self, authority: &str) -> String {
         format!("tftp://{authority}{}", self.path())
@@ -218,6 +225,17 @@ mod tests {
             Route::BootScript(mac()).url("10.0.0.1:8080"),
             "http://10.0.0.1:8080/boot/52-54-00-12-34-56.ipxe"
         );
+        let squashfs = Route::ImageFile {
+            image: "lab".into(),
+            version: "v1".into(),
+            file: ImageFile::Squashfs,
+        };
+        for base in ["http://cache:8080/diskless", "http://cache:8080/diskless/"] {
+            assert_eq!(
+                squashfs.url_at(base),
+                "http://cache:8080/diskless/images/lab/v1/root.squashfs"
+            );
+        }
         assert_eq!(
             Route::Ipxe("undionly.kpxe".into()).tftp_path(),
             "ipxe/undionly.kpxe"

@@ -48,12 +48,44 @@ impl ImageRef<'_> {
     }
 }
 
+/// Where a client fetches `file`, in order: under each base URL of its boot spec's
+/// `image_urls`, then `own` (the file on this server), unless the list names this server,
+/// which then keeps its place.
+pub fn sources(p: &ScriptParams, file: ImageFile, own: String) -> Vec<String> {
+    let route = p.image.route(file);
+    let ours = |base: &str| {
+        let base = base.trim_end_matches('/');
+        let authority = p.http_authority;
+        base == format!("http://{authority}")
+            || (!authority.contains(':') && base == format!("http://{authority}:80"))
+    };
+    let mut urls: Vec<String> = p
+        .boot
+        .image_urls
+        .iter()
+        .map(|base| {
+            if ours(base) {
+                own.clone()
+            } else {
+                route.url_at(base)
+            }
+        })
+        .collect();
+    if !urls.contains(&own) {
+        urls.push(own);
+    }
+    urls
+}
+
 pub fn kernel_cmdline(p: &ScriptParams) -> String {
     let squashfs = p.image.route(ImageFile::Squashfs);
-    let image_url = match p.protocol {
+    let own = match p.protocol {
         ImageProtocol::Http => squashfs.url(p.http_authority),
         ImageProtocol::Tftp => squashfs.tftp_url(p.tftp_authority),
     };
+    // The boot script hands the list to the fetch helper, which tries each in turn and
+    // resumes an interrupted download from the next one.
+    let image_url = sources(p, ImageFile::Squashfs, own).join(",");
     // UEFI iPXE (Debian's older builds) hands initrds to the kernel's EFI stub by name.
     let mut words = vec![format!("initrd={}", ImageFile::Initrd)];
     if p.image.boot_cpio {
@@ -79,12 +111,17 @@ pub fn kernel_cmdline(p: &ScriptParams) -> String {
 }
 
 pub fn ipxe_script(p: &ScriptParams) -> String {
-    let url = |file| p.image.route(file).url(p.http_authority);
-    let kernel = url(ImageFile::Kernel);
-    let initrd = url(ImageFile::Initrd);
+    // One command per source, each tried when the one before failed: `a || b || c`.
+    let fetch = |file: ImageFile, command: &dyn Fn(&str) -> String| {
+        let own = p.image.route(file).url(p.http_authority);
+        let tries: Vec<String> = sources(p, file, own).iter().map(|u| command(u)).collect();
+        tries.join(" || ")
+    };
+    let cmdline = kernel_cmdline(p);
+    let kernel = fetch(ImageFile::Kernel, &|url| format!("kernel {url} {cmdline}"));
+    let initrd = |file: ImageFile| fetch(file, &|url| format!("initrd --name {file} {url}"));
     let cpio = if p.image.boot_cpio {
-        let cpio = ImageFile::BootCpio;
-        format!("initrd --name {cpio} {}\n", url(cpio))
+        format!("{}\n", initrd(ImageFile::BootCpio))
     } else {
         String::new()
     };
@@ -92,15 +129,14 @@ pub fn ipxe_script(p: &ScriptParams) -> String {
         "#!ipxe\n\
          # diskless: {mac} boots image {name} version {version}\n\
          echo diskless: loading {name} {version}\n\
-         kernel {kernel} {cmdline}\n\
-         initrd --name {initrd_name} {initrd}\n\
+         {kernel}\n\
+         {initrd}\n\
          {cpio}\
          boot\n",
         mac = p.mac,
         name = p.image.name,
         version = p.image.version,
-        cmdline = kernel_cmdline(p),
-        initrd_name = ImageFile::Initrd,
+        initrd = initrd(ImageFile::Initrd),
     )
 }
 
@@ -121,6 +157,7 @@ pub(crate) mod tests {
             hostname: None,
             size: "3G".into(),
             cmdline: "quiet".into(),
+            image_urls: Vec::new(),
         }
     }
 
@@ -196,6 +233,94 @@ pub(crate) mod tests {
         assert!(
             tftp.contains("diskless.image=tftp://10.0.0.1/images/lab/"),
             "{tftp}"
+        );
+    }
+
+    #[test]
+    fn image_urls_come_first_and_this_server_last() {
+        let mut b = boot();
+        b.image_urls = vec![
+            "http://cache-room1/diskless/".into(),
+            "http://origin.example:8080".into(),
+        ];
+        let p = params(&b, ImageProtocol::Http);
+        let v = "images/lab/20261125-120000-abcd1234";
+        let script = ipxe_script(&p);
+        let lines: Vec<&str> = script.lines().collect();
+        let kernel: Vec<&str> = lines[3].split(" || ").collect();
+        assert_eq!(kernel.len(), 3, "{script}");
+        let cmdline = kernel_cmdline(&p);
+        for (i, base) in [
+            "http://cache-room1/diskless",
+            "http://origin.example:8080",
+            "http://10.0.0.1:8080",
+        ]
+        .iter()
+        .enumerate()
+        {
+            assert_eq!(kernel[i], format!("kernel {base}/{v}/vmlinuz {cmdline}"));
+        }
+        assert_eq!(
+            lines[4],
+            format!(
+                "initrd --name initrd.img http://cache-room1/diskless/{v}/initrd.img || \
+                 initrd --name initrd.img http://origin.example:8080/{v}/initrd.img || \
+                 initrd --name initrd.img http://10.0.0.1:8080/{v}/initrd.img"
+            )
+        );
+        assert!(lines[5].starts_with(&format!(
+            "initrd --name diskless.cpio http://cache-room1/diskless/{v}/diskless.cpio || "
+        )));
+        assert_eq!(lines[6], "boot");
+        let image = format!(
+            "diskless.image=http://cache-room1/diskless/{v}/root.squashfs,\
+             http://origin.example:8080/{v}/root.squashfs,\
+             http://10.0.0.1:8080/{v}/root.squashfs"
+        );
+        assert!(cmdline.split(' ').any(|w| w == image), "{cmdline}");
+        // The image over TFTP: the caches are HTTP, this server last over TFTP.
+        let tftp = kernel_cmdline(&params(&b, ImageProtocol::Tftp));
+        assert!(
+            tftp.contains(&format!(
+                "http://origin.example:8080/{v}/root.squashfs,tftp://10.0.0.1/{v}/root.squashfs "
+            )),
+            "{tftp}"
+        );
+    }
+
+    #[test]
+    fn a_list_naming_this_server_keeps_its_order() {
+        let mut b = boot();
+        b.image_urls = vec!["http://10.0.0.1:8080/".into(), "http://10.0.0.2".into()];
+        let p = params(&b, ImageProtocol::Http);
+        let v = "images/lab/20261125-120000-abcd1234";
+        assert_eq!(
+            sources(
+                &p,
+                ImageFile::Kernel,
+                format!("http://10.0.0.1:8080/{v}/vmlinuz")
+            ),
+            [
+                format!("http://10.0.0.1:8080/{v}/vmlinuz"),
+                format!("http://10.0.0.2/{v}/vmlinuz")
+            ]
+        );
+        // Port 80 named or not is the same server.
+        b.image_urls = vec!["http://10.0.0.2".into(), "http://10.0.0.1:80".into()];
+        let p = ScriptParams {
+            http_authority: "10.0.0.1",
+            ..params(&b, ImageProtocol::Http)
+        };
+        assert_eq!(
+            sources(
+                &p,
+                ImageFile::Kernel,
+                format!("http://10.0.0.1/{v}/vmlinuz")
+            ),
+            [
+                format!("http://10.0.0.2/{v}/vmlinuz"),
+                format!("http://10.0.0.1/{v}/vmlinuz")
+            ]
         );
     }
 

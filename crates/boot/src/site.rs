@@ -11,8 +11,8 @@
 //! change without new sockets (interface, ports, mode) is named by [`Site::restart_needed`].
 
 use crate::config::{
-    parse_range, ClientConfig, Config, DhcpSection, ImageProtocol, IpxeSection, RecordSection,
-    UnknownClients,
+    parse_cidr, parse_range, ClientConfig, Config, DhcpSection, ImageProtocol, IpxeSection,
+    RecordSection, UnknownClients,
 };
 use crate::routes::Route;
 use diskless_dhcp::{DhcpConfig, Mac, Mode, Reservation};
@@ -34,6 +34,9 @@ pub enum SiteError {
     /// `admin_listen` is neither `ADDR:PORT` nor `off`.
     #[error("{0}")]
     AdminListen(String),
+    /// A `[[subnet]]` cidr that does not parse.
+    #[error("{0}")]
+    Subnet(String),
     /// Full mode without a range, on a subnet too small for the default pool.
     #[error(
         "the subnet of {ip}/{netmask} is too small for the default pool (.100 to .199): set [dhcp] range"
@@ -95,6 +98,19 @@ pub struct Site {
     pub record: RecordSection,
     /// The `[[client]]` entries by MAC.
     pub clients: HashMap<Mac, ClientConfig>,
+    /// `[boot] image_urls`: the base URLs clients fetch their files from before this server.
+    pub image_urls: Vec<String>,
+    /// The `[[subnet]]` entries, the most specific (longest prefix) first.
+    pub subnets: Vec<Subnet>,
+}
+
+/// A `[[subnet]]` entry, resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subnet {
+    /// Its network.
+    pub net: ipnet::Ipv4Net,
+    /// The base URLs its clients fetch from before this server.
+    pub image_urls: Vec<String>,
 }
 
 /// The default pool: .100 to .199 of the interface's subnet, clipped to the subnet.
@@ -135,6 +151,17 @@ impl Site {
                 },
             )?),
         };
+        let mut subnets = config
+            .subnets
+            .iter()
+            .map(|s| {
+                Ok(Subnet {
+                    net: parse_cidr(&s.cidr).map_err(SiteError::Subnet)?,
+                    image_urls: s.image_urls.clone(),
+                })
+            })
+            .collect::<Result<Vec<_>, SiteError>>()?;
+        subnets.sort_by_key(|s| std::cmp::Reverse(s.net.prefix_len()));
         Ok(Site {
             interface,
             server_ip,
@@ -159,6 +186,8 @@ impl Site {
             secure_boot: config.boot.secure_boot,
             record: config.record.clone(),
             clients: config.clients.iter().map(|c| (c.mac, c.clone())).collect(),
+            image_urls: config.boot.image_urls.clone(),
+            subnets,
         })
     }
 

@@ -144,7 +144,7 @@ pub fn client_boot_file(
         Script::Grub => grub::refusal(mac, reason),
     };
     let Some((spec, image)) = site
-        .boot_spec(&Machine::ipxe(mac))
+        .boot_spec(&Machine::ipxe(mac, peer))
         .and_then(|spec| Some((spec.clone(), spec.image?)))
     else {
         tracing::info!(%mac, "not booting: unknown client (unknown_clients = \"ignore\") or no image");

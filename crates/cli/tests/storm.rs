@@ -1,0 +1,548 @@
+//! Scale-out under a boot storm (issue 15, items 2 and 3), with scripts/storm-net's clients:
+//! namespaces behind a bridge, each running the real static fetch helper as the initramfs
+//! does, with the sources and sha256 of the kernel command line its own iPXE script gives.
+//!
+//! - `room_cache`: nginx configured by docs/nginx-cache.conf in front of `diskless serve`; the
+//!   clients' subnet lists the cache first. 50 clients through a cold cache cause exactly one
+//!   origin fetch of the image: the origin sends each 4 MiB slice once, to the cache, and
+//!   nothing else of it. Then the cache is killed in the middle of a second storm and every
+//!   client finishes from the origin, its download resumed.
+//! - `two_servers`: two `diskless serve` in proxy mode on one network serve the same store;
+//!   both give a client the same sources (both servers) and sha256; the first is killed in
+//!   the middle of a storm and every client finishes from the second.
+//!
+//! Run by scripts/test (`cargo test -p diskless --test storm -- --ignored --test-threads=1`):
+//! root, network namespaces, tc, nginx and curl; the fetch helper's release build
+//! (`DISKLESS_FETCH`, as scripts/test exports it).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The image's size: 3 slices of docs/nginx-cache.conf's 4 MiB, the last one partial.
+const IMAGE_BYTES: u64 = 10_000_000;
+const SLICE: u64 = 4 * 1024 * 1024;
+const ORIGIN: &str = "10.77.0.1";
+
+fn top() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+fn storm_net() -> Command {
+    Command::new(top().join("scripts/storm-net"))
+}
+
+fn check(cmd: &mut Command) -> String {
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().unwrap_or_else(|e| panic!("{shown}: {e}"));
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{shown} failed:\n{text}");
+    text
+}
+
+fn in_ns(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).arg(program);
+    cmd
+}
+
+/// The fetch helper's release build, or why the test cannot run.
+fn fetch_helper() -> Result<PathBuf, String> {
+    let path = std::env::var_os("DISKLESS_FETCH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| top().join("target/x86_64-unknown-linux-gnu/release/diskless-fetch"));
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{}: no fetch helper (scripts/build, or set DISKLESS_FETCH)",
+            path.display()
+        ))
+    }
+}
+
+/// Whether the test can run here; skips it (fails it under CI=true) if not.
+fn prerequisites(tools: &[&str]) -> Option<PathBuf> {
+    if !diskless_testkit::is_root() {
+        diskless_testkit::skip("needs root (network namespaces, tc)");
+        return None;
+    }
+    if let Some(why) = diskless_testkit::missing_tools(tools) {
+        diskless_testkit::skip(&format!("{why} (scripts/install-deps --test)"));
+        return None;
+    }
+    match fetch_helper() {
+        Ok(path) => Some(path),
+        Err(why) => {
+            diskless_testkit::skip(&why);
+            None
+        }
+    }
+}
+
+/// The namespaces of one test, its servers and its directory (in /dev/shm: the clients'
+/// RAM disks), all removed when it ends; the directory is kept when the test fails.
+struct Lab {
+    tag: String,
+    clients: usize,
+    dir: Option<tempfile::TempDir>,
+    servers: Vec<Child>,
+    fetch: PathBuf,
+}
+
+impl Lab {
+    fn new(name: &str, clients: usize, fetch: PathBuf) -> Lab {
+        let tag = format!("{name}{}", std::process::id());
+        let dir = tempfile::Builder::new()
+            .prefix("diskless-storm.")
+            .tempdir_in("/dev/shm")
+            .unwrap();
+        let lab = Lab {
+            tag,
+            clients,
+            dir: Some(dir),
+            servers: Vec::new(),
+            fetch,
+        };
+        check(storm_net().args(["up", &lab.tag, &clients.to_string()]));
+        lab
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.as_ref().unwrap().path()
+    }
+
+    fn ns(&self, name: &str) -> String {
+        format!("{}-{name}", self.tag)
+    }
+
+    /// One more namespace on the bridge, `TAG-name` at `ip`.
+    fn host(&self, name: &str, ip: &str) {
+        check(storm_net().args(["host", &self.tag, name, ip]));
+    }
+
+    /// Starts `cmd` (already inside its namespace) with its output in `log`.
+    fn start(&mut self, mut cmd: Command, log: &str) -> usize {
+        let out = std::fs::File::create(self.path().join(log)).unwrap();
+        let child = cmd
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        self.servers.push(child);
+        self.servers.len() - 1
+    }
+
+    /// `diskless serve` in namespace `ns` on `interface`, from `config` (TOML body).
+    fn serve(&mut self, ns: &str, name: &str, interface: &str, config: &str) -> usize {
+        let store = self.path().join(format!("store-{name}"));
+        let text = format!(
+            "interface = \"{interface}\"\nmode = \"proxy\"\nstore = \"{}\"\n\
+             state = \"{}\"\nadmin_listen = \"off\"\n{config}",
+            store.display(),
+            self.path().join(format!("state-{name}")).display(),
+        );
+        let file = self.path().join(format!("{name}.toml"));
+        std::fs::write(&file, text).unwrap();
+        let mut cmd = in_ns(ns, env!("CARGO_BIN_EXE_diskless"));
+        cmd.arg("serve").arg("--config").arg(&file);
+        self.start(cmd, &format!("{name}.log"))
+    }
+
+    /// Waits until `url` answers from client 1.
+    fn wait_for(&self, url: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = in_ns(&self.ns("c1"), "curl")
+                .args(["-s", "-o", "/dev/null", "--max-time", "2", url])
+                .status()
+                .is_ok_and(|s| s.success());
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "{url} never answered");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    /// Client `i`'s iPXE script from `server`, as iPXE fetches it; returns the kernel
+    /// command line's sources and sha256, and the script.
+    fn script(&self, i: usize, server: &str) -> (Vec<String>, String, String) {
+        let mac = format!("52-54-00-00-00-{i:02x}");
+        let script = check(
+            in_ns(&self.ns(&format!("c{i}")), "curl")
+                .args(["-sf", &format!("http://{server}/boot/{mac}.ipxe")]),
+        );
+        let word = |key: &str| {
+            script
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .unwrap_or_else(|| panic!("no {key} in\n{script}"))
+                .to_string()
+        };
+        let sources = word("diskless.image=")
+            .split(',')
+            .map(str::to_string)
+            .collect();
+        (sources, word("diskless.sha256="), script)
+    }
+
+    /// A storm of every client on `sources` in the background, in `dir`.
+    fn storm(&self, dir: &str, sha256: &str, sources: &[String]) -> Child {
+        storm_net()
+            .args(["run", &self.tag, &self.clients.to_string()])
+            .arg(self.path().join(dir))
+            .args([sha256, "180"])
+            .args(sources)
+            .env("DISKLESS_FETCH", &self.fetch)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    /// Waits until the storm in `dir` has released its clients, then `after` longer.
+    fn mid_storm(&self, dir: &str, after: Duration) {
+        let released = self.path().join(dir).join("released");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !released.exists() {
+            assert!(Instant::now() < deadline, "the storm never started");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(after);
+    }
+
+    /// The clients (by number) whose fetch has ended in storm `dir`.
+    fn done(&self, dir: &str) -> BTreeSet<usize> {
+        (1..=self.clients)
+            .filter(|i| self.path().join(dir).join(format!("done.{i}")).exists())
+            .collect()
+    }
+
+    /// Every client verified the image in the storm `child` ran in `dir`.
+    fn all_verified(&self, child: Child, dir: &str) {
+        let out = child.wait_with_output().unwrap();
+        let failed: Vec<String> = (1..=self.clients)
+            .filter_map(|i| {
+                let done = self.path().join(dir).join(format!("done.{i}"));
+                let status = std::fs::read_to_string(&done).unwrap_or_default();
+                (!status.starts_with("0 ")).then(|| {
+                    let log =
+                        std::fs::read_to_string(self.path().join(dir).join(format!("log.{i}")))
+                            .unwrap_or_default();
+                    format!("client {i}: {status}\n{log}")
+                })
+            })
+            .collect();
+        assert!(
+            out.status.success() && failed.is_empty(),
+            "storm {dir}: {}{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            failed.join("\n")
+        );
+    }
+}
+
+impl Drop for Lab {
+    fn drop(&mut self) {
+        for child in &mut self.servers {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        // What is left in our namespaces (nginx's workers).
+        for name in ["srv", "cache", "b"] {
+            kill_namespace(&self.ns(name));
+        }
+        let _ = storm_net()
+            .args(["down", &self.tag, &self.clients.to_string()])
+            .status();
+        if std::thread::panicking() {
+            if let Some(dir) = self.dir.take() {
+                eprintln!("logs kept in {}", dir.keep().display());
+            }
+        }
+    }
+}
+
+/// SIGKILL to every process in namespace `ns` (a machine that dies: no goodbye).
+fn kill_namespace(ns: &str) {
+    let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() else {
+        return;
+    };
+    for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        if let Ok(pid) = pid.parse::<i32>() {
+            // SAFETY: kill(2) on a pid of our own test namespace.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// A store in `dir` with image `storm`, version `v1`: a random root.squashfs of
+/// IMAGE_BYTES and its manifest, made current. Returns the sha256.
+fn store_with_image(dir: &Path) -> String {
+    let version = dir.join("images/storm/v1");
+    std::fs::create_dir_all(&version).unwrap();
+    let squashfs = version.join("root.squashfs");
+    let mut data = vec![0u8; IMAGE_BYTES as usize];
+    let mut random = std::fs::File::open("/dev/urandom").unwrap();
+    std::io::Read::read_exact(&mut random, &mut data).unwrap();
+    std::fs::write(&squashfs, &data).unwrap();
+    let entry = diskless_image::manifest::hash_file(&squashfs).unwrap();
+    let manifest = serde_json::json!({
+        "name": "storm", "version": "v1", "created": "", "kernel_version": "",
+        "compression": "", "source": "storm test", "build_seconds": 0.0,
+        "files": {"root.squashfs": {"size": entry.size, "sha256": entry.sha256}},
+        "changes": [],
+    });
+    std::fs::write(version.join("manifest.json"), manifest.to_string()).unwrap();
+    std::os::unix::fs::symlink("v1", dir.join("images/storm/current")).unwrap();
+    entry.sha256
+}
+
+/// The server's log: for each client address, the ranges of root.squashfs it was sent
+/// (`whole file` for a plain GET), in order.
+fn image_requests(log: &Path) -> BTreeMap<String, Vec<String>> {
+    let text = std::fs::read_to_string(log).unwrap();
+    let mut sent: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for line in text.lines().filter(|l| l.contains("http: sending")) {
+        if !line.contains("file=root.squashfs") {
+            continue;
+        }
+        let field = |key: &str| {
+            line.split(key)
+                .nth(1)
+                .map(|rest| rest.split(" file=").next().unwrap_or(rest))
+                .unwrap_or_else(|| panic!("no {key} in {line}"))
+                .to_string()
+        };
+        let client = field("client=Some(").split(')').next().unwrap().to_string();
+        let range = line
+            .split("range=")
+            .nth(1)
+            .unwrap_or_else(|| panic!("no range in {line}"))
+            .trim_matches('"')
+            .to_string();
+        sent.entry(client).or_default().push(range);
+    }
+    sent
+}
+
+fn client_ip(i: usize) -> String {
+    format!("10.77.{}.{}", i / 200 + 1, i % 200 + 10)
+}
+
+#[test]
+#[ignore = "root, namespaces, nginx: scripts/test runs it"]
+fn room_cache() {
+    let Some(fetch) = prerequisites(&["nginx", "curl", "tc", "flock"]) else {
+        return;
+    };
+    const CLIENTS: usize = 50;
+    const CACHE: &str = "10.77.0.2:8080";
+    let mut lab = Lab::new("cch", CLIENTS, fetch);
+    lab.host("cache", "10.77.0.2");
+    let sha256 = store_with_image(&lab.path().join("store-origin"));
+    let srv = lab.ns("srv");
+    lab.serve(
+        &srv,
+        "origin",
+        "srv0",
+        &format!(
+            "[boot]\nimage = \"storm\"\n\
+             [[subnet]]\ncidr = \"10.77.0.0/16\"\nimage_urls = [\"http://{CACHE}\"]\n"
+        ),
+    );
+
+    // The documented config, with this lab's addresses and directories.
+    let doc = std::fs::read_to_string(top().join("docs/nginx-cache.conf")).unwrap();
+    let cache_dir = lab.path().join("nginx-cache");
+    let mut conf = doc.clone();
+    for (from, to) in [
+        ("boot-server.lab.example:80", format!("{ORIGIN}:80")),
+        ("/var/cache/nginx/diskless", cache_dir.display().to_string()),
+        ("listen 80;", format!("listen {CACHE};")),
+        ("listen [::]:80;", String::new()),
+    ] {
+        assert!(conf.contains(from), "docs/nginx-cache.conf has no {from}");
+        conf = conf.replace(from, &to);
+    }
+    std::fs::write(lab.path().join("nginx-cache.conf"), conf).unwrap();
+    let p = lab.path().display().to_string();
+    std::fs::write(
+        lab.path().join("nginx.conf"),
+        format!(
+            "user root;\nworker_processes 2;\npid {p}/nginx.pid;\nerror_log {p}/nginx-error.log;\n\
+             daemon off;\nevents {{ worker_connections 1024; }}\n\
+             http {{\n  access_log {p}/nginx-access.log;\n  include {p}/nginx-cache.conf;\n}}\n"
+        ),
+    )
+    .unwrap();
+    let mut nginx = in_ns(&lab.ns("cache"), "nginx");
+    nginx.args(["-p", &p, "-c", &format!("{p}/nginx.conf")]);
+    lab.start(nginx, "nginx.log");
+    lab.wait_for(&format!("http://{ORIGIN}/"));
+    lab.wait_for(&format!("http://{CACHE}/images/storm/v1/missing"));
+
+    // What the boot decision gives these clients (their subnet's list): the cache, then the
+    // origin; iPXE tries the cache first for the kernel too.
+    let (sources, sha, script) = lab.script(1, ORIGIN);
+    let path = "/images/storm/v1/root.squashfs";
+    assert_eq!(
+        sources,
+        [
+            format!("http://{CACHE}{path}"),
+            format!("http://{ORIGIN}{path}")
+        ],
+        "{script}"
+    );
+    assert_eq!(sha, sha256);
+    assert!(
+        script.contains(&format!("kernel http://{CACHE}/images/storm/v1/vmlinuz "))
+            && script.contains(&format!(
+                " || kernel http://{ORIGIN}/images/storm/v1/vmlinuz "
+            )),
+        "{script}"
+    );
+
+    // A storm through a cold cache: exactly one origin fetch of the image. With slices, that
+    // is: the origin sent root.squashfs to the cache only, once per slice, each slice's
+    // range exactly once, and the ranges cover the file (IMAGE_BYTES) with nothing twice.
+    let storm = lab.storm("cold", &sha, &sources);
+    lab.all_verified(storm, "cold");
+    let sent = image_requests(&lab.path().join("origin.log"));
+    let slices: Vec<String> = (0..IMAGE_BYTES.div_ceil(SLICE))
+        .map(|k| format!("bytes={}-{}", k * SLICE, (k + 1) * SLICE - 1))
+        .collect();
+    let mut to_cache = sent.get("10.77.0.2").cloned().unwrap_or_default();
+    to_cache.sort();
+    let mut expected = slices.clone();
+    expected.sort();
+    assert_eq!(
+        sent.keys().collect::<Vec<_>>(),
+        ["10.77.0.2"],
+        "root.squashfs went from the origin to others than the cache: {sent:?}"
+    );
+    assert_eq!(to_cache, expected, "the slices the origin sent the cache");
+    eprintln!(
+        "room_cache: {CLIENTS} clients through a cold cache, origin sent {} slices: {:?}",
+        slices.len(),
+        sent
+    );
+
+    // The cache dies mid-storm (a warm cache, its link to the clients at 200 Mbit: 50 x 10
+    // MB is 20 s of wire time): the clients resume from the origin and all verify the image.
+    check(storm_net().args(["shape", &lab.ns("cache"), "eth0", "200mbit"]));
+    let before = image_requests(&lab.path().join("origin.log"));
+    let storm = lab.storm("killed", &sha, &sources);
+    lab.mid_storm("killed", Duration::from_secs(3));
+    let done_before_kill = lab.done("killed");
+    kill_namespace(&lab.ns("cache"));
+    lab.all_verified(storm, "killed");
+    assert!(
+        done_before_kill.len() < CLIENTS,
+        "the storm was over before the cache died"
+    );
+    let after = image_requests(&lab.path().join("origin.log"));
+    assert_eq!(
+        after.get("10.77.0.2"),
+        before.get("10.77.0.2"),
+        "the warm cache fetched again"
+    );
+    let mut resumed = 0;
+    for i in (1..=CLIENTS).filter(|i| !done_before_kill.contains(i)) {
+        let ranges = after
+            .get(&client_ip(i))
+            .unwrap_or_else(|| panic!("client {i} never reached the origin: {after:?}"));
+        resumed += ranges.iter().filter(|r| r.starts_with("bytes=")).count();
+    }
+    assert!(
+        resumed > 0,
+        "no client resumed its download at the origin: {after:?}"
+    );
+    eprintln!(
+        "room_cache: cache killed with {} of {CLIENTS} clients done; {} fell back to the origin, {resumed} resumed with Range",
+        done_before_kill.len(),
+        CLIENTS - done_before_kill.len()
+    );
+}
+
+#[test]
+#[ignore = "root, namespaces: scripts/test runs it"]
+fn two_servers() {
+    let Some(fetch) = prerequisites(&["curl", "tc", "flock"]) else {
+        return;
+    };
+    const CLIENTS: usize = 10;
+    const SECOND: &str = "10.77.0.3";
+    let mut lab = Lab::new("two", CLIENTS, fetch);
+    lab.host("b", SECOND);
+    // The same images on both: the second server's store is a copy of the first's.
+    let sha256 = store_with_image(&lab.path().join("store-a"));
+    check(
+        Command::new("cp")
+            .arg("-a")
+            .arg(lab.path().join("store-a"))
+            .arg(lab.path().join("store-b")),
+    );
+    // One config for the lab, on both servers: both named, the first first.
+    let config = format!(
+        "[boot]\nimage = \"storm\"\nimage_urls = [\"http://{ORIGIN}\", \"http://{SECOND}\"]\n"
+    );
+    let first = lab.serve(&lab.ns("srv"), "a", "srv0", &config);
+    lab.serve(&lab.ns("b"), "b", "eth0", &config);
+    lab.wait_for(&format!("http://{ORIGIN}/"));
+    lab.wait_for(&format!("http://{SECOND}/"));
+
+    // A client gets the same boot from either server.
+    let (sources, sha, script) = lab.script(1, ORIGIN);
+    let (from_second, sha_second, _) = lab.script(2, SECOND);
+    let path = "/images/storm/v1/root.squashfs";
+    assert_eq!(
+        sources,
+        [
+            format!("http://{ORIGIN}{path}"),
+            format!("http://{SECOND}{path}")
+        ],
+        "{script}"
+    );
+    assert_eq!((&from_second, &sha_second), (&sources, &sha));
+    assert_eq!(sha, sha256);
+
+    // The first server's link at 100 Mbit (10 x 10 MB: 8 s of wire time); it dies 2 s in.
+    check(storm_net().args(["shape", &lab.ns("srv"), "srv0", "100mbit"]));
+    let storm = lab.storm("storm", &sha, &sources);
+    lab.mid_storm("storm", Duration::from_secs(2));
+    let done_before_kill = lab.done("storm");
+    let _ = lab.servers[first].kill();
+    let _ = lab.servers[first].wait();
+    lab.all_verified(storm, "storm");
+    assert!(
+        done_before_kill.is_empty(),
+        "clients done before the first server died: {done_before_kill:?}"
+    );
+    let from_first = image_requests(&lab.path().join("a.log"));
+    let from_second = image_requests(&lab.path().join("b.log"));
+    for i in 1..=CLIENTS {
+        let ip = client_ip(i);
+        assert!(
+            from_first.contains_key(&ip),
+            "client {i} did not start at the first server"
+        );
+        let resumed = from_second
+            .get(&ip)
+            .unwrap_or_else(|| panic!("client {i} never reached the second server"));
+        assert!(
+            resumed.iter().all(|r| r.starts_with("bytes=")),
+            "client {i} started over at the second server: {resumed:?}"
+        );
+    }
+    eprintln!(
+        "two_servers: the first server killed 2 s into a storm of {CLIENTS}; every client resumed at the second: {from_second:?}"
+    );
+}
