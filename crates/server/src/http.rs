@@ -13,7 +13,7 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Form, Json, Router};
 use diskless_boot::grub;
-use diskless_boot::routes::{ImageFile, Route, RouteError};
+use diskless_boot::routes::{AccountsFile, ImageFile, Route, RouteError};
 use diskless_boot::script::{self, ImageRef, ScriptParams};
 use diskless_boot::{Mac, Machine, Site};
 use diskless_image::Store;
@@ -91,11 +91,64 @@ async fn handle(
             }
         }
         Route::Clients if get => Json(state.recorder.snapshot()).into_response(),
+        Route::Accounts(file) if get => accounts(&state, file),
         _ => text(
             StatusCode::METHOD_NOT_ALLOWED,
             "method not allowed\n".into(),
         ),
     }
+}
+
+/// One of the accounts files, made from the server's passwd and group at this request (a user
+/// added since the last boot is in it); 404 without `[accounts]`. Shadow is never read.
+fn accounts(state: &HttpState, file: AccountsFile) -> Response {
+    let site = state.site.borrow().clone();
+    let Some(accounts) = &site.accounts else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "no [accounts] in this server's config\n".into(),
+        );
+    };
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).map_err(|e| {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read for [accounts]");
+            text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("the server cannot read its {}\n", file.name()),
+            )
+        })
+    };
+    let body = match file {
+        AccountsFile::Passwd | AccountsFile::Group => {
+            let passwd = match read(&accounts.passwd) {
+                Ok(t) => t,
+                Err(r) => return r,
+            };
+            let (served, skipped) = accounts.passwd(&passwd);
+            if file == AccountsFile::Passwd {
+                for s in skipped {
+                    tracing::warn!(user = %s.name, reason = s.reason, "account not served");
+                }
+                served
+            } else {
+                match read(&accounts.group) {
+                    Ok(group) => accounts.group(&passwd, &group),
+                    Err(r) => return r,
+                }
+            }
+        }
+        AccountsFile::KnownHosts => {
+            let mut keys = Vec::new();
+            for path in &accounts.ssh_host_keys {
+                match read(path) {
+                    Ok(k) => keys.push(k),
+                    Err(r) => return r,
+                }
+            }
+            accounts.known_hosts(&keys)
+        }
+    };
+    text(StatusCode::OK, body)
 }
 
 fn boot_script(state: &HttpState, mac: Mac, peer: Option<IpAddr>) -> Response {
@@ -654,6 +707,42 @@ mod tests {
         }
         let (status, _, body) = call(&f.state, get("/ipxe/ipxe.efi")).await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "efi"));
+    }
+
+    #[tokio::test]
+    async fn accounts_are_served_without_passwords_and_only_when_configured() {
+        let f = fixture("");
+        let (status, _, _) = call(&f.state, get("/accounts/passwd")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "no [accounts], no accounts");
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let passwd = file(
+            "passwd",
+            "root:x:0:0:root:/root:/bin/bash\nalice:$y$hash:1000:1000::/home/alice:/bin/bash\n",
+        );
+        let group = file("group", "root:x:0:\nalice:x:1000:\n");
+        let key = file("key.pub", "ssh-ed25519 AAAAkey root@server\n");
+        let f = fixture(&format!(
+            "[boot]\nimage = \"lab\"\n[accounts]\npasswd = \"{passwd}\"\ngroup = \"{group}\"\nssh_host_keys = [\"{key}\"]\n"
+        ));
+        let (status, _, body) = call(&f.state, get("/accounts/passwd")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "alice:x:1000:1000::/home/alice:/bin/bash\n");
+        let (_, _, body) = call(&f.state, get("/accounts/group")).await;
+        assert_eq!(body, "alice:x:1000:\n");
+        let (_, _, body) = call(&f.state, get("/accounts/ssh_known_hosts")).await;
+        assert_eq!(body, "10.0.0.1 ssh-ed25519 AAAAkey\n");
+        let (status, _, _) = call(&f.state, get("/accounts/shadow")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let script = call(&f.state, get("/boot/52-54-00-12-34-56.ipxe")).await.2;
+        assert!(
+            script.contains(" diskless.accounts=http://10.0.0.1:8080/accounts diskless.sshfs=10.0.0.1:22"),
+            "{script}"
+        );
     }
 
     #[tokio::test]
