@@ -96,7 +96,10 @@ impl Accounts {
     pub fn passwd(&self, text: &str) -> (String, Vec<Skipped>) {
         let mut out = String::new();
         let mut skipped = Vec::new();
-        for line in text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
+        for line in text
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        {
             let f: Vec<&str> = line.split(':').collect();
             let [name, _password, uid, gid, gecos, home, shell] = f[..] else {
                 skipped.push(Skipped {
@@ -149,7 +152,10 @@ impl Accounts {
             })
             .collect();
         let mut out = String::new();
-        for line in text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#')) {
+        for line in text
+            .lines()
+            .filter(|l| !l.trim().is_empty() && !l.starts_with('#'))
+        {
             let f: Vec<&str> = line.split(':').collect();
             let [name, _password, gid, members] = f[..] else {
                 continue;

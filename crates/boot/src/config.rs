@@ -343,7 +343,9 @@ impl Config {
                 if !crate::accounts::valid_name(user) {
                     return Err((
                         Some(user.clone()),
-                        format!("[accounts] users: {user:?} is not a user name ([a-z_][a-z0-9_-]*)"),
+                        format!(
+                            "[accounts] users: {user:?} is not a user name ([a-z_][a-z0-9_-]*)"
+                        ),
                     ));
                 }
             }

@@ -10,11 +10,11 @@
 //! request reads the site current at that moment ([`crate::decision`]). What a reload cannot
 //! change without new sockets (interface, ports, mode) is named by [`Site::restart_needed`].
 
+use crate::accounts::Accounts;
 use crate::config::{
     parse_range, ClientConfig, Config, DhcpSection, ImageProtocol, IpxeSection, RecordSection,
     UnknownClients,
 };
-use crate::accounts::Accounts;
 use crate::routes::{accounts_url, Route};
 use diskless_dhcp::{DhcpConfig, Mac, Mode, Reservation};
 use std::collections::HashMap;

@@ -740,7 +740,9 @@ mod tests {
         assert_eq!(status, StatusCode::NOT_FOUND);
         let script = call(&f.state, get("/boot/52-54-00-12-34-56.ipxe")).await.2;
         assert!(
-            script.contains(" diskless.accounts=http://10.0.0.1:8080/accounts diskless.sshfs=10.0.0.1:22"),
+            script.contains(
+                " diskless.accounts=http://10.0.0.1:8080/accounts diskless.sshfs=10.0.0.1:22"
+            ),
             "{script}"
         );
     }
