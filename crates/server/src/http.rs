@@ -12,6 +12,7 @@ use axum::extract::{ConnectInfo, FromRequest, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Form, Json, Router};
+use diskless_boot::accounts::Accounts;
 use diskless_boot::grub;
 use diskless_boot::routes::{AccountsFile, ImageFile, Route, RouteError};
 use diskless_boot::script::{self, ImageRef, ScriptParams};
@@ -109,46 +110,41 @@ fn accounts(state: &HttpState, file: AccountsFile) -> Response {
             "no [accounts] in this server's config\n".into(),
         );
     };
+    match accounts_file(accounts, file) {
+        Ok(body) => text(StatusCode::OK, body),
+        Err(path) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the server cannot read its {} ({path})\n", file.name()),
+        ),
+    }
+}
+
+/// The text of `file`, or the path the server could not read.
+fn accounts_file(accounts: &Accounts, file: AccountsFile) -> Result<String, String> {
     let read = |path: &std::path::Path| {
         std::fs::read_to_string(path).map_err(|e| {
             tracing::warn!(path = %path.display(), error = %e, "cannot read for [accounts]");
-            text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("the server cannot read its {}\n", file.name()),
-            )
+            path.display().to_string()
         })
     };
-    let body = match file {
-        AccountsFile::Passwd | AccountsFile::Group => {
-            let passwd = match read(&accounts.passwd) {
-                Ok(t) => t,
-                Err(r) => return r,
-            };
-            let (served, skipped) = accounts.passwd(&passwd);
-            if file == AccountsFile::Passwd {
-                for s in skipped {
-                    tracing::warn!(user = %s.name, reason = s.reason, "account not served");
-                }
-                served
-            } else {
-                match read(&accounts.group) {
-                    Ok(group) => accounts.group(&passwd, &group),
-                    Err(r) => return r,
-                }
+    Ok(match file {
+        AccountsFile::Passwd => {
+            let (served, skipped) = accounts.passwd(&read(&accounts.passwd)?);
+            for s in skipped {
+                tracing::warn!(user = %s.name, reason = s.reason, "account not served");
             }
+            served
         }
+        AccountsFile::Group => accounts.group(&read(&accounts.passwd)?, &read(&accounts.group)?),
         AccountsFile::KnownHosts => {
-            let mut keys = Vec::new();
-            for path in &accounts.ssh_host_keys {
-                match read(path) {
-                    Ok(k) => keys.push(k),
-                    Err(r) => return r,
-                }
-            }
+            let keys = accounts
+                .ssh_host_keys
+                .iter()
+                .map(|path| read(path))
+                .collect::<Result<Vec<_>, _>>()?;
             accounts.known_hosts(&keys)
         }
-    };
-    text(StatusCode::OK, body)
+    })
 }
 
 fn boot_script(state: &HttpState, mac: Mac, peer: Option<IpAddr>) -> Response {
