@@ -68,7 +68,7 @@ fn run(args: &[String]) -> Result<(), String> {
         }
         "cat" => {
             let [url] = rest else { return Err(usage()) };
-            let text = cat(url)?;
+            let text = http::get_whole(&source::Source::parse(url)?, MAX_CAT_BYTES)?;
             std::io::Write::write_all(&mut std::io::stdout().lock(), &text)
                 .map_err(|e| format!("writing {url} to stdout: {e}"))
         }
@@ -80,29 +80,14 @@ fn run(args: &[String]) -> Result<(), String> {
     }
 }
 
+/// The most `cat` reads: a lab's passwd is a few hundred bytes a user.
+const MAX_CAT_BYTES: u64 = 4 << 20;
+
 fn usage() -> String {
     "usage:\n  diskless-fetch get --sha256 HEX --out FILE [--retries N] URL [URL...]\n  \
      diskless-fetch modload FILE.ko [FILE.ko...]\n  diskless-fetch loop FILE\n  \
      diskless-fetch report URL STAGE [DETAIL]\n  diskless-fetch cat URL"
         .to_string()
-}
-
-/// The most `cat` reads: a lab's passwd is a few hundred bytes a user.
-const MAX_CAT_BYTES: u64 = 4 << 20;
-
-/// A small file from the server, whole (an HTTP URL; the body's length checked).
-fn cat(url: &str) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let source = source::Source::parse(url)?;
-    let body = http::get(&source, 0)?;
-    let mut text = Vec::new();
-    body.take(MAX_CAT_BYTES + 1)
-        .read_to_end(&mut text)
-        .map_err(|e| format!("{url}: {e}"))?;
-    if text.len() as u64 > MAX_CAT_BYTES {
-        return Err(format!("{url}: more than {MAX_CAT_BYTES} bytes"));
-    }
-    Ok(text)
 }
 
 fn parse_get(args: &[String]) -> Result<fetch::Request, String> {
