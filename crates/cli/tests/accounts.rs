@@ -1,6 +1,7 @@
 //! Issue 13, the lab's accounts and their homes: a user added on the server logs in on a
 //! client with the server's password, writes a file in their home, and finds it there after
-//! logging in on a second client; a wrong password is refused; the clients hold no password
+//! logging in on a second client; a wrong password is refused (also once the home is mounted,
+//! when the check is a second, throw-away mount); the clients hold no password
 //! hash of the lab's users (their shadow says `*`) and root stays locked.
 //!
 //! The server side runs in the `diskless vm` network namespace: `diskless serve` with
@@ -129,6 +130,7 @@ impl Drop for Sshd {
 
 /// `command` run as the user on the client at `ip`, logged in over SSH with `password`.
 fn ssh(ip: &str, password: &str, command: &str) -> Output {
+    let started = Instant::now();
     let out = Command::new("timeout")
         .args(["180", "sshpass", "-p", password, "ssh"])
         .args([
@@ -148,8 +150,9 @@ fn ssh(ip: &str, password: &str, command: &str) -> Output {
         .output()
         .unwrap();
     eprintln!(
-        "ssh {USER}@{ip} {command:?}: {}\n{}{}",
+        "ssh {USER}@{ip} {command:?}: {} after {:.1} s\n{}{}",
         out.status,
+        started.elapsed().as_secs_f64(),
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
@@ -224,7 +227,7 @@ fn a_lab_user_logs_in_on_two_clients_and_finds_their_home_on_the_server() {
     let mut booting = Booting(Some(child));
 
     let sshd_log = logs.join("sshd.log");
-    let (wrong, first, second) = std::thread::scope(|s| {
+    let (wrong, first, again, second) = std::thread::scope(|s| {
         s.spawn(|| {
             enter_netns(&format!("diskless-vm-{pid}"));
             let _sshd = Sshd(tree.sshd(&sshd_log));
@@ -237,9 +240,12 @@ fn a_lab_user_logs_in_on_two_clients_and_finds_their_home_on_the_server() {
                 PASSWORD,
                 "echo written on pc01 > ~/note && findmnt -n -o FSTYPE ~ && touch /tmp/diskless-test-done",
             );
+            // The home is mounted now: a wrong password must still be refused.
+            let wrong_again = ssh(ip1, "not the password", "true");
+            let again = ssh(ip1, PASSWORD, "cat ~/note");
             wait_for_ssh(ip2, &mut booting, deadline);
             let second = ssh(ip2, PASSWORD, "cat ~/note; touch /tmp/diskless-test-done");
-            (wrong, first, second)
+            ([wrong, wrong_again], first, again, second)
         })
         .join()
         .unwrap()
@@ -252,16 +258,26 @@ fn a_lab_user_logs_in_on_two_clients_and_finds_their_home_on_the_server() {
         std::fs::read_to_string(&sshd_log).unwrap_or_default()
     );
     // sshpass: 5 is "invalid password" (ssh asked again).
-    assert_eq!(
-        wrong.status.code(),
-        Some(5),
-        "a wrong password was not refused"
-    );
+    for (attempt, when) in wrong.iter().zip(["before", "after"]) {
+        assert_eq!(
+            attempt.status.code(),
+            Some(5),
+            "a wrong password was not refused {when} the home was mounted"
+        );
+    }
     assert!(first.status.success(), "the login on pc01 failed");
     assert_eq!(
         String::from_utf8_lossy(&first.stdout).trim(),
         "fuse.sshfs",
         "the home on pc01 is not the server's"
+    );
+    assert_eq!(
+        (
+            again.status.success(),
+            String::from_utf8_lossy(&again.stdout).trim()
+        ),
+        (true, "written on pc01"),
+        "a second login on pc01 (the home already mounted) failed"
     );
     assert!(second.status.success(), "the login on pc02 failed");
     assert_eq!(
