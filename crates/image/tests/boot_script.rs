@@ -75,9 +75,9 @@ fn read(dir: &Path, file: &str) -> String {
 
 #[test]
 fn the_lab_accounts_are_added_without_passwords_and_only_once() {
-    if let Some(why) = diskless_testkit::missing_tools(&["busybox"]) {
+    if let Some(why) = diskless_testkit::missing_tools(&["busybox", "shellcheck"]) {
         diskless_testkit::skip(&format!(
-            "{why}: install busybox-static (scripts/install-deps)"
+            "{why}: install busybox-static and shellcheck (scripts/install-deps --test)"
         ));
         return;
     }
@@ -129,12 +129,16 @@ fn the_lab_accounts_are_added_without_passwords_and_only_once() {
     );
     assert!(auth.ends_with(COMMON_AUTH), "{auth}");
     let helper = dir.join("root/usr/local/sbin/diskless-home");
-    let parsed = Command::new("busybox")
-        .args(["sh", "-n"])
+    let checked = Command::new("shellcheck")
+        .args(["-s", "sh"])
         .arg(&helper)
-        .status()
+        .output()
         .unwrap();
-    assert!(parsed.success(), "the PAM helper is not valid sh");
+    assert!(
+        checked.status.success(),
+        "shellcheck on the PAM helper the boot script writes:\n{}",
+        String::from_utf8_lossy(&checked.stdout)
+    );
 
     // A kept writable layer (diskless.upper=) boots again: nothing is added twice.
     let files = ["passwd", "group", "shadow", "gshadow", "pam.d/common-auth"];
