@@ -46,6 +46,7 @@ fn boot(dir: &Path) -> String {
     let script = format!(
         "log_success_msg() {{ echo \"$*\"; }}\n\
          log_failure_msg() {{ echo \"FAILED: $*\"; }}\n\
+         log_warning_msg() {{ echo \"WARNING: $*\"; }}\n\
          panic() {{ echo \"PANIC: $*\"; exit 1; }}\n\
          . {dir}/diskless\n\
          PATH={dir}/bin:$PATH\n\
@@ -147,4 +148,26 @@ fn the_lab_accounts_are_added_without_passwords_and_only_once() {
     let after: Vec<String> = files.iter().map(|f| read(dir, f)).collect();
     assert_eq!(before, after);
     assert_eq!(read(dir, "diskless/users"), "alice\n");
+}
+
+#[test]
+fn a_server_without_the_accounts_leaves_the_image_as_it_is_and_the_boot_goes_on() {
+    if let Some(why) = diskless_testkit::missing_tools(&["busybox"]) {
+        diskless_testkit::skip(&format!(
+            "{why}: install busybox-static (scripts/install-deps)"
+        ));
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    write(&dir.join("root/etc/passwd"), PASSWD);
+    write(&dir.join("root/etc/pam.d/common-auth"), COMMON_AUTH);
+    std::fs::create_dir_all(dir.join("served")).unwrap();
+    let said = boot(dir);
+    assert!(
+        said.contains("WARNING: diskless: cannot fetch the lab's accounts"),
+        "{said}"
+    );
+    assert_eq!(read(dir, "passwd"), PASSWD);
+    assert_eq!(read(dir, "pam.d/common-auth"), COMMON_AUTH);
 }
