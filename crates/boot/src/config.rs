@@ -57,6 +57,8 @@ pub struct Config {
     pub ipxe: IpxeSection,
     pub boot: BootSection,
     pub record: RecordSection,
+    /// The lab's accounts and homes; None: clients know only their image's accounts.
+    pub accounts: Option<AccountsSection>,
     #[serde(rename = "client")]
     pub clients: Vec<ClientConfig>,
     /// `[[subnet]]`: settings for the clients whose address is in a subnet.
@@ -138,6 +140,48 @@ impl Default for RecordSection {
     }
 }
 
+/// How the users' homes reach the clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Homes {
+    /// Mounted at login with sshfs, as the user, from the SSH server that checked the password.
+    #[default]
+    Sshfs,
+}
+
+/// `[accounts]`: the server's users on every client, checked at login against the server
+/// (see `crate::accounts`).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AccountsSection {
+    /// `FIRST-LAST`: the users (and groups) with an ID in it are the lab's.
+    pub uids: String,
+    /// Exactly these users instead, when not empty.
+    pub users: Vec<String>,
+    /// Where the entries are read (at each client's boot).
+    pub passwd: PathBuf,
+    pub group: PathBuf,
+    pub homes: Homes,
+    /// `HOST:PORT` of the SSH server; default: the boot server's address, port 22.
+    pub ssh_server: Option<String>,
+    /// Its public host keys, pinned on the clients.
+    pub ssh_host_keys: Vec<PathBuf>,
+}
+
+impl Default for AccountsSection {
+    fn default() -> Self {
+        AccountsSection {
+            uids: "1000-59999".into(),
+            users: Vec::new(),
+            passwd: "/etc/passwd".into(),
+            group: "/etc/group".into(),
+            homes: Homes::Sshfs,
+            ssh_server: None,
+            ssh_host_keys: vec!["/etc/ssh/ssh_host_ed25519_key.pub".into()],
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientConfig {
@@ -170,6 +214,7 @@ impl Default for Config {
             ipxe: IpxeSection::default(),
             boot: BootSection::default(),
             record: RecordSection::default(),
+            accounts: None,
             clients: Vec::new(),
             subnets: Vec::new(),
         }
@@ -326,6 +371,36 @@ impl Config {
             }
             if let Some(urls) = &client.image_urls {
                 check_image_urls(urls)?;
+            }
+        }
+        if let Some(accounts) = &self.accounts {
+            crate::accounts::parse_uid_range(&accounts.uids)
+                .map_err(|m| (Some(accounts.uids.clone()), m))?;
+            for user in &accounts.users {
+                if !crate::accounts::valid_name(user) {
+                    return Err((
+                        Some(user.clone()),
+                        format!(
+                            "[accounts] users: {user:?} is not a user name ([a-z_][a-z0-9_-]*)"
+                        ),
+                    ));
+                }
+            }
+            if let Some(server) = &accounts.ssh_server {
+                crate::accounts::split_host_port(server).ok_or_else(|| {
+                    (
+                        Some(server.clone()),
+                        format!("ssh_server {server:?} must be HOST:PORT, like 10.0.0.1:22"),
+                    )
+                })?;
+            }
+            if accounts.ssh_host_keys.is_empty() {
+                return Err((
+                    Some("ssh_host_keys".into()),
+                    "[accounts] ssh_host_keys is empty: clients need the SSH server's host key \
+                     to pin"
+                        .into(),
+                ));
             }
         }
         if self.record.max_clients == 0 {

@@ -15,8 +15,12 @@
 //! - [`grub`]: the same decisions as GRUB configs, for the Secure Boot chain (shim, then
 //!   Debian's signed GRUB network image).
 //!
+//! - [`accounts`]: the lab's passwd and group entries as clients get them (never a password),
+//!   and the SSH host keys they pin.
+//!
 //! Nothing here does I/O beyond reading the config file: the server crate feeds it.
 
+pub mod accounts;
 pub mod config;
 pub mod decision;
 pub mod grub;
@@ -28,5 +32,5 @@ pub mod site;
 pub use config::{Config, ConfigError, Mode};
 pub use decision::{BootSpec, Loader, Machine};
 pub use diskless_dhcp::Mac;
-pub use routes::{ImageFile, Route};
+pub use routes::{AccountsFile, ImageFile, Route};
 pub use site::Site;

@@ -7,6 +7,7 @@
 //! GET  /ipxe/{file}                        iPXE binaries (UEFI HTTP boot; TFTP: ipxe/{file})
 //! POST /api/report/{mac}                   stage=...&detail=... from the client
 //! GET  /api/clients                        the boot record of every client, as JSON
+//! GET  /accounts/{file}                     the lab's accounts (an AccountsFile), with [accounts]
 //! ```
 //!
 //! [`Route::path`] builds a path, [`Route::parse`] reads one back (`parse(path()) == route`,
@@ -63,6 +64,43 @@ impl fmt::Display for ImageFile {
     }
 }
 
+/// What the boot script reads of the lab's accounts (`[accounts]`, `crate::accounts`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AccountsFile {
+    /// `passwd`: the lab's users, `x` as the password.
+    Passwd,
+    /// `group`: their groups.
+    Group,
+    /// `ssh_known_hosts`: the SSH server's host keys, pinned by the clients.
+    KnownHosts,
+}
+
+impl AccountsFile {
+    /// Every file.
+    pub const ALL: [AccountsFile; 3] = [
+        AccountsFile::Passwd,
+        AccountsFile::Group,
+        AccountsFile::KnownHosts,
+    ];
+
+    /// Its name in URLs (the boot script appends it to `diskless.accounts=`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            AccountsFile::Passwd => "passwd",
+            AccountsFile::Group => "group",
+            AccountsFile::KnownHosts => "ssh_known_hosts",
+        }
+    }
+}
+
+/// The directory of the accounts files in URLs.
+pub const ACCOUNTS_DIR: &str = "accounts";
+
+/// `http://{authority}/accounts`: what `diskless.accounts=` names.
+pub fn accounts_url(authority: &str) -> String {
+    format!("http://{authority}/{ACCOUNTS_DIR}")
+}
+
 /// One URL path the server answers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Route {
@@ -85,6 +123,8 @@ pub enum Route {
     Report(Mac),
     /// `/api/clients`: every client's record.
     Clients,
+    /// `/accounts/{file}`: the lab's accounts.
+    Accounts(AccountsFile),
 }
 
 /// A path that is none of the [`Route`]s, with what was wrong.
@@ -125,6 +165,7 @@ impl Route {
             Route::Ipxe(file) => format!("/{IPXE_DIR}/{file}"),
             Route::Report(mac) => format!("/api/report/{}", mac.hyphenated()),
             Route::Clients => "/api/clients".into(),
+            Route::Accounts(file) => format!("/{ACCOUNTS_DIR}/{}", file.name()),
         }
     }
 
@@ -185,6 +226,11 @@ impl Route {
             }
             ["api", "report", mac] => Ok(Route::Report(mac.parse()?)),
             ["api", "clients"] => Ok(Route::Clients),
+            [dir, file] if *dir == ACCOUNTS_DIR => AccountsFile::ALL
+                .into_iter()
+                .find(|f| f.name() == *file)
+                .map(Route::Accounts)
+                .ok_or_else(unknown),
             _ => Err(unknown()),
         }
     }
@@ -217,6 +263,9 @@ mod tests {
             Route::Ipxe("ipxe.efi".into()),
             Route::Report(mac()),
             Route::Clients,
+            Route::Accounts(AccountsFile::Passwd),
+            Route::Accounts(AccountsFile::Group),
+            Route::Accounts(AccountsFile::KnownHosts),
         ];
         for route in routes {
             assert_eq!(Route::parse(&route.path()), Ok(route.clone()), "{route}");
@@ -237,6 +286,10 @@ mod tests {
             );
         }
         assert_eq!(
+            Route::Accounts(AccountsFile::Group).url("10.0.0.1"),
+            format!("{}/group", accounts_url("10.0.0.1"))
+        );
+        assert_eq!(
             Route::Ipxe("undionly.kpxe".into()).tftp_path(),
             "ipxe/undionly.kpxe"
         );
@@ -256,6 +309,9 @@ mod tests {
             "/boot/52-54-00-12-34-56.cfg",
             "/api/report/zz",
             "/api/clients/x",
+            "/accounts/shadow",
+            "/accounts/",
+            "/accounts/passwd/x",
             "",
             "boot",
         ] {

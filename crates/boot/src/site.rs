@@ -10,11 +10,12 @@
 //! request reads the site current at that moment ([`crate::decision`]). What a reload cannot
 //! change without new sockets (interface, ports, mode) is named by [`Site::restart_needed`].
 
+use crate::accounts::Accounts;
 use crate::config::{
     parse_cidr, parse_range, ClientConfig, Config, DhcpSection, ImageProtocol, IpxeSection,
     RecordSection, UnknownClients,
 };
-use crate::routes::Route;
+use crate::routes::{accounts_url, Route};
 use diskless_dhcp::{DhcpConfig, Mac, Mode, Reservation};
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -102,6 +103,8 @@ pub struct Site {
     pub image_urls: Vec<String>,
     /// The `[[subnet]]` entries, the most specific (longest prefix) first.
     pub subnets: Vec<Subnet>,
+    /// `[accounts]`: the lab's users, served to the clients and checked at login.
+    pub accounts: Option<Accounts>,
 }
 
 /// A `[[subnet]]` entry, resolved.
@@ -162,6 +165,22 @@ impl Site {
             })
             .collect::<Result<Vec<_>, SiteError>>()?;
         subnets.sort_by_key(|s| std::cmp::Reverse(s.net.prefix_len()));
+        let http_authority = authority(server_ip, config.http_port, 80);
+        let accounts = config
+            .accounts
+            .as_ref()
+            .map(|a| Accounts::resolve(a, server_ip));
+        // The boot script learns where the accounts are from the kernel command line, after
+        // the site's own options.
+        let mut cmdline = config.boot.cmdline.clone();
+        if let Some(accounts) = &accounts {
+            let params = accounts.kernel_params(&accounts_url(&http_authority));
+            cmdline = [cmdline.as_str(), &params]
+                .into_iter()
+                .filter(|w| !w.is_empty())
+                .collect::<Vec<_>>()
+                .join(" ");
+        }
         Ok(Site {
             interface,
             server_ip,
@@ -171,7 +190,7 @@ impl Site {
             http_port: config.http_port,
             tftp_port: config.tftp_port,
             admin: config.admin_addr().map_err(SiteError::AdminListen)?,
-            http_authority: authority(server_ip, config.http_port, 80),
+            http_authority,
             tftp_authority: authority(server_ip, config.tftp_port, 69),
             ipv6_ra: config.ipv6_ra.unwrap_or(config.mode == Mode::Full),
             store: config.store.clone(),
@@ -181,13 +200,14 @@ impl Site {
             default_image: config.boot.image.clone(),
             unknown_clients: config.boot.unknown_clients,
             size: config.boot.size.clone(),
-            cmdline: config.boot.cmdline.clone(),
+            cmdline,
             image_protocol: config.boot.image_protocol,
             secure_boot: config.boot.secure_boot,
             record: config.record.clone(),
             clients: config.clients.iter().map(|c| (c.mac, c.clone())).collect(),
             image_urls: config.boot.image_urls.clone(),
             subnets,
+            accounts,
         })
     }
 

@@ -27,7 +27,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{cache, run, test_image};
+use common::{cache, run, test_image, Overlay};
 
 /// The service's capabilities, as /proc/PID/status shows them: CAP_NET_BIND_SERVICE (10) and
 /// CAP_NET_RAW (13).
@@ -36,36 +36,6 @@ const SERVICE_CAPS: &str = "0000000000002400";
 /// The client, and the hostname a [[client]] entry added by a reload gives it.
 const CLIENT_MAC: &str = "52:54:00:11:00:01";
 const CLIENT_NAME: &str = "reloaded01";
-
-/// The overlay of the cached tree; unmounted when dropped.
-struct Overlay {
-    merged: PathBuf,
-}
-
-impl Overlay {
-    fn mount(lower: &Path, dir: &Path) -> Overlay {
-        let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
-        for d in [&upper, &work, &merged] {
-            std::fs::create_dir_all(d).unwrap();
-        }
-        run(Command::new("mount")
-            .args(["-t", "overlay", "overlay", "-o"])
-            .arg(format!(
-                "lowerdir={},upperdir={},workdir={}",
-                lower.display(),
-                upper.display(),
-                work.display()
-            ))
-            .arg(&merged));
-        Overlay { merged }
-    }
-}
-
-impl Drop for Overlay {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.merged).status();
-    }
-}
 
 /// A booted container: `systemd-nspawn -b`, its console in a log. Dropping it powers it off
 /// (SIGTERM to nspawn, which asks the container's systemd to shut down) and kills what is

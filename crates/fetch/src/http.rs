@@ -111,6 +111,19 @@ pub fn get(source: &Source, resume_from: u64) -> Result<Body, String> {
     }
 }
 
+/// A small file whole (`diskless-fetch cat`: the lab's accounts), refused beyond `max` bytes.
+pub fn get_whole(source: &Source, max: u64) -> Result<Vec<u8>, String> {
+    let body = get(source, 0)?;
+    let mut data = Vec::new();
+    body.take(max + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| format!("{source}: {e}"))?;
+    if data.len() as u64 > max {
+        return Err(format!("{source}: more than {max} bytes"));
+    }
+    Ok(data)
+}
+
 fn read_head(reader: &mut impl BufRead) -> Result<String, String> {
     let mut head = String::new();
     loop {
@@ -285,6 +298,21 @@ mod tests {
         body.read_to_end(&mut data).unwrap();
         assert_eq!(data, b"def");
         assert!(server.join().unwrap().contains("Range: bytes=3-"));
+    }
+
+    #[test]
+    fn a_small_file_is_read_whole_and_a_big_one_refused() {
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nalice\n".to_vec();
+        let (url, server) = serve_once(ok.clone());
+        assert_eq!(
+            get_whole(&Source::parse(&url).unwrap(), 6).unwrap(),
+            b"alice\n"
+        );
+        server.join().unwrap();
+        let (url, server) = serve_once(ok);
+        let err = get_whole(&Source::parse(&url).unwrap(), 5).unwrap_err();
+        assert!(err.contains("more than 5 bytes"), "{err}");
+        server.join().unwrap();
     }
 
     #[test]

@@ -10,6 +10,7 @@
 //! diskless-fetch modload FILE.ko [FILE.ko...]
 //! diskless-fetch loop FILE            prints the attached /dev/loopN
 //! diskless-fetch report URL STAGE [DETAIL]
+//! diskless-fetch cat URL              a small text file (the lab's accounts) to stdout
 //! ```
 
 mod fetch;
@@ -65,6 +66,12 @@ fn run(args: &[String]) -> Result<(), String> {
             }
             Ok(())
         }
+        "cat" => {
+            let [url] = rest else { return Err(usage()) };
+            let text = http::get_whole(&source::Source::parse(url)?, MAX_CAT_BYTES)?;
+            std::io::Write::write_all(&mut std::io::stdout().lock(), &text)
+                .map_err(|e| format!("writing {url} to stdout: {e}"))
+        }
         "--help" | "-h" | "help" => {
             println!("{}", usage());
             Ok(())
@@ -73,10 +80,13 @@ fn run(args: &[String]) -> Result<(), String> {
     }
 }
 
+/// The most `cat` reads: a lab's passwd is a few hundred bytes a user.
+const MAX_CAT_BYTES: u64 = 4 << 20;
+
 fn usage() -> String {
     "usage:\n  diskless-fetch get --sha256 HEX --out FILE [--retries N] URL [URL...]\n  \
      diskless-fetch modload FILE.ko [FILE.ko...]\n  diskless-fetch loop FILE\n  \
-     diskless-fetch report URL STAGE [DETAIL]"
+     diskless-fetch report URL STAGE [DETAIL]\n  diskless-fetch cat URL"
         .to_string()
 }
 

@@ -7,8 +7,10 @@ use std::process::Command;
 
 /// What a workstation needs on top of minbase to boot from diskless: a kernel and its stock
 /// initrd (initramfs-tools, with busybox for the boot script's tools), systemd as init, udev,
-/// kmod, and iproute2; and openssh-server, since a lab's machines are run from afar (each
-/// client makes its own host keys at boot: the image ships none).
+/// kmod, and iproute2; openssh-server, since a lab's machines are run from afar (each
+/// client makes its own host keys at boot: the image ships none); and sshfs, with which a
+/// login of one of the lab's accounts mounts the user's home from the server (`[accounts]`,
+/// docs/ARCHITECTURE.md; openssh-client and fuse3 come with it, about 1 MB).
 pub const DEFAULT_PACKAGES: &[&str] = &[
     "linux-image-amd64",
     "initramfs-tools",
@@ -19,6 +21,7 @@ pub const DEFAULT_PACKAGES: &[&str] = &[
     "kmod",
     "iproute2",
     "openssh-server",
+    "sshfs",
 ];
 
 /// Written into the tree when debootstrap finished, so a rerun knows the tree is whole.

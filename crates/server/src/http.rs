@@ -14,8 +14,9 @@ use axum::extract::{ConnectInfo, FromRequest, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Form, Json, Router};
+use diskless_boot::accounts::Accounts;
 use diskless_boot::grub;
-use diskless_boot::routes::{ImageFile, Route, RouteError};
+use diskless_boot::routes::{AccountsFile, ImageFile, Route, RouteError};
 use diskless_boot::script::{self, ImageRef, ScriptParams};
 use diskless_boot::{Mac, Machine, Site};
 use diskless_image::Store;
@@ -102,11 +103,59 @@ async fn handle(
             }
         }
         Route::Clients if get => Json(state.recorder.snapshot()).into_response(),
+        Route::Accounts(file) if get => accounts(&state, file),
         _ => text(
             StatusCode::METHOD_NOT_ALLOWED,
             "method not allowed\n".into(),
         ),
     }
+}
+
+/// One of the accounts files, made from the server's passwd and group at this request (a user
+/// added since the last boot is in it); 404 without `[accounts]`. Shadow is never read.
+fn accounts(state: &HttpState, file: AccountsFile) -> Response {
+    let site = state.site.borrow().clone();
+    let Some(accounts) = &site.accounts else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "no [accounts] in this server's config\n".into(),
+        );
+    };
+    match accounts_file(accounts, file) {
+        Ok(body) => text(StatusCode::OK, body),
+        Err(path) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the server cannot read its {} ({path})\n", file.name()),
+        ),
+    }
+}
+
+/// The text of `file`, or the path the server could not read.
+fn accounts_file(accounts: &Accounts, file: AccountsFile) -> Result<String, String> {
+    let read = |path: &std::path::Path| {
+        std::fs::read_to_string(path).map_err(|e| {
+            tracing::warn!(path = %path.display(), error = %e, "cannot read for [accounts]");
+            path.display().to_string()
+        })
+    };
+    Ok(match file {
+        AccountsFile::Passwd => {
+            let (served, skipped) = accounts.passwd(&read(&accounts.passwd)?);
+            for s in skipped {
+                tracing::warn!(user = %s.name, reason = s.reason, "account not served");
+            }
+            served
+        }
+        AccountsFile::Group => accounts.group(&read(&accounts.passwd)?, &read(&accounts.group)?),
+        AccountsFile::KnownHosts => {
+            let keys = accounts
+                .ssh_host_keys
+                .iter()
+                .map(|path| read(path))
+                .collect::<Result<Vec<_>, _>>()?;
+            accounts.known_hosts(&keys)
+        }
+    })
 }
 
 fn boot_script(state: &HttpState, mac: Mac, peer: Option<IpAddr>) -> Response {
@@ -700,6 +749,44 @@ mod tests {
         }
         let (status, _, body) = call(&f.state, get("/ipxe/ipxe.efi")).await;
         assert_eq!((status, body.as_str()), (StatusCode::OK, "efi"));
+    }
+
+    #[tokio::test]
+    async fn accounts_are_served_without_passwords_and_only_when_configured() {
+        let f = fixture("");
+        let (status, _, _) = call(&f.state, get("/accounts/passwd")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "no [accounts], no accounts");
+        let dir = tempfile::tempdir().unwrap();
+        let file = |name: &str, text: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, text).unwrap();
+            path.display().to_string()
+        };
+        let passwd = file(
+            "passwd",
+            "root:x:0:0:root:/root:/bin/bash\nalice:$y$hash:1000:1000::/home/alice:/bin/bash\n",
+        );
+        let group = file("group", "root:x:0:\nalice:x:1000:\n");
+        let key = file("key.pub", "ssh-ed25519 AAAAkey root@server\n");
+        let f = fixture(&format!(
+            "[boot]\nimage = \"lab\"\n[accounts]\npasswd = \"{passwd}\"\ngroup = \"{group}\"\nssh_host_keys = [\"{key}\"]\n"
+        ));
+        let (status, _, body) = call(&f.state, get("/accounts/passwd")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body, "alice:x:1000:1000::/home/alice:/bin/bash\n");
+        let (_, _, body) = call(&f.state, get("/accounts/group")).await;
+        assert_eq!(body, "alice:x:1000:\n");
+        let (_, _, body) = call(&f.state, get("/accounts/ssh_known_hosts")).await;
+        assert_eq!(body, "10.0.0.1 ssh-ed25519 AAAAkey\n");
+        let (status, _, _) = call(&f.state, get("/accounts/shadow")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        let script = call(&f.state, get("/boot/52-54-00-12-34-56.ipxe")).await.2;
+        assert!(
+            script.contains(
+                " diskless.accounts=http://10.0.0.1:8080/accounts diskless.sshfs=10.0.0.1:22"
+            ),
+            "{script}"
+        );
     }
 
     #[tokio::test]

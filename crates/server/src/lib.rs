@@ -69,6 +69,15 @@ pub enum ServerError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// A file `[accounts]` names cannot be read.
+    #[error(
+        "{path}: {source}: [accounts] needs it (passwd, group, and the SSH server's public host \
+         keys: install openssh-server, or set ssh_host_keys)"
+    )]
+    AccountsFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     /// An iPXE binary is missing from `[ipxe] dir`.
     #[error(
         "{path}: {source}: install Debian's ipxe package (apt-get install ipxe), or set [ipxe] dir"
@@ -137,7 +146,28 @@ pub fn resolve_site(config: &Config) -> Result<Site, ServerError> {
         interface: interface.to_string(),
         message,
     })?;
-    Ok(Site::resolve(config, addr.ip, addr.netmask)?)
+    let site = Site::resolve(config, addr.ip, addr.netmask)?;
+    check_accounts_files(&site)?;
+    Ok(site)
+}
+
+/// The files `[accounts]` serves from are readable now (they are read again at each request,
+/// so a user added later is served): a missing host key is named at start, not at a client's
+/// boot.
+pub fn check_accounts_files(site: &Site) -> Result<(), ServerError> {
+    let Some(accounts) = &site.accounts else {
+        return Ok(());
+    };
+    let files = [&accounts.passwd, &accounts.group]
+        .into_iter()
+        .chain(&accounts.ssh_host_keys);
+    for path in files {
+        std::fs::File::open(path).map_err(|source| ServerError::AccountsFile {
+            path: path.clone(),
+            source,
+        })?;
+    }
+    Ok(())
 }
 
 /// Where a reload sends the new site. Cheap to clone.
@@ -630,5 +660,20 @@ mod tests {
         let err = install_ipxe_files(&site).unwrap_err();
         assert!(matches!(err, ServerError::IpxeMissing { .. }), "{err}");
         assert!(err.to_string().contains("apt-get install ipxe"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_host_key_for_accounts_is_named() {
+        check_accounts_files(&Site::for_tests("")).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let passwd = dir.path().join("passwd");
+        std::fs::write(&passwd, "").unwrap();
+        let key = dir.path().join("none.pub");
+        let site = Site::for_tests(&format!(
+            "[accounts]\npasswd = {passwd:?}\ngroup = {passwd:?}\nssh_host_keys = [{key:?}]\n"
+        ));
+        let err = check_accounts_files(&site).unwrap_err();
+        assert!(err.to_string().contains("none.pub"), "{err}");
+        assert!(err.to_string().contains("openssh-server"), "{err}");
     }
 }

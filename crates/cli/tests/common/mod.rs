@@ -249,6 +249,37 @@ pub fn enter_netns(name: &str) {
     assert_eq!(rc, 0, "setns {name}: {}", std::io::Error::last_os_error());
 }
 
+/// An overlay on `lower` (a cached tree, never modified) with its upper layer in `dir`, mounted
+/// at `dir/merged`; unmounted when dropped.
+pub struct Overlay {
+    pub merged: PathBuf,
+}
+
+impl Overlay {
+    pub fn mount(lower: &Path, dir: &Path) -> Overlay {
+        let (upper, work, merged) = (dir.join("upper"), dir.join("work"), dir.join("merged"));
+        for d in [&upper, &work, &merged] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        run(Command::new("mount")
+            .args(["-t", "overlay", "overlay", "-o"])
+            .arg(format!(
+                "lowerdir={},upperdir={},workdir={}",
+                lower.display(),
+                upper.display(),
+                work.display()
+            ))
+            .arg(&merged));
+        Overlay { merged }
+    }
+}
+
+impl Drop for Overlay {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.merged).status();
+    }
+}
+
 /// Whether promtool (Debian's prometheus package) is installed; if not, the test is skipped
 /// (failed under CI=true).
 pub fn have_promtool() -> bool {

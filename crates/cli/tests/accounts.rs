@@ -1,0 +1,331 @@
+//! Issue 13, the lab's accounts and their homes: a user added on the server logs in on a
+//! client with the server's password, writes a file in their home, and finds it there after
+//! logging in on a second client; a wrong password is refused (also once the home is mounted,
+//! when the check is a second, throw-away mount); the clients hold no password
+//! hash of the lab's users (their shadow says `*`) and root stays locked.
+//!
+//! The server side runs in the `diskless vm` network namespace: `diskless serve` with
+//! `[accounts]` (the vm's own server), and Debian's sshd from the bootstrapped tree cached in
+//! $DISKLESS_CACHE/roots/bookworm, never modified: it is the lower layer of an overlay where the
+//! test user is added (`useradd`, `chpasswd`) and host keys made, and sshd runs chrooted into
+//! it. The host's own accounts are not touched. The clients log in with sshpass and ssh from
+//! the same namespace.
+//!
+//! Run by scripts/test (`cargo test -p diskless --test accounts -- --ignored`): it needs root,
+//! network namespaces, QEMU, sshpass, and the shared test image (which has sshfs).
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+mod common;
+use common::{
+    add_image, assert_namespace_gone, cache, command_output, enter_netns, read_report, vm, Booting,
+    Overlay, Work,
+};
+
+const USER: &str = "alice";
+const PASSWORD: &str = "correct horse 13";
+/// The clients: MAC, hostname, reserved address.
+const CLIENTS: [(&str, &str, &str); 2] = [
+    ("52:54:00:13:00:01", "pc01", "10.77.0.11"),
+    ("52:54:00:13:00:02", "pc02", "10.77.0.12"),
+];
+/// Touched by the test (as the user, over SSH) when it is done with a client.
+const DONE: &str = "/tmp/diskless-test-done";
+const SHADOW: &str = "grep -E '^(alice|root):' /etc/shadow";
+const HOME_MOUNT: &str = "findmnt -n -o FSTYPE,SOURCE /home/alice";
+
+/// The server's tree: the cached Debian tree under an overlay, with /proc and /dev for sshd.
+struct ServerTree {
+    overlay: Overlay,
+    mounts: Vec<PathBuf>,
+}
+
+impl ServerTree {
+    fn new(dir: &Path) -> ServerTree {
+        let lower = cache().join("roots/bookworm");
+        assert!(
+            lower.join("usr/sbin/sshd").is_file(),
+            "{} is not a bootstrapped Debian tree with openssh-server: the end-to-end test \
+             (scripts/test) bootstraps it",
+            lower.display()
+        );
+        let overlay = Overlay::mount(&lower, dir);
+        let root = overlay.merged.clone();
+        let mut tree = ServerTree {
+            overlay,
+            mounts: Vec::new(),
+        };
+        for (what, args) in [
+            ("proc", &["-t", "proc", "proc"][..]),
+            ("dev", &["--bind", "/dev"]),
+        ] {
+            let target = root.join(what);
+            common::run(Command::new("mount").args(args).arg(&target));
+            tree.mounts.push(target);
+        }
+        std::fs::create_dir_all(root.join("run/sshd")).unwrap();
+        tree.chroot(&["useradd", "-m", "-s", "/bin/bash", USER], None);
+        tree.chroot(&["chpasswd"], Some(&format!("{USER}:{PASSWORD}\n")));
+        tree.chroot(&["ssh-keygen", "-A"], None);
+        tree
+    }
+
+    fn root(&self) -> &Path {
+        &self.overlay.merged
+    }
+
+    fn chroot(&self, args: &[&str], stdin: Option<&str>) {
+        use std::io::Write;
+        let mut child = Command::new("chroot")
+            .arg(self.root())
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut input = child.stdin.take().unwrap();
+        input.write_all(stdin.unwrap_or("").as_bytes()).unwrap();
+        drop(input);
+        let out = child.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "chroot {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// sshd in the tree, in the current thread's network namespace, logging to `log`.
+    fn sshd(&self, log: &Path) -> Child {
+        Command::new("chroot")
+            .arg(self.root())
+            .args(["/usr/sbin/sshd", "-D", "-e"])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap())
+            .spawn()
+            .unwrap()
+    }
+}
+
+impl Drop for ServerTree {
+    fn drop(&mut self) {
+        for target in self.mounts.iter().rev() {
+            let _ = Command::new("umount").arg(target).status();
+        }
+    }
+}
+
+/// Stops sshd when dropped.
+struct Sshd(Child);
+
+impl Drop for Sshd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `command` run as the user on the client at `ip`, logged in over SSH with `password`.
+fn ssh(ip: &str, password: &str, command: &str) -> Output {
+    let started = Instant::now();
+    let out = Command::new("timeout")
+        .args(["180", "sshpass", "-p", password, "ssh"])
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "PubkeyAuthentication=no",
+            "-o",
+            "ConnectTimeout=30",
+            "-o",
+            "LogLevel=ERROR",
+        ])
+        .arg(format!("{USER}@{ip}"))
+        .arg(command)
+        .output()
+        .unwrap();
+    eprintln!(
+        "ssh {USER}@{ip} {command:?}: {} after {:.1} s\n{}{}",
+        out.status,
+        started.elapsed().as_secs_f64(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// Wait until the client at `ip` has sshd listening (it then has the lab's accounts: the boot
+/// script added them before systemd started).
+fn wait_for_ssh(ip: &str, booting: &mut Booting, deadline: Instant) {
+    let addr: SocketAddr = format!("{ip}:22").parse().unwrap();
+    while TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err() {
+        let running = booting.0.as_mut().unwrap().try_wait().unwrap().is_none();
+        assert!(
+            running && Instant::now() < deadline,
+            "{ip} never answered on port 22"
+        );
+        std::thread::sleep(Duration::from_secs(2));
+    }
+}
+
+#[test]
+#[ignore = "needs root, QEMU, sshpass and minutes: run by scripts/test"]
+fn a_lab_user_logs_in_on_two_clients_and_finds_their_home_on_the_server() {
+    if let Some(why) =
+        diskless_testkit::missing_tools(&["sshpass", "ssh", "chroot", "qemu-system-x86_64"])
+    {
+        diskless_testkit::skip(&format!("{why}: scripts/install-deps --test installs them"));
+        return;
+    }
+    let work = Work::new();
+    let store = work.path().join("store");
+    add_image(&store, "lab");
+    let logs = work.path().join("logs");
+    std::fs::create_dir_all(&logs).unwrap();
+    let server_dir = tempfile::Builder::new()
+        .prefix("diskless-accounts-")
+        .tempdir_in("/var/tmp")
+        .unwrap();
+    let tree = ServerTree::new(server_dir.path());
+    let root = tree.root();
+
+    let mut config = String::new();
+    for (mac, hostname, ip) in CLIENTS {
+        config +=
+            &format!("[[client]]\nmac = \"{mac}\"\nhostname = \"{hostname}\"\nip = \"{ip}\"\n\n");
+    }
+    config += &format!(
+        "[accounts]\npasswd = \"{0}/etc/passwd\"\ngroup = \"{0}/etc/group\"\n\
+         ssh_host_keys = [\"{0}/etc/ssh/ssh_host_ed25519_key.pub\"]\n",
+        root.display()
+    );
+    let config_path = work.path().join("site.toml");
+    std::fs::write(&config_path, &config).unwrap();
+
+    // Each client waits (up to 4 x 100 s after multi-user) until the test is done with it,
+    // then shows its shadow entries and what the home is.
+    let wait = format!("for i in $(seq 100); do [ -e {DONE} ] && break; sleep 1; done; true");
+    let checks = [wait.as_str(), &wait, &wait, &wait, SHADOW, HOME_MOUNT];
+    let mut cmd = vm("lab", &store, &logs, &checks);
+    for (mac, _, _) in CLIENTS {
+        cmd.args(["--mac", mac]);
+    }
+    cmd.arg("--config").arg(&config_path);
+    let output_path = logs.join("vm.out");
+    let output = std::fs::File::create(&output_path).unwrap();
+    let child = cmd
+        .stdout(output.try_clone().unwrap())
+        .stderr(output)
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut booting = Booting(Some(child));
+
+    let sshd_log = logs.join("sshd.log");
+    let (wrong, first, again, second) = std::thread::scope(|s| {
+        s.spawn(|| {
+            enter_netns(&format!("diskless-vm-{pid}"));
+            let _sshd = Sshd(tree.sshd(&sshd_log));
+            let deadline = Instant::now() + Duration::from_secs(1200);
+            let [(_, _, ip1), (_, _, ip2)] = CLIENTS;
+            wait_for_ssh(ip1, &mut booting, deadline);
+            let wrong = ssh(ip1, "not the password", "true");
+            let first = ssh(
+                ip1,
+                PASSWORD,
+                "echo written on pc01 > ~/note && findmnt -n -o FSTYPE ~ && touch /tmp/diskless-test-done",
+            );
+            // The home is mounted now: a wrong password must still be refused.
+            let wrong_again = ssh(ip1, "not the password", "true");
+            let again = ssh(ip1, PASSWORD, "cat ~/note");
+            wait_for_ssh(ip2, &mut booting, deadline);
+            let second = ssh(ip2, PASSWORD, "cat ~/note; touch /tmp/diskless-test-done");
+            ([wrong, wrong_again], first, again, second)
+        })
+        .join()
+        .unwrap()
+    });
+    let status = booting.0.take().unwrap().wait().unwrap();
+    let text = std::fs::read_to_string(&output_path).unwrap();
+    eprintln!("{text}");
+    eprintln!(
+        "sshd on the server:\n{}",
+        std::fs::read_to_string(&sshd_log).unwrap_or_default()
+    );
+    // sshpass: 5 is "invalid password" (ssh asked again).
+    for (attempt, when) in wrong.iter().zip(["before", "after"]) {
+        assert_eq!(
+            attempt.status.code(),
+            Some(5),
+            "a wrong password was not refused {when} the home was mounted"
+        );
+    }
+    assert!(first.status.success(), "the login on pc01 failed");
+    assert_eq!(
+        String::from_utf8_lossy(&first.stdout).trim(),
+        "fuse.sshfs",
+        "the home on pc01 is not the server's"
+    );
+    assert_eq!(
+        (
+            again.status.success(),
+            String::from_utf8_lossy(&again.stdout).trim()
+        ),
+        (true, "written on pc01"),
+        "a second login on pc01 (the home already mounted) failed"
+    );
+    assert!(second.status.success(), "the login on pc02 failed");
+    assert_eq!(
+        String::from_utf8_lossy(&second.stdout).trim(),
+        "written on pc01",
+        "pc02 does not see what the user wrote on pc01"
+    );
+    let note = root.join("home").join(USER).join("note");
+    assert_eq!(
+        std::fs::read_to_string(&note).unwrap_or_else(|e| panic!("{}: {e}", note.display())),
+        "written on pc01\n",
+        "the file is not on the server"
+    );
+    use std::os::unix::fs::MetadataExt;
+    let home_owner = std::fs::metadata(root.join("home").join(USER))
+        .unwrap()
+        .uid();
+    assert_eq!(
+        std::fs::metadata(&note).unwrap().uid(),
+        home_owner,
+        "the file on the server is not the user's"
+    );
+    assert!(status.success(), "diskless vm failed ({status}):\n{text}");
+    assert_namespace_gone(pid);
+
+    let report = read_report(&logs);
+    for (client, (mac, hostname, _)) in report["clients"].as_array().unwrap().iter().zip(CLIENTS) {
+        assert_eq!(client["mac"], mac);
+        let (shadow, _) = command_output(client, SHADOW);
+        let mut lines: Vec<&str> = shadow.lines().collect();
+        lines.sort();
+        assert_eq!(lines.len(), 2, "{hostname}: {shadow}");
+        assert_eq!(
+            lines[0], "alice:*:::::::",
+            "{hostname}: the lab's user has a local password"
+        );
+        let root_password = lines[1].split(':').nth(1).unwrap();
+        assert!(
+            root_password == "*" || root_password.starts_with('!'),
+            "{hostname}: root is not locked: {}",
+            lines[1]
+        );
+        let (mount, _) = command_output(client, HOME_MOUNT);
+        assert_eq!(
+            mount.trim(),
+            format!("fuse.sshfs {USER}@10.77.0.1:"),
+            "{hostname}: the home is not mounted from the server"
+        );
+    }
+    drop(tree);
+}
