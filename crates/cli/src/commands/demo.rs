@@ -43,6 +43,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
             mirror: None,
             include: vec![],
             cache: args.cache.join("debs"),
+            desktop: None,
         })?;
         run_build(&BuildArgs {
             source: root,
