@@ -95,5 +95,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         log_dir: None,
         report: None,
         disks: vec![],
+        display: false,
+        screendump: vec![],
     })
 }
