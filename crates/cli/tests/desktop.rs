@@ -105,7 +105,7 @@ fn an_xfce_image_boots_to_the_lightdm_greeter() {
         "desktop test logs (screendumps included): {}",
         logs.display()
     );
-    let memory = std::env::var("DISKLESS_DESKTOP_MEMORY").unwrap_or_else(|_| "2560".into());
+    let memory = std::env::var("DISKLESS_DESKTOP_MEMORY").unwrap_or_else(|_| "1024".into());
 
     // The greeter starts after multi-user, and a command on the console may take 120 s at
     // most: wait in steps. Then give it time to draw (an emulated CPU paints slowly).
