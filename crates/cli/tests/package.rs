@@ -344,6 +344,7 @@ fn installed_package_serves_a_pxe_client_and_purges_cleanly() {
             cpus: 1,
             firmware: Firmware::Bios,
             disks: vec![],
+            display: false,
         }],
         timeout: Duration::from_secs(1200),
         commands: vec!["findmnt -n -o FSTYPE /".into(), "hostname".into()],
@@ -352,6 +353,7 @@ fn installed_package_serves_a_pxe_client_and_purges_cleanly() {
         site_dhcp: None,
         loss_percent: 0,
         restart_server_during_fetch: None,
+        screendumps: vec![],
     };
     let report = diskless_vm::run_in(&cfg, &ns).unwrap_or_else(|e| {
         let (journal, _) = container.sh("journalctl -u diskless --no-pager | tail -40");

@@ -19,6 +19,7 @@
 pub mod console;
 pub mod netns;
 pub mod qemu;
+pub mod qmp;
 
 use console::Console;
 use std::io::Write;
@@ -100,6 +101,8 @@ pub struct ClientConfig {
     pub firmware: Firmware,
     /// Raw disk images attached as virtio disks (a local image source, a persistent layer).
     pub disks: Vec<PathBuf>,
+    /// A VGA display (for desktop images), read with [`VmConfig::screendumps`].
+    pub display: bool,
 }
 
 /// The site's own DHCP server (dnsmasq), for trying proxy mode: it hands out the addresses,
@@ -148,6 +151,9 @@ pub struct VmConfig {
     /// Kill the server once the first client's image download is under way and start it
     /// again after this pause: the fetch helper has to resume the download.
     pub restart_server_during_fetch: Option<Duration>,
+    /// Once the commands ran, save the first client's display to these files (PNG for
+    /// `.png`, else PPM); the client needs [`ClientConfig::display`].
+    pub screendumps: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -229,6 +235,32 @@ pub fn console_log_name(cfg: &VmConfig, index: usize) -> String {
     }
 }
 
+/// The QMP socket of client `index` (clients with a display only).
+fn qmp_socket(cfg: &VmConfig, index: usize) -> PathBuf {
+    cfg.log_dir.join(format!(
+        "qmp-{}.sock",
+        cfg.clients[index].mac.replace(':', "-")
+    ))
+}
+
+fn save_screendumps(cfg: &VmConfig, index: usize) -> Result<(), Error> {
+    if cfg.screendumps.is_empty() {
+        return Ok(());
+    }
+    if !cfg.clients[index].display {
+        return Err(Error::Setup(
+            "a screendump needs a client with a display".into(),
+        ));
+    }
+    let socket = qmp_socket(cfg, index);
+    for file in &cfg.screendumps {
+        let file = std::path::absolute(file)
+            .map_err(|e| Error::Setup(format!("{}: {e}", file.display())))?;
+        qmp::screendump(&socket, &file).map_err(Error::Setup)?;
+    }
+    Ok(())
+}
+
 /// Make the namespace, boot the clients in it ([`run_in`]), remove the namespace.
 pub fn run(cfg: &VmConfig) -> Result<VmReport, Error> {
     let ns = netns::Netns::create(&cfg.namespace, &cfg.interface, &taps(cfg), &cfg.server_cidr)?;
@@ -299,6 +331,8 @@ pub fn run_in(cfg: &VmConfig, ns: &netns::Netns) -> Result<VmReport, Error> {
             mac: client.mac.clone(),
             ovmf_vars: client.firmware.is_uefi().then_some(vars),
             disks: client.disks.clone(),
+            display: client.display,
+            qmp: client.display.then(|| qmp_socket(cfg, index)),
         };
         let started = Instant::now();
         let mut child = qemu::command(&qemu_cfg)
@@ -375,8 +409,12 @@ pub fn run_in(cfg: &VmConfig, ns: &netns::Netns) -> Result<VmReport, Error> {
                         hook,
                         &mut report,
                     )
+                    .and_then(|()| run_commands(&mut console, &cfg.commands, deadline, &mut report))
                     .and_then(|()| {
-                        run_commands(&mut console, &cfg.commands, deadline, &mut report)
+                        if index > 0 {
+                            return Ok(());
+                        }
+                        save_screendumps(cfg, index)
                     });
                     (result, report, console)
                 })

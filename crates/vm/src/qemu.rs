@@ -96,6 +96,11 @@ pub struct QemuConfig {
     pub ovmf_vars: Option<PathBuf>,
     /// Raw disk images, attached as virtio disks in this order.
     pub disks: Vec<PathBuf>,
+    /// A standard VGA card (Linux drives it with bochs-drm, Xorg with modesetting), shown
+    /// nowhere: its picture is read with a screendump over `qmp`.
+    pub display: bool,
+    /// A QMP socket QEMU listens on.
+    pub qmp: Option<PathBuf>,
 }
 
 // What Debian 12's ovmf (2022.11) ships in /usr/share/OVMF (`dpkg -L ovmf`): OVMF_CODE.fd,
@@ -132,6 +137,12 @@ pub fn command(cfg: &QemuConfig) -> Command {
         &format!("tap,id=net0,ifname={},script=no,downscript=no", cfg.tap),
     ])
     .args(["-device", &nic(cfg)]);
+    if cfg.display {
+        cmd.args(["-device", "VGA"]);
+    }
+    if let Some(qmp) = &cfg.qmp {
+        cmd.args(["-qmp", &crate::qmp::qmp_option(qmp)]);
+    }
     for disk in &cfg.disks {
         cmd.args([
             "-drive",
@@ -199,6 +210,8 @@ mod tests {
             mac: "52:54:00:00:00:01".into(),
             ovmf_vars: firmware.is_uefi().then(|| "/tmp/vars.fd".into()),
             disks: vec!["/tmp/disk.raw".into()],
+            display: false,
+            qmp: None,
         };
         command(&cfg)
             .get_args()
@@ -256,6 +269,39 @@ mod tests {
             Some(OVMF_VARS_MS_KEYS)
         );
         assert!(!a.contains("PXESupport"), "{a}");
+    }
+
+    #[test]
+    fn a_display_is_a_vga_card_read_over_qmp() {
+        assert!(!args(Firmware::Bios)
+            .iter()
+            .any(|a| a == "VGA" || a == "-qmp"));
+        let cfg = QemuConfig {
+            memory_mib: 1024,
+            cpus: 2,
+            firmware: Firmware::Bios,
+            tap: "dl0".into(),
+            mac: "52:54:00:00:00:01".into(),
+            ovmf_vars: None,
+            disks: vec![],
+            display: true,
+            qmp: Some("/tmp/l/qmp.sock".into()),
+        };
+        let a: Vec<String> = command(&cfg)
+            .get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect();
+        let a = a.join(" ");
+        assert!(a.contains("-device VGA"), "{a}");
+        assert!(
+            a.contains("-qmp unix:/tmp/l/qmp.sock,server=on,wait=off"),
+            "{a}"
+        );
+        // No window: the picture is only read by screendump.
+        assert!(
+            a.contains("-display none") && a.contains("-nodefaults"),
+            "{a}"
+        );
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
             mirror: None,
             include: vec![],
             cache: args.cache.join("debs"),
+            desktop: None,
         })?;
         run_build(&BuildArgs {
             source: root,
@@ -94,5 +95,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         log_dir: None,
         report: None,
         disks: vec![],
+        display: false,
+        screendump: vec![],
     })
 }

@@ -3,7 +3,7 @@
 use crate::paths;
 use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
-use diskless_image::bootstrap::{self, BootstrapConfig};
+use diskless_image::bootstrap::{self, BootstrapConfig, Desktop};
 use diskless_image::build::{self, BuildConfig, Compression};
 use diskless_image::tidy::TidyOptions;
 use diskless_image::Store;
@@ -68,6 +68,15 @@ pub struct BootstrapArgs {
     /// Where downloaded packages are kept between runs.
     #[arg(long, default_value = "/var/cache/diskless/debs")]
     pub cache: PathBuf,
+    /// A desktop (its Debian task, display manager, firmware and Xorg drivers); the image
+    /// boots to the display manager's greeter. Non-free firmware is added when this host's
+    /// apt sources name the non-free-firmware component.
+    #[arg(long, value_parser = desktop_name)]
+    pub desktop: Option<Desktop>,
+}
+
+fn desktop_name(name: &str) -> Result<Desktop, String> {
+    name.parse()
 }
 
 #[derive(Args)]
@@ -254,8 +263,26 @@ pub fn run_bootstrap(args: &BootstrapArgs) -> Result<()> {
         mirror: args.mirror.clone(),
         cache_dir: Some(args.cache.clone()),
         extra_packages: args.include.clone(),
+        desktop: args.desktop,
+        non_free_firmware: false,
     };
     let mirror = bootstrap::resolve_mirror(&cfg)?;
+    let cfg = BootstrapConfig {
+        non_free_firmware: bootstrap::host_offers_non_free_firmware(&mirror),
+        ..cfg
+    };
+    if let Some(desktop) = cfg.desktop {
+        eprintln!(
+            "diskless: desktop {desktop}, display manager {}; components {}{}",
+            desktop.display_manager(),
+            cfg.components(),
+            if cfg.non_free_firmware {
+                ""
+            } else {
+                " (this host's apt sources do not name non-free-firmware: free firmware only)"
+            }
+        );
+    }
     let started = std::time::Instant::now();
     eprintln!(
         "diskless: bootstrapping {} {} from {mirror} into {}",

@@ -73,6 +73,14 @@ pub struct VmArgs {
     /// (diskless.image=dev:LABEL=...), a persistent writable layer (diskless.upper=).
     #[arg(long = "disk")]
     pub disks: Vec<PathBuf>,
+    /// Give the client a VGA display (not shown: read it with --screendump), for a desktop
+    /// image's display manager.
+    #[arg(long)]
+    pub display: bool,
+    /// Once the --run commands ran, save the first client's display to FILE (repeatable; PNG
+    /// for a .png name, else PPM). Implies --display.
+    #[arg(long, value_name = "FILE")]
+    pub screendump: Vec<PathBuf>,
 }
 
 fn firmware_name(name: &str) -> Result<Firmware, String> {
@@ -161,6 +169,7 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
             cpus: args.cpus,
             firmware,
             disks: args.disks.clone(),
+            display: args.display || !args.screendump.is_empty(),
         })
         .collect();
     let cfg = VmConfig {
@@ -182,6 +191,7 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
         restart_server_during_fetch: args
             .restart_server_during_fetch
             .then_some(Duration::from_secs(3)),
+        screendumps: args.screendump.clone(),
     };
     eprintln!(
         "diskless: booting {} {} in QEMU ({} client(s), {} MiB, {}, {} mode, TCG); logs in {}",
