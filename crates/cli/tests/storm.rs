@@ -11,14 +11,22 @@
 //!   both give a client the same sources (both servers) and sha256; the first is killed in
 //!   the middle of a storm and every client finishes from the second.
 //!
+//! - `qemu_client_boots_past_a_dead_server`: once with QEMU (BIOS, iPXE): the first base URL
+//!   of the client's list refuses connections (a server whose process died); iPXE's
+//!   `kernel A || kernel B` and the initramfs's source list take the kernel, both initrds
+//!   and the image from the next, and the client reaches multi-user.
+//!
 //! Run by scripts/test (`cargo test -p diskless --test storm -- --ignored --test-threads=1`):
 //! root, network namespaces, tc, nginx and curl; the fetch helper's release build
-//! (`DISKLESS_FETCH`, as scripts/test exports it).
+//! (`DISKLESS_FETCH`, as scripts/test exports it); for the QEMU test the shared test image
+//! (`DISKLESS_TEST_STORE`, as pxe.rs).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
 
 /// The image's size: 3 slices of docs/nginx-cache.conf's 4 MiB, the last one partial.
 const IMAGE_BYTES: u64 = 10_000_000;
@@ -544,5 +552,54 @@ fn two_servers() {
     }
     eprintln!(
         "two_servers: the first server killed 2 s into a storm of {CLIENTS}; every client resumed at the second: {from_second:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs root, QEMU and a minute: run by scripts/test"]
+fn qemu_client_boots_past_a_dead_server() {
+    let work = common::Work::new();
+    let store = work.path().join("store");
+    common::add_image(&store, "test");
+    let logs = work.path().join("logs");
+    let config = work.path().join("site.toml");
+    // `diskless vm`'s server is 10.77.0.1; nothing listens on port 81.
+    let dead = "http://10.77.0.1:81/diskless";
+    std::fs::write(
+        &config,
+        format!("[boot]\nimage_urls = [\"{dead}\", \"http://10.77.0.1\"]\n"),
+    )
+    .unwrap();
+    common::run_vm(
+        common::vm("test", &store, &logs, &["cat /proc/cmdline"])
+            .arg("--config")
+            .arg(&config),
+    );
+    let report = common::read_report(&logs);
+    let (cmdline, _) = common::command_output(&report, "cat /proc/cmdline");
+    let image = cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("diskless.image="))
+        .unwrap_or_else(|| panic!("no diskless.image= in {cmdline}"));
+    let sources: Vec<&str> = image.split(',').collect();
+    assert_eq!(sources.len(), 2, "{image}");
+    assert!(
+        sources[0].starts_with(&format!("{dead}/images/test/")),
+        "{image}"
+    );
+    // The live server sent every file: iPXE went past the dead one for the kernel and both
+    // initrds, the initramfs for the image.
+    let log = std::fs::read_to_string(logs.join("server.log")).unwrap();
+    for file in ["vmlinuz", "initrd.img", "diskless.cpio", "root.squashfs"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("http: sending") && l.contains(&format!("file={file}"))),
+            "the server never sent {file}:\n{log}"
+        );
+    }
+    let console = std::fs::read_to_string(logs.join("console.log")).unwrap();
+    assert!(
+        console.contains("10.77.0.1:81: Connection refused"),
+        "the initramfs did not try the dead server first"
     );
 }
