@@ -7,9 +7,10 @@
 //!   origin fetch of the image: the origin sends each 4 MiB slice once, to the cache, and
 //!   nothing else of it. Then the cache is killed in the middle of a second storm and every
 //!   client finishes from the origin, its download resumed.
-//! - `two_servers`: two `diskless serve` in proxy mode on one network serve the same store;
-//!   both give a client the same sources (both servers) and sha256; the first is killed in
-//!   the middle of a storm and every client finishes from the second.
+//! - `two_servers`: two `diskless serve` in proxy mode on one network serve the same store,
+//!   beside the site's DHCP server (dnsmasq), which gives the clients their addresses; both
+//!   give a client the same sources (both servers) and sha256; the first is killed in the
+//!   middle of a storm and every client finishes from the second.
 //!
 //! - `qemu_client_boots_past_a_dead_server`: once with QEMU (BIOS, iPXE): the first base URL
 //!   of the client's list refuses connections (a server whose process died); iPXE's
@@ -275,7 +276,7 @@ impl Drop for Lab {
             let _ = child.wait();
         }
         // What is left in our namespaces (nginx's workers).
-        for name in ["srv", "cache", "b"] {
+        for name in ["srv", "cache", "b", "dhcp"] {
             kill_namespace(&self.ns(name));
         }
         let _ = storm_net()
@@ -495,7 +496,7 @@ fn room_cache() {
 #[test]
 #[ignore = "root, namespaces: scripts/test runs it"]
 fn two_servers() {
-    let Some(fetch) = prerequisites(&["curl", "tc", "flock"]) else {
+    let Some(fetch) = prerequisites(&["curl", "tc", "flock", "dnsmasq", "udhcpc"]) else {
         return;
     };
     const CLIENTS: usize = 10;
@@ -516,6 +517,54 @@ fn two_servers() {
     );
     let first = lab.serve(&lab.ns("srv"), "a", "srv0", &config);
     lab.serve(&lab.ns("b"), "b", "eth0", &config);
+    // The site's DHCP server hands out the addresses: the clients drop theirs and ask.
+    lab.host("dhcp", "10.77.0.4");
+    let leases = lab.path().join("dnsmasq.leases");
+    let mut dnsmasq = in_ns(&lab.ns("dhcp"), "dnsmasq");
+    dnsmasq
+        .args([
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            "--port=0",
+            "--interface=eth0",
+            "--bind-interfaces",
+            "--dhcp-range=10.77.2.10,10.77.2.250,255.255.0.0,1h",
+            // Nothing else on this network: no ping before each offer (a second each).
+            "--no-ping",
+            "--pid-file=",
+            "--user=root",
+            "--log-facility=-",
+            "--log-dhcp",
+        ])
+        .arg(format!("--dhcp-leasefile={}", leases.display()));
+    lab.start(dnsmasq, "dnsmasq.log");
+    let script = lab.path().join("udhcpc.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh
+[ \"$1\" = bound ] || exit 0
+\
+         ip addr add \"$ip/${mask:-16}\" dev \"$interface\" && echo \"BOUND $ip\"\n",
+    )
+    .unwrap();
+    check(Command::new("chmod").arg("+x").arg(&script));
+    let addresses: Vec<String> = (1..=CLIENTS)
+        .map(|i| {
+            let ns = lab.ns(&format!("c{i}"));
+            check(Command::new("ip").args(["-n", &ns, "addr", "flush", "dev", "eth0"]));
+            let out = check(
+                in_ns(&ns, "udhcpc")
+                    .args(["-i", "eth0", "-n", "-q", "-t", "10", "-T", "1", "-s"])
+                    .arg(&script),
+            );
+            let ip = out
+                .lines()
+                .find_map(|l| l.strip_prefix("BOUND "))
+                .unwrap_or_else(|| panic!("client {i} got no address:\n{out}"));
+            assert!(ip.starts_with("10.77.2."), "client {i}: {ip}");
+            ip.to_string()
+        })
+        .collect();
     lab.wait_for(&format!("http://{ORIGIN}/"));
     lab.wait_for(&format!("http://{SECOND}/"));
 
@@ -550,21 +599,29 @@ fn two_servers() {
     let from_first = image_requests(&lab.path().join("a.log"));
     let from_second = image_requests(&lab.path().join("b.log"));
     for i in 1..=CLIENTS {
-        let ip = client_ip(i);
+        let ip = &addresses[i - 1];
         assert!(
-            from_first.contains_key(&ip),
+            from_first.contains_key(ip),
             "client {i} did not start at the first server"
         );
         if done_before_kill.contains(&i) {
             continue;
         }
         let resumed = from_second
-            .get(&ip)
+            .get(ip)
             .unwrap_or_else(|| panic!("client {i} never reached the second server"));
         assert!(
             resumed.iter().all(|r| r.starts_with("bytes=")),
             "client {i} started over at the second server: {resumed:?}"
         );
+    }
+    // The addresses were dnsmasq's; neither boot server leased any.
+    let leased = std::fs::read_to_string(&leases).unwrap();
+    assert_eq!(leased.lines().count(), CLIENTS, "{leased}");
+    for server in ["a", "b"] {
+        let ours = std::fs::read_to_string(lab.path().join(format!("state-{server}/leases.json")))
+            .unwrap_or_default();
+        assert!(!ours.contains("10.77.2."), "server {server} leased: {ours}");
     }
     eprintln!(
         "two_servers: the first server killed a quarter into a storm of {CLIENTS}; every client resumed at the second: {from_second:?}"
