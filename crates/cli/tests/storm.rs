@@ -7,18 +7,27 @@
 //!   origin fetch of the image: the origin sends each 4 MiB slice once, to the cache, and
 //!   nothing else of it. Then the cache is killed in the middle of a second storm and every
 //!   client finishes from the origin, its download resumed.
-//! - `two_servers`: two `diskless serve` in proxy mode on one network serve the same store;
-//!   both give a client the same sources (both servers) and sha256; the first is killed in
-//!   the middle of a storm and every client finishes from the second.
+//! - `two_servers`: two `diskless serve` in proxy mode on one network serve the same store,
+//!   beside the site's DHCP server (dnsmasq), which gives the clients their addresses; both
+//!   give a client the same sources (both servers) and sha256; the first is killed in the
+//!   middle of a storm and every client finishes from the second.
+//!
+//! - `qemu_client_boots_past_a_dead_server`: once with QEMU (BIOS, iPXE): the first base URL
+//!   of the client's list refuses connections (a server whose process died); iPXE's
+//!   `kernel A || kernel B` and the initramfs's source list take the kernel, both initrds
+//!   and the image from the next, and the client reaches multi-user.
 //!
 //! Run by scripts/test (`cargo test -p diskless --test storm -- --ignored --test-threads=1`):
 //! root, network namespaces, tc, nginx and curl; the fetch helper's release build
-//! (`DISKLESS_FETCH`, as scripts/test exports it).
+//! (`DISKLESS_FETCH`, as scripts/test exports it); for the QEMU test the shared test image
+//! (`DISKLESS_TEST_STORE`, as pxe.rs).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+
+mod common;
 
 /// The image's size: 3 slices of docs/nginx-cache.conf's 4 MiB, the last one partial.
 const IMAGE_BYTES: u64 = 10_000_000;
@@ -206,15 +215,26 @@ impl Lab {
             .unwrap()
     }
 
-    /// Waits until the storm in `dir` has released its clients, then `after` longer.
-    fn mid_storm(&self, dir: &str, after: Duration) {
-        let released = self.path().join(dir).join("released");
+    /// Waits until the clients of the storm in `dir` hold a quarter of the bytes they
+    /// fetch (the partial files in their RAM disks; a client's file goes when it is done).
+    fn mid_storm(&self, dir: &str) {
+        let ram = self.path().join(dir).join("ram");
+        let quarter = self.clients as u64 * IMAGE_BYTES / 4;
         let deadline = Instant::now() + Duration::from_secs(120);
-        while !released.exists() {
-            assert!(Instant::now() < deadline, "the storm never started");
-            std::thread::sleep(Duration::from_millis(50));
+        loop {
+            let held: u64 = (1..=self.clients)
+                .filter_map(|i| std::fs::metadata(ram.join(format!("c{i}/root.squashfs"))).ok())
+                .map(|m| m.len())
+                .sum();
+            if held >= quarter {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the storm in {dir} never got a quarter through"
+            );
+            std::thread::sleep(Duration::from_millis(20));
         }
-        std::thread::sleep(after);
     }
 
     /// The clients (by number) whose fetch has ended in storm `dir`.
@@ -256,7 +276,7 @@ impl Drop for Lab {
             let _ = child.wait();
         }
         // What is left in our namespaces (nginx's workers).
-        for name in ["srv", "cache", "b"] {
+        for name in ["srv", "cache", "b", "dhcp"] {
             kill_namespace(&self.ns(name));
         }
         let _ = storm_net()
@@ -435,12 +455,13 @@ fn room_cache() {
         sent
     );
 
-    // The cache dies mid-storm (a warm cache, its link to the clients at 200 Mbit: 50 x 10
-    // MB is 20 s of wire time): the clients resume from the origin and all verify the image.
+    // The cache dies a quarter of the way through a storm (a warm cache, its link to the
+    // clients at 200 Mbit: 50 x 10 MB is 20 s of wire time): the clients resume from the
+    // origin and all verify the image.
     check(storm_net().args(["shape", &lab.ns("cache"), "eth0", "200mbit"]));
     let before = image_requests(&lab.path().join("origin.log"));
     let storm = lab.storm("killed", &sha, &sources);
-    lab.mid_storm("killed", Duration::from_secs(3));
+    lab.mid_storm("killed");
     let done_before_kill = lab.done("killed");
     kill_namespace(&lab.ns("cache"));
     lab.all_verified(storm, "killed");
@@ -475,7 +496,7 @@ fn room_cache() {
 #[test]
 #[ignore = "root, namespaces: scripts/test runs it"]
 fn two_servers() {
-    let Some(fetch) = prerequisites(&["curl", "tc", "flock"]) else {
+    let Some(fetch) = prerequisites(&["curl", "tc", "flock", "dnsmasq", "udhcpc"]) else {
         return;
     };
     const CLIENTS: usize = 10;
@@ -496,6 +517,54 @@ fn two_servers() {
     );
     let first = lab.serve(&lab.ns("srv"), "a", "srv0", &config);
     lab.serve(&lab.ns("b"), "b", "eth0", &config);
+    // The site's DHCP server hands out the addresses: the clients drop theirs and ask.
+    lab.host("dhcp", "10.77.0.4");
+    let leases = lab.path().join("dnsmasq.leases");
+    let mut dnsmasq = in_ns(&lab.ns("dhcp"), "dnsmasq");
+    dnsmasq
+        .args([
+            "--no-daemon",
+            "--conf-file=/dev/null",
+            "--port=0",
+            "--interface=eth0",
+            "--bind-interfaces",
+            "--dhcp-range=10.77.2.10,10.77.2.250,255.255.0.0,1h",
+            // Nothing else on this network: no ping before each offer (a second each).
+            "--no-ping",
+            "--pid-file=",
+            "--user=root",
+            "--log-facility=-",
+            "--log-dhcp",
+        ])
+        .arg(format!("--dhcp-leasefile={}", leases.display()));
+    lab.start(dnsmasq, "dnsmasq.log");
+    let script = lab.path().join("udhcpc.sh");
+    std::fs::write(
+        &script,
+        "#!/bin/sh
+[ \"$1\" = bound ] || exit 0
+\
+         ip addr add \"$ip/${mask:-16}\" dev \"$interface\" && echo \"BOUND $ip\"\n",
+    )
+    .unwrap();
+    check(Command::new("chmod").arg("+x").arg(&script));
+    let addresses: Vec<String> = (1..=CLIENTS)
+        .map(|i| {
+            let ns = lab.ns(&format!("c{i}"));
+            check(Command::new("ip").args(["-n", &ns, "addr", "flush", "dev", "eth0"]));
+            let out = check(
+                in_ns(&ns, "udhcpc")
+                    .args(["-i", "eth0", "-n", "-q", "-t", "10", "-T", "1", "-s"])
+                    .arg(&script),
+            );
+            let ip = out
+                .lines()
+                .find_map(|l| l.strip_prefix("BOUND "))
+                .unwrap_or_else(|| panic!("client {i} got no address:\n{out}"));
+            assert!(ip.starts_with("10.77.2."), "client {i}: {ip}");
+            ip.to_string()
+        })
+        .collect();
     lab.wait_for(&format!("http://{ORIGIN}/"));
     lab.wait_for(&format!("http://{SECOND}/"));
 
@@ -514,35 +583,96 @@ fn two_servers() {
     assert_eq!((&from_second, &sha_second), (&sources, &sha));
     assert_eq!(sha, sha256);
 
-    // The first server's link at 100 Mbit (10 x 10 MB: 8 s of wire time); it dies 2 s in.
+    // The first server's link at 100 Mbit (10 x 10 MB: 8 s of wire time); it dies a quarter
+    // of the way through.
     check(storm_net().args(["shape", &lab.ns("srv"), "srv0", "100mbit"]));
     let storm = lab.storm("storm", &sha, &sources);
-    lab.mid_storm("storm", Duration::from_secs(2));
+    lab.mid_storm("storm");
     let done_before_kill = lab.done("storm");
     let _ = lab.servers[first].kill();
     let _ = lab.servers[first].wait();
     lab.all_verified(storm, "storm");
     assert!(
-        done_before_kill.is_empty(),
-        "clients done before the first server died: {done_before_kill:?}"
+        done_before_kill.len() < CLIENTS,
+        "the storm was over before the first server died"
     );
     let from_first = image_requests(&lab.path().join("a.log"));
     let from_second = image_requests(&lab.path().join("b.log"));
     for i in 1..=CLIENTS {
-        let ip = client_ip(i);
+        let ip = &addresses[i - 1];
         assert!(
-            from_first.contains_key(&ip),
+            from_first.contains_key(ip),
             "client {i} did not start at the first server"
         );
+        if done_before_kill.contains(&i) {
+            continue;
+        }
         let resumed = from_second
-            .get(&ip)
+            .get(ip)
             .unwrap_or_else(|| panic!("client {i} never reached the second server"));
         assert!(
             resumed.iter().all(|r| r.starts_with("bytes=")),
             "client {i} started over at the second server: {resumed:?}"
         );
     }
+    // The addresses were dnsmasq's; neither boot server leased any.
+    let leased = std::fs::read_to_string(&leases).unwrap();
+    assert_eq!(leased.lines().count(), CLIENTS, "{leased}");
+    for server in ["a", "b"] {
+        let ours = std::fs::read_to_string(lab.path().join(format!("state-{server}/leases.json")))
+            .unwrap_or_default();
+        assert!(!ours.contains("10.77.2."), "server {server} leased: {ours}");
+    }
     eprintln!(
-        "two_servers: the first server killed 2 s into a storm of {CLIENTS}; every client resumed at the second: {from_second:?}"
+        "two_servers: the first server killed a quarter into a storm of {CLIENTS}; every client resumed at the second: {from_second:?}"
+    );
+}
+
+#[test]
+#[ignore = "needs root, QEMU and a minute: run by scripts/test"]
+fn qemu_client_boots_past_a_dead_server() {
+    let work = common::Work::new();
+    let store = work.path().join("store");
+    common::add_image(&store, "test");
+    let logs = work.path().join("logs");
+    let config = work.path().join("site.toml");
+    // `diskless vm`'s server is 10.77.0.1; nothing listens on port 81.
+    let dead = "http://10.77.0.1:81/diskless";
+    std::fs::write(
+        &config,
+        format!("[boot]\nimage_urls = [\"{dead}\", \"http://10.77.0.1\"]\n"),
+    )
+    .unwrap();
+    common::run_vm(
+        common::vm("test", &store, &logs, &["cat /proc/cmdline"])
+            .arg("--config")
+            .arg(&config),
+    );
+    let report = common::read_report(&logs);
+    let (cmdline, _) = common::command_output(&report, "cat /proc/cmdline");
+    let image = cmdline
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("diskless.image="))
+        .unwrap_or_else(|| panic!("no diskless.image= in {cmdline}"));
+    let sources: Vec<&str> = image.split(',').collect();
+    assert_eq!(sources.len(), 2, "{image}");
+    assert!(
+        sources[0].starts_with(&format!("{dead}/images/test/")),
+        "{image}"
+    );
+    // The live server sent every file: iPXE went past the dead one for the kernel and both
+    // initrds, the initramfs for the image.
+    let log = std::fs::read_to_string(logs.join("server.log")).unwrap();
+    for file in ["vmlinuz", "initrd.img", "diskless.cpio", "root.squashfs"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("http: sending") && l.contains(&format!("file={file}"))),
+            "the server never sent {file}:\n{log}"
+        );
+    }
+    let console = std::fs::read_to_string(logs.join("console.log")).unwrap();
+    assert!(
+        console.contains("10.77.0.1:81: Connection refused"),
+        "the initramfs did not try the dead server first"
     );
 }

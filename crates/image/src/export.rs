@@ -159,6 +159,21 @@ mod tests {
             .map(|e| e.unwrap().file_name().into_string().unwrap())
             .collect();
         assert_eq!(names.len(), 3, "{names:?}");
+        // What an `image_urls` base serving DIR gives clients is exactly these files.
+        for file in [ImageFile::Squashfs, ImageFile::Kernel] {
+            let route = diskless_boot::Route::ImageFile {
+                image: "lab".into(),
+                version: version.clone(),
+                file,
+            };
+            let url = route.url_at("http://cache-room1/diskless/");
+            let path = url.strip_prefix("http://cache-room1/diskless/").unwrap();
+            assert_eq!(
+                std::fs::read(dest.join(path)).unwrap(),
+                std::fs::read(store.version_dir("lab", &version).join(file.name())).unwrap(),
+                "{url}"
+            );
+        }
         let again = export(&store, "lab", Some(&version), &dest).unwrap();
         assert!(again.copied.is_empty());
         assert_eq!(again.kept, [SQUASHFS, KERNEL, MANIFEST]);

@@ -572,6 +572,40 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_script_lists_the_image_urls_of_the_peers_subnet() {
+        let f = fixture(
+            "[boot]\nimage = \"lab\"\nimage_urls = [\"http://origin\"]\n\
+             [[subnet]]\ncidr = \"10.1.4.0/24\"\nimage_urls = [\"http://cache-room4\"]\n",
+        );
+        let from = |peer: &str| {
+            let mut request = get("/boot/52-54-00-12-34-56.ipxe");
+            request
+                .extensions_mut()
+                .insert(ConnectInfo(SocketAddr::new(peer.parse().unwrap(), 40000)));
+            request
+        };
+        let image = |body: &str| {
+            body.split_whitespace()
+                .find_map(|w| w.strip_prefix("diskless.image="))
+                .unwrap()
+                .split(',')
+                .map(|u| u.split("/images/").next().unwrap().to_string())
+                .collect::<Vec<_>>()
+        };
+        let (_, _, body) = call(&f.state, from("10.1.4.23")).await;
+        assert_eq!(image(&body), ["http://cache-room4", "http://10.0.0.1:8080"]);
+        assert!(
+            body.contains(&format!(
+                "kernel http://cache-room4/images/lab/{}/vmlinuz ",
+                f.version
+            )),
+            "{body}"
+        );
+        let (_, _, body) = call(&f.state, from("10.1.5.23")).await;
+        assert_eq!(image(&body), ["http://origin", "http://10.0.0.1:8080"]);
+    }
+
+    #[tokio::test]
     async fn image_files_sent_are_events() {
         let f = fixture("");
         let mut updates = f.state.recorder.subscribe();
