@@ -14,6 +14,7 @@
 //! diskless_boot_phase_seconds{phase}                  histogram, per finished boot
 //! diskless_image_fetch_bytes_per_second               histogram, as the client measured it
 //! diskless_boot_failures_total{reason}
+//! diskless_reports_refused_total{reason}              missing, forged, replayed, unknown_boot, ...
 //! ```
 //!
 //! Every family is registered at start, and the label values known in advance (DHCP message
@@ -22,6 +23,7 @@
 
 use crate::boots::{phases, PHASES};
 use crate::recorder::{BootEvent, ClientRecord, DhcpAction, StageEvent, FINAL_STAGES};
+use crate::tokens::Refusal;
 use diskless_boot::ImageFile;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
@@ -40,6 +42,7 @@ pub struct Metrics {
     phase_seconds: HistogramVec,
     fetch_rate: Histogram,
     failures: IntCounterVec,
+    refused: IntCounterVec,
 }
 
 /// Boot phases last from a fraction of a second (a DHCP exchange) to minutes (systemd under
@@ -110,6 +113,11 @@ impl Metrics {
             "Boots that ended in failure, by reason.",
             &["reason"],
         );
+        let refused = counter(
+            "diskless_reports_refused_total",
+            "Stage reports refused, by reason: missing, forged or replayed token, unknown boot.",
+            &["reason"],
+        );
         let phase_seconds = histogram(
             "diskless_boot_phase_seconds",
             "Time each phase of a finished boot took, in seconds.",
@@ -155,6 +163,9 @@ impl Metrics {
         for reason in FAILURE_REASONS.iter().map(|(_, r)| *r).chain(["other"]) {
             failures.with_label_values(&[reason]);
         }
+        for reason in Refusal::ALL {
+            refused.with_label_values(&[reason.as_str()]);
+        }
         Metrics {
             registry,
             dhcp_packets,
@@ -166,6 +177,7 @@ impl Metrics {
             phase_seconds,
             fetch_rate,
             failures,
+            refused,
         }
     }
 
@@ -218,7 +230,12 @@ impl Metrics {
         }
     }
 
-    /// A protocol server's event: DHCP answers, TFTP transfers, HTTP files. (Client stages
+    /// A stage report was refused.
+    pub fn report_refused(&self, reason: Refusal) {
+        self.refused.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    /// A protocol server's event: DHCP answers, TFTP transfers, HTTP files, refused reports. (Client stages
     /// are counted from the records, [`Metrics::stages_reached`].)
     pub fn boot_event(&self, event: &BootEvent) {
         match event {
@@ -231,6 +248,7 @@ impl Metrics {
                 self.tftp_transfer(outcome == "Complete", *bytes)
             }
             BootEvent::HttpFile { file, bytes, .. } => self.http_sent(file.name(), *bytes),
+            BootEvent::ReportRefused { reason, .. } => self.report_refused(*reason),
             BootEvent::Script { .. } | BootEvent::Report { .. } => {}
         }
     }
@@ -324,6 +342,7 @@ mod tests {
             "diskless_http_bytes_sent_total{file=\"root.squashfs\"} 0",
             "diskless_boot_phase_seconds_count{phase=\"systemd\"} 0",
             "diskless_boot_failures_total{reason=\"network\"} 0",
+            "diskless_reports_refused_total{reason=\"forged\"} 0",
             "# TYPE diskless_boot_phase_seconds histogram",
             "# TYPE diskless_image_fetch_bytes_per_second histogram",
         ] {
