@@ -345,7 +345,10 @@ fn report(
     let boot = match state.boots.accept(mac, token, &report.stage) {
         Ok(boot) => boot,
         Err(reason) => {
-            tracing::warn!(%mac, ?client, stage = %report.stage, reason = reason.as_str(), "refused a stage report: {reason}");
+            tracing::warn!(
+                %mac, ?client, stage = %report.stage, reason = reason.as_str(),
+                "refused a stage report: {reason}"
+            );
             state.recorder.record(BootEvent::ReportRefused {
                 mac,
                 client,

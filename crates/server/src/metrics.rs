@@ -235,8 +235,8 @@ impl Metrics {
         self.refused.with_label_values(&[reason.as_str()]).inc();
     }
 
-    /// A protocol server's event: DHCP answers, TFTP transfers, HTTP files, refused reports. (Client stages
-    /// are counted from the records, [`Metrics::stages_reached`].)
+    /// A protocol server's event: DHCP answers, TFTP transfers, HTTP files, refused reports.
+    /// (Client stages are counted from the records, [`Metrics::stages_reached`].)
     pub fn boot_event(&self, event: &BootEvent) {
         match event {
             // An offer answers a DISCOVER, an ACK or a NAK a REQUEST.
@@ -372,6 +372,11 @@ mod tests {
         m.tftp_transfer(false, 24);
         m.http_sent("root.squashfs", 5000);
         m.dhcp_packet("discover");
+        m.boot_event(&BootEvent::ReportRefused {
+            mac: record.mac,
+            client: None,
+            reason: Refusal::Forged,
+        });
         record.stages.push(stage(
             "failed",
             71.0,
@@ -389,6 +394,8 @@ mod tests {
             "diskless_tftp_bytes_sent_total 1024",
             "diskless_http_bytes_sent_total{file=\"root.squashfs\"} 5000",
             "diskless_dhcp_packets_received_total{type=\"discover\"} 1",
+            "diskless_reports_refused_total{reason=\"forged\"} 1",
+            "diskless_reports_refused_total{reason=\"replayed\"} 0",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }
