@@ -171,8 +171,11 @@ async fn scripts_follow_a_reload_and_everything_stops_on_shutdown() {
     handle.reload(site(dir.path(), "")).unwrap();
     let script = get(http, "/boot/52-54-00-12-34-56.ipxe").await;
     let path = report_path(&script);
-    // A report without it is refused; with it, recorded, and on disk once the server has
-    // stopped.
+    // A report without it is refused; with it, recorded (a reload meanwhile changes nothing),
+    // and on disk once the server has stopped.
+    handle
+        .reload(site(dir.path(), "cmdline = \"quiet\"\n"))
+        .unwrap();
     let response = post_report(http, "/api/report/52-54-00-12-34-56", "stage=fetched").await;
     assert!(
         response.starts_with("HTTP/1.0 403")
