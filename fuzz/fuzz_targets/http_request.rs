@@ -3,24 +3,29 @@
 //! panic and no 500; nothing outside the image files is ever sent (a file beside the store
 //! and one inside the image directory are never in a body); an image file sent is the one
 //! its URL names; an accepted report is in the record under the MAC it names, with a stage
-//! of 1-32 of a-z, 0-9, '-'.
+//! of 1-32 of a-z, 0-9, '-', as the last stage its boot reported; a report with a fresh boot's
+//! token is never refused (403), one with an earlier boot's token or another MAC's never
+//! accepted (200).
 //!
-//! Input: one byte picks the method, one the content type, then the path and query up to the
-//! first newline, then the body.
+//! Input: one byte picks the method, one the content type (its low two bits) and the report
+//! token (the next two: as the input has it; or the harness starts a new boot of the MAC the
+//! path names and puts its token in the query, or that MAC's previous boot's, or another
+//! MAC's), then the path and query up to the first newline, then the body.
 #![no_main]
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use diskless_boot::routes::Route;
+use diskless_boot::Mac;
 use diskless_boot::Site;
-use diskless_image::manifest::{hash_file, Manifest, BOOT_CPIO, INITRD, KERNEL, SQUASHFS};
+use diskless_image::manifest::{BOOT_CPIO, INITRD, KERNEL, SQUASHFS};
 use diskless_image::store::Store;
 use diskless_server::access::Access;
 use diskless_server::http::{router, HttpState};
 use diskless_server::metrics::Metrics;
 use diskless_server::recorder::{Limits, Recorder, RecorderTask};
+use diskless_server::tokens::{Boots, ReportKey, KEY_LEN};
 use libfuzzer_sys::fuzz_target;
-use std::collections::BTreeMap;
 use std::sync::{Arc, OnceLock};
 use tokio::sync::watch;
 use tower::ServiceExt;
@@ -50,24 +55,8 @@ fn fixture() -> &'static Fixture {
         let dir = tempfile::tempdir().unwrap();
         let store_dir = dir.path().join("store");
         let store = Store::open(&store_dir).unwrap();
-        let staging = store.begin("lab").unwrap();
-        let mut files = BTreeMap::new();
-        for (name, content) in FILES {
-            std::fs::write(staging.dir.join(name), content).unwrap();
-            files.insert(name.to_string(), hash_file(&staging.dir.join(name)).unwrap());
-        }
-        let manifest = Manifest {
-            name: "lab".into(),
-            version: "v1".into(),
-            created: "2026-01-01T00:00:00Z".into(),
-            kernel_version: "6.1.0-9-amd64".into(),
-            compression: "zstd".into(),
-            source: "/".into(),
-            build_seconds: 1.0,
-            files,
-            changes: vec![],
-        };
-        store.publish(staging, &manifest).unwrap();
+        let files = FILES.map(|(name, content)| (name, content.as_bytes()));
+        store.publish_files("lab", "v1", &files).unwrap();
         std::fs::write(dir.path().join("secret"), SECRET).unwrap();
         std::fs::write(store_dir.join("images/lab/v1/secret"), SECRET).unwrap();
         let ipxe = dir.path().join("ipxe");
@@ -86,6 +75,7 @@ fn fixture() -> &'static Fixture {
             site: site_rx,
             store,
             recorder,
+            boots: Arc::new(Boots::new(ReportKey::from_bytes([9; KEY_LEN]), 1000, [])),
             ipxe_dir: ipxe,
             ipxe_files: vec!["ipxe.efi".into()],
             access: Access::new(Arc::new(Metrics::new())),
@@ -112,11 +102,39 @@ fuzz_target!(|data: &[u8]| {
         Some("application/json"),
         Some("text/plain"),
     ][usize::from(data[1]) % 4];
+    let token = Token::ALL[usize::from(data[1] >> 2) % 4];
     let rest = &data[2..];
     let end = rest.iter().position(|&b| b == b'\n').unwrap_or(rest.len());
     let Ok(uri) = std::str::from_utf8(&rest[..end]) else {
         return;
     };
+    let uri = match (token, Route::parse(uri.split('?').next().unwrap_or(""))) {
+        (Token::AsGiven, _) | (_, Err(_)) => uri.to_string(),
+        (token, Ok(route)) => {
+            // The MAC the path names, or any for a path that names none.
+            let mac = match route {
+                Route::Report(mac) | Route::BootScript(mac) => mac,
+                _ => Mac([0x52, 0x54, 0, 0, 0, 1]),
+            };
+            let boots = &f.state.boots;
+            let token = match token {
+                Token::Fresh => boots.issue(mac),
+                Token::Earlier => {
+                    let earlier = boots.issue(mac);
+                    boots.issue(mac);
+                    earlier
+                }
+                _ => {
+                    let mut other = mac;
+                    other.0[5] ^= 1;
+                    boots.issue(other)
+                }
+            };
+            let path = uri.split('?').next().unwrap_or("");
+            format!("{path}?token={token}")
+        }
+    };
+    let uri = uri.as_str();
     let body = rest.get(end + 1..).unwrap_or_default().to_vec();
     let mut request = Request::builder().method(method).uri(uri);
     if let Some(ct) = content_type {
@@ -153,6 +171,13 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(Some(text.as_ref()), expected.map(|(_, c)| *c), "{uri}");
         }
     }
+    if method == "POST" && matches!(route, Ok(Route::Report(_))) {
+        match token {
+            Token::Fresh => assert_ne!(status, StatusCode::FORBIDDEN, "{uri}: {text}"),
+            Token::Earlier | Token::OtherMac => assert_ne!(status, StatusCode::OK, "{uri}: {text}"),
+            Token::AsGiven => {}
+        }
+    }
     if status == StatusCode::OK && method == "POST" {
         let Ok(Route::Report(mac)) = route else {
             panic!("{uri}: a POST accepted that is not a report");
@@ -166,5 +191,34 @@ fuzz_target!(|data: &[u8]| {
                     .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
             "stage {stage:?}"
         );
+        let boot = f.state.boots.current(mac).expect("a current boot");
+        assert_eq!(boot.reported.last().map(String::as_str), Some(stage));
+        assert_eq!(
+            record.boot.as_ref(),
+            Some(&boot),
+            "the record keeps the boot"
+        );
     }
 });
+
+/// Which report token the request carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Token {
+    /// Whatever the input's query says (a made-up token, almost always).
+    AsGiven,
+    /// The token of a new boot of the MAC the path names.
+    Fresh,
+    /// The token of that MAC's boot before the current one.
+    Earlier,
+    /// The current token of another MAC.
+    OtherMac,
+}
+
+impl Token {
+    const ALL: [Token; 4] = [
+        Token::AsGiven,
+        Token::Fresh,
+        Token::Earlier,
+        Token::OtherMac,
+    ];
+}

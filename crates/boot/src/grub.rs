@@ -242,7 +242,7 @@ mod tests {
         for word in [
             "diskless.image=http://10.0.0.1/images/lab/20261125-120000-abcd1234/root.squashfs",
             "diskless.sha256=ab12",
-            "diskless.report=http://10.0.0.1/api/report/52-54-00-12-34-56",
+            "diskless.report=http://10.0.0.1/api/report/52-54-00-12-34-56?token=0123456789abcdef.42",
             &format!("systemd.machine_id={}", crate::script::machine_id(p.mac)),
         ] {
             assert!(words.iter().any(|w| w == word), "{word} missing: {linux}");

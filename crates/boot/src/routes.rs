@@ -5,7 +5,8 @@
 //! GET  /boot/{mac}.ipxe                    the client's iPXE script ({mac}: aa-bb-cc-dd-ee-ff)
 //! GET  /images/{name}/{version}/{file}     an ImageFile of a stored version (HTTP and TFTP)
 //! GET  /ipxe/{file}                        iPXE binaries (UEFI HTTP boot; TFTP: ipxe/{file})
-//! POST /api/report/{mac}                   stage=...&detail=... from the client
+//! POST /api/report/{mac}?token={token}     stage=...&detail=... from the client, with its
+//!                                          boot's token (see diskless_server::tokens)
 //! GET  /api/clients                        the boot record of every client, as JSON
 //! GET  /accounts/{file}                     the lab's accounts (an AccountsFile), with [accounts]
 //! ```
@@ -148,6 +149,9 @@ pub enum RouteError {
     Mac(#[from] BadMac),
 }
 
+/// The query parameter of a report URL ([`Route::report_url`]) that carries the boot's token.
+pub const TOKEN_PARAM: &str = "token";
+
 /// The directory of the iPXE binaries in the TFTP root (the store) and in URLs.
 pub const IPXE_DIR: &str = "ipxe";
 
@@ -179,6 +183,15 @@ impl Route {
     /// `/images/{image}/{version}/{file}`.
     pub fn url_at(&self, base: &str) -> String {
         format!("{}{}", base.trim_end_matches('/'), self.path())
+    }
+
+    /// The URL a client reports its stages to, `http://{authority}/api/report/{mac}?token=..`:
+    /// the route with the boot's `token` (lowercase hex and `.`: nothing to escape).
+    pub fn report_url(mac: Mac, authority: &str, token: &str) -> String {
+        format!(
+            "{}?{TOKEN_PARAM}={token}",
+            Route::Report(mac).url(authority)
+        )
     }
 
     /// `tftp://{authority}{path}`: the same file from the TFTP server (image files only).

@@ -28,6 +28,8 @@ pub struct ScriptParams<'a> {
     pub mac: Mac,
     pub boot: &'a BootSpec,
     pub image: ImageRef<'a>,
+    /// This boot's report token, sent back with each stage report (in its URL).
+    pub report_token: &'a str,
 }
 
 /// A machine-id that is stable across a client's reboots and unique per client: derived from
@@ -98,7 +100,7 @@ pub fn kernel_cmdline(p: &ScriptParams) -> String {
         format!("diskless.size={}", p.boot.size),
         format!(
             "diskless.report={}",
-            Route::Report(p.mac).url(p.http_authority)
+            Route::report_url(p.mac, p.http_authority, p.report_token)
         ),
         format!("systemd.machine_id={}", machine_id(p.mac)),
         // initramfs-tools configures the NIC the client booted from, not the first one found.
@@ -174,6 +176,7 @@ pub(crate) mod tests {
                 squashfs_sha256: "ab12",
                 boot_cpio: true,
             },
+            report_token: "0123456789abcdef.42",
         }
     }
 
@@ -220,7 +223,7 @@ pub(crate) mod tests {
             "diskless.image=http://10.0.0.1:8080/images/lab/20261125-120000-abcd1234/root.squashfs",
             "diskless.sha256=ab12",
             "diskless.size=3G",
-            "diskless.report=http://10.0.0.1:8080/api/report/52-54-00-12-34-56",
+            "diskless.report=http://10.0.0.1:8080/api/report/52-54-00-12-34-56?token=0123456789abcdef.42",
             "BOOTIF=01-52-54-00-12-34-56",
             "quiet",
         ] {

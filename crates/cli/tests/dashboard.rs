@@ -57,6 +57,7 @@ fn synthetic(n: usize, stages: &[(&str, f64)]) -> ClientRecord {
                 },
             })
             .collect(),
+        boot: None,
     }
 }
 

@@ -23,6 +23,17 @@ pub struct WriteError {
 
 /// Replace `path` with `bytes` atomically and durably (see the module docs).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
+    write_with_mode(path, bytes, 0o666)
+}
+
+/// [`write_atomic`] for a secret: the file is mode 0600 from its creation on.
+pub fn write_atomic_private(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
+    write_with_mode(path, bytes, 0o600)
+}
+
+/// The write, the new file created with `mode` (less the umask).
+fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), WriteError> {
+    use std::os::unix::fs::OpenOptionsExt;
     let io = |op, p: &Path| {
         let p = p.to_path_buf();
         move |source| WriteError {
@@ -42,7 +53,14 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
         std::process::id()
     ));
     let result = (|| {
-        let mut f = fs::File::create(&tmp).map_err(io("creating", &tmp))?;
+        // A temporary file left by a crash would keep its own mode: start afresh.
+        let _ = fs::remove_file(&tmp);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(&tmp)
+            .map_err(io("creating", &tmp))?;
         f.write_all(bytes).map_err(io("writing", &tmp))?;
         f.sync_all().map_err(io("syncing", &tmp))?;
         drop(f);

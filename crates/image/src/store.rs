@@ -130,6 +130,37 @@ impl Store {
         Ok(target)
     }
 
+    /// Publish `version` of image `name` made of `files` (name, content), as a build would
+    /// (staged, hashed, verified, made current), with placeholder build facts: the store of a
+    /// test or of the fuzzer, without a squashfs to build.
+    pub fn publish_files(
+        &self,
+        name: &str,
+        version: &str,
+        files: &[(&str, &[u8])],
+    ) -> Result<Manifest> {
+        let staging = self.begin(name)?;
+        let mut hashes = std::collections::BTreeMap::new();
+        for (file, content) in files {
+            let path = staging.dir.join(file);
+            std::fs::write(&path, content).map_err(io_at(&path))?;
+            hashes.insert(file.to_string(), crate::manifest::hash_file(&path)?);
+        }
+        let manifest = Manifest {
+            name: name.into(),
+            version: version.into(),
+            created: "2026-01-01T00:00:00Z".into(),
+            kernel_version: "6.1.0-9-amd64".into(),
+            compression: "zstd".into(),
+            source: "/".into(),
+            build_seconds: 1.0,
+            files: hashes,
+            changes: vec![],
+        };
+        self.publish(staging, &manifest)?;
+        Ok(manifest)
+    }
+
     /// Point `current` at `version`, atomically.
     pub fn set_current(&self, name: &str, version: &str) -> Result<()> {
         validate_name("image name", name)?;

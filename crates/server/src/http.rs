@@ -4,19 +4,22 @@
 //! One handler reads every request: [`Route::parse`] says which of the server's URLs it is
 //! (the table is in [`diskless_boot::routes`]), a `match` answers it. Scripts come from the
 //! boot decision of the site current at the time of the request ([`Site::boot_spec`]), so a
-//! reload applies to the next request. What clients fetch and report goes to the
-//! [`Recorder`] without waiting. With `unknown_clients = "ignore"` every URL but the index
-//! first asks [`Access`] whether the peer is a listed client (403 when not).
+//! reload applies to the next request, and each carries a new report token
+//! ([`crate::tokens`]): a report is accepted only with its boot's token. What clients fetch
+//! and report goes to the [`Recorder`] without waiting. With `unknown_clients = "ignore"`
+//! every URL but the index first asks [`Access`] whether the peer is a listed client (403
+//! when not).
 
 use crate::access::{Access, Protocol};
 use crate::recorder::{BootEvent, Recorder};
+use crate::tokens::Boots;
 use axum::extract::{ConnectInfo, FromRequest, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Form, Json, Router};
 use diskless_boot::accounts::Accounts;
 use diskless_boot::grub;
-use diskless_boot::routes::{AccountsFile, ImageFile, Route, RouteError};
+use diskless_boot::routes::{AccountsFile, ImageFile, Route, RouteError, TOKEN_PARAM};
 use diskless_boot::script::{self, ImageRef, ScriptParams};
 use diskless_boot::{Mac, Machine, Site};
 use diskless_image::Store;
@@ -33,6 +36,8 @@ pub struct HttpState {
     pub site: watch::Receiver<Arc<Site>>,
     pub store: Store,
     pub recorder: Recorder,
+    /// Each client's current boot: report tokens are issued and checked here.
+    pub boots: Arc<Boots>,
     /// Directory holding the iPXE binaries we serve.
     pub ipxe_dir: PathBuf,
     /// The iPXE binaries that may be fetched.
@@ -97,8 +102,9 @@ async fn handle(
             serve_file(state.ipxe_dir.join(&file), request).await
         }
         Route::Report(mac) if request.method() == Method::POST => {
+            let token = report_token(request.uri().query()).map(str::to_owned);
             match Form::<Report>::from_request(request, &()).await {
-                Ok(Form(r)) => report(&state, mac, peer, r),
+                Ok(Form(r)) => report(&state, mac, peer, token.as_deref(), r),
                 Err(rejection) => rejection.into_response(),
             }
         }
@@ -164,6 +170,7 @@ fn boot_script(state: &HttpState, mac: Mac, peer: Option<IpAddr>) -> Response {
         &site,
         &state.store,
         &state.recorder,
+        &state.boots,
         mac,
         peer,
         Script::Ipxe,
@@ -178,12 +185,14 @@ pub enum Script {
 }
 
 /// A client's iPXE script or GRUB config from the site's boot decision (both say the same:
-/// image, version, sha256, machine-id, command line), or the refusal that says why not; the
-/// recorder learns which version it got.
+/// image, version, sha256, machine-id, command line), or the refusal that says why not. Each
+/// one starts a new boot of the client, with a new report token; the recorder learns which
+/// version and boot it got.
 pub fn client_boot_file(
     site: &Site,
     store: &Store,
     recorder: &Recorder,
+    boots: &Boots,
     mac: Mac,
     peer: Option<IpAddr>,
     kind: Script,
@@ -206,6 +215,8 @@ pub fn client_boot_file(
             return refusal(&format!("image {image} is not in the store"));
         }
     };
+    let token = boots.issue(mac);
+    let report_token = token.to_string();
     let params = ScriptParams {
         http_authority: &site.http_authority,
         tftp_authority: &site.tftp_authority,
@@ -218,6 +229,7 @@ pub fn client_boot_file(
             squashfs_sha256: &manifest.squashfs().sha256,
             boot_cpio: manifest.has_boot_cpio(),
         },
+        report_token: &report_token,
     };
     let body = match kind {
         Script::Ipxe => {
@@ -235,6 +247,7 @@ pub fn client_boot_file(
         hostname: spec.hostname.clone(),
         image: manifest.name.clone(),
         version: manifest.version.clone(),
+        boot: token.boot,
     });
     body
 }
@@ -363,7 +376,21 @@ struct Report {
     detail: String,
 }
 
-fn report(state: &HttpState, mac: Mac, client: Option<IpAddr>, report: Report) -> Response {
+/// The token of a report URL's query (`token=BOOTID.HMAC`), if there is one. It is taken as
+/// it is: a token has nothing to escape, so an escaped one does not verify.
+fn report_token(query: Option<&str>) -> Option<&str> {
+    query?
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(TOKEN_PARAM)?.strip_prefix('='))
+}
+
+fn report(
+    state: &HttpState,
+    mac: Mac,
+    client: Option<IpAddr>,
+    token: Option<&str>,
+    report: Report,
+) -> Response {
     let stage_ok = !report.stage.is_empty()
         && report.stage.len() <= 32
         && report
@@ -376,13 +403,29 @@ fn report(state: &HttpState, mac: Mac, client: Option<IpAddr>, report: Report) -
             "stage must be 1-32 of a-z, 0-9, '-'\n".into(),
         );
     }
+    let boot = match state.boots.accept(mac, token, &report.stage) {
+        Ok(boot) => boot,
+        Err(reason) => {
+            tracing::warn!(
+                %mac, ?client, stage = %report.stage, reason = reason.as_str(),
+                "refused a stage report: {reason}"
+            );
+            state.recorder.record(BootEvent::ReportRefused {
+                mac,
+                client,
+                reason,
+            });
+            return text(StatusCode::FORBIDDEN, format!("report refused: {reason}\n"));
+        }
+    };
     let detail: String = report.detail.chars().take(512).collect();
-    tracing::info!(%mac, stage = %report.stage, %detail, "client report");
+    tracing::info!(%mac, stage = %report.stage, %detail, %boot, "client report");
     state.recorder.record(BootEvent::Report {
         mac,
         client,
         stage: report.stage,
         detail,
+        boot,
     });
     text(StatusCode::OK, "ok\n".into())
 }
@@ -464,10 +507,12 @@ mod tests {
             arp_table,
             metrics: Arc::new(crate::metrics::Metrics::new()),
         };
+        let key = crate::tokens::ReportKey::from_bytes([3; crate::tokens::KEY_LEN]);
         let state = Arc::new(HttpState {
             site: site_rx,
             store,
             recorder,
+            boots: Arc::new(Boots::new(key, 100, [])),
             ipxe_dir,
             ipxe_files: vec!["ipxe.efi".into()],
             access,
@@ -785,6 +830,39 @@ mod tests {
         assert_eq!((status, body.as_str()), (StatusCode::OK, "efi"));
     }
 
+    /// The report URL path (with its token) of the script `body`.
+    fn report_path(body: &str) -> String {
+        let url = body
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("diskless.report="))
+            .unwrap_or_else(|| panic!("no report URL in {body}"));
+        let path = &url[url.find("/api/").unwrap()..];
+        assert!(path.contains("?token="), "{path}");
+        path.to_string()
+    }
+
+    fn post(path: &str, body: &str) -> axum::http::Request<Body> {
+        axum::http::Request::post(path)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(Body::from(body.to_string()))
+            .unwrap()
+    }
+
+    /// The report refusals the recorder was told of since `updates` subscribed.
+    fn refusals(
+        updates: &mut tokio::sync::broadcast::Receiver<crate::recorder::Recorded>,
+    ) -> Vec<(Mac, crate::tokens::Refusal)> {
+        let mut got = Vec::new();
+        while let Ok(update) = updates.try_recv() {
+            if let crate::recorder::Recorded::Event(e) = update {
+                if let BootEvent::ReportRefused { mac, reason, .. } = &*e {
+                    got.push((*mac, *reason));
+                }
+            }
+        }
+        got
+    }
+
     #[tokio::test]
     async fn accounts_are_served_without_passwords_and_only_when_configured() {
         let f = fixture("");
@@ -825,27 +903,22 @@ mod tests {
 
     #[tokio::test]
     async fn reports_are_recorded_and_validated() {
-        let f = fixture("");
-        let post = |mac: &str, body: &str| {
-            axum::http::Request::post(format!("/api/report/{mac}"))
-                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                .body(Body::from(body.to_string()))
-                .unwrap()
-        };
-        let (status, _, _) = call(
-            &f.state,
-            post("52-54-00-12-34-56", "stage=fetched&detail=mbps%3D90.1"),
-        )
-        .await;
+        let f = fixture("[boot]\nimage = \"lab\"\n");
+        let (_, _, script) = call(&f.state, get("/boot/52-54-00-12-34-56.ipxe")).await;
+        let path = report_path(&script);
+        let (status, _, _) = call(&f.state, post(&path, "stage=fetched&detail=mbps%3D90.1")).await;
         assert_eq!(status, StatusCode::OK);
         let record = f.record("52:54:00:12:34:56").await.unwrap();
         assert_eq!(
-            (record.stage(), record.stages[0].detail.as_str()),
+            (record.stage(), record.stages[1].detail.as_str()),
             ("fetched", "mbps=90.1")
         );
-        let (status, _, _) = call(&f.state, post("52-54-00-12-34-56", "stage=%3Cscript%3E")).await;
+        let boot = record.boot.expect("the boot is in the record");
+        assert_eq!(boot.reported, ["fetched"]);
+        assert_eq!(Some(boot), f.state.boots.current(record.mac));
+        let (status, _, _) = call(&f.state, post(&path, "stage=%3Cscript%3E")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
-        let (status, _, _) = call(&f.state, post("zz", "stage=x")).await;
+        let (status, _, _) = call(&f.state, post("/api/report/zz", "stage=x")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         f.state.recorder.sync().await;
         let (status, _, body) = call(&f.state, get("/api/clients")).await;
@@ -860,27 +933,33 @@ mod tests {
              [[client]]\nmac = \"52:54:00:12:34:56\"\n",
         );
         let image = format!("/images/lab/{}/vmlinuz", f.version);
-        let report = || {
-            axum::http::Request::post("/api/report/52-54-00-12-34-56")
-                .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
-                .body(Body::from("stage=fetched"))
-                .unwrap()
-        };
         let requests = || {
             [
                 get("/boot/52-54-00-12-34-56.ipxe"),
                 get(&image),
                 get("/ipxe/ipxe.efi"),
                 get("/api/clients"),
-                report(),
             ]
         };
-        // The listed client gets everything.
+        // The listed client gets everything, and its report (with the token of the script it
+        // was just given) is taken.
+        let mut script = String::new();
         for request in requests() {
             let uri = request.uri().clone();
             let (status, _, body) = call(&f.state, from(LISTED, request)).await;
             assert_eq!(status, StatusCode::OK, "{uri}: {body}");
+            if script.is_empty() {
+                script = body;
+            }
         }
+        let report_path = report_path(&script);
+        let (status, _, body) =
+            call(&f.state, from(LISTED, post(&report_path, "stage=fetched"))).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let requests = || {
+            let [a, b, c, d] = requests();
+            [a, b, c, d, post(&report_path, "stage=multi-user")]
+        };
         // A stranger on the link, or a peer whose MAC the server cannot tell, gets 403 for
         // each, even asking in a listed client's name.
         for peer in [Some(STRANGER), Some("10.0.0.77"), None] {
@@ -918,5 +997,82 @@ mod tests {
         leases.save(&site.state.join("leases.json")).unwrap();
         let (status, _, body) = call(&f.state, from("10.0.0.77", get(&image))).await;
         assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    #[tokio::test]
+    async fn forged_and_replayed_reports_are_refused_and_told() {
+        let f = fixture("[boot]\nimage = \"lab\"\n");
+        let mut updates = f.state.recorder.subscribe();
+        let a: Mac = "52:54:00:00:00:0a".parse().unwrap();
+        let (_, _, script) = call(&f.state, get("/boot/52-54-00-00-00-0a.ipxe")).await;
+        let first = report_path(&script);
+        let (_, _, script) = call(&f.state, get("/boot/52-54-00-00-00-0b.ipxe")).await;
+        let b_path = report_path(&script);
+        let token = first.split_once("?token=").unwrap().1.to_string();
+        let a_path = |token: &str| format!("/api/report/52-54-00-00-00-0a?token={token}");
+        let mut flipped = token.clone().into_bytes();
+        let last = flipped.len() - 1;
+        flipped[last] = if flipped[last] == b'0' { b'1' } else { b'0' };
+        let flipped = String::from_utf8(flipped).unwrap();
+        let b_token = b_path.split_once("?token=").unwrap().1;
+        use crate::tokens::Refusal::*;
+        for (path, reason) in [
+            ("/api/report/52-54-00-00-00-0a".to_string(), Missing),
+            (a_path(""), Forged),
+            (a_path(&flipped), Forged),
+            (a_path(&token[..token.len() - 2]), Forged),
+            (
+                a_path(&format!("{}.{}", &token[..16], "0".repeat(64))),
+                Forged,
+            ),
+            // B's genuine token on A's report.
+            (a_path(b_token), Forged),
+        ] {
+            let (status, _, body) = call(&f.state, post(&path, "stage=multi-user")).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
+            assert_eq!(body, format!("report refused: {reason}\n"), "{path}");
+        }
+        // The genuine token: once per stage.
+        let (status, _, _) = call(&f.state, post(&first, "stage=network-up")).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _, _) = call(&f.state, post(&first, "stage=network-up&detail=again")).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        // A's next boot: the first boot's token is a replay now.
+        let (_, _, script) = call(&f.state, get("/boot/52-54-00-00-00-0a.ipxe")).await;
+        let second = report_path(&script);
+        assert_ne!(second, first);
+        let (status, _, _) = call(&f.state, post(&first, "stage=fetched")).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, _, _) = call(&f.state, post(&second, "stage=fetched")).await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, _, _) = call(&f.state, post(&b_path, "stage=fetched")).await;
+        assert_eq!(status, StatusCode::OK);
+        f.state.recorder.sync().await;
+        let refused = refusals(&mut updates);
+        assert_eq!(
+            refused,
+            [
+                (a, Missing),
+                (a, Forged),
+                (a, Forged),
+                (a, Forged),
+                (a, Forged),
+                (a, Forged),
+                (a, Replayed),
+                (a, Replayed)
+            ]
+        );
+        // Only the accepted reports are stages.
+        let stages = |r: crate::recorder::ClientRecord| -> Vec<String> {
+            r.stages.into_iter().map(|s| s.stage).collect()
+        };
+        assert_eq!(
+            stages(f.record("52:54:00:00:00:0a").await.unwrap()),
+            ["ipxe-script", "network-up", "ipxe-script", "fetched"]
+        );
+        assert_eq!(
+            stages(f.record("52:54:00:00:00:0b").await.unwrap()),
+            ["ipxe-script", "fetched"]
+        );
     }
 }

@@ -39,6 +39,7 @@ pub mod metrics;
 pub mod netif;
 pub mod ra;
 pub mod recorder;
+pub mod tokens;
 
 use diskless_boot::config::Config;
 use diskless_boot::routes::IPXE_DIR;
@@ -125,6 +126,9 @@ pub enum ServerError {
     Task(tokio::task::JoinError),
     #[error(transparent)]
     Image(#[from] diskless_image::Error),
+    /// The report key cannot be read or made.
+    #[error(transparent)]
+    ReportKey(#[from] tokens::KeyError),
 }
 
 /// Why a reload was not applied.
@@ -370,6 +374,16 @@ pub async fn run_with_recorder(
         }
     }
     let (ipxe_dir, ipxe_files) = install_ipxe_files(&current)?;
+    // Report tokens: the key in the state directory, the boots under way from the record.
+    let key = tokens::ReportKey::load_or_create(&current.state)?;
+    let boots = Arc::new(tokens::Boots::new(
+        key,
+        current.record.max_clients,
+        recorder
+            .snapshot()
+            .into_iter()
+            .filter_map(|r| Some((r.mac, r.boot?))),
+    ));
     if secure_boot_used(&current) {
         check_secure_boot_chain(&current, &store)?;
     }
@@ -445,9 +459,10 @@ pub async fn run_with_recorder(
         let site = site.clone();
         let store = store.clone();
         let recorder = recorder.clone();
+        let boots = boots.clone();
         Arc::new(move |name: &std::path::Path, client: SocketAddr| {
             let site = site.borrow().clone();
-            secure_boot_file(&site, &store, &recorder, name, client)
+            secure_boot_file(&site, &store, &recorder, &boots, name, client)
         })
     });
     tasks.spawn({
@@ -501,6 +516,7 @@ pub async fn run_with_recorder(
         site,
         store,
         recorder,
+        boots,
         ipxe_dir,
         ipxe_files,
         access,
@@ -577,6 +593,7 @@ fn secure_boot_file(
     site: &Site,
     store: &Store,
     recorder: &Recorder,
+    boots: &tokens::Boots,
     name: &std::path::Path,
     client: SocketAddr,
 ) -> Option<diskless_tftp::server::Virtual> {
@@ -595,6 +612,7 @@ fn secure_boot_file(
                 site,
                 store,
                 recorder,
+                boots,
                 mac,
                 Some(client.ip()),
                 http::Script::Grub,

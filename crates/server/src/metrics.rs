@@ -15,6 +15,7 @@
 //! diskless_image_fetch_bytes_per_second               histogram, as the client measured it
 //! diskless_boot_failures_total{reason}
 //! diskless_access_refused_total{protocol}            http, tftp (unknown_clients = "ignore")
+//! diskless_reports_refused_total{reason}              missing, forged, replayed, unknown_boot, ...
 //! ```
 //!
 //! Every family is registered at start, and the label values known in advance (DHCP message
@@ -23,6 +24,7 @@
 
 use crate::boots::{phases, PHASES};
 use crate::recorder::{BootEvent, ClientRecord, DhcpAction, StageEvent, FINAL_STAGES};
+use crate::tokens::Refusal;
 use diskless_boot::ImageFile;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
@@ -42,6 +44,7 @@ pub struct Metrics {
     fetch_rate: Histogram,
     failures: IntCounterVec,
     access_refused: IntCounterVec,
+    refused: IntCounterVec,
 }
 
 /// Boot phases last from a fraction of a second (a DHCP exchange) to minutes (systemd under
@@ -118,6 +121,11 @@ impl Metrics {
              by protocol.",
             &["protocol"],
         );
+        let refused = counter(
+            "diskless_reports_refused_total",
+            "Stage reports refused, by reason: missing, forged or replayed token, unknown boot.",
+            &["reason"],
+        );
         let phase_seconds = histogram(
             "diskless_boot_phase_seconds",
             "Time each phase of a finished boot took, in seconds.",
@@ -166,6 +174,9 @@ impl Metrics {
         for reason in FAILURE_REASONS.iter().map(|(_, r)| *r).chain(["other"]) {
             failures.with_label_values(&[reason]);
         }
+        for reason in Refusal::ALL {
+            refused.with_label_values(&[reason.as_str()]);
+        }
         Metrics {
             registry,
             dhcp_packets,
@@ -178,6 +189,7 @@ impl Metrics {
             fetch_rate,
             failures,
             access_refused,
+            refused,
         }
     }
 
@@ -235,8 +247,13 @@ impl Metrics {
         }
     }
 
-    /// A protocol server's event: DHCP answers, TFTP transfers, HTTP files. (Client stages
-    /// are counted from the records, [`Metrics::stages_reached`].)
+    /// A stage report was refused.
+    pub fn report_refused(&self, reason: Refusal) {
+        self.refused.with_label_values(&[reason.as_str()]).inc();
+    }
+
+    /// A protocol server's event: DHCP answers, TFTP transfers, HTTP files, refused reports.
+    /// (Client stages are counted from the records, [`Metrics::stages_reached`].)
     pub fn boot_event(&self, event: &BootEvent) {
         match event {
             // An offer answers a DISCOVER, an ACK or a NAK a REQUEST.
@@ -248,6 +265,7 @@ impl Metrics {
                 self.tftp_transfer(outcome == "Complete", *bytes)
             }
             BootEvent::HttpFile { file, bytes, .. } => self.http_sent(file.name(), *bytes),
+            BootEvent::ReportRefused { reason, .. } => self.report_refused(*reason),
             BootEvent::Script { .. } | BootEvent::Report { .. } => {}
         }
     }
@@ -342,6 +360,7 @@ mod tests {
             "diskless_boot_phase_seconds_count{phase=\"systemd\"} 0",
             "diskless_boot_failures_total{reason=\"network\"} 0",
             "diskless_access_refused_total{protocol=\"tftp\"} 0",
+            "diskless_reports_refused_total{reason=\"forged\"} 0",
             "# TYPE diskless_boot_phase_seconds histogram",
             "# TYPE diskless_image_fetch_bytes_per_second histogram",
         ] {
@@ -371,6 +390,11 @@ mod tests {
         m.tftp_transfer(false, 24);
         m.http_sent("root.squashfs", 5000);
         m.dhcp_packet("discover");
+        m.boot_event(&BootEvent::ReportRefused {
+            mac: record.mac,
+            client: None,
+            reason: Refusal::Forged,
+        });
         record.stages.push(stage(
             "failed",
             71.0,
@@ -388,6 +412,8 @@ mod tests {
             "diskless_tftp_bytes_sent_total 1024",
             "diskless_http_bytes_sent_total{file=\"root.squashfs\"} 5000",
             "diskless_dhcp_packets_received_total{type=\"discover\"} 1",
+            "diskless_reports_refused_total{reason=\"forged\"} 1",
+            "diskless_reports_refused_total{reason=\"replayed\"} 0",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

@@ -19,6 +19,7 @@
 //! A `clients.json` that cannot be read at start is moved aside to
 //! `clients.json.corrupt-UNIXTIME` with a warning, never silently emptied.
 
+use crate::tokens::{BootId, CurrentBoot, Refusal};
 use diskless_boot::ImageFile;
 use diskless_dhcp::{ClientKind, Mac};
 use serde::{Deserialize, Serialize};
@@ -108,8 +109,10 @@ pub enum BootEvent {
         image: String,
         /// Version.
         version: String,
+        /// The boot the script's report token names (a new one for each script).
+        boot: BootId,
     },
-    /// A client reported a stage of its own.
+    /// A client reported a stage of its own (with its boot's token: [`crate::tokens`]).
     Report {
         /// The client.
         mac: Mac,
@@ -119,6 +122,17 @@ pub enum BootEvent {
         stage: String,
         /// Its detail line.
         detail: String,
+        /// The boot its token named.
+        boot: BootId,
+    },
+    /// A report was refused: its token was missing, forged or replayed.
+    ReportRefused {
+        /// The MAC the report named.
+        mac: Mac,
+        /// The sender's address.
+        client: Option<IpAddr>,
+        /// Why.
+        reason: Refusal,
     },
 }
 
@@ -153,6 +167,10 @@ pub struct ClientRecord {
     /// Unix time (seconds) the current boot started.
     pub boot_started: f64,
     pub stages: Vec<StageEvent>,
+    /// The boot its last script started, and the stages it reported: what a restarted server
+    /// checks report tokens against ([`crate::tokens::Boots`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<CurrentBoot>,
 }
 
 impl ClientRecord {
@@ -167,6 +185,7 @@ impl ClientRecord {
             version: None,
             boot_started: now,
             stages: Vec::new(),
+            boot: None,
         }
     }
 
@@ -413,6 +432,10 @@ struct Update {
     hostname: Option<String>,
     firmware: Option<String>,
     image: Option<(String, String)>,
+    /// A script started this boot.
+    new_boot: Option<BootId>,
+    /// The boot reported this stage.
+    reported: Option<BootId>,
 }
 
 impl Table {
@@ -456,20 +479,22 @@ impl Table {
                 let detail = format!("{file} {bytes} bytes {outcome}");
                 (mac, "tftp".into(), detail, false, Update::default())
             }
-            // Image files are counted (subscribers see the event), not made stages: the
-            // client reports its own progress.
-            BootEvent::HttpFile { .. } => return None,
+            // Image files and refused reports are counted (subscribers see the event), not
+            // made stages: the client reports its own progress.
+            BootEvent::HttpFile { .. } | BootEvent::ReportRefused { .. } => return None,
             BootEvent::Script {
                 mac,
                 client,
                 hostname,
                 image,
                 version,
+                boot,
             } => {
                 let update = Update {
                     ip: *client,
                     hostname: hostname.clone(),
                     image: Some((image.clone(), version.clone())),
+                    new_boot: Some(*boot),
                     ..Default::default()
                 };
                 let detail = format!("{image} {version}");
@@ -480,9 +505,11 @@ impl Table {
                 client,
                 stage,
                 detail,
+                boot,
             } => {
                 let update = Update {
                     ip: *client,
+                    reported: Some(*boot),
                     ..Default::default()
                 };
                 (*mac, stage.clone(), detail.clone(), false, update)
@@ -515,6 +542,27 @@ impl Table {
         }
         if record.stages.len() >= MAX_STAGES {
             record.stages.remove(0);
+        }
+        if let Some(id) = update.new_boot {
+            record.boot = Some(CurrentBoot {
+                id,
+                reported: Vec::new(),
+            });
+        }
+        if let Some(id) = update.reported {
+            // A script event dropped on a full queue leaves another boot here: the report's
+            // own boot is the current one (the token checker accepted it).
+            let boot = record.boot.get_or_insert_with(|| CurrentBoot {
+                id,
+                reported: Vec::new(),
+            });
+            if boot.id != id {
+                *boot = CurrentBoot {
+                    id,
+                    reported: Vec::new(),
+                };
+            }
+            boot.reported.push(stage.clone());
         }
         record.stages.push(StageEvent {
             stage,
@@ -600,6 +648,7 @@ mod tests {
             client: None,
             stage: stage.into(),
             detail: detail.into(),
+            boot: BootId(7),
         }
     }
 
@@ -626,6 +675,7 @@ mod tests {
             hostname: None,
             image: "lab".into(),
             version: "v1".into(),
+            boot: BootId(7),
         });
         // TFTP knows the client by the address DHCP gave it.
         recorder.record(BootEvent::Tftp {

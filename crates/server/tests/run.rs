@@ -1,9 +1,14 @@
 //! `run` on sockets the test hands in (loopback, ephemeral ports): scripts follow a reloaded
-//! site (one that ignores unknown clients refuses a peer it cannot identify), a report reaches the admin pages' JSON and metrics, every task stops on shutdown (an
-//! open event stream included), and the client record is on disk when `run` returns.
+//! site (one that ignores unknown clients refuses a peer it cannot identify), a report reaches
+//! the admin pages' JSON and metrics, every task stops on shutdown (an open event stream
+//! included), and the client record is on disk when `run` returns. Reports
+//! need their boot's token (forged and replayed ones are refused and counted, a restarted
+//! server still takes a boot's next stage), and 1,000 reports from 50 concurrent senders all
+//! end up in `clients.json`.
 
 use diskless_boot::Site;
 use diskless_dhcp::DhcpSockets;
+use diskless_image::manifest::{BOOT_CPIO, INITRD, KERNEL, SQUASHFS};
 use diskless_server::{run, site_channel, Listeners, ReloadError};
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -29,6 +34,43 @@ fn udp() -> tokio::net::UdpSocket {
     tokio::net::UdpSocket::from_std(s).unwrap()
 }
 
+/// Publish a small image `lab` in `store` (the server reads the store at each request).
+fn publish_lab(store: &Path) {
+    let files = [SQUASHFS, KERNEL, INITRD, BOOT_CPIO].map(|f| (f, f.as_bytes()));
+    let store = diskless_image::Store::open(store).unwrap();
+    store
+        .publish_files("lab", "20260101-000000-abcdef01", &files)
+        .unwrap();
+}
+
+/// The path of the report URL (token included) in the iPXE script `response` of `mac`.
+fn report_path(response: &str) -> String {
+    let url = response
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("diskless.report="))
+        .unwrap_or_else(|| panic!("no report URL in {response}"));
+    url[url.find("/api/report/").unwrap()..].to_string()
+}
+
+/// POST a stage report; the response.
+async fn post_report(addr: SocketAddr, path: &str, body: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(
+            format!(
+                "POST {path} HTTP/1.0\r\nContent-Type: application/x-www-form-urlencoded\r\n\
+                 Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+}
+
 async fn get(addr: SocketAddr, path: &str) -> String {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
@@ -40,14 +82,9 @@ async fn get(addr: SocketAddr, path: &str) -> String {
     response
 }
 
-#[tokio::test]
-async fn scripts_follow_a_reload_and_everything_stops_on_shutdown() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(dir.path().join("ipxe")).unwrap();
-    for file in ["undionly.kpxe", "ipxe.efi"] {
-        std::fs::write(dir.path().join("ipxe").join(file), file).unwrap();
-    }
-    let listeners = Listeners {
+/// Sockets on loopback, ephemeral ports (DHCP on an unprivileged port: never asked here).
+async fn listeners() -> Listeners {
+    Listeners {
         dhcp: DhcpSockets {
             dhcp: udp(),
             pxe: None,
@@ -63,7 +100,46 @@ async fn scripts_follow_a_reload_and_everything_stops_on_shutdown() {
                 .await
                 .unwrap(),
         ),
-    };
+    }
+}
+
+/// A server running on `dir`'s store and state until the sender is used or dropped.
+struct Server {
+    http: SocketAddr,
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), diskless_server::ServerError>>,
+}
+
+impl Server {
+    async fn start(dir: &Path) -> Server {
+        let listeners = listeners().await;
+        let http = listeners.http.local_addr().unwrap();
+        let (_, rx) = site_channel(site(dir, ""));
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(run(listeners, rx, async {
+            let _ = stopped.await;
+        }));
+        Server { http, stop, task }
+    }
+
+    async fn stop(self) {
+        self.stop.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.task)
+            .await
+            .expect("run returns after shutdown")
+            .unwrap()
+            .unwrap();
+    }
+}
+
+#[tokio::test]
+async fn scripts_follow_a_reload_and_everything_stops_on_shutdown() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("ipxe")).unwrap();
+    for file in ["undionly.kpxe", "ipxe.efi"] {
+        std::fs::write(dir.path().join("ipxe").join(file), file).unwrap();
+    }
+    let listeners = listeners().await;
     let admin = listeners.admin.as_ref().unwrap().local_addr().unwrap();
     let http = listeners.http.local_addr().unwrap();
     let (handle, rx) = site_channel(site(dir.path(), ""));
@@ -90,27 +166,28 @@ async fn scripts_follow_a_reload_and_everything_stops_on_shutdown() {
         handle.reload(moved),
         Err(ReloadError::RestartNeeded("ports"))
     ));
-    // A report is recorded, and on disk once the server has stopped.
-    let mut stream = tokio::net::TcpStream::connect(http).await.unwrap();
-    let body = "stage=fetched&detail=ok";
-    stream
-        .write_all(
-            format!(
-                "POST /api/report/52-54-00-12-34-56 HTTP/1.0\r\nContent-Type: \
-                 application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            )
-            .as_bytes(),
-        )
-        .await
+    // With an image and the clients booted again, the script carries a report token.
+    publish_lab(&dir.path().join("store"));
+    handle.reload(site(dir.path(), "")).unwrap();
+    let script = get(http, "/boot/52-54-00-12-34-56.ipxe").await;
+    let path = report_path(&script);
+    // A report without it is refused; with it, recorded (a reload meanwhile changes nothing),
+    // and on disk once the server has stopped.
+    handle
+        .reload(site(dir.path(), "cmdline = \"quiet\"\n"))
         .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
+    let response = post_report(http, "/api/report/52-54-00-12-34-56", "stage=fetched").await;
+    assert!(
+        response.starts_with("HTTP/1.0 403")
+            && response.ends_with("report refused: missing token\n"),
+        "{response}"
+    );
+    let response = post_report(http, &path, "stage=fetched&detail=ok").await;
     assert!(response.starts_with("HTTP/1.0 200"), "{response}");
 
     // The admin side sees it (the recorder applies events on its own task: wait a little):
     // the JSON, the metrics; then a page's event stream is open at the stop.
-    let fetched = "diskless_boot_stage_reached_total{image=\"-\",stage=\"fetched\"} 1";
+    let fetched = "diskless_boot_stage_reached_total{image=\"lab\",stage=\"fetched\"} 1";
     let mut metrics = String::new();
     for _ in 0..100 {
         metrics = get(admin, "/metrics").await;
@@ -121,7 +198,8 @@ async fn scripts_follow_a_reload_and_everything_stops_on_shutdown() {
     }
     assert!(metrics.contains(fetched), "{metrics}");
     assert!(
-        metrics.contains("diskless_access_refused_total{protocol=\"http\"} 1"),
+        metrics.contains("diskless_access_refused_total{protocol=\"http\"} 1")
+            && metrics.contains("diskless_reports_refused_total{reason=\"missing\"} 1"),
         "{metrics}"
     );
     let clients = get(admin, "/api/clients").await;
@@ -151,4 +229,133 @@ async fn scripts_follow_a_reload_and_everything_stops_on_shutdown() {
     // The HTTP port is free again: the listener was dropped with its task.
     std::net::TcpListener::bind(http).expect("the HTTP listener is closed");
     std::net::TcpListener::bind(admin).expect("the admin listener is closed");
+}
+
+fn ipxe_dir(dir: &Path) {
+    std::fs::create_dir_all(dir.join("ipxe")).unwrap();
+    for file in ["undionly.kpxe", "ipxe.efi"] {
+        std::fs::write(dir.join("ipxe").join(file), file).unwrap();
+    }
+}
+
+const STAGES: [&str; 5] = [
+    "network-up",
+    "fetching",
+    "fetched",
+    "root-mounted",
+    "multi-user",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_reports_from_fifty_senders_are_all_in_clients_json() {
+    let dir = tempfile::tempdir().unwrap();
+    ipxe_dir(dir.path());
+    publish_lab(&dir.path().join("store"));
+    let server = Server::start(dir.path()).await;
+    let http = server.http;
+    // 50 senders, each booting 4 clients of its own and reporting their 5 stages, the
+    // clients interleaved: 1,000 reports. Each sender also replays one report and forges one
+    // with a neighbour's token: both refused, and not recorded.
+    let senders: Vec<_> = (0..50u8)
+        .map(|sender| {
+            tokio::spawn(async move {
+                let macs: Vec<String> = (0..4)
+                    .map(|i| format!("52-54-00-00-{sender:02x}-{i:02x}"))
+                    .collect();
+                let mut paths = Vec::new();
+                for mac in &macs {
+                    paths.push(report_path(&get(http, &format!("/boot/{mac}.ipxe")).await));
+                }
+                let mut accepted = 0;
+                for stage in STAGES {
+                    for path in &paths {
+                        let body = format!("stage={stage}&detail=from+{sender}");
+                        let response = post_report(http, path, &body).await;
+                        assert!(response.starts_with("HTTP/1.0 200"), "{path}: {response}");
+                        accepted += 1;
+                    }
+                }
+                let replay = post_report(http, &paths[0], "stage=fetched").await;
+                assert!(replay.starts_with("HTTP/1.0 403"), "{replay}");
+                let token = paths[1].split_once('?').unwrap().1;
+                let forged = format!("/api/report/{}?{token}", macs[0]);
+                let forged = post_report(http, &forged, "stage=failed").await;
+                assert!(forged.starts_with("HTTP/1.0 403"), "{forged}");
+                (macs, accepted)
+            })
+        })
+        .collect();
+    let mut macs = Vec::new();
+    let mut accepted = 0;
+    for sender in senders {
+        let (m, n) = sender.await.unwrap();
+        macs.extend(m);
+        accepted += n;
+    }
+    assert_eq!(accepted, 1000);
+    // The file the server writes while it runs (at most every SAVE_DELAY) is whole JSON
+    // each time it is read, and soon holds every stage.
+    let path = dir.path().join("state/clients.json");
+    let complete =
+        |records: &std::collections::BTreeMap<_, diskless_server::recorder::ClientRecord>| {
+            macs.iter().all(|mac| {
+                let mac: diskless_dhcp::Mac = mac.replace('-', ":").parse().unwrap();
+                records.get(&mac).is_some_and(|r| {
+                    let stages: Vec<&str> = r.stages.iter().map(|s| s.stage.as_str()).collect();
+                    let reported = &r.boot.as_ref().unwrap().reported;
+                    stages[1..] == STAGES && reported.iter().map(String::as_str).eq(STAGES)
+                })
+            })
+        };
+    let mut done = false;
+    for _ in 0..200 {
+        if let Ok(text) = std::fs::read_to_string(&path) {
+            let records = serde_json::from_str(&text).expect("clients.json is whole JSON");
+            if complete(&records) {
+                done = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(done, "clients.json never held every accepted stage");
+    server.stop().await;
+    let records = diskless_server::recorder::load(&path).unwrap();
+    assert_eq!(records.len(), 200);
+    assert!(complete(&records));
+}
+
+#[tokio::test]
+async fn a_restarted_server_takes_the_next_stage_of_a_boot_under_way() {
+    let dir = tempfile::tempdir().unwrap();
+    ipxe_dir(dir.path());
+    publish_lab(&dir.path().join("store"));
+    let server = Server::start(dir.path()).await;
+    let path = report_path(&get(server.http, "/boot/52-54-00-12-34-56.ipxe").await);
+    let response = post_report(server.http, &path, "stage=network-up").await;
+    assert!(response.starts_with("HTTP/1.0 200"), "{response}");
+    server.stop().await;
+    let key = std::fs::read(dir.path().join("state/report.key")).unwrap();
+    // The same key and the boot under way, from the state directory.
+    let server = Server::start(dir.path()).await;
+    assert_eq!(
+        std::fs::read(dir.path().join("state/report.key")).unwrap(),
+        key
+    );
+    let response = post_report(server.http, &path, "stage=network-up").await;
+    assert!(response.starts_with("HTTP/1.0 403"), "a replay: {response}");
+    let response = post_report(server.http, &path, "stage=fetched").await;
+    assert!(response.starts_with("HTTP/1.0 200"), "{response}");
+    server.stop().await;
+    // A damaged key stops the server with an error naming it; the file is left as it is.
+    std::fs::write(dir.path().join("state/report.key"), b"short").unwrap();
+    let (_, rx) = site_channel(site(dir.path(), ""));
+    let err = run(listeners().await, rx, std::future::pending())
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("report.key is 5 bytes"), "{err}");
+    assert_eq!(
+        std::fs::read(dir.path().join("state/report.key")).unwrap(),
+        b"short"
+    );
 }
