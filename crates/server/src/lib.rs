@@ -573,21 +573,15 @@ fn check_secure_boot_chain(site: &Site, store: &Store) -> Result<(), ServerError
         let Ok(manifest) = store.current(image) else {
             continue;
         };
-        let kernel = store
-            .version_dir(&manifest.name, &manifest.version)
-            .join(diskless_image::manifest::KERNEL);
-        let signed = std::fs::read(&kernel)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| diskless_image::kernel::authenticode_signed(&bytes));
-        match signed {
+        match store.kernel_signed(&manifest.name, &manifest.version) {
             Ok(true) => {}
             Ok(false) => tracing::warn!(
-                %image, version = %manifest.version, kernel = %kernel.display(),
+                %image, version = %manifest.version,
                 "the image's kernel is not signed: Secure Boot clients cannot boot it (shim \
                  refuses it after GRUB); use a distribution kernel such as Debian's linux-image-amd64"
             ),
             Err(e) => tracing::warn!(
-                %image, kernel = %kernel.display(), error = %e,
+                %image, version = %manifest.version, error = %e,
                 "cannot tell whether the image's kernel is signed"
             ),
         }

@@ -96,7 +96,7 @@ pub enum BootEvent {
         /// Bytes in the response (the range's, for a range request).
         bytes: u64,
     },
-    /// A client got its iPXE script.
+    /// A client got its iPXE script (or its GRUB config, on the Secure Boot chain).
     Script {
         /// The client.
         mac: Mac,
@@ -108,6 +108,10 @@ pub enum BootEvent {
         image: String,
         /// Version.
         version: String,
+        /// It boots through the Secure Boot chain (shim, GRUB).
+        secure_boot: bool,
+        /// On that chain: whether the version's kernel is signed (`None`: cannot tell).
+        kernel_signed: Option<bool>,
     },
     /// A client reported a stage of its own.
     Report {
@@ -150,6 +154,13 @@ pub struct ClientRecord {
     pub firmware: Option<String>,
     pub image: Option<String>,
     pub version: Option<String>,
+    /// Its last boot file was the Secure Boot chain's GRUB config (shim, GRUB, signed kernel).
+    #[serde(default)]
+    pub secure_boot: bool,
+    /// For a Secure Boot client: whether the kernel of the version it got is signed. `false`
+    /// means shim will refuse it (a custom kernel); `None`: not checked or cannot tell.
+    #[serde(default)]
+    pub kernel_signed: Option<bool>,
     /// Unix time (seconds) the current boot started.
     pub boot_started: f64,
     pub stages: Vec<StageEvent>,
@@ -165,6 +176,8 @@ impl ClientRecord {
             firmware: None,
             image: None,
             version: None,
+            secure_boot: false,
+            kernel_signed: None,
             boot_started: now,
             stages: Vec::new(),
         }
@@ -413,6 +426,8 @@ struct Update {
     hostname: Option<String>,
     firmware: Option<String>,
     image: Option<(String, String)>,
+    /// With `image`: the Secure Boot chain, and whether its kernel is signed.
+    secure_boot: Option<(bool, Option<bool>)>,
 }
 
 impl Table {
@@ -465,11 +480,14 @@ impl Table {
                 hostname,
                 image,
                 version,
+                secure_boot,
+                kernel_signed,
             } => {
                 let update = Update {
                     ip: *client,
                     hostname: hostname.clone(),
                     image: Some((image.clone(), version.clone())),
+                    secure_boot: Some((*secure_boot, *kernel_signed)),
                     ..Default::default()
                 };
                 let detail = format!("{image} {version}");
@@ -533,6 +551,10 @@ impl Table {
         if let Some((image, version)) = update.image {
             record.image = Some(image);
             record.version = Some(version);
+        }
+        if let Some((secure_boot, kernel_signed)) = update.secure_boot {
+            record.secure_boot = secure_boot;
+            record.kernel_signed = kernel_signed;
         }
         record.clone()
     }
@@ -626,6 +648,8 @@ mod tests {
             hostname: None,
             image: "lab".into(),
             version: "v1".into(),
+            secure_boot: false,
+            kernel_signed: None,
         });
         // TFTP knows the client by the address DHCP gave it.
         recorder.record(BootEvent::Tftp {
