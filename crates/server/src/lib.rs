@@ -221,7 +221,7 @@ impl Listeners {
                     })
             })
             .transpose()?;
-        let ra = if site.ipv6_ra {
+        let ra = if site.ipv6_ra != diskless_boot::site::Ipv6Ra::Off {
             ra::RaSocket::open(&site.interface)
                 .map_err(|e| {
                     tracing::warn!(error = %e, "IPv6 router advertisements off: iPXE may wait ~13 s for one");
@@ -346,6 +346,11 @@ pub async fn run_with_recorder(
         ra,
         admin,
     } = listeners;
+    // Subscribed before any client is answered: no iPXE offer is missed.
+    let ra_answer = ra.as_ref().map(|_| match current.ipv6_ra {
+        diskless_boot::site::Ipv6Ra::Booting => ra::Answer::Booting(recorder.subscribe()),
+        _ => ra::Answer::All,
+    });
     let http_addr = http.local_addr().map_err(|source| ServerError::Http {
         addr: SocketAddr::new(IpAddr::V4(current.server_ip), current.http_port),
         source,
@@ -467,12 +472,12 @@ pub async fn run_with_recorder(
         }
     });
 
-    if let Some(socket) = ra {
+    if let (Some(socket), Some(answer)) = (ra, ra_answer) {
         let stopped = stopped();
         let stopped_too = stop_signal(&stop_tx);
         tasks.spawn(async move {
             // Not fatal: without it iPXE only boots slower.
-            if let Err(e) = socket.serve(stopped).await {
+            if let Err(e) = socket.serve(answer, stopped).await {
                 tracing::warn!(error = %e, "IPv6 router advertisements stopped");
                 stopped_too.await;
             }
