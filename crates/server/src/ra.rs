@@ -9,12 +9,14 @@
 //!
 //! On a network we do not own (proxy mode) the same wait made a boot ~14 s slower: in
 //! `diskless vm --mode proxy`, the site's DHCPACK at 01:00:58 and iPXE's request for its script
-//! at 01:01:11.8 (dnsmasq.log, server.log). iPXE 1.21.1's `autoboot` runs `ifconf` with every
-//! configurator at once (src/usr/autoboot.c `netboot`), and `ifconf` returns only when none is
-//! still in progress (src/usr/ifmgmt.c `ifconf_progress`): the DHCP reply cannot cut the IPv6
-//! one short, and the ROM's autoboot runs before any script of ours. Its router solicitations
-//! carry its MAC (source link-layer option, src/net/ndp.c `ndp_tx_router_solicitation`), and
-//! the first advertisement ends its IPv6 configuration (`ipv6conf_rx_router_advertisement`).
+//! at 01:01:11.8 (dnsmasq.log, server.log). Debian 12's iPXE (ipxe and ipxe-qemu
+//! 1.0.0+git-20190125.36a4c85) runs `ifconf` with every configurator at once from `autoboot`
+//! (src/usr/autoboot.c `netboot`), and `ifconf` returns only when none is still in progress
+//! (src/usr/ifmgmt.c `ifconf_progress`): the DHCP reply cannot cut the IPv6 one short, and the
+//! ROM's autoboot runs before any script of ours. Its router solicitations back off from 1/4 s
+//! to 10 s, the retry timer's defaults (src/include/ipxe/retry.h), so it gives up after ~16 s.
+//! They carry its MAC (source link-layer option, src/net/ndp.c `ndp_tx_router_solicitation`),
+//! and the first advertisement ends its IPv6 configuration (`ipv6conf_rx_router_advertisement`).
 //! So in proxy mode ([`Answer::Booting`]) we answer only a client we have just given an iPXE
 //! offer, once, unicast to its link-local address: no other host on the site's network sees
 //! it, and the site's own router, if any, keeps the last word for every operating system.
@@ -71,9 +73,7 @@ pub fn solicitor_mac(packet: &[u8]) -> Option<Mac> {
 }
 
 /// How long after its iPXE offer a client's solicitation is still answered in proxy mode:
-/// iPXE solicits from the start of its DHCP for a few seconds (its timer backs off from 1/8 s
-/// to 3 s, src/net/ndp.c `IPV6CONF_MAX_TIMEOUT`); under TCG on a loaded machine those
-/// seconds stretch.
+/// iPXE solicits from the start of its DHCP for ~16 s (see the module docs).
 pub const BOOTING_WINDOW: Duration = Duration::from_secs(30);
 
 /// Whose solicitations are answered.

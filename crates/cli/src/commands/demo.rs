@@ -94,5 +94,6 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         log_dir: None,
         report: None,
         disks: vec![],
+        server_command: None,
     })
 }
