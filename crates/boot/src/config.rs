@@ -51,7 +51,9 @@ pub struct Config {
     /// 127.0.0.1:9180: the boot network does not reach it unless the admin says so.
     pub admin_listen: String,
     /// Answer IPv6 router solicitations with "no router here", so iPXE does not wait ~13 s
-    /// for one. Default: on in full mode (a network we own), off in proxy mode.
+    /// for one. true: everyone's; false: nobody's. Default: everyone's in full mode (a network
+    /// we own); in proxy mode only those of the iPXE clients the server is booting, unicast
+    /// ([`crate::site::Ipv6Ra`]).
     pub ipv6_ra: Option<bool>,
     pub dhcp: DhcpSection,
     pub ipxe: IpxeSection,

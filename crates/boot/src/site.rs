@@ -50,6 +50,20 @@ pub enum SiteError {
     },
 }
 
+/// Whose IPv6 router solicitations the server answers, each answer saying "no router, no
+/// DHCPv6 here" (`ipv6_ra`; the server's `ra` module has why iPXE needs one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ipv6Ra {
+    /// Nobody (`ipv6_ra = false`).
+    Off,
+    /// Everyone, to all nodes: a network we own (full mode, or `ipv6_ra = true`).
+    All,
+    /// Only the iPXE clients this server has just answered, each once and unicast: on a
+    /// network we do not own (proxy mode), where the site may have an IPv6 router of its own
+    /// whose flags an advertisement to all nodes would contradict.
+    Booting,
+}
+
 /// The resolved site config (see the module docs).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Site {
@@ -73,8 +87,8 @@ pub struct Site {
     pub http_authority: String,
     /// The same for TFTP.
     pub tftp_authority: String,
-    /// Answer IPv6 router solicitations.
-    pub ipv6_ra: bool,
+    /// Whose IPv6 router solicitations to answer.
+    pub ipv6_ra: Ipv6Ra,
     /// The image store.
     pub store: PathBuf,
     /// Leases and the client record.
@@ -192,7 +206,11 @@ impl Site {
             admin: config.admin_addr().map_err(SiteError::AdminListen)?,
             http_authority,
             tftp_authority: authority(server_ip, config.tftp_port, 69),
-            ipv6_ra: config.ipv6_ra.unwrap_or(config.mode == Mode::Full),
+            ipv6_ra: match (config.ipv6_ra, config.mode) {
+                (Some(false), _) => Ipv6Ra::Off,
+                (Some(true), _) | (None, Mode::Full) => Ipv6Ra::All,
+                (None, Mode::Proxy) => Ipv6Ra::Booting,
+            },
             store: config.store.clone(),
             state: config.state.clone(),
             dhcp: config.dhcp.clone(),
@@ -319,7 +337,7 @@ mod tests {
         );
         assert_eq!(site.http_authority, "10.0.0.1:8080");
         assert_eq!(site.tftp_authority, "10.0.0.1");
-        assert!(site.ipv6_ra, "on in full mode by default");
+        assert_eq!(site.ipv6_ra, Ipv6Ra::All, "on in full mode by default");
         let dhcp = site.dhcp_config();
         assert_eq!(
             dhcp.range,
@@ -332,7 +350,11 @@ mod tests {
         );
         dhcp.validate().unwrap();
         let proxy = Site::for_tests("mode = \"proxy\"\n");
-        assert_eq!((proxy.range, proxy.ipv6_ra), (None, false));
+        assert_eq!((proxy.range, proxy.ipv6_ra), (None, Ipv6Ra::Booting));
+        let off = Site::for_tests("mode = \"proxy\"\nipv6_ra = false\n");
+        assert_eq!(off.ipv6_ra, Ipv6Ra::Off);
+        let all = Site::for_tests("mode = \"proxy\"\nipv6_ra = true\n");
+        assert_eq!(all.ipv6_ra, Ipv6Ra::All);
         proxy.dhcp_config().validate().unwrap();
     }
 

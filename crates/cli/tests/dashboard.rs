@@ -42,6 +42,9 @@ fn synthetic(n: usize, stages: &[(&str, f64)]) -> ClientRecord {
         firmware: Some(["bios-pxe", "uefi-pxe", "uefi-http"][n % 3].into()),
         image: Some("lab".into()),
         version: Some("20260101-000000-abcdef01".into()),
+        // pc-004 boots through the Secure Boot chain onto an unsigned (custom) kernel.
+        secure_boot: n == 4,
+        kernel_signed: (n == 4).then_some(false),
         // Boots of the last minutes, a second apart: all seen well within the 10 minutes
         // after which a boot that did not end counts as abandoned.
         boot_started: now() - 400.0 + n as f64,
@@ -225,6 +228,27 @@ fn table_sorts_filters_and_updates_live() {
     // pc-010..pc-019 whose n % 3 == 2: 11, 14, 17.
     let shown = rows(&browser);
     assert_eq!(shown.len(), 3, "{shown:?}");
+    // The Secure Boot client on an unsigned kernel carries the warning, and only it.
+    let warned = browser.eval(
+        "return [...document.querySelectorAll('#clients .warn.unsigned')]\
+         .map(w => w.closest('tr.client').dataset.mac)",
+        json!([]),
+    );
+    assert_eq!(warned, json!([]), "pc-01x are not on Secure Boot");
+    browser.eval(filter, json!(["kernel not signed"]));
+    let warned = browser.eval(
+        "return [...document.querySelectorAll('#clients .warn.unsigned')]\
+         .map(w => [w.closest('tr.client').dataset.mac, w.textContent])",
+        json!([]),
+    );
+    assert_eq!(
+        warned,
+        json!([[
+            synthetic(4, FULL_BOOT).mac.to_string(),
+            "\u{26a0} kernel not signed: Secure Boot refuses it"
+        ]]),
+        "{warned}"
+    );
     browser.eval(filter, json!([""]));
 
     // The timeline of a client: its phases, the slowest marked.

@@ -201,6 +201,17 @@ impl Store {
         self.manifest(name, &self.current_version(name)?)
     }
 
+    /// Whether the kernel of an image version carries an Authenticode signature
+    /// ([`crate::kernel::authenticode_signed`]): a Secure Boot client's shim runs nothing else.
+    /// `Err` says why it cannot tell (no kernel file, not a PE image).
+    pub fn kernel_signed(&self, name: &str, version: &str) -> std::result::Result<bool, String> {
+        let kernel = self
+            .version_dir(name, version)
+            .join(crate::manifest::KERNEL);
+        let bytes = std::fs::read(&kernel).map_err(|e| format!("{}: {e}", kernel.display()))?;
+        crate::kernel::authenticode_signed(&bytes)
+    }
+
     /// All complete versions of an image, oldest first.
     pub fn versions(&self, name: &str) -> Result<Vec<Manifest>> {
         validate_name("image name", name)?;

@@ -15,8 +15,8 @@
 //! ```
 //!
 //! A [`ClientView`] is the [`ClientRecord`] (mac, ip, hostname, firmware, image, version,
-//! boot_started, stages) with `stage`, `last_seen`, `duration`, `finished`, `failure` and
-//! `phases` beside it.
+//! boot_started, stages, and for a Secure Boot client whether its kernel is signed) with
+//! `stage`, `last_seen`, `duration`, `finished`, `failure` and `phases` beside it.
 
 use crate::boots::{BootHistory, ClientView};
 use crate::metrics::{self, Metrics};
@@ -232,6 +232,9 @@ pub struct VersionView {
     pub size: u64,
     pub squashfs_size: u64,
     pub current: bool,
+    /// Whether its kernel carries a signature, as a Secure Boot client's shim requires
+    /// (`None`: cannot tell, e.g. no kernel file).
+    pub kernel_signed: Option<bool>,
     /// MACs of the clients whose last boot used this version.
     pub clients: Vec<String>,
 }
@@ -249,6 +252,7 @@ pub fn image_views(store: &Store, records: &[ClientRecord]) -> Vec<ImageView> {
                 size: m.files.values().map(|f| f.size).sum(),
                 squashfs_size: m.squashfs().size,
                 current: current.as_deref() == Some(m.version.as_str()),
+                kernel_signed: store.kernel_signed(&name, &m.version).ok(),
                 clients: records
                     .iter()
                     .filter(|r| {
@@ -427,6 +431,85 @@ mod tests {
         let (status, body) = post_wake(&with_bad, r#"{"macs": ["52:54:00:00:00:01"]}"#).await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
         assert!(body.contains("no interface named nosuchif0"), "{body}");
+    }
+
+    /// Publish version `version` of image `lab` with `kernel` as its kernel.
+    fn publish(store: &Store, version: &str, kernel: &[u8]) {
+        use diskless_image::manifest::{hash_file, Manifest, KERNEL, SQUASHFS};
+        let staging = store.begin("lab").unwrap();
+        let mut files = std::collections::BTreeMap::new();
+        for (name, content) in [(SQUASHFS, &b"squashfs"[..]), (KERNEL, kernel)] {
+            std::fs::write(staging.dir.join(name), content).unwrap();
+            files.insert(
+                name.to_string(),
+                hash_file(&staging.dir.join(name)).unwrap(),
+            );
+        }
+        let manifest = Manifest {
+            name: "lab".into(),
+            version: version.into(),
+            created: format!("2026-01-01T00:00:0{}Z", version.len() % 10),
+            kernel_version: "6.1.0-9-amd64".into(),
+            compression: "zstd".into(),
+            source: "/src".into(),
+            build_seconds: 1.0,
+            files,
+            changes: vec![],
+        };
+        store.publish(staging, &manifest).unwrap();
+    }
+
+    #[tokio::test]
+    async fn images_say_whether_each_versions_kernel_is_signed() {
+        // Debian's shim is signed (as Debian's kernels are), Debian's iPXE is not (as a
+        // custom kernel would not be).
+        let read = |path: &str, package: &str| {
+            std::fs::read(path)
+                .unwrap_or_else(|e| panic!("{path}: {e} (install {package}: scripts/install-deps)"))
+        };
+        let (dir, state) = state(None);
+        publish(
+            &state.store,
+            "signed",
+            &read("/usr/lib/shim/shimx64.efi.signed", "shim-signed"),
+        );
+        publish(
+            &state.store,
+            "unsigned",
+            &read("/usr/lib/ipxe/ipxe.efi", "ipxe"),
+        );
+        publish(&state.store, "not-a-pe", b"kernel");
+        let request = axum::http::Request::get("/api/images")
+            .body(Body::empty())
+            .unwrap();
+        let response = router(state.clone()).oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        let images: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let signed: std::collections::BTreeMap<String, serde_json::Value> = images[0]["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|v| {
+                (
+                    v["version"].as_str().unwrap().to_string(),
+                    v["kernel_signed"].clone(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            signed,
+            [
+                ("not-a-pe".to_string(), serde_json::Value::Null),
+                ("signed".to_string(), serde_json::Value::Bool(true)),
+                ("unsigned".to_string(), serde_json::Value::Bool(false)),
+            ]
+            .into(),
+            "{images}"
+        );
+        drop(dir);
     }
 
     #[tokio::test]

@@ -241,6 +241,12 @@ pub fn client_boot_file(
             grub::client_config(&params)
         }
     };
+    // A Secure Boot client's shim refuses an unsigned kernel after GRUB, with nothing on the
+    // server's side: the record says so, for the dashboard and `diskless clients`.
+    let secure_boot = matches!(kind, Script::Grub);
+    let kernel_signed = secure_boot
+        .then(|| store.kernel_signed(&manifest.name, &manifest.version).ok())
+        .flatten();
     recorder.record(BootEvent::Script {
         mac,
         client: peer,
@@ -248,6 +254,8 @@ pub fn client_boot_file(
         image: manifest.name.clone(),
         version: manifest.version.clone(),
         boot: token.boot,
+        secure_boot,
+        kernel_signed,
     });
     body
 }
@@ -577,6 +585,37 @@ mod tests {
         let record = f.record("52:54:00:12:34:56").await.unwrap();
         assert_eq!(record.stage(), "ipxe-script");
         assert_eq!(record.version.as_deref(), Some(f.version.as_str()));
+    }
+
+    #[tokio::test]
+    async fn a_secure_boot_client_on_an_unsigned_kernel_is_recorded_so() {
+        let f = fixture("[boot]\nimage = \"lab\"\n");
+        // Debian's iPXE: a PE image without a signature, as a custom kernel would be.
+        let unsigned = std::fs::read("/usr/lib/ipxe/ipxe.efi").unwrap_or_else(|e| {
+            panic!("/usr/lib/ipxe/ipxe.efi: {e} (install ipxe: scripts/install-deps)")
+        });
+        let kernel = f.state.store.version_dir("lab", &f.version).join(KERNEL);
+        std::fs::write(&kernel, unsigned).unwrap();
+        let site = f.site.borrow().clone();
+        let mac = "52:54:00:12:34:56";
+        // On the Secure Boot chain the kernel is checked; the same client on iPXE: no check.
+        for (kind, expected) in [
+            (Script::Grub, (true, Some(false))),
+            (Script::Ipxe, (false, None)),
+        ] {
+            let store = &f.state.store;
+            client_boot_file(
+                &site,
+                store,
+                &f.state.recorder,
+                &f.state.boots,
+                mac.parse().unwrap(),
+                None,
+                kind,
+            );
+            let record = f.record(mac).await.unwrap();
+            assert_eq!((record.secure_boot, record.kernel_signed), expected);
+        }
     }
 
     #[tokio::test]

@@ -259,7 +259,7 @@ impl Listeners {
                     })
             })
             .transpose()?;
-        let ra = if site.ipv6_ra {
+        let ra = if site.ipv6_ra != diskless_boot::site::Ipv6Ra::Off {
             ra::RaSocket::open(&site.interface)
                 .map_err(|e| {
                     tracing::warn!(error = %e, "IPv6 router advertisements off: iPXE may wait ~13 s for one");
@@ -394,6 +394,11 @@ pub async fn run_with_recorder(
         ra,
         admin,
     } = listeners;
+    // Subscribed before any client is answered: no iPXE offer is missed.
+    let ra_answer = ra.as_ref().map(|_| match current.ipv6_ra {
+        diskless_boot::site::Ipv6Ra::Booting => ra::Answer::Booting(recorder.subscribe()),
+        _ => ra::Answer::All,
+    });
     let http_addr = http.local_addr().map_err(|source| ServerError::Http {
         addr: SocketAddr::new(IpAddr::V4(current.server_ip), current.http_port),
         source,
@@ -535,12 +540,12 @@ pub async fn run_with_recorder(
         }
     });
 
-    if let Some(socket) = ra {
+    if let (Some(socket), Some(answer)) = (ra, ra_answer) {
         let stopped = stopped();
         let stopped_too = stop_signal(&stop_tx);
         tasks.spawn(async move {
             // Not fatal: without it iPXE only boots slower.
-            if let Err(e) = socket.serve(stopped).await {
+            if let Err(e) = socket.serve(answer, stopped).await {
                 tracing::warn!(error = %e, "IPv6 router advertisements stopped");
                 stopped_too.await;
             }
@@ -643,21 +648,15 @@ fn check_secure_boot_chain(site: &Site, store: &Store) -> Result<(), ServerError
         let Ok(manifest) = store.current(image) else {
             continue;
         };
-        let kernel = store
-            .version_dir(&manifest.name, &manifest.version)
-            .join(diskless_image::manifest::KERNEL);
-        let signed = std::fs::read(&kernel)
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| diskless_image::kernel::authenticode_signed(&bytes));
-        match signed {
+        match store.kernel_signed(&manifest.name, &manifest.version) {
             Ok(true) => {}
             Ok(false) => tracing::warn!(
-                %image, version = %manifest.version, kernel = %kernel.display(),
+                %image, version = %manifest.version,
                 "the image's kernel is not signed: Secure Boot clients cannot boot it (shim \
                  refuses it after GRUB); use a distribution kernel such as Debian's linux-image-amd64"
             ),
             Err(e) => tracing::warn!(
-                %image, kernel = %kernel.display(), error = %e,
+                %image, version = %manifest.version, error = %e,
                 "cannot tell whether the image's kernel is signed"
             ),
         }

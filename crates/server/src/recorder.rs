@@ -97,7 +97,7 @@ pub enum BootEvent {
         /// Bytes in the response (the range's, for a range request).
         bytes: u64,
     },
-    /// A client got its iPXE script.
+    /// A client got its iPXE script (or its GRUB config, on the Secure Boot chain).
     Script {
         /// The client.
         mac: Mac,
@@ -111,6 +111,10 @@ pub enum BootEvent {
         version: String,
         /// The boot the script's report token names (a new one for each script).
         boot: BootId,
+        /// It boots through the Secure Boot chain (shim, GRUB).
+        secure_boot: bool,
+        /// On that chain: whether the version's kernel is signed (`None`: cannot tell).
+        kernel_signed: Option<bool>,
     },
     /// A client reported a stage of its own (with its boot's token: [`crate::tokens`]).
     Report {
@@ -164,6 +168,13 @@ pub struct ClientRecord {
     pub firmware: Option<String>,
     pub image: Option<String>,
     pub version: Option<String>,
+    /// Its last boot file was the Secure Boot chain's GRUB config (shim, GRUB, signed kernel).
+    #[serde(default)]
+    pub secure_boot: bool,
+    /// For a Secure Boot client: whether the kernel of the version it got is signed. `false`
+    /// means shim will refuse it (a custom kernel); `None`: not checked or cannot tell.
+    #[serde(default)]
+    pub kernel_signed: Option<bool>,
     /// Unix time (seconds) the current boot started.
     pub boot_started: f64,
     pub stages: Vec<StageEvent>,
@@ -183,6 +194,8 @@ impl ClientRecord {
             firmware: None,
             image: None,
             version: None,
+            secure_boot: false,
+            kernel_signed: None,
             boot_started: now,
             stages: Vec::new(),
             boot: None,
@@ -436,6 +449,8 @@ struct Update {
     new_boot: Option<BootId>,
     /// The boot reported this stage.
     reported: Option<BootId>,
+    /// With `image`: the Secure Boot chain, and whether its kernel is signed.
+    secure_boot: Option<(bool, Option<bool>)>,
 }
 
 impl Table {
@@ -489,12 +504,15 @@ impl Table {
                 image,
                 version,
                 boot,
+                secure_boot,
+                kernel_signed,
             } => {
                 let update = Update {
                     ip: *client,
                     hostname: hostname.clone(),
                     image: Some((image.clone(), version.clone())),
                     new_boot: Some(*boot),
+                    secure_boot: Some((*secure_boot, *kernel_signed)),
                     ..Default::default()
                 };
                 let detail = format!("{image} {version}");
@@ -581,6 +599,10 @@ impl Table {
         if let Some((image, version)) = update.image {
             record.image = Some(image);
             record.version = Some(version);
+        }
+        if let Some((secure_boot, kernel_signed)) = update.secure_boot {
+            record.secure_boot = secure_boot;
+            record.kernel_signed = kernel_signed;
         }
         record.clone()
     }
@@ -676,6 +698,8 @@ mod tests {
             image: "lab".into(),
             version: "v1".into(),
             boot: BootId(7),
+            secure_boot: false,
+            kernel_signed: None,
         });
         // TFTP knows the client by the address DHCP gave it.
         recorder.record(BootEvent::Tftp {

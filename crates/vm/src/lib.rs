@@ -192,18 +192,33 @@ pub struct VmReport {
 
 /// Console lines that mark boot phases, in the order they appear; any one of a phase's
 /// markers will do.
+/// `reference:` lines are the reference chain's of scripts/bench-boot (busybox wget, no
+/// sha256), booted by `diskless vm --server-command`.
 const PHASES: &[(&str, &[&str])] = &[
     ("kernel", &["Linux version"]),
-    ("fetch-start", &["diskless: fetching"]),
-    ("fetched", &["sha256 verified"]),
-    ("root-mounted", &["diskless: root is an overlay"]),
+    (
+        "fetch-start",
+        &["diskless: fetching", "reference: fetching"],
+    ),
+    ("fetched", &["sha256 verified", "reference: fetched"]),
+    (
+        "root-mounted",
+        &[
+            "diskless: root is an overlay",
+            "reference: root is an overlay",
+        ],
+    ),
     // Ours is printed by a unit the boot script adds, ordered after multi-user.target:
     // systemd's own "Reached target Multi-User System" stops appearing once a getty holds the
     // console, which happens before multi-user when a unit is slow. systemd's line still
     // counts, for images made before ours existed.
     (
         "multi-user",
-        &["diskless: reached multi-user", SYSTEMD_REACHED],
+        &[
+            "diskless: reached multi-user",
+            "reference: reached multi-user",
+            SYSTEMD_REACHED,
+        ],
     ),
 ];
 
@@ -712,6 +727,19 @@ mod tests {
         ));
         assert!(reached_multi_user(" Multi-User System.\r\n"));
         assert!(!reached_multi_user(" basic.target - Basic System.\r\n"));
+    }
+
+    #[test]
+    fn the_reference_chain_prints_a_marker_of_every_phase_after_the_kernel() {
+        let script = include_str!("../../../scripts/reference-boot");
+        for (phase, markers) in &PHASES[1..] {
+            assert!(
+                markers
+                    .iter()
+                    .any(|m| m.starts_with("reference: ") && script.contains(m)),
+                "scripts/reference-boot prints no marker of {phase}: {markers:?}"
+            );
+        }
     }
 
     #[test]

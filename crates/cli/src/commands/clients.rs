@@ -90,6 +90,50 @@ fn table(records: &BTreeMap<Mac, ClientRecord>) -> String {
             r.stage(),
             timings.join(", ")
         );
+        // The Secure Boot chain's shim refuses an unsigned kernel after GRUB: say it here,
+        // where the admin looks, rather than leave a client stopped without a reason.
+        if r.secure_boot && r.kernel_signed == Some(false) {
+            out += &format!(
+                "  warning: {} boots through Secure Boot but the kernel of {image} is not signed: \
+                 shim will refuse it\n",
+                r.mac
+            );
+        }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secure_boot_clients_with_an_unsigned_kernel_get_a_warning() {
+        let record = |last: u8, secure_boot: bool, kernel_signed: Option<bool>| ClientRecord {
+            image: Some("lab".into()),
+            version: Some("v1".into()),
+            firmware: Some("uefi-pxe".into()),
+            secure_boot,
+            kernel_signed,
+            ..ClientRecord::new(Mac([0x52, 0x54, 0, 0, 0, last]), 0.0)
+        };
+        let records: BTreeMap<Mac, ClientRecord> = [
+            record(1, true, Some(false)),
+            record(2, true, Some(true)),
+            record(3, false, None),
+        ]
+        .into_iter()
+        .map(|r| (r.mac, r))
+        .collect();
+        let text = table(&records);
+        let warnings: Vec<&str> = text.lines().filter(|l| l.contains("warning")).collect();
+        assert_eq!(
+            warnings,
+            [
+                "  warning: 52:54:00:00:00:01 boots through Secure Boot but the kernel of lab v1 \
+              is not signed: shim will refuse it"
+            ],
+            "{text}"
+        );
+    }
 }

@@ -97,5 +97,6 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         disks: vec![],
         display: false,
         screendump: vec![],
+        server_command: None,
     })
 }

@@ -81,6 +81,13 @@ pub struct VmArgs {
     /// for a .png name, else PPM). Implies --display.
     #[arg(long, value_name = "FILE")]
     pub screendump: Vec<PathBuf>,
+    /// Run this shell command in the namespace instead of `diskless serve`: another boot
+    /// server to compare with (scripts/bench-boot's reference chain). The interface, the
+    /// server's address (10.77.0.1) and the log directory are appended to it; it must answer HTTP
+    /// on port 80, and is stopped with SIGTERM. The client's console marks the phases the same
+    /// way.
+    #[arg(long, conflicts_with_all = ["config", "restart_server_during_fetch"])]
+    pub server_command: Option<String>,
 }
 
 fn firmware_name(name: &str) -> Result<Firmware, String> {
@@ -172,6 +179,25 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
             display: args.display || !args.screendump.is_empty(),
         })
         .collect();
+    if let Some(command) = &args.server_command {
+        if args.mode != "full" {
+            bail!("--server-command is the network's only server: it cannot run in proxy mode");
+        }
+        // The command's own arguments, then the interface, address and log directory; exec,
+        // so the SIGTERM that stops the server reaches the command itself.
+        let script = format!("exec {command} \"$@\"");
+        server = [
+            "sh",
+            "-c",
+            &script,
+            "diskless-vm-server",
+            &interface,
+            "10.77.0.1",
+        ]
+        .map(str::to_string)
+        .into();
+        server.push(log_dir.display().to_string());
+    }
     let cfg = VmConfig {
         server: Server::Command(server),
         namespace: format!("diskless-vm-{pid}"),
