@@ -183,7 +183,8 @@ fn serve_started_as_root_runs_as_its_user_with_two_capabilities() {
     // A state directory an earlier run as root left: it becomes the user's.
     let state = dir.path().join("state");
     std::fs::create_dir(&state).unwrap();
-    std::fs::write(state.join("report.key"), "0123").unwrap();
+    // (A valid report key: 32 bytes.)
+    std::fs::write(state.join("report.key"), [7u8; 32]).unwrap();
     let ns = Netns::new("priv");
     let server = Server::start(&ns, &config, TEST_USER, dir.path().join("serve.log"));
 
