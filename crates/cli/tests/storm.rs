@@ -159,7 +159,12 @@ impl Lab {
         let file = self.path().join(format!("{name}.toml"));
         std::fs::write(&file, text).unwrap();
         let mut cmd = in_ns(ns, env!("CARGO_BIN_EXE_diskless"));
-        cmd.arg("serve").arg("--config").arg(&file);
+        // Root keeps root (no `diskless` user on a test machine; the drop has its own test,
+        // serve.rs).
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(&file)
+            .args(["--user", "root"]);
         self.start(cmd, &format!("{name}.log"))
     }
 
