@@ -435,28 +435,10 @@ mod tests {
 
     /// Publish version `version` of image `lab` with `kernel` as its kernel.
     fn publish(store: &Store, version: &str, kernel: &[u8]) {
-        use diskless_image::manifest::{hash_file, Manifest, KERNEL, SQUASHFS};
-        let staging = store.begin("lab").unwrap();
-        let mut files = std::collections::BTreeMap::new();
-        for (name, content) in [(SQUASHFS, &b"squashfs"[..]), (KERNEL, kernel)] {
-            std::fs::write(staging.dir.join(name), content).unwrap();
-            files.insert(
-                name.to_string(),
-                hash_file(&staging.dir.join(name)).unwrap(),
-            );
-        }
-        let manifest = Manifest {
-            name: "lab".into(),
-            version: version.into(),
-            created: format!("2026-01-01T00:00:0{}Z", version.len() % 10),
-            kernel_version: "6.1.0-9-amd64".into(),
-            compression: "zstd".into(),
-            source: "/src".into(),
-            build_seconds: 1.0,
-            files,
-            changes: vec![],
-        };
-        store.publish(staging, &manifest).unwrap();
+        use diskless_image::manifest::{KERNEL, SQUASHFS};
+        store
+            .publish_files("lab", version, &[(SQUASHFS, b"squashfs"), (KERNEL, kernel)])
+            .unwrap();
     }
 
     #[tokio::test]

@@ -443,8 +443,7 @@ mod tests {
     use super::*;
     use crate::recorder::{Limits, RecorderTask};
     use axum::body::Body;
-    use diskless_image::manifest::{hash_file, Manifest, BOOT_CPIO, INITRD, KERNEL, SQUASHFS};
-    use std::collections::BTreeMap;
+    use diskless_image::manifest::{BOOT_CPIO, INITRD, KERNEL, SQUASHFS};
 
     struct Fixture {
         _dir: tempfile::TempDir,
@@ -464,32 +463,15 @@ mod tests {
     fn fixture(config: &str) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path().join("store")).unwrap();
-        let staging = store.begin("lab").unwrap();
-        let mut files = BTreeMap::new();
-        for (name, content) in [
-            (SQUASHFS, &b"0123456789"[..]),
+        let files: [(&str, &[u8]); 4] = [
+            (SQUASHFS, b"0123456789"),
             (KERNEL, b"kernel"),
             (INITRD, b"initrd"),
             (BOOT_CPIO, b"cpio"),
-        ] {
-            std::fs::write(staging.dir.join(name), content).unwrap();
-            files.insert(
-                name.to_string(),
-                hash_file(&staging.dir.join(name)).unwrap(),
-            );
-        }
-        let manifest = Manifest {
-            name: "lab".into(),
-            version: "20260101-000000-abcdef01".into(),
-            created: "2026-01-01T00:00:00Z".into(),
-            kernel_version: "6.1.0-9-amd64".into(),
-            compression: "zstd".into(),
-            source: "/src".into(),
-            build_seconds: 1.0,
-            files,
-            changes: vec![],
-        };
-        store.publish(staging, &manifest).unwrap();
+        ];
+        let manifest = store
+            .publish_files("lab", "20260101-000000-abcdef01", &files)
+            .unwrap();
         std::fs::write(dir.path().join("secret"), "do not serve").unwrap();
         let ipxe_dir = dir.path().join("ipxe");
         std::fs::create_dir(&ipxe_dir).unwrap();
