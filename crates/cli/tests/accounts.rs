@@ -164,9 +164,8 @@ fn ssh(ip: &str, password: &str, command: &str) -> Output {
 fn wait_for_ssh(ip: &str, booting: &mut Booting, deadline: Instant) {
     let addr: SocketAddr = format!("{ip}:22").parse().unwrap();
     while TcpStream::connect_timeout(&addr, Duration::from_secs(2)).is_err() {
-        let running = booting.0.as_mut().unwrap().try_wait().unwrap().is_none();
         assert!(
-            running && Instant::now() < deadline,
+            booting.running() && Instant::now() < deadline,
             "{ip} never answered on port 22"
         );
         std::thread::sleep(Duration::from_secs(2));
@@ -216,15 +215,8 @@ fn a_lab_user_logs_in_on_two_clients_and_finds_their_home_on_the_server() {
         cmd.args(["--mac", mac]);
     }
     cmd.arg("--config").arg(&config_path);
-    let output_path = logs.join("vm.out");
-    let output = std::fs::File::create(&output_path).unwrap();
-    let child = cmd
-        .stdout(output.try_clone().unwrap())
-        .stderr(output)
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let mut booting = Booting(Some(child));
+    let mut booting = Booting::start(&mut cmd, &logs);
+    let pid = booting.pid();
 
     let sshd_log = logs.join("sshd.log");
     let (wrong, first, again, second) = std::thread::scope(|s| {
@@ -250,8 +242,8 @@ fn a_lab_user_logs_in_on_two_clients_and_finds_their_home_on_the_server() {
         .join()
         .unwrap()
     });
-    let status = booting.0.take().unwrap().wait().unwrap();
-    let text = std::fs::read_to_string(&output_path).unwrap();
+    let status = booting.wait();
+    let text = std::fs::read_to_string(Booting::output_path(&logs)).unwrap();
     eprintln!("{text}");
     eprintln!(
         "sshd on the server:\n{}",

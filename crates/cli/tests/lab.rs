@@ -59,18 +59,11 @@ fn dashboard_follows_a_boot_live_and_metrics_move() {
     std::fs::create_dir_all(&logs).unwrap();
     let config = work.path().join("diskless.toml");
     std::fs::write(&config, format!("admin_listen = \"{ADMIN}\"\n")).unwrap();
-    let console = std::fs::File::create(logs.join("vm.out")).unwrap();
     // The client stays up a little after multi-user, while the page and metrics are read.
-    let child = vm("test", &store, &logs, &["sleep 30"])
-        .args(["--mac", MAC, "--config"])
-        .arg(&config)
-        .stdout(console.try_clone().unwrap())
-        .stderr(console)
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let mut booting = Booting(Some(child));
-    enter_netns(&format!("diskless-vm-{pid}"));
+    let mut vm = vm("test", &store, &logs, &["sleep 30"]);
+    vm.args(["--mac", MAC, "--config"]).arg(&config);
+    let mut booting = Booting::start(&mut vm, &logs);
+    enter_netns(&format!("diskless-vm-{}", booting.pid()));
 
     // The server is up when its admin listener answers; nothing has booted yet.
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -174,10 +167,10 @@ fn dashboard_follows_a_boot_live_and_metrics_move() {
     assert!(said.is_empty(), "promtool check metrics: {said}");
 
     drop(browser);
-    let status = booting.0.take().unwrap().wait().unwrap();
+    let status = booting.wait();
     assert!(
         status.success(),
         "diskless vm failed: see {}",
-        logs.join("vm.out").display()
+        Booting::output_path(&logs).display()
     );
 }

@@ -226,16 +226,8 @@ fn current_version(store: &Path, name: &str) -> String {
 fn boot_and_meanwhile(store: &Path, logs: &Path, mac: &str, change: impl FnOnce()) -> Value {
     let mut vm = vm("test", store, logs, &["cat /proc/cmdline", ROOT_FS]);
     vm.args(["--mac", mac]);
-    std::fs::create_dir_all(logs).unwrap();
-    let output_path = logs.join("vm.out");
-    let output = std::fs::File::create(&output_path).unwrap();
-    let child = vm
-        .stdout(output.try_clone().unwrap())
-        .stderr(output)
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let mut booting = Booting(Some(child));
+    let mut booting = Booting::start(&mut vm, logs);
+    let pid = booting.pid();
     let clients = logs.join("state/clients.json");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(900);
     loop {
@@ -248,17 +240,16 @@ fn boot_and_meanwhile(store: &Path, logs: &Path, mac: &str, change: impl FnOnce(
         if got_script {
             break;
         }
-        let running = booting.0.as_mut().unwrap().try_wait().unwrap().is_none();
         assert!(
-            running && std::time::Instant::now() < deadline,
+            booting.running() && std::time::Instant::now() < deadline,
             "{mac} never fetched its iPXE script (logs in {})",
             logs.display()
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
     change();
-    let status = booting.0.take().unwrap().wait().unwrap();
-    let text = std::fs::read_to_string(&output_path).unwrap();
+    let status = booting.wait();
+    let text = std::fs::read_to_string(Booting::output_path(logs)).unwrap();
     eprintln!("{text}");
     assert!(status.success(), "diskless vm failed ({status}):\n{text}");
     assert_namespace_gone(pid);

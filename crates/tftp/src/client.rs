@@ -690,9 +690,8 @@ mod tests {
         assert!(s.done);
     }
 
-    #[test]
-    fn window_gap_acks_once() {
-        let t0 = Instant::now();
+    /// A transfer that asked for, and got, blocks of 8 bytes in windows of 4.
+    fn windowed(t0: Instant) -> Transfer {
         let opts = Options {
             blksize: 8,
             windowsize: 4,
@@ -705,6 +704,13 @@ mod tests {
             &Packet::parse(b"\x00\x06blksize\x008\x00windowsize\x004\x00").unwrap(),
         )
         .unwrap();
+        t
+    }
+
+    #[test]
+    fn window_gap_acks_once() {
+        let t0 = Instant::now();
+        let mut t = windowed(t0);
         let b = [0u8; 8];
         assert_eq!(t.handle(t0, &data(1, &b)).unwrap().send, None);
         // Block 2 lost: 3 and 4 arrive; only the first triggers ACK 1.
@@ -735,18 +741,7 @@ mod tests {
         // arriving: while they do, our timer must not fire (its ACK would restart the
         // server once more).
         let t0 = Instant::now();
-        let opts = Options {
-            blksize: 8,
-            windowsize: 4,
-            ..Options::default()
-        };
-        let mut t = Transfer::new("f", &opts);
-        t.start(t0);
-        t.handle(
-            t0,
-            &Packet::parse(b"\x00\x06blksize\x008\x00windowsize\x004\x00").unwrap(),
-        )
-        .unwrap();
+        let mut t = windowed(t0);
         let b = [0u8; 8];
         for blk in 1..=4 {
             t.handle(t0, &data(blk, &b)).unwrap();

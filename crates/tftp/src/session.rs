@@ -579,20 +579,26 @@ mod tests {
         assert!(drain(&mut s, d4).is_empty());
     }
 
-    #[test]
-    fn rtt_is_measured_and_used() {
-        let t0 = Instant::now();
+    /// A lock-step session of 1 MiB whose first 20 blocks came back in 200 µs each, and
+    /// the time the last ACK arrived.
+    fn settled_at_200us() -> (Session, Instant) {
         let mut s = Session::new(
             &RequestOptions::default(),
             1 << 20,
             &SessionConfig::default(),
         );
-        let mut now = t0;
+        let mut now = Instant::now();
         for b in 1..=20u16 {
             drain(&mut s, now);
             now += Duration::from_micros(200);
             s.handle(now, &ack(b));
         }
+        (s, now)
+    }
+
+    #[test]
+    fn rtt_is_measured_and_used() {
+        let (mut s, now) = settled_at_200us();
         drain(&mut s, now);
         // 200 µs round trips: the timer sits at its 10 ms floor, not at seconds.
         assert_eq!(s.deadline().unwrap() - now, Duration::from_millis(10));
@@ -603,18 +609,7 @@ mod tests {
         // The round trip grew from 200 µs to 30 ms (a queue filled): the 10 ms timer
         // fires, the block goes again, the first copy's ACK comes back. The next block
         // must wait the doubled timer, not the 10 ms that just proved too short.
-        let t0 = Instant::now();
-        let mut s = Session::new(
-            &RequestOptions::default(),
-            1 << 20,
-            &SessionConfig::default(),
-        );
-        let mut now = t0;
-        for b in 1..=20u16 {
-            drain(&mut s, now);
-            now += Duration::from_micros(200);
-            s.handle(now, &ack(b));
-        }
+        let (mut s, mut now) = settled_at_200us();
         assert_eq!(blocks(&drain(&mut s, now)), vec![21]);
         now += Duration::from_millis(10);
         s.on_timeout(now);

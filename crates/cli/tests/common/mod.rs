@@ -194,6 +194,42 @@ pub fn assert_namespace_gone(pid: u32) {
 /// namespace and stops QEMU) if the test fails before it ends.
 pub struct Booting(pub Option<std::process::Child>);
 
+impl Booting {
+    /// Start `cmd` (a [`vm`]) in the background, its output (console and server) to
+    /// `logs/vm.out`.
+    pub fn start(cmd: &mut Command, logs: &Path) -> Booting {
+        std::fs::create_dir_all(logs).unwrap();
+        let output = std::fs::File::create(Booting::output_path(logs)).unwrap();
+        let child = cmd
+            .stdout(output.try_clone().unwrap())
+            .stderr(output)
+            .spawn()
+            .unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+        Booting(Some(child))
+    }
+
+    /// Where [`Booting::start`] writes the run's output.
+    pub fn output_path(logs: &Path) -> PathBuf {
+        logs.join("vm.out")
+    }
+
+    /// The pid of `diskless vm`, which names its namespace (`diskless-vm-PID`).
+    pub fn pid(&self) -> u32 {
+        self.0.as_ref().expect("still running").id()
+    }
+
+    /// Whether `diskless vm` is still running.
+    pub fn running(&mut self) -> bool {
+        let child = self.0.as_mut().expect("not waited for yet");
+        child.try_wait().unwrap().is_none()
+    }
+
+    /// Wait for `diskless vm` to end.
+    pub fn wait(&mut self) -> std::process::ExitStatus {
+        self.0.take().expect("waited for once").wait().unwrap()
+    }
+}
+
 impl Drop for Booting {
     fn drop(&mut self) {
         if let Some(mut child) = self.0.take() {
