@@ -120,14 +120,13 @@ impl std::fmt::Display for Refusal {
     }
 }
 
-/// The decision: whether the site serves the peer whose MAC is `mapped`.
+/// The decision: whether the site serves the peer whose MAC is `mapped` (the one boot
+/// decision, [`Site::serves`]; a peer whose MAC is unknown only where it matters).
 pub fn decide(site: &Site, mapped: Option<Mac>) -> Result<(), Refusal> {
-    if site.unknown_clients == UnknownClients::Boot {
-        return Ok(());
-    }
     match mapped {
+        _ if site.unknown_clients == UnknownClients::Boot => Ok(()),
         None => Err(Refusal::Unmapped),
-        Some(mac) if site.clients.contains_key(&mac) => Ok(()),
+        Some(mac) if site.serves(mac) => Ok(()),
         Some(mac) => Err(Refusal::Unlisted(mac)),
     }
 }

@@ -643,13 +643,7 @@ mod tests {
             "[boot]\nimage = \"lab\"\nimage_urls = [\"http://origin\"]\n\
              [[subnet]]\ncidr = \"10.1.4.0/24\"\nimage_urls = [\"http://cache-room4\"]\n",
         );
-        let from = |peer: &str| {
-            let mut request = get("/boot/52-54-00-12-34-56.ipxe");
-            request
-                .extensions_mut()
-                .insert(ConnectInfo(SocketAddr::new(peer.parse().unwrap(), 40000)));
-            request
-        };
+        let script = |peer: &str| from(peer, get("/boot/52-54-00-12-34-56.ipxe"));
         let image = |body: &str| {
             body.split_whitespace()
                 .find_map(|w| w.strip_prefix("diskless.image="))
@@ -658,7 +652,7 @@ mod tests {
                 .map(|u| u.split("/images/").next().unwrap().to_string())
                 .collect::<Vec<_>>()
         };
-        let (_, _, body) = call(&f.state, from("10.1.4.23")).await;
+        let (_, _, body) = call(&f.state, script("10.1.4.23")).await;
         assert_eq!(image(&body), ["http://cache-room4", "http://10.0.0.1:8080"]);
         assert!(
             body.contains(&format!(
@@ -667,7 +661,7 @@ mod tests {
             )),
             "{body}"
         );
-        let (_, _, body) = call(&f.state, from("10.1.5.23")).await;
+        let (_, _, body) = call(&f.state, script("10.1.5.23")).await;
         assert_eq!(image(&body), ["http://origin", "http://10.0.0.1:8080"]);
     }
 
