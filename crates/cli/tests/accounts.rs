@@ -175,17 +175,13 @@ fn wait_for_ssh(ip: &str, booting: &mut Booting, deadline: Instant) {
 #[test]
 #[ignore = "needs root, QEMU, sshpass and minutes: run by scripts/test"]
 fn a_lab_user_logs_in_on_two_clients_and_finds_their_home_on_the_server() {
-    if let Some(why) =
-        diskless_testkit::missing_tools(&["sshpass", "ssh", "chroot", "qemu-system-x86_64"])
-    {
-        diskless_testkit::skip(&format!("{why}: scripts/install-deps --test installs them"));
+    if !diskless_testkit::root_with_tools(&["sshpass", "ssh", "chroot", "qemu-system-x86_64"]) {
         return;
     }
     let work = Work::new();
     let store = work.path().join("store");
     add_image(&store, "lab");
     let logs = work.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
     let server_dir = tempfile::Builder::new()
         .prefix("diskless-accounts-")
         .tempdir_in("/var/tmp")
@@ -230,13 +226,13 @@ fn a_lab_user_logs_in_on_two_clients_and_finds_their_home_on_the_server() {
             let first = ssh(
                 ip1,
                 PASSWORD,
-                "echo written on pc01 > ~/note && findmnt -n -o FSTYPE ~ && touch /tmp/diskless-test-done",
+                &format!("echo written on pc01 > ~/note && findmnt -n -o FSTYPE ~ && touch {DONE}"),
             );
             // The home is mounted now: a wrong password must still be refused.
             let wrong_again = ssh(ip1, "not the password", "true");
             let again = ssh(ip1, PASSWORD, "cat ~/note");
             wait_for_ssh(ip2, &mut booting, deadline);
-            let second = ssh(ip2, PASSWORD, "cat ~/note; touch /tmp/diskless-test-done");
+            let second = ssh(ip2, PASSWORD, &format!("cat ~/note; touch {DONE}"));
             ([wrong, wrong_again], first, again, second)
         })
         .join()

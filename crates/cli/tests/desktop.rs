@@ -112,15 +112,19 @@ fn an_xfce_image_boots_to_the_lightdm_greeter() {
     let wait = format!(
         "for i in $(seq 100); do pgrep -x {GREETER} >/dev/null && break; sleep 1; done; true"
     );
+    // The greeter's start, in seconds since the kernel started.
+    let started = format!(
+        "echo $(( $(cut -d. -f1 /proc/uptime) - $(ps -o etimes= -C {GREETER} | head -1) ))"
+    );
+    let running = format!("sleep 45; pgrep -x {GREETER} >/dev/null && echo greeter-running");
     let checks = [
         wait.as_str(),
         wait.as_str(),
         wait.as_str(),
         "systemctl is-active lightdm",
         "systemctl get-default",
-        // The greeter's start, in seconds since the kernel started.
-        "echo $(( $(cut -d. -f1 /proc/uptime) - $(ps -o etimes= -C lightdm-gtk-gre | head -1) ))",
-        "sleep 45; pgrep -x lightdm-gtk-gre >/dev/null && echo greeter-running",
+        started.as_str(),
+        running.as_str(),
         "free -m",
     ];
     let png = logs.join("greeter.png");

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::Command;
 
 mod common;
-use common::{bootstrapped_root, command_output, diskless, read_report, run, vm};
+use common::{bootstrapped_root, command_output, diskless, read_report, run, vm, Overlay};
 
 fn squashfs_listing(store: &Path) -> String {
     let current = store.join("images/e2e/current/root.squashfs");
@@ -134,38 +134,6 @@ fn a_debian_workstation_boots_from_a_ram_overlay() {
     assert!(!namespaces.contains("diskless-vm-"), "{namespaces}");
 }
 
-/// An overlay mount of a tree, so a test can change it and leave the cached tree untouched;
-/// unmounted on drop, also when the test fails.
-struct Overlay {
-    merged: std::path::PathBuf,
-}
-
-impl Overlay {
-    fn new(lower: &Path, work: &Path) -> Overlay {
-        let (upper, ovl_work, merged) =
-            (work.join("upper"), work.join("work"), work.join("merged"));
-        for dir in [&upper, &ovl_work, &merged] {
-            std::fs::create_dir_all(dir).unwrap();
-        }
-        let options = format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lower.display(),
-            upper.display(),
-            ovl_work.display()
-        );
-        run(Command::new("mount")
-            .args(["-t", "overlay", "overlay", "-o", &options])
-            .arg(&merged));
-        Overlay { merged }
-    }
-}
-
-impl Drop for Overlay {
-    fn drop(&mut self) {
-        let _ = Command::new("umount").arg(&self.merged).status();
-    }
-}
-
 /// Issue 5: `diskless initrd install` makes the tree's own initrd carry the boot script, the
 /// helper and the modules; an image built from that tree needs no diskless.cpio, and a client
 /// boots it with initrd.img alone.
@@ -174,7 +142,7 @@ impl Drop for Overlay {
 fn a_single_initrd_made_by_initrd_install_boots() {
     let lower = bootstrapped_root();
     let work = tempfile::tempdir().unwrap();
-    let tree = Overlay::new(&lower, &work.path().join("tree"));
+    let tree = Overlay::mount(&lower, &work.path().join("tree"));
     run(diskless()
         .args(["initrd", "install", "--root"])
         .arg(&tree.merged));

@@ -56,7 +56,6 @@ fn dashboard_follows_a_boot_live_and_metrics_move() {
     let store = work.path().join("store");
     add_image(&store, "test");
     let logs = work.path().join("logs");
-    std::fs::create_dir_all(&logs).unwrap();
     let config = work.path().join("diskless.toml");
     std::fs::write(&config, format!("admin_listen = \"{ADMIN}\"\n")).unwrap();
     // The client stays up a little after multi-user, while the page and metrics are read.

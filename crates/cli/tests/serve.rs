@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -72,11 +71,9 @@ impl Netns {
 
     /// Run `f` on a thread inside the namespace (its sockets are the namespace's).
     fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let file = std::fs::File::open(format!("/run/netns/{}", self.0)).unwrap();
+        let name = self.0.clone();
         std::thread::spawn(move || {
-            // SAFETY: setns on this thread only, with a namespace file we hold open.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
+            common::enter_netns(&name);
             f()
         })
         .join()
@@ -111,7 +108,7 @@ impl Server {
             .spawn()
             .unwrap();
         // `ip netns exec` executes the command in place: the child is the server.
-        let server = Server { child, log };
+        let mut server = Server { child, log };
         server.wait_for("diskless server starting");
         server
     }
@@ -121,10 +118,11 @@ impl Server {
     }
 
     /// Wait until the log says `what` (a server that stops first fails the test).
-    fn wait_for(&self, what: &str) {
+    fn wait_for(&mut self, what: &str) {
         let deadline = Instant::now() + Duration::from_secs(30);
         while !self.log().contains(what) {
-            let exited = std::fs::metadata(format!("/proc/{}", self.child.id())).is_err();
+            // Reaped here: a server that died is not left a zombie that still has /proc/PID.
+            let exited = self.child.try_wait().unwrap().is_some();
             assert!(
                 !exited && Instant::now() < deadline,
                 "the server never said {what:?}:\n{}",
@@ -186,7 +184,7 @@ fn serve_started_as_root_runs_as_its_user_with_two_capabilities() {
     // (A valid report key: 32 bytes.)
     std::fs::write(state.join("report.key"), [7u8; 32]).unwrap();
     let ns = Netns::new("priv");
-    let server = Server::start(&ns, &config, TEST_USER, dir.path().join("serve.log"));
+    let mut server = Server::start(&ns, &config, TEST_USER, dir.path().join("serve.log"));
 
     // It serves, on a port only CAP_NET_BIND_SERVICE could bind.
     let body = ns.run(|| {
@@ -300,7 +298,7 @@ fn serve_names_a_missing_user_and_a_config_it_could_not_read_again() {
 /// with a MAC of its own. Everything is deleted on drop (the namespaces take their links).
 struct Lan {
     server: Netns,
-    clients: Vec<(Netns, &'static str, &'static str)>,
+    clients: Vec<Netns>,
 }
 
 impl Lan {
@@ -332,7 +330,7 @@ impl Lan {
             ip(&ns, &["link", "set", "eth0", "address", mac]);
             ip(&ns, &["addr", "add", &format!("{addr}/24"), "dev", "eth0"]);
             ip(&ns, &["link", "set", "eth0", "up"]);
-            lan.clients.push((ns, addr, mac));
+            lan.clients.push(ns);
         }
         lan
     }
@@ -387,7 +385,7 @@ fn ignored_unknown_clients_get_403_and_access_violation_the_listed_one_is_served
         .replace("mode = \"proxy\"", "mode = \"full\"");
     std::fs::write(&config, text).unwrap();
     // As the service runs: a user, mapping peers from the neighbour table.
-    let server = Server::start(
+    let mut server = Server::start(
         &lan.server,
         &config,
         TEST_USER,
@@ -395,7 +393,7 @@ fn ignored_unknown_clients_get_403_and_access_violation_the_listed_one_is_served
     );
     server.wait_for("answering IPv6 router solicitations");
 
-    let (listed_ns, stranger_ns) = (&lan.clients[0].0, &lan.clients[1].0);
+    let (listed_ns, stranger_ns) = (&lan.clients[0], &lan.clients[1]);
     for path in ["/ipxe/ipxe.efi", "/api/clients"] {
         assert_eq!(http_status(listed_ns, path), 200, "{path}");
         assert_eq!(http_status(stranger_ns, path), 403, "{path}");

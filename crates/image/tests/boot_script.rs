@@ -5,6 +5,9 @@
 //! with no local password, the PAM line goes before pam_unix, and a second boot on a kept
 //! layer changes nothing. (The whole path, with sshd and sshfs, is `crates/cli/tests/accounts.rs`.)
 
+mod common;
+
+use common::write;
 use diskless_image::bootcpio::BOOT_SCRIPT;
 use std::path::Path;
 use std::process::Command;
@@ -25,24 +28,20 @@ const SERVED_PASSWD: &str = "alice:x:1000:1000:Alice:/home/alice:/bin/bash\n\
 const SERVED_GROUP: &str = "alice:x:1000:\nlab:x:1500:alice\nsudo:x:27:alice\n";
 const KNOWN_HOSTS: &str = "10.0.0.1 ssh-ed25519 AAAAkey\n";
 
-fn write(path: &Path, text: &str) {
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(path, text).unwrap();
-}
-
 /// One boot's `diskless_accounts` on `dir/root`; returns its output.
 fn boot(dir: &Path) -> String {
     let fetch = dir.join("bin/diskless-fetch");
     write(
-        &fetch,
-        &format!(
+        dir,
+        "bin/diskless-fetch",
+        format!(
             "#!/bin/sh\ncat \"{}/${{2##*/}}\"\n",
             dir.join("served").display()
         ),
     );
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&fetch, std::fs::Permissions::from_mode(0o755)).unwrap();
-    write(&dir.join("diskless"), BOOT_SCRIPT);
+    write(dir, "diskless", BOOT_SCRIPT);
     let script = format!(
         "log_success_msg() {{ echo \"$*\"; }}\n\
          log_failure_msg() {{ echo \"FAILED: $*\"; }}\n\
@@ -92,14 +91,14 @@ fn the_lab_accounts_are_added_without_passwords_and_only_once() {
         ("gshadow", GSHADOW),
         ("pam.d/common-auth", COMMON_AUTH),
     ] {
-        write(&etc.join(file), text);
+        write(&etc, file, text);
     }
     for (file, text) in [
         ("passwd", SERVED_PASSWD),
         ("group", SERVED_GROUP),
         ("ssh_known_hosts", KNOWN_HOSTS),
     ] {
-        write(&dir.join("served").join(file), text);
+        write(&dir.join("served"), file, text);
     }
 
     let said = boot(dir);
@@ -160,8 +159,8 @@ fn a_server_without_the_accounts_leaves_the_image_as_it_is_and_the_boot_goes_on(
     }
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    write(&dir.join("root/etc/passwd"), PASSWD);
-    write(&dir.join("root/etc/pam.d/common-auth"), COMMON_AUTH);
+    write(dir, "root/etc/passwd", PASSWD);
+    write(dir, "root/etc/pam.d/common-auth", COMMON_AUTH);
     std::fs::create_dir_all(dir.join("served")).unwrap();
     let said = boot(dir);
     assert!(

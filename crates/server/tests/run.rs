@@ -158,14 +158,15 @@ async fn scripts_follow_a_reload_and_everything_stops_on_shutdown() {
         .unwrap();
     let script = get(http, "/boot/52-54-00-12-34-56.ipxe").await;
     assert!(script.starts_with("HTTP/1.0 403"), "{script}");
-    handle.reload(site(dir.path(), "")).unwrap();
-    // What needs new sockets is refused, and the running site stays.
+    // What needs new sockets is refused, and the running site stays: still refused.
     let mut moved = site(dir.path(), "");
     moved.http_port = 8080;
     assert!(matches!(
         handle.reload(moved),
         Err(ReloadError::RestartNeeded("ports"))
     ));
+    let script = get(http, "/boot/52-54-00-12-34-56.ipxe").await;
+    assert!(script.starts_with("HTTP/1.0 403"), "{script}");
     // With an image and the clients booted again, the script carries a report token.
     publish_lab(&dir.path().join("store"));
     handle.reload(site(dir.path(), "")).unwrap();
@@ -198,7 +199,7 @@ async fn scripts_follow_a_reload_and_everything_stops_on_shutdown() {
     }
     assert!(metrics.contains(fetched), "{metrics}");
     assert!(
-        metrics.contains("diskless_access_refused_total{protocol=\"http\"} 1")
+        metrics.contains("diskless_access_refused_total{protocol=\"http\"} 2")
             && metrics.contains("diskless_reports_refused_total{reason=\"missing\"} 1"),
         "{metrics}"
     );

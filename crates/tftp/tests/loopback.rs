@@ -565,8 +565,6 @@ fn virtual_files_before_the_root() {
 /// reason, and nothing is read.
 #[test]
 fn the_allow_hook_refuses_with_access_violation() {
-    use diskless_tftp::server::TransferOutcome;
-    use diskless_tftp::wire::ErrorCode;
     let root = root_with(&[("ok", b"fine"), ("private", b"not for you")]);
     let mut config = ServerConfig::new(root.path());
     config.allow = Some(std::sync::Arc::new(|name: &std::path::Path, _client| {
@@ -579,7 +577,16 @@ fn the_allow_hook_refuses_with_access_violation() {
     let srv = TestServer::start_with(config, "127.0.0.1:0", None);
     let (got, _) = fetch(srv.addr, "ok", &opts(512, 1)).unwrap();
     assert_eq!(got, b"fine");
-    assert!(fetch(srv.addr, "private", &opts(512, 1)).is_err());
+    // The client hears the refusal, with its reason (not a timeout).
+    let refusal = fetch(srv.addr, "private", &opts(512, 1)).unwrap_err();
+    assert!(
+        matches!(
+            &refusal,
+            client::Error::Server { code: ErrorCode::AccessViolation, message }
+                if message == "not a client of this server"
+        ),
+        "{refusal:?}"
+    );
     let logs = srv.wait_logs(2);
     let refused = logs
         .iter()
