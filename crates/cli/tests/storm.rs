@@ -29,6 +29,8 @@ use std::time::{Duration, Instant};
 
 mod common;
 
+use common::run;
+
 /// The image's size: 3 slices of docs/nginx-cache.conf's 4 MiB, the last one partial.
 const IMAGE_BYTES: u64 = 10_000_000;
 const SLICE: u64 = 4 * 1024 * 1024;
@@ -40,18 +42,6 @@ fn top() -> PathBuf {
 
 fn storm_net() -> Command {
     Command::new(top().join("scripts/storm-net"))
-}
-
-fn check(cmd: &mut Command) -> String {
-    let shown = format!("{cmd:?}");
-    let out = cmd.output().unwrap_or_else(|e| panic!("{shown}: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{shown} failed:\n{text}");
-    text
 }
 
 fn in_ns(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
@@ -77,12 +67,7 @@ fn fetch_helper() -> Result<PathBuf, String> {
 
 /// Whether the test can run here; skips it (fails it under CI=true) if not.
 fn prerequisites(tools: &[&str]) -> Option<PathBuf> {
-    if !diskless_testkit::is_root() {
-        diskless_testkit::skip("needs root (network namespaces, tc)");
-        return None;
-    }
-    if let Some(why) = diskless_testkit::missing_tools(tools) {
-        diskless_testkit::skip(&format!("{why} (scripts/install-deps --test)"));
+    if !diskless_testkit::root_with_tools(tools) {
         return None;
     }
     match fetch_helper() {
@@ -118,7 +103,7 @@ impl Lab {
             servers: Vec::new(),
             fetch,
         };
-        check(storm_net().args(["up", &lab.tag, &clients.to_string()]));
+        run(storm_net().args(["up", &lab.tag, &clients.to_string()]));
         lab
     }
 
@@ -132,7 +117,7 @@ impl Lab {
 
     /// One more namespace on the bridge, `TAG-name` at `ip`.
     fn host(&self, name: &str, ip: &str) {
-        check(storm_net().args(["host", &self.tag, name, ip]));
+        run(storm_net().args(["host", &self.tag, name, ip]));
     }
 
     /// Starts `cmd` (already inside its namespace) with its output in `log`.
@@ -188,10 +173,8 @@ impl Lab {
     /// command line's sources and sha256, and the script.
     fn script(&self, i: usize, server: &str) -> (Vec<String>, String, String) {
         let mac = format!("52-54-00-00-00-{i:02x}");
-        let script = check(
-            in_ns(&self.ns(&format!("c{i}")), "curl")
-                .args(["-sf", &format!("http://{server}/boot/{mac}.ipxe")]),
-        );
+        let script = run(in_ns(&self.ns(&format!("c{i}")), "curl")
+            .args(["-sf", &format!("http://{server}/boot/{mac}.ipxe")]));
         let word = |key: &str| {
             script
                 .split_whitespace()
@@ -280,13 +263,18 @@ impl Drop for Lab {
             let _ = child.kill();
             let _ = child.wait();
         }
-        // What is left in our namespaces (nginx's workers).
-        for name in ["srv", "cache", "b", "dhcp"] {
-            kill_namespace(&self.ns(name));
+        // What is left in our namespaces: nginx's workers, and the clients of a storm the
+        // test did not wait for (it failed mid-storm).
+        let prefix = format!("{}-", self.tag);
+        if let Ok(out) = Command::new("ip").args(["netns", "list"]).output() {
+            for line in String::from_utf8_lossy(&out.stdout).lines() {
+                let ns = line.split_whitespace().next().unwrap_or("");
+                if ns.starts_with(&prefix) {
+                    kill_namespace(ns);
+                }
+            }
         }
-        let _ = storm_net()
-            .args(["down", &self.tag, &self.clients.to_string()])
-            .status();
+        let _ = storm_net().args(["down", &self.tag]).status();
         if std::thread::panicking() {
             if let Some(dir) = self.dir.take() {
                 eprintln!("logs kept in {}", dir.keep().display());
@@ -463,7 +451,7 @@ fn room_cache() {
     // The cache dies a quarter of the way through a storm (a warm cache, its link to the
     // clients at 200 Mbit: 50 x 10 MB is 20 s of wire time): the clients resume from the
     // origin and all verify the image.
-    check(storm_net().args(["shape", &lab.ns("cache"), "eth0", "200mbit"]));
+    run(storm_net().args(["shape", &lab.ns("cache"), "eth0", "200mbit"]));
     let before = image_requests(&lab.path().join("origin.log"));
     let storm = lab.storm("killed", &sha, &sources);
     lab.mid_storm("killed");
@@ -510,12 +498,10 @@ fn two_servers() {
     lab.host("b", SECOND);
     // The same images on both: the second server's store is a copy of the first's.
     let sha256 = store_with_image(&lab.path().join("store-a"));
-    check(
-        Command::new("cp")
-            .arg("-a")
-            .arg(lab.path().join("store-a"))
-            .arg(lab.path().join("store-b")),
-    );
+    run(Command::new("cp")
+        .arg("-a")
+        .arg(lab.path().join("store-a"))
+        .arg(lab.path().join("store-b")));
     // One config for the lab, on both servers: both named, the first first.
     let config = format!(
         "[boot]\nimage = \"storm\"\nimage_urls = [\"http://{ORIGIN}\", \"http://{SECOND}\"]\n"
@@ -552,16 +538,14 @@ fn two_servers() {
          ip addr add \"$ip/${mask:-16}\" dev \"$interface\" && echo \"BOUND $ip\"\n",
     )
     .unwrap();
-    check(Command::new("chmod").arg("+x").arg(&script));
+    run(Command::new("chmod").arg("+x").arg(&script));
     let addresses: Vec<String> = (1..=CLIENTS)
         .map(|i| {
             let ns = lab.ns(&format!("c{i}"));
-            check(Command::new("ip").args(["-n", &ns, "addr", "flush", "dev", "eth0"]));
-            let out = check(
-                in_ns(&ns, "udhcpc")
-                    .args(["-i", "eth0", "-n", "-q", "-t", "10", "-T", "1", "-s"])
-                    .arg(&script),
-            );
+            run(Command::new("ip").args(["-n", &ns, "addr", "flush", "dev", "eth0"]));
+            let out = run(in_ns(&ns, "udhcpc")
+                .args(["-i", "eth0", "-n", "-q", "-t", "10", "-T", "1", "-s"])
+                .arg(&script));
             let ip = out
                 .lines()
                 .find_map(|l| l.strip_prefix("BOUND "))
@@ -590,7 +574,7 @@ fn two_servers() {
 
     // The first server's link at 100 Mbit (10 x 10 MB: 8 s of wire time); it dies a quarter
     // of the way through.
-    check(storm_net().args(["shape", &lab.ns("srv"), "srv0", "100mbit"]));
+    run(storm_net().args(["shape", &lab.ns("srv"), "srv0", "100mbit"]));
     let storm = lab.storm("storm", &sha, &sources);
     lab.mid_storm("storm");
     let done_before_kill = lab.done("storm");
