@@ -468,21 +468,30 @@ fn room_cache() {
         before.get("10.77.0.2"),
         "the warm cache fetched again"
     );
-    let mut resumed = 0;
-    for i in (1..=CLIENTS).filter(|i| !done_before_kill.contains(i)) {
-        let ranges = after
-            .get(&client_ip(i))
-            .unwrap_or_else(|| panic!("client {i} never reached the origin: {after:?}"));
+    // Which clients lost the cache is what each client's helper says: a client can have all
+    // of the image in its socket when the cache dies and finish without the origin, after
+    // the snapshot of who was done (seen: client 33 of 50, 2026-11-29).
+    let (mut interrupted, mut resumed) = (0, 0);
+    for i in 1..=CLIENTS {
+        let log = std::fs::read_to_string(lab.path().join(format!("killed/log.{i}"))).unwrap();
+        // One fetch, from the cache, and verified: done before the cache died.
+        if log.matches("diskless: fetching ").count() == 1 {
+            continue;
+        }
+        interrupted += 1;
+        let ranges = after.get(&client_ip(i)).unwrap_or_else(|| {
+            panic!("client {i} lost the cache but never reached the origin: {after:?}\n{log}")
+        });
         resumed += ranges.iter().filter(|r| r.starts_with("bytes=")).count();
     }
     assert!(
-        resumed > 0,
-        "no client resumed its download at the origin: {after:?}"
+        interrupted > 0 && resumed > 0,
+        "no client resumed its download at the origin ({interrupted} interrupted): {after:?}"
     );
     eprintln!(
-        "room_cache: cache killed with {} of {CLIENTS} clients done; {} fell back to the origin, {resumed} resumed with Range",
-        done_before_kill.len(),
-        CLIENTS - done_before_kill.len()
+        "room_cache: cache killed with {} of {CLIENTS} clients done; {interrupted} lost it and \
+         fell back to the origin, {resumed} resumed with Range",
+        done_before_kill.len()
     );
 }
 
