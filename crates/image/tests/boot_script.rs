@@ -91,20 +91,20 @@ fn boot(dir: &Path) -> String {
     text
 }
 
-fn read(dir: &Path, file: &str) -> String {
-    std::fs::read_to_string(dir.join("root/etc").join(file)).unwrap()
+/// Whether busybox (the initramfs's shell) is here; when not, the test is skipped.
+fn have_busybox() -> bool {
+    let why = diskless_testkit::missing_tools(&["busybox"]);
+    if let Some(why) = &why {
+        diskless_testkit::skip(&format!(
+            "{why}: install busybox-static (scripts/install-deps)"
+        ));
+    }
+    why.is_none()
 }
 
-#[test]
-fn the_lab_accounts_are_added_without_passwords_and_only_once() {
-    if let Some(why) = diskless_testkit::missing_tools(&["busybox", "shellcheck"]) {
-        diskless_testkit::skip(&format!(
-            "{why}: install busybox-static and shellcheck (scripts/install-deps --test)"
-        ));
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let dir = dir.path();
+/// A Debian system's account and PAM files in `dir/root/etc`, and what the server serves in
+/// `dir/served`.
+fn lab_tree(dir: &Path) {
     let etc = dir.join("root/etc");
     for (file, text) in [
         ("passwd", PASSWD),
@@ -123,6 +123,23 @@ fn the_lab_accounts_are_added_without_passwords_and_only_once() {
     ] {
         write(&dir.join("served"), file, text);
     }
+}
+
+fn read(dir: &Path, file: &str) -> String {
+    std::fs::read_to_string(dir.join("root/etc").join(file)).unwrap()
+}
+
+#[test]
+fn the_lab_accounts_are_added_without_passwords_and_only_once() {
+    if let Some(why) = diskless_testkit::missing_tools(&["busybox", "shellcheck"]) {
+        diskless_testkit::skip(&format!(
+            "{why}: install busybox-static and shellcheck (scripts/install-deps --test)"
+        ));
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    lab_tree(dir);
 
     let said = boot(dir);
     assert!(said.contains("1 lab accounts"), "{said}");
@@ -194,10 +211,7 @@ fn the_lab_accounts_are_added_without_passwords_and_only_once() {
 
 #[test]
 fn a_server_without_the_accounts_leaves_the_image_as_it_is_and_the_boot_goes_on() {
-    if let Some(why) = diskless_testkit::missing_tools(&["busybox"]) {
-        diskless_testkit::skip(&format!(
-            "{why}: install busybox-static (scripts/install-deps)"
-        ));
+    if !have_busybox() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -238,10 +252,7 @@ fn new_variables(dir: &Path, commands: &str) -> (Vec<String>, String) {
 
 #[test]
 fn the_command_line_is_split_into_words_that_are_not_globs() {
-    if let Some(why) = diskless_testkit::missing_tools(&["busybox"]) {
-        diskless_testkit::skip(&format!(
-            "{why}: install busybox-static (scripts/install-deps)"
-        ));
+    if !have_busybox() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -277,22 +288,12 @@ fn the_command_line_is_split_into_words_that_are_not_globs() {
 
 #[test]
 fn functions_leave_only_their_documented_outputs() {
-    if let Some(why) = diskless_testkit::missing_tools(&["busybox"]) {
-        diskless_testkit::skip(&format!(
-            "{why}: install busybox-static (scripts/install-deps)"
-        ));
+    if !have_busybox() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    write(dir, "root/etc/passwd", PASSWD);
-    write(dir, "root/etc/group", GROUP);
-    write(dir, "root/etc/shadow", SHADOW);
-    write(dir, "root/etc/pam.d/common-auth", COMMON_AUTH);
-    write(dir, "root/etc/pam.d/common-session", COMMON_SESSION);
-    write(dir, "served/passwd", SERVED_PASSWD);
-    write(dir, "served/group", SERVED_GROUP);
-    write(dir, "served/ssh_known_hosts", KNOWN_HOSTS);
+    lab_tree(dir);
     write(
         dir,
         "cmdline",
