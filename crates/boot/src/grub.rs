@@ -220,6 +220,10 @@ mod tests {
             )
         );
         assert_eq!(lines[4], "boot");
+        assert!(
+            lines[2].contains(" 'panic=30' "),
+            "a failed boot reboots: {cfg}"
+        );
     }
 
     #[test]

@@ -79,6 +79,15 @@ pub fn sources(p: &ScriptParams, file: ImageFile, own: String) -> Vec<String> {
     urls
 }
 
+/// `panic=` on every command line: the seconds a failed boot waits before it reboots. A boot
+/// that fails in the initramfs ends in initramfs-tools' `panic`, which without `panic=` opens
+/// a root shell on the console, unauthenticated (docs/SECURITY.md); with it the machine shows
+/// the failure this long (time to read the `Failure:` line, or to photograph it) and reboots to
+/// try again, which is what a transient failure (a server restarting) needs. The kernel's own
+/// panics reboot after it too. It goes before the site's `cmdline`, so a `panic=` there wins
+/// (the last one counts, for the kernel and for initramfs-tools alike).
+pub const PANIC_REBOOT_SECONDS: u32 = 30;
+
 pub fn kernel_cmdline(p: &ScriptParams) -> String {
     let squashfs = p.image.route(ImageFile::Squashfs);
     let own = match p.protocol {
@@ -105,6 +114,7 @@ pub fn kernel_cmdline(p: &ScriptParams) -> String {
         format!("systemd.machine_id={}", machine_id(p.mac)),
         // initramfs-tools configures the NIC the client booted from, not the first one found.
         format!("BOOTIF=01-{}", p.mac.hyphenated()),
+        format!("panic={PANIC_REBOOT_SECONDS}"),
     ]);
     if !p.boot.cmdline.is_empty() {
         words.push(p.boot.cmdline.clone());
@@ -225,6 +235,7 @@ pub(crate) mod tests {
             "diskless.size=3G",
             "diskless.report=http://10.0.0.1:8080/api/report/52-54-00-12-34-56?token=0123456789abcdef.42",
             "BOOTIF=01-52-54-00-12-34-56",
+            "panic=30",
             "quiet",
         ] {
             assert!(
@@ -237,6 +248,22 @@ pub(crate) mod tests {
             tftp.contains("diskless.image=tftp://10.0.0.1/images/lab/"),
             "{tftp}"
         );
+    }
+
+    #[test]
+    fn a_failed_boot_reboots_unless_the_site_says_otherwise() {
+        let mut b = boot();
+        let script = ipxe_script(&params(&b, ImageProtocol::Http));
+        let kernel = script.lines().find(|l| l.starts_with("kernel ")).unwrap();
+        assert!(kernel.split(' ').any(|w| w == "panic=30"), "{script}");
+        // The site's own panic= comes after ours: the last one is the one that counts.
+        b.cmdline = "quiet panic=5".into();
+        let cmdline = kernel_cmdline(&params(&b, ImageProtocol::Http));
+        let panics: Vec<&str> = cmdline
+            .split(' ')
+            .filter(|w| w.starts_with("panic="))
+            .collect();
+        assert_eq!(panics, ["panic=30", "panic=5"], "{cmdline}");
     }
 
     #[test]

@@ -1,8 +1,11 @@
 //! Issue 13, the lab's accounts and their homes: a user added on the server logs in on a
 //! client with the server's password, writes a file in their home, and finds it there after
 //! logging in on a second client; a wrong password is refused (also once the home is mounted,
-//! when the check is a second, throw-away mount); the clients hold no password
-//! hash of the lab's users (their shadow says `*`) and root stays locked.
+//! when the check is a second, throw-away mount); the home stays mounted while one of the
+//! user's logins is still open and is unmounted after the last one ends (issue 22); the
+//! clients hold no password hash of the lab's users (their shadow says `*`) and root stays
+//! locked. The server's sshd limits the lab's group as docs/SECURITY.md says (`Match Group`,
+//! `ForceCommand internal-sftp`, no forwarding): the homes work, a shell on the server does not.
 //!
 //! The server side runs in the `diskless vm` network namespace: `diskless serve` with
 //! `[accounts]` (the vm's own server), and Debian's sshd from the bootstrapped tree cached in
@@ -14,6 +17,7 @@
 //! Run by scripts/test (`cargo test -p diskless --test accounts -- --ignored`): it needs root,
 //! network namespaces, QEMU, sshpass, and the shared test image (which has sshfs).
 
+use std::io::BufRead;
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -34,8 +38,25 @@ const CLIENTS: [(&str, &str, &str); 2] = [
 ];
 /// Touched by the test (as the user, over SSH) when it is done with a client.
 const DONE: &str = "/tmp/diskless-test-done";
+/// Touched by the user's second login on pc01 when it ends, to end the first.
+const RELEASE: &str = "/tmp/diskless-test-release";
 const SHADOW: &str = "grep -E '^(alice|root):' /etc/shadow";
-const HOME_MOUNT: &str = "findmnt -n -o FSTYPE,SOURCE /home/alice";
+/// What is mounted on the home once the user's last login has ended (the check waits, up to
+/// 30 s, for PAM's session close of that login to have run): nothing. (`diskless vm` takes a
+/// check's non-zero status for a failure, findmnt's finding nothing included.)
+const HOME_MOUNT: &str =
+    "for i in $(seq 30); do mountpoint -q /home/alice || break; sleep 1; done; \
+     findmnt -n -o FSTYPE,SOURCE /home/alice || echo nothing mounted";
+
+/// The end of the server's sshd_config: docs/SECURITY.md's lines for the lab's users.
+const SSHD_LAB_GROUP: &str = "\nMatch Group lab\n\
+    \tForceCommand internal-sftp\n\
+    \tAllowTcpForwarding no\n\
+    \tAllowStreamLocalForwarding no\n\
+    \tAllowAgentForwarding no\n\
+    \tX11Forwarding no\n\
+    \tPermitTunnel no\n\
+    \tPermitTTY no\n";
 
 /// The server's tree: the cached Debian tree under an overlay, with /proc and /dev for sshd.
 struct ServerTree {
@@ -67,7 +88,16 @@ impl ServerTree {
             tree.mounts.push(target);
         }
         std::fs::create_dir_all(root.join("run/sshd")).unwrap();
-        tree.chroot(&["useradd", "-m", "-s", "/bin/bash", USER], None);
+        // As docs/SECURITY.md tells an admin to: the lab's users get SFTP only.
+        let config = root.join("etc/ssh/sshd_config");
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        text.push_str(SSHD_LAB_GROUP);
+        std::fs::write(&config, text).unwrap();
+        tree.chroot(&["groupadd", "lab"], None);
+        tree.chroot(
+            &["useradd", "-m", "-G", "lab", "-s", "/bin/bash", USER],
+            None,
+        );
         tree.chroot(&["chpasswd"], Some(&format!("{USER}:{PASSWORD}\n")));
         tree.chroot(&["ssh-keygen", "-A"], None);
         tree
@@ -131,8 +161,21 @@ impl Drop for Sshd {
 /// `command` run as the user on the client at `ip`, logged in over SSH with `password`.
 fn ssh(ip: &str, password: &str, command: &str) -> Output {
     let started = Instant::now();
-    let out = Command::new("timeout")
-        .args(["180", "sshpass", "-p", password, "ssh"])
+    let out = ssh_command(ip, password, command).output().unwrap();
+    eprintln!(
+        "ssh {USER}@{ip} {command:?}: {} after {:.1} s\n{}{}",
+        out.status,
+        started.elapsed().as_secs_f64(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The login [`ssh`] makes, not started.
+fn ssh_command(ip: &str, password: &str, command: &str) -> Command {
+    let mut ssh = Command::new("timeout");
+    ssh.args(["180", "sshpass", "-p", password, "ssh"])
         .args([
             "-o",
             "StrictHostKeyChecking=no",
@@ -146,17 +189,42 @@ fn ssh(ip: &str, password: &str, command: &str) -> Output {
             "LogLevel=ERROR",
         ])
         .arg(format!("{USER}@{ip}"))
-        .arg(command)
-        .output()
-        .unwrap();
-    eprintln!(
-        "ssh {USER}@{ip} {command:?}: {} after {:.1} s\n{}{}",
-        out.status,
-        started.elapsed().as_secs_f64(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out
+        .arg(command);
+    ssh
+}
+
+/// A login that stays open: the lines it printed (stdout), as they come.
+struct OpenLogin {
+    child: Child,
+    lines: std::io::Lines<std::io::BufReader<std::process::ChildStdout>>,
+}
+
+impl OpenLogin {
+    fn start(ip: &str, password: &str, command: &str) -> OpenLogin {
+        let mut child = ssh_command(ip, password, command)
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        OpenLogin {
+            child,
+            lines: std::io::BufReader::new(stdout).lines(),
+        }
+    }
+
+    /// Its next line ("" once it ended).
+    fn line(&mut self) -> String {
+        let line = self.lines.next().and_then(|l| l.ok()).unwrap_or_default();
+        eprintln!("open login: {line:?}");
+        line
+    }
+}
+
+impl Drop for OpenLogin {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Wait until the client at `ip` has sshd listening (it then has the lab's accounts: the boot
@@ -223,17 +291,37 @@ fn a_lab_user_logs_in_on_two_clients_and_finds_their_home_on_the_server() {
             let [(_, _, ip1), (_, _, ip2)] = CLIENTS;
             wait_for_ssh(ip1, &mut booting, deadline);
             let wrong = ssh(ip1, "not the password", "true");
-            let first = ssh(
+            // The first login stays open until the second has ended, then says what the home
+            // is, and ends too: the client's checks then find the home unmounted.
+            let mut first = OpenLogin::start(
                 ip1,
                 PASSWORD,
-                &format!("echo written on pc01 > ~/note && findmnt -n -o FSTYPE ~ && touch {DONE}"),
+                &format!(
+                    "echo written on pc01 > ~/note && findmnt -n -o FSTYPE,SOURCE ~ && \
+                     while [ ! -e {RELEASE} ]; do sleep 1; done; findmnt -n -o FSTYPE ~; \
+                     touch {DONE}"
+                ),
             );
+            let mounted = first.line();
             // The home is mounted now: a wrong password must still be refused.
             let wrong_again = ssh(ip1, "not the password", "true");
-            let again = ssh(ip1, PASSWORD, "cat ~/note");
+            let again = ssh(ip1, PASSWORD, &format!("cat ~/note; touch {RELEASE}"));
+            let still_mounted = first.line();
+            let first_ended = first.child.wait().unwrap();
             wait_for_ssh(ip2, &mut booting, deadline);
             let second = ssh(ip2, PASSWORD, &format!("cat ~/note; touch {DONE}"));
-            ([wrong, wrong_again], first, again, second)
+            // The password opens the user's files on the server, and nothing else there.
+            let server_shell = ssh("10.77.0.1", PASSWORD, "echo shell on the server");
+            assert!(
+                !String::from_utf8_lossy(&server_shell.stdout).contains("shell on the server"),
+                "a lab user ran a command on the SSH server"
+            );
+            (
+                [wrong, wrong_again],
+                (mounted, still_mounted, first_ended),
+                again,
+                second,
+            )
         })
         .join()
         .unwrap()
@@ -253,11 +341,16 @@ fn a_lab_user_logs_in_on_two_clients_and_finds_their_home_on_the_server() {
             "a wrong password was not refused {when} the home was mounted"
         );
     }
-    assert!(first.status.success(), "the login on pc01 failed");
+    let (mounted, still_mounted, first_ended) = first;
+    assert!(first_ended.success(), "the login on pc01 failed");
     assert_eq!(
-        String::from_utf8_lossy(&first.stdout).trim(),
-        "fuse.sshfs",
+        mounted,
+        format!("fuse.sshfs {USER}@10.77.0.1:"),
         "the home on pc01 is not the server's"
+    );
+    assert_eq!(
+        still_mounted, "fuse.sshfs",
+        "the end of the user's second login on pc01 unmounted the home under the first"
     );
     assert_eq!(
         (
@@ -311,8 +404,8 @@ fn a_lab_user_logs_in_on_two_clients_and_finds_their_home_on_the_server() {
         let (mount, _) = command_output(client, HOME_MOUNT);
         assert_eq!(
             mount.trim(),
-            format!("fuse.sshfs {USER}@10.77.0.1:"),
-            "{hostname}: the home is not mounted from the server"
+            "nothing mounted",
+            "{hostname}: the home is still mounted after the user's last logout"
         );
     }
     drop(tree);

@@ -5,6 +5,8 @@
 //! ```text
 //! scripts/diskless                  the boot script (initramfs-tools/scripts/diskless)
 //! diskless/bin/diskless-fetch       the static fetch helper
+//! diskless/bin/diskless-home        the PAM helper of the lab's accounts, which the boot
+//!                                   script copies into the root (initramfs-tools/diskless-home)
 //! diskless/modules/*.ko             loop, squashfs, overlay and their dependencies,
 //! diskless/modules/load-order       decompressed, in the order they must be loaded
 //! ```
@@ -20,10 +22,13 @@ use std::path::Path;
 
 /// The boot script, compiled in so the binary and the script always match.
 pub const BOOT_SCRIPT: &str = include_str!("../../../initramfs-tools/scripts/diskless");
+/// The PAM helper the boot script installs as /usr/local/sbin/diskless-home, compiled in too.
+pub const HOME_HELPER: &str = include_str!("../../../initramfs-tools/diskless-home");
 
 /// Where the archive (and an initrd made by `diskless initrd install`) has its files.
 pub const SCRIPT_PATH: &str = "scripts/diskless";
 pub const HELPER_PATH: &str = "diskless/bin/diskless-fetch";
+pub const HOME_HELPER_PATH: &str = "diskless/bin/diskless-home";
 pub const MODULES_DIR: &str = "diskless/modules";
 /// In [`MODULES_DIR`]: the module files, one per line, in the order they must be loaded.
 const LOAD_ORDER: &str = "load-order";
@@ -114,13 +119,16 @@ fn read_helper(fetch_helper: &Path) -> Result<Vec<u8>> {
     })
 }
 
-/// The archive: the boot script, `helper`, and the files of [`MODULES_DIR`], in this order.
+/// The archive: the boot script, `helper`, the PAM helper, and the files of [`MODULES_DIR`], in
+/// this order.
 fn archive(helper: &[u8], modules: &[Module]) -> Result<Vec<u8>> {
     let io = |e: std::io::Error| Error::Invalid(format!("writing diskless.cpio: {e}"));
     let mut cpio = CpioWriter::new(Vec::new());
     cpio.add_file(SCRIPT_PATH, 0o755, BOOT_SCRIPT.as_bytes())
         .map_err(io)?;
     cpio.add_file(HELPER_PATH, 0o755, helper).map_err(io)?;
+    cpio.add_file(HOME_HELPER_PATH, 0o755, HOME_HELPER.as_bytes())
+        .map_err(io)?;
     cpio.add_dir(MODULES_DIR, 0o755).map_err(io)?;
     for m in modules {
         cpio.add_file(&format!("{MODULES_DIR}/{}", m.file_name), 0o644, &m.data)
@@ -331,6 +339,7 @@ mod tests {
         );
         assert_eq!(files["scripts/diskless"], BOOT_SCRIPT.as_bytes());
         assert_eq!(files["diskless/bin/diskless-fetch"], b"#!helper");
+        assert_eq!(files["diskless/bin/diskless-home"], HOME_HELPER.as_bytes());
     }
 
     #[test]
@@ -361,6 +370,7 @@ mod tests {
             );
         }
         assert_eq!(files["diskless/bin/diskless-fetch"], b"new helper");
+        assert_eq!(files["diskless/bin/diskless-home"], HOME_HELPER.as_bytes());
         assert_eq!(files["diskless/modules/squashfs.ko"], b"squashfs");
         assert_eq!(
             files["diskless/modules/load-order"],

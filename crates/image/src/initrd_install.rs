@@ -8,12 +8,13 @@
 //! ROOT/etc/initramfs-tools/hooks/diskless     the hook (initramfs-tools/hooks/diskless)
 //! ROOT/etc/initramfs-tools/scripts/diskless   the boot script (becomes /scripts/diskless)
 //! ROOT/usr/lib/diskless/diskless-fetch        the static helper the hook copies
+//! ROOT/usr/lib/diskless/diskless-home         the PAM helper the hook copies
 //! ```
 //!
 //! and then `update-initramfs -u -k all` (in a `chroot` unless ROOT is `/`). The hook puts the
-//! helper at `/diskless/bin/diskless-fetch` and loop, squashfs and overlay at
-//! `/diskless/modules` with their load order, the layout `diskless.cpio` has, so the boot
-//! script works the same from either.
+//! helpers at `/diskless/bin/diskless-fetch` and `/diskless/bin/diskless-home`, and loop,
+//! squashfs and overlay at `/diskless/modules` with their load order, the layout
+//! `diskless.cpio` has, so the boot script works the same from either.
 
 use crate::command;
 use crate::error::{io_at, Error, Result};
@@ -29,6 +30,9 @@ pub const HOOK_PATH: &str = "etc/initramfs-tools/hooks/diskless";
 pub const SCRIPT_PATH: &str = "etc/initramfs-tools/scripts/diskless";
 /// Where the fetch helper is installed, relative to the root (the hook reads it there).
 pub const HELPER_PATH: &str = "usr/lib/diskless/diskless-fetch";
+/// Where the PAM helper of the lab's accounts is installed, relative to the root (the hook
+/// reads it there).
+pub const HOME_HELPER_PATH: &str = "usr/lib/diskless/diskless-home";
 
 /// What to install where.
 #[derive(Debug, Clone)]
@@ -71,6 +75,7 @@ pub fn install(opts: &InstallOptions) -> Result<Installed> {
     let mut files = Vec::new();
     for (rel, data) in [
         (HELPER_PATH, &helper[..]),
+        (HOME_HELPER_PATH, crate::bootcpio::HOME_HELPER.as_bytes()),
         (SCRIPT_PATH, crate::bootcpio::BOOT_SCRIPT.as_bytes()),
         (HOOK_PATH, HOOK.as_bytes()),
     ] {
@@ -146,7 +151,7 @@ mod tests {
             update: false,
         })
         .unwrap();
-        assert_eq!(done.files.len(), 3);
+        assert_eq!(done.files.len(), 4);
         let hook = root.path().join(HOOK_PATH);
         assert_eq!(std::fs::read_to_string(&hook).unwrap(), HOOK);
         let mode = std::fs::metadata(&hook).unwrap().permissions().mode();
@@ -158,6 +163,10 @@ mod tests {
         assert_eq!(
             std::fs::read_to_string(root.path().join(SCRIPT_PATH)).unwrap(),
             crate::bootcpio::BOOT_SCRIPT
+        );
+        assert_eq!(
+            std::fs::read_to_string(root.path().join(HOME_HELPER_PATH)).unwrap(),
+            crate::bootcpio::HOME_HELPER
         );
         assert_eq!(done.initrds.len(), 1);
     }

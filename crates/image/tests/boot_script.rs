@@ -2,13 +2,16 @@
 //! initramfs-tools/scripts/diskless), run by busybox's sh as in the initramfs, on a root made of
 //! a Debian system's account files, with a stand-in for `diskless-fetch cat` that answers from
 //! a directory: what the server serves is merged without replacing the image's own accounts,
-//! with no local password, the PAM line goes before pam_unix, and a second boot on a kept
-//! layer changes nothing. (The whole path, with sshd and sshfs, is `crates/cli/tests/accounts.rs`.)
+//! with no local password, the PAM line goes before pam_unix, the session line (the home
+//! unmounted at the last logout) after the session stack, and a second boot on a kept layer
+//! changes nothing. (The whole path, with sshd and sshfs, is `crates/cli/tests/accounts.rs`.)
+//! Also the command line's parsing (no globbing) and what the functions leave behind (their
+//! documented outputs only).
 
 mod common;
 
 use common::write;
-use diskless_image::bootcpio::BOOT_SCRIPT;
+use diskless_image::bootcpio::{BOOT_SCRIPT, HOME_HELPER};
 use std::path::Path;
 use std::process::Command;
 
@@ -20,6 +23,10 @@ const GSHADOW: &str = "root:*::\nsudo:*::\n";
 /// Debian 12's /etc/pam.d/common-auth, comments left out.
 const COMMON_AUTH: &str = "auth\t[success=1 default=ignore]\tpam_unix.so nullok\n\
     auth\trequisite\t\t\tpam_deny.so\nauth\trequired\t\t\tpam_permit.so\n";
+/// Debian 12's /etc/pam.d/common-session, comments left out.
+const COMMON_SESSION: &str = "session\t[default=1]\t\t\tpam_permit.so\n\
+    session\trequisite\t\t\tpam_deny.so\nsession\trequired\t\t\tpam_permit.so\n\
+    session\trequired\tpam_unix.so\nsession\toptional\tpam_systemd.so\n";
 
 /// What the server serves: one lab user, and what a server must not be able to slip in (root
 /// again, a taken uid, a name outside the portable set).
@@ -28,8 +35,11 @@ const SERVED_PASSWD: &str = "alice:x:1000:1000:Alice:/home/alice:/bin/bash\n\
 const SERVED_GROUP: &str = "alice:x:1000:\nlab:x:1500:alice\nsudo:x:27:alice\n";
 const KNOWN_HOSTS: &str = "10.0.0.1 ssh-ed25519 AAAAkey\n";
 
-/// One boot's `diskless_accounts` on `dir/root`; returns its output.
-fn boot(dir: &Path) -> String {
+/// `commands` run by busybox's sh with the boot script sourced as initramfs-tools' init does
+/// (its log and panic functions stubbed), `dir` standing in for /diskless (with a stand-in
+/// for `diskless-fetch cat` answering from `dir/served`, and the PAM helper), /run/diskless and
+/// (`dir/root`) the new root; returns what it said, and whether it succeeded.
+fn run_script(dir: &Path, commands: &str) -> (String, bool) {
     let fetch = dir.join("bin/diskless-fetch");
     write(
         dir,
@@ -41,6 +51,7 @@ fn boot(dir: &Path) -> String {
     );
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&fetch, std::fs::Permissions::from_mode(0o755)).unwrap();
+    write(dir, "bin/diskless-home", HOME_HELPER);
     write(dir, "diskless", BOOT_SCRIPT);
     let script = format!(
         "log_success_msg() {{ echo \"$*\"; }}\n\
@@ -49,15 +60,15 @@ fn boot(dir: &Path) -> String {
          panic() {{ echo \"PANIC: $*\"; exit 1; }}\n\
          . {dir}/diskless\n\
          PATH={dir}/bin:$PATH\n\
+         DISKLESS={dir}\n\
          DISKLESS_RUN={dir}/run\n\
          rootmnt={dir}/root\n\
-         diskless_accounts_url=http://10.0.0.1/accounts\n\
-         diskless_sshfs=10.0.0.1:22\n\
-         diskless_accounts\n",
+         {commands}",
         dir = dir.display()
     );
     let out = Command::new("busybox")
         .args(["sh", "-c", &script])
+        .current_dir(dir)
         .output()
         .unwrap();
     let text = format!(
@@ -65,8 +76,53 @@ fn boot(dir: &Path) -> String {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(out.status.success(), "{text}");
+    (text, out.status.success())
+}
+
+/// One boot's `diskless_accounts` on `dir/root`; returns its output.
+fn boot(dir: &Path) -> String {
+    let (text, ok) = run_script(
+        dir,
+        "diskless_accounts_url=http://10.0.0.1/accounts\n\
+         diskless_sshfs=10.0.0.1:22\n\
+         diskless_accounts\n",
+    );
+    assert!(ok, "{text}");
     text
+}
+
+/// Whether busybox (the initramfs's shell) is here; when not, the test is skipped.
+fn have_busybox() -> bool {
+    let why = diskless_testkit::missing_tools(&["busybox"]);
+    if let Some(why) = &why {
+        diskless_testkit::skip(&format!(
+            "{why}: install busybox-static (scripts/install-deps)"
+        ));
+    }
+    why.is_none()
+}
+
+/// A Debian system's account and PAM files in `dir/root/etc`, and what the server serves in
+/// `dir/served`.
+fn lab_tree(dir: &Path) {
+    let etc = dir.join("root/etc");
+    for (file, text) in [
+        ("passwd", PASSWD),
+        ("group", GROUP),
+        ("shadow", SHADOW),
+        ("gshadow", GSHADOW),
+        ("pam.d/common-auth", COMMON_AUTH),
+        ("pam.d/common-session", COMMON_SESSION),
+    ] {
+        write(&etc, file, text);
+    }
+    for (file, text) in [
+        ("passwd", SERVED_PASSWD),
+        ("group", SERVED_GROUP),
+        ("ssh_known_hosts", KNOWN_HOSTS),
+    ] {
+        write(&dir.join("served"), file, text);
+    }
 }
 
 fn read(dir: &Path, file: &str) -> String {
@@ -83,23 +139,7 @@ fn the_lab_accounts_are_added_without_passwords_and_only_once() {
     }
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let etc = dir.join("root/etc");
-    for (file, text) in [
-        ("passwd", PASSWD),
-        ("group", GROUP),
-        ("shadow", SHADOW),
-        ("gshadow", GSHADOW),
-        ("pam.d/common-auth", COMMON_AUTH),
-    ] {
-        write(&etc, file, text);
-    }
-    for (file, text) in [
-        ("passwd", SERVED_PASSWD),
-        ("group", SERVED_GROUP),
-        ("ssh_known_hosts", KNOWN_HOSTS),
-    ] {
-        write(&dir.join("served"), file, text);
-    }
+    lab_tree(dir);
 
     let said = boot(dir);
     assert!(said.contains("1 lab accounts"), "{said}");
@@ -128,7 +168,20 @@ fn the_lab_accounts_are_added_without_passwords_and_only_once() {
         "a checked login jumps over pam_unix and pam_deny to pam_permit"
     );
     assert!(auth.ends_with(COMMON_AUTH), "{auth}");
+    assert_eq!(
+        read(dir, "pam.d/common-session"),
+        format!(
+            "{COMMON_SESSION}session\toptional\tpam_exec.so quiet /usr/local/sbin/diskless-home\n"
+        ),
+        "every session of a lab user is counted, and the last one unmounts the home"
+    );
     let helper = dir.join("root/usr/local/sbin/diskless-home");
+    assert_eq!(std::fs::read_to_string(&helper).unwrap(), HOME_HELPER);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&helper).unwrap().permissions().mode() & 0o777,
+        0o755
+    );
     let checked = Command::new("shellcheck")
         .args(["-s", "sh"])
         .arg(&helper)
@@ -141,7 +194,14 @@ fn the_lab_accounts_are_added_without_passwords_and_only_once() {
     );
 
     // A kept writable layer (diskless.upper=) boots again: nothing is added twice.
-    let files = ["passwd", "group", "shadow", "gshadow", "pam.d/common-auth"];
+    let files = [
+        "passwd",
+        "group",
+        "shadow",
+        "gshadow",
+        "pam.d/common-auth",
+        "pam.d/common-session",
+    ];
     let before: Vec<String> = files.iter().map(|f| read(dir, f)).collect();
     boot(dir);
     let after: Vec<String> = files.iter().map(|f| read(dir, f)).collect();
@@ -151,10 +211,7 @@ fn the_lab_accounts_are_added_without_passwords_and_only_once() {
 
 #[test]
 fn a_server_without_the_accounts_leaves_the_image_as_it_is_and_the_boot_goes_on() {
-    if let Some(why) = diskless_testkit::missing_tools(&["busybox"]) {
-        diskless_testkit::skip(&format!(
-            "{why}: install busybox-static (scripts/install-deps)"
-        ));
+    if !have_busybox() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
@@ -169,4 +226,122 @@ fn a_server_without_the_accounts_leaves_the_image_as_it_is_and_the_boot_goes_on(
     );
     assert_eq!(read(dir, "passwd"), PASSWD);
     assert_eq!(read(dir, "pam.d/common-auth"), COMMON_AUTH);
+}
+
+/// The shell variables `commands` leave set that were not set before, by name.
+fn new_variables(dir: &Path, commands: &str) -> (Vec<String>, String) {
+    // `set` lists the variables; a value spanning lines is quoted, so only a line that starts
+    // a name is one.
+    let names = "set | sed -n 's/^\\([a-z_][a-z0-9_]*\\)=.*/\\1/p' | sort";
+    let (text, ok) = run_script(
+        dir,
+        &format!(
+            "{names} > {dir}/before\n{commands}\n{names} > {dir}/after\n\
+             comm -13 {dir}/before {dir}/after | sed 's/^/NEW /'\n",
+            dir = dir.display()
+        ),
+    );
+    assert!(ok, "{text}");
+    let new = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("NEW "))
+        .map(String::from)
+        .collect();
+    (new, text)
+}
+
+#[test]
+fn the_command_line_is_split_into_words_that_are_not_globs() {
+    if !have_busybox() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    // Files a glob in a parameter would match, in the directory the script runs in.
+    write(dir, "diskless.size=9G", "");
+    write(dir, "diskless.sha256=abcd", "");
+    write(
+        dir,
+        "cmdline",
+        "boot=diskless diskless.image=http://10.0.0.1/a.squashfs diskless.sha256=ab* \
+         diskless.size=?G diskless.report=http://10.0.0.1/api/report/x?token=1.2\n",
+    );
+    let (text, ok) = run_script(
+        dir,
+        &format!(
+            "DISKLESS_CMDLINE={}/cmdline\ndiskless_parse_cmdline\n\
+             echo \"sha256=$diskless_sha256 size=$diskless_size report=$diskless_report_url\"\n\
+             echo globs: *.size=*\n",
+            dir.display()
+        ),
+    );
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("sha256=ab* size=?G report=http://10.0.0.1/api/report/x?token=1.2\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("globs: diskless.size=9G\n"),
+        "globbing is back on after the parsing: {text}"
+    );
+}
+
+#[test]
+fn functions_leave_only_their_documented_outputs() {
+    if !have_busybox() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    lab_tree(dir);
+    write(
+        dir,
+        "cmdline",
+        "boot=diskless diskless.image=dev:LABEL=img:/images/root.squashfs,http://10.0.0.1/r \
+         diskless.sha256=ab diskless.upper=LABEL=up diskless.accounts=http://10.0.0.1/accounts \
+         diskless.sshfs=10.0.0.1:22\n",
+    );
+    // The disks: findfs finds each label, mount and its helpers do nothing.
+    let stubs = "findfs() { echo \"/dev/disk-${1#LABEL=}\"; }\n\
+                 get_fstype() { echo ext4; }\nmodprobe() { :; }\nmount() { :; }\n";
+    let (new, text) = new_variables(
+        dir,
+        &format!(
+            "{stubs}DISKLESS_CMDLINE={dir}/cmdline\ndiskless_parse_cmdline\n\
+             diskless_resolve_sources\ndiskless_writable_layer\n\
+             HOSTNAME=pc01\ndiskless_configure_root\ndiskless_accounts\n\
+             echo \"sources=$diskless_sources upper=$diskless_upperdir\"",
+            dir = dir.display()
+        ),
+    );
+    // The disk found is passed on by its name, not through a global.
+    let run = dir.join("run");
+    assert!(
+        text.contains(&format!(
+            "sources= file://{0}/dev/disk-img/images/root.squashfs http://10.0.0.1/r \
+             upper={0}/persist/upper\n",
+            run.display()
+        )),
+        "{text}"
+    );
+    let documented = [
+        "diskless_accounts_url",
+        "diskless_autologin",
+        "diskless_image",
+        "diskless_needs_network",
+        "diskless_report_url",
+        "diskless_sha256",
+        "diskless_size",
+        "diskless_sources",
+        "diskless_sshfs",
+        "diskless_upper",
+        "diskless_upper_reset",
+        "diskless_upperdir",
+        "diskless_workdir",
+    ];
+    let leaked: Vec<&String> = new
+        .iter()
+        .filter(|n| !documented.contains(&n.as_str()))
+        .collect();
+    assert!(leaked.is_empty(), "leaked globals {leaked:?}:\n{text}");
 }

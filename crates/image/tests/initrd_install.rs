@@ -5,7 +5,7 @@
 mod common;
 
 use common::*;
-use diskless_image::bootcpio::BOOT_SCRIPT;
+use diskless_image::bootcpio::{BOOT_SCRIPT, HOME_HELPER};
 use diskless_image::initrd_install::{self, InstallOptions, HOOK_PATH};
 use diskless_image::manifest::hash_file;
 use std::path::PathBuf;
@@ -67,6 +67,7 @@ fn installed_hook_makes_one_initrd_that_boots_diskless() {
     for expected in [
         "scripts/diskless",
         "diskless/bin/diskless-fetch",
+        "diskless/bin/diskless-home",
         "diskless/modules/load-order",
         "diskless/modules/loop.ko",
         "diskless/modules/squashfs.ko",
@@ -104,6 +105,10 @@ fn installed_hook_makes_one_initrd_that_boots_diskless() {
     assert_eq!(
         std::fs::read(main.join("diskless/bin/diskless-fetch")).unwrap(),
         std::fs::read(&helper).unwrap()
+    );
+    assert_eq!(
+        std::fs::read_to_string(main.join("diskless/bin/diskless-home")).unwrap(),
+        HOME_HELPER
     );
     let order = std::fs::read_to_string(main.join("diskless/modules/load-order")).unwrap();
     let listed: Vec<&str> = order.lines().collect();
