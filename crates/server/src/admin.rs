@@ -174,19 +174,30 @@ pub async fn follow(
     }
 }
 
-/// Serve the admin pages on `listener` until `shutdown` completes.
+/// Serve the admin pages on `listener` until `shutdown` completes, with the admin
+/// listener's timeouts and caps for this process's descriptors.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AdminState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let limits = crate::conn::Limits::admin(&crate::conn::DescriptorBudget::of_this_process());
+    serve_within(listener, state, limits, shutdown).await
+}
+
+/// [`serve`] within `limits`.
+pub async fn serve_within(
+    listener: tokio::net::TcpListener,
+    state: Arc<AdminState>,
+    limits: crate::conn::Limits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let closing = state.closing.clone();
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = closing.send(true);
-        })
-        .await
+    crate::conn::serve(listener, router(state), limits, async move {
+        shutdown.await;
+        let _ = closing.send(true);
+    })
+    .await
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
