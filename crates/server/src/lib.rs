@@ -35,6 +35,7 @@ pub mod access;
 pub mod admin;
 pub mod boots;
 pub mod conn;
+pub mod hostcheck;
 pub mod http;
 pub mod metrics;
 pub mod netif;
@@ -504,8 +505,12 @@ pub async fn run_with_recorder(
                 (current.mode == diskless_boot::Mode::Full)
                     .then(|| current.state.join("leases.json")),
             )
-            .with_metrics(metrics.clone()),
+            .with_metrics(metrics.clone())
+            .with_names(current.admin_names.clone()),
         );
+        if let Some(warning) = addr.and_then(hostcheck::exposure_warning) {
+            tracing::warn!("{warning}");
+        }
         // Subscribed before the snapshot is taken: nothing falls in between. What earlier runs
         // recorded goes in the lab view, not in this server's counts.
         let updates = recorder.subscribe();
