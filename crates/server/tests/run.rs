@@ -74,7 +74,9 @@ async fn post_report(addr: SocketAddr, path: &str, body: &str) -> String {
 async fn get(addr: SocketAddr, path: &str) -> String {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        // Host names the listener, as a browser or curl does: the admin listener answers
+        // no other host (DNS rebinding, hostcheck.rs).
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut response = String::new();
@@ -211,7 +213,7 @@ async fn scripts_follow_a_reload_and_everything_stops_on_shutdown() {
     );
     let mut events = tokio::net::TcpStream::connect(admin).await.unwrap();
     events
-        .write_all(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(format!("GET /api/events HTTP/1.1\r\nHost: {admin}\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut head = [0u8; 64];
