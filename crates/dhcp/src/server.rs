@@ -97,8 +97,8 @@ pub async fn run(
     tokio::pin!(shutdown);
     let mut buf67 = vec![0u8; RECV_BUF];
     let mut buf4011 = vec![0u8; RECV_BUF];
-    // The leases in memory differ from the file: the last save failed.
-    let mut unsaved = false;
+    // Failing: the leases in memory differ from the file (the last save failed).
+    let mut unsaved = crate::state_file::FailingSpell::default();
     loop {
         let (sock, port, received) = tokio::select! {
             _ = &mut shutdown => break,
@@ -143,7 +143,7 @@ pub async fn run(
         // Saved before the reply goes: a lease that is not on disk is not acknowledged (a
         // restart would hand its address out again). A failed save stays pending, so the
         // client's retry tries again instead of getting the lease the memory holds.
-        if leases_changed || unsaved {
+        if leases_changed || unsaved.is_failing() {
             if let Some(path) = &lease_path {
                 let store = responder.leases().clone();
                 let path = path.clone();
@@ -152,22 +152,21 @@ pub async fn run(
                     .map_err(|e| e.to_string())
                     .and_then(|r| r.map_err(|e| e.to_string()));
                 match saved {
-                    Ok(()) if unsaved => {
-                        info!("leases saved again: answering requests");
-                        unsaved = false;
+                    Ok(()) => {
+                        if unsaved.succeeded() {
+                            info!("leases saved again: answering requests");
+                        }
                     }
-                    Ok(()) => {}
                     Err(e) => {
                         // Once per failing spell, not once per packet.
-                        if !unsaved {
+                        if unsaved.failed() {
                             warn!(error = %e, "saving leases failed: no request is answered until they are saved");
                         }
-                        unsaved = true;
                     }
                 }
             }
         }
-        if unsaved {
+        if unsaved.is_failing() {
             debug!(%from, port, "reply withheld: the leases are not saved");
             continue;
         }
