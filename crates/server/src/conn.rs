@@ -266,8 +266,9 @@ async fn idle_for(moved: &AtomicU64, idle: Duration) {
     }
 }
 
-/// Serves `router` on `listener` within `limits` until `shutdown` completes; connections
-/// then finish the request they are on (the caller bounds how long it waits for them).
+/// Serves `router` on `listener` within `limits` until `shutdown` completes; it returns when
+/// the open connections have finished the request they are on (the caller bounds how long
+/// it waits: dropping the future ends them).
 /// Handlers see the client's address as `ConnectInfo<SocketAddr>`.
 pub async fn serve(
     listener: TcpListener,
@@ -279,7 +280,10 @@ pub async fn serve(
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     let mut accept_failing = false;
+    // The connections' tasks: dropping this future (a caller giving up waiting) ends them.
+    let mut connections = tokio::task::JoinSet::new();
     loop {
+        while connections.try_join_next().is_some() {}
         let (stream, remote) = tokio::select! {
             _ = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
@@ -307,7 +311,7 @@ pub async fn serve(
         let _ = stream.set_nodelay(true);
         let router = router.clone();
         let mut stop = stop_rx.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let _slot = slot;
             let moved = Arc::new(AtomicU64::new(0));
             let io = TokioIo::new(Counted {
@@ -347,7 +351,9 @@ pub async fn serve(
             }
         });
     }
+    // Idle connections close at once, the others after the request they are on.
     let _ = stop_tx.send(true);
+    while connections.join_next().await.is_some() {}
     Ok(())
 }
 
