@@ -63,12 +63,13 @@ pub const PER_ADDRESS: usize = 256;
 pub const ADMIN_PER_ADDRESS: usize = 64;
 
 impl Limits {
-    /// The boot listener's limits within `budget`.
+    /// The boot listener's limits within `budget`. One address never gets more than a
+    /// quarter of the listener (a small budget: 48 of 192 at 1,024 descriptors).
     pub fn boot(budget: &DescriptorBudget) -> Limits {
         Limits {
             header_read: Duration::from_secs(10),
             idle: Duration::from_secs(60),
-            per_address: PER_ADDRESS,
+            per_address: PER_ADDRESS.min(budget.http_connections / 4).max(1),
             total: budget.http_connections,
         }
     }
@@ -76,7 +77,7 @@ impl Limits {
     /// The admin listener's limits within `budget`.
     pub fn admin(budget: &DescriptorBudget) -> Limits {
         Limits {
-            per_address: ADMIN_PER_ADDRESS,
+            per_address: ADMIN_PER_ADDRESS.min(budget.admin_connections / 4).max(1),
             total: budget.admin_connections,
             ..Limits::boot(budget)
         }
@@ -554,5 +555,11 @@ mod tests {
             (192, 96, 96)
         );
         assert_eq!(DescriptorBudget::from_nofile(65536).tftp_transfers, 1024);
+        // No one address takes a small listener whole.
+        assert_eq!(Limits::boot(&b).per_address, 48);
+        assert_eq!(Limits::admin(&b).per_address, 24);
+        let big = DescriptorBudget::from_nofile(65536);
+        assert_eq!(Limits::boot(&big).per_address, PER_ADDRESS);
+        assert_eq!(Limits::admin(&big).per_address, ADMIN_PER_ADDRESS);
     }
 }
