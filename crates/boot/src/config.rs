@@ -50,6 +50,10 @@ pub struct Config {
     /// `ADDR:PORT` of the admin listener (dashboard, its API, `/metrics`), or `off`. Default
     /// 127.0.0.1:9180: the boot network does not reach it unless the admin says so.
     pub admin_listen: String,
+    /// Host names the admin listener answers to besides its address (`boot.lab.example`, a
+    /// reverse proxy's name): requests naming any other host are refused, as a page of a DNS
+    /// rebinding attack would (docs/SECURITY.md).
+    pub admin_names: Vec<String>,
     /// Answer IPv6 router solicitations with "no router here", so iPXE does not wait ~13 s
     /// for one. true: everyone's; false: nobody's. Default: everyone's in full mode (a network
     /// we own); in proxy mode only those of the iPXE clients the server is booting, unicast
@@ -211,6 +215,7 @@ impl Default for Config {
             http_port: 80,
             tftp_port: 69,
             admin_listen: DEFAULT_ADMIN_LISTEN.into(),
+            admin_names: Vec::new(),
             ipv6_ra: None,
             dhcp: DhcpSection::default(),
             ipxe: IpxeSection::default(),
@@ -431,6 +436,14 @@ impl Config {
         }
         self.admin_addr()
             .map_err(|m| (Some(self.admin_listen.clone()), m))?;
+        if let Some(bad) = self.admin_names.iter().find(|n| {
+            n.is_empty() || n.contains(|c: char| c == ':' || c == '/' || c.is_whitespace())
+        }) {
+            return Err((
+                Some("admin_names".into()),
+                format!("admin_names: {bad:?} is not a host name (no port, no scheme)"),
+            ));
+        }
         Ok(())
     }
 
@@ -600,6 +613,14 @@ mod tests {
         assert_eq!(c.boot.image.as_deref(), Some("bookworm"));
         assert_eq!(c.subnets[0].cidr, "10.0.1.0/24");
         assert_eq!(c.clients[1].image_urls.as_deref(), Some(&[][..]));
+        assert_eq!(c.admin_names, ["boot.lab.example"]);
+    }
+
+    #[test]
+    fn admin_names_are_host_names() {
+        let err = parse("admin_names = [\"boot.lab.example:9180\"]\n").unwrap_err();
+        assert!(err.to_string().contains("not a host name"), "{err}");
+        assert!(parse("admin_names = [\"http://boot\"]\n").is_err());
     }
 
     #[test]

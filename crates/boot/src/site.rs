@@ -83,6 +83,8 @@ pub struct Site {
     pub tftp_port: u16,
     /// The admin listener (dashboard, `/metrics`), apart from the boot network; None: off.
     pub admin: Option<SocketAddr>,
+    /// Names the admin listener answers to besides its address, lowercase.
+    pub admin_names: Vec<String>,
     /// `10.0.0.1` or `10.0.0.1:8080`: how clients reach our HTTP server.
     pub http_authority: String,
     /// The same for TFTP.
@@ -204,6 +206,11 @@ impl Site {
             http_port: config.http_port,
             tftp_port: config.tftp_port,
             admin: config.admin_addr().map_err(SiteError::AdminListen)?,
+            admin_names: config
+                .admin_names
+                .iter()
+                .map(|n| n.to_ascii_lowercase())
+                .collect(),
             http_authority,
             tftp_authority: authority(server_ip, config.tftp_port, 69),
             ipv6_ra: match (config.ipv6_ra, config.mode) {
@@ -271,6 +278,7 @@ impl Site {
         } else if self.http_port != new.http_port
             || self.tftp_port != new.tftp_port
             || self.admin != new.admin
+            || self.admin_names != new.admin_names
         {
             Some("ports")
         } else if self.mode != new.mode || self.dhcp_config() != new.dhcp_config() {

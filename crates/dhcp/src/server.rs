@@ -58,8 +58,9 @@ impl DhcpSockets {
 /// Serve DHCP on `sockets` until `shutdown` completes.
 ///
 /// Leases are loaded from `lease_path` (a missing file is empty) and saved
-/// there atomically whenever they change. A proxy-mode `config` needs
-/// `sockets.pxe`.
+/// there atomically whenever they change, before the reply is sent; while they
+/// cannot be saved no reply is sent (an unsaved lease is never acknowledged).
+/// A proxy-mode `config` needs `sockets.pxe`.
 pub async fn run(
     sockets: DhcpSockets,
     config: DhcpConfig,
@@ -96,6 +97,8 @@ pub async fn run(
     tokio::pin!(shutdown);
     let mut buf67 = vec![0u8; RECV_BUF];
     let mut buf4011 = vec![0u8; RECV_BUF];
+    // Failing: the leases in memory differ from the file (the last save failed).
+    let mut unsaved = crate::state_file::FailingSpell::default();
     loop {
         let (sock, port, received) = tokio::select! {
             _ = &mut shutdown => break,
@@ -137,6 +140,36 @@ pub async fn run(
         if let Some(ev) = &event {
             log_event(ev);
         }
+        // Saved before the reply goes: a lease that is not on disk is not acknowledged (a
+        // restart would hand its address out again). A failed save stays pending, so the
+        // client's retry tries again instead of getting the lease the memory holds.
+        if leases_changed || unsaved.is_failing() {
+            if let Some(path) = &lease_path {
+                let store = responder.leases().clone();
+                let path = path.clone();
+                let saved = tokio::task::spawn_blocking(move || store.save(&path))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
+                match saved {
+                    Ok(()) => {
+                        if unsaved.succeeded() {
+                            info!("leases saved again: answering requests");
+                        }
+                    }
+                    Err(e) => {
+                        // Once per failing spell, not once per packet.
+                        if unsaved.failed() {
+                            warn!(error = %e, "saving leases failed: no request is answered until they are saved");
+                        }
+                    }
+                }
+            }
+        }
+        if unsaved.is_failing() {
+            debug!(%from, port, "reply withheld: the leases are not saved");
+            continue;
+        }
         if let Some(reply) = reply {
             let dest = match reply.dest {
                 Destination::Broadcast => SocketAddrV4::new(Ipv4Addr::BROADCAST, CLIENT_PORT),
@@ -144,18 +177,6 @@ pub async fn run(
             };
             if let Err(e) = sock.send_to(&reply.bytes, dest).await {
                 warn!(%dest, error = %e, "sending DHCP reply failed");
-            }
-        }
-        if leases_changed {
-            if let Some(path) = &lease_path {
-                let store = responder.leases().clone();
-                let path = path.clone();
-                let saved = tokio::task::spawn_blocking(move || store.save(&path)).await;
-                match saved {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => warn!(error = %e, "saving leases failed"),
-                    Err(e) => warn!(error = %e, "lease saving task failed"),
-                }
             }
         }
         if let (Some(ev), Some(sink)) = (&event, &on_event) {

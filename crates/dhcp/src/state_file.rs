@@ -21,6 +21,31 @@ pub struct WriteError {
     pub source: std::io::Error,
 }
 
+/// Whether a failed save starts a failing spell (to log) or goes on with one (logged
+/// already): a state file that cannot be written (a full disk, no descriptor left) is
+/// reported once, and its recovery once, not at every try.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct FailingSpell {
+    failing: bool,
+}
+
+impl FailingSpell {
+    /// A save failed: whether it is the first of a spell (log it).
+    pub fn failed(&mut self) -> bool {
+        !std::mem::replace(&mut self.failing, true)
+    }
+
+    /// A save succeeded: whether it ends a spell (log the recovery).
+    pub fn succeeded(&mut self) -> bool {
+        std::mem::replace(&mut self.failing, false)
+    }
+
+    /// Whether the last save failed.
+    pub fn is_failing(&self) -> bool {
+        self.failing
+    }
+}
+
 /// Replace `path` with `bytes` atomically and durably (see the module docs).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), WriteError> {
     write_with_mode(path, bytes, 0o666)
@@ -79,6 +104,19 @@ fn write_with_mode(path: &Path, bytes: &[u8], mode: u32) -> Result<(), WriteErro
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failing_spell_is_reported_once_and_its_end_once() {
+        let mut spell = FailingSpell::default();
+        assert!(!spell.succeeded());
+        assert!(spell.failed());
+        assert!(!spell.failed());
+        assert!(!spell.failed());
+        assert!(spell.is_failing());
+        assert!(spell.succeeded());
+        assert!(!spell.succeeded());
+        assert!(spell.failed(), "a new spell is reported again");
+    }
 
     #[test]
     fn replaces_whole_and_leaves_no_temporary_file() {

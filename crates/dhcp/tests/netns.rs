@@ -376,6 +376,31 @@ fn leases_survive_a_server_restart() {
 }
 
 #[test]
+fn a_lease_that_cannot_be_saved_is_not_acknowledged() {
+    require_netns!();
+    let net = Net::new();
+    // The leases' directory does not exist yet: every save fails (as on a full disk or
+    // with no descriptor left).
+    let dir = net.dir.path().join("state");
+    let leases = dir.join("leases.json");
+    let server = Server::start(&net, net.config(Mode::Full), Some(leases.clone()));
+    assert_eq!(net.udhcpc("2"), None, "a lease was acknowledged unsaved");
+    assert!(
+        !server
+            .events()
+            .iter()
+            .any(|e| matches!(e.action, EventAction::Ack { .. })),
+        "an ACK was reported"
+    );
+    // Once the file can be written, the same server acknowledges, and the lease is on disk.
+    std::fs::create_dir(&dir).unwrap();
+    let ip = net.udhcpc("3").expect("a lease once it can be saved");
+    let saved = std::fs::read_to_string(&leases).unwrap();
+    assert!(saved.contains(&ip.to_string()), "{saved}");
+    server.stop().unwrap();
+}
+
+#[test]
 fn garbage_and_truncated_packets_leave_the_server_running() {
     require_netns!();
     let net = Net::new();

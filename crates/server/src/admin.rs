@@ -71,6 +71,8 @@ pub struct AdminState {
     counted: Mutex<HashMap<Mac, (f64, f64)>>,
     /// Set when the server stops: open event streams end, so connections close.
     closing: tokio::sync::watch::Sender<bool>,
+    /// Host names answered besides the listener's address (`admin_names`).
+    names: Vec<String>,
 }
 
 impl AdminState {
@@ -91,7 +93,14 @@ impl AdminState {
             leases,
             counted: Mutex::default(),
             closing: tokio::sync::watch::Sender::new(false),
+            names: Vec::new(),
         }
+    }
+
+    /// Also answering to these host names (`admin_names`), besides the listener's address.
+    pub fn with_names(mut self, names: Vec<String>) -> AdminState {
+        self.names = names;
+        self
     }
 
     /// With `metrics` shared with the rest of the server (the HTTP and TFTP access checks
@@ -174,19 +183,40 @@ pub async fn follow(
     }
 }
 
-/// Serve the admin pages on `listener` until `shutdown` completes.
+/// Serve the admin pages on `listener` until `shutdown` completes, with the admin
+/// listener's timeouts and caps for this process's descriptors, answering only requests
+/// that name the listener's address or one of its names ([`crate::hostcheck`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: Arc<AdminState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let limits = crate::conn::Limits::admin(&crate::conn::DescriptorBudget::of_this_process());
+    serve_within(listener, state, limits, shutdown).await
+}
+
+/// [`serve`] within `limits`.
+pub async fn serve_within(
+    listener: tokio::net::TcpListener,
+    state: Arc<AdminState>,
+    limits: crate::conn::Limits,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let closing = state.closing.clone();
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
-            shutdown.await;
-            let _ = closing.send(true);
-        })
-        .await
+    // Only requests naming this listener (hostcheck.rs: DNS rebinding).
+    let allowed = Arc::new(crate::hostcheck::AllowedHosts::new(
+        listener.local_addr()?,
+        &state.names,
+    ));
+    let app = router(state).layer(axum::middleware::from_fn_with_state(
+        allowed,
+        crate::hostcheck::guard,
+    ));
+    crate::conn::serve(listener, app, limits, async move {
+        shutdown.await;
+        let _ = closing.send(true);
+    })
+    .await
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
@@ -431,6 +461,53 @@ mod tests {
         let (status, body) = post_wake(&with_bad, r#"{"macs": ["52:54:00:00:00:01"]}"#).await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
         assert!(body.contains("no interface named nosuchif0"), "{body}");
+    }
+
+    /// One request over TCP to a served admin listener; the status line and headers.
+    async fn ask(addr: std::net::SocketAddr, request: &str) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(request.as_bytes()).await.unwrap();
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.unwrap();
+        String::from_utf8_lossy(&out).into_owned()
+    }
+
+    #[tokio::test]
+    async fn a_served_listener_answers_its_own_host_and_names_only() {
+        let (_dir, state) = state(None);
+        let state = Arc::new(
+            Arc::into_inner(state)
+                .unwrap()
+                .with_names(vec!["boot.lab.example".into()]),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let limits = crate::conn::Limits::admin(&crate::conn::DescriptorBudget::from_nofile(1024));
+        let served = tokio::spawn(serve_within(listener, state, limits, async {
+            let _ = stopped.await;
+        }));
+        let get = |host: &str, extra: &str| {
+            format!("GET /api/clients HTTP/1.1\r\nHost: {host}\r\n{extra}Connection: close\r\n\r\n")
+        };
+        let own = ask(addr, &get(&addr.to_string(), "")).await;
+        assert!(own.starts_with("HTTP/1.1 200"), "{own}");
+        let named = ask(addr, &get("boot.lab.example:9180", "")).await;
+        assert!(named.starts_with("HTTP/1.1 200"), "{named}");
+        // A DNS rebinding page: its own name in Host.
+        let rebound = ask(addr, &get("evil.example:9180", "")).await;
+        assert!(rebound.starts_with("HTTP/1.1 421"), "{rebound}");
+        // A page of another site posting a wake to the right host.
+        let wake = format!(
+            "POST /api/wake HTTP/1.1\r\nHost: {addr}\r\nOrigin: http://evil.example\r\n\
+             Content-Type: application/json\r\nContent-Length: 11\r\nConnection: close\r\n\r\n\
+             {{\"macs\":[]}}"
+        );
+        let posted = ask(addr, &wake).await;
+        assert!(posted.starts_with("HTTP/1.1 403"), "{posted}");
+        let _ = stop.send(());
+        served.await.unwrap().unwrap();
     }
 
     /// Publish version `version` of image `lab` with `kernel` as its kernel.

@@ -34,6 +34,8 @@
 pub mod access;
 pub mod admin;
 pub mod boots;
+pub mod conn;
+pub mod hostcheck;
 pub mod http;
 pub mod metrics;
 pub mod netif;
@@ -438,7 +440,17 @@ pub async fn run_with_recorder(
     // One set of metrics: the admin pages render it, the access checks count refusals in it.
     let metrics = Arc::new(metrics::Metrics::new());
     let access = access::Access::new(metrics.clone());
+    // HTTP connections and TFTP transfers share the process's descriptors (conn.rs).
+    let budget = conn::DescriptorBudget::of_this_process();
+    tracing::info!(
+        nofile = budget.nofile,
+        http_connections = budget.http_connections,
+        admin_connections = budget.admin_connections,
+        tftp_transfers = budget.tftp_transfers,
+        "descriptor budget"
+    );
     let mut tftp_config = diskless_tftp::server::ServerConfig::new(&current.store);
+    tftp_config.max_transfers = budget.tftp_transfers;
     tftp_config.allow = Some({
         let (site, access) = (site.clone(), access.clone());
         Arc::new(move |name: &std::path::Path, client: SocketAddr| {
@@ -493,8 +505,12 @@ pub async fn run_with_recorder(
                 (current.mode == diskless_boot::Mode::Full)
                     .then(|| current.state.join("leases.json")),
             )
-            .with_metrics(metrics.clone()),
+            .with_metrics(metrics.clone())
+            .with_names(current.admin_names.clone()),
         );
+        if let Some(warning) = addr.and_then(hostcheck::exposure_warning) {
+            tracing::warn!("{warning}");
+        }
         // Subscribed before the snapshot is taken: nothing falls in between. What earlier runs
         // recorded goes in the lab view, not in this server's counts.
         let updates = recorder.subscribe();
@@ -510,7 +526,7 @@ pub async fn run_with_recorder(
             let stopped = stopped();
             async move {
                 tracing::info!(?addr, "admin pages: dashboard, /metrics");
-                admin::serve(listener, state, stopped)
+                admin::serve_within(listener, state, conn::Limits::admin(&budget), stopped)
                     .await
                     .map_err(|source| ServerError::Admin { addr, source })
             }
@@ -526,12 +542,11 @@ pub async fn run_with_recorder(
         ipxe_files,
         access,
     });
-    let app = http::router(http_state).into_make_service_with_connect_info::<SocketAddr>();
+    let app = http::router(http_state);
     tasks.spawn({
         let stopped = stopped();
         async move {
-            axum::serve(http, app)
-                .with_graceful_shutdown(stopped)
+            conn::serve(http, app, conn::Limits::boot(&budget), stopped)
                 .await
                 .map_err(|source| ServerError::Http {
                     addr: http_addr,

@@ -371,6 +371,8 @@ async fn run_task(
     updates: broadcast::Sender<Recorded>,
 ) {
     let mut dirty = false;
+    // A failed save is logged once per failing spell, not every SAVE_DELAY.
+    let mut save_failing = diskless_dhcp::state_file::FailingSpell::default();
     let save_timer = tokio::time::sleep(Duration::ZERO);
     tokio::pin!(save_timer);
     loop {
@@ -397,7 +399,7 @@ async fn run_task(
             }
             _ = &mut save_timer, if dirty => {
                 dirty = false;
-                save(path.as_deref(), &table.records).await;
+                save(path.as_deref(), &table.records, &mut save_failing).await;
             }
             _ = &mut stop => break,
         }
@@ -411,11 +413,15 @@ async fn run_task(
     }
     table_tx.send_replace(Arc::new(table.records.clone()));
     if dirty {
-        save(path.as_deref(), &table.records).await;
+        save(path.as_deref(), &table.records, &mut save_failing).await;
     }
 }
 
-async fn save(path: Option<&Path>, records: &BTreeMap<Mac, ClientRecord>) {
+async fn save(
+    path: Option<&Path>,
+    records: &BTreeMap<Mac, ClientRecord>,
+    failing: &mut diskless_dhcp::state_file::FailingSpell,
+) {
     let Some(path) = path else { return };
     let mut json = serde_json::to_vec_pretty(records).expect("records serialize");
     json.push(b'\n');
@@ -423,10 +429,18 @@ async fn save(path: Option<&Path>, records: &BTreeMap<Mac, ClientRecord>) {
     let result =
         tokio::task::spawn_blocking(move || diskless_dhcp::state_file::write_atomic(&path, &json))
             .await;
-    match result {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::warn!(error = %e, "cannot save the client records"),
-        Err(e) => tracing::warn!(error = %e, "the client record saving task failed"),
+    let error = match result {
+        Ok(Ok(())) => {
+            if failing.succeeded() {
+                tracing::info!("the client records are saved again");
+            }
+            return;
+        }
+        Ok(Err(e)) => e.to_string(),
+        Err(e) => format!("the saving task failed: {e}"),
+    };
+    if failing.failed() {
+        tracing::warn!(%error, "cannot save the client records (said once until a save succeeds)");
     }
 }
 

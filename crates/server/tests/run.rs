@@ -4,7 +4,9 @@
 //! included), and the client record is on disk when `run` returns. Reports
 //! need their boot's token (forged and replayed ones are refused and counted, a restarted
 //! server still takes a boot's next stage), and 1,000 reports from 50 concurrent senders all
-//! end up in `clients.json`.
+//! end up in `clients.json`. One host holding 3,000 connections (idle, or with headers that
+//! never end) keeps no more than its address's cap, and another client still gets its script
+//! and a range of its image.
 
 use diskless_boot::Site;
 use diskless_dhcp::DhcpSockets;
@@ -74,7 +76,9 @@ async fn post_report(addr: SocketAddr, path: &str, body: &str) -> String {
 async fn get(addr: SocketAddr, path: &str) -> String {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     stream
-        .write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        // Host names the listener, as a browser or curl does: the admin listener answers
+        // no other host (DNS rebinding, hostcheck.rs).
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut response = String::new();
@@ -211,7 +215,7 @@ async fn scripts_follow_a_reload_and_everything_stops_on_shutdown() {
     );
     let mut events = tokio::net::TcpStream::connect(admin).await.unwrap();
     events
-        .write_all(b"GET /api/events HTTP/1.1\r\nHost: x\r\n\r\n")
+        .write_all(format!("GET /api/events HTTP/1.1\r\nHost: {admin}\r\n\r\n").as_bytes())
         .await
         .unwrap();
     let mut head = [0u8; 64];
@@ -359,4 +363,71 @@ async fn a_restarted_server_takes_the_next_stage_of_a_boot_under_way() {
         std::fs::read(dir.path().join("state/report.key")).unwrap(),
         b"short"
     );
+}
+
+/// A connection to `to` from `ip` (any 127.0.0.0/8 address reaches a loopback listener).
+async fn connect_from(ip: Ipv4Addr, to: SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(ip.into(), 0)).unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_host_holding_thousands_of_connections_stops_no_boot() {
+    // Both ends live in this process: the server raises its soft limit to the hard one.
+    let budget = diskless_server::conn::DescriptorBudget::of_this_process();
+    assert!(
+        budget.nofile >= 8192,
+        "the test needs 8,192 descriptors (ulimit -Hn is {})",
+        budget.nofile
+    );
+    let dir = tempfile::tempdir().unwrap();
+    ipxe_dir(dir.path());
+    publish_lab(&dir.path().join("store"));
+    let server = Server::start(dir.path()).await;
+    let http = server.http;
+    // 127.0.0.2 holds 1,500 idle connections and 1,500 requests whose headers never end
+    // (1,100 idle ones took every descriptor of the server before issue 22).
+    let attacker = Ipv4Addr::new(127, 0, 0, 2);
+    let mut held = Vec::new();
+    for i in 0..3000 {
+        let mut s = connect_from(attacker, http).await;
+        if i % 2 == 1 {
+            // One the server closed at once refuses the write: fine.
+            let _ = s
+                .write_all(b"GET /boot/52-54-00-00-00-01.ipxe HTTP/1.1\r\n")
+                .await;
+        }
+        held.push(s);
+    }
+    // Another client boots: its script, then a range of the image its script names.
+    let script = get(http, "/boot/52-54-00-12-34-56.ipxe").await;
+    assert!(script.starts_with("HTTP/1.0 200"), "{script}");
+    let image = script
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("diskless.image="))
+        .unwrap_or_else(|| panic!("no image URL in {script}"));
+    let path = &image[image.find("/images/").unwrap()..];
+    let mut stream = tokio::net::TcpStream::connect(http).await.unwrap();
+    let request = format!("GET {path} HTTP/1.0\r\nHost: x\r\nRange: bytes=2-5\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    assert!(response.starts_with("HTTP/1.0 206"), "{response}");
+    assert!(response.ends_with("ot.s"), "{response}"); // bytes 2-5 of "root.squashfs"
+                                                       // The attacker holds no more than its address's cap.
+    let mut open = 0;
+    for s in &mut held {
+        let mut b = [0u8; 256];
+        match tokio::time::timeout(Duration::from_millis(5), s.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {}
+            _ => open += 1,
+        }
+    }
+    assert!(
+        open <= diskless_server::conn::PER_ADDRESS,
+        "{open} connections held"
+    );
+    drop(held);
+    server.stop().await;
 }

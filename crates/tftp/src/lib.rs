@@ -5,6 +5,8 @@
 //!   (OACK), 2348 (`blksize`), 2349 (`timeout`, `tsize`) and 7440 (`windowsize`).
 //! - [`session`]: one read transfer, server side. It takes `now` and packets and
 //!   returns packets to send and its next deadline; it does no I/O and reads no clock.
+//! - [`admission`]: which requests start a transfer, per source address (rate and
+//!   running transfers), without I/O.
 //! - [`client`]: one read transfer, client side ([`client::Transfer`]) and a blocking
 //!   `std::net` driver, [`client::fetch`], usable without tokio
 //!   (`default-features = false`), as in the initramfs helper.
@@ -26,6 +28,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod admission;
 pub mod client;
 pub mod rtt;
 pub mod session;

@@ -34,6 +34,7 @@ use tokio::net::UdpSocket;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::admission::{Admission, SourceLimits};
 use crate::root::{self, BlockSource, MemorySource, NetasciiSource, OctetSource, PathError};
 use crate::session::{Outcome, Session, SessionConfig, Transmit};
 use crate::wire::{self, ErrorCode, Lossy, Mode, Packet, RequestOptions};
@@ -45,8 +46,12 @@ pub struct ServerConfig {
     pub root: PathBuf,
     /// Limits on negotiated options and timers.
     pub session: SessionConfig,
-    /// Transfers running at once; further requests are dropped (clients retry).
+    /// Transfers running at once; further requests are dropped (clients retry). Each
+    /// running transfer holds two descriptors (its socket and the file it reads).
     pub max_transfers: usize,
+    /// Limits per source address (new transfers a second, transfers running); requests
+    /// over them are dropped like those over `max_transfers`.
+    pub per_source: SourceLimits,
     /// Called when each request ends, served or refused.
     pub on_transfer_done: Option<TransferHook>,
     /// Files served beside the root, asked first: a boot server's generated configs, or
@@ -81,6 +86,7 @@ impl std::fmt::Debug for ServerConfig {
             .field("root", &self.root)
             .field("session", &self.session)
             .field("max_transfers", &self.max_transfers)
+            .field("per_source", &self.per_source)
             .field("on_transfer_done", &self.on_transfer_done.is_some())
             .field("virtual_files", &self.virtual_files.is_some())
             .field("allow", &self.allow.is_some())
@@ -102,6 +108,7 @@ impl ServerConfig {
             root: root.into(),
             session: SessionConfig::default(),
             max_transfers: DEFAULT_MAX_TRANSFERS,
+            per_source: SourceLimits::default(),
             on_transfer_done: None,
             virtual_files: None,
             allow: None,
@@ -237,6 +244,7 @@ pub async fn serve(
     let shared = Arc::new(Shared {
         root,
         limit: Arc::new(Semaphore::new(config.max_transfers)),
+        admission: std::sync::Mutex::new(Admission::new(config.per_source, MAX_SOURCES)),
         stopping: AtomicBool::new(false),
         config,
     });
@@ -281,11 +289,16 @@ pub async fn serve_addr(
     serve(socket, config, shutdown).await
 }
 
+/// Source addresses [`Admission`] remembers at once (a few hundred bytes of table).
+const MAX_SOURCES: usize = 4096;
+
 struct Shared {
     root: std::fs::File,
     config: ServerConfig,
     /// One permit per running transfer.
     limit: Arc<Semaphore>,
+    /// Rate and running transfers per source address.
+    admission: std::sync::Mutex<Admission>,
     /// Set when `serve` returns: transfers stop at their next wake-up.
     stopping: AtomicBool,
 }
@@ -307,7 +320,19 @@ fn handle_request(shared: &Arc<Shared>, datagram: &[u8], client: SocketAddr, loc
             return;
         }
     };
+    // Dropped, not refused with an ERROR: an answer to a forged source is what the
+    // limit is there to stop. Logged at debug only, as a flood would flood the log too.
+    let admitted = shared
+        .admission
+        .lock()
+        .expect("admission lock")
+        .admit(client.ip(), Instant::now());
+    if let Err(refusal) = admitted {
+        tracing::debug!(%client, %refusal, "tftp: request dropped");
+        return;
+    }
     let Ok(permit) = Arc::clone(&shared.limit).try_acquire_owned() else {
+        shared.finished(client.ip());
         tracing::warn!(%client, "tftp: too many transfers, request dropped");
         return;
     };
@@ -335,7 +360,18 @@ fn handle_request(shared: &Arc<Shared>, datagram: &[u8], client: SocketAddr, loc
         .stack_size(256 << 10)
         .spawn(move || run_transfer(shared2, filename, is_write, log, permit));
     if let Err(e) = spawned {
+        shared.finished(client.ip());
         tracing::warn!(%client, error = %e, "tftp: cannot start a transfer thread");
+    }
+}
+
+impl Shared {
+    /// A transfer admitted for `source` has ended (or never started).
+    fn finished(&self, source: IpAddr) {
+        self.admission
+            .lock()
+            .expect("admission lock")
+            .finished(source);
     }
 }
 
@@ -350,6 +386,7 @@ fn run_transfer(
     log.outcome = transfer(&shared, &filename, is_write, &mut log);
     log.elapsed = started.elapsed();
     report(&shared.config, &log);
+    shared.finished(log.client.ip());
     drop(permit);
 }
 

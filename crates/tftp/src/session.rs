@@ -20,7 +20,12 @@
 //! - block numbers wrap from 65535 to 0; the session counts blocks in 64 bits;
 //! - an ERROR from the client ends the transfer at once (UEFI firmware asks for `tsize`
 //!   in a first request, then aborts it with ERROR 8 and asks again);
-//! - retransmissions are bounded: after `max_retries` consecutive timeouts it gives up.
+//! - retransmissions are bounded: after `max_retries` consecutive timeouts it gives up,
+//!   and after `max_unanswered_retries` while the client has not answered once. A read
+//!   request is one UDP datagram whose source anyone can forge: until an ACK (or ERROR)
+//!   proves the requester is there, each retransmission is traffic toward whoever the
+//!   request named. With 12 retries a 45-byte request drew 13 DATA packets of 516
+//!   bytes over ~95 s; with 2 it draws 3 (docs/BENCHMARKS.md, TFTP amplification).
 
 use std::time::{Duration, Instant};
 
@@ -36,6 +41,10 @@ pub struct SessionConfig {
     pub max_windowsize: u16,
     /// Consecutive timeouts before giving up.
     pub max_retries: u32,
+    /// Timeouts before giving up while the client has not acknowledged anything yet (the
+    /// request's source may be forged): at most this many retransmissions of the first
+    /// packet.
+    pub max_unanswered_retries: u32,
     /// Retransmission timer limits.
     pub rtt: RttConfig,
 }
@@ -46,6 +55,7 @@ impl Default for SessionConfig {
             max_blksize: wire::MAX_BLKSIZE,
             max_windowsize: 64,
             max_retries: 12,
+            max_unanswered_retries: 2,
             rtt: RttConfig::default(),
         }
     }
@@ -151,6 +161,9 @@ pub struct Stats {
 pub struct Session {
     negotiated: Negotiated,
     max_retries: u32,
+    max_unanswered_retries: u32,
+    /// The client has sent a valid ACK (of the OACK or of a block) at least once.
+    answered: bool,
     size: u64,
     /// Index of the final block (1-based); it is shorter than blksize.
     last_block: u64,
@@ -196,6 +209,8 @@ impl Session {
         Session {
             negotiated,
             max_retries: config.max_retries,
+            max_unanswered_retries: config.max_unanswered_retries,
+            answered: false,
             size,
             last_block,
             state,
@@ -319,6 +334,7 @@ impl Session {
         match self.state {
             State::Oack { sent } => {
                 if block == 0 && sent {
+                    self.answered = true;
                     self.took_sample(now);
                     self.state = State::Data;
                     self.deadline = None;
@@ -338,6 +354,7 @@ impl Session {
                     return;
                 }
                 let idx = self.acked + delta;
+                self.answered = true;
                 if idx == self.window_end && self.next > self.window_end {
                     self.took_sample(now);
                 } else {
@@ -380,7 +397,12 @@ impl Session {
         }
         self.stats.timeouts += 1;
         self.retries += 1;
-        if self.retries > self.max_retries {
+        let limit = if self.answered {
+            self.max_retries
+        } else {
+            self.max_retries.min(self.max_unanswered_retries)
+        };
+        if self.retries > limit {
             self.outcome = Some(Outcome::TimedOut {
                 all_sent: self.high_sent >= self.last_block,
             });
@@ -577,6 +599,62 @@ mod tests {
         s.on_timeout(d4);
         assert_eq!(s.outcome(), Some(&Outcome::TimedOut { all_sent: false }));
         assert!(drain(&mut s, d4).is_empty());
+    }
+
+    /// Counts what a session sends to a client that never answers, until it gives up.
+    fn sent_to_silent_client(requested: &RequestOptions) -> (usize, Outcome) {
+        let mut s = Session::new(requested, 1 << 20, &SessionConfig::default());
+        let mut now = Instant::now();
+        let mut sent = drain(&mut s, now).len();
+        while let Some(d) = s.deadline() {
+            now = d;
+            s.on_timeout(now);
+            sent += drain(&mut s, now).len();
+        }
+        (sent, s.outcome().unwrap().clone())
+    }
+
+    #[test]
+    fn an_unanswered_request_draws_at_most_three_packets() {
+        // A forged request: the first packet and two retransmissions, then silence.
+        let timed_out = Outcome::TimedOut { all_sent: false };
+        assert_eq!(
+            sent_to_silent_client(&RequestOptions::default()),
+            (3, timed_out.clone())
+        );
+        // With options, the OACK is what goes out three times.
+        assert_eq!(
+            sent_to_silent_client(&opts(Some(1468), Some(16), true)),
+            (3, timed_out)
+        );
+    }
+
+    #[test]
+    fn an_answering_client_keeps_the_full_retry_budget() {
+        // Once the client has acknowledged a block, a stall gets all `max_retries`.
+        let t0 = Instant::now();
+        let cfg = SessionConfig::default();
+        let mut s = Session::new(&RequestOptions::default(), 1 << 20, &cfg);
+        drain(&mut s, t0);
+        s.handle(t0, &ack(1));
+        let mut now = t0;
+        let mut sent = drain(&mut s, now).len();
+        while let Some(d) = s.deadline() {
+            now = d;
+            s.on_timeout(now);
+            sent += drain(&mut s, now).len();
+        }
+        assert_eq!(sent as u32, 1 + cfg.max_retries);
+        // An ACK of the OACK counts as an answer too.
+        let mut s = Session::new(&opts(Some(1468), None, false), 1 << 20, &cfg);
+        past_oack(&mut s, t0);
+        drain(&mut s, t0);
+        for _ in 0..cfg.max_unanswered_retries + 1 {
+            let d = s.deadline().unwrap();
+            s.on_timeout(d);
+            drain(&mut s, d);
+        }
+        assert_eq!(s.outcome(), None);
     }
 
     /// A lock-step session of 1 MiB whose first 20 blocks came back in 200 µs each, and

@@ -474,6 +474,8 @@ fn thousand_concurrent_transfers_bounded_memory() {
     std::fs::hard_link(big.path(), root.path().join("big")).unwrap();
     let mut config = ServerConfig::new(root.path());
     config.max_transfers = 1000;
+    // All from one address, as no real source would: the global cap is what is tested.
+    config.per_source = diskless_tftp::admission::SourceLimits::unlimited();
     config.session.rtt.initial = Duration::from_secs(30);
     config.session.rtt.min = Duration::from_secs(30);
     let srv = TestServer::start_with(config, "127.0.0.1:0", None);
@@ -602,4 +604,51 @@ fn the_allow_hook_refuses_with_access_violation() {
         refused.outcome
     );
     assert_eq!(refused.bytes, 0);
+}
+
+#[test]
+fn new_transfers_are_limited_per_source_address() {
+    // Ten requests from one address against a burst of five and no refill: five are
+    // answered, the rest dropped; another address is still served. The timer is long, so
+    // nothing is retransmitted while the test counts.
+    let root = root_with(&[("f", &pattern(100_000, 3))]);
+    let mut config = ServerConfig::new(root.path());
+    config.per_source = diskless_tftp::admission::SourceLimits {
+        burst: 5,
+        per_second: 0,
+        max_running: 100,
+    };
+    config.session.rtt.initial = Duration::from_secs(30);
+    config.session.rtt.min = Duration::from_secs(30);
+    let srv = TestServer::start_with(config, "127.0.0.1:0", None);
+    let flood = raw();
+    for _ in 0..10 {
+        flood.send_to(&rrq(b"f", &[]), srv.addr).unwrap();
+    }
+    flood
+        .set_read_timeout(Some(Duration::from_millis(1500)))
+        .unwrap();
+    let mut tids = Vec::new();
+    let mut b = [0u8; 600];
+    while let Ok((_, tid)) = flood.recv_from(&mut b) {
+        tids.push(tid);
+    }
+    tids.sort();
+    tids.dedup();
+    assert_eq!(tids.len(), 5, "transfers started for one address: {tids:?}");
+    let other = UdpSocket::bind("127.0.0.2:0").unwrap();
+    other
+        .set_read_timeout(Some(Duration::from_secs(3)))
+        .unwrap();
+    other.send_to(&rrq(b"f", &[]), srv.addr).unwrap();
+    let (p, tid) = recv(&other);
+    assert!(matches!(
+        Packet::parse(&p).unwrap(),
+        Packet::Data { block: 1, .. }
+    ));
+    for t in tids.iter().chain([&tid]) {
+        let s = if *t == tid { &other } else { &flood };
+        s.send_to(b"\x00\x05\x00\x00bye\x00", t).unwrap();
+    }
+    assert_eq!(srv.wait_logs(6).len(), 6);
 }
