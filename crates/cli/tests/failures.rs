@@ -89,7 +89,9 @@ impl Boot {
     fn last_detail(&self) -> String {
         let text = std::fs::read_to_string(self.logs.join("state/clients.json")).unwrap();
         let clients: Value = serde_json::from_str(&text).unwrap();
-        let last = clients[MAC]["stages"].as_array().and_then(|a| a.last().cloned());
+        let last = clients[MAC]["stages"]
+            .as_array()
+            .and_then(|a| a.last().cloned());
         last.and_then(|s| s["detail"].as_str().map(str::to_string))
             .unwrap_or_default()
     }
@@ -238,7 +240,13 @@ fn a_server_restarted_during_the_download_is_survived_by_resuming() {
 #[test]
 #[ignore = "needs root, QEMU and minutes: run by scripts/test"]
 fn a_seat_without_the_masters_data_disk_reaches_multi_user() {
-    let b = boot(false, &["--run", "grep -E '^[^#]+[[:space:]]/data[[:space:]]' /etc/fstab"]);
+    let b = boot(
+        false,
+        &[
+            "--run",
+            "grep -E '^[^#]+[[:space:]]/data[[:space:]]' /etc/fstab",
+        ],
+    );
     assert!(b.out.status.success(), "{}", b.text);
     assert!(
         b.text
@@ -247,7 +255,11 @@ fn a_seat_without_the_masters_data_disk_reaches_multi_user() {
         b.text
     );
     let stages = b.stages();
-    assert_eq!(stages.last().map(String::as_str), Some("multi-user"), "{stages:?}");
+    assert_eq!(
+        stages.last().map(String::as_str),
+        Some("multi-user"),
+        "{stages:?}"
+    );
 }
 
 /// A boot that stops in emergency mode once the root is mounted (here asked for on the kernel
@@ -265,7 +277,11 @@ fn a_boot_stopped_in_emergency_mode_is_reported_failed() {
     );
     let stages = b.stages();
     assert!(stages.iter().any(|s| s == "root-mounted"), "{stages:?}");
-    assert_eq!(stages.last().map(String::as_str), Some("failed"), "{stages:?}");
+    assert_eq!(
+        stages.last().map(String::as_str),
+        Some("failed"),
+        "{stages:?}"
+    );
     let detail = b.last_detail();
     assert!(detail.starts_with("reason=emergency "), "{detail}");
 }
@@ -277,7 +293,10 @@ fn a_boot_stopped_in_emergency_mode_is_reported_failed() {
 fn a_boot_that_never_reaches_multi_user_is_reported_failed() {
     let b = boot(
         false,
-        &["--cmdline", "systemd.unit=rescue.target diskless.boot-timeout=20"],
+        &[
+            "--cmdline",
+            "systemd.unit=rescue.target diskless.boot-timeout=20",
+        ],
     );
     assert!(!b.out.status.success(), "it booted:\n{}", b.text);
     let console = b.console();
@@ -286,7 +305,11 @@ fn a_boot_that_never_reaches_multi_user_is_reported_failed() {
         "{console}"
     );
     let stages = b.stages();
-    assert_eq!(stages.last().map(String::as_str), Some("failed"), "{stages:?}");
+    assert_eq!(
+        stages.last().map(String::as_str),
+        Some("failed"),
+        "{stages:?}"
+    );
     let detail = b.last_detail();
     assert!(detail.starts_with("reason=timeout "), "{detail}");
 }
