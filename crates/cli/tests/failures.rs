@@ -254,12 +254,15 @@ fn a_seat_without_the_masters_data_disk_reaches_multi_user() {
         "no softened /data line in the seat's fstab (scripts/test adds it to the master's):\n{}",
         b.text
     );
-    let stages = b.stages();
-    assert_eq!(
-        stages.last().map(String::as_str),
-        Some("multi-user"),
-        "{stages:?}"
+    // The vm saw the seat's own "reached multi-user" line (its report to the server may still
+    // be on its way when the vm stops: the console is what counts here), and nothing failed.
+    assert!(
+        b.phases().to_string().contains("multi-user"),
+        "{}",
+        b.phases()
     );
+    let stages = b.stages();
+    assert!(!stages.iter().any(|s| s == "failed"), "{stages:?}");
 }
 
 /// A boot that stops in emergency mode once the root is mounted (here asked for on the kernel
