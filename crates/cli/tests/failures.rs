@@ -1,7 +1,9 @@
 //! Issue 6, what goes wrong in a real lab: a corrupted image is refused before it is mounted,
 //! an image that does not fit the client's RAM is refused before it is downloaded, a lossy
 //! network still boots, and a server restarted in the middle of the image download is
-//! survived by resuming it.
+//! survived by resuming it. Issue 22: a seat without the master's data disk boots, and a boot
+//! that stops after the root is mounted (emergency mode, no multi-user in time) is reported
+//! `failed` with its reason.
 //!
 //! Run by scripts/test (`cargo test -p diskless --test failures -- --ignored --test-threads=1`):
 //! it needs root, network namespaces, nftables, QEMU and several minutes per boot. The image
@@ -80,6 +82,17 @@ impl Boot {
                     .map(|s| s["stage"].as_str().unwrap().to_string())
                     .collect()
             })
+            .unwrap_or_default()
+    }
+
+    /// The detail of the boot's last stage, as the server recorded it.
+    fn last_detail(&self) -> String {
+        let text = std::fs::read_to_string(self.logs.join("state/clients.json")).unwrap();
+        let clients: Value = serde_json::from_str(&text).unwrap();
+        let last = clients[MAC]["stages"]
+            .as_array()
+            .and_then(|a| a.last().cloned());
+        last.and_then(|s| s["detail"].as_str().map(str::to_string))
             .unwrap_or_default()
     }
 
@@ -218,4 +231,88 @@ fn a_server_restarted_during_the_download_is_survived_by_resuming() {
         2,
         "{server_log}"
     );
+}
+
+/// The master the shared test image is built from mounts a data disk the seats do not have
+/// (scripts/test puts `/dev/sdb1 /data ext4 defaults 0 2` in its fstab): the seat's fstab has
+/// it with nofail and a short device timeout, and the seat reaches multi-user instead of
+/// waiting 90 s and stopping in emergency mode. Every other boot test boots this image too.
+#[test]
+#[ignore = "needs root, QEMU and minutes: run by scripts/test"]
+fn a_seat_without_the_masters_data_disk_reaches_multi_user() {
+    let b = boot(
+        false,
+        &[
+            "--run",
+            "grep -E '^[^#]+[[:space:]]/data[[:space:]]' /etc/fstab",
+        ],
+    );
+    assert!(b.out.status.success(), "{}", b.text);
+    assert!(
+        b.text
+            .contains("/dev/sdb1 /data ext4 defaults,nofail,x-systemd.device-timeout=10s 0 2"),
+        "no softened /data line in the seat's fstab (scripts/test adds it to the master's):\n{}",
+        b.text
+    );
+    // The vm saw the seat's own "reached multi-user" line (its report to the server may still
+    // be on its way when the vm stops: the console is what counts here), and nothing failed.
+    assert!(
+        b.phases().to_string().contains("multi-user"),
+        "{}",
+        b.phases()
+    );
+    let stages = b.stages();
+    assert!(!stages.iter().any(|s| s == "failed"), "{stages:?}");
+}
+
+/// A boot that stops in emergency mode once the root is mounted (here asked for on the kernel
+/// command line; a failed local-fs.target gets there the same way) is reported `failed` with
+/// its reason, instead of staying at `root-mounted` for ever.
+#[test]
+#[ignore = "needs root, QEMU and minutes: run by scripts/test"]
+fn a_boot_stopped_in_emergency_mode_is_reported_failed() {
+    let b = boot(false, &["--cmdline", "systemd.unit=emergency.target"]);
+    assert!(!b.out.status.success(), "it booted:\n{}", b.text);
+    let console = b.console();
+    assert!(
+        console.contains("diskless: boot failed: reason=emergency "),
+        "{console}"
+    );
+    let stages = b.stages();
+    assert!(stages.iter().any(|s| s == "root-mounted"), "{stages:?}");
+    assert_eq!(
+        stages.last().map(String::as_str),
+        Some("failed"),
+        "{stages:?}"
+    );
+    let detail = b.last_detail();
+    assert!(detail.starts_with("reason=emergency "), "{detail}");
+}
+
+/// A boot that never reaches multi-user (rescue mode here, as a unit that never finishes would)
+/// is reported `failed` with reason=timeout once diskless.boot-timeout= seconds have passed.
+#[test]
+#[ignore = "needs root, QEMU and minutes: run by scripts/test"]
+fn a_boot_that_never_reaches_multi_user_is_reported_failed() {
+    let b = boot(
+        false,
+        &[
+            "--cmdline",
+            "systemd.unit=rescue.target diskless.boot-timeout=20",
+        ],
+    );
+    assert!(!b.out.status.success(), "it booted:\n{}", b.text);
+    let console = b.console();
+    assert!(
+        console.contains("diskless: boot failed: reason=timeout "),
+        "{console}"
+    );
+    let stages = b.stages();
+    assert_eq!(
+        stages.last().map(String::as_str),
+        Some("failed"),
+        "{stages:?}"
+    );
+    let detail = b.last_detail();
+    assert!(detail.starts_with("reason=timeout "), "{detail}");
 }

@@ -43,24 +43,92 @@ struct Module {
     data: Vec<u8>,
 }
 
-/// Does the initrd at `path` already carry the boot script and the helper, as one that
-/// `diskless initrd install` regenerated does? Then it boots `boot=diskless` on its own and
-/// the image needs no diskless.cpio.
+/// What the build needs to know of a master's initrd, read in one pass over every segment.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct InitrdFacts {
+    /// It carries the boot script and the helper, as one that `diskless initrd install`
+    /// regenerated does: it boots `boot=diskless` on its own and the image needs no
+    /// diskless.cpio.
+    pub has_boot_files: bool,
+    /// Its members that hold a key ([`initrd_key_member`]): (member name, what it is).
+    pub keys: Vec<(String, &'static str)>,
+}
+
+/// Does the initrd at `path` already carry the boot script and the helper? See
+/// [`InitrdFacts::has_boot_files`].
 pub fn initrd_has_boot_files(path: &Path) -> Result<bool> {
+    Ok(inspect_initrd(path)?.has_boot_files)
+}
+
+/// Read every member name of the initrd at `path` (compressed, several segments: an early
+/// microcode archive then the main one, as Debian's are).
+pub fn inspect_initrd(path: &Path) -> Result<InitrdFacts> {
     let file = std::fs::File::open(path).map_err(io_at(path))?;
     let mut initrd = diskless_initramfs::InitrdReader::new(std::io::BufReader::new(file));
+    let corrupt = |e: &dyn std::fmt::Display| {
+        Error::Invalid(format!("reading the initrd {}: {e}", path.display()))
+    };
     let mut missing: HashSet<&str> = [SCRIPT_PATH, HELPER_PATH].into();
-    while let Some(entry) = initrd
-        .next_entry()
-        .map_err(|e| Error::Invalid(format!("reading the initrd {}: {e}", path.display())))?
-    {
+    let mut facts = InitrdFacts::default();
+    while let Some(entry) = initrd.next_entry().map_err(|e| corrupt(&e))? {
+        if entry.header.kind() != diskless_initramfs::EntryKind::File {
+            continue;
+        }
         let name = entry.header.name_lossy();
-        missing.remove(name.trim_start_matches("./").trim_start_matches('/'));
-        if missing.is_empty() {
-            return Ok(true);
+        let name = name
+            .trim_start_matches("./")
+            .trim_start_matches('/')
+            .to_string();
+        missing.remove(name.as_str());
+        // The old cryptroot hook's config holds key=PATH for each volume: a key only when
+        // one is named (key=none is a passphrase typed at boot).
+        let what = if name == OLD_CRYPTROOT_CONF {
+            let data = initrd.read_data_to_vec().map_err(|e| corrupt(&e))?;
+            names_a_keyfile(&String::from_utf8_lossy(&data))
+                .then_some("cryptsetup's volume list naming a keyfile (older cryptroot hook)")
+        } else {
+            initrd_key_member(&name)
+        };
+        if let Some(what) = what {
+            facts.keys.push((name, what));
         }
     }
-    Ok(false)
+    facts.has_boot_files = missing.is_empty();
+    Ok(facts)
+}
+
+/// Where the cryptroot hook of older cryptsetup releases put its volume list.
+const OLD_CRYPTROOT_CONF: &str = "conf/conf.d/cryptroot";
+
+/// Whether a `conf/conf.d/cryptroot` text (`target=...,source=...,key=...` lines) names a
+/// key file.
+fn names_a_keyfile(text: &str) -> bool {
+    text.split([',', '\n', ' '])
+        .filter_map(|f| f.strip_prefix("key="))
+        .any(|k| !k.is_empty() && k != "none")
+}
+
+/// Whether an initrd member (a regular file, by its name without a leading `./` or `/`) is a
+/// key, and which: cryptsetup-initramfs copies the keyfiles that match its `KEYFILE_PATTERN`
+/// to `cryptroot/keyfiles/` (README.initramfs of cryptsetup-initramfs), dropbear-initramfs
+/// puts its host keys in `etc/dropbear/` (`dropbear_*_host_key`), and a site's hook may add
+/// any `*.key` or the master's own ssh host keys.
+pub fn initrd_key_member(name: &str) -> Option<&'static str> {
+    let file = name.rsplit('/').next().unwrap_or(name);
+    if name.starts_with("cryptroot/keyfiles/") {
+        Some("a cryptsetup keyfile (cryptsetup-initramfs KEYFILE_PATTERN)")
+    } else if name.starts_with("etc/dropbear/") && file.ends_with("_key") {
+        Some("a dropbear host key (dropbear-initramfs)")
+    } else if name.starts_with("etc/ssh/")
+        && file.starts_with("ssh_host_")
+        && file.ends_with("_key")
+    {
+        Some("an ssh host key")
+    } else if file.ends_with(".key") {
+        Some("a key file")
+    } else {
+        None
+    }
 }
 
 /// Build the archive for kernel `version` of the tree at `root`.
@@ -287,6 +355,69 @@ mod tests {
         std::fs::write(&installed, b"not an initrd at all, just text").unwrap();
         let err = initrd_has_boot_files(&installed).unwrap_err().to_string();
         assert!(err.contains("reading the initrd"), "{err}");
+    }
+
+    #[test]
+    fn keys_in_an_initrd_are_found_in_every_segment() {
+        let archive = |files: &[(&str, &str)]| {
+            let mut w = CpioWriter::new(Vec::new());
+            for (f, data) in files {
+                w.add_file(f, 0o600, data.as_bytes()).unwrap();
+            }
+            w.finish().unwrap()
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let initrd = |main: &[(&str, &str)]| {
+            let mut bytes = archive(&[("kernel/x86/microcode/GenuineIntel.bin", "x")]);
+            let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+            gz.write_all(&archive(main)).unwrap();
+            bytes.extend(gz.finish().unwrap());
+            let path = dir.path().join("initrd");
+            std::fs::write(&path, bytes).unwrap();
+            inspect_initrd(&path).unwrap()
+        };
+        let stock = initrd(&[
+            ("init", ""),
+            ("scripts/local-top/cryptroot", ""),
+            (
+                "conf/conf.d/cryptroot",
+                "target=root,source=UUID=1,key=none\n",
+            ),
+            ("etc/ssh/ssh_config", ""),
+        ]);
+        assert_eq!(stock.keys, Vec::new());
+        let keyed = initrd(&[
+            ("init", ""),
+            ("cryptroot/keyfiles/data_crypt.key", "K"),
+            ("etc/dropbear/dropbear_ed25519_host_key", "K"),
+            ("etc/ssh/ssh_host_rsa_key", "K"),
+            ("etc/luks.key", "K"),
+            (
+                "conf/conf.d/cryptroot",
+                "target=data,source=UUID=2,key=/etc/k\n",
+            ),
+        ]);
+        let names: Vec<&str> = keyed.keys.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "cryptroot/keyfiles/data_crypt.key",
+                "etc/dropbear/dropbear_ed25519_host_key",
+                "etc/ssh/ssh_host_rsa_key",
+                "etc/luks.key",
+                "conf/conf.d/cryptroot",
+            ]
+        );
+        assert!(!keyed.has_boot_files);
+        let err = crate::build::refuse_initrd_keys("boot/initrd.img-6.1.0-9-amd64", &keyed)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("the initrd boot/initrd.img-6.1.0-9-amd64 holds cryptroot/keyfiles/data_crypt.key (a cryptsetup keyfile")
+                && err.contains("and 4 more"),
+            "{err}"
+        );
+        assert!(crate::build::refuse_initrd_keys("x", &stock).is_ok());
     }
 
     #[test]

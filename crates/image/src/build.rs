@@ -110,6 +110,18 @@ pub fn build(store: &Store, cfg: &BuildConfig) -> Result<BuildReport> {
         validate_block_size(size)?;
     }
     let kernel = kernel::find(&source)?;
+    let initrd_name = kernel
+        .initrd
+        .strip_prefix(&source)
+        .unwrap_or(&kernel.initrd)
+        .display()
+        .to_string();
+    // Before anything is built: an initrd we cannot read (lzop, say) is left to the kernel, as
+    // any stock one is, and said so; one holding a key is refused.
+    let initrd = bootcpio::inspect_initrd(&kernel.initrd);
+    if let Ok(facts) = &initrd {
+        refuse_initrd_keys(&initrd_name, facts)?;
+    }
     let staging = store.begin(&cfg.name)?;
     let work = staging.dir.join(".work");
     std::fs::create_dir(&work).map_err(io_at(&work))?;
@@ -161,21 +173,20 @@ pub fn build(store: &Store, cfg: &BuildConfig) -> Result<BuildReport> {
     copy(&kernel.initrd, &staging.dir.join(INITRD))?;
     pad_to_4(&staging.dir.join(INITRD))?;
     let mut changes = plan.changes;
-    let secrets = plan.secrets;
+    let mut secrets = plan.secrets;
     let mut boot_files = vec![SQUASHFS, KERNEL, INITRD];
-    let initrd_name = kernel
-        .initrd
-        .strip_prefix(&source)
-        .unwrap_or(&kernel.initrd)
-        .display()
-        .to_string();
-    // An initrd we cannot read (lzop, say) is left to the kernel, as any stock one is.
-    let self_contained = bootcpio::initrd_has_boot_files(&kernel.initrd).unwrap_or_else(|e| {
-        changes.push(format!(
-            "{initrd_name}: not inspected ({e}); clients load diskless.cpio after it"
-        ));
-        false
-    });
+    let self_contained = match initrd {
+        Ok(facts) => facts.has_boot_files,
+        Err(e) => {
+            changes.push(format!(
+                "{initrd_name}: not inspected ({e}); clients load diskless.cpio after it"
+            ));
+            secrets.push(format!(
+                "{initrd_name}: served as it is, not inspected for keyfiles or private keys ({e})"
+            ));
+            false
+        }
+    };
     if self_contained {
         changes.push(format!(
             "{initrd_name}: carries the diskless boot script and helper (diskless initrd \
@@ -214,6 +225,28 @@ pub fn build(store: &Store, cfg: &BuildConfig) -> Result<BuildReport> {
         source_bytes: stats.map(|s| s.uncompressed_bytes),
         secrets,
     })
+}
+
+/// The initrd goes to every client as it is, and anyone on the boot network can download it:
+/// one holding a key (a cryptsetup keyfile, a dropbear or ssh host key) is refused, naming
+/// the member. It is not rebuilt without them: the keys are there for the master's own boot
+/// (unlocking its disk, remote unlock over dropbear), and an initrd rebuilt by us would be
+/// one the admin never booted.
+pub fn refuse_initrd_keys(initrd_name: &str, facts: &bootcpio::InitrdFacts) -> Result<()> {
+    let Some((member, what)) = facts.keys.first() else {
+        return Ok(());
+    };
+    let more = match facts.keys.len() {
+        1 => String::new(),
+        n => format!(" and {} more key member(s)", n - 1),
+    };
+    Err(Error::Invalid(format!(
+        "the initrd {initrd_name} holds {member} ({what}){more}: every client downloads the \
+         initrd without authentication, so it is not copied into the image. Build the image \
+         from a tree whose initrd has no keys (a chroot made by `diskless image bootstrap`, or \
+         a copy of the master with its initrd regenerated without KEYFILE_PATTERN and \
+         dropbear-initramfs)"
+    )))
 }
 
 /// Whether the current version of image `name` has the boot files of this diskless build (an

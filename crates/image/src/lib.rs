@@ -19,6 +19,7 @@ pub mod bootcpio;
 pub mod bootstrap;
 pub mod build;
 pub mod command;
+mod credentials;
 mod error;
 pub mod export;
 pub mod initrd_install;

@@ -157,6 +157,7 @@ pub fn plan(source: &Path, stage: &Path, opts: &TidyOptions) -> Result<Plan> {
     hostname(source, &mut plan);
     machine_state(source, &mut plan);
     boot_files(source, &mut plan);
+    crate::credentials::leave_out_state(source, &mut plan);
     password_hashes(source, stage, opts.keep_password_hashes, &mut plan)?;
     secrets(source, &mut plan);
     Ok(plan)
@@ -204,17 +205,77 @@ pub fn strip_fstab(text: &str) -> (String, Vec<String>) {
     (kept, removed)
 }
 
+/// What a seat's fstab adds to the options of the master's other local disks.
+pub const SEAT_MOUNT_OPTIONS: &[&str] = &["nofail", "x-systemd.device-timeout=10s"];
+
+/// The fstab with the master's other local disks made harmless on a seat that lacks them: a
+/// line whose source is a block device (`/dev/...`, `UUID=`, `LABEL=`, `PARTUUID=`,
+/// `PARTLABEL=`, `ID=`) and that is mounted at boot (no `noauto`) gets [`SEAT_MOUNT_OPTIONS`]
+/// it lacks. Without them systemd waits 90 s for the device and then stops the boot in
+/// emergency mode (`Dependency failed for local-fs.target`); with them it waits 10 s and
+/// boots without the mount. A seat that has the disk mounts it as the master does. Network
+/// filesystems, bind mounts and pseudo filesystems are left as they are. Returns the lines
+/// changed, as they were.
+pub fn soften_fstab(text: &str) -> (String, Vec<String>) {
+    let mut out = String::with_capacity(text.len());
+    let mut changed = Vec::new();
+    for line in text.lines() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let is_entry = !line.trim_start().starts_with('#') && fields.len() >= 3;
+        let block_device = is_entry
+            && (fields[0].starts_with("/dev/")
+                || ["UUID=", "LABEL=", "PARTUUID=", "PARTLABEL=", "ID="]
+                    .iter()
+                    .any(|p| fields[0].starts_with(p)));
+        let options: Vec<&str> = fields
+            .get(3)
+            .map(|o| o.split(',').collect())
+            .unwrap_or_else(|| vec!["defaults"]);
+        // An option by its name: `x-systemd.device-timeout=30s` is already a timeout.
+        let key = |o: &str| o.split('=').next().unwrap_or(o).to_string();
+        let has = |name: &str| options.iter().any(|o| key(o) == key(name));
+        let missing: Vec<&str> = SEAT_MOUNT_OPTIONS
+            .iter()
+            .copied()
+            .filter(|o| !has(o))
+            .collect();
+        if !block_device || has("noauto") || missing.is_empty() {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        let mut fields: Vec<String> = fields.iter().map(|f| f.to_string()).collect();
+        let options = [options.join(","), missing.join(",")].join(",");
+        match fields.get_mut(3) {
+            Some(o) => *o = options,
+            None => fields.push(options),
+        }
+        out.push_str(&fields.join(" "));
+        out.push('\n');
+        changed.push(line.trim().to_string());
+    }
+    (out, changed)
+}
+
 fn fstab(source: &Path, stage: &Path, plan: &mut Plan) -> Result<()> {
     let Ok(text) = fs::read_to_string(source.join("etc/fstab")) else {
         return Ok(());
     };
     let (kept, removed) = strip_fstab(&text);
-    if removed.is_empty() {
+    let (kept, softened) = soften_fstab(&kept);
+    if removed.is_empty() && softened.is_empty() {
         return Ok(());
     }
     replace_file(source, stage, "etc/fstab", &kept, plan)?;
     for line in removed {
         plan.changes.push(format!("etc/fstab: removed {line:?}"));
+    }
+    let added = SEAT_MOUNT_OPTIONS.join(",");
+    for line in softened {
+        plan.changes.push(format!(
+            "etc/fstab: {line:?} gets {added} (a seat without that disk boots without the \
+             mount instead of stopping in emergency mode)"
+        ));
     }
     Ok(())
 }
@@ -419,7 +480,11 @@ fn boot_files(source: &Path, plan: &mut Plan) {
 
 /// The names in `source/dir` that `wanted` picks (by name and type), sorted; none when the
 /// directory cannot be read.
-fn names_in(source: &Path, dir: &str, wanted: impl Fn(&str, fs::FileType) -> bool) -> Vec<String> {
+pub(crate) fn names_in(
+    source: &Path,
+    dir: &str,
+    wanted: impl Fn(&str, fs::FileType) -> bool,
+) -> Vec<String> {
     let Ok(entries) = fs::read_dir(source.join(dir)) else {
         return Vec::new();
     };
@@ -434,7 +499,7 @@ fn names_in(source: &Path, dir: &str, wanted: impl Fn(&str, fs::FileType) -> boo
 }
 
 /// Leave `rel` out of the image, and say so.
-fn leave_out(plan: &mut Plan, rel: &str, what: &str) {
+pub(crate) fn leave_out(plan: &mut Plan, rel: &str, what: &str) {
     plan.excludes.push(rel.to_string());
     plan.changes.push(format!("{rel}: {what}"));
 }
@@ -475,7 +540,17 @@ fn homes(source: &Path, plan: &mut Plan) {
 }
 
 /// The files that hold password hashes: `name:hash:...` lines.
-const PASSWORD_FILES: &[&str] = &["etc/shadow", "etc/shadow-", "etc/gshadow", "etc/gshadow-"];
+/// Besides shadow and gshadow, their previous versions (`-`, kept by shadow's tools) and
+/// Debian's daily copies (`.bak`, written by /etc/cron.daily/passwd of the passwd package on
+/// every installed system).
+const PASSWORD_FILES: &[&str] = &[
+    "etc/shadow",
+    "etc/shadow-",
+    "etc/gshadow",
+    "etc/gshadow-",
+    "var/backups/shadow.bak",
+    "var/backups/gshadow.bak",
+];
 
 /// `text` (shadow or gshadow lines) with every password hash replaced by `!`, and the names
 /// whose hash was replaced. The second field is a hash unless it is `*`, `!`, `!*` or empty
@@ -543,7 +618,7 @@ fn has_secret_line(path: &Path) -> bool {
 }
 
 /// Regular files below `source/dir`, relative to the source, sorted (at most 4 levels down).
-fn files_below(source: &Path, dir: &str) -> Vec<String> {
+pub(crate) fn files_below(source: &Path, dir: &str) -> Vec<String> {
     fn walk(source: &Path, dir: &str, depth: usize, out: &mut Vec<String>) {
         for name in names_in(source, dir, |_, _| true) {
             let rel = format!("{dir}/{name}");
@@ -614,6 +689,7 @@ fn secrets(source: &Path, plan: &mut Plan) {
             "a WireGuard configuration with its private key",
         ));
     }
+    found.extend(crate::credentials::listed(source));
     if fs::metadata(source.join("etc/security/opasswd")).is_ok_and(|m| m.is_file() && m.len() > 0) {
         found.push((
             "etc/security/opasswd".into(),
@@ -670,6 +746,59 @@ mod tests {
         );
         assert_eq!(removed.len(), 3);
         assert!(removed[0].contains("UUID=1234 /"));
+    }
+
+    #[test]
+    fn a_seat_lacking_the_masters_other_disks_boots_without_them() {
+        let fstab = "UUID=1234 / ext4 errors=remount-ro 0 1\n\
+/dev/sdb1 /data ext4 defaults 0 2\n\
+LABEL=scratch /scratch xfs\n\
+UUID=9 /srv ext4 defaults,nofail 0 2\n\
+PARTUUID=8 /opt ext4 x-systemd.device-timeout=30s 0 2\n\
+/dev/sdc1 /backup ext4 noauto 0 0\n\
+server:/home /home nfs4 defaults 0 0\n\
+/srv/a /srv/b none bind 0 0\n\
+tmpfs /tmp tmpfs defaults 0 0\n\
+# /dev/sdd1 /old ext4 defaults 0 2\n";
+        let (kept, _) = strip_fstab(fstab);
+        let (seat, changed) = soften_fstab(&kept);
+        assert_eq!(
+            seat,
+            "/dev/sdb1 /data ext4 defaults,nofail,x-systemd.device-timeout=10s 0 2\n\
+LABEL=scratch /scratch xfs defaults,nofail,x-systemd.device-timeout=10s\n\
+UUID=9 /srv ext4 defaults,nofail,x-systemd.device-timeout=10s 0 2\n\
+PARTUUID=8 /opt ext4 x-systemd.device-timeout=30s,nofail 0 2\n\
+/dev/sdc1 /backup ext4 noauto 0 0\n\
+server:/home /home nfs4 defaults 0 0\n\
+/srv/a /srv/b none bind 0 0\n\
+tmpfs /tmp tmpfs defaults 0 0\n\
+# /dev/sdd1 /old ext4 defaults 0 2\n"
+        );
+        assert_eq!(changed.len(), 4, "{changed:?}");
+        assert_eq!(changed[0], "/dev/sdb1 /data ext4 defaults 0 2");
+        assert_eq!(soften_fstab(&seat).1, Vec::<String>::new(), "idempotent");
+
+        // The build replaces the fstab and says so, for a master with only a data disk too.
+        let src = tempfile::tempdir().unwrap();
+        let stage = tempfile::tempdir().unwrap();
+        fs::create_dir_all(src.path().join("etc")).unwrap();
+        fs::write(
+            src.path().join("etc/fstab"),
+            "/dev/sdb1 /data ext4 defaults 0 2\n",
+        )
+        .unwrap();
+        let plan = plan(src.path(), stage.path(), &TidyOptions::default()).unwrap();
+        assert_eq!(
+            fs::read_to_string(stage.path().join("etc__fstab")).unwrap(),
+            "/dev/sdb1 /data ext4 defaults,nofail,x-systemd.device-timeout=10s 0 2\n"
+        );
+        assert!(
+            plan.changes.iter().any(|c| c.starts_with(
+                "etc/fstab: \"/dev/sdb1 /data ext4 defaults 0 2\" gets nofail,x-systemd.device-timeout=10s"
+            )),
+            "{:?}",
+            plan.changes
+        );
     }
 
     #[test]

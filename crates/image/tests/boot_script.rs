@@ -327,6 +327,7 @@ fn functions_leave_only_their_documented_outputs() {
     let documented = [
         "diskless_accounts_url",
         "diskless_autologin",
+        "diskless_boot_timeout",
         "diskless_image",
         "diskless_needs_network",
         "diskless_report_url",
@@ -344,4 +345,121 @@ fn functions_leave_only_their_documented_outputs() {
         .filter(|n| !documented.contains(&n.as_str()))
         .collect();
     assert!(leaked.is_empty(), "leaked globals {leaked:?}:\n{text}");
+}
+
+/// `diskless_watch_boot`, run by busybox's sh as in the initramfs, then the script it leaves
+/// for the booted system run with stand-ins for systemctl and diskless-fetch: the units are
+/// written and enabled, emergency mode is reported `failed` with `reason=emergency` and the
+/// failed units, once per boot; a timeout says nothing once multi-user is reached, and is
+/// reported `reason=timeout` otherwise. (A real boot: crates/cli/tests/failures.rs.)
+#[test]
+fn a_boot_stopped_after_the_root_is_mounted_is_reported_once_with_its_reason() {
+    if let Some(why) = diskless_testkit::missing_tools(&["busybox"]) {
+        diskless_testkit::skip(&format!(
+            "{why}: install busybox-static (scripts/install-deps)"
+        ));
+        return;
+    }
+    use std::os::unix::fs::PermissionsExt;
+    let exe = |dir: &Path, rel: &str, text: String| {
+        write(dir, rel, text);
+        std::fs::set_permissions(dir.join(rel), std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let calls = dir.join("calls");
+    exe(
+        dir,
+        "initrd/bin/diskless-fetch",
+        format!(
+            "#!/bin/sh\nprintf '%s|' \"$@\" >> {}\necho >> {0}\n",
+            calls.display()
+        ),
+    );
+    write(dir, "diskless", BOOT_SCRIPT);
+    let url = "http://10.0.0.1/api/report/52:54:00:12:34:56?token=a.b";
+    let script = format!(
+        ". {dir}/diskless\n\
+         DISKLESS={dir}/initrd\n\
+         DISKLESS_RUN={dir}/run\n\
+         rootmnt={dir}/root\n\
+         diskless_report_url='{url}'\n\
+         diskless_watch_boot\n",
+        dir = dir.display()
+    );
+    let out = Command::new("busybox")
+        .args(["sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let units = dir.join("root/etc/systemd/system");
+    let link = |rel: &str| std::fs::read_link(units.join(rel)).unwrap();
+    assert_eq!(
+        link("emergency.target.wants/diskless-emergency.service"),
+        Path::new("../diskless-emergency.service")
+    );
+    assert_eq!(
+        link("sysinit.target.wants/diskless-boot-timeout.timer"),
+        Path::new("../diskless-boot-timeout.timer")
+    );
+    let timer = std::fs::read_to_string(units.join("diskless-boot-timeout.timer")).unwrap();
+    assert!(timer.contains("\nOnActiveSec=600\n"), "{timer}");
+    let failed = dir.join("run/ram/bin/diskless-boot-failed");
+    let service = std::fs::read_to_string(units.join("diskless-emergency.service")).unwrap();
+    assert!(
+        service.contains(&format!("\nExecStart=-{} emergency\n", failed.display())),
+        "{service}"
+    );
+
+    // The booted system: systemctl says which units failed and whether multi-user is active;
+    // the console is a file.
+    let console = dir.join("console");
+    let text = std::fs::read_to_string(&failed)
+        .unwrap()
+        .replace("/dev/console", &console.display().to_string());
+    exe(dir, "run/ram/bin/diskless-boot-failed", text);
+    let run = |reason: &str, multi_user: bool| {
+        let systemctl = format!(
+            "#!/bin/sh\ncase \"$*\" in\n\
+             *is-active*) exit {} ;;\n\
+             *list-units*) echo 'local-fs.target loaded failed failed Local File Systems'; \
+             echo 'data.mount loaded failed failed /data' ;;\n\
+             esac\n",
+            if multi_user { 0 } else { 3 }
+        );
+        exe(dir, "sbin/systemctl", systemctl);
+        let out = Command::new("busybox")
+            .args(["sh", &failed.display().to_string(), reason])
+            .env("PATH", format!("{}/sbin:/usr/bin:/bin", dir.display()))
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        std::fs::read_to_string(&calls).unwrap_or_default()
+    };
+    assert_eq!(run("timeout", true), "", "multi-user was reached");
+    let expected = "reason=emergency the boot stopped in emergency mode; \
+                    failed units: local-fs.target data.mount";
+    assert_eq!(
+        run("emergency", false),
+        format!("report|{url}|failed|{expected}|\n")
+    );
+    assert_eq!(
+        std::fs::read_to_string(&console).unwrap(),
+        format!("diskless: boot failed: {expected}\n")
+    );
+    assert_eq!(
+        run("timeout", false),
+        format!("report|{url}|failed|{expected}|\n"),
+        "a second failure of the same boot is not reported"
+    );
+
+    std::fs::remove_file(dir.join("run/boot-failed")).unwrap();
+    std::fs::remove_file(&calls).unwrap();
+    assert_eq!(
+        run("timeout", false),
+        format!(
+            "report|{url}|failed|reason=timeout multi-user not reached 600 s after systemd \
+             started; failed units: local-fs.target data.mount|\n"
+        )
+    );
 }

@@ -58,11 +58,12 @@ fn image_of_a_running_system_is_tidy_and_the_source_is_untouched() {
     let paths = image_paths(&img);
     let has = |p: &str| paths.iter().any(|x| x == p);
 
-    // fstab keeps the data mount only.
+    // fstab keeps the data mount only, with a short device timeout for seats without it.
     let fstab = image_cat(&img, "etc/fstab");
     assert_eq!(
         fstab,
-        "# /etc/fstab: static file system information.\nLABEL=data /srv/data ext4 defaults,nofail 0 2\n"
+        "# /etc/fstab: static file system information.\n\
+         LABEL=data /srv/data ext4 defaults,nofail,x-systemd.device-timeout=10s 0 2\n"
     );
     // machine-id present and empty (systemd fills it from systemd.machine_id=); dbus's copy gone.
     assert!(has("etc/machine-id"));
@@ -459,6 +460,203 @@ fn an_image_of_a_master_leaves_its_secrets_out_or_lists_them() {
     );
 }
 
+/// Issue 22: a master seeded with every kind of credential a Debian system keeps (see
+/// crates/image/src/credentials.rs for where each comes from) carries none silently: each is
+/// absent from the image, or there with a neutral value, or listed with its `--exclude`. Built
+/// as a chroot, where homes stay (a running system's are emptied anyway).
+#[test]
+fn a_master_seeded_with_every_kind_of_credential_carries_none_silently() {
+    require!("mksquashfs", "unsquashfs");
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    minimal_tree(&tree);
+    let hash = "root:$y$j9T$salt$hash:19000:0:99999:7:::\n";
+    let ghash = "adm:$6$x$y::alice\n";
+    // (path, content)
+    let seeded: &[(&str, &str)] = &[
+        ("etc/shadow", hash),
+        ("etc/shadow-", hash),
+        ("etc/gshadow", ghash),
+        ("etc/gshadow-", ghash),
+        ("var/backups/shadow.bak", hash),
+        ("var/backups/gshadow.bak", ghash),
+        ("etc/krb5.keytab", "KEYTAB"),
+        ("var/lib/sss/db/cache_example.com.ldb", "cached hashes"),
+        ("var/lib/sss/db/ccache_EXAMPLE.COM", "ticket"),
+        (
+            "etc/sssd/sssd.conf",
+            "[domain/example.com]\nldap_default_authtok = hunter2\n",
+        ),
+        ("etc/sssd/conf.d/10-bind.conf", "ldap_default_authtok=x\n"),
+        ("var/lib/samba/private/secrets.tdb", "TDB"),
+        ("var/lib/samba/private/passdb.tdb", "TDB"),
+        (
+            "etc/apt/auth.conf",
+            "machine deb.example.org login a password b\n",
+        ),
+        (
+            "etc/apt/auth.conf.d/vendor.conf",
+            "machine x login a password b\n",
+        ),
+        (
+            "etc/letsencrypt/archive/example.org/privkey1.pem",
+            "PRIVATE",
+        ),
+        ("etc/letsencrypt/keys/0000_key-certbot.pem", "PRIVATE"),
+        ("home/alice/.netrc", "machine x login a password b\n"),
+        ("home/alice/.pgpass", "*:*:*:alice:secret\n"),
+        (
+            "home/alice/.git-credentials",
+            "https://alice:tok@example.org\n",
+        ),
+        ("home/alice/.my.cnf", "[client]\npassword=x\n"),
+        ("home/alice/.aws/credentials", "aws_secret_access_key=x\n"),
+        ("home/alice/.docker/config.json", "{\"auths\":{}}"),
+        ("home/alice/.kube/config", "token: x\n"),
+        ("home/alice/.gnupg/private-keys-v1.d/ABCD.key", "PRIVATE"),
+        ("home/alice/.local/share/keyrings/login.keyring", "KEYRING"),
+        ("home/alice/.ssh/id_ed25519", "PRIVATE"),
+        ("root/.netrc", "machine x login root password b\n"),
+        ("root/.ssh/id_rsa", "PRIVATE"),
+        ("var/log/auth.log", "password typed as a user name"),
+        ("var/log/journal/0123/system.journal", "JOURNAL"),
+        (
+            "etc/NetworkManager/system-connections/office.nmconnection",
+            "[wifi-security]\npsk=hunter22\n",
+        ),
+        ("var/lib/NetworkManager/secret_key", "KEY"),
+        (
+            "etc/wpa_supplicant/wpa_supplicant.conf",
+            "network={\n psk=\"x\"\n}\n",
+        ),
+        ("etc/ssh/ssh_host_ed25519_key", "PRIVATE"),
+        ("etc/ssh/sshd_config", ""),
+        ("etc/dropbear/dropbear_ed25519_host_key", "PRIVATE"),
+        ("etc/cryptsetup-keys.d/data.key", "KEY"),
+        ("etc/luks/backup.key", "KEY"),
+        ("etc/crypttab", "backup UUID=1 /etc/luks/backup.key luks\n"),
+        ("etc/ssl/private/site.key", "PRIVATE"),
+        ("var/lib/systemd/credential.secret", "SECRET"),
+    ];
+    for (rel, content) in seeded {
+        write(&tree, rel, content);
+    }
+    let helper = fake_helper(work.path());
+    let store = Store::open(work.path().join("store")).unwrap();
+    let report = build::build(&store, &config(&tree, &helper, TidyOptions::default())).unwrap();
+    let img = image(&report);
+    let paths = image_paths(&img);
+    let mut verdicts = Vec::new();
+    for (rel, content) in seeded {
+        if ["etc/ssh/sshd_config", "etc/crypttab"].contains(rel) {
+            continue; // configuration, not a credential
+        }
+        let listed = report.secrets.iter().any(|s| {
+            s.starts_with(&format!("{rel}: "))
+                || (rel.starts_with("etc/letsencrypt/") && s.starts_with("etc/letsencrypt: "))
+        });
+        let verdict = if !paths.iter().any(|p| p == rel) {
+            "absent"
+        } else if listed {
+            "listed"
+        } else if image_cat(&img, rel) != *content
+            && diskless_image::tidy::blank_hashes(&image_cat(&img, rel))
+                .1
+                .is_empty()
+        {
+            "neutralised"
+        } else {
+            panic!(
+                "{rel} is in the image as it was, and not listed:\n{:#?}",
+                report.secrets
+            );
+        };
+        verdicts.push(format!("{rel}: {verdict}"));
+    }
+    for line in &report.secrets {
+        let rel = line.split(": ").next().unwrap();
+        assert!(
+            line.ends_with(&format!("(--exclude {rel} leaves it out)")),
+            "{line}"
+        );
+    }
+    // The decisions docs/SECURITY.md's table states.
+    let expect = |rel: &str, verdict: &str| {
+        assert!(
+            verdicts.contains(&format!("{rel}: {verdict}")),
+            "{rel} not {verdict}: {verdicts:#?}"
+        );
+    };
+    for rel in [
+        "etc/shadow",
+        "etc/shadow-",
+        "etc/gshadow",
+        "etc/gshadow-",
+        "var/backups/shadow.bak",
+        "var/backups/gshadow.bak",
+    ] {
+        expect(rel, "neutralised");
+    }
+    for rel in [
+        "var/lib/sss/db/cache_example.com.ldb",
+        "var/lib/sss/db/ccache_EXAMPLE.COM",
+        "var/log/auth.log",
+        "var/log/journal/0123/system.journal",
+        "var/lib/NetworkManager/secret_key",
+        "etc/ssh/ssh_host_ed25519_key",
+        "etc/cryptsetup-keys.d/data.key",
+        "etc/luks/backup.key",
+        "var/lib/systemd/credential.secret",
+    ] {
+        expect(rel, "absent");
+    }
+    for rel in [
+        "etc/krb5.keytab",
+        "etc/sssd/sssd.conf",
+        "etc/sssd/conf.d/10-bind.conf",
+        "var/lib/samba/private/secrets.tdb",
+        "var/lib/samba/private/passdb.tdb",
+        "etc/apt/auth.conf",
+        "etc/apt/auth.conf.d/vendor.conf",
+        "etc/letsencrypt/archive/example.org/privkey1.pem",
+        "home/alice/.netrc",
+        "home/alice/.gnupg/private-keys-v1.d/ABCD.key",
+        "root/.netrc",
+        "etc/dropbear/dropbear_ed25519_host_key",
+        "etc/wpa_supplicant/wpa_supplicant.conf",
+    ] {
+        expect(rel, "listed");
+    }
+    // The directories of what was left out stay.
+    for dir in ["var/log/journal/0123", "var/lib/sss/db"] {
+        assert!(paths.iter().any(|p| p == dir), "{dir} missing");
+    }
+}
+
+/// The master's initrd goes to every client as it is: one holding a cryptsetup keyfile is
+/// refused, naming the member, before mksquashfs runs, and nothing is published.
+#[test]
+fn an_initrd_holding_a_keyfile_is_refused() {
+    let work = tempfile::tempdir().unwrap();
+    let tree = work.path().join("tree");
+    minimal_tree(&tree);
+    write(
+        &tree,
+        &format!("boot/initrd.img-{KERNEL_VERSION}"),
+        initrd(&["init", "cryptroot/keyfiles/cryptdata.key"]),
+    );
+    let helper = fake_helper(work.path());
+    let store = Store::open(work.path().join("store")).unwrap();
+    let err = build::build(&store, &config(&tree, &helper, TidyOptions::default()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("holds cryptroot/keyfiles/cryptdata.key (a cryptsetup keyfile"),
+        "{err}"
+    );
+    assert!(store.current("lab").is_err(), "a version was published");
+}
+
 /// No image the test suite boots carries a password hash: the shared test image (built by
 /// scripts/test from the bootstrapped tree) is read back with unsquashfs.
 #[test]
@@ -476,7 +674,14 @@ fn the_shared_test_image_has_no_password_hash() {
     let img = store.version_dir(&name, &current.version).join(SQUASHFS);
     let paths = image_paths(&img);
     let mut read = 0;
-    for file in ["etc/shadow", "etc/shadow-", "etc/gshadow", "etc/gshadow-"] {
+    for file in [
+        "etc/shadow",
+        "etc/shadow-",
+        "etc/gshadow",
+        "etc/gshadow-",
+        "var/backups/shadow.bak",
+        "var/backups/gshadow.bak",
+    ] {
         if !paths.iter().any(|p| p == file) {
             continue;
         }

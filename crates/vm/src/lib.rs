@@ -231,6 +231,9 @@ const FAILURES: &[&str] = &[
     "Kernel panic",
     "(initramfs)",
     "diskless-fetch: ",
+    // The boot script's units, once the root is mounted: emergency mode, or no multi-user in
+    // time (initramfs-tools/scripts/diskless, diskless_watch_boot).
+    "diskless: boot failed: ",
     // OVMF with Secure Boot refusing an unsigned binary (Debian's ipxe.efi): `BdsDxe: failed
     // to load Boot0001 "UEFI PXEv4 (MAC:...)" from ...: Access Denied`. It would go on to
     // IPv6 PXE and stall; the line says it all.
