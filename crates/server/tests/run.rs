@@ -6,7 +6,7 @@
 //! server still takes a boot's next stage), and 1,000 reports from 50 concurrent senders all
 //! end up in `clients.json`.
 
-use diskless_boot::Site;
+use diskless_boot::{Site, Stage};
 use diskless_dhcp::DhcpSockets;
 use diskless_image::manifest::{BOOT_CPIO, INITRD, KERNEL, SQUASHFS};
 use diskless_server::{run, site_channel, Listeners, ReloadError};
@@ -304,7 +304,7 @@ async fn a_thousand_reports_from_fifty_senders_are_all_in_clients_json() {
                 records.get(&mac).is_some_and(|r| {
                     let stages: Vec<&str> = r.stages.iter().map(|s| s.stage.as_str()).collect();
                     let reported = &r.boot.as_ref().unwrap().reported;
-                    stages[1..] == STAGES && reported.iter().map(String::as_str).eq(STAGES)
+                    stages[1..] == STAGES && reported.iter().map(Stage::as_str).eq(STAGES)
                 })
             })
         };
