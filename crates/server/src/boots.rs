@@ -256,6 +256,23 @@ mod tests {
     }
 
     #[test]
+    fn the_dashboard_knows_every_phase() {
+        let page = crate::admin::DASHBOARD;
+        let list = page
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("const PHASES = "))
+            .expect("the dashboard's PHASES");
+        let names: Vec<&str> = list.split('"').skip(1).step_by(2).collect();
+        assert_eq!(names, PHASES);
+        for phase in PHASES {
+            assert!(
+                page.contains(&format!("--{phase}:")),
+                "no colour for {phase}"
+            );
+        }
+    }
+
+    #[test]
     fn history_keeps_each_finished_boot_once_newest_first() {
         let mut h = BootHistory::new(2);
         let running = record(&[("dhcp-offer", 0.0)]);

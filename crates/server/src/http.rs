@@ -597,9 +597,9 @@ mod tests {
         let site = f.site.borrow().clone();
         let mac = "52:54:00:12:34:56";
         // On the Secure Boot chain the kernel is checked; the same client on iPXE: no check.
-        for (kind, expected) in [
-            (Script::Grub, (true, Some(false))),
-            (Script::Ipxe, (false, None)),
+        for (kind, expected, stage) in [
+            (Script::Grub, (true, Some(false)), Stage::GrubConfig),
+            (Script::Ipxe, (false, None), Stage::IpxeScript),
         ] {
             let store = &f.state.store;
             client_boot_file(
@@ -613,6 +613,11 @@ mod tests {
             );
             let record = f.record(mac).await.unwrap();
             assert_eq!((record.secure_boot, record.kernel_signed), expected);
+            assert_eq!(
+                record.last_stage(),
+                Some(&stage),
+                "GRUB configs are not iPXE scripts"
+            );
         }
     }
 
@@ -955,6 +960,52 @@ mod tests {
         let (status, _, body) = call(&f.state, get("/api/clients")).await;
         assert_eq!(status, StatusCode::OK);
         assert!(body.contains("\"stage\":\"fetched\""), "{body}");
+        // A stage no one here knows is kept as it was sent (the metrics count it as other).
+        let long = "a".repeat(diskless_boot::stage::OTHER_MAX + 1);
+        let (status, _, _) = call(&f.state, post(&path, &format!("stage={long}"))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (status, _, _) = call(&f.state, post(&path, "stage=made-up")).await;
+        assert_eq!(status, StatusCode::OK);
+        let record = f.record("52:54:00:12:34:56").await.unwrap();
+        assert_eq!(record.stage(), "made-up");
+        assert_eq!(record.last_stage().map(Stage::label), Some("other"));
+    }
+
+    #[tokio::test]
+    async fn the_client_table_is_serialized_once_per_change() {
+        let f = fixture("[boot]\nimage = \"lab\"\n");
+        let (_, _, script) = call(&f.state, get("/boot/52-54-00-12-34-56.ipxe")).await;
+        f.state.recorder.sync().await;
+        let (_, _, first) = call(&f.state, get("/api/clients")).await;
+        let (_, _, second) = call(&f.state, get("/api/clients")).await;
+        assert!(first.contains("ipxe-script"), "{first}");
+        assert_eq!(
+            (first.as_str(), f.state.clients_json.made()),
+            (second.as_str(), 1)
+        );
+        let (status, _, _) = call(&f.state, post(&report_path(&script), "stage=fetched")).await;
+        assert_eq!(status, StatusCode::OK);
+        f.state.recorder.sync().await;
+        let (_, _, third) = call(&f.state, get("/api/clients")).await;
+        assert!(third.contains("\"fetched\""), "{third}");
+        assert_eq!(f.state.clients_json.made(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_client_table_refuses_one_request_more_than_the_limit() {
+        let f = fixture("[boot]\nimage = \"lab\"\n");
+        let held: Vec<_> = (0..crate::shared_json::JSON_CONCURRENCY)
+            .map(|_| f.state.json_limit.enter().unwrap())
+            .collect();
+        let (status, headers, _) = call(&f.state, get("/api/clients")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(headers[header::RETRY_AFTER], "1");
+        // Scripts and images are not behind it.
+        let (status, _, _) = call(&f.state, get("/boot/52-54-00-12-34-56.ipxe")).await;
+        assert_eq!(status, StatusCode::OK);
+        drop(held);
+        let (status, _, _) = call(&f.state, get("/api/clients")).await;
+        assert_eq!(status, StatusCode::OK);
     }
 
     #[tokio::test]
