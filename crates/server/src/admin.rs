@@ -25,7 +25,7 @@
 use crate::boots::{BootHistory, ClientView};
 use crate::metrics::{self, Metrics};
 use crate::recorder::{ClientRecord, Published, Recorded};
-use crate::shared_json::{JsonLimit, SharedJson};
+use crate::shared_json::{busy, JsonLimit, SharedJson};
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
 use axum::middleware::{self, Next};
@@ -223,8 +223,8 @@ async fn json_limit(
     next: Next,
 ) -> Response {
     match state.json_limit.enter() {
-        Ok(_permit) => next.run(request).await,
-        Err(busy) => busy,
+        Some(_permit) => next.run(request).await,
+        None => busy(),
     }
 }
 

@@ -12,7 +12,7 @@
 
 use crate::access::{Access, Protocol};
 use crate::recorder::{BootEvent, Recorder};
-use crate::shared_json::{JsonLimit, SharedJson};
+use crate::shared_json::{busy, JsonLimit, SharedJson};
 use crate::tokens::Boots;
 use axum::extract::{ConnectInfo, FromRequest, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
@@ -124,9 +124,8 @@ async fn handle(
 
 /// Every client's record, as JSON made once per change of the table ([`SharedJson`]).
 async fn clients(state: &HttpState) -> Response {
-    let _permit = match state.json_limit.enter() {
-        Ok(permit) => permit,
-        Err(busy) => return busy,
+    let Some(_permit) = state.json_limit.enter() else {
+        return busy();
     };
     let table = state.recorder.published();
     let version = table.version;

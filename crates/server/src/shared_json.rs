@@ -93,20 +93,24 @@ impl JsonLimit {
         }
     }
 
-    /// A place for one request, held until dropped, or the 503 to answer when there is none.
-    pub fn enter(&self) -> Result<OwnedSemaphorePermit, Response> {
-        self.permits.clone().try_acquire_owned().map_err(|_| {
-            (
-                StatusCode::SERVICE_UNAVAILABLE,
-                [
-                    (header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()),
-                    (header::CONTENT_TYPE, "text/plain; charset=utf-8".into()),
-                ],
-                "too many requests for the client table at once: try again\n",
-            )
-                .into_response()
-        })
+    /// A place for one request, held until dropped; `None` when every place is taken (answer
+    /// [`busy`]).
+    pub fn enter(&self) -> Option<OwnedSemaphorePermit> {
+        self.permits.clone().try_acquire_owned().ok()
     }
+}
+
+/// The answer to a JSON request over the limit: 503 with `Retry-After`.
+pub fn busy() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [
+            (header::RETRY_AFTER, RETRY_AFTER_SECS.to_string()),
+            (header::CONTENT_TYPE, "text/plain; charset=utf-8".into()),
+        ],
+        "too many JSON requests at once: try again\n",
+    )
+        .into_response()
 }
 
 #[cfg(test)]
@@ -130,10 +134,11 @@ mod tests {
     fn the_limit_refuses_one_more_than_it_holds() {
         let limit = JsonLimit::new(2);
         let held = [limit.enter().unwrap(), limit.enter().unwrap()];
-        let refused = limit.enter().unwrap_err();
+        assert!(limit.enter().is_none());
+        let refused = busy();
         assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert_eq!(refused.headers()[header::RETRY_AFTER], "1");
         drop(held);
-        assert!(limit.enter().is_ok());
+        assert!(limit.enter().is_some());
     }
 }
