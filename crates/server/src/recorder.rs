@@ -12,8 +12,9 @@
 //!   first) and `client_expiry_days`;
 //! - writes `STATE/clients.json` (read by `diskless clients`) through the one atomic write
 //!   ([`diskless_dhcp::state_file`]), at most once per [`SAVE_DELAY`] and on stop;
-//! - publishes the table for readers: [`Recorder::snapshot`] (a `watch` channel, never
-//!   blocked by the task) and [`Recorder::subscribe`] (a `broadcast` of every raw event and of
+//! - publishes the table for readers: [`Recorder::published`] (a `watch` channel, never
+//!   blocked by the task: the table shared, with a version that counts its changes),
+//!   [`Recorder::snapshot`] (a copy of it) and [`Recorder::subscribe`] (a `broadcast` of every raw event and of
 //!   each client record after it changed: the dashboard's live view and the metrics' counts).
 //!
 //! A `clients.json` that cannot be read at start is moved aside to
