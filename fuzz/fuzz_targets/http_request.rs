@@ -17,13 +17,14 @@ use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use diskless_boot::routes::Route;
 use diskless_boot::Mac;
-use diskless_boot::Site;
+use diskless_boot::{Site, Stage};
 use diskless_image::manifest::{BOOT_CPIO, INITRD, KERNEL, SQUASHFS};
 use diskless_image::store::Store;
 use diskless_server::access::Access;
 use diskless_server::http::{router, HttpState};
 use diskless_server::metrics::Metrics;
 use diskless_server::recorder::{Limits, Recorder, RecorderTask};
+use diskless_server::shared_json::{JsonLimit, SharedJson};
 use diskless_server::tokens::{Boots, ReportKey, KEY_LEN};
 use libfuzzer_sys::fuzz_target;
 use std::sync::{Arc, OnceLock};
@@ -87,6 +88,8 @@ fn fixture() -> &'static Fixture {
             ipxe_dir: ipxe,
             ipxe_files: vec!["ipxe.efi".into()],
             access: Access::new(Arc::new(Metrics::new())),
+            clients_json: SharedJson::default(),
+            json_limit: JsonLimit::default(),
         });
         Fixture {
             _dir: dir,
@@ -203,7 +206,7 @@ fuzz_target!(|data: &[u8]| {
             "stage {stage:?}"
         );
         let boot = f.state.boots.current(mac).expect("a current boot");
-        assert_eq!(boot.reported.last().map(String::as_str), Some(stage));
+        assert_eq!(boot.reported.last().map(Stage::as_str), Some(stage));
         assert_eq!(
             record.boot.as_ref(),
             Some(&boot),

@@ -11,6 +11,8 @@
 //!   [`ImageFile`]s of a stored version.
 //! - [`script`]: the iPXE script a client gets, and its kernel command line (`boot=diskless`,
 //!   the image URL and sha256, a per-client machine-id).
+//! - [`stage`]: the stages of a boot ([`Stage`]) and why one failed ([`FailureReason`]), for
+//!   the recorder, the metrics, the report tokens, the dashboard and the QEMU harness.
 //! - [`names`]: the rule image names and versions follow (store, URLs, config).
 //! - [`grub`]: the same decisions as GRUB configs, for the Secure Boot chain (shim, then
 //!   Debian's signed GRUB network image).
@@ -28,9 +30,11 @@ pub mod names;
 pub mod routes;
 pub mod script;
 pub mod site;
+pub mod stage;
 
 pub use config::{Config, ConfigError, Mode};
 pub use decision::{BootSpec, Loader, Machine};
 pub use diskless_dhcp::Mac;
 pub use routes::{AccountsFile, ImageFile, Route};
 pub use site::Site;
+pub use stage::{FailureCode, FailureReason, FetchedDetail, Stage};

@@ -8,9 +8,9 @@
 mod common;
 
 use common::browser::{self, Browser};
-use diskless_boot::Mac;
+use diskless_boot::{Mac, Stage};
 use diskless_server::admin::{self, AdminState};
-use diskless_server::recorder::{ClientRecord, StageEvent};
+use diskless_server::recorder::{ClientRecord, Published, StageEvent};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -51,10 +51,10 @@ fn synthetic(n: usize, stages: &[(&str, f64)]) -> ClientRecord {
         stages: stages
             .iter()
             .map(|(stage, at)| StageEvent {
-                stage: stage.to_string(),
+                stage: Stage::parse(stage).unwrap(),
                 at: *at,
                 detail: if *stage == "failed" {
-                    "the network did not come up (no DHCP answer)".into()
+                    "reason=no-address the network did not come up (no DHCP answer)".into()
                 } else {
                     String::new()
                 },
@@ -97,7 +97,8 @@ fn lab(n: usize) -> BTreeMap<Mac, ClientRecord> {
 struct Admin {
     url: String,
     state: Arc<AdminState>,
-    records: Arc<Mutex<BTreeMap<Mac, ClientRecord>>>,
+    /// The records and their version, as the recorder publishes them.
+    records: Arc<Mutex<(u64, BTreeMap<Mac, ClientRecord>)>>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
     _store: tempfile::TempDir,
@@ -106,15 +107,18 @@ struct Admin {
 impl Admin {
     fn start(records: BTreeMap<Mac, ClientRecord>) -> Admin {
         let store_dir = tempfile::tempdir().unwrap();
-        let records = Arc::new(Mutex::new(records));
+        let records = Arc::new(Mutex::new((1, records)));
         let snapshot_records = records.clone();
         let state = Arc::new(AdminState::new(
-            Arc::new(move || snapshot_records.lock().unwrap().values().cloned().collect()),
+            Arc::new(move || {
+                let (version, records) = snapshot_records.lock().unwrap().clone();
+                Arc::new(Published { version, records })
+            }),
             diskless_image::Store::open(store_dir.path()).unwrap(),
             None,
             None,
         ));
-        for r in records.lock().unwrap().values() {
+        for r in records.lock().unwrap().1.values() {
             state.changed(r.clone());
         }
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -148,10 +152,10 @@ impl Admin {
 
     /// What the recorder does when a client reaches a stage.
     fn update(&self, record: ClientRecord) {
-        self.records
-            .lock()
-            .unwrap()
-            .insert(record.mac, record.clone());
+        let mut records = self.records.lock().unwrap();
+        records.0 += 1;
+        records.1.insert(record.mac, record.clone());
+        drop(records);
         self.state.changed(record);
     }
 }
@@ -390,7 +394,7 @@ fn metrics_pass_promtool() {
         .unwrap();
     assert!(
         text.contains("diskless_boot_stage_reached_total{image=\"lab\",stage=\"multi-user\"} 16")
-            && text.contains("diskless_boot_failures_total{reason=\"network\"} 2"),
+            && text.contains("diskless_boot_failures_total{reason=\"no-address\"} 2"),
         "16 of 20 up, 2 failed: {text}"
     );
     let said = common::promtool_check(&text);

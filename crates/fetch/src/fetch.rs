@@ -13,6 +13,10 @@ use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::Duration;
 
+/// The stage this helper reports once the image is in and verified (a name of
+/// `diskless_boot::Stage`: a test there reads every `STAGE_` constant of this file).
+pub const STAGE_FETCHED: &str = "fetched";
+
 pub struct Request {
     pub sources: Vec<Source>,
     pub expected_sha256: [u8; 32],
@@ -56,13 +60,7 @@ pub fn run(req: Request) -> Result<(), String> {
                         stats.megabytes_per_second()
                     );
                     if let Some(url) = &req.report_url {
-                        let detail = format!(
-                            "bytes={} seconds={:.2} mbps={:.1}",
-                            stats.bytes,
-                            stats.seconds,
-                            stats.megabytes_per_second()
-                        );
-                        let _ = http::post_report(url, "fetched", &detail);
+                        let _ = http::post_report(url, STAGE_FETCHED, &stats.report_detail());
                     }
                     return Ok(());
                 }
@@ -98,6 +96,18 @@ pub struct Stats {
 impl Stats {
     pub fn megabytes_per_second(&self) -> f64 {
         self.bytes as f64 / 1e6 / self.seconds.max(1e-6)
+    }
+
+    /// The detail of the `fetched` report, `bytes=N seconds=S mbps=M`: what the server reads
+    /// back with `diskless_boot::FetchedDetail::parse` (tested below; the helper stays free of
+    /// the server's crates).
+    pub fn report_detail(&self) -> String {
+        format!(
+            "bytes={} seconds={:.2} mbps={:.1}",
+            self.bytes,
+            self.seconds,
+            self.megabytes_per_second()
+        )
     }
 }
 
@@ -221,6 +231,22 @@ mod tests {
     use std::path::Path;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
+
+    #[test]
+    fn the_fetched_report_is_what_the_server_parses() {
+        let stats = Stats {
+            bytes: 161 << 20,
+            seconds: 6.5,
+        };
+        let parsed = diskless_boot::FetchedDetail::parse(&stats.report_detail())
+            .expect("the server reads the helper's detail");
+        assert_eq!(parsed.bytes, stats.bytes);
+        assert_eq!(parsed.seconds, stats.seconds);
+        assert_eq!(
+            diskless_boot::Stage::parse(STAGE_FETCHED),
+            Ok(diskless_boot::Stage::Fetched)
+        );
+    }
 
     /// An HTTP server on loopback that serves `data`, honours Range, and cuts the first
     /// `cut_first` connections off after `cut_at` bytes (a server stopped mid-download).

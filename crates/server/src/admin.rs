@@ -17,12 +17,18 @@
 //! A [`ClientView`] is the [`ClientRecord`] (mac, ip, hostname, firmware, image, version,
 //! boot_started, stages, and for a Secure Boot client whether its kernel is signed) with
 //! `stage`, `last_seen`, `duration`, `finished`, `failure` and `phases` beside it.
+//!
+//! `/api/clients` is made once per change of the table and shared ([`SharedJson`]); the JSON
+//! routes serve at most [`crate::shared_json::JSON_CONCURRENCY`] requests at once (the next
+//! gets 503 with `Retry-After`).
 
 use crate::boots::{BootHistory, ClientView};
 use crate::metrics::{self, Metrics};
-use crate::recorder::{ClientRecord, Recorded};
-use axum::extract::State;
+use crate::recorder::{ClientRecord, Published, Recorded};
+use crate::shared_json::{busy, JsonLimit, SharedJson};
+use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
@@ -42,8 +48,8 @@ pub const DASHBOARD: &str = include_str!("../assets/dashboard.html");
 /// Finished boots kept for the lab view.
 pub const HISTORY: usize = 200;
 
-/// Every client record, as the recorder holds them now.
-pub type Snapshot = Arc<dyn Fn() -> Vec<ClientRecord> + Send + Sync>;
+/// The client table as the recorder published it last (shared, not copied), with its version.
+pub type Snapshot = Arc<dyn Fn() -> Arc<Published> + Send + Sync>;
 
 /// What an open page is told.
 #[derive(Debug, Clone)]
@@ -73,6 +79,10 @@ pub struct AdminState {
     closing: tokio::sync::watch::Sender<bool>,
     /// Host names answered besides the listener's address (`admin_names`).
     names: Vec<String>,
+    /// `/api/clients` for the table's current version.
+    pub clients_json: SharedJson,
+    /// JSON requests served at once.
+    pub json_limit: JsonLimit,
 }
 
 impl AdminState {
@@ -94,6 +104,8 @@ impl AdminState {
             counted: Mutex::default(),
             closing: tokio::sync::watch::Sender::new(false),
             names: Vec::new(),
+            clients_json: SharedJson::default(),
+            json_limit: JsonLimit::default(),
         }
     }
 
@@ -220,24 +232,47 @@ pub async fn serve_within(
 }
 
 pub fn router(state: Arc<AdminState>) -> Router {
-    Router::new()
-        .route("/", get(|| async { Html(DASHBOARD) }))
+    let json = Router::new()
         .route("/api/clients", get(clients))
         .route("/api/boots", get(boots))
         .route("/api/images", get(images))
+        .route_layer(middleware::from_fn_with_state(state.clone(), json_limit));
+    Router::new()
+        .route("/", get(|| async { Html(DASHBOARD) }))
+        .merge(json)
         .route("/api/events", get(events))
         .route("/api/wake", post(wake))
         .route("/metrics", get(metrics))
         .with_state(state)
 }
 
-async fn clients(State(state): State<Arc<AdminState>>) -> Json<Vec<ClientView>> {
-    Json(
-        (state.snapshot)()
-            .into_iter()
-            .map(ClientView::from)
-            .collect(),
-    )
+/// A JSON route's request, if there is room for it ([`JsonLimit`]).
+async fn json_limit(
+    State(state): State<Arc<AdminState>>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match state.json_limit.enter() {
+        Some(_permit) => next.run(request).await,
+        None => busy(),
+    }
+}
+
+async fn clients(State(state): State<Arc<AdminState>>) -> Response {
+    let table = (state.snapshot)();
+    let version = table.version;
+    state
+        .clients_json
+        .response(version, move || {
+            let views: Vec<ClientView> = table
+                .records
+                .values()
+                .cloned()
+                .map(ClientView::from)
+                .collect();
+            serde_json::to_vec(&views)
+        })
+        .await
 }
 
 async fn boots(State(state): State<Arc<AdminState>>) -> Json<Vec<ClientView>> {
@@ -270,7 +305,10 @@ pub struct VersionView {
 }
 
 /// The store's images and which clients run which version.
-pub fn image_views(store: &Store, records: &[ClientRecord]) -> Vec<ImageView> {
+pub fn image_views<'a>(
+    store: &Store,
+    records: impl Iterator<Item = &'a ClientRecord> + Clone,
+) -> Vec<ImageView> {
     let mut out = Vec::new();
     for name in store.images().unwrap_or_default() {
         let current = store.current_version(&name).ok();
@@ -284,7 +322,7 @@ pub fn image_views(store: &Store, records: &[ClientRecord]) -> Vec<ImageView> {
                 current: current.as_deref() == Some(m.version.as_str()),
                 kernel_signed: store.kernel_signed(&name, &m.version).ok(),
                 clients: records
-                    .iter()
+                    .clone()
                     .filter(|r| {
                         r.image.as_deref() == Some(name.as_str())
                             && r.version.as_deref() == Some(m.version.as_str())
@@ -306,9 +344,9 @@ pub fn image_views(store: &Store, records: &[ClientRecord]) -> Vec<ImageView> {
 }
 
 async fn images(State(state): State<Arc<AdminState>>) -> Json<Vec<ImageView>> {
-    let records = (state.snapshot)();
+    let table = (state.snapshot)();
     let store = state.store.clone();
-    let views = tokio::task::spawn_blocking(move || image_views(&store, &records))
+    let views = tokio::task::spawn_blocking(move || image_views(&store, table.records.values()))
         .await
         .unwrap_or_default();
     Json(views)
@@ -419,14 +457,87 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
 mod tests {
     use super::*;
     use crate::recorder::StageEvent;
+    use crate::shared_json::JSON_CONCURRENCY;
     use axum::body::Body;
+    use diskless_boot::Stage;
     use tower::ServiceExt;
+
+    async fn get_path(state: &Arc<AdminState>, path: &str) -> Response {
+        let request = axum::http::Request::get(path).body(Body::empty()).unwrap();
+        router(state.clone()).oneshot(request).await.unwrap()
+    }
+
+    async fn body_text(response: Response) -> String {
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        String::from_utf8_lossy(&body).into_owned()
+    }
+
+    fn table(version: u64, macs: &[&str]) -> Arc<Published> {
+        Arc::new(Published {
+            version,
+            records: macs
+                .iter()
+                .map(|m| {
+                    let mac: Mac = m.parse().unwrap();
+                    (mac, ClientRecord::new(mac, 100.0))
+                })
+                .collect(),
+        })
+    }
+
+    #[tokio::test]
+    async fn clients_are_serialized_once_per_change_of_the_table() {
+        let dir = tempfile::tempdir().unwrap();
+        let current = Arc::new(Mutex::new(table(1, &["52:54:00:00:00:01"])));
+        let state = Arc::new(AdminState::new(
+            {
+                let current = current.clone();
+                Arc::new(move || current.lock().unwrap().clone())
+            },
+            Store::open(dir.path()).unwrap(),
+            None,
+            None,
+        ));
+        let first = body_text(get_path(&state, "/api/clients").await).await;
+        let second = body_text(get_path(&state, "/api/clients").await).await;
+        assert!(first.contains("52:54:00:00:00:01"), "{first}");
+        assert_eq!(
+            (first.as_str(), state.clients_json.made()),
+            (second.as_str(), 1)
+        );
+        *current.lock().unwrap() = table(2, &["52:54:00:00:00:01", "52:54:00:00:00:02"]);
+        let third = body_text(get_path(&state, "/api/clients").await).await;
+        assert!(third.contains("52:54:00:00:00:02"), "{third}");
+        assert_eq!(state.clients_json.made(), 2);
+    }
+
+    #[tokio::test]
+    async fn json_routes_refuse_one_request_more_than_the_limit() {
+        let (_dir, state) = state(None);
+        let held: Vec<_> = (0..JSON_CONCURRENCY)
+            .map(|_| state.json_limit.enter().unwrap())
+            .collect();
+        for path in ["/api/clients", "/api/boots", "/api/images"] {
+            let refused = get_path(&state, path).await;
+            assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+            assert_eq!(refused.headers()[header::RETRY_AFTER], "1", "{path}");
+        }
+        // The page and the metrics are not JSON routes: they stay up.
+        assert_eq!(get_path(&state, "/metrics").await.status(), StatusCode::OK);
+        drop(held);
+        assert_eq!(
+            get_path(&state, "/api/clients").await.status(),
+            StatusCode::OK
+        );
+    }
 
     fn state(interface: Option<&str>) -> (tempfile::TempDir, Arc<AdminState>) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let state = AdminState::new(
-            Arc::new(Vec::new),
+            Arc::new(|| Arc::new(Published::default())),
             store,
             interface.map(str::to_string),
             None,
@@ -577,7 +688,7 @@ mod tests {
         let mut record = ClientRecord {
             image: Some("lab".into()),
             stages: vec![StageEvent {
-                stage: "dhcp-offer".into(),
+                stage: Stage::DhcpOffer,
                 at: 0.0,
                 detail: String::new(),
             }],
@@ -587,7 +698,7 @@ mod tests {
         state.changed(record.clone());
         state.changed(record.clone());
         record.stages.push(StageEvent {
-            stage: "multi-user".into(),
+            stage: Stage::MultiUser,
             at: 30.0,
             detail: String::new(),
         });

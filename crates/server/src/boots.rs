@@ -9,15 +9,18 @@
 //!                             script: kernel, the initramfs's DHCP comes after Linux started)
 //! tftp            tftp        iPXE loaded by the firmware
 //! ipxe-script     ipxe        iPXE started, its script fetched
+//! grub-config     grub        shim and GRUB loaded (Secure Boot chain), their config fetched
 //! network-up      kernel      kernel and initrds downloaded, Linux started, initramfs network
 //! fetching        initramfs   RAM disk mounted
 //! fetched         image       the image downloaded and its sha256 checked
 //! root-mounted    mount       the squashfs and overlay mounted
 //! multi-user      systemd     the system started
 //! failed          failed
+//! anything else   other
 //! ```
 
-use crate::recorder::{ClientRecord, FINAL_STAGES};
+use crate::recorder::ClientRecord;
+use diskless_boot::{FailureReason, Stage};
 use serde::Serialize;
 use std::collections::VecDeque;
 
@@ -35,6 +38,7 @@ pub const PHASES: &[&str] = &[
     "dhcp",
     "tftp",
     "ipxe",
+    "grub",
     "kernel",
     "initramfs",
     "image",
@@ -45,18 +49,19 @@ pub const PHASES: &[&str] = &[
 ];
 
 /// The phase that ends when `stage` is reached.
-pub fn phase_ending_at(stage: &str) -> &'static str {
+pub fn phase_ending_at(stage: &Stage) -> &'static str {
     match stage {
-        "dhcp-offer" | "dhcp-ack" | "dhcp-nak" => "dhcp",
-        "tftp" => "tftp",
-        "ipxe-script" => "ipxe",
-        "network-up" => "kernel",
-        "fetching" => "initramfs",
-        "fetched" => "image",
-        "root-mounted" => "mount",
-        "multi-user" => "systemd",
-        "failed" => "failed",
-        _ => "other",
+        Stage::DhcpOffer | Stage::DhcpAck | Stage::DhcpNak => "dhcp",
+        Stage::Tftp => "tftp",
+        Stage::IpxeScript => "ipxe",
+        Stage::GrubConfig => "grub",
+        Stage::NetworkUp => "kernel",
+        Stage::Fetching => "initramfs",
+        Stage::Fetched => "image",
+        Stage::RootMounted => "mount",
+        Stage::MultiUser => "systemd",
+        Stage::Failed => "failed",
+        Stage::AccountsMissing | Stage::Other(_) => "other",
     }
 }
 
@@ -66,7 +71,7 @@ pub fn phases(record: &ClientRecord) -> Vec<Phase> {
     let mut script_fetched = false;
     for pair in record.stages.windows(2) {
         let (from, to) = (&pair[0], &pair[1]);
-        script_fetched |= from.stage == "ipxe-script";
+        script_fetched |= from.stage.is_boot_file();
         let name = match phase_ending_at(&to.stage) {
             // After the script, the next DHCP is the initramfs's own: until then iPXE fetched
             // the kernel and initrds and Linux started (seen on a QEMU boot: 31 s that the
@@ -103,8 +108,8 @@ pub struct ClientView {
     pub duration: f64,
     /// multi-user or failed.
     pub finished: bool,
-    /// The failure message, for a failed boot.
-    pub failure: Option<String>,
+    /// Why, for a failed boot: `{"code": "no-address", "message": "..."}`.
+    pub failure: Option<FailureReason>,
     pub phases: Vec<Phase>,
 }
 
@@ -112,15 +117,16 @@ impl From<ClientRecord> for ClientView {
     fn from(record: ClientRecord) -> ClientView {
         let last = record.stages.last();
         let duration = last.map(|s| s.at).unwrap_or(0.0);
-        let stage = record.stage().to_string();
+        let failure = last
+            .filter(|s| s.stage == Stage::Failed)
+            .map(|s| FailureReason::parse(&s.detail));
         ClientView {
             last_seen: record.boot_started + duration,
             duration,
-            finished: FINAL_STAGES.contains(&stage.as_str()),
-            failure: (stage == "failed")
-                .then(|| last.map(|s| s.detail.clone()).unwrap_or_default()),
+            finished: record.finished(),
+            failure,
             phases: phases(&record),
-            stage,
+            stage: record.stage().to_string(),
             record,
         }
     }
@@ -172,7 +178,7 @@ mod tests {
             stages: stages
                 .iter()
                 .map(|(stage, at)| StageEvent {
-                    stage: stage.to_string(),
+                    stage: Stage::parse(stage).unwrap(),
                     at: *at,
                     detail: String::new(),
                 })
@@ -228,6 +234,42 @@ mod tests {
         ]);
         let got: Vec<(&str, f64)> = phases(&r).iter().map(|p| (p.phase, p.seconds)).collect();
         assert_eq!(got, [("ipxe", 0.5), ("kernel", 31.5)]);
+        // The same after a GRUB config, which has a phase of its own.
+        let r = record(&[
+            ("dhcp-offer", 0.0),
+            ("tftp", 0.25),
+            ("grub-config", 0.5),
+            ("dhcp-offer", 31.0),
+            ("network-up", 32.0),
+            ("made-up", 33.0),
+        ]);
+        let got: Vec<(&str, f64)> = phases(&r).iter().map(|p| (p.phase, p.seconds)).collect();
+        assert_eq!(
+            got,
+            [
+                ("tftp", 0.25),
+                ("grub", 0.25),
+                ("kernel", 31.5),
+                ("other", 1.0)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_dashboard_knows_every_phase() {
+        let page = crate::admin::DASHBOARD;
+        let list = page
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("const PHASES = "))
+            .expect("the dashboard's PHASES");
+        let names: Vec<&str> = list.split('"').skip(1).step_by(2).collect();
+        assert_eq!(names, PHASES);
+        for phase in PHASES {
+            assert!(
+                page.contains(&format!("--{phase}:")),
+                "no colour for {phase}"
+            );
+        }
     }
 
     #[test]
@@ -236,7 +278,7 @@ mod tests {
         let running = record(&[("dhcp-offer", 0.0)]);
         assert!(!h.add(&running));
         let mut done = record(&[("dhcp-offer", 0.0), ("failed", 3.0)]);
-        done.stages[1].detail = "the network did not come up".into();
+        done.stages[1].detail = "reason=no-address the network did not come up".into();
         assert!(h.add(&done));
         assert!(!h.add(&done), "the same boot again");
         for started in [2000.0, 3000.0] {
@@ -250,8 +292,11 @@ mod tests {
             .collect();
         assert_eq!(kept, [3000.0, 2000.0]);
         assert_eq!(
-            h.newest_first()[0].failure.as_deref(),
-            Some("the network did not come up")
+            h.newest_first()[0].failure,
+            Some(FailureReason {
+                code: diskless_boot::FailureCode::NoAddress,
+                message: "the network did not come up".into()
+            })
         );
     }
 }

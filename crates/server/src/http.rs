@@ -12,16 +12,17 @@
 
 use crate::access::{Access, Protocol};
 use crate::recorder::{BootEvent, Recorder};
+use crate::shared_json::{busy, JsonLimit, SharedJson};
 use crate::tokens::Boots;
 use axum::extract::{ConnectInfo, FromRequest, Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Form, Json, Router};
+use axum::{Extension, Form, Router};
 use diskless_boot::accounts::Accounts;
 use diskless_boot::grub;
 use diskless_boot::routes::{AccountsFile, ImageFile, Route, RouteError, TOKEN_PARAM};
 use diskless_boot::script::{self, ImageRef, ScriptParams};
-use diskless_boot::{Mac, Machine, Site};
+use diskless_boot::{Mac, Machine, Site, Stage};
 use diskless_image::Store;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -44,6 +45,10 @@ pub struct HttpState {
     pub ipxe_files: Vec<String>,
     /// Who may fetch anything but the index (`unknown_clients = "ignore"`).
     pub access: Access,
+    /// `/api/clients` as made for the table's current version, shared by its requests.
+    pub clients_json: SharedJson,
+    /// JSON requests served at once.
+    pub json_limit: JsonLimit,
 }
 
 pub fn router(state: Arc<HttpState>) -> Router {
@@ -108,13 +113,28 @@ async fn handle(
                 Err(rejection) => rejection.into_response(),
             }
         }
-        Route::Clients if get => Json(state.recorder.snapshot()).into_response(),
+        Route::Clients if get => clients(&state).await,
         Route::Accounts(file) if get => accounts(&state, file),
         _ => text(
             StatusCode::METHOD_NOT_ALLOWED,
             "method not allowed\n".into(),
         ),
     }
+}
+
+/// Every client's record, as JSON made once per change of the table ([`SharedJson`]).
+async fn clients(state: &HttpState) -> Response {
+    let Some(_permit) = state.json_limit.enter() else {
+        return busy();
+    };
+    let table = state.recorder.published();
+    let version = table.version;
+    state
+        .clients_json
+        .response(version, move || {
+            serde_json::to_vec(&table.records.values().collect::<Vec<_>>())
+        })
+        .await
 }
 
 /// One of the accounts files, made from the server's passwd and group at this request (a user
@@ -379,6 +399,7 @@ async fn serve_file(path: PathBuf, request: Request) -> Response {
 
 #[derive(serde::Deserialize)]
 struct Report {
+    /// Checked by [`Stage::parse`] in [`report`] (a 400 that says the rule, not serde's).
     stage: String,
     #[serde(default)]
     detail: String,
@@ -399,23 +420,15 @@ fn report(
     token: Option<&str>,
     report: Report,
 ) -> Response {
-    let stage_ok = !report.stage.is_empty()
-        && report.stage.len() <= 32
-        && report
-            .stage
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
-    if !stage_ok {
-        return text(
-            StatusCode::BAD_REQUEST,
-            "stage must be 1-32 of a-z, 0-9, '-'\n".into(),
-        );
-    }
-    let boot = match state.boots.accept(mac, token, &report.stage) {
+    let stage = match Stage::parse(&report.stage) {
+        Ok(stage) => stage,
+        Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+    };
+    let boot = match state.boots.accept(mac, token, &stage) {
         Ok(boot) => boot,
         Err(reason) => {
             tracing::warn!(
-                %mac, ?client, stage = %report.stage, reason = reason.as_str(),
+                %mac, ?client, %stage, reason = reason.as_str(),
                 "refused a stage report: {reason}"
             );
             state.recorder.record(BootEvent::ReportRefused {
@@ -427,11 +440,11 @@ fn report(
         }
     };
     let detail: String = report.detail.chars().take(512).collect();
-    tracing::info!(%mac, stage = %report.stage, %detail, %boot, "client report");
+    tracing::info!(%mac, %stage, %detail, %boot, "client report");
     state.recorder.record(BootEvent::Report {
         mac,
         client,
-        stage: report.stage,
+        stage,
         detail,
         boot,
     });
@@ -506,6 +519,8 @@ mod tests {
             ipxe_dir,
             ipxe_files: vec!["ipxe.efi".into()],
             access,
+            clients_json: SharedJson::default(),
+            json_limit: JsonLimit::default(),
         });
         Fixture {
             _dir: dir,
@@ -581,9 +596,9 @@ mod tests {
         let site = f.site.borrow().clone();
         let mac = "52:54:00:12:34:56";
         // On the Secure Boot chain the kernel is checked; the same client on iPXE: no check.
-        for (kind, expected) in [
-            (Script::Grub, (true, Some(false))),
-            (Script::Ipxe, (false, None)),
+        for (kind, expected, stage) in [
+            (Script::Grub, (true, Some(false)), Stage::GrubConfig),
+            (Script::Ipxe, (false, None), Stage::IpxeScript),
         ] {
             let store = &f.state.store;
             client_boot_file(
@@ -597,6 +612,11 @@ mod tests {
             );
             let record = f.record(mac).await.unwrap();
             assert_eq!((record.secure_boot, record.kernel_signed), expected);
+            assert_eq!(
+                record.last_stage(),
+                Some(&stage),
+                "GRUB configs are not iPXE scripts"
+            );
         }
     }
 
@@ -929,7 +949,7 @@ mod tests {
             ("fetched", "mbps=90.1")
         );
         let boot = record.boot.expect("the boot is in the record");
-        assert_eq!(boot.reported, ["fetched"]);
+        assert_eq!(boot.reported, [Stage::Fetched]);
         assert_eq!(Some(boot), f.state.boots.current(record.mac));
         let (status, _, _) = call(&f.state, post(&path, "stage=%3Cscript%3E")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -939,6 +959,52 @@ mod tests {
         let (status, _, body) = call(&f.state, get("/api/clients")).await;
         assert_eq!(status, StatusCode::OK);
         assert!(body.contains("\"stage\":\"fetched\""), "{body}");
+        // A stage no one here knows is kept as it was sent (the metrics count it as other).
+        let long = "a".repeat(diskless_boot::stage::OTHER_MAX + 1);
+        let (status, _, _) = call(&f.state, post(&path, &format!("stage={long}"))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        let (status, _, _) = call(&f.state, post(&path, "stage=made-up")).await;
+        assert_eq!(status, StatusCode::OK);
+        let record = f.record("52:54:00:12:34:56").await.unwrap();
+        assert_eq!(record.stage(), "made-up");
+        assert_eq!(record.last_stage().map(Stage::label), Some("other"));
+    }
+
+    #[tokio::test]
+    async fn the_client_table_is_serialized_once_per_change() {
+        let f = fixture("[boot]\nimage = \"lab\"\n");
+        let (_, _, script) = call(&f.state, get("/boot/52-54-00-12-34-56.ipxe")).await;
+        f.state.recorder.sync().await;
+        let (_, _, first) = call(&f.state, get("/api/clients")).await;
+        let (_, _, second) = call(&f.state, get("/api/clients")).await;
+        assert!(first.contains("ipxe-script"), "{first}");
+        assert_eq!(
+            (first.as_str(), f.state.clients_json.made()),
+            (second.as_str(), 1)
+        );
+        let (status, _, _) = call(&f.state, post(&report_path(&script), "stage=fetched")).await;
+        assert_eq!(status, StatusCode::OK);
+        f.state.recorder.sync().await;
+        let (_, _, third) = call(&f.state, get("/api/clients")).await;
+        assert!(third.contains("\"fetched\""), "{third}");
+        assert_eq!(f.state.clients_json.made(), 2);
+    }
+
+    #[tokio::test]
+    async fn the_client_table_refuses_one_request_more_than_the_limit() {
+        let f = fixture("[boot]\nimage = \"lab\"\n");
+        let held: Vec<_> = (0..crate::shared_json::JSON_CONCURRENCY)
+            .map(|_| f.state.json_limit.enter().unwrap())
+            .collect();
+        let (status, headers, _) = call(&f.state, get("/api/clients")).await;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(headers[header::RETRY_AFTER], "1");
+        // Scripts and images are not behind it.
+        let (status, _, _) = call(&f.state, get("/boot/52-54-00-12-34-56.ipxe")).await;
+        assert_eq!(status, StatusCode::OK);
+        drop(held);
+        let (status, _, _) = call(&f.state, get("/api/clients")).await;
+        assert_eq!(status, StatusCode::OK);
     }
 
     #[tokio::test]
@@ -1079,7 +1145,7 @@ mod tests {
         );
         // Only the accepted reports are stages.
         let stages = |r: crate::recorder::ClientRecord| -> Vec<String> {
-            r.stages.into_iter().map(|s| s.stage).collect()
+            r.stages.into_iter().map(|s| s.stage.to_string()).collect()
         };
         assert_eq!(
             stages(f.record("52:54:00:00:00:0a").await.unwrap()),

@@ -41,6 +41,7 @@ pub mod metrics;
 pub mod netif;
 pub mod ra;
 pub mod recorder;
+pub mod shared_json;
 pub mod tokens;
 
 use diskless_boot::config::Config;
@@ -468,7 +469,7 @@ pub async fn run_with_recorder(
                 client: log.client.ip(),
                 file: log.filename.clone(),
                 bytes: log.bytes,
-                outcome: format!("{:?}", log.outcome),
+                outcome: recorder::TftpOutcome::from(&log.outcome),
             });
         })
     });
@@ -498,7 +499,7 @@ pub async fn run_with_recorder(
             admin::AdminState::new(
                 {
                     let recorder = recorder.clone();
-                    Arc::new(move || recorder.snapshot())
+                    Arc::new(move || recorder.published())
                 },
                 store.clone(),
                 Some(current.interface.clone()),
@@ -541,6 +542,8 @@ pub async fn run_with_recorder(
         ipxe_dir,
         ipxe_files,
         access,
+        clients_json: shared_json::SharedJson::default(),
+        json_limit: shared_json::JsonLimit::default(),
     });
     let app = http::router(http_state);
     tasks.spawn({

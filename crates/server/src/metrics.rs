@@ -10,22 +10,24 @@
 //! diskless_tftp_transfers_total{result}               ok, error
 //! diskless_tftp_bytes_sent_total
 //! diskless_http_bytes_sent_total{file}                root.squashfs, vmlinuz, initrd.img, ...
-//! diskless_boot_stage_reached_total{stage,image}
+//! diskless_boot_stage_reached_total{stage,image}   a known Stage, or other
 //! diskless_boot_phase_seconds{phase}                  histogram, per finished boot
 //! diskless_image_fetch_bytes_per_second               histogram, as the client measured it
-//! diskless_boot_failures_total{reason}
+//! diskless_boot_failures_total{reason}               a FailureCode: no-address, fetch, ...
 //! diskless_access_refused_total{protocol}            http, tftp (unknown_clients = "ignore")
 //! diskless_reports_refused_total{reason}              missing, forged, replayed, unknown_boot, ...
 //! ```
 //!
 //! Every family is registered at start, and the label values known in advance (DHCP message
 //! types, TFTP results, image files, phases, failure reasons) start at zero: a scrape before
-//! the first boot lists them, and `rate()` sees the first increase.
+//! the first boot lists them, and `rate()` sees the first increase. Every label a client's
+//! report can reach is bounded: a stage this server does not know counts as `other`
+//! ([`Stage::label`]), a failure by its [`FailureCode`].
 
 use crate::boots::{phases, PHASES};
-use crate::recorder::{BootEvent, ClientRecord, DhcpAction, StageEvent, FINAL_STAGES};
+use crate::recorder::{BootEvent, ClientRecord, DhcpAction, StageEvent, TftpOutcome};
 use crate::tokens::Refusal;
-use diskless_boot::ImageFile;
+use diskless_boot::{FailureCode, FailureReason, FetchedDetail, ImageFile, Stage};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
@@ -171,8 +173,8 @@ impl Metrics {
         for phase in PHASES {
             phase_seconds.with_label_values(&[*phase]);
         }
-        for reason in FAILURE_REASONS.iter().map(|(_, r)| *r).chain(["other"]) {
-            failures.with_label_values(&[reason]);
+        for code in FailureCode::ALL {
+            failures.with_label_values(&[code.as_str()]);
         }
         for reason in Refusal::ALL {
             refused.with_label_values(&[reason.as_str()]);
@@ -209,8 +211,8 @@ impl Metrics {
     }
 
     /// A TFTP transfer ended.
-    pub fn tftp_transfer(&self, ok: bool, bytes: u64) {
-        let result = if ok { "ok" } else { "error" };
+    pub fn tftp_transfer(&self, outcome: TftpOutcome, bytes: u64) {
+        let result = if outcome.is_complete() { "ok" } else { "error" };
         self.tftp_transfers.with_label_values(&[result]).inc();
         self.tftp_bytes.inc_by(bytes);
     }
@@ -220,10 +222,11 @@ impl Metrics {
         self.http_bytes.with_label_values(&[file]).inc_by(bytes);
     }
 
-    /// A client reached `stage` booting `image` (`-` when not known yet).
-    pub fn stage_reached(&self, stage: &str, image: Option<&str>) {
+    /// A client reached `stage` booting `image` (`-` when not known yet); a stage this server
+    /// does not know counts as `other`.
+    pub fn stage_reached(&self, stage: &Stage, image: Option<&str>) {
         self.stages
-            .with_label_values(&[stage, image.unwrap_or("-")])
+            .with_label_values(&[stage.label(), image.unwrap_or("-")])
             .inc();
     }
 
@@ -239,10 +242,10 @@ impl Metrics {
                 .with_label_values(&[phase.phase])
                 .observe(phase.seconds);
         }
-        if record.stage() == "failed" {
-            let detail = record.stages.last().map(|s| s.detail.as_str());
+        if let Some(last) = record.stages.last().filter(|s| s.stage == Stage::Failed) {
+            let reason = FailureReason::parse(&last.detail);
             self.failures
-                .with_label_values(&[failure_reason(detail.unwrap_or(""))])
+                .with_label_values(&[reason.code.as_str()])
                 .inc();
         }
     }
@@ -261,9 +264,7 @@ impl Metrics {
                 DhcpAction::Offer => "discover",
                 DhcpAction::Ack | DhcpAction::Nak => "request",
             }),
-            BootEvent::Tftp { bytes, outcome, .. } => {
-                self.tftp_transfer(outcome == "Complete", *bytes)
-            }
+            BootEvent::Tftp { bytes, outcome, .. } => self.tftp_transfer(*outcome, *bytes),
             BootEvent::HttpFile { file, bytes, .. } => self.http_sent(file.name(), *bytes),
             BootEvent::ReportRefused { reason, .. } => self.report_refused(*reason),
             BootEvent::Script { .. } | BootEvent::Report { .. } => {}
@@ -276,12 +277,13 @@ impl Metrics {
     pub fn stages_reached(&self, record: &ClientRecord, new: &[StageEvent]) {
         for stage in new {
             self.stage_reached(&stage.stage, record.image.as_deref());
-            if stage.stage == "fetched" {
-                if let Some(rate) = fetch_rate(&stage.detail) {
+            if stage.stage == Stage::Fetched {
+                let measured = FetchedDetail::parse(&stage.detail);
+                if let Some(rate) = measured.and_then(|m| m.bytes_per_second()) {
                     self.image_fetched(rate);
                 }
             }
-            if FINAL_STAGES.contains(&stage.stage.as_str()) {
+            if stage.stage.is_final() {
                 self.boot_finished(record);
             }
         }
@@ -300,49 +302,13 @@ impl Metrics {
 /// The content type of [`Metrics::render`].
 pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Bytes per second from the fetch helper's `fetched` report, `bytes=N seconds=S mbps=M`.
-pub fn fetch_rate(detail: &str) -> Option<f64> {
-    let field = |name: &str| {
-        detail
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
-            .and_then(|v| v.parse::<f64>().ok())
-    };
-    let (bytes, seconds) = (field("bytes")?, field("seconds")?);
-    (seconds > 0.0).then(|| bytes / seconds)
-}
-
-/// A small, fixed set of failure reasons from the boot script's message (`diskless_fail` in
-/// initramfs-tools/scripts/diskless), so the label's cardinality stays bounded whatever a
-/// client sends.
-pub fn failure_reason(detail: &str) -> &'static str {
-    let detail = detail.to_ascii_lowercase();
-    FAILURE_REASONS
-        .iter()
-        .find(|(words, _)| detail.contains(words))
-        .map(|(_, reason)| *reason)
-        .unwrap_or("other")
-}
-
-/// Words of a failure message and the reason they mean; anything else is `other`.
-const FAILURE_REASONS: &[(&str, &str)] = &[
-    ("kernel command line", "cmdline"),
-    ("kernel module", "module"),
-    ("network did not come up", "network"),
-    ("ram disk", "memory"),
-    ("could not be fetched", "fetch"),
-    ("no disk with", "disk"),
-    ("cannot mount", "mount"),
-    ("loop device", "mount"),
-];
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn stage(stage: &str, at: f64, detail: &str) -> StageEvent {
         StageEvent {
-            stage: stage.into(),
+            stage: Stage::parse(stage).unwrap(),
             at,
             detail: detail.into(),
         }
@@ -358,7 +324,8 @@ mod tests {
             "diskless_tftp_transfers_total{result=\"error\"} 0",
             "diskless_http_bytes_sent_total{file=\"root.squashfs\"} 0",
             "diskless_boot_phase_seconds_count{phase=\"systemd\"} 0",
-            "diskless_boot_failures_total{reason=\"network\"} 0",
+            "diskless_boot_failures_total{reason=\"no-address\"} 0",
+            "diskless_boot_failures_total{reason=\"emergency\"} 0",
             "diskless_access_refused_total{protocol=\"tftp\"} 0",
             "diskless_reports_refused_total{reason=\"forged\"} 0",
             "# TYPE diskless_boot_phase_seconds histogram",
@@ -384,10 +351,10 @@ mod tests {
             ..ClientRecord::new("52:54:00:00:00:01".parse().unwrap(), 0.0)
         };
         m.boot_finished(&record);
-        m.stage_reached("multi-user", record.image.as_deref());
+        m.stage_reached(&Stage::MultiUser, record.image.as_deref());
         m.image_fetched(25e6);
-        m.tftp_transfer(true, 1000);
-        m.tftp_transfer(false, 24);
+        m.tftp_transfer(TftpOutcome::Complete, 1000);
+        m.tftp_transfer(TftpOutcome::TimedOut, 24);
         m.http_sent("root.squashfs", 5000);
         m.dhcp_packet("discover");
         m.boot_event(&BootEvent::ReportRefused {
@@ -441,8 +408,25 @@ mod tests {
             "{text}"
         );
         assert!(!text.contains("stage=\"fetching\""), "{text}");
-        assert_eq!(fetch_rate("bytes=10 seconds=0.00"), None);
-        assert_eq!(fetch_rate("garbage"), None);
+    }
+
+    #[test]
+    fn an_invented_stage_is_counted_as_other() {
+        let m = Metrics::new();
+        let record = ClientRecord {
+            image: Some("lab".into()),
+            stages: (0..50)
+                .map(|i| stage(&format!("made-up-{i}"), i as f64, ""))
+                .collect(),
+            ..ClientRecord::new("52:54:00:00:00:01".parse().unwrap(), 0.0)
+        };
+        m.stages_reached(&record, &record.stages);
+        let text = m.render();
+        assert!(
+            text.contains("diskless_boot_stage_reached_total{image=\"lab\",stage=\"other\"} 50"),
+            "{text}"
+        );
+        assert!(!text.contains("made-up"), "{text}");
     }
 
     #[test]
@@ -450,7 +434,7 @@ mod tests {
         let dashboard = include_str!("../../../docs/grafana-dashboard.json");
         let m = Metrics::new();
         // The one family without series until a boot.
-        m.stage_reached("multi-user", Some("lab"));
+        m.stage_reached(&Stage::MultiUser, Some("lab"));
         let text = m.render();
         let mut asked = 0;
         for (i, _) in dashboard.match_indices("diskless_") {
@@ -471,15 +455,27 @@ mod tests {
     }
 
     #[test]
-    fn failure_reasons_are_a_small_set() {
-        assert_eq!(
-            failure_reason("cannot mount the RAM disk (diskless.size=1G)"),
-            "memory"
-        );
-        assert_eq!(
-            failure_reason("the network did not come up (no DHCP answer)"),
-            "network"
-        );
-        assert_eq!(failure_reason("something odd"), "other");
+    fn failures_are_counted_by_code_new_images_and_old() {
+        let m = Metrics::new();
+        for detail in [
+            "reason=emergency systemd went to emergency mode",
+            "reason=no-address the network did not come up",
+            "the network did not come up (no DHCP answer)",
+            "reason=never-heard-of-it oops",
+        ] {
+            let record = ClientRecord {
+                stages: vec![stage("network-up", 0.0, ""), stage("failed", 1.0, detail)],
+                ..ClientRecord::new("52:54:00:00:00:01".parse().unwrap(), 0.0)
+            };
+            m.boot_finished(&record);
+        }
+        let text = m.render();
+        for line in [
+            "diskless_boot_failures_total{reason=\"emergency\"} 1",
+            "diskless_boot_failures_total{reason=\"no-address\"} 2",
+            "diskless_boot_failures_total{reason=\"other\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
     }
 }

@@ -12,15 +12,16 @@
 //!   first) and `client_expiry_days`;
 //! - writes `STATE/clients.json` (read by `diskless clients`) through the one atomic write
 //!   ([`diskless_dhcp::state_file`]), at most once per [`SAVE_DELAY`] and on stop;
-//! - publishes the table for readers: [`Recorder::snapshot`] (a `watch` channel, never
-//!   blocked by the task) and [`Recorder::subscribe`] (a `broadcast` of every raw event and of
+//! - publishes the table for readers: [`Recorder::published`] (a `watch` channel, never
+//!   blocked by the task: the table shared, with a version that counts its changes),
+//!   [`Recorder::snapshot`] (a copy of it) and [`Recorder::subscribe`] (a `broadcast` of every raw event and of
 //!   each client record after it changed: the dashboard's live view and the metrics' counts).
 //!
 //! A `clients.json` that cannot be read at start is moved aside to
 //! `clients.json.corrupt-UNIXTIME` with a warning, never silently emptied.
 
 use crate::tokens::{BootId, CurrentBoot, Refusal};
-use diskless_boot::ImageFile;
+use diskless_boot::{ImageFile, Stage};
 use diskless_dhcp::{ClientKind, Mac};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -39,8 +40,53 @@ const QUEUE: usize = 4096;
 /// The file is written at most this often (and when the recorder stops).
 pub const SAVE_DELAY: Duration = Duration::from_millis(500);
 
-/// The stages that end a boot.
-pub const FINAL_STAGES: &[&str] = &["multi-user", "failed"];
+/// How a TFTP transfer ended, as the recorder and the metrics see it (the TFTP server's
+/// `TransferOutcome` without its messages).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TftpOutcome {
+    /// Every byte acknowledged.
+    Complete,
+    /// The server refused it (not found, not allowed, ...).
+    Refused,
+    /// The client ended it with an ERROR (e.g. a UEFI `tsize` probe).
+    ClientAborted,
+    /// The client stopped answering.
+    TimedOut,
+    /// Reading the file or the socket failed.
+    Failed,
+}
+
+impl TftpOutcome {
+    /// Its name in a record's detail.
+    pub const fn label(self) -> &'static str {
+        match self {
+            TftpOutcome::Complete => "complete",
+            TftpOutcome::Refused => "refused",
+            TftpOutcome::ClientAborted => "client-aborted",
+            TftpOutcome::TimedOut => "timed-out",
+            TftpOutcome::Failed => "failed",
+        }
+    }
+
+    /// Every byte was acknowledged.
+    pub const fn is_complete(self) -> bool {
+        matches!(self, TftpOutcome::Complete)
+    }
+}
+
+impl From<&diskless_tftp::server::TransferOutcome> for TftpOutcome {
+    fn from(outcome: &diskless_tftp::server::TransferOutcome) -> TftpOutcome {
+        use diskless_tftp::server::TransferOutcome as T;
+        match outcome {
+            T::Complete => TftpOutcome::Complete,
+            T::Refused { .. } => TftpOutcome::Refused,
+            T::ClientAborted { .. } => TftpOutcome::ClientAborted,
+            T::TimedOut { .. } => TftpOutcome::TimedOut,
+            T::Failed(_) => TftpOutcome::Failed,
+        }
+    }
+}
 
 /// What a DHCP exchange ended with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -80,8 +126,8 @@ pub enum BootEvent {
         file: String,
         /// Bytes sent.
         bytes: u64,
-        /// How it ended (`Complete`, a refusal, ...).
-        outcome: String,
+        /// How it ended.
+        outcome: TftpOutcome,
     },
     /// An image file is being sent over HTTP.
     HttpFile {
@@ -123,7 +169,7 @@ pub enum BootEvent {
         /// Its address.
         client: Option<IpAddr>,
         /// The stage (`fetched`, `multi-user`, ...).
-        stage: String,
+        stage: Stage,
         /// Its detail line.
         detail: String,
         /// The boot its token named.
@@ -151,7 +197,7 @@ fn file_str<S: serde::Serializer>(file: &ImageFile, s: S) -> Result<S::Ok, S::Er
 /// One stage of a boot.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct StageEvent {
-    pub stage: String,
+    pub stage: Stage,
     /// Seconds since the boot started.
     pub at: f64,
     pub detail: String,
@@ -202,24 +248,39 @@ impl ClientRecord {
         }
     }
 
-    /// The last stage reached, or `-`.
-    pub fn stage(&self) -> &str {
-        self.stages.last().map(|s| s.stage.as_str()).unwrap_or("-")
+    /// The last stage reached.
+    pub fn last_stage(&self) -> Option<&Stage> {
+        self.stages.last().map(|s| &s.stage)
     }
 
-    fn finished(&self) -> bool {
-        FINAL_STAGES.contains(&self.stage())
+    /// The last stage reached as text, or `-`.
+    pub fn stage(&self) -> &str {
+        self.last_stage().map(Stage::as_str).unwrap_or("-")
+    }
+
+    /// Its boot ended: the last stage is a final one.
+    pub fn finished(&self) -> bool {
+        self.last_stage().is_some_and(Stage::is_final)
     }
 
     /// Seconds from the start of the boot to `stage`, if it was reached.
-    pub fn seconds_to(&self, stage: &str) -> Option<f64> {
-        self.stages.iter().find(|s| s.stage == stage).map(|s| s.at)
+    pub fn seconds_to(&self, stage: &Stage) -> Option<f64> {
+        self.stages.iter().find(|s| s.stage == *stage).map(|s| s.at)
     }
 
     /// Unix time the client was last heard of.
     pub fn last_seen(&self) -> f64 {
         self.boot_started + self.stages.last().map(|s| s.at).unwrap_or(0.0)
     }
+}
+
+/// The table as the recorder task last published it.
+#[derive(Debug, Default)]
+pub struct Published {
+    /// Counts the table's changes since the recorder started: equal versions, equal tables
+    /// (readers that serialize the table keep the text by it, [`crate::shared_json`]).
+    pub version: u64,
+    pub records: BTreeMap<Mac, ClientRecord>,
 }
 
 /// What [`Recorder::subscribe`] delivers.
@@ -265,7 +326,7 @@ enum Message {
 #[derive(Clone)]
 pub struct Recorder {
     tx: mpsc::Sender<Message>,
-    table: watch::Receiver<Arc<BTreeMap<Mac, ClientRecord>>>,
+    table: watch::Receiver<Arc<Published>>,
     updates: broadcast::Sender<Recorded>,
 }
 
@@ -306,7 +367,10 @@ impl Recorder {
         };
         table.prune(unix_now());
         let (tx, rx) = mpsc::channel(QUEUE);
-        let (table_tx, table_rx) = watch::channel(Arc::new(table.records.clone()));
+        let (table_tx, table_rx) = watch::channel(Arc::new(Published {
+            version: 0,
+            records: table.records.clone(),
+        }));
         let (updates, _) = broadcast::channel(1024);
         let (stop_tx, stop_rx) = oneshot::channel();
         let handle = tokio::spawn(run_task(
@@ -347,12 +411,17 @@ impl Recorder {
 
     /// Every client's record, as of the last event applied.
     pub fn snapshot(&self) -> Vec<ClientRecord> {
-        self.table.borrow().values().cloned().collect()
+        self.table.borrow().records.values().cloned().collect()
+    }
+
+    /// The table as of the last event applied, shared (not copied), with its version.
+    pub fn published(&self) -> Arc<Published> {
+        self.table.borrow().clone()
     }
 
     /// One client's record.
     pub fn get(&self, mac: Mac) -> Option<ClientRecord> {
-        self.table.borrow().get(&mac).cloned()
+        self.table.borrow().records.get(&mac).cloned()
     }
 
     /// Every event and every changed record from now on. A reader that falls behind by more
@@ -367,9 +436,17 @@ async fn run_task(
     path: Option<PathBuf>,
     mut rx: mpsc::Receiver<Message>,
     mut stop: oneshot::Receiver<()>,
-    table_tx: watch::Sender<Arc<BTreeMap<Mac, ClientRecord>>>,
+    table_tx: watch::Sender<Arc<Published>>,
     updates: broadcast::Sender<Recorded>,
 ) {
+    let mut version = 0;
+    let mut publish = |records: &BTreeMap<Mac, ClientRecord>| {
+        version += 1;
+        table_tx.send_replace(Arc::new(Published {
+            version,
+            records: records.clone(),
+        }));
+    };
     let mut dirty = false;
     // A failed save is logged once per failing spell, not every SAVE_DELAY.
     let mut save_failing = diskless_dhcp::state_file::FailingSpell::default();
@@ -388,7 +465,7 @@ async fn run_task(
                         let _ = updates.send(Recorded::Event(event.clone()));
                         if let Some(record) = table.apply(&event, unix_now()) {
                             let _ = updates.send(Recorded::Client(Arc::new(record)));
-                            table_tx.send_replace(Arc::new(table.records.clone()));
+                            publish(&table.records);
                             if !dirty {
                                 dirty = true;
                                 save_timer.as_mut().reset(tokio::time::Instant::now() + SAVE_DELAY);
@@ -411,7 +488,7 @@ async fn run_task(
             dirty |= table.apply(&event, unix_now()).is_some();
         }
     }
-    table_tx.send_replace(Arc::new(table.records.clone()));
+    publish(&table.records);
     if dirty {
         save(path.as_deref(), &table.records, &mut save_failing).await;
     }
@@ -482,9 +559,9 @@ impl Table {
                     self.macs_by_ip.insert(IpAddr::V4(*ip), *mac);
                 }
                 let stage = match action {
-                    DhcpAction::Offer => "dhcp-offer",
-                    DhcpAction::Ack => "dhcp-ack",
-                    DhcpAction::Nak => "dhcp-nak",
+                    DhcpAction::Offer => Stage::DhcpOffer,
+                    DhcpAction::Ack => Stage::DhcpAck,
+                    DhcpAction::Nak => Stage::DhcpNak,
                 };
                 let boot = firmware.is_boot();
                 let detail = format!("{} {}", firmware.as_str(), detail.as_deref().unwrap_or(""))
@@ -496,7 +573,7 @@ impl Table {
                     ..Default::default()
                 };
                 let starts_boot = boot && *action == DhcpAction::Offer;
-                (*mac, stage.to_string(), detail, starts_boot, update)
+                (*mac, stage, detail, starts_boot, update)
             }
             BootEvent::Tftp {
                 client,
@@ -505,8 +582,8 @@ impl Table {
                 outcome,
             } => {
                 let mac = *self.macs_by_ip.get(client)?;
-                let detail = format!("{file} {bytes} bytes {outcome}");
-                (mac, "tftp".into(), detail, false, Update::default())
+                let detail = format!("{file} {bytes} bytes {}", outcome.label());
+                (mac, Stage::Tftp, detail, false, Update::default())
             }
             // Image files and refused reports are counted (subscribers see the event), not
             // made stages: the client reports its own progress.
@@ -530,7 +607,13 @@ impl Table {
                     ..Default::default()
                 };
                 let detail = format!("{image} {version}");
-                (*mac, "ipxe-script".into(), detail, false, update)
+                // The Secure Boot chain's GRUB config is a boot file of its own kind.
+                let stage = if *secure_boot {
+                    Stage::GrubConfig
+                } else {
+                    Stage::IpxeScript
+                };
+                (*mac, stage, detail, false, update)
             }
             BootEvent::Report {
                 mac,
@@ -557,7 +640,7 @@ impl Table {
     fn stage(
         &mut self,
         mac: Mac,
-        stage: String,
+        stage: Stage,
         detail: String,
         starts_boot: bool,
         update: Update,
@@ -682,7 +765,7 @@ mod tests {
         BootEvent::Report {
             mac,
             client: None,
-            stage: stage.into(),
+            stage: Stage::parse(stage).unwrap(),
             detail: detail.into(),
             boot: BootId(7),
         }
@@ -720,7 +803,7 @@ mod tests {
             client: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 100)),
             file: "ipxe/undionly.kpxe".into(),
             bytes: 70000,
-            outcome: "Complete".into(),
+            outcome: TftpOutcome::Complete,
         });
         // The initramfs does DHCP again: that is not a new boot.
         recorder.record(offer(m, None));
@@ -740,7 +823,7 @@ mod tests {
         );
         assert_eq!(r.image.as_deref(), Some("lab"));
         assert_eq!(r.firmware.as_deref(), Some("ipxe"));
-        assert!(r.seconds_to("multi-user").is_some());
+        assert!(r.seconds_to(&Stage::MultiUser).is_some());
         // After a final stage, the next firmware offer starts a new boot.
         recorder.record(offer(m, None));
         recorder.sync().await;

@@ -30,6 +30,7 @@
 //! ([`diskless_dhcp::state_file`]). A key file of another size is an error naming it, never
 //! replaced: replacing it would silently invalidate every boot under way.
 
+use diskless_boot::Stage;
 use diskless_dhcp::Mac;
 use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
@@ -268,7 +269,7 @@ pub struct CurrentBoot {
     /// The boot its token names.
     pub id: BootId,
     /// The stages it reported, in order.
-    pub reported: Vec<String>,
+    pub reported: Vec<Stage>,
 }
 
 /// The current boot of each client, and the key their tokens are checked with.
@@ -321,7 +322,7 @@ impl Boots {
 
     /// Accept `stage` from `mac` with `token` (see the module docs), or say why not. On
     /// success the stage counts as reported for the boot, returned.
-    pub fn accept(&self, mac: Mac, token: Option<&str>, stage: &str) -> Result<BootId, Refusal> {
+    pub fn accept(&self, mac: Mac, token: Option<&str>, stage: &Stage) -> Result<BootId, Refusal> {
         let token: Token = token
             .ok_or(Refusal::Missing)?
             .parse()
@@ -331,13 +332,13 @@ impl Boots {
         }
         let mut table = self.lock();
         let (_, boot) = table.boots.get_mut(&mac).ok_or(Refusal::UnknownBoot)?;
-        if boot.id != token.boot || boot.reported.iter().any(|s| s == stage) {
+        if boot.id != token.boot || boot.reported.contains(stage) {
             return Err(Refusal::Replayed);
         }
         if boot.reported.len() >= MAX_STAGES {
             return Err(Refusal::TooManyStages);
         }
-        boot.reported.push(stage.to_string());
+        boot.reported.push(stage.clone());
         Ok(boot.id)
     }
 
@@ -402,19 +403,23 @@ mod tests {
         }
     }
 
+    fn st(name: &str) -> Stage {
+        Stage::parse(name).unwrap()
+    }
+
     #[test]
     fn a_token_is_good_for_one_mac_one_key_one_boot() {
         let b = boots(10);
         let token = b.issue(mac(1)).to_string();
         // Another MAC's report with this token, another key's token, a changed bit.
         assert_eq!(
-            b.accept(mac(2), Some(&token), "fetched"),
+            b.accept(mac(2), Some(&token), &st("fetched")),
             Err(Refusal::Forged)
         );
         let other =
             ReportKey::from_bytes([8; KEY_LEN]).token(mac(1), b.current(mac(1)).unwrap().id);
         assert_eq!(
-            b.accept(mac(1), Some(&other.to_string()), "fetched"),
+            b.accept(mac(1), Some(&other.to_string()), &st("fetched")),
             Err(Refusal::Forged)
         );
         let flipped = format!(
@@ -423,26 +428,29 @@ mod tests {
             if &token[20..21] == "0" { "1" } else { "0" }
         ) + &token[21..];
         assert_eq!(
-            b.accept(mac(1), Some(&flipped), "fetched"),
+            b.accept(mac(1), Some(&flipped), &st("fetched")),
             Err(Refusal::Forged)
         );
-        assert_eq!(b.accept(mac(1), None, "fetched"), Err(Refusal::Missing));
+        assert_eq!(
+            b.accept(mac(1), None, &st("fetched")),
+            Err(Refusal::Missing)
+        );
         // The right one, once per stage.
-        let id = b.accept(mac(1), Some(&token), "network-up").unwrap();
+        let id = b.accept(mac(1), Some(&token), &st("network-up")).unwrap();
         assert_eq!(id, b.current(mac(1)).unwrap().id);
         assert_eq!(
-            b.accept(mac(1), Some(&token), "network-up"),
+            b.accept(mac(1), Some(&token), &st("network-up")),
             Err(Refusal::Replayed)
         );
-        b.accept(mac(1), Some(&token), "fetched").unwrap();
+        b.accept(mac(1), Some(&token), &st("fetched")).unwrap();
         // A new boot: the old token is a replay, the new one starts with no stage.
         let new = b.issue(mac(1)).to_string();
         assert_eq!(
-            b.accept(mac(1), Some(&token), "multi-user"),
+            b.accept(mac(1), Some(&token), &st("multi-user")),
             Err(Refusal::Replayed)
         );
-        b.accept(mac(1), Some(&new), "network-up").unwrap();
-        assert_eq!(b.current(mac(1)).unwrap().reported, ["network-up"]);
+        b.accept(mac(1), Some(&new), &st("network-up")).unwrap();
+        assert_eq!(b.current(mac(1)).unwrap().reported, [Stage::NetworkUp]);
     }
 
     #[test]
@@ -450,26 +458,26 @@ mod tests {
         let b = boots(2);
         let tokens: Vec<String> = (1..=3).map(|i| b.issue(mac(i)).to_string()).collect();
         assert_eq!(
-            b.accept(mac(1), Some(&tokens[0]), "x"),
+            b.accept(mac(1), Some(&tokens[0]), &st("x")),
             Err(Refusal::UnknownBoot),
             "the boot issued longest ago is dropped"
         );
-        b.accept(mac(3), Some(&tokens[2]), "x").unwrap();
+        b.accept(mac(3), Some(&tokens[2]), &st("x")).unwrap();
         // A new server with the same key and the recorded boots takes the tokens.
         let recorded = [(mac(3), b.current(mac(3)).unwrap())];
         let again = Boots::new(ReportKey::from_bytes([7; KEY_LEN]), 2, recorded);
         assert_eq!(
-            again.accept(mac(3), Some(&tokens[2]), "x"),
+            again.accept(mac(3), Some(&tokens[2]), &st("x")),
             Err(Refusal::Replayed)
         );
-        again.accept(mac(3), Some(&tokens[2]), "y").unwrap();
+        again.accept(mac(3), Some(&tokens[2]), &st("y")).unwrap();
         for i in 0..MAX_STAGES - 2 {
             again
-                .accept(mac(3), Some(&tokens[2]), &format!("s{i}"))
+                .accept(mac(3), Some(&tokens[2]), &st(&format!("s{i}")))
                 .unwrap();
         }
         assert_eq!(
-            again.accept(mac(3), Some(&tokens[2]), "one-more"),
+            again.accept(mac(3), Some(&tokens[2]), &st("one-more")),
             Err(Refusal::TooManyStages)
         );
     }

@@ -8,7 +8,7 @@
 //! never end) keeps no more than its address's cap, and another client still gets its script
 //! and a range of its image.
 
-use diskless_boot::Site;
+use diskless_boot::{Site, Stage};
 use diskless_dhcp::DhcpSockets;
 use diskless_image::manifest::{BOOT_CPIO, INITRD, KERNEL, SQUASHFS};
 use diskless_server::{run, site_channel, Listeners, ReloadError};
@@ -308,7 +308,7 @@ async fn a_thousand_reports_from_fifty_senders_are_all_in_clients_json() {
                 records.get(&mac).is_some_and(|r| {
                     let stages: Vec<&str> = r.stages.iter().map(|s| s.stage.as_str()).collect();
                     let reported = &r.boot.as_ref().unwrap().reported;
-                    stages[1..] == STAGES && reported.iter().map(String::as_str).eq(STAGES)
+                    stages[1..] == STAGES && reported.iter().map(Stage::as_str).eq(STAGES)
                 })
             })
         };

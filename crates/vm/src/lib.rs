@@ -22,6 +22,7 @@ pub mod qemu;
 pub mod qmp;
 
 use console::Console;
+use diskless_boot::Stage;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -191,18 +192,23 @@ pub struct VmReport {
 }
 
 /// Console lines that mark boot phases, in the order they appear; any one of a phase's
-/// markers will do.
+/// markers will do. A phase that is a boot stage the server records has the stage's name
+/// ([`Stage`]): `fetching` here and in clients.json are the same moment, seen from the console
+/// and from the report.
 /// `reference:` lines are the reference chain's of scripts/bench-boot (busybox wget, no
 /// sha256), booted by `diskless vm --server-command`.
 const PHASES: &[(&str, &[&str])] = &[
     ("kernel", &["Linux version"]),
     (
-        "fetch-start",
+        Stage::Fetching.label(),
         &["diskless: fetching", "reference: fetching"],
     ),
-    ("fetched", &["sha256 verified", "reference: fetched"]),
     (
-        "root-mounted",
+        Stage::Fetched.label(),
+        &["sha256 verified", "reference: fetched"],
+    ),
+    (
+        Stage::RootMounted.label(),
         &[
             "diskless: root is an overlay",
             "reference: root is an overlay",
@@ -213,7 +219,7 @@ const PHASES: &[(&str, &[&str])] = &[
     // console, which happens before multi-user when a unit is slow. systemd's line still
     // counts, for images made before ours existed.
     (
-        "multi-user",
+        Stage::MultiUser.label(),
         &[
             "diskless: reached multi-user",
             "reference: reached multi-user",
@@ -528,7 +534,7 @@ fn follow_boot(
                     .phases
                     .push((phase.to_string(), started.elapsed().as_secs_f64()));
                 next_phase += 1;
-                if let (Some(hook), &"fetch-start") = (on_fetching, phase) {
+                if let (Some(hook), true) = (on_fetching, *phase == Stage::Fetching.label()) {
                     let mut progress = FAILURES.to_vec();
                     progress.push(FETCH_PROGRESS);
                     if let Ok((i, _)) = console.wait_for(&progress, from, deadline) {
@@ -547,7 +553,7 @@ fn follow_boot(
                     .last()
                     .map(|(p, _)| p.as_str())
                     .unwrap_or("nothing");
-                let diagnosis = if reached == "root-mounted" {
+                let diagnosis = if reached == Stage::RootMounted.label() {
                     diagnose_stalled_boot(console)
                 } else {
                     String::new()
@@ -722,6 +728,15 @@ fn wait_for_http(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn phases_after_the_kernel_are_the_stages_of_the_same_name() {
+        assert_eq!(PHASES[0].0, "kernel");
+        for (phase, _) in &PHASES[1..] {
+            let stage = Stage::parse(phase).unwrap();
+            assert!(!matches!(stage, Stage::Other(_)), "{phase} is no stage");
+        }
+    }
 
     #[test]
     fn multi_user_is_recognised_in_both_spellings() {
