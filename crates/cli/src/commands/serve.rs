@@ -170,6 +170,8 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
             super::image::warn_if_boot_files_outdated(&store, &name);
         }
     }
+    // First: a second server on this state stops here, before it changes a thing.
+    let _state_lock = crate::state_lock::lock(&cfg.state)?;
     // Before the runtime starts its threads: they are then all the user (see privileges).
     drop_privileges(&args, &cfg)?;
     let runtime = tokio::runtime::Runtime::new()?;
