@@ -442,7 +442,7 @@ impl Config {
 
 /// `path` as the filesystem resolves it: absolute (from the working directory), `.` and `..`
 /// taken lexically, and its longest existing ancestor through its symlinks.
-pub fn resolved(path: &Path) -> PathBuf {
+fn resolved(path: &Path) -> PathBuf {
     let absolute = std::env::current_dir()
         .map(|cwd| cwd.join(path))
         .unwrap_or_else(|_| path.to_path_buf());
