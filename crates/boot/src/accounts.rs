@@ -6,7 +6,10 @@
 //! each request and hands the text to [`Accounts::passwd`] and [`Accounts::group`]; a user
 //! added on the server is on a client at its next boot. An entry whose fields could break the
 //! client's files (a name outside the portable set, a `:` or a newline where it cannot be, a
-//! relative home) is left out and logged by the caller.
+//! relative home) is left out and logged by the caller, and so is one that would give a lab
+//! user more than a lab user's place: a home outside `[accounts] home_prefix` (`/usr/local`
+//! would put the user's SSHFS mount over the PAM helper itself) or a primary group outside the
+//! served range (`docker`, `systemd-journal`: a group of the image's system).
 
 use crate::config::AccountsSection;
 use std::fmt::Write as _;
@@ -22,6 +25,8 @@ pub struct Accounts {
     pub passwd: std::path::PathBuf,
     /// Where the group entries are read.
     pub group: std::path::PathBuf,
+    /// Served homes lie below it.
+    pub home_prefix: std::path::PathBuf,
     /// The SSH server that checks passwords and serves the homes.
     pub ssh_host: String,
     /// Its port.
@@ -77,15 +82,32 @@ impl Accounts {
             users: section.users.clone(),
             passwd: section.passwd.clone(),
             group: section.group.clone(),
+            home_prefix: section.home_prefix.clone(),
             ssh_host,
             ssh_port,
             ssh_host_keys: section.ssh_host_keys.clone(),
         }
     }
 
+    fn in_range(&self, id: u32) -> bool {
+        (self.uids.0..=self.uids.1).contains(&id)
+    }
+
+    /// `home` lies strictly below the prefix, with no `.` or `..` to climb out of it.
+    fn home_in_prefix(&self, home: &str) -> bool {
+        let home = std::path::Path::new(home);
+        let plain = home.components().all(|c| {
+            matches!(
+                c,
+                std::path::Component::RootDir | std::path::Component::Normal(_)
+            )
+        });
+        plain && home != self.home_prefix && home.starts_with(&self.home_prefix)
+    }
+
     fn serves_user(&self, name: &str, uid: u32) -> bool {
         if self.users.is_empty() {
-            uid != 0 && (self.uids.0..=self.uids.1).contains(&uid)
+            uid != 0 && self.in_range(uid)
         } else {
             uid != 0 && self.users.iter().any(|u| u == name)
         }
@@ -118,8 +140,12 @@ impl Accounts {
                 Some("a name outside [a-z_][a-z0-9_-]*")
             } else if gid.parse::<u32>().is_err() {
                 Some("a group id that is not a number")
+            } else if !gid.parse().is_ok_and(|g| self.in_range(g)) {
+                Some("a primary group outside the served uids range")
             } else if !home.starts_with('/') || home.contains(['\\', ' ']) || home == "/" {
                 Some("a home that is not an absolute path of its own")
+            } else if !self.home_in_prefix(home) {
+                Some("a home outside [accounts] home_prefix")
             } else if !shell.starts_with('/') {
                 Some("a shell that is not an absolute path")
             } else {
@@ -173,8 +199,8 @@ impl Accounts {
             let primary = users.iter().any(|(_, g)| *g == gid);
             // A lab's groups are in the ID range; the system's (sudo, users, ...) stay the
             // image's. With a list of users, only the groups that hold one of them.
-            let in_range = (self.uids.0..=self.uids.1).contains(&gid_number)
-                && (self.users.is_empty() || !members.is_empty());
+            let in_range =
+                self.in_range(gid_number) && (self.users.is_empty() || !members.is_empty());
             if primary || in_range {
                 let _ = writeln!(out, "{name}:x:{gid}:{}", members.join(","));
             }
@@ -266,6 +292,43 @@ mod tests {
         assert_eq!(group, "alice:x:1000:\nbob:x:1001:\nlab:x:1500:bob\n");
         let only_bob = accounts("users = [\"bob\"]").group(PASSWD, GROUP);
         assert_eq!(only_bob, "bob:x:1001:\nlab:x:1500:bob\n");
+    }
+
+    #[test]
+    fn homes_outside_the_prefix_and_system_primary_groups_are_not_served() {
+        let passwd = "alice:x:1000:1000::/home/alice:/bin/bash\n\
+            local:x:1001:1001::/usr/local:/bin/sh\n\
+            climb:x:1002:1002::/home/../usr/local/sbin:/bin/sh\n\
+            prefix:x:1003:1003::/home:/bin/sh\n\
+            twin:x:1004:1004::/homes/twin:/bin/sh\n\
+            docker:x:1005:998::/home/docker:/bin/sh\n\
+            journal:x:1006:101::/home/journal:/bin/sh\n";
+        let group = "docker:x:998:docker\nsystemd-journal:x:101:\nalice:x:1000:\n";
+        let a = accounts("");
+        let (served, skipped) = a.passwd(passwd);
+        assert_eq!(served, "alice:x:1000:1000::/home/alice:/bin/bash\n");
+        let why: Vec<(&str, &str)> = skipped
+            .iter()
+            .map(|s| (s.name.as_str(), s.reason))
+            .collect();
+        assert_eq!(
+            why,
+            [
+                ("local", "a home outside [accounts] home_prefix"),
+                ("climb", "a home outside [accounts] home_prefix"),
+                ("prefix", "a home outside [accounts] home_prefix"),
+                ("twin", "a home outside [accounts] home_prefix"),
+                ("docker", "a primary group outside the served uids range"),
+                ("journal", "a primary group outside the served uids range"),
+            ]
+        );
+        assert_eq!(a.group(passwd, group), "alice:x:1000:\n", "no system group");
+        // Listed by name, the range still bounds their primary groups.
+        let (served, _) = accounts("users = [\"alice\", \"docker\"]").passwd(passwd);
+        assert_eq!(served, "alice:x:1000:1000::/home/alice:/bin/bash\n");
+        // Another prefix.
+        let (served, _) = accounts("home_prefix = \"/homes\"").passwd(passwd);
+        assert_eq!(served, "twin:x:1004:1004::/homes/twin:/bin/sh\n");
     }
 
     #[test]

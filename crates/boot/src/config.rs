@@ -167,6 +167,9 @@ pub struct AccountsSection {
     /// Where the entries are read (at each client's boot).
     pub passwd: PathBuf,
     pub group: PathBuf,
+    /// Every served home lies below it: a user whose home is elsewhere (`/usr/local`, the
+    /// PAM helper's directory) is not served, nor one whose primary group is outside `uids`.
+    pub home_prefix: PathBuf,
     pub homes: Homes,
     /// `HOST:PORT` of the SSH server; default: the boot server's address, port 22.
     pub ssh_server: Option<String>,
@@ -181,6 +184,7 @@ impl Default for AccountsSection {
             users: Vec::new(),
             passwd: "/etc/passwd".into(),
             group: "/etc/group".into(),
+            home_prefix: "/home".into(),
             homes: Homes::Sshfs,
             ssh_server: None,
             ssh_host_keys: vec!["/etc/ssh/ssh_host_ed25519_key.pub".into()],
@@ -328,6 +332,7 @@ impl Config {
     /// Check what TOML types cannot: sizes, ranges, duplicates. The error carries a piece
     /// of text to find the offending line by.
     pub fn validate(&self) -> Result<(), (Option<String>, String)> {
+        check_apart(&self.store, &self.state)?;
         if let Some(range) = &self.dhcp.range {
             parse_range(range).map_err(|m| (Some(range.clone()), m))?;
         }
@@ -398,6 +403,8 @@ impl Config {
         if let Some(accounts) = &self.accounts {
             crate::accounts::parse_uid_range(&accounts.uids)
                 .map_err(|m| (Some(accounts.uids.clone()), m))?;
+            check_home_prefix(&accounts.home_prefix)
+                .map_err(|m| (Some(accounts.home_prefix.display().to_string()), m))?;
             for user in &accounts.users {
                 if !crate::accounts::valid_name(user) {
                     return Err((
@@ -459,6 +466,85 @@ impl Config {
             )
         })
     }
+}
+
+/// `path` as the filesystem resolves it: absolute (from the working directory), `.` and `..`
+/// taken lexically, and its longest existing ancestor through its symlinks.
+fn resolved(path: &Path) -> PathBuf {
+    let absolute = std::env::current_dir()
+        .map(|cwd| cwd.join(path))
+        .unwrap_or_else(|_| path.to_path_buf());
+    let mut lexical = PathBuf::new();
+    for part in absolute.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                lexical.pop();
+            }
+            other => lexical.push(other),
+        }
+    }
+    for existing in lexical.ancestors() {
+        if let Ok(real) = existing.canonicalize() {
+            let rest = lexical.strip_prefix(existing).unwrap_or(Path::new(""));
+            return if rest.as_os_str().is_empty() {
+                real
+            } else {
+                real.join(rest)
+            };
+        }
+    }
+    lexical
+}
+
+/// The state directory (the report key, leases) and the store (served over TFTP to anyone on
+/// the boot network, and read whole by `image build` from `/`) must not hold one another:
+/// TFTP would hand out `state/report.key`.
+fn check_apart(store: &Path, state: &Path) -> Result<(), (Option<String>, String)> {
+    let (store_real, state_real) = (resolved(store), resolved(state));
+    let (inner, message) = if state_real.starts_with(&store_real) {
+        (
+            state,
+            format!(
+                "the state directory {} lies inside the store {}: TFTP serves the store to \
+                 anyone on the boot network, and the state holds the report key; choose a \
+                 state directory outside it",
+                state.display(),
+                store.display()
+            ),
+        )
+    } else if store_real.starts_with(&state_real) {
+        (
+            store,
+            format!(
+                "the store {} lies inside the state directory {}: the state must be the \
+                 server's alone; choose a store outside it",
+                store.display(),
+                state.display()
+            ),
+        )
+    } else {
+        return Ok(());
+    };
+    Err((Some(inner.display().to_string()), message))
+}
+
+/// `[accounts] home_prefix`: an absolute directory, not `/`, without `.` or `..`.
+fn check_home_prefix(prefix: &Path) -> Result<(), String> {
+    let plain = prefix.components().all(|c| {
+        matches!(
+            c,
+            std::path::Component::RootDir | std::path::Component::Normal(_)
+        )
+    });
+    if !prefix.is_absolute() || !plain || prefix == Path::new("/") {
+        return Err(format!(
+            "[accounts] home_prefix {:?} must be an absolute directory other than /, \
+             without . or .. (like /home)",
+            prefix.display().to_string()
+        ));
+    }
+    Ok(())
 }
 
 /// `10.0.0.100-10.0.0.200` into its two ends, first <= last.
@@ -758,6 +844,58 @@ mod tests {
         ))
         .unwrap_err();
         assert!(err.message.contains("2048"), "{err}");
+    }
+
+    #[test]
+    fn state_and_store_must_not_hold_one_another() {
+        let err = parse("store = \"/srv/diskless\"\nstate = \"/srv/diskless/./images/../state\"\n")
+            .unwrap_err();
+        assert_eq!(err.line, Some(2), "{err}");
+        assert!(
+            err.message.starts_with(
+                "the state directory /srv/diskless/./images/../state lies inside the store \
+                 /srv/diskless: TFTP serves the store"
+            ),
+            "{err}"
+        );
+        let err = parse("store = \"/var/lib/diskless/state/store\"\n").unwrap_err();
+        assert_eq!(err.line, Some(1), "{err}");
+        assert!(
+            err.message.starts_with(
+                "the store /var/lib/diskless/state/store lies inside the state directory \
+                 /var/lib/diskless/state"
+            ),
+            "{err}"
+        );
+        assert!(parse("store = \"/srv/d\"\nstate = \"/srv/d\"\n").is_err());
+        // Side by side, one name the prefix of the other's: apart.
+        assert!(parse("store = \"/srv/d\"\nstate = \"/srv/d-state\"\n").is_ok());
+
+        // Through a symlink: the store reached by a link inside the state directory.
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        std::os::unix::fs::symlink(&state, dir.path().join("link")).unwrap();
+        let text = format!(
+            "store = \"{0}/link/store\"\nstate = \"{0}/state\"\n",
+            dir.path().display()
+        );
+        assert!(parse(&text)
+            .unwrap_err()
+            .message
+            .contains("lies inside the state directory"));
+    }
+
+    #[test]
+    fn home_prefix_is_an_absolute_directory() {
+        let c = parse("[accounts]\n").unwrap();
+        assert_eq!(c.accounts.unwrap().home_prefix, Path::new("/home"));
+        for bad in ["home", "/", "/home/../usr", "./home"] {
+            let err = parse(&format!("[accounts]\nhome_prefix = \"{bad}\"\n")).unwrap_err();
+            assert!(err.message.contains("home_prefix"), "{bad}: {err}");
+            assert_eq!(err.line, Some(2), "{bad}: {err}");
+        }
+        assert!(parse("[accounts]\nhome_prefix = \"/srv/homes\"\n").is_ok());
     }
 
     #[test]

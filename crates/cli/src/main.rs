@@ -4,6 +4,7 @@
 mod commands;
 mod paths;
 mod privileges;
+mod state_lock;
 
 use clap::{CommandFactory, Parser, Subcommand};
 use std::process::ExitCode;

@@ -186,7 +186,10 @@ pub fn drop_to(user: &User) -> Result<()> {
 /// `user`'s, as root, before the drop: what the server writes there must stay its own.
 /// Refused, changing nothing, when `dir` holds anything else (a subdirectory, a link) not
 /// already the user's: a state directory set by mistake to a shared one (`/var/lib`, `/tmp`)
-/// must not change owner. `dir` itself may be a link to a directory.
+/// must not change owner. Refused too when a file to be given has more than one hard link:
+/// the other name may be anywhere on the filesystem (`/etc/shadow` linked in by whoever holds
+/// the service user), and the owner belongs to the file, not to the name. `dir` itself may be
+/// a link to a directory.
 pub fn give_dir(dir: &Path, mode: u32, user: &User) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let meta = std::fs::metadata(dir).with_context(|| format!("{}", dir.display()))?;
@@ -213,6 +216,20 @@ pub fn give_dir(dir: &Path, mode: u32, user: &User) -> Result<()> {
     if done {
         return Ok(());
     }
+    if let Some((path, m)) = files.iter().find(|(_, m)| !owned(m) && m.nlink() > 1) {
+        bail!(
+            "{} has {} hard links: the server gives user {} only files of its own, and this \
+             one is also another name elsewhere; remove it (or copy it over itself: cp {} \
+             {}.new && mv {}.new {}) and start again",
+            path.display(),
+            m.nlink(),
+            user.name,
+            path.display(),
+            path.display(),
+            path.display(),
+            path.display()
+        );
+    }
     if let Some(other) = foreign {
         bail!(
             "{} holds {}, which is not a file the server wrote: the server makes the \
@@ -238,12 +255,32 @@ pub fn give_dir(dir: &Path, mode: u32, user: &User) -> Result<()> {
         )?;
     }
     for (path, _) in files.iter().filter(|(_, m)| !owned(m)) {
-        give(
-            path,
-            std::os::unix::fs::lchown(path, Some(user.uid), Some(user.gid)),
-        )?;
+        give(path, give_file(path, user))?;
     }
     Ok(())
+}
+
+/// Chown the regular file `path`, through a descriptor: what is chowned is the file checked
+/// (one link, not a symlink), even if the name was replaced since it was listed.
+fn give_file(path: &Path, user: &User) -> std::io::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() || meta.nlink() != 1 {
+        return Err(std::io::Error::other(format!(
+            "changed while being given away: now {} with {} links",
+            if meta.is_file() {
+                "a file"
+            } else {
+                "not a file"
+            },
+            meta.nlink()
+        )));
+    }
+    std::os::unix::fs::fchown(&file, Some(user.uid), Some(user.gid))
 }
 
 /// What the dropped process must reach: `writable` directories (each a place it writes) and
@@ -334,5 +371,39 @@ mod tests {
         give_dir(&fresh, 0o700, &me).unwrap();
         let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o700);
+    }
+
+    #[test]
+    fn a_hard_linked_file_is_not_given_away() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = dir.path().join("state");
+        std::fs::create_dir(&state).unwrap();
+        // Another name of a file outside the state directory (a system file, in the attack).
+        let outside = dir.path().join("shadow");
+        std::fs::write(&outside, "root:$y$hash:::::::\n").unwrap();
+        std::fs::hard_link(&outside, state.join("report.key")).unwrap();
+        let before = std::fs::metadata(&outside).unwrap();
+        std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let other = User {
+            name: "other".into(),
+            uid: before.uid() + 4242,
+            gid: before.gid() + 4242,
+        };
+        let err = format!("{:#}", give_dir(&state, 0o700, &other).unwrap_err());
+        assert!(
+            err.starts_with(&format!(
+                "{} has 2 hard links",
+                state.join("report.key").display()
+            )),
+            "{err}"
+        );
+        let after = std::fs::metadata(&outside).unwrap();
+        assert_eq!((after.uid(), after.gid()), (before.uid(), before.gid()));
+        let mode = std::fs::metadata(&state).unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o777,
+            0o755,
+            "refused before any change, the mode too"
+        );
     }
 }

@@ -294,6 +294,58 @@ fn serve_names_a_missing_user_and_a_config_it_could_not_read_again() {
     drop(dir);
 }
 
+#[test]
+fn a_second_server_on_the_same_state_stops_and_names_the_first() {
+    if !prerequisites() {
+        return;
+    }
+    test_user();
+    let (dir, config) = workdir("");
+    let first_ns = Netns::new("lock1");
+    let first = Server::start(&first_ns, &config, TEST_USER, dir.path().join("first.log"));
+    // In a namespace of its own, where every port is free: only the state is shared.
+    let second_ns = Netns::new("lock2");
+    let mut second = Command::new("ip")
+        .args(["netns", "exec", &second_ns.0])
+        .arg(env!("CARGO_BIN_EXE_diskless"))
+        .args(["serve", "--config"])
+        .arg(&config)
+        .args(["--user", TEST_USER])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // A second server that is not stopped serves until killed: bounded, so that it fails
+    // the test rather than hanging it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while second.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = second.kill();
+    let out = second.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the state directory {}/state is in use by another diskless serve (PID {},",
+            dir.path().display(),
+            first.pid()
+        )),
+        "{stderr}"
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        !stdout.contains("diskless server starting")
+            && !stderr.contains("diskless server starting"),
+        "it stopped before serving: {stdout}{stderr}"
+    );
+    // The lock ends with the first server: a new one starts on the same state.
+    drop(first);
+    let third = Server::start(&second_ns, &config, TEST_USER, dir.path().join("third.log"));
+    drop(third);
+    drop(dir);
+}
+
 /// A boot link: the server's namespace with a bridge, two client namespaces on it, each
 /// with a MAC of its own. Everything is deleted on drop (the namespaces take their links).
 struct Lan {

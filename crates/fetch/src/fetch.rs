@@ -330,6 +330,53 @@ mod tests {
         );
     }
 
+    /// A tmpfs mounted on a fresh directory for one test, unmounted when dropped.
+    struct Tmpfs(tempfile::TempDir);
+
+    impl Tmpfs {
+        fn mount(size: &str) -> Tmpfs {
+            let dir = tempfile::tempdir().unwrap();
+            let status = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir.path())
+                .status()
+                .unwrap();
+            assert!(status.success(), "mount tmpfs on {}", dir.path().display());
+            Tmpfs(dir)
+        }
+    }
+
+    impl Drop for Tmpfs {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg(self.0.path())
+                .status();
+        }
+    }
+
+    #[test]
+    fn a_download_resumes_on_a_ram_disk_with_room_only_for_the_rest() {
+        if !diskless_testkit::root_with_tools(&["mount", "umount"]) {
+            return;
+        }
+        let data = payload();
+        // The RAM disk 1.3 times the image, the server stopped two thirds of the way: the
+        // room left after the partial file is less than the whole image, more than the rest.
+        let ram_disk = Tmpfs::mount("3900k");
+        let cut_at = 2_000_000;
+        let (url, requests) = server(data.clone(), 1, cut_at);
+        run(request(&url, &data, ram_disk.0.path())).unwrap();
+        assert_eq!(
+            fs::read(ram_disk.0.path().join("root.squashfs")).unwrap(),
+            data
+        );
+        assert_eq!(
+            requests.load(Ordering::SeqCst),
+            2,
+            "one cut, one resumed request"
+        );
+    }
+
     #[test]
     fn a_corrupt_image_is_refused_and_removed() {
         let data = payload();

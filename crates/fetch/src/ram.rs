@@ -37,26 +37,38 @@ pub fn tmpfs_free(dir: &Path) -> Result<u64, String> {
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
 }
 
-/// The decision, kept pure so it can be tested: does an image of `total` bytes fit?
-pub fn fits(total: u64, tmpfs_free: u64, mem_available: u64) -> Result<(), String> {
-    if total > tmpfs_free {
+/// The decision, kept pure so it can be tested: does an image of `total` bytes, `written` of
+/// which already sit on the RAM disk (a resumed download), fit? Only what is still to come
+/// needs room: the partial file is already counted in the tmpfs's used space, and in
+/// `MemAvailable` too (tmpfs pages are shared memory, not reclaimable cache).
+pub fn fits(total: u64, written: u64, tmpfs_free: u64, mem_available: u64) -> Result<(), String> {
+    let rest = total.saturating_sub(written);
+    let needs = if written > 0 {
+        format!(
+            "the image needs {} MiB more ({} MiB of {} MiB already written)",
+            rest.div_ceil(MIB),
+            written / MIB,
+            total.div_ceil(MIB)
+        )
+    } else {
+        format!("the image needs {} MiB", total.div_ceil(MIB))
+    };
+    if rest > tmpfs_free {
         return Err(format!(
-            "the image needs {} MiB but the RAM disk has only {} MiB free: \
+            "{needs} but the RAM disk has only {} MiB free: \
              raise diskless.size= on the kernel command line (for example diskless.size={}M)",
-            total.div_ceil(MIB),
             tmpfs_free / MIB,
             (total + RESERVE).div_ceil(MIB)
         ));
     }
     let usable = mem_available.saturating_sub(RESERVE);
-    if total > usable {
+    if rest > usable {
         return Err(format!(
-            "the image needs {} MiB of RAM but only {} MiB is available ({} MiB kept for the \
+            "{needs} of RAM but only {} MiB is available ({} MiB kept for the \
              system): give this machine at least {} MiB more RAM or build a smaller image",
-            total.div_ceil(MIB),
             mem_available / MIB,
             RESERVE / MIB,
-            (total - usable).div_ceil(MIB)
+            (rest - usable).div_ceil(MIB)
         ));
     }
     Ok(())
@@ -75,21 +87,34 @@ mod tests {
 
     #[test]
     fn refuses_image_larger_than_tmpfs_and_names_the_parameter() {
-        let err = fits(200 * MIB, 100 * MIB, 4096 * MIB).unwrap_err();
+        let err = fits(200 * MIB, 0, 100 * MIB, 4096 * MIB).unwrap_err();
         assert!(err.contains("diskless.size="), "{err}");
         assert!(err.contains("200 MiB"), "{err}");
     }
 
     #[test]
     fn refuses_image_larger_than_ram() {
-        let err = fits(900 * MIB, 4096 * MIB, 512 * MIB).unwrap_err();
+        let err = fits(900 * MIB, 0, 4096 * MIB, 512 * MIB).unwrap_err();
         assert!(err.contains("RAM"), "{err}");
         assert!(err.contains("900 MiB"), "{err}");
     }
 
     #[test]
     fn accepts_image_that_fits() {
-        assert!(fits(100 * MIB, 200 * MIB, 1024 * MIB).is_ok());
+        assert!(fits(100 * MIB, 0, 200 * MIB, 1024 * MIB).is_ok());
+    }
+
+    #[test]
+    fn a_resumed_image_needs_room_only_for_the_rest() {
+        // The issue's measurement: 161 MiB image, 100 MiB written, 61 MiB left on the disk.
+        assert!(fits(161 * MIB, 100 * MIB, 61 * MIB, 4096 * MIB).is_ok());
+        let err = fits(161 * MIB, 90 * MIB, 61 * MIB, 4096 * MIB).unwrap_err();
+        assert!(
+            err.starts_with("the image needs 71 MiB more (90 MiB of 161 MiB already written)"),
+            "{err}"
+        );
+        let err = fits(161 * MIB, 90 * MIB, 4096 * MIB, 96 * MIB + 61 * MIB).unwrap_err();
+        assert!(err.contains("at least 10 MiB more RAM"), "{err}");
     }
 
     #[test]

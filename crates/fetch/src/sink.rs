@@ -69,13 +69,14 @@ impl Sink {
         self.bytes
     }
 
-    /// The transport has learnt the image's size: refuse it when it cannot fit, and show
-    /// progress against it from here on.
+    /// The transport has learnt the image's size: refuse it when what is still to come cannot
+    /// fit (a resumed download's bytes are already on the RAM disk), and show progress
+    /// against it from here on.
     pub fn expect_total(&mut self, total: u64) -> Result<(), AttemptError> {
         let dir = self.out.parent().unwrap_or(Path::new("/"));
         let space = ram::tmpfs_free(dir).map_err(AttemptError::Retry)?;
         let available = ram::mem_available().map_err(AttemptError::Retry)?;
-        ram::fits(total, space, available).map_err(AttemptError::Fatal)?;
+        ram::fits(total, self.bytes, space, available).map_err(AttemptError::Fatal)?;
         self.total = Some(total);
         self.progress = Progress::new(Some(total), self.bytes);
         Ok(())

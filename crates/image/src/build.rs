@@ -130,9 +130,16 @@ pub fn build(store: &Store, cfg: &BuildConfig) -> Result<BuildReport> {
     // `/` is always read as a running system; any other tree only when asked (a disk of
     // another machine mounted somewhere, or a test tree with mounts inside).
     tidy_opts.running_system |= source == Path::new("/");
-    tidy_opts
-        .own_paths
-        .push(std::fs::canonicalize(store.root()).map_err(io_at(store.root()))?);
+    // Ours, compared with the source as the filesystem resolves them: the store, and what
+    // the caller named (the server's state and store). One that does not exist holds nothing.
+    let mut own_paths = vec![std::fs::canonicalize(store.root()).map_err(io_at(store.root()))?];
+    own_paths.extend(
+        tidy_opts
+            .own_paths
+            .iter()
+            .filter_map(|p| std::fs::canonicalize(p).ok()),
+    );
+    tidy_opts.own_paths = own_paths;
     let plan = tidy::plan(&source, &work, &tidy_opts)?;
     let exclude_file = work.join("exclude");
     std::fs::write(&exclude_file, plan.excludes.join("\n") + "\n").map_err(io_at(&exclude_file))?;

@@ -23,7 +23,8 @@ pub struct TidyOptions {
     pub running_system: bool,
     /// More paths (relative to the source, wildcards allowed) to leave out.
     pub extra_excludes: Vec<String>,
-    /// Paths under the source to leave out because they are ours (the store, the cache).
+    /// Paths under the source to leave out because they are ours (the store, the boot
+    /// server's state directory and store, the cache), as the filesystem resolves them.
     pub own_paths: Vec<PathBuf>,
     /// From a running system, keep what is in `/home/*` and `/root` (left out by default).
     pub include_home: bool,
@@ -140,7 +141,8 @@ pub fn plan(source: &Path, stage: &Path, opts: &TidyOptions) -> Result<Plan> {
     for own in &opts.own_paths {
         if let Ok(rel) = own.strip_prefix(source) {
             if !rel.as_os_str().is_empty() {
-                plan.excludes.push(rel.display().to_string());
+                plan.excludes
+                    .push(glob::Pattern::escape(&rel.display().to_string()));
             }
         }
     }

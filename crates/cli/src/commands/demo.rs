@@ -58,6 +58,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
             running_system: false,
             include_home: false,
             keep_password_hashes: false,
+            config: None,
         })?;
     } else {
         eprintln!(

@@ -112,6 +112,11 @@ pub struct BuildArgs {
     /// anyone who downloads the image could try passwords against them offline).
     #[arg(long)]
     pub keep_password_hashes: bool,
+    /// The boot server's config, whose state directory and store are left out of the image
+    /// (default /etc/diskless/diskless.toml when it exists; without one, the default
+    /// directories).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -307,8 +312,27 @@ pub fn run_bootstrap(args: &BootstrapArgs) -> Result<()> {
     Ok(())
 }
 
+/// The boot server's state directory and store, to leave out of an image built from a tree
+/// that holds them: the state has the report key (whoever has it can forge any client's
+/// reports) and the leases; the store would put the images inside the image. A config that
+/// cannot be read stops the build: the state could then be anywhere.
+fn server_dirs(config: Option<&PathBuf>) -> Result<Vec<PathBuf>> {
+    let config = match super::serve::config_path(config) {
+        Some(path) => diskless_boot::Config::load(&path).with_context(|| {
+            format!(
+                "reading {} for the server's state directory, which holds the report key and \
+                 must stay out of the image: fix the config, or name the server's with --config",
+                path.display()
+            )
+        })?,
+        None => diskless_boot::Config::default(),
+    };
+    Ok(vec![config.state, config.store])
+}
+
 pub fn run_build(args: &BuildArgs) -> Result<diskless_image::Manifest> {
     let store = Store::open(&args.store.store)?;
+    let own_paths = server_dirs(args.config.as_ref())?;
     let cfg = BuildConfig {
         source: args.source.clone(),
         name: args.name.clone(),
@@ -319,7 +343,7 @@ pub fn run_build(args: &BuildArgs) -> Result<diskless_image::Manifest> {
             running_system: args.running_system,
             include_home: args.include_home,
             keep_password_hashes: args.keep_password_hashes,
-            ..Default::default()
+            own_paths,
         },
         fetch_helper: paths::fetch_helper()?,
         processors: args.processors,

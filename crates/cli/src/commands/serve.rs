@@ -78,9 +78,9 @@ pub struct ServeArgs {
     pub check: bool,
 }
 
-/// The config file: `--config`, or the default one when it exists.
-fn config_path(args: &ServeArgs) -> Option<PathBuf> {
-    args.config.clone().or_else(|| {
+/// The config file: `--config` (`explicit`), or the default one when it exists.
+pub fn config_path(explicit: Option<&PathBuf>) -> Option<PathBuf> {
+    explicit.cloned().or_else(|| {
         let default = PathBuf::from(config::DEFAULT_PATH);
         default.exists().then_some(default)
     })
@@ -88,7 +88,7 @@ fn config_path(args: &ServeArgs) -> Option<PathBuf> {
 
 /// The config file (if any) with the flags applied, validated.
 pub fn resolve(args: &ServeArgs) -> Result<Config> {
-    let path = config_path(args);
+    let path = config_path(args.config.as_ref());
     let mut cfg = match &path {
         Some(p) => Config::load(p)?,
         None => Config::default(),
@@ -170,6 +170,8 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
             super::image::warn_if_boot_files_outdated(&store, &name);
         }
     }
+    // First: a second server on this state stops here, before it changes a thing.
+    let _state_lock = crate::state_lock::lock(&cfg.state)?;
     // Before the runtime starts its threads: they are then all the user (see privileges).
     drop_privileges(&args, &cfg)?;
     let runtime = tokio::runtime::Runtime::new()?;
@@ -221,7 +223,7 @@ fn drop_privileges(args: &ServeArgs, cfg: &Config) -> Result<()> {
     privileges::give_dir(&store.root().join(IPXE_DIR), 0o755, &user)?;
     privileges::drop_to(&user)?;
     tracing::info!(user = %user.name, uid = user.uid, "running as {} with CAP_NET_BIND_SERVICE and CAP_NET_RAW only", user.name);
-    let config = config_path(args);
+    let config = config_path(args.config.as_ref());
     let images = store.root().join("images");
     let mut readable = vec![images.as_path()];
     readable.extend(config.as_deref());
