@@ -194,6 +194,34 @@ fn package() -> PathBuf {
 fn installed_package_serves_a_pxe_client_and_purges_cleanly() {
     let deb = package();
     let deb_name = deb.file_name().unwrap().to_str().unwrap().to_string();
+    // Issue 23: what a boot server needs is Depends; what only `diskless vm` needs (QEMU,
+    // OVMF) is Suggests, and there are no Recommends, which apt installs by default.
+    let relations = run(Command::new("dpkg-deb").arg("-f").arg(&deb).args([
+        "Depends",
+        "Recommends",
+        "Suggests",
+    ]));
+    let field = |name: &str| {
+        relations
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+            .map(str::to_string)
+    };
+    let depends = field("Depends").unwrap_or_else(|| panic!("no Depends: {relations}"));
+    assert!(
+        depends.contains("ipxe") && depends.contains("squashfs-tools"),
+        "{depends}"
+    );
+    assert!(
+        !depends.contains("qemu") && !depends.contains("ovmf"),
+        "{depends}"
+    );
+    assert_eq!(field("Recommends"), None, "{relations}");
+    let suggests = field("Suggests").unwrap_or_default();
+    assert!(
+        suggests.contains("qemu-system-x86") && suggests.contains("ovmf"),
+        "{suggests}"
+    );
     let lower = cache().join("roots/bookworm");
     assert!(
         lower.join("usr/lib/systemd/systemd").is_file(),
@@ -230,8 +258,7 @@ fn installed_package_serves_a_pxe_client_and_purges_cleanly() {
             "-c",
         ])
         .arg(format!(
-            "apt-get update -q && apt-get install -y -q --download-only \
-             --no-install-recommends ./{deb_name}"
+            "apt-get update -q && apt-get install -y -q --download-only ./{deb_name}"
         ))
         .stdin(Stdio::null()));
 
@@ -255,10 +282,10 @@ fn installed_package_serves_a_pxe_client_and_purges_cleanly() {
         &dir.path().join("container.log"),
     );
 
-    // As the admin: install, configure, enable and start.
-    container.ok(&format!(
-        "cd /root && apt-get install -y -q --no-install-recommends ./{deb_name}"
-    ));
+    // As the admin: install (with apt's defaults: Recommends too), configure, enable, start.
+    container.ok(&format!("cd /root && apt-get install -y -q ./{deb_name}"));
+    let (qemu, _) = container.sh("dpkg-query -W -f '${Status}' qemu-system-x86 ovmf");
+    assert!(!qemu.contains("ok installed"), "QEMU on a server: {qemu}");
     let installed = container.ok("ls /usr/bin/diskless /usr/lib/diskless/diskless-fetch \
          /usr/share/man/man1/diskless-serve.1.gz /etc/diskless/diskless.toml && \
          getent passwd diskless && systemctl is-enabled diskless || true");
