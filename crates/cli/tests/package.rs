@@ -6,6 +6,8 @@
 //! gives it, then `apt-get remove` (the state stays) and `apt-get purge` (the state goes, the
 //! admin's image store and the system user stay).
 //!
+//! The same on Debian 13: the system is then $DISKLESS_CACHE/roots/trixie.
+//!
 //! The system is the bootstrapped tree cached in $DISKLESS_CACHE/roots/bookworm, never
 //! modified: it is the lower layer of an overlay whose upper layer is a temporary directory,
 //! booted with `systemd-nspawn -b` (these machines' PID 1 is not systemd) in a network
@@ -27,7 +29,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{cache, run, test_image, Overlay};
+use common::{cache, run, test_image, Overlay, Release};
 
 /// The service's capabilities, as /proc/PID/status shows them: CAP_NET_BIND_SERVICE (10) and
 /// CAP_NET_RAW (13).
@@ -192,6 +194,18 @@ fn package() -> PathBuf {
 #[test]
 #[ignore = "needs root, systemd-nspawn, QEMU and the bootstrapped tree; run by scripts/test"]
 fn installed_package_serves_a_pxe_client_and_purges_cleanly() {
+    installed_package_serves_and_purges(Release::Bookworm);
+}
+
+/// Issue 23: the same on a Debian 13 server (systemd 257: the unit's hardening, sysusers,
+/// tmpfiles), in the cached trixie tree.
+#[test]
+#[ignore = "needs root, systemd-nspawn, QEMU and the bootstrapped tree; run by scripts/test"]
+fn on_trixie_the_package_serves_a_pxe_client_and_purges_cleanly() {
+    installed_package_serves_and_purges(Release::Trixie);
+}
+
+fn installed_package_serves_and_purges(release: Release) {
     let deb = package();
     let deb_name = deb.file_name().unwrap().to_str().unwrap().to_string();
     // Issue 23: what a boot server needs is Depends; what only `diskless vm` needs (QEMU,
@@ -222,7 +236,7 @@ fn installed_package_serves_a_pxe_client_and_purges_cleanly() {
         suggests.contains("qemu-system-x86") && suggests.contains("ovmf"),
         "{suggests}"
     );
-    let lower = cache().join("roots/bookworm");
+    let lower = cache().join("roots").join(release.suite());
     assert!(
         lower.join("usr/lib/systemd/systemd").is_file(),
         "{} is not a bootstrapped Debian tree with systemd: the end-to-end test (scripts/test) \
@@ -242,7 +256,11 @@ fn installed_package_serves_a_pxe_client_and_purges_cleanly() {
     let overlay = Overlay::mount(&lower, dir.path());
     let tree = &overlay.merged;
     std::fs::copy(&deb, tree.join("root").join(&deb_name)).unwrap();
-    let apt_cache = cache().join("package-test-apt");
+    // The .debs of each release apart (bookworm's where they always were).
+    let apt_cache = match release {
+        Release::Bookworm => cache().join("package-test-apt"),
+        other => cache().join(format!("package-test-apt-{}", other.suite())),
+    };
     std::fs::create_dir_all(apt_cache.join("partial")).unwrap();
     let apt_bind = format!("--bind={}:/var/cache/apt/archives", apt_cache.display());
 
