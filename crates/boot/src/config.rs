@@ -696,7 +696,7 @@ mod tests {
         assert_eq!(c.interface.as_deref(), Some("enp3s0"));
         assert_eq!(c.clients.len(), 2);
         assert_eq!(c.clients[0].hostname.as_deref(), Some("pc01"));
-        assert_eq!(c.boot.image.as_deref(), Some("bookworm"));
+        assert_eq!(c.boot.image.as_deref(), Some("trixie"));
         assert_eq!(c.subnets[0].cidr, "10.0.1.0/24");
         assert_eq!(c.clients[1].image_urls.as_deref(), Some(&[][..]));
         assert_eq!(c.admin_names, ["boot.lab.example"]);

@@ -6,7 +6,8 @@ use std::path::PathBuf;
 pub const DEFAULT_STORE: &str = diskless_boot::config::DEFAULT_STORE;
 /// Downloads and bootstrapped trees, kept between runs so repeated runs are fast.
 pub const DEFAULT_CACHE: &str = "/var/cache/diskless";
-pub const DEFAULT_IMAGE: &str = "bookworm";
+/// The image `vm` boots without `--image`: the one `demo` makes (named after its suite).
+pub const DEFAULT_IMAGE: &str = diskless_image::bootstrap::DEFAULT_SUITE;
 
 /// The static `diskless-fetch` that goes into every image's diskless.cpio.
 pub fn fetch_helper() -> Result<PathBuf> {

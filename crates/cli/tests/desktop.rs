@@ -25,7 +25,7 @@ fn desktop_store() -> PathBuf {
     }
     let root = cache().join("roots/bookworm-xfce");
     run(diskless()
-        .args(["image", "bootstrap"])
+        .args(["image", "bootstrap", "--suite", "bookworm"])
         .arg(&root)
         .args(["--desktop", "xfce", "--cache"])
         .arg(cache().join("debs-desktop")));

@@ -5,6 +5,46 @@ use crate::error::{io_at, Error, Result};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// The Debian releases diskless makes images of and is tested on, oldest first: the one place
+/// they are named (`image bootstrap`'s default, the tests' trees and images).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Release {
+    /// Debian 12, oldstable: supported, tested in full.
+    Bookworm,
+    /// Debian 13, the current stable: `image bootstrap`'s default.
+    Trixie,
+}
+
+impl Release {
+    pub const ALL: [Release; 2] = [Release::Bookworm, Release::Trixie];
+    /// What `image bootstrap` and `demo` make without `--suite`: Debian's current stable.
+    pub const DEFAULT: Release = Release::Trixie;
+
+    /// The suite's codename, as debootstrap and apt name it.
+    pub const fn suite(self) -> &'static str {
+        match self {
+            Release::Bookworm => "bookworm",
+            Release::Trixie => "trixie",
+        }
+    }
+
+    /// Debian's version number.
+    pub const fn version(self) -> u32 {
+        match self {
+            Release::Bookworm => 12,
+            Release::Trixie => 13,
+        }
+    }
+
+    /// The release a suite name stands for, if diskless is tested on it.
+    pub fn from_suite(suite: &str) -> Option<Release> {
+        Release::ALL.into_iter().find(|r| r.suite() == suite)
+    }
+}
+
+/// [`Release::DEFAULT`]'s suite, for command-line defaults.
+pub const DEFAULT_SUITE: &str = Release::DEFAULT.suite();
+
 /// What a workstation needs on top of minbase to boot from diskless: a kernel and its stock
 /// initrd (initramfs-tools, with busybox for the boot script's tools), systemd as init, udev,
 /// kmod, and iproute2; openssh-server, since a lab's machines are run from afar (each
@@ -335,6 +375,17 @@ mod tests {
             desktop: None,
             non_free_firmware: false,
         }
+    }
+
+    #[test]
+    fn the_default_is_the_current_stable_and_bookworm_stays() {
+        assert_eq!(DEFAULT_SUITE, "trixie");
+        assert_eq!(Release::DEFAULT.version(), 13);
+        assert_eq!(Release::from_suite("bookworm"), Some(Release::Bookworm));
+        assert_eq!(Release::from_suite("trixie"), Some(Release::Trixie));
+        assert_eq!(Release::from_suite("buster"), None);
+        // Oldest first, the default the newest.
+        assert_eq!(Release::ALL.last(), Some(&Release::DEFAULT));
     }
 
     #[test]

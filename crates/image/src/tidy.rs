@@ -119,6 +119,20 @@ WantedBy=multi-user.target
     ),
 ];
 
+/// What every image switches off, in systemd's own way (a link to /dev/null in /etc), each
+/// with why: (directory under /usr/lib/systemd, name, why). Only what the source has is
+/// masked, so an image of a release without it is unchanged.
+///
+/// systemd-ssh-generator (systemd 256 and later: trixie, not bookworm) makes sshd listen on
+/// AF_VSOCK when it finds itself in a VM and on a local AF_UNIX socket: on a seat in QEMU
+/// without a vsock device it fails at every boot (`Failed to query local AF_VSOCK CID`,
+/// issue 23), and a seat is reached over the network by openssh-server's own ssh.service.
+pub const MASKED: &[(&str, &str, &str)] = &[(
+    "system-generators",
+    "systemd-ssh-generator",
+    "sshd on AF_VSOCK and a local socket: seats are reached by ssh.service over the network",
+)];
+
 pub fn plan(source: &Path, stage: &Path, opts: &TidyOptions) -> Result<Plan> {
     let mut plan = Plan::default();
     for dir in RUNTIME_DIRS {
@@ -157,6 +171,7 @@ pub fn plan(source: &Path, stage: &Path, opts: &TidyOptions) -> Result<Plan> {
     machine_id(source, stage, &mut plan)?;
     ssh_host_keys(source, stage, &mut plan)?;
     hostname(source, &mut plan);
+    masked(source, &mut plan);
     machine_state(source, &mut plan);
     boot_files(source, &mut plan);
     crate::credentials::leave_out_state(source, &mut plan);
@@ -328,6 +343,23 @@ fn ssh_host_keys(source: &Path, stage: &Path, plan: &mut Plan) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// Mask each of [`MASKED`] the source has, unless its /etc already has that name (an admin's
+/// own mask or override stays).
+fn masked(source: &Path, plan: &mut Plan) {
+    for (dir, name, why) in MASKED {
+        let shipped = ["usr/lib/systemd", "lib/systemd"]
+            .iter()
+            .any(|lib| source.join(lib).join(dir).join(name).exists());
+        let rel = format!("etc/systemd/{dir}/{name}");
+        if !shipped || fs::symlink_metadata(source.join(&rel)).is_ok() {
+            continue;
+        }
+        ensure_dirs(source, &format!("etc/systemd/{dir}"), plan);
+        plan.pseudo.push(format!("{rel} s 777 0 0 /dev/null"));
+        plan.changes.push(format!("{rel}: masked ({why})"));
+    }
 }
 
 /// mksquashfs skips a pseudo file whose directory is in neither the source nor the pseudo
@@ -948,6 +980,39 @@ tmpfs /tmp tmpfs defaults 0 0\n\
         assert!(plan.pseudo.is_empty(), "{:?}", plan.pseudo);
         assert!(plan.changes.is_empty(), "{:?}", plan.changes);
         assert!(!plan.excludes.iter().any(|e| e == "mnt/*"));
+    }
+
+    #[test]
+    fn the_ssh_generator_is_masked_where_the_release_has_it() {
+        let src = tempfile::tempdir().unwrap();
+        let stage = tempfile::tempdir().unwrap();
+        let generators = src.path().join("usr/lib/systemd/system-generators");
+        fs::create_dir_all(&generators).unwrap();
+        fs::write(generators.join("systemd-fstab-generator"), "").unwrap();
+        // bookworm's systemd 252 has no ssh generator: nothing to mask.
+        let bookworm = plan(src.path(), stage.path(), &TidyOptions::default()).unwrap();
+        assert!(bookworm.pseudo.is_empty(), "{:?}", bookworm.pseudo);
+
+        fs::write(generators.join("systemd-ssh-generator"), "").unwrap();
+        let trixie = plan(src.path(), stage.path(), &TidyOptions::default()).unwrap();
+        assert_eq!(
+            trixie.pseudo,
+            [
+                "etc d 755 0 0",
+                "etc/systemd d 755 0 0",
+                "etc/systemd/system-generators d 755 0 0",
+                "etc/systemd/system-generators/systemd-ssh-generator s 777 0 0 /dev/null",
+            ]
+        );
+        assert_eq!(trixie.changes.len(), 1, "{:?}", trixie.changes);
+        assert!(!trixie.leaves_out("usr/lib/systemd/system-generators/systemd-ssh-generator"));
+
+        // An admin's own file of that name in /etc is theirs.
+        let etc = src.path().join("etc/systemd/system-generators");
+        fs::create_dir_all(&etc).unwrap();
+        std::os::unix::fs::symlink("/dev/null", etc.join("systemd-ssh-generator")).unwrap();
+        let admin = plan(src.path(), stage.path(), &TidyOptions::default()).unwrap();
+        assert!(admin.pseudo.is_empty(), "{:?}", admin.pseudo);
     }
 
     const SHADOW: &str = "root:$y$j9T$abc$def:19000:0:99999:7:::\n\

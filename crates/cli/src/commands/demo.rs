@@ -5,6 +5,7 @@ use super::vm::VmArgs;
 use crate::paths;
 use anyhow::Result;
 use clap::Args;
+use diskless_image::bootstrap;
 use diskless_image::build::{self, Compression};
 use diskless_image::Store;
 use std::path::PathBuf;
@@ -19,7 +20,7 @@ pub struct DemoArgs {
     #[arg(long, default_value = paths::DEFAULT_CACHE)]
     pub cache: PathBuf,
     /// Debian suite of the image.
-    #[arg(long, default_value = "bookworm")]
+    #[arg(long, default_value = bootstrap::DEFAULT_SUITE)]
     pub suite: String,
     /// Build a new image version even if the store has one.
     #[arg(long)]

@@ -56,8 +56,8 @@ pub struct StoreArgs {
 pub struct BootstrapArgs {
     /// Where to create the root tree.
     pub dir: PathBuf,
-    /// Debian suite.
-    #[arg(long, default_value = "bookworm")]
+    /// Debian suite: trixie (Debian 13) or bookworm (12), the releases diskless is tested on.
+    #[arg(long, default_value = bootstrap::DEFAULT_SUITE)]
     pub suite: String,
     /// Debian mirror; default: the one in this host's apt sources.
     #[arg(long)]
@@ -422,5 +422,20 @@ mod tests {
         assert!(parse_block_size("9999999M")
             .unwrap_err()
             .contains("not a size"));
+    }
+
+    #[derive(clap::Parser)]
+    struct Bootstrap {
+        #[command(flatten)]
+        args: BootstrapArgs,
+    }
+
+    #[test]
+    fn bootstrap_makes_trixie_unless_told_otherwise() {
+        use clap::Parser;
+        let default = Bootstrap::try_parse_from(["x", "/srv/roots/t"]).unwrap();
+        assert_eq!(default.args.suite, "trixie");
+        let old = Bootstrap::try_parse_from(["x", "/srv/roots/b", "--suite", "bookworm"]).unwrap();
+        assert_eq!(old.args.suite, "bookworm");
     }
 }

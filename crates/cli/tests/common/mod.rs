@@ -3,6 +3,7 @@
 
 pub mod browser;
 
+pub use diskless_image::bootstrap::Release;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -54,40 +55,66 @@ pub fn cache() -> PathBuf {
         .unwrap_or_else(|| "/var/cache/diskless".into())
 }
 
-/// The bootstrapped workstation tree (debootstrap runs the first time only).
+/// The bootstrapped bookworm workstation tree (debootstrap runs the first time only).
 pub fn bootstrapped_root() -> PathBuf {
-    let root = cache().join("roots/bookworm");
+    bootstrapped_tree(Release::Bookworm)
+}
+
+/// The bootstrapped workstation tree of `release`, $DISKLESS_CACHE/roots/SUITE (debootstrap
+/// runs the first time only).
+pub fn bootstrapped_tree(release: Release) -> PathBuf {
+    let root = cache().join("roots").join(release.suite());
     run(diskless()
-        .args(["image", "bootstrap"])
+        .args(["image", "bootstrap", "--suite", release.suite()])
         .arg(&root)
         .arg("--cache")
         .arg(cache().join("debs")));
     root
 }
 
-/// The version directory of the image the boot tests share: `DISKLESS_TEST_STORE` and
-/// `DISKLESS_TEST_IMAGE` (default bookworm) name one already built (scripts/test builds it
-/// once for all test files); without them one is built into $DISKLESS_CACHE/test-store.
+/// The version directory of the bookworm image the boot tests share: see [`test_image_of`].
 pub fn test_image() -> &'static Path {
-    static VERSION: OnceLock<PathBuf> = OnceLock::new();
-    VERSION.get_or_init(|| {
+    test_image_of(Release::Bookworm)
+}
+
+/// The version directory of `release`'s shared test image. With `DISKLESS_TEST_STORE`, the
+/// store scripts/test built them into (once for all test files): the bookworm image is named
+/// by `DISKLESS_TEST_IMAGE` (default bookworm), another release's by
+/// `DISKLESS_TEST_IMAGE_SUITE` (`DISKLESS_TEST_IMAGE_TRIXIE`, default test-trixie). Without
+/// it, the image is built into $DISKLESS_CACHE/test-store (test, test-trixie).
+pub fn test_image_of(release: Release) -> &'static Path {
+    static VERSIONS: [OnceLock<PathBuf>; Release::ALL.len()] =
+        [const { OnceLock::new() }; Release::ALL.len()];
+    let index = Release::ALL.iter().position(|r| *r == release).unwrap();
+    VERSIONS[index].get_or_init(|| {
+        let built_name = match release {
+            Release::Bookworm => "test".to_string(),
+            other => format!("test-{}", other.suite()),
+        };
         let (store, image) = match std::env::var_os("DISKLESS_TEST_STORE") {
-            Some(store) => (
-                PathBuf::from(store),
-                std::env::var("DISKLESS_TEST_IMAGE").unwrap_or_else(|_| "bookworm".into()),
-            ),
+            Some(store) => {
+                let (variable, default) = match release {
+                    Release::Bookworm => ("DISKLESS_TEST_IMAGE".to_string(), "bookworm".into()),
+                    other => (
+                        format!("DISKLESS_TEST_IMAGE_{}", other.suite().to_uppercase()),
+                        built_name,
+                    ),
+                };
+                let image = std::env::var(variable).unwrap_or(default);
+                (PathBuf::from(store), image)
+            }
             None => {
-                let root = bootstrapped_root();
+                let root = bootstrapped_tree(release);
                 let store = cache().join("test-store");
                 run(diskless()
                     .args(["image", "build"])
                     .arg(&root)
-                    .args(["--name", "test", "--store"])
+                    .args(["--name", &built_name, "--store"])
                     .arg(&store));
                 run(diskless()
-                    .args(["image", "prune", "test", "--keep", "1", "--store"])
+                    .args(["image", "prune", &built_name, "--keep", "1", "--store"])
                     .arg(&store));
-                (store, "test".to_string())
+                (store, built_name)
             }
         };
         let current = store.join("images").join(&image).join("current");
@@ -137,7 +164,11 @@ pub fn command_output(client: &Value, command: &str) -> (String, i64) {
 /// Put the test image into `store` as image `name` (hard links; the manifest is rewritten for
 /// the name).
 pub fn add_image(store: &Path, name: &str) {
-    let from = test_image();
+    add_image_from(store, name, test_image());
+}
+
+/// Put the image version in `from` into `store` as image `name`, as [`add_image`] does.
+pub fn add_image_from(store: &Path, name: &str, from: &Path) {
     let mut manifest: Value =
         serde_json::from_str(&std::fs::read_to_string(from.join("manifest.json")).unwrap())
             .unwrap();
