@@ -786,6 +786,35 @@ mod tests {
         assert!(err.to_string().contains("apt-get install ipxe"), "{err}");
     }
 
+    /// The drain's contract: the first task to fail ends the server with its error, and every
+    /// other task is told to stop and joined before `drain` returns.
+    #[tokio::test]
+    async fn a_failed_task_stops_and_joins_the_others() {
+        let mut tasks = Tasks::new();
+        let joined = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = tasks.stopped();
+        tasks.spawn({
+            let joined = joined.clone();
+            async move {
+                stopped.await;
+                joined.store(true, std::sync::atomic::Ordering::SeqCst);
+                Ok(())
+            }
+        });
+        tasks.spawn(async {
+            Err(ServerError::Interface {
+                interface: "test0".into(),
+                message: "gone".into(),
+            })
+        });
+        let result = tasks.drain(std::future::pending()).await;
+        assert!(
+            matches!(&result, Err(ServerError::Interface { interface, .. }) if interface == "test0"),
+            "{result:?}"
+        );
+        assert!(joined.load(std::sync::atomic::Ordering::SeqCst));
+    }
+
     #[test]
     fn a_missing_host_key_for_accounts_is_named() {
         check_accounts_files(&Site::for_tests("")).unwrap();
