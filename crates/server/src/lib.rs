@@ -397,7 +397,7 @@ struct Prepared {
     budget: conn::DescriptorBudget,
     store: Store,
     recorder: Recorder,
-    /// Report tokens: the key in the state directory, the boots under way from the record.
+    /// Report tokens ([`report_boots`]).
     boots: Arc<tokens::Boots>,
     /// The iPXE binaries' directory in the store, and their names.
     ipxe: (PathBuf, Vec<String>),
@@ -417,25 +417,13 @@ fn prepare(
     recorder: Recorder,
 ) -> Result<Prepared, ServerError> {
     let current = site.borrow().clone();
-    let store = Store::open(&current.store)?;
-    if let Some(image) = &current.default_image {
-        if let Err(e) = store.current(image) {
-            tracing::warn!(%image, error = %e, "the default image is not in the store: clients will be told so");
-        }
-    }
+    let store = open_store(&current)?;
     let ipxe = install_ipxe_files(&current)?;
-    let key = tokens::ReportKey::load_or_create(&current.state)?;
-    let boots = Arc::new(tokens::Boots::new(
-        key,
-        current.record.max_clients,
-        recorder
-            .snapshot()
-            .into_iter()
-            .filter_map(|r| Some((r.mac, r.boot?))),
-    ));
+    let boots = report_boots(&current, &recorder)?;
     if secure_boot_used(&current) {
         check_secure_boot_chain(&current, &store)?;
     }
+    // Subscribed before any client is answered: no iPXE offer is missed.
     let ra_answer = listeners.ra.as_ref().map(|_| match current.ipv6_ra {
         diskless_boot::site::Ipv6Ra::Booting => ra::Answer::Booting(recorder.subscribe()),
         _ => ra::Answer::All,
@@ -475,6 +463,30 @@ fn prepare(
         access,
         http_addr,
     })
+}
+
+/// The store, with a warning when the default image is not in it (clients are told so).
+fn open_store(site: &Site) -> Result<Store, ServerError> {
+    let store = Store::open(&site.store)?;
+    if let Some(image) = &site.default_image {
+        if let Err(e) = store.current(image) {
+            tracing::warn!(%image, error = %e, "the default image is not in the store: clients will be told so");
+        }
+    }
+    Ok(store)
+}
+
+/// Report tokens: the key in the state directory, the boots under way from the record.
+fn report_boots(site: &Site, recorder: &Recorder) -> Result<Arc<tokens::Boots>, ServerError> {
+    let key = tokens::ReportKey::load_or_create(&site.state)?;
+    Ok(Arc::new(tokens::Boots::new(
+        key,
+        site.record.max_clients,
+        recorder
+            .snapshot()
+            .into_iter()
+            .filter_map(|r| Some((r.mac, r.boot?))),
+    )))
 }
 
 /// Every task the server starts, each ending on one stop signal.
