@@ -12,7 +12,9 @@
 //! run(listeners, site, shutdown).await?;          // until `shutdown` completes
 //! ```
 //!
-//! [`run`] starts one task per protocol and the recorder, and stops and joins every one of
+//! [`run`] first does everything that can fail before a socket is served (`prepare`: the
+//! store, the iPXE files, the report key, the Secure Boot chain), then starts one task per
+//! protocol (a `spawn_*` function each) and the recorder, and stops and joins every one of
 //! them when `shutdown` completes or one fails:
 //!
 //! - DHCP ([`diskless_dhcp::run`]), full or proxy; what each firmware gets is the boot
@@ -335,14 +337,6 @@ fn dhcp_event(event: &DhcpEvent) -> Option<BootEvent> {
     })
 }
 
-/// A future that completes when `stop` says true.
-fn stop_signal(stop: &watch::Sender<bool>) -> impl Future<Output = ()> + Send + 'static {
-    let mut rx = stop.subscribe();
-    async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    }
-}
-
 /// Run the boot server on `listeners` until `shutdown` completes, with a recorder of its own
 /// writing `STATE/clients.json`.
 pub async fn run(
@@ -362,34 +356,15 @@ pub async fn run(
     result
 }
 
-/// [`run`] with the caller's [`Recorder`] (the caller stops it after this returns).
+/// [`run`] with the caller's [`Recorder`] (the caller stops it after this returns):
+/// [`prepare`], then one task per protocol, then [`Tasks::drain`].
 pub async fn run_with_recorder(
     listeners: Listeners,
     site: watch::Receiver<Arc<Site>>,
     recorder: Recorder,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    let current = site.borrow().clone();
-    let store = Store::open(&current.store)?;
-    if let Some(image) = &current.default_image {
-        if let Err(e) = store.current(image) {
-            tracing::warn!(%image, error = %e, "the default image is not in the store: clients will be told so");
-        }
-    }
-    let (ipxe_dir, ipxe_files) = install_ipxe_files(&current)?;
-    // Report tokens: the key in the state directory, the boots under way from the record.
-    let key = tokens::ReportKey::load_or_create(&current.state)?;
-    let boots = Arc::new(tokens::Boots::new(
-        key,
-        current.record.max_clients,
-        recorder
-            .snapshot()
-            .into_iter()
-            .filter_map(|r| Some((r.mac, r.boot?))),
-    ));
-    if secure_boot_used(&current) {
-        check_secure_boot_chain(&current, &store)?;
-    }
+    let prepared = prepare(&listeners, site, recorder)?;
     let Listeners {
         dhcp,
         tftp,
@@ -397,51 +372,74 @@ pub async fn run_with_recorder(
         ra,
         admin,
     } = listeners;
+    let mut tasks = Tasks::new();
+    spawn_dhcp(&mut tasks, &prepared, dhcp);
+    spawn_tftp(&mut tasks, &prepared, tftp);
+    if let Some(listener) = admin {
+        spawn_admin(&mut tasks, &prepared, listener);
+    }
+    spawn_http(&mut tasks, &prepared, http);
+    if let (Some(socket), Some(answer)) = (ra, prepared.ra_answer) {
+        spawn_ra(&mut tasks, socket, answer);
+    }
+    tasks.drain(shutdown).await
+}
+
+/// What the protocol tasks share, made by [`prepare`] before any socket is served.
+struct Prepared {
+    /// The site channel, read at each decision.
+    site: watch::Receiver<Arc<Site>>,
+    /// The site at start: what only a restart changes (interface, mode, state, ports).
+    current: Arc<Site>,
+    /// Subscribed before any client is answered (proxy-mode `Booting`): no iPXE offer is missed.
+    ra_answer: Option<ra::Answer>,
+    /// HTTP connections and TFTP transfers share the process's descriptors (conn.rs).
+    budget: conn::DescriptorBudget,
+    store: Store,
+    recorder: Recorder,
+    /// Report tokens ([`report_boots`]).
+    boots: Arc<tokens::Boots>,
+    /// The iPXE binaries' directory in the store, and their names.
+    ipxe: (PathBuf, Vec<String>),
+    /// One set of metrics: the admin pages render it, the access checks count refusals in it.
+    metrics: Arc<metrics::Metrics>,
+    /// The HTTP and TFTP servers' access check, counting refusals in `metrics`.
+    access: access::Access,
+    /// The HTTP listener's address, for its errors.
+    http_addr: SocketAddr,
+}
+
+/// Everything that can fail before a socket is served: the store, the iPXE files, the report
+/// key, the Secure Boot chain, the listener's address; and the descriptor budget.
+fn prepare(
+    listeners: &Listeners,
+    site: watch::Receiver<Arc<Site>>,
+    recorder: Recorder,
+) -> Result<Prepared, ServerError> {
+    let current = site.borrow().clone();
+    let store = open_store(&current)?;
+    let ipxe = install_ipxe_files(&current)?;
+    let boots = report_boots(&current, &recorder)?;
+    if secure_boot_used(&current) {
+        check_secure_boot_chain(&current, &store)?;
+    }
     // Subscribed before any client is answered: no iPXE offer is missed.
-    let ra_answer = ra.as_ref().map(|_| match current.ipv6_ra {
+    let ra_answer = listeners.ra.as_ref().map(|_| match current.ipv6_ra {
         diskless_boot::site::Ipv6Ra::Booting => ra::Answer::Booting(recorder.subscribe()),
         _ => ra::Answer::All,
     });
-    let http_addr = http.local_addr().map_err(|source| ServerError::Http {
-        addr: SocketAddr::new(IpAddr::V4(current.server_ip), current.http_port),
-        source,
-    })?;
-
-    // One stop signal for every task.
-    let (stop_tx, _) = watch::channel(false);
-    let stopped = || stop_signal(&stop_tx);
+    let http_addr = listeners
+        .http
+        .local_addr()
+        .map_err(|source| ServerError::Http {
+            addr: SocketAddr::new(IpAddr::V4(current.server_ip), current.http_port),
+            source,
+        })?;
     tracing::info!(
         interface = %current.interface, server = %current.server_ip, mode = ?current.mode,
         store = %current.store.display(), http = %http_addr, tftp_port = current.tftp_port,
         "diskless server starting"
     );
-
-    let on_dhcp: diskless_dhcp::EventSink = {
-        let recorder = recorder.clone();
-        Arc::new(move |event: &DhcpEvent| {
-            if let Some(event) = dhcp_event(event) {
-                recorder.record(event);
-            }
-        })
-    };
-    // Every task the server starts, each ending on the stop signal.
-    let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn({
-        let config = current.dhcp_config();
-        let leases = current.state.join("leases.json");
-        let policy = Arc::new(CurrentSite(site.clone()));
-        let stopped = stopped();
-        async move {
-            diskless_dhcp::run(dhcp, config, Some(leases), policy, Some(on_dhcp), stopped)
-                .await
-                .map_err(ServerError::from)
-        }
-    });
-
-    // One set of metrics: the admin pages render it, the access checks count refusals in it.
-    let metrics = Arc::new(metrics::Metrics::new());
-    let access = access::Access::new(metrics.clone());
-    // HTTP connections and TFTP transfers share the process's descriptors (conn.rs).
     let budget = conn::DescriptorBudget::of_this_process();
     tracing::info!(
         nofile = budget.nofile,
@@ -450,11 +448,153 @@ pub async fn run_with_recorder(
         tftp_transfers = budget.tftp_transfers,
         "descriptor budget"
     );
-    let mut tftp_config = diskless_tftp::server::ServerConfig::new(&current.store);
-    tftp_config.max_transfers = budget.tftp_transfers;
-    tftp_config.allow = Some({
-        let (site, access) = (site.clone(), access.clone());
-        Arc::new(move |name: &std::path::Path, client: SocketAddr| {
+    let metrics = Arc::new(metrics::Metrics::new());
+    let access = access::Access::new(metrics.clone());
+    Ok(Prepared {
+        site,
+        current,
+        ra_answer,
+        budget,
+        store,
+        recorder,
+        boots,
+        ipxe,
+        metrics,
+        access,
+        http_addr,
+    })
+}
+
+/// The store, with a warning when the default image is not in it (clients are told so).
+fn open_store(site: &Site) -> Result<Store, ServerError> {
+    let store = Store::open(&site.store)?;
+    if let Some(image) = &site.default_image {
+        if let Err(e) = store.current(image) {
+            tracing::warn!(%image, error = %e, "the default image is not in the store: clients will be told so");
+        }
+    }
+    Ok(store)
+}
+
+/// Report tokens: the key in the state directory, the boots under way from the record.
+fn report_boots(site: &Site, recorder: &Recorder) -> Result<Arc<tokens::Boots>, ServerError> {
+    let key = tokens::ReportKey::load_or_create(&site.state)?;
+    Ok(Arc::new(tokens::Boots::new(
+        key,
+        site.record.max_clients,
+        recorder
+            .snapshot()
+            .into_iter()
+            .filter_map(|r| Some((r.mac, r.boot?))),
+    )))
+}
+
+/// Every task the server starts, each ending on one stop signal.
+struct Tasks {
+    set: tokio::task::JoinSet<Result<(), ServerError>>,
+    stop: watch::Sender<bool>,
+}
+
+impl Tasks {
+    fn new() -> Tasks {
+        Tasks {
+            set: tokio::task::JoinSet::new(),
+            stop: watch::channel(false).0,
+        }
+    }
+
+    /// A future that completes when the tasks are told to stop.
+    fn stopped(&self) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.stop.subscribe();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    }
+
+    fn spawn(&mut self, task: impl Future<Output = Result<(), ServerError>> + Send + 'static) {
+        self.set.spawn(task);
+    }
+
+    /// Wait for `shutdown` or the end of any task, then stop and join every task: each gets
+    /// 5 s to finish what it is doing (an HTTP download in progress, say), then the rest are
+    /// aborted. The result is the first task's error, if one ended the server.
+    async fn drain(
+        mut self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), ServerError> {
+        tokio::pin!(shutdown);
+        let result: Result<(), ServerError> = tokio::select! {
+            _ = &mut shutdown => Ok(()),
+            Some(ended) = self.set.join_next() => ended.map_err(ServerError::Task).and_then(|r| r),
+        };
+        let _ = self.stop.send(true);
+        let drain = async {
+            while let Some(ended) = self.set.join_next().await {
+                if let Err(e) = ended.map_err(ServerError::Task).and_then(|r| r) {
+                    tracing::warn!(error = %e, "while stopping");
+                }
+            }
+        };
+        if tokio::time::timeout(std::time::Duration::from_secs(5), drain)
+            .await
+            .is_err()
+        {
+            tracing::warn!("server tasks still busy after 5 s: stopping them");
+            self.set.abort_all();
+            while self.set.join_next().await.is_some() {}
+        }
+        tracing::info!("diskless server stopped");
+        result
+    }
+}
+
+/// DHCP, full or proxy: each answer follows the current site and is recorded.
+fn spawn_dhcp(tasks: &mut Tasks, prepared: &Prepared, sockets: DhcpSockets) {
+    let config = prepared.current.dhcp_config();
+    let leases = prepared.current.state.join("leases.json");
+    let policy = Arc::new(CurrentSite(prepared.site.clone()));
+    let on_dhcp: diskless_dhcp::EventSink = {
+        let recorder = prepared.recorder.clone();
+        Arc::new(move |event: &DhcpEvent| {
+            if let Some(event) = dhcp_event(event) {
+                recorder.record(event);
+            }
+        })
+    };
+    let stopped = tasks.stopped();
+    tasks.spawn(async move {
+        diskless_dhcp::run(
+            sockets,
+            config,
+            Some(leases),
+            policy,
+            Some(on_dhcp),
+            stopped,
+        )
+        .await
+        .map_err(ServerError::from)
+    });
+}
+
+/// TFTP over the store, within the descriptor budget.
+fn spawn_tftp(tasks: &mut Tasks, prepared: &Prepared, socket: tokio::net::UdpSocket) {
+    let config = tftp_config(prepared);
+    let stopped = tasks.stopped();
+    tasks.spawn(async move {
+        diskless_tftp::server::serve(socket, config, stopped)
+            .await
+            .map_err(ServerError::from)
+    });
+}
+
+/// The TFTP server's hooks: the access check, the record of each transfer, and the Secure Boot
+/// chain's files ([`secure_boot_file`]).
+fn tftp_config(prepared: &Prepared) -> diskless_tftp::server::ServerConfig {
+    let mut config = diskless_tftp::server::ServerConfig::new(&prepared.current.store);
+    config.max_transfers = prepared.budget.tftp_transfers;
+    config.allow = Some({
+        let (site, access) = (prepared.site.clone(), prepared.access.clone());
+        Arc::new(move |name: &Path, client: SocketAddr| {
             let site = site.borrow().clone();
             let what = name.display().to_string();
             access
@@ -462,8 +602,8 @@ pub async fn run_with_recorder(
                 .map_err(|refusal| refusal.to_string())
         })
     });
-    tftp_config.on_transfer_done = Some({
-        let recorder = recorder.clone();
+    config.on_transfer_done = Some({
+        let recorder = prepared.recorder.clone();
         Arc::new(move |log: &diskless_tftp::server::TransferLog| {
             recorder.record(BootEvent::Tftp {
                 client: log.client.ip(),
@@ -473,130 +613,91 @@ pub async fn run_with_recorder(
             });
         })
     });
-    tftp_config.virtual_files = Some({
-        let site = site.clone();
-        let store = store.clone();
-        let recorder = recorder.clone();
-        let boots = boots.clone();
-        Arc::new(move |name: &std::path::Path, client: SocketAddr| {
+    config.virtual_files = Some({
+        let site = prepared.site.clone();
+        let store = prepared.store.clone();
+        let recorder = prepared.recorder.clone();
+        let boots = prepared.boots.clone();
+        Arc::new(move |name: &Path, client: SocketAddr| {
             let site = site.borrow().clone();
             secure_boot_file(&site, &store, &recorder, &boots, name, client)
         })
     });
-    tasks.spawn({
-        let stopped = stopped();
-        async move {
-            diskless_tftp::server::serve(tftp, tftp_config, stopped)
-                .await
-                .map_err(ServerError::from)
-        }
-    });
+    config
+}
 
-    // The admin pages and metrics, fed by the recorder.
-    if let Some(listener) = admin {
-        let addr = listener.local_addr().ok();
-        let state = Arc::new(
-            admin::AdminState::new(
-                {
-                    let recorder = recorder.clone();
-                    Arc::new(move || recorder.published())
-                },
-                store.clone(),
-                Some(current.interface.clone()),
-                (current.mode == diskless_boot::Mode::Full)
-                    .then(|| current.state.join("leases.json")),
-            )
-            .with_metrics(metrics.clone())
-            .with_names(current.admin_names.clone()),
-        );
-        if let Some(warning) = addr.and_then(hostcheck::exposure_warning) {
-            tracing::warn!("{warning}");
-        }
-        // Subscribed before the snapshot is taken: nothing falls in between. What earlier runs
-        // recorded goes in the lab view, not in this server's counts.
-        let updates = recorder.subscribe();
-        state.seed(&recorder.snapshot());
-        tasks.spawn({
-            let (state, stopped) = (state.clone(), stopped());
-            async move {
-                admin::follow(state, updates, stopped).await;
-                Ok(())
-            }
-        });
-        tasks.spawn({
-            let stopped = stopped();
-            async move {
-                tracing::info!(?addr, "admin pages: dashboard, /metrics");
-                admin::serve_within(listener, state, conn::Limits::admin(&budget), stopped)
-                    .await
-                    .map_err(|source| ServerError::Admin { addr, source })
-            }
-        });
+/// The admin pages and metrics, fed by the recorder: one task follows it, one serves.
+fn spawn_admin(tasks: &mut Tasks, prepared: &Prepared, listener: tokio::net::TcpListener) {
+    let (current, recorder) = (&prepared.current, &prepared.recorder);
+    let addr = listener.local_addr().ok();
+    let state = Arc::new(
+        admin::AdminState::new(
+            {
+                let recorder = recorder.clone();
+                Arc::new(move || recorder.published())
+            },
+            prepared.store.clone(),
+            Some(current.interface.clone()),
+            (current.mode == diskless_boot::Mode::Full).then(|| current.state.join("leases.json")),
+        )
+        .with_metrics(prepared.metrics.clone())
+        .with_names(current.admin_names.clone()),
+    );
+    if let Some(warning) = addr.and_then(hostcheck::exposure_warning) {
+        tracing::warn!("{warning}");
     }
+    // Subscribed before the snapshot is taken: nothing falls in between. What earlier runs
+    // recorded goes in the lab view, not in this server's counts.
+    let updates = recorder.subscribe();
+    state.seed(&recorder.snapshot());
+    let (following, stopped) = (state.clone(), tasks.stopped());
+    tasks.spawn(async move {
+        admin::follow(following, updates, stopped).await;
+        Ok(())
+    });
+    let (limits, stopped) = (conn::Limits::admin(&prepared.budget), tasks.stopped());
+    tasks.spawn(async move {
+        tracing::info!(?addr, "admin pages: dashboard, /metrics");
+        admin::serve_within(listener, state, limits, stopped)
+            .await
+            .map_err(|source| ServerError::Admin { addr, source })
+    });
+}
 
-    let http_state = Arc::new(http::HttpState {
-        site,
-        store,
-        recorder,
-        boots,
+/// IPv6 router advertisements. Not fatal: without them iPXE only boots slower, so a failure
+/// is a warning and the task waits for the stop signal.
+fn spawn_ra(tasks: &mut Tasks, socket: ra::RaSocket, answer: ra::Answer) {
+    let (stopped, stopped_too) = (tasks.stopped(), tasks.stopped());
+    tasks.spawn(async move {
+        if let Err(e) = socket.serve(answer, stopped).await {
+            tracing::warn!(error = %e, "IPv6 router advertisements stopped");
+            stopped_too.await;
+        }
+        Ok(())
+    });
+}
+
+/// HTTP on the boot network: scripts, image files, stage reports.
+fn spawn_http(tasks: &mut Tasks, prepared: &Prepared, listener: tokio::net::TcpListener) {
+    let (addr, limits) = (prepared.http_addr, conn::Limits::boot(&prepared.budget));
+    let (ipxe_dir, ipxe_files) = prepared.ipxe.clone();
+    let app = http::router(Arc::new(http::HttpState {
+        site: prepared.site.clone(),
+        store: prepared.store.clone(),
+        recorder: prepared.recorder.clone(),
+        boots: prepared.boots.clone(),
         ipxe_dir,
         ipxe_files,
-        access,
+        access: prepared.access.clone(),
         clients_json: shared_json::SharedJson::default(),
         json_limit: shared_json::JsonLimit::default(),
+    }));
+    let stopped = tasks.stopped();
+    tasks.spawn(async move {
+        conn::serve(listener, app, limits, stopped)
+            .await
+            .map_err(|source| ServerError::Http { addr, source })
     });
-    let app = http::router(http_state);
-    tasks.spawn({
-        let stopped = stopped();
-        async move {
-            conn::serve(http, app, conn::Limits::boot(&budget), stopped)
-                .await
-                .map_err(|source| ServerError::Http {
-                    addr: http_addr,
-                    source,
-                })
-        }
-    });
-
-    if let (Some(socket), Some(answer)) = (ra, ra_answer) {
-        let stopped = stopped();
-        let stopped_too = stop_signal(&stop_tx);
-        tasks.spawn(async move {
-            // Not fatal: without it iPXE only boots slower.
-            if let Err(e) = socket.serve(answer, stopped).await {
-                tracing::warn!(error = %e, "IPv6 router advertisements stopped");
-                stopped_too.await;
-            }
-            Ok(())
-        });
-    }
-
-    // Stop everything on the shutdown signal or when any server ends.
-    tokio::pin!(shutdown);
-    let result: Result<(), ServerError> = tokio::select! {
-        _ = &mut shutdown => Ok(()),
-        Some(ended) = tasks.join_next() => ended.map_err(ServerError::Task).and_then(|r| r),
-    };
-    // Each task stops on the signal; give them a moment to finish what they are doing (an
-    // HTTP download in progress, say), then abort the rest. Every task is joined.
-    let _ = stop_tx.send(true);
-    let drain = async {
-        while let Some(ended) = tasks.join_next().await {
-            if let Err(e) = ended.map_err(ServerError::Task).and_then(|r| r) {
-                tracing::warn!(error = %e, "while stopping");
-            }
-        }
-    };
-    if tokio::time::timeout(std::time::Duration::from_secs(5), drain)
-        .await
-        .is_err()
-    {
-        tracing::warn!("server tasks still busy after 5 s: stopping them");
-        tasks.abort_all();
-        while tasks.join_next().await.is_some() {}
-    }
-    tracing::info!("diskless server stopped");
-    result
 }
 
 /// The state directory's client record file.
@@ -695,6 +796,35 @@ mod tests {
         let err = install_ipxe_files(&site).unwrap_err();
         assert!(matches!(err, ServerError::IpxeMissing { .. }), "{err}");
         assert!(err.to_string().contains("apt-get install ipxe"), "{err}");
+    }
+
+    /// The drain's contract: the first task to fail ends the server with its error, and every
+    /// other task is told to stop and joined before `drain` returns.
+    #[tokio::test]
+    async fn a_failed_task_stops_and_joins_the_others() {
+        let mut tasks = Tasks::new();
+        let joined = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = tasks.stopped();
+        tasks.spawn({
+            let joined = joined.clone();
+            async move {
+                stopped.await;
+                joined.store(true, std::sync::atomic::Ordering::SeqCst);
+                Ok(())
+            }
+        });
+        tasks.spawn(async {
+            Err(ServerError::Interface {
+                interface: "test0".into(),
+                message: "gone".into(),
+            })
+        });
+        let result = tasks.drain(std::future::pending()).await;
+        assert!(
+            matches!(&result, Err(ServerError::Interface { interface, .. }) if interface == "test0"),
+            "{result:?}"
+        );
+        assert!(joined.load(std::sync::atomic::Ordering::SeqCst));
     }
 
     #[test]
