@@ -14,7 +14,6 @@
 //! Run by scripts/test (`cargo test -p diskless --test firmware -- --ignored
 //! --test-threads=1`), sharing the test image with the other boot tests (see common).
 
-
 mod common;
 use common::{add_image, command_output, read_report, record, run_vm, stages, vm, Work};
 

@@ -338,7 +338,7 @@ fn installed_package_serves_a_pxe_client_and_purges_cleanly() {
         http_port: 80,
         tftp_port: 69,
         clients: vec![ClientConfig {
-            mac: CLIENT_MAC.into(),
+            mac: CLIENT_MAC.parse().unwrap(),
             tap: tap.clone(),
             memory_mib: 1024,
             cpus: 1,
