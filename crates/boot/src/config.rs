@@ -5,7 +5,7 @@
 
 use diskless_dhcp::Mac;
 pub use diskless_dhcp::Mode;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -26,7 +26,7 @@ pub enum UnknownClients {
     Ignore,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ImageProtocol {
     /// The fetch helper downloads the image over HTTP (fastest).

@@ -11,16 +11,12 @@
 
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Output;
 
 mod common;
-use common::{diskless, output, test_image as source_version};
-
-fn run(cmd: &mut Command) -> String {
-    let (out, text, _) = output(cmd);
-    assert!(out.status.success(), "failed ({}):\n{text}", out.status);
-    text
-}
+use common::{
+    assert_namespace_gone, diskless, output, record, stage_names, test_image as source_version,
+};
 
 /// Put the test image into `store` as image `test`: hard links, except that a `corrupt`
 /// image gets its own copy of root.squashfs with bytes flipped in the middle (the manifest
@@ -73,26 +69,15 @@ impl Boot {
     }
 
     fn stages(&self) -> Vec<String> {
-        let text = std::fs::read_to_string(self.logs.join("state/clients.json")).unwrap();
-        let clients: Value = serde_json::from_str(&text).unwrap();
-        clients[MAC]["stages"]
-            .as_array()
-            .map(|a| {
-                a.iter()
-                    .map(|s| s["stage"].as_str().unwrap().to_string())
-                    .collect()
-            })
+        record(&self.logs, MAC)
+            .map(|r| stage_names(&r))
             .unwrap_or_default()
     }
 
     /// The detail of the boot's last stage, as the server recorded it.
     fn last_detail(&self) -> String {
-        let text = std::fs::read_to_string(self.logs.join("state/clients.json")).unwrap();
-        let clients: Value = serde_json::from_str(&text).unwrap();
-        let last = clients[MAC]["stages"]
-            .as_array()
-            .and_then(|a| a.last().cloned());
-        last.and_then(|s| s["detail"].as_str().map(str::to_string))
+        record(&self.logs, MAC)
+            .and_then(|r| r.stages.last().map(|s| s.detail.clone()))
             .unwrap_or_default()
     }
 
@@ -121,13 +106,7 @@ fn boot(corrupt: bool, extra: &[&str]) -> Boot {
             .arg(logs.join("report.json"))
             .args(extra),
     );
-    // Its namespace is gone (other runs' may exist: ours is named after the vm's pid).
-    let namespace = format!("diskless-vm-{pid}");
-    let namespaces = run(Command::new("ip").args(["netns", "list"]));
-    assert!(
-        !namespaces.split_whitespace().any(|w| w == namespace),
-        "{namespace} left behind: {namespaces}"
-    );
+    assert_namespace_gone(pid);
     Boot {
         work: Some(work),
         logs,

@@ -14,10 +14,8 @@
 //! Run by scripts/test (`cargo test -p diskless --test firmware -- --ignored
 //! --test-threads=1`), sharing the test image with the other boot tests (see common).
 
-use serde_json::Value;
-
 mod common;
-use common::{add_image, command_output, read_report, run_vm, stages, vm, Work};
+use common::{add_image, command_output, read_report, record, run_vm, stages, vm, Work};
 
 const MAC: &str = "52:54:00:12:34:56";
 const ROOT_FS: &str = "findmnt -n -o FSTYPE /";
@@ -44,15 +42,12 @@ fn http_boot_to_multi_user(mode: &str) {
 
     // The firmware asked as an HTTP Boot client (vendor class HTTPClient) and was offered a
     // URL (option 67; with vendor class HTTPClient echoed, as edk2's HttpBootDxe requires).
-    let clients: Value =
-        serde_json::from_str(&std::fs::read_to_string(logs.join("state/clients.json")).unwrap())
-            .unwrap();
-    let offers: Vec<&str> = clients[MAC]["stages"]
-        .as_array()
-        .unwrap()
+    let record = record(&logs, MAC).unwrap_or_else(|| panic!("no record of {MAC}"));
+    let offers: Vec<&str> = record
+        .stages
         .iter()
-        .filter(|s| s["stage"] == "dhcp-offer")
-        .map(|s| s["detail"].as_str().unwrap())
+        .filter(|s| s.stage.as_str() == "dhcp-offer")
+        .map(|s| s.detail.as_str())
         .collect();
     assert!(
         offers.iter().any(|d| d.starts_with("uefi-http http://")),

@@ -386,7 +386,7 @@ fn installed_package_serves_and_purges(release: Release) {
         http_port: 80,
         tftp_port: 69,
         clients: vec![ClientConfig {
-            mac: CLIENT_MAC.into(),
+            mac: CLIENT_MAC.parse().unwrap(),
             tap: tap.clone(),
             memory_mib: 1024,
             cpus: 1,

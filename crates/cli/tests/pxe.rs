@@ -232,11 +232,10 @@ fn boot_and_meanwhile(store: &Path, logs: &Path, mac: &str, change: impl FnOnce(
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(900);
     loop {
         // The server rewrites the file as it goes: a half-written read is tried again.
-        let got_script = std::fs::read_to_string(&clients)
+        let got_script = diskless_server::recorder::load(&clients)
             .ok()
-            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
-            .and_then(|c| c[mac]["stages"].as_array().cloned())
-            .is_some_and(|s| s.iter().any(|s| s["stage"] == "ipxe-script"));
+            .and_then(|mut c| c.remove(&mac.parse().unwrap()))
+            .is_some_and(|r| r.stages.iter().any(|s| s.stage.as_str() == "ipxe-script"));
         if got_script {
             break;
         }

@@ -7,7 +7,7 @@
 //! `udhcpc` runs under `ip netns exec` in the client namespace.
 
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Command, Output};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{mpsc, Arc};
@@ -46,12 +46,7 @@ fn sh(args: &[&str]) -> Output {
 }
 
 fn must(args: &[&str]) {
-    let out = sh(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    diskless_testkit::run(Command::new(args[0]).args(&args[1..]));
 }
 
 /// Two namespaces and a veth pair; removed on drop, even when a test fails.
@@ -175,9 +170,9 @@ impl Net {
         ns: &str,
         f: impl FnOnce() -> T + Send + 'static,
     ) -> JoinHandle<T> {
-        let path = PathBuf::from("/var/run/netns").join(ns);
+        let ns = ns.to_string();
         std::thread::spawn(move || {
-            enter_netns(&path);
+            diskless_testkit::enter_netns(&ns);
             f()
         })
     }
@@ -189,14 +184,6 @@ impl Drop for Net {
         let _ = sh(&["ip", "netns", "delete", &self.srv]);
         let _ = sh(&["ip", "netns", "delete", &self.cli]);
     }
-}
-
-fn enter_netns(path: &Path) {
-    let f = std::fs::File::open(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    use std::os::fd::AsRawFd;
-    // SAFETY: a valid namespace fd; affects only this thread.
-    let rc = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns: {}", std::io::Error::last_os_error());
 }
 
 /// A running server; stops and joins on drop.

@@ -47,7 +47,7 @@ fn images() -> Option<Vec<PathBuf>> {
             return false;
         }
         let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/make-debian-initrds.sh");
-        run(Command::new(script).arg(cache_dir()));
+        run_bytes(Command::new(script).arg(cache_dir()));
         true
     });
     ready.then(|| IMAGES.iter().map(|n| cache_dir().join(n)).collect())
@@ -117,7 +117,7 @@ fn check_segments(img: &Path, name: &str, segs: &[Segment], entries: &[Entry]) {
 fn ls_matches_lsinitramfs_and_segments_are_found() {
     let Some(images) = images() else { return };
     for (img, name) in images.iter().zip(IMAGES) {
-        let expected = run(Command::new("lsinitramfs").arg(img));
+        let expected = run_bytes(Command::new("lsinitramfs").arg(img));
         let (ours, segs, entries) = our_listing(img, false, 0);
         assert!(
             expected == ours,
@@ -137,7 +137,8 @@ fn long_ls_matches_lsinitramfs_l() {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64;
-    let expected = String::from_utf8(run(Command::new("lsinitramfs").arg("-l").arg(img))).unwrap();
+    let expected =
+        String::from_utf8(run_bytes(Command::new("lsinitramfs").arg("-l").arg(img))).unwrap();
     let ours = String::from_utf8(our_listing(img, true, now).0).unwrap();
     for (i, (e, o)) in expected.lines().zip(ours.lines()).enumerate() {
         assert_eq!(e, o, "line {}", i + 1);
@@ -152,7 +153,7 @@ fn extract_matches_unmkinitramfs() {
         let dir = tempfile::tempdir_in("/var/tmp").unwrap();
         let reference = dir.path().join("reference");
         let ours = dir.path().join("ours");
-        run(Command::new("unmkinitramfs").arg(img).arg(&reference));
+        run_bytes(Command::new("unmkinitramfs").arg(img).arg(&reference));
         extract(
             fs::File::open(img).unwrap(),
             &ours,
@@ -169,7 +170,7 @@ fn cat_matches_unmkinitramfs_files() {
     // zstd: the quickest to scan; every decoder is covered above.
     let img = &images[2];
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
-    run(Command::new("unmkinitramfs").arg(img).arg(dir.path()));
+    run_bytes(Command::new("unmkinitramfs").arg(img).arg(dir.path()));
     let main = dir.path().join("main");
     // Also through the usr-merge symlinks (bin -> usr/bin).
     for path in [

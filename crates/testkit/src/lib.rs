@@ -17,6 +17,8 @@
 #![deny(missing_docs)]
 
 use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Output};
 
 /// The running test's name (libtest names each test's thread after it).
 pub fn test_name() -> String {
@@ -82,6 +84,55 @@ pub fn root_with_tools(tools: &[&str]) -> bool {
     why.is_none()
 }
 
+/// Panics unless `out` is a success, naming `what` and showing its exit status, stdout and
+/// stderr.
+pub fn check(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Run `cmd` to its end; the test fails (see [`check`]) unless it succeeds. Returns its
+/// stdout as text; its stderr goes to the test's captured output.
+pub fn run(cmd: &mut Command) -> String {
+    String::from_utf8_lossy(&run_bytes(cmd)).into_owned()
+}
+
+/// [`run`], returning stdout as bytes (for output that is not text).
+pub fn run_bytes(cmd: &mut Command) -> Vec<u8> {
+    let shown = format!("{cmd:?}");
+    let out = cmd.output().unwrap_or_else(|e| panic!("{shown}: {e}"));
+    check(&out, &shown);
+    eprint!("{}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
+/// Move this thread into network namespace `name` (from `ip netns add`; waiting up to a
+/// minute for it to appear, as when another process creates it): the processes it starts
+/// and the sockets it opens are then inside. Other threads stay where they are.
+pub fn enter_netns(name: &str) {
+    use std::os::fd::AsRawFd;
+    use std::time::{Duration, Instant};
+    let path = Path::new("/run/netns").join(name);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} never appeared",
+            path.display()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    // SAFETY: setns on an open namespace fd, for this thread only.
+    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+    assert_eq!(rc, 0, "setns {name}: {}", std::io::Error::last_os_error());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -110,6 +161,26 @@ mod tests {
             "{message}"
         );
         skip("not under CI: only a line on stderr");
+    }
+
+    #[test]
+    fn run_returns_stdout_and_fails_naming_the_command() {
+        assert_eq!(
+            run(Command::new("sh").args(["-c", "echo out; echo err >&2"])),
+            "out\n"
+        );
+        let panic = std::panic::catch_unwind(|| {
+            run(Command::new("sh").args(["-c", "echo said; echo why >&2; exit 3"]))
+        });
+        let message = panic.unwrap_err();
+        let message = message.downcast_ref::<String>().unwrap();
+        assert!(
+            message.contains("exit status: 3")
+                && message.contains("said")
+                && message.contains("why")
+                && message.contains("\"sh\""),
+            "{message}"
+        );
     }
 
     #[test]

@@ -22,7 +22,7 @@ pub mod qemu;
 pub mod qmp;
 
 use console::Console;
-use diskless_boot::Stage;
+use diskless_boot::{Mac, Stage};
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -95,7 +95,7 @@ impl Drop for Guarded {
 /// One QEMU client on its own tap.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    pub mac: String,
+    pub mac: Mac,
     pub tap: String,
     pub memory_mib: u32,
     pub cpus: u32,
@@ -165,9 +165,9 @@ pub struct CommandResult {
 }
 
 /// What one client did.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct ClientReport {
-    pub mac: String,
+    pub mac: Mac,
     /// (phase, seconds since its QEMU started), in order.
     pub phases: Vec<(String, f64)>,
     pub commands: Vec<CommandResult>,
@@ -255,16 +255,14 @@ pub fn console_log_name(cfg: &VmConfig, index: usize) -> String {
     if cfg.clients.len() == 1 {
         "console.log".into()
     } else {
-        format!("console-{}.log", cfg.clients[index].mac.replace(':', "-"))
+        format!("console-{}.log", cfg.clients[index].mac.hyphenated())
     }
 }
 
 /// The QMP socket of client `index` (clients with a display only).
 fn qmp_socket(cfg: &VmConfig, index: usize) -> PathBuf {
-    cfg.log_dir.join(format!(
-        "qmp-{}.sock",
-        cfg.clients[index].mac.replace(':', "-")
-    ))
+    cfg.log_dir
+        .join(format!("qmp-{}.sock", cfg.clients[index].mac.hyphenated()))
 }
 
 fn save_screendumps(cfg: &VmConfig, index: usize) -> Result<(), Error> {
@@ -340,7 +338,7 @@ pub fn run_in(cfg: &VmConfig, ns: &netns::Netns) -> Result<VmReport, Error> {
     for (index, client) in cfg.clients.iter().enumerate() {
         let vars = cfg
             .log_dir
-            .join(format!("OVMF_VARS-{}.fd", client.mac.replace(':', "-")));
+            .join(format!("OVMF_VARS-{}.fd", client.mac.hyphenated()));
         // Each client gets its own copy of the variable store: the firmware writes its boot
         // options there, and the one in /usr/share stays as Debian shipped it.
         if let Some(template) = client.firmware.ovmf_vars_template() {
@@ -352,7 +350,7 @@ pub fn run_in(cfg: &VmConfig, ns: &netns::Netns) -> Result<VmReport, Error> {
             cpus: client.cpus,
             firmware: client.firmware,
             tap: client.tap.clone(),
-            mac: client.mac.clone(),
+            mac: client.mac,
             ovmf_vars: client.firmware.is_uefi().then_some(vars),
             disks: client.disks.clone(),
             display: client.display,
@@ -422,8 +420,9 @@ pub fn run_in(cfg: &VmConfig, ns: &netns::Netns) -> Result<VmReport, Error> {
                     (index == 0 && cfg.restart_server_during_fetch.is_some()).then_some(restart);
                 scope.spawn(move || {
                     let mut report = ClientReport {
-                        mac: client.mac.clone(),
-                        ..ClientReport::default()
+                        mac: client.mac,
+                        phases: Vec::new(),
+                        commands: Vec::new(),
                     };
                     let result = follow_boot(
                         &mut console,

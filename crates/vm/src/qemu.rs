@@ -3,6 +3,7 @@
 //! Always TCG: on these machines KVM is paravirtual and hangs in firmware or the kernel's
 //! decompressor.
 
+use diskless_boot::Mac;
 use std::path::PathBuf;
 use std::process::Command;
 
@@ -91,7 +92,7 @@ pub struct QemuConfig {
     pub cpus: u32,
     pub firmware: Firmware,
     pub tap: String,
-    pub mac: String,
+    pub mac: Mac,
     /// A writable copy of OVMF's variable store (UEFI only).
     pub ovmf_vars: Option<PathBuf>,
     /// Raw disk images, attached as virtio disks in this order.
@@ -207,7 +208,7 @@ mod tests {
             cpus: 2,
             firmware,
             tap: "dl0".into(),
-            mac: "52:54:00:00:00:01".into(),
+            mac: "52:54:00:00:00:01".parse().unwrap(),
             ovmf_vars: firmware.is_uefi().then(|| "/tmp/vars.fd".into()),
             disks: vec!["/tmp/disk.raw".into()],
             display: false,
@@ -281,7 +282,7 @@ mod tests {
             cpus: 2,
             firmware: Firmware::Bios,
             tap: "dl0".into(),
-            mac: "52:54:00:00:00:01".into(),
+            mac: "52:54:00:00:00:01".parse().unwrap(),
             ovmf_vars: None,
             disks: vec![],
             display: true,

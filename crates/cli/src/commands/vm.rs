@@ -3,8 +3,11 @@
 use crate::paths;
 use anyhow::{bail, Context, Result};
 use clap::Args;
+use diskless_boot::config::ImageProtocol;
+use diskless_boot::{Mac, Mode};
 use diskless_image::Store;
 use diskless_vm::{ClientConfig, ClientReport, Firmware, Server, SiteDhcp, VmConfig};
+use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -31,12 +34,12 @@ pub struct VmArgs {
     #[arg(long, default_value = "bios", value_parser = firmware_name)]
     pub firmware: Firmware,
     /// Client MAC address; repeat it to boot several clients together on one bridge.
-    #[arg(long, default_value = "52:54:00:12:34:56")]
-    pub mac: Vec<String>,
+    #[arg(long, default_value = "52:54:00:12:34:56", value_parser = clap::value_parser!(Mac))]
+    pub mac: Vec<Mac>,
     /// full: our server hands out addresses; proxy: dnsmasq does, as a site's DHCP server
     /// would, and our server answers only the boot questions.
-    #[arg(long, default_value = "full", value_parser = ["full", "proxy"])]
-    pub mode: String,
+    #[arg(long, default_value = "full", value_parser = config_name::<Mode>)]
+    pub mode: Mode,
     /// A site config for the server ([[client]] entries, [boot], ...); the vm's network,
     /// store, image, size and cmdline flags override its keys.
     #[arg(long)]
@@ -58,8 +61,8 @@ pub struct VmArgs {
     #[arg(long, default_value = "75%")]
     pub size: String,
     /// http or tftp: how the initramfs fetches the image.
-    #[arg(long, default_value = "http", value_parser = ["http", "tftp"])]
-    pub image_protocol: String,
+    #[arg(long, default_value = "http", value_parser = config_name::<ImageProtocol>)]
+    pub image_protocol: ImageProtocol,
     /// Do not show the client's console.
     #[arg(long)]
     pub quiet: bool,
@@ -93,6 +96,31 @@ pub struct VmArgs {
 fn firmware_name(name: &str) -> Result<Firmware, String> {
     name.parse()
 }
+
+/// A setting's value named as the site config names it (`proxy`, `tftp`): one name each,
+/// the config's.
+fn config_name<T: serde::de::DeserializeOwned>(name: &str) -> Result<T, String> {
+    use serde::de::value::{Error, StrDeserializer};
+    T::deserialize(StrDeserializer::<Error>::new(name)).map_err(|e| e.to_string())
+}
+
+/// The name the site config gives `value` (what [`config_name`] parses).
+fn name_in_config(value: &impl serde::Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        other => unreachable!("a setting named by a string, not {other:?}"),
+    }
+}
+
+/// The address of `host` on the vm's network, 10.77.0.0/24 (inside its own namespace).
+fn vm_address(host: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 77, 0, host)
+}
+
+/// The server's address on the vm's network.
+const SERVER_HOST: u8 = 1;
+/// The first and last address of the clients' pool, whoever hands them out.
+const POOL: (u8, u8) = (100, 150);
 
 pub fn run(args: VmArgs) -> Result<ExitCode> {
     let store = Store::open(&args.store)?;
@@ -138,7 +166,7 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
         "--interface".into(),
         interface.clone(),
         "--mode".into(),
-        args.mode.clone(),
+        name_in_config(&args.mode),
         "--store".into(),
         args.store.display().to_string(),
         "--state".into(),
@@ -146,11 +174,11 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
         "--image".into(),
         args.image.clone(),
         "--dhcp-range".into(),
-        "10.77.0.100-10.77.0.150".into(),
+        format!("{}-{}", vm_address(POOL.0), vm_address(POOL.1)),
         "--size".into(),
         args.size.clone(),
         "--image-protocol".into(),
-        args.image_protocol.clone(),
+        name_in_config(&args.image_protocol),
         "--cmdline".into(),
         cmdline.trim().to_string(),
         // A throwaway server for one VM, in a namespace of its own, over a store and logs
@@ -170,7 +198,7 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
         .iter()
         .zip(&taps)
         .map(|(mac, tap)| ClientConfig {
-            mac: mac.clone(),
+            mac: *mac,
             tap: tap.clone(),
             memory_mib: args.memory,
             cpus: args.cpus,
@@ -180,7 +208,7 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
         })
         .collect();
     if let Some(command) = &args.server_command {
-        if args.mode != "full" {
+        if args.mode != Mode::Full {
             bail!("--server-command is the network's only server: it cannot run in proxy mode");
         }
         // The command's own arguments, then the interface, address and log directory; exec,
@@ -192,7 +220,7 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
             &script,
             "diskless-vm-server",
             &interface,
-            "10.77.0.1",
+            &vm_address(SERVER_HOST).to_string(),
         ]
         .map(str::to_string)
         .into();
@@ -202,7 +230,7 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
         server: Server::Command(server),
         namespace: format!("diskless-vm-{pid}"),
         interface,
-        server_cidr: "10.77.0.1/24".into(),
+        server_cidr: format!("{}/24", vm_address(SERVER_HOST)),
         http_port: 80,
         tftp_port: 69,
         clients,
@@ -210,8 +238,11 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
         commands: args.run.clone(),
         show_console: !args.quiet,
         log_dir: log_dir.clone(),
-        site_dhcp: (args.mode == "proxy").then(|| SiteDhcp {
-            range: ("10.77.0.100".into(), "10.77.0.150".into()),
+        site_dhcp: (args.mode == Mode::Proxy).then(|| SiteDhcp {
+            range: (
+                vm_address(POOL.0).to_string(),
+                vm_address(POOL.1).to_string(),
+            ),
         }),
         loss_percent: args.loss,
         restart_server_during_fetch: args
@@ -226,7 +257,7 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
         args.mac.len(),
         args.memory,
         args.firmware,
-        args.mode,
+        name_in_config(&args.mode),
         log_dir.display()
     );
     diskless_vm::catch_signals();
@@ -283,7 +314,7 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
             "image": manifest.name,
             "version": manifest.version,
             "firmware": args.firmware.as_str(),
-            "mode": args.mode,
+            "mode": name_in_config(&args.mode),
             // Read requests to the server's TFTP port (an nftables counter): 0, nothing went
             // over TFTP.
             "tftp_requests": report.tftp_requests,
@@ -303,4 +334,26 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mode_and_image_protocol_go_by_the_site_configs_names() {
+        for (name, mode) in [("full", Mode::Full), ("proxy", Mode::Proxy)] {
+            assert_eq!(config_name::<Mode>(name), Ok(mode));
+            assert_eq!(name_in_config(&mode), name);
+        }
+        for (name, protocol) in [("http", ImageProtocol::Http), ("tftp", ImageProtocol::Tftp)] {
+            assert_eq!(config_name::<ImageProtocol>(name), Ok(protocol));
+            assert_eq!(name_in_config(&protocol), name);
+        }
+        let wrong = config_name::<Mode>("Proxy").unwrap_err();
+        assert!(
+            wrong.contains("Proxy") && wrong.contains("proxy"),
+            "{wrong}"
+        );
+    }
 }

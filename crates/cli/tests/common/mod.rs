@@ -4,6 +4,7 @@
 pub mod browser;
 
 pub use diskless_image::bootstrap::Release;
+use diskless_server::recorder::ClientRecord;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -13,20 +14,8 @@ pub fn diskless() -> Command {
     Command::new(env!("CARGO_BIN_EXE_diskless"))
 }
 
-/// Run `cmd`, fail the test with its output if it fails; returns stdout.
-pub fn run(cmd: &mut Command) -> String {
-    let shown = format!("{cmd:?}");
-    let out = cmd.output().unwrap_or_else(|e| panic!("{shown}: {e}"));
-    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success(),
-        "{shown} failed ({}):\n{stdout}\n{stderr}",
-        out.status
-    );
-    eprintln!("{stderr}");
-    stdout
-}
+#[allow(unused_imports)] // each test file uses its own subset
+pub use diskless_testkit::{enter_netns, run};
 
 /// Run `cmd`; returns its output, its stdout and stderr as one text, and its pid (a
 /// `diskless vm` names its namespace after it).
@@ -187,16 +176,27 @@ pub fn add_image_from(store: &Path, name: &str, from: &Path) {
     std::os::unix::fs::symlink(&version, store.join("images").join(name).join("current")).unwrap();
 }
 
-pub fn stages(logs: &Path, mac: &str) -> Vec<String> {
-    let clients: Value =
-        serde_json::from_str(&std::fs::read_to_string(logs.join("state/clients.json")).unwrap())
-            .unwrap();
-    clients[mac]["stages"]
-        .as_array()
-        .unwrap_or_else(|| panic!("no record of {mac}: {clients}"))
+/// The server's record of `mac` in `logs/state/clients.json`, if it has one.
+pub fn record(logs: &Path, mac: &str) -> Option<ClientRecord> {
+    let path = logs.join("state/clients.json");
+    let mut clients = diskless_server::recorder::load(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    clients.remove(&mac.parse().unwrap())
+}
+
+/// The names of the stages in `record`, in order.
+pub fn stage_names(record: &ClientRecord) -> Vec<String> {
+    record
+        .stages
         .iter()
-        .map(|s| s["stage"].as_str().unwrap().to_string())
+        .map(|s| s.stage.as_str().to_string())
         .collect()
+}
+
+/// The stages the server recorded of `mac`'s boot (it must have a record).
+pub fn stages(logs: &Path, mac: &str) -> Vec<String> {
+    let record = record(logs, mac).unwrap_or_else(|| panic!("no record of {mac}"));
+    stage_names(&record)
 }
 
 /// Run `diskless vm`, which must succeed, then check that its namespace is gone (other runs'
@@ -293,27 +293,6 @@ impl Drop for Work {
             }
         }
     }
-}
-
-/// Move this thread into network namespace `name` (waiting up to a minute for it to appear);
-/// the processes it starts and the sockets it opens are then inside.
-pub fn enter_netns(name: &str) {
-    let path = Path::new("/run/netns").join(name);
-    use std::os::fd::AsRawFd;
-    use std::time::{Duration, Instant};
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !path.exists() {
-        assert!(
-            Instant::now() < deadline,
-            "{} never appeared",
-            path.display()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let file = std::fs::File::open(&path).unwrap();
-    // SAFETY: setns on an open namespace fd, for this thread only.
-    let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(rc, 0, "setns {name}: {}", std::io::Error::last_os_error());
 }
 
 /// An overlay on `lower` (a cached tree, never modified) with its upper layer in `dir`, mounted

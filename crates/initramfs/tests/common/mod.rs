@@ -137,16 +137,8 @@ pub fn run_with_input(argv: &[&str], input: &[u8]) -> Vec<u8> {
     out.stdout
 }
 
-/// Runs a command, panicking with its stderr on failure.
-pub fn run(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
+#[allow(unused_imports)] // not every test file uses each
+pub use diskless_testkit::{is_root, run_bytes};
 
 /// One raw newc entry, name as given (for archives our writer refuses to
 /// make).
@@ -189,9 +181,4 @@ pub fn raw_archive(entries: &[(&str, u32, &[u8])]) -> Vec<u8> {
         .collect();
     out.extend(raw_entry("TRAILER!!!", 0, b""));
     out
-}
-
-pub fn is_root() -> bool {
-    // SAFETY: no preconditions.
-    unsafe { libc::geteuid() == 0 }
 }

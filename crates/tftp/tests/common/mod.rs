@@ -98,15 +98,6 @@ impl Drop for TestServer {
     }
 }
 
-/// Moves the calling thread into network namespace `name` (from `ip netns add`).
-pub fn enter_netns(name: &str) {
-    use std::os::fd::AsRawFd;
-    let f = std::fs::File::open(format!("/var/run/netns/{name}")).unwrap();
-    // SAFETY: setns on an open namespace file descriptor, for this thread only.
-    let r = unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) };
-    assert_eq!(r, 0, "setns {name}: {}", std::io::Error::last_os_error());
-}
-
 /// Deterministic pseudo-random bytes (xorshift), so a test file has no repeating blocks.
 pub fn pattern(len: usize, seed: u64) -> Vec<u8> {
     let mut x = seed | 1;
@@ -133,7 +124,7 @@ pub fn root_with(files: &[(&str, &[u8])]) -> tempfile::TempDir {
 }
 
 #[allow(unused_imports)] // not every test file skips
-pub use diskless_testkit::{have, skip};
+pub use diskless_testkit::{check, enter_netns, have, skip};
 
 /// Runs a command (killed after `secs`) and returns its output, with the command line
 /// in the panic message if it cannot start.
@@ -142,17 +133,6 @@ pub fn run(secs: u32, argv: &[&str]) -> Output {
     c.arg("-k").arg("2").arg(secs.to_string()).args(argv);
     c.output()
         .unwrap_or_else(|e| panic!("running {argv:?}: {e}"))
-}
-
-/// Panics with stdout/stderr unless `out` succeeded.
-pub fn check(out: &Output, what: &str) {
-    assert!(
-        out.status.success(),
-        "{what} failed ({}):\n--- stdout\n{}\n--- stderr\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Whether we can create network namespaces (root, iproute2, nft).
