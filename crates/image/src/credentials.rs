@@ -18,7 +18,7 @@
 //! site may mean its seats to have (a keytab, a bind password, a repository login) stays and
 //! is listed with the `--exclude` that leaves it out.
 
-use crate::tidy::{files_below, leave_out, names_in, Plan};
+use crate::tidy::{files_below, home_dirs, leave_out, names_in, Plan};
 use std::fs;
 use std::path::Path;
 
@@ -117,12 +117,7 @@ pub fn listed(source: &Path) -> Vec<(String, &'static str)> {
             found.push((rel, "a dropbear host key"));
         }
     }
-    let mut homes: Vec<String> = names_in(source, "home", |_, t| t.is_dir())
-        .into_iter()
-        .map(|n| format!("home/{n}"))
-        .collect();
-    homes.push("root".into());
-    for home in homes {
+    for home in home_dirs(source) {
         for (file, what) in USER_FILES {
             let rel = format!("{home}/{file}");
             if is_file(source, &rel) {

@@ -532,6 +532,16 @@ pub(crate) fn names_in(
     names
 }
 
+/// The users' home directories of `source`, relative: each directory in /home, and /root.
+pub(crate) fn home_dirs(source: &Path) -> Vec<String> {
+    let mut homes: Vec<String> = names_in(source, "home", |_, t| t.is_dir())
+        .into_iter()
+        .map(|n| format!("home/{n}"))
+        .collect();
+    homes.push("root".into());
+    homes
+}
+
 /// Leave `rel` out of the image, and say so.
 pub(crate) fn leave_out(plan: &mut Plan, rel: &str, what: &str) {
     plan.excludes.push(rel.to_string());
@@ -679,12 +689,7 @@ fn secrets(source: &Path, plan: &mut Plan) {
     for name in names_in(source, "etc/ssh", |n, t| t.is_file() && n.ends_with("_key")) {
         found.push((format!("etc/ssh/{name}"), "an ssh private key"));
     }
-    let mut homes: Vec<String> = names_in(source, "home", |_, t| t.is_dir())
-        .into_iter()
-        .map(|n| format!("home/{n}"))
-        .collect();
-    homes.push("root".into());
-    for home in homes {
+    for home in home_dirs(source) {
         let ssh = format!("{home}/.ssh");
         let id =
             |n: &str, t: fs::FileType| t.is_file() && n.starts_with("id_") && !n.ends_with(".pub");
