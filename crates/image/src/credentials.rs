@@ -59,6 +59,17 @@ pub fn leave_out_state(source: &Path, plan: &mut Plan) {
     }
 }
 
+/// `file` and the `*.conf` files of its drop-in directory `dir`, relative to the source.
+fn with_drop_ins(source: &Path, file: &str, dir: &str) -> Vec<String> {
+    let mut files = vec![file.to_string()];
+    files.extend(
+        names_in(source, dir, |n, t| t.is_file() && n.ends_with(".conf"))
+            .into_iter()
+            .map(|n| format!("{dir}/{n}")),
+    );
+    files
+}
+
 /// The credentials that stay in the image, as (path relative to the source, what it is).
 pub fn listed(source: &Path) -> Vec<(String, &'static str)> {
     let mut found: Vec<(String, &'static str)> = Vec::new();
@@ -68,15 +79,7 @@ pub fn listed(source: &Path) -> Vec<(String, &'static str)> {
             "Kerberos keys of the master (a keytab)",
         ));
     }
-    let mut sssd = vec!["etc/sssd/sssd.conf".to_string()];
-    sssd.extend(
-        names_in(source, "etc/sssd/conf.d", |n, t| {
-            t.is_file() && n.ends_with(".conf")
-        })
-        .into_iter()
-        .map(|n| format!("etc/sssd/conf.d/{n}")),
-    );
-    for rel in sssd {
+    for rel in with_drop_ins(source, "etc/sssd/sssd.conf", "etc/sssd/conf.d") {
         if has_key_value(source, &rel, |k| k.ends_with("_authtok")) {
             found.push((rel, "SSSD's LDAP bind password (ldap_default_authtok)"));
         }
@@ -90,15 +93,7 @@ pub fn listed(source: &Path) -> Vec<(String, &'static str)> {
             ));
         }
     }
-    let mut apt = vec!["etc/apt/auth.conf".to_string()];
-    apt.extend(
-        names_in(source, "etc/apt/auth.conf.d", |n, t| {
-            t.is_file() && n.ends_with(".conf")
-        })
-        .into_iter()
-        .map(|n| format!("etc/apt/auth.conf.d/{n}")),
-    );
-    for rel in apt {
+    for rel in with_drop_ins(source, "etc/apt/auth.conf", "etc/apt/auth.conf.d") {
         if fs::metadata(source.join(&rel)).is_ok_and(|m| m.is_file() && m.len() > 0) {
             found.push((rel, "APT repository logins"));
         }
