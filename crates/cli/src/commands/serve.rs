@@ -31,8 +31,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub state: Option<PathBuf>,
     /// full: hand out addresses; proxy: beside another DHCP server (config: mode).
-    #[arg(long, value_parser = ["full", "proxy"])]
-    pub mode: Option<String>,
+    #[arg(long, value_parser = super::config_name::<Mode>)]
+    pub mode: Option<Mode>,
     /// DHCP pool FIRST-LAST, full mode (config: dhcp.range).
     #[arg(long)]
     pub dhcp_range: Option<String>,
@@ -40,8 +40,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub image: Option<String>,
     /// boot or ignore clients without a [[client]] entry (config: boot.unknown_clients).
-    #[arg(long, value_parser = ["boot", "ignore"])]
-    pub unknown_clients: Option<String>,
+    #[arg(long, value_parser = super::config_name::<UnknownClients>)]
+    pub unknown_clients: Option<UnknownClients>,
     /// Extra kernel options for every client (config: boot.cmdline).
     #[arg(long)]
     pub cmdline: Option<String>,
@@ -49,8 +49,8 @@ pub struct ServeArgs {
     #[arg(long)]
     pub size: Option<String>,
     /// http or tftp: how clients fetch the image (config: boot.image_protocol).
-    #[arg(long, value_parser = ["http", "tftp"])]
-    pub image_protocol: Option<String>,
+    #[arg(long, value_parser = super::config_name::<ImageProtocol>)]
+    pub image_protocol: Option<ImageProtocol>,
     /// HTTP port (config: http_port).
     #[arg(long)]
     pub http_port: Option<u16>,
@@ -102,12 +102,8 @@ pub fn resolve(args: &ServeArgs) -> Result<Config> {
     if let Some(v) = &args.state {
         cfg.state = v.clone();
     }
-    if let Some(v) = &args.mode {
-        cfg.mode = if v == "proxy" {
-            Mode::Proxy
-        } else {
-            Mode::Full
-        };
+    if let Some(v) = args.mode {
+        cfg.mode = v;
     }
     if let Some(v) = &args.dhcp_range {
         cfg.dhcp.range = Some(v.clone());
@@ -115,12 +111,8 @@ pub fn resolve(args: &ServeArgs) -> Result<Config> {
     if let Some(v) = &args.image {
         cfg.boot.image = Some(v.clone());
     }
-    if let Some(v) = &args.unknown_clients {
-        cfg.boot.unknown_clients = if v == "ignore" {
-            UnknownClients::Ignore
-        } else {
-            UnknownClients::Boot
-        };
+    if let Some(v) = args.unknown_clients {
+        cfg.boot.unknown_clients = v;
     }
     if let Some(v) = &args.cmdline {
         cfg.boot.cmdline = v.clone();
@@ -128,12 +120,8 @@ pub fn resolve(args: &ServeArgs) -> Result<Config> {
     if let Some(v) = &args.size {
         cfg.boot.size = v.clone();
     }
-    if let Some(v) = &args.image_protocol {
-        cfg.boot.image_protocol = if v == "tftp" {
-            ImageProtocol::Tftp
-        } else {
-            ImageProtocol::Http
-        };
+    if let Some(v) = args.image_protocol {
+        cfg.boot.image_protocol = v;
     }
     if let Some(v) = args.http_port {
         cfg.http_port = v;
@@ -264,7 +252,7 @@ mod tests {
         let args = ServeArgs {
             config: Some(path),
             interface: Some("dl0".into()),
-            mode: Some("proxy".into()),
+            mode: Some(Mode::Proxy),
             admin_listen: Some("0.0.0.0:9999".into()),
             ..Default::default()
         };

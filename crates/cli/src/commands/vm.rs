@@ -38,7 +38,7 @@ pub struct VmArgs {
     pub mac: Vec<Mac>,
     /// full: our server hands out addresses; proxy: dnsmasq does, as a site's DHCP server
     /// would, and our server answers only the boot questions.
-    #[arg(long, default_value = "full", value_parser = config_name::<Mode>)]
+    #[arg(long, default_value = "full", value_parser = super::config_name::<Mode>)]
     pub mode: Mode,
     /// A site config for the server ([[client]] entries, [boot], ...); the vm's network,
     /// store, image, size and cmdline flags override its keys.
@@ -61,7 +61,7 @@ pub struct VmArgs {
     #[arg(long, default_value = "75%")]
     pub size: String,
     /// http or tftp: how the initramfs fetches the image.
-    #[arg(long, default_value = "http", value_parser = config_name::<ImageProtocol>)]
+    #[arg(long, default_value = "http", value_parser = super::config_name::<ImageProtocol>)]
     pub image_protocol: ImageProtocol,
     /// Do not show the client's console.
     #[arg(long)]
@@ -95,13 +95,6 @@ pub struct VmArgs {
 
 fn firmware_name(name: &str) -> Result<Firmware, String> {
     name.parse()
-}
-
-/// A setting's value named as the site config names it (`proxy`, `tftp`): one name each,
-/// the config's.
-fn config_name<T: serde::de::DeserializeOwned>(name: &str) -> Result<T, String> {
-    use serde::de::value::{Error, StrDeserializer};
-    T::deserialize(StrDeserializer::<Error>::new(name)).map_err(|e| e.to_string())
 }
 
 /// The name the site config gives `value` (what [`config_name`] parses).
@@ -339,6 +332,7 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::commands::config_name;
 
     #[test]
     fn mode_and_image_protocol_go_by_the_site_configs_names() {
