@@ -26,8 +26,9 @@
 //! - With `unknown_clients = "ignore"`, HTTP and TFTP answer only listed clients: [`access`]
 //!   maps a peer's address to its MAC and decides.
 //! - IPv6 router advertisements ([`ra`]), when the site wants them.
-//! - The recorder ([`recorder`]): every protocol's [`BootEvent`]s, the client table and
-//!   `clients.json`.
+//! - The recorder ([`recorder`]): every protocol's [`BootEvent`]s, the client table with each
+//!   client's current boot (the report tokens' [`tokens::Boots`] check against it), facts
+//!   for the admin pages and metrics, and `clients.json`.
 //!
 //! The site is read from a `watch` channel at each decision: [`SiteHandle::reload`] makes the
 //! next DHCP request and the next script follow a new config. Leases, running transfers and
