@@ -898,7 +898,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn subscribers_get_events_and_changed_records() {
+    async fn subscribers_get_events_and_stage_facts() {
         let (recorder, task) = Recorder::start(None, Limits::default());
         let mut updates = recorder.subscribe();
         let file = BootEvent::HttpFile {
