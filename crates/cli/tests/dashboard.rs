@@ -112,6 +112,7 @@ impl Admin {
         let state = Arc::new(AdminState::new(
             Arc::new(move || {
                 let (version, records) = snapshot_records.lock().unwrap().clone();
+                let records = records.into_iter().map(|(m, r)| (m, Arc::new(r))).collect();
                 Arc::new(Published { version, records })
             }),
             diskless_image::Store::open(store_dir.path()).unwrap(),
@@ -119,7 +120,10 @@ impl Admin {
             None,
         ));
         for r in records.lock().unwrap().1.values() {
-            state.changed(r.clone());
+            let r = Arc::new(r.clone());
+            for stage in &r.stages {
+                state.stage_reached(stage, r.clone());
+            }
         }
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
@@ -156,7 +160,12 @@ impl Admin {
         records.0 += 1;
         records.1.insert(record.mac, record.clone());
         drop(records);
-        self.state.changed(record);
+        let stage = record
+            .stages
+            .last()
+            .expect("a record reaches a stage")
+            .clone();
+        self.state.stage_reached(&stage, Arc::new(record));
     }
 }
 

@@ -24,7 +24,7 @@
 
 use crate::boots::{BootHistory, ClientView};
 use crate::metrics::{self, Metrics};
-use crate::recorder::{ClientRecord, Published, Recorded};
+use crate::recorder::{ClientRecord, Published, Recorded, StageEvent};
 use crate::shared_json::{busy, JsonLimit, SharedJson};
 use axum::extract::{Request, State};
 use axum::http::{header, StatusCode};
@@ -36,7 +36,6 @@ use axum::{Json, Router};
 use diskless_boot::Mac;
 use diskless_image::Store;
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
@@ -55,7 +54,7 @@ pub type Snapshot = Arc<dyn Fn() -> Arc<Published> + Send + Sync>;
 #[derive(Debug, Clone)]
 enum PageEvent {
     /// A client's record changed.
-    Client(ClientRecord),
+    Client(Arc<ClientRecord>),
     /// Changes were missed: fetch the table again.
     Resync,
 }
@@ -72,9 +71,6 @@ pub struct AdminState {
     pub metrics: Arc<Metrics>,
     /// The DHCP leases file, for `diskless_dhcp_leases_active` (full mode).
     leases: Option<PathBuf>,
-    /// The last stage counted per client (boot start, stage time), so a record seen again
-    /// counts only its new stages.
-    counted: Mutex<HashMap<Mac, (f64, f64)>>,
     /// Set when the server stops: open event streams end, so connections close.
     closing: tokio::sync::watch::Sender<bool>,
     /// Host names answered besides the listener's address (`admin_names`).
@@ -101,7 +97,6 @@ impl AdminState {
             interface,
             metrics: Arc::new(Metrics::new()),
             leases,
-            counted: Mutex::default(),
             closing: tokio::sync::watch::Sender::new(false),
             names: Vec::new(),
             clients_json: SharedJson::default(),
@@ -124,46 +119,37 @@ impl AdminState {
 
     /// Records of earlier runs (from `clients.json`): into the lab view, not into the metrics,
     /// which count what this server saw.
-    pub fn seed(&self, records: &[ClientRecord]) {
-        let mut counted = self.counted.lock().expect("counted lock");
+    pub fn seed(&self, records: &[Arc<ClientRecord>]) {
         let mut history = self.history.lock().expect("history lock");
-        let mut records: Vec<&ClientRecord> = records.iter().collect();
+        let mut records: Vec<&ClientRecord> = records.iter().map(|r| &**r).collect();
         records.sort_by(|a, b| a.boot_started.total_cmp(&b.boot_started));
         for record in records {
-            if let Some(stage) = record.stages.last() {
-                counted.insert(record.mac, (record.boot_started, stage.at));
-            }
             history.add(record);
         }
     }
 
-    /// Note a changed record: its new stages into the metrics, into the lab view's history if
-    /// its boot ended, then to every open page.
-    pub fn changed(&self, record: ClientRecord) {
-        let new = {
-            let mut counted = self.counted.lock().expect("counted lock");
-            let last = counted.get(&record.mac).copied();
-            let from = match last {
-                Some((started, at)) if started == record.boot_started => {
-                    record.stages.iter().position(|s| s.at > at)
-                }
-                _ => Some(0),
-            };
-            if let Some(stage) = record.stages.last() {
-                counted.insert(record.mac, (record.boot_started, stage.at));
-            }
-            from.map(|i| record.stages[i..].to_vec())
-                .unwrap_or_default()
-        };
-        self.metrics.stages_reached(&record, &new);
+    /// Note a stage a client reached (a [`Recorded::Stage`] fact, each stage once): into the
+    /// metrics, its record into the lab view's history if its boot ended, then to every open
+    /// page.
+    pub fn stage_reached(&self, stage: &StageEvent, record: Arc<ClientRecord>) {
+        self.metrics.reached(stage, &record);
         self.history.lock().expect("history lock").add(&record);
         let _ = self.changes.send(PageEvent::Client(record));
+    }
+
+    /// Note one of the recorder's facts: a stage ([`AdminState::stage_reached`]), or an
+    /// event for the protocol metrics.
+    pub fn recorded(&self, fact: Recorded) {
+        match fact {
+            Recorded::Stage { stage, record, .. } => self.stage_reached(&stage, record),
+            Recorded::Event(event) => self.metrics.boot_event(&event),
+        }
     }
 }
 
 /// Feed `state` from the recorder's `updates` ([`crate::recorder::Recorder::subscribe`]) until `stopped`
-/// completes: each changed record to the pages,
-/// the lab view and the stage metrics, each protocol event to the other metrics.
+/// completes: each stage reached to the stage metrics, its record to the pages and the lab
+/// view; each protocol event to the other metrics.
 pub async fn follow(
     state: Arc<AdminState>,
     mut updates: broadcast::Receiver<Recorded>,
@@ -176,8 +162,7 @@ pub async fn follow(
             update = updates.recv() => update,
         };
         match update {
-            Ok(Recorded::Client(record)) => state.changed(ClientRecord::clone(&record)),
-            Ok(Recorded::Event(event)) => state.metrics.boot_event(&event),
+            Ok(fact) => state.recorded(fact),
             // The pages are told to fetch the table again; counts of the missed events are
             // lost (and said so).
             Err(broadcast::error::RecvError::Lagged(missed)) => {
@@ -267,8 +252,7 @@ async fn clients(State(state): State<Arc<AdminState>>) -> Response {
             let views: Vec<ClientView> = table
                 .records
                 .values()
-                .cloned()
-                .map(ClientView::from)
+                .map(|r| ClientView::from(ClientRecord::clone(r)))
                 .collect();
             serde_json::to_vec(&views)
         })
@@ -346,9 +330,11 @@ pub fn image_views<'a>(
 async fn images(State(state): State<Arc<AdminState>>) -> Json<Vec<ImageView>> {
     let table = (state.snapshot)();
     let store = state.store.clone();
-    let views = tokio::task::spawn_blocking(move || image_views(&store, table.records.values()))
-        .await
-        .unwrap_or_default();
+    let views = tokio::task::spawn_blocking(move || {
+        image_views(&store, table.records.values().map(|r| &**r))
+    })
+    .await
+    .unwrap_or_default();
     Json(views)
 }
 
@@ -364,7 +350,7 @@ async fn events(
         let event = match rx.recv().await {
             Ok(PageEvent::Client(record)) => Event::default()
                 .event("client")
-                .json_data(ClientView::from(record))
+                .json_data(ClientView::from(ClientRecord::clone(&record)))
                 .expect("a client view serializes"),
             // A page too slow to keep up refetches everything rather than show a stale row.
             Ok(PageEvent::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => {
@@ -456,7 +442,7 @@ async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::recorder::StageEvent;
+    use crate::recorder::{BootEvent, DhcpAction};
     use crate::shared_json::JSON_CONCURRENCY;
     use axum::body::Body;
     use diskless_boot::Stage;
@@ -481,7 +467,7 @@ mod tests {
                 .iter()
                 .map(|m| {
                     let mac: Mac = m.parse().unwrap();
-                    (mac, ClientRecord::new(mac, 100.0))
+                    (mac, Arc::new(ClientRecord::new(mac, 100.0)))
                 })
                 .collect(),
         })
@@ -683,35 +669,46 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_record_seen_again_counts_only_its_new_stages() {
+    async fn each_stage_is_counted_once_from_the_recorders_facts() {
         let (_dir, state) = state(None);
-        let mut record = ClientRecord {
-            image: Some("lab".into()),
-            stages: vec![StageEvent {
-                stage: Stage::DhcpOffer,
-                at: 0.0,
-                detail: String::new(),
-            }],
-            ..ClientRecord::new("52:54:00:00:00:01".parse().unwrap(), 100.0)
+        let recorder =
+            crate::recorder::Recorder::with_records(Default::default(), Default::default());
+        let mut facts = recorder.subscribe();
+        let mut pages = state.changes.subscribe();
+        let mac: Mac = "52:54:00:00:00:01".parse().unwrap();
+        let feed = |facts: &mut broadcast::Receiver<Recorded>| {
+            while let Ok(fact) = facts.try_recv() {
+                state.recorded(fact);
+            }
         };
-        let mut events = state.changes.subscribe();
-        state.changed(record.clone());
-        state.changed(record.clone());
-        record.stages.push(StageEvent {
-            stage: Stage::MultiUser,
-            at: 30.0,
-            detail: String::new(),
+        recorder.record(BootEvent::Dhcp {
+            mac,
+            firmware: diskless_dhcp::ClientKind::Ipxe,
+            action: DhcpAction::Offer,
+            ip: None,
+            detail: None,
         });
-        state.changed(record.clone());
+        feed(&mut facts);
+        // The record is seen again with its earlier stage: only the new one counts.
+        recorder.record(BootEvent::Report {
+            mac,
+            client: None,
+            stage: Stage::MultiUser,
+            detail: String::new(),
+            boot: crate::tokens::BootId(1),
+        });
+        feed(&mut facts);
         let text = state.metrics.render();
         assert!(
-            text.contains(
-                "diskless_boot_stage_reached_total{image=\"lab\",stage=\"dhcp-offer\"} 1"
-            ),
+            text.contains("diskless_boot_stage_reached_total{image=\"-\",stage=\"dhcp-offer\"} 1"),
             "{text}"
         );
         assert!(text.contains("stage=\"multi-user\"} 1"), "{text}");
-        match events.recv().await.unwrap() {
+        assert!(
+            text.contains("diskless_dhcp_packets_received_total{type=\"discover\"} 1"),
+            "{text}"
+        );
+        match pages.recv().await.unwrap() {
             PageEvent::Client(r) => assert_eq!(r.stages.len(), 1),
             other => panic!("{other:?}"),
         }

@@ -132,7 +132,7 @@ async fn clients(state: &HttpState) -> Response {
     state
         .clients_json
         .response(version, move || {
-            serde_json::to_vec(&table.records.values().collect::<Vec<_>>())
+            serde_json::to_vec(&table.records.values().map(|r| &**r).collect::<Vec<_>>())
         })
         .await
 }
@@ -467,8 +467,7 @@ mod tests {
     }
 
     impl Fixture {
-        async fn record(&self, mac: &str) -> Option<crate::recorder::ClientRecord> {
-            self.state.recorder.sync().await;
+        fn record(&self, mac: &str) -> Option<Arc<crate::recorder::ClientRecord>> {
             self.state.recorder.get(mac.parse().unwrap())
         }
     }
@@ -495,6 +494,10 @@ mod tests {
             dir.path().join("state")
         ))));
         let (recorder, task) = crate::recorder::Recorder::start(None, Limits::default());
+        let boots = Boots::new(
+            crate::tokens::ReportKey::from_bytes([3; crate::tokens::KEY_LEN]),
+            recorder.clone(),
+        );
         // The neighbour table the access check reads: LISTED and STRANGER on the site's link.
         let arp_table = dir.path().join("arp");
         std::fs::write(
@@ -510,12 +513,11 @@ mod tests {
             arp_table,
             metrics: Arc::new(crate::metrics::Metrics::new()),
         };
-        let key = crate::tokens::ReportKey::from_bytes([3; crate::tokens::KEY_LEN]);
         let state = Arc::new(HttpState {
             site: site_rx,
             store,
             recorder,
-            boots: Arc::new(Boots::new(key, 100, [])),
+            boots: Arc::new(boots),
             ipxe_dir,
             ipxe_files: vec!["ipxe.efi".into()],
             access,
@@ -579,7 +581,7 @@ mod tests {
             .sha256
             .clone();
         assert!(body.contains(&format!("diskless.sha256={sha}")), "{body}");
-        let record = f.record("52:54:00:12:34:56").await.unwrap();
+        let record = f.record("52:54:00:12:34:56").unwrap();
         assert_eq!(record.stage(), "ipxe-script");
         assert_eq!(record.version.as_deref(), Some(f.version.as_str()));
     }
@@ -610,7 +612,7 @@ mod tests {
                 None,
                 kind,
             );
-            let record = f.record(mac).await.unwrap();
+            let record = f.record(mac).unwrap();
             assert_eq!((record.secure_boot, record.kernel_signed), expected);
             assert_eq!(
                 record.last_stage(),
@@ -943,19 +945,18 @@ mod tests {
         let path = report_path(&script);
         let (status, _, _) = call(&f.state, post(&path, "stage=fetched&detail=mbps%3D90.1")).await;
         assert_eq!(status, StatusCode::OK);
-        let record = f.record("52:54:00:12:34:56").await.unwrap();
+        let record = f.record("52:54:00:12:34:56").unwrap();
         assert_eq!(
             (record.stage(), record.stages[1].detail.as_str()),
             ("fetched", "mbps=90.1")
         );
-        let boot = record.boot.expect("the boot is in the record");
+        let boot = record.boot.clone().expect("the boot is in the record");
         assert_eq!(boot.reported, [Stage::Fetched]);
         assert_eq!(Some(boot), f.state.boots.current(record.mac));
         let (status, _, _) = call(&f.state, post(&path, "stage=%3Cscript%3E")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
         let (status, _, _) = call(&f.state, post("/api/report/zz", "stage=x")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST);
-        f.state.recorder.sync().await;
         let (status, _, body) = call(&f.state, get("/api/clients")).await;
         assert_eq!(status, StatusCode::OK);
         assert!(body.contains("\"stage\":\"fetched\""), "{body}");
@@ -965,7 +966,7 @@ mod tests {
         assert_eq!(status, StatusCode::BAD_REQUEST);
         let (status, _, _) = call(&f.state, post(&path, "stage=made-up")).await;
         assert_eq!(status, StatusCode::OK);
-        let record = f.record("52:54:00:12:34:56").await.unwrap();
+        let record = f.record("52:54:00:12:34:56").unwrap();
         assert_eq!(record.stage(), "made-up");
         assert_eq!(record.last_stage().map(Stage::label), Some("other"));
     }
@@ -974,7 +975,6 @@ mod tests {
     async fn the_client_table_is_serialized_once_per_change() {
         let f = fixture("[boot]\nimage = \"lab\"\n");
         let (_, _, script) = call(&f.state, get("/boot/52-54-00-12-34-56.ipxe")).await;
-        f.state.recorder.sync().await;
         let (_, _, first) = call(&f.state, get("/api/clients")).await;
         let (_, _, second) = call(&f.state, get("/api/clients")).await;
         assert!(first.contains("ipxe-script"), "{first}");
@@ -984,7 +984,6 @@ mod tests {
         );
         let (status, _, _) = call(&f.state, post(&report_path(&script), "stage=fetched")).await;
         assert_eq!(status, StatusCode::OK);
-        f.state.recorder.sync().await;
         let (_, _, third) = call(&f.state, get("/api/clients")).await;
         assert!(third.contains("\"fetched\""), "{third}");
         assert_eq!(f.state.clients_json.made(), 2);
@@ -1062,7 +1061,7 @@ mod tests {
             "{metrics}"
         );
         // The stranger's report left no record.
-        assert!(f.record("52:54:00:99:99:99").await.is_none());
+        assert!(f.record("52:54:00:99:99:99").is_none());
         // Full mode: an address the neighbour table lacks is the listed client's when the
         // server leased it to that client.
         let site = f.state.site.borrow().clone();
@@ -1128,7 +1127,6 @@ mod tests {
         assert_eq!(status, StatusCode::OK);
         let (status, _, _) = call(&f.state, post(&b_path, "stage=fetched")).await;
         assert_eq!(status, StatusCode::OK);
-        f.state.recorder.sync().await;
         let refused = refusals(&mut updates);
         assert_eq!(
             refused,
@@ -1144,15 +1142,15 @@ mod tests {
             ]
         );
         // Only the accepted reports are stages.
-        let stages = |r: crate::recorder::ClientRecord| -> Vec<String> {
-            r.stages.into_iter().map(|s| s.stage.to_string()).collect()
+        let stages = |r: Arc<crate::recorder::ClientRecord>| -> Vec<String> {
+            r.stages.iter().map(|s| s.stage.to_string()).collect()
         };
         assert_eq!(
-            stages(f.record("52:54:00:00:00:0a").await.unwrap()),
+            stages(f.record("52:54:00:00:00:0a").unwrap()),
             ["ipxe-script", "network-up", "ipxe-script", "fetched"]
         );
         assert_eq!(
-            stages(f.record("52:54:00:00:00:0b").await.unwrap()),
+            stages(f.record("52:54:00:00:00:0b").unwrap()),
             ["ipxe-script", "fetched"]
         );
     }

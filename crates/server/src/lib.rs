@@ -26,8 +26,9 @@
 //! - With `unknown_clients = "ignore"`, HTTP and TFTP answer only listed clients: [`access`]
 //!   maps a peer's address to its MAC and decides.
 //! - IPv6 router advertisements ([`ra`]), when the site wants them.
-//! - The recorder ([`recorder`]): every protocol's [`BootEvent`]s, the client table and
-//!   `clients.json`.
+//! - The recorder ([`recorder`]): every protocol's [`BootEvent`]s, the client table with each
+//!   client's current boot (the report tokens' [`tokens::Boots`] check against it), facts
+//!   for the admin pages and metrics, and `clients.json`.
 //!
 //! The site is read from a `watch` channel at each decision: [`SiteHandle::reload`] makes the
 //! next DHCP request and the next script follow a new config. Leases, running transfers and
@@ -391,13 +392,13 @@ struct Prepared {
     site: watch::Receiver<Arc<Site>>,
     /// The site at start: what only a restart changes (interface, mode, state, ports).
     current: Arc<Site>,
-    /// Subscribed before any client is answered (proxy-mode `Booting`): no iPXE offer is missed.
+    /// Whose router solicitations to answer; in proxy mode the DHCP hook arms it.
     ra_answer: Option<ra::Answer>,
     /// HTTP connections and TFTP transfers share the process's descriptors (conn.rs).
     budget: conn::DescriptorBudget,
     store: Store,
     recorder: Recorder,
-    /// Report tokens ([`report_boots`]).
+    /// Report tokens, checked against the boots the recorder keeps.
     boots: Arc<tokens::Boots>,
     /// The iPXE binaries' directory in the store, and their names.
     ipxe: (PathBuf, Vec<String>),
@@ -419,13 +420,13 @@ fn prepare(
     let current = site.borrow().clone();
     let store = open_store(&current)?;
     let ipxe = install_ipxe_files(&current)?;
-    let boots = report_boots(&current, &recorder)?;
+    let key = tokens::ReportKey::load_or_create(&current.state)?;
+    let boots = Arc::new(tokens::Boots::new(key, recorder.clone()));
     if secure_boot_used(&current) {
         check_secure_boot_chain(&current, &store)?;
     }
-    // Subscribed before any client is answered: no iPXE offer is missed.
     let ra_answer = listeners.ra.as_ref().map(|_| match current.ipv6_ra {
-        diskless_boot::site::Ipv6Ra::Booting => ra::Answer::Booting(recorder.subscribe()),
+        diskless_boot::site::Ipv6Ra::Booting => ra::Answer::Booting(Default::default()),
         _ => ra::Answer::All,
     });
     let http_addr = listeners
@@ -474,19 +475,6 @@ fn open_store(site: &Site) -> Result<Store, ServerError> {
         }
     }
     Ok(store)
-}
-
-/// Report tokens: the key in the state directory, the boots under way from the record.
-fn report_boots(site: &Site, recorder: &Recorder) -> Result<Arc<tokens::Boots>, ServerError> {
-    let key = tokens::ReportKey::load_or_create(&site.state)?;
-    Ok(Arc::new(tokens::Boots::new(
-        key,
-        site.record.max_clients,
-        recorder
-            .snapshot()
-            .into_iter()
-            .filter_map(|r| Some((r.mac, r.boot?))),
-    )))
 }
 
 /// Every task the server starts, each ending on one stop signal.
@@ -553,14 +541,8 @@ fn spawn_dhcp(tasks: &mut Tasks, prepared: &Prepared, sockets: DhcpSockets) {
     let config = prepared.current.dhcp_config();
     let leases = prepared.current.state.join("leases.json");
     let policy = Arc::new(CurrentSite(prepared.site.clone()));
-    let on_dhcp: diskless_dhcp::EventSink = {
-        let recorder = prepared.recorder.clone();
-        Arc::new(move |event: &DhcpEvent| {
-            if let Some(event) = dhcp_event(event) {
-                recorder.record(event);
-            }
-        })
-    };
+    let booting = prepared.ra_answer.as_ref().and_then(ra::Answer::booting);
+    let on_dhcp = dhcp_sink(prepared.recorder.clone(), booting);
     let stopped = tasks.stopped();
     tasks.spawn(async move {
         diskless_dhcp::run(
@@ -574,6 +556,23 @@ fn spawn_dhcp(tasks: &mut Tasks, prepared: &Prepared, sockets: DhcpSockets) {
         .await
         .map_err(ServerError::from)
     });
+}
+
+/// The DHCP server's hook: each answer armed in the proxy-mode router advertisements
+/// (`booting`, a control path of its own) and recorded.
+fn dhcp_sink(
+    recorder: Recorder,
+    booting: Option<Arc<std::sync::Mutex<ra::Booting>>>,
+) -> diskless_dhcp::EventSink {
+    Arc::new(move |event: &DhcpEvent| {
+        if let Some(event) = dhcp_event(event) {
+            if let Some(booting) = &booting {
+                let mut booting = booting.lock().unwrap_or_else(|e| e.into_inner());
+                booting.event(&event, std::time::Instant::now());
+            }
+            recorder.record(event);
+        }
+    })
 }
 
 /// TFTP over the store, within the descriptor budget.
@@ -786,6 +785,45 @@ fn check_secure_boot_chain(site: &Site, store: &Store) -> Result<(), ServerError
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The proxy-mode RA is armed by the DHCP hook itself: a subscriber of the recorder's
+    /// facts that does not read (the channel full) does not cost a client its answer.
+    #[tokio::test]
+    async fn an_ipxe_offer_arms_the_ra_even_when_the_facts_are_not_read() {
+        let recorder = Recorder::with_records(Default::default(), Default::default());
+        let mut stalled = recorder.subscribe();
+        let booting = Arc::new(std::sync::Mutex::new(ra::Booting::default()));
+        let sink = dhcp_sink(recorder.clone(), Some(booting.clone()));
+        let offer = |mac: Mac| DhcpEvent {
+            mac,
+            kind: diskless_dhcp::ClientKind::Ipxe,
+            arch: None,
+            port: 67,
+            action: EventAction::Offer {
+                ip: None,
+                file: Some("http://10.0.0.1/boot/x.ipxe".into()),
+            },
+        };
+        let (client, other) = (Mac([2, 0, 0, 0, 0, 1]), Mac([2, 0, 0, 0, 0, 2]));
+        // More offers than the fact channel holds, the client's among them.
+        for _ in 0..2000 {
+            sink(&offer(other));
+        }
+        sink(&offer(client));
+        for _ in 0..2000 {
+            sink(&offer(other));
+        }
+        assert!(matches!(
+            stalled.try_recv(),
+            Err(tokio::sync::broadcast::error::TryRecvError::Lagged(_))
+        ));
+        let now = std::time::Instant::now();
+        assert!(booting.lock().unwrap().answer(client, now));
+        assert!(
+            recorder.get(client).is_some(),
+            "and recorded: the table does not drop"
+        );
+    }
 
     #[test]
     fn missing_ipxe_binary_names_the_package() {

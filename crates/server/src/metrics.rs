@@ -256,7 +256,7 @@ impl Metrics {
     }
 
     /// A protocol server's event: DHCP answers, TFTP transfers, HTTP files, refused reports.
-    /// (Client stages are counted from the records, [`Metrics::stages_reached`].)
+    /// (Client stages are counted from the recorder's stage facts, [`Metrics::reached`].)
     pub fn boot_event(&self, event: &BootEvent) {
         match event {
             // An offer answers a DISCOVER, an ACK or a NAK a REQUEST.
@@ -271,21 +271,19 @@ impl Metrics {
         }
     }
 
-    /// Stages a client reached since the record was last seen (`new`): each is counted; a
-    /// `fetched` report gives the download rate; a final stage puts the boot's phases in the
-    /// histograms.
-    pub fn stages_reached(&self, record: &ClientRecord, new: &[StageEvent]) {
-        for stage in new {
-            self.stage_reached(&stage.stage, record.image.as_deref());
-            if stage.stage == Stage::Fetched {
-                let measured = FetchedDetail::parse(&stage.detail);
-                if let Some(rate) = measured.and_then(|m| m.bytes_per_second()) {
-                    self.image_fetched(rate);
-                }
+    /// A client reached `stage`, its record after it `record` (the recorder's
+    /// [`crate::recorder::Recorded::Stage`], once per stage): it is counted; a `fetched`
+    /// report gives the download rate; a final stage puts the boot's phases in the histograms.
+    pub fn reached(&self, stage: &StageEvent, record: &ClientRecord) {
+        self.stage_reached(&stage.stage, record.image.as_deref());
+        if stage.stage == Stage::Fetched {
+            let measured = FetchedDetail::parse(&stage.detail);
+            if let Some(rate) = measured.and_then(|m| m.bytes_per_second()) {
+                self.image_fetched(rate);
             }
-            if stage.stage.is_final() {
-                self.boot_finished(record);
-            }
+        }
+        if stage.stage.is_final() {
+            self.boot_finished(record);
         }
     }
 
@@ -397,7 +395,9 @@ mod tests {
             ],
             ..ClientRecord::new("52:54:00:00:00:01".parse().unwrap(), 0.0)
         };
-        m.stages_reached(&record, &record.stages[1..]);
+        for stage in &record.stages[1..] {
+            m.reached(stage, &record);
+        }
         let text = m.render();
         assert!(
             text.contains("diskless_image_fetch_bytes_per_second_sum 25000000"),
@@ -420,7 +420,9 @@ mod tests {
                 .collect(),
             ..ClientRecord::new("52:54:00:00:00:01".parse().unwrap(), 0.0)
         };
-        m.stages_reached(&record, &record.stages);
+        for stage in &record.stages {
+            m.reached(stage, &record);
+        }
         let text = m.render();
         assert!(
             text.contains("diskless_boot_stage_reached_total{image=\"lab\",stage=\"other\"} 50"),

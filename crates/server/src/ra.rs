@@ -21,7 +21,7 @@
 //! offer, once, unicast to its link-local address: no other host on the site's network sees
 //! it, and the site's own router, if any, keeps the last word for every operating system.
 
-use crate::recorder::{BootEvent, DhcpAction, Recorded};
+use crate::recorder::{BootEvent, DhcpAction};
 use diskless_dhcp::{ClientKind, Mac};
 use socket2::{Domain, Protocol, SockAddr, Socket, Type};
 use std::collections::HashMap;
@@ -29,9 +29,9 @@ use std::ffi::CString;
 use std::io;
 use std::mem::MaybeUninit;
 use std::net::{Ipv6Addr, SocketAddrV6};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::unix::AsyncFd;
-use tokio::sync::broadcast;
 
 const ROUTER_SOLICITATION: u8 = 133;
 const ROUTER_ADVERTISEMENT: u8 = 134;
@@ -80,9 +80,21 @@ pub const BOOTING_WINDOW: Duration = Duration::from_secs(30);
 pub enum Answer {
     /// Everyone's, to all nodes (a network we own).
     All,
-    /// Only those of clients the server just gave an iPXE offer (the recorder's DHCP
-    /// events), each once, unicast (a network we do not own).
-    Booting(broadcast::Receiver<Recorded>),
+    /// Only those of clients the server just gave an iPXE offer, each once, unicast (a
+    /// network we do not own). The DHCP server's hook arms it as each offer goes out
+    /// ([`Booting::event`]), directly: not through the recorder's facts, which a reader that
+    /// falls behind misses.
+    Booting(Arc<Mutex<Booting>>),
+}
+
+impl Answer {
+    /// What the DHCP hook arms: the clients to answer in proxy mode.
+    pub fn booting(&self) -> Option<Arc<Mutex<Booting>>> {
+        match self {
+            Answer::All => None,
+            Answer::Booting(booting) => Some(booting.clone()),
+        }
+    }
 }
 
 /// The clients a proxy-mode server may answer: MACs it gave an iPXE offer, and when.
@@ -92,7 +104,7 @@ pub struct Booting {
 }
 
 impl Booting {
-    /// Note a recorder event: an offer to iPXE arms its MAC.
+    /// Note a DHCP answer: an offer to iPXE arms its MAC.
     pub fn event(&mut self, event: &BootEvent, now: Instant) {
         if let BootEvent::Dhcp {
             mac,
@@ -201,43 +213,23 @@ async fn serve(socket: RaSocket, answer: Answer) -> io::Result<()> {
     let fd = unsafe { AsyncFd::register(socket) }.map_err(|e| io::Error::other(e.to_string()))?;
     let ra = advertisement(mac);
     let all_nodes = SockAddr::from(SocketAddrV6::new(ALL_NODES, 0, 0, index));
-    let mut events = match answer {
+    let booting = match answer {
         Answer::All => {
             tracing::info!(%interface, "answering IPv6 router solicitations (no router, no DHCPv6)");
             None
         }
-        Answer::Booting(events) => {
+        Answer::Booting(booting) => {
             tracing::info!(
                 %interface,
                 "answering the IPv6 router solicitations of the iPXE clients being booted, \
                  unicast (no router, no DHCPv6)"
             );
-            Some(events)
+            Some(booting)
         }
     };
-    let all = events.is_none();
-    let mut booting = Booting::default();
     let mut buf = [0u8; 1500];
     loop {
-        let next_event = async {
-            match events.as_mut() {
-                Some(events) => events.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        let mut guard = tokio::select! {
-            guard = fd.readable() => guard?,
-            event = next_event => {
-                match event {
-                    Ok(Recorded::Event(event)) => booting.event(&event, Instant::now()),
-                    Ok(Recorded::Client(_)) => {}
-                    // Missed offers only make those clients' boots slower.
-                    Err(broadcast::error::RecvError::Lagged(_)) => {}
-                    Err(broadcast::error::RecvError::Closed) => events = None,
-                }
-                continue;
-            }
-        };
+        let mut guard = fd.readable().await?;
         let (n, source) = match recv_from(guard.get_inner(), &mut buf) {
             Ok(got) => got,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -250,16 +242,20 @@ async fn serve(socket: RaSocket, answer: Answer) -> io::Result<()> {
         if !is_solicitation(packet) {
             continue;
         }
-        let to = if all {
-            &all_nodes
-        } else {
-            match solicitor_mac(packet) {
-                Some(client) if booting.answer(client, Instant::now()) => {
+        let to = match &booting {
+            None => &all_nodes,
+            Some(booting) => match solicitor_mac(packet) {
+                Some(client)
+                    if booting
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .answer(client, Instant::now()) =>
+                {
                     tracing::info!(%client, "router advertisement to an iPXE client being booted");
                     &source
                 }
                 _ => continue,
-            }
+            },
         };
         if let Err(e) = guard.get_inner().send_to(&ra, to) {
             // Before the link-local address is ready the send fails; the client retries.

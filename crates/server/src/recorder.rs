@@ -1,21 +1,34 @@
-//! The record of every client's boot: typed [`BootEvent`]s from every protocol go to one task
-//! that owns the client table and its file.
+//! The record of every client's boot, and the one owner of each client's current boot: its
+//! stages, its report token's boot and the stages that boot reported.
 //!
 //! Stages come from the DHCP server (offer, ack, nak), the TFTP server (files fetched), the
 //! HTTP server (script, image files) and the client itself (its initramfs and booted system
-//! report over HTTP). A protocol path hands its event to [`Recorder::record`], which never
-//! waits: a bounded channel, and an event that does not fit is dropped with a warning. The
-//! recorder task alone
+//! report over HTTP). A protocol path hands its event to [`Recorder::record`], which applies it
+//! to the table at once, under a lock held for the few map operations it takes: nothing is
+//! queued, so nothing is dropped. The table
 //!
-//! - keeps the table ([`ClientRecord`] by [`Mac`]) and which MAC holds which IP address (TFTP
-//!   only sees addresses), bounded by `[record] max_clients` (the client seen longest ago goes
-//!   first) and `client_expiry_days`;
-//! - writes `STATE/clients.json` (read by `diskless clients`) through the one atomic write
-//!   ([`diskless_dhcp::state_file`]), at most once per [`SAVE_DELAY`] and on stop;
-//! - publishes the table for readers: [`Recorder::published`] (a `watch` channel, never
-//!   blocked by the task: the table shared, with a version that counts its changes),
-//!   [`Recorder::snapshot`] (a copy of it) and [`Recorder::subscribe`] (a `broadcast` of every raw event and of
-//!   each client record after it changed: the dashboard's live view and the metrics' counts).
+//! - keeps each client's [`ClientRecord`] by [`Mac`] (shared as `Arc`: an unchanged record is
+//!   never copied; a changed one is copied on write only while a reader still holds the old
+//!   one) and which MAC holds which IP address (TFTP only sees addresses), bounded by
+//!   `[record] max_clients` (the client seen longest ago goes first) and `client_expiry_days`;
+//! - keeps each client's current boot ([`CurrentBoot`], `boot` in the record): the report
+//!   tokens ([`crate::tokens::Boots`]) start one with [`Recorder::start_boot`] and check each
+//!   report against it with [`Recorder::accept_stage`], so a restarted server takes them back
+//!   from `clients.json`;
+//! - is written to `STATE/clients.json` (read by `diskless clients`) by the saving task
+//!   ([`RecorderTask`]) through the one atomic write ([`diskless_dhcp::state_file`]), at most
+//!   once per [`SAVE_DELAY`] and on stop;
+//! - is read as [`Recorder::published`] (the table with a version that counts its changes,
+//!   made on the first read after a change: the records' `Arc`s, not copies of them),
+//!   [`Recorder::snapshot`] and [`Recorder::get`].
+//!
+//! What happened is published as facts on [`Recorder::subscribe`] (a `broadcast`, for the
+//! dashboard's live view and the metrics): every raw event ([`Recorded::Event`]) and each
+//! stage a client reached with its record after it ([`Recorded::Stage`]), once per stage, in
+//! the table's order. That channel is for observers only: a subscriber that falls behind
+//! misses facts (`Lagged`), and nothing that decides a boot depends on it. The report tokens
+//! ask the table directly, and the proxy-mode router advertisements are armed by the DHCP hook
+//! itself ([`crate::ra::Answer::Booting`]).
 //!
 //! A `clients.json` that cannot be read at start is moved aside to
 //! `clients.json.corrupt-UNIXTIME` with a warning, never silently emptied.
@@ -27,16 +40,18 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tokio::sync::{broadcast, mpsc, oneshot, watch};
+use tokio::sync::{broadcast, oneshot, Notify};
 
 /// A boot that has not reached a final stage within this long is considered abandoned.
 const BOOT_STALE_SECS: f64 = 600.0;
-/// Stages kept per boot; a client stuck in a retry loop does not grow without bound.
-const MAX_STAGES: usize = 64;
-/// Events waiting for the recorder task; beyond this they are dropped (and counted).
-const QUEUE: usize = 4096;
+/// Stages kept per record (a client stuck in a retry loop does not grow without bound), and
+/// stages a boot may report with its token ([`Refusal::TooManyStages`] beyond; the boot script
+/// sends six).
+pub const MAX_STAGES: usize = 64;
+/// Facts a subscriber may fall behind by before it misses some (`Lagged`).
+const FACTS: usize = 1024;
 /// The file is written at most this often (and when the recorder stops).
 pub const SAVE_DELAY: Duration = Duration::from_millis(500);
 
@@ -274,22 +289,28 @@ impl ClientRecord {
     }
 }
 
-/// The table as the recorder task last published it.
+/// The table as published for readers ([`Recorder::published`]).
 #[derive(Debug, Default)]
 pub struct Published {
     /// Counts the table's changes since the recorder started: equal versions, equal tables
     /// (readers that serialize the table keep the text by it, [`crate::shared_json`]).
     pub version: u64,
-    pub records: BTreeMap<Mac, ClientRecord>,
+    /// The records, shared with the table (not copies).
+    pub records: BTreeMap<Mac, Arc<ClientRecord>>,
 }
 
-/// What [`Recorder::subscribe`] delivers.
+/// A fact [`Recorder::subscribe`] delivers.
 #[derive(Debug, Clone)]
 pub enum Recorded {
     /// An event as a protocol server sent it (every one, recorded as a stage or not).
     Event(Arc<BootEvent>),
-    /// A client's record after an event changed it.
-    Client(Arc<ClientRecord>),
+    /// A client reached a stage (each stage once): the stage, and the client's record after
+    /// it, shared with the table and every other subscriber.
+    Stage {
+        mac: Mac,
+        stage: StageEvent,
+        record: Arc<ClientRecord>,
+    },
 }
 
 /// Bounds of the table (`[record]` in the config).
@@ -316,33 +337,36 @@ impl From<&diskless_boot::config::RecordSection> for Limits {
     }
 }
 
-enum Message {
-    Event(BootEvent),
-    /// Answered once every earlier message is applied.
-    Sync(oneshot::Sender<()>),
-}
-
-/// The handle protocol servers and readers hold; cheap to clone.
+/// The handle protocol servers and readers hold; cheap to clone. It owns the client table:
+/// every clone applies to and reads the same one.
 #[derive(Clone)]
 pub struct Recorder {
-    tx: mpsc::Sender<Message>,
-    table: watch::Receiver<Arc<Published>>,
-    updates: broadcast::Sender<Recorded>,
+    shared: Arc<Shared>,
 }
 
-/// The running recorder task: [`RecorderTask::stop`] applies what is queued, writes the file
-/// and joins it.
+struct Shared {
+    table: Mutex<Table>,
+    /// The facts, for observers.
+    facts: broadcast::Sender<Recorded>,
+    /// Wakes the saving task: the table changed.
+    changed: Notify,
+}
+
+/// The task that writes the table to its file: [`RecorderTask::stop`] writes it once more and
+/// joins it.
 pub struct RecorderTask {
     stop: oneshot::Sender<()>,
-    handle: tokio::task::JoinHandle<()>,
+    handle: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl RecorderTask {
-    /// Stop the task after it has applied every queued event and saved the file.
+    /// Stop the task after it has saved the table as it is now.
     pub async fn stop(self) {
         let _ = self.stop.send(());
-        if let Err(e) = self.handle.await {
-            tracing::warn!(error = %e, "the client recorder task failed");
+        if let Some(handle) = self.handle {
+            if let Err(e) = handle.await {
+                tracing::warn!(error = %e, "the client records' saving task failed");
+            }
         }
     }
 }
@@ -356,151 +380,145 @@ fn unix_now() -> f64 {
 }
 
 impl Recorder {
-    /// Start the recorder task with the records at `path` (None: in memory only). Call
-    /// within a tokio runtime.
+    /// A recorder of the records at `path` (None: in memory only), with the task that saves
+    /// them there. Call within a tokio runtime.
     pub fn start(path: Option<PathBuf>, limits: Limits) -> (Recorder, RecorderTask) {
         let records = path.as_deref().map(load_or_move_aside).unwrap_or_default();
+        let recorder = Recorder::with_records(records, limits);
+        let (stop, stopped) = oneshot::channel();
+        let handle =
+            path.map(|path| tokio::spawn(save_task(recorder.shared.clone(), path, stopped)));
+        (recorder, RecorderTask { stop, handle })
+    }
+
+    /// A recorder of `records`, in memory only (no task, no runtime needed).
+    pub fn with_records(records: BTreeMap<Mac, ClientRecord>, limits: Limits) -> Recorder {
         let mut table = Table {
-            records,
+            records: records
+                .into_iter()
+                .map(|(mac, record)| (mac, Arc::new(record)))
+                .collect(),
             macs_by_ip: HashMap::new(),
             limits,
+            version: 0,
+            published: Arc::default(),
         };
         table.prune(unix_now());
-        let (tx, rx) = mpsc::channel(QUEUE);
-        let (table_tx, table_rx) = watch::channel(Arc::new(Published {
+        table.published = Arc::new(Published {
             version: 0,
             records: table.records.clone(),
-        }));
-        let (updates, _) = broadcast::channel(1024);
-        let (stop_tx, stop_rx) = oneshot::channel();
-        let handle = tokio::spawn(run_task(
-            table,
-            path,
-            rx,
-            stop_rx,
-            table_tx,
-            updates.clone(),
-        ));
-        (
-            Recorder {
-                tx,
-                table: table_rx,
-                updates,
-            },
-            RecorderTask {
-                stop: stop_tx,
-                handle,
-            },
-        )
+        });
+        Recorder {
+            shared: Arc::new(Shared {
+                table: Mutex::new(table),
+                facts: broadcast::channel(FACTS).0,
+                changed: Notify::new(),
+            }),
+        }
     }
 
-    /// Hand an event to the recorder; never waits (a full queue drops it, with a warning).
+    fn lock(&self) -> MutexGuard<'_, Table> {
+        // Every change is whole before the lock is released, except for a panic inside one
+        // record's update, which leaves that record half updated but the table usable.
+        self.shared.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Apply an event to the table and publish it, with the stage it made, to subscribers.
+    /// Never waits on a subscriber.
     pub fn record(&self, event: BootEvent) {
-        if let Err(e) = self.tx.try_send(Message::Event(event)) {
-            tracing::warn!(error = %e, "client recorder busy: a boot event is not recorded");
+        let event = Arc::new(event);
+        let mut table = self.lock();
+        // Sent under the lock: subscribers see the facts in the table's order.
+        let _ = self.shared.facts.send(Recorded::Event(event.clone()));
+        if let Some(fact) = table.apply(&event, unix_now()) {
+            let _ = self.shared.facts.send(fact);
+            self.shared.changed.notify_one();
         }
     }
 
-    /// Wait until every event recorded before this call is in the table.
-    pub async fn sync(&self) {
-        let (tx, rx) = oneshot::channel();
-        if self.tx.send(Message::Sync(tx)).await.is_ok() {
-            let _ = rx.await;
+    /// Start boot `id` of `mac` (its report token's): the stages reported before are
+    /// forgotten, reports of other boots refused. Saved with the table like every change.
+    pub fn start_boot(&self, mac: Mac, id: BootId) {
+        self.lock().start_boot(mac, id, unix_now());
+        self.shared.changed.notify_one();
+    }
+
+    /// Whether boot `id` of `mac` may report `stage` now; if so it counts as reported. See
+    /// [`crate::tokens`] for each refusal.
+    pub fn accept_stage(&self, mac: Mac, id: BootId, stage: &Stage) -> Result<(), Refusal> {
+        let accepted = self.lock().accept_stage(mac, id, stage);
+        if accepted.is_ok() {
+            self.shared.changed.notify_one();
         }
+        accepted
     }
 
-    /// Every client's record, as of the last event applied.
-    pub fn snapshot(&self) -> Vec<ClientRecord> {
-        self.table.borrow().records.values().cloned().collect()
+    /// The current boot of `mac`.
+    pub fn current_boot(&self, mac: Mac) -> Option<CurrentBoot> {
+        self.lock().records.get(&mac)?.boot.clone()
     }
 
-    /// The table as of the last event applied, shared (not copied), with its version.
+    /// Every client's record, as of now.
+    pub fn snapshot(&self) -> Vec<Arc<ClientRecord>> {
+        self.published().records.values().cloned().collect()
+    }
+
+    /// The table as of now, shared (not copied), with its version.
     pub fn published(&self) -> Arc<Published> {
-        self.table.borrow().clone()
+        self.lock().published()
     }
 
     /// One client's record.
-    pub fn get(&self, mac: Mac) -> Option<ClientRecord> {
-        self.table.borrow().records.get(&mac).cloned()
+    pub fn get(&self, mac: Mac) -> Option<Arc<ClientRecord>> {
+        self.lock().records.get(&mac).cloned()
     }
 
-    /// Every event and every changed record from now on. A reader that falls behind by more
-    /// than 1024 messages gets `RecvError::Lagged` and should take a [`snapshot`](Self::snapshot).
+    /// Every fact from now on. A reader that falls behind by more than 1024 gets
+    /// `RecvError::Lagged` and should take a [`snapshot`](Self::snapshot).
     pub fn subscribe(&self) -> broadcast::Receiver<Recorded> {
-        self.updates.subscribe()
+        self.shared.facts.subscribe()
     }
 }
 
-async fn run_task(
-    mut table: Table,
-    path: Option<PathBuf>,
-    mut rx: mpsc::Receiver<Message>,
-    mut stop: oneshot::Receiver<()>,
-    table_tx: watch::Sender<Arc<Published>>,
-    updates: broadcast::Sender<Recorded>,
-) {
-    let mut version = 0;
-    let mut publish = |records: &BTreeMap<Mac, ClientRecord>| {
-        version += 1;
-        table_tx.send_replace(Arc::new(Published {
-            version,
-            records: records.clone(),
-        }));
+/// Save the table to `path` when it changed, at most once per [`SAVE_DELAY`], until `stop`;
+/// then once more if it changed since.
+async fn save_task(shared: Arc<Shared>, path: PathBuf, mut stop: oneshot::Receiver<()>) {
+    let published = || {
+        let mut table = shared.table.lock().unwrap_or_else(|e| e.into_inner());
+        table.published()
     };
-    let mut dirty = false;
+    // The table as loaded is version 0 (the task may first run after changes were made).
+    let mut saved = 0;
     // A failed save is logged once per failing spell, not every SAVE_DELAY.
-    let mut save_failing = diskless_dhcp::state_file::FailingSpell::default();
-    let save_timer = tokio::time::sleep(Duration::ZERO);
-    tokio::pin!(save_timer);
+    let mut failing = diskless_dhcp::state_file::FailingSpell::default();
     loop {
         tokio::select! {
-            message = rx.recv() => {
-                let Some(message) = message else { break };
-                match message {
-                    Message::Sync(done) => {
-                        let _ = done.send(());
-                    }
-                    Message::Event(event) => {
-                        let event = Arc::new(event);
-                        let _ = updates.send(Recorded::Event(event.clone()));
-                        if let Some(record) = table.apply(&event, unix_now()) {
-                            let _ = updates.send(Recorded::Client(Arc::new(record)));
-                            publish(&table.records);
-                            if !dirty {
-                                dirty = true;
-                                save_timer.as_mut().reset(tokio::time::Instant::now() + SAVE_DELAY);
-                            }
-                        }
-                    }
-                }
-            }
-            _ = &mut save_timer, if dirty => {
-                dirty = false;
-                save(path.as_deref(), &table.records, &mut save_failing).await;
-            }
+            _ = shared.changed.notified() => {}
             _ = &mut stop => break,
         }
-    }
-    // Apply what is still queued, then save once more.
-    rx.close();
-    while let Ok(message) = rx.try_recv() {
-        if let Message::Event(event) = message {
-            dirty |= table.apply(&event, unix_now()).is_some();
+        // The changes of the next SAVE_DELAY go into the same write.
+        tokio::select! {
+            _ = tokio::time::sleep(SAVE_DELAY) => {}
+            _ = &mut stop => break,
         }
+        let table = published();
+        save(&path, &table, &mut failing).await;
+        saved = table.version;
     }
-    publish(&table.records);
-    if dirty {
-        save(path.as_deref(), &table.records, &mut save_failing).await;
+    let table = published();
+    if table.version != saved {
+        save(&path, &table, &mut failing).await;
     }
 }
 
 async fn save(
-    path: Option<&Path>,
-    records: &BTreeMap<Mac, ClientRecord>,
+    path: &Path,
+    table: &Published,
     failing: &mut diskless_dhcp::state_file::FailingSpell,
 ) {
-    let Some(path) = path else { return };
-    let mut json = serde_json::to_vec_pretty(records).expect("records serialize");
+    let records: BTreeMap<&Mac, &ClientRecord> =
+        table.records.iter().map(|(mac, r)| (mac, &**r)).collect();
+    let mut json = serde_json::to_vec_pretty(&records).expect("records serialize");
     json.push(b'\n');
     let path = path.to_path_buf();
     let result =
@@ -521,12 +539,16 @@ async fn save(
     }
 }
 
-/// The recorder task's state.
+/// The recorder's state.
 struct Table {
-    records: BTreeMap<Mac, ClientRecord>,
+    records: BTreeMap<Mac, Arc<ClientRecord>>,
     /// Which MAC was last given which address, by DHCP: TFTP only sees addresses.
     macs_by_ip: HashMap<IpAddr, Mac>,
     limits: Limits,
+    /// Counts the changes of `records`.
+    version: u64,
+    /// `records` as of some version, made again when a reader asks after a change.
+    published: Arc<Published>,
 }
 
 /// What a stage updates besides the stage itself.
@@ -536,17 +558,67 @@ struct Update {
     hostname: Option<String>,
     firmware: Option<String>,
     image: Option<(String, String)>,
-    /// A script started this boot.
-    new_boot: Option<BootId>,
-    /// The boot reported this stage.
-    reported: Option<BootId>,
     /// With `image`: the Secure Boot chain, and whether its kernel is signed.
     secure_boot: Option<(bool, Option<bool>)>,
 }
 
 impl Table {
-    /// Apply one event; the changed record, if the event is a stage of a client.
-    fn apply(&mut self, event: &BootEvent, now: f64) -> Option<ClientRecord> {
+    /// The table as of its last change.
+    fn published(&mut self) -> Arc<Published> {
+        if self.published.version != self.version {
+            self.published = Arc::new(Published {
+                version: self.version,
+                records: self.records.clone(),
+            });
+        }
+        self.published.clone()
+    }
+
+    /// `mac`'s record, made if there is none, to change: copied only if a reader holds it.
+    fn record_mut(&mut self, mac: Mac, now: f64) -> &mut ClientRecord {
+        self.version += 1;
+        let record = self
+            .records
+            .entry(mac)
+            .or_insert_with(|| Arc::new(ClientRecord::new(mac, now)));
+        Arc::make_mut(record)
+    }
+
+    /// Boot `id` of `mac` starts (see [`Recorder::start_boot`]).
+    fn start_boot(&mut self, mac: Mac, id: BootId, now: f64) {
+        self.record_mut(mac, now).boot = Some(CurrentBoot {
+            id,
+            reported: Vec::new(),
+        });
+        self.prune(now);
+    }
+
+    /// See [`Recorder::accept_stage`].
+    fn accept_stage(&mut self, mac: Mac, id: BootId, stage: &Stage) -> Result<(), Refusal> {
+        let boot = self
+            .records
+            .get(&mac)
+            .and_then(|r| r.boot.as_ref())
+            .ok_or(Refusal::UnknownBoot)?;
+        if boot.id != id || boot.reported.contains(stage) {
+            return Err(Refusal::Replayed);
+        }
+        if boot.reported.len() >= MAX_STAGES {
+            return Err(Refusal::TooManyStages);
+        }
+        self.version += 1;
+        let record = Arc::make_mut(self.records.get_mut(&mac).expect("looked up above"));
+        record
+            .boot
+            .as_mut()
+            .expect("looked up above")
+            .reported
+            .push(stage.clone());
+        Ok(())
+    }
+
+    /// Apply one event; the stage it made a client reach, if any, as a fact.
+    fn apply(&mut self, event: &BootEvent, now: f64) -> Option<Recorded> {
         let (mac, stage, detail, starts_boot, update) = match event {
             BootEvent::Dhcp {
                 mac,
@@ -594,7 +666,7 @@ impl Table {
                 hostname,
                 image,
                 version,
-                boot,
+                boot: _,
                 secure_boot,
                 kernel_signed,
             } => {
@@ -602,7 +674,6 @@ impl Table {
                     ip: *client,
                     hostname: hostname.clone(),
                     image: Some((image.clone(), version.clone())),
-                    new_boot: Some(*boot),
                     secure_boot: Some((*secure_boot, *kernel_signed)),
                     ..Default::default()
                 };
@@ -620,19 +691,22 @@ impl Table {
                 client,
                 stage,
                 detail,
-                boot,
+                boot: _,
             } => {
+                // The boot's stages were noted when its token was checked
+                // ([`Recorder::accept_stage`]).
                 let update = Update {
                     ip: *client,
-                    reported: Some(*boot),
                     ..Default::default()
                 };
                 (*mac, stage.clone(), detail.clone(), false, update)
             }
         };
-        let record = self.stage(mac, stage, detail, starts_boot, update, now);
+        let stage = self.stage(mac, stage, detail, starts_boot, update, now);
         self.prune(now);
-        Some(record)
+        // A client dropped at once (a bound of 0) has no record to publish.
+        let record = self.records.get(&mac)?.clone();
+        Some(Recorded::Stage { mac, stage, record })
     }
 
     /// Record that `mac` reached `stage`. `starts_boot` marks the first stage of a boot
@@ -645,11 +719,8 @@ impl Table {
         starts_boot: bool,
         update: Update,
         now: f64,
-    ) -> ClientRecord {
-        let record = self
-            .records
-            .entry(mac)
-            .or_insert_with(|| ClientRecord::new(mac, now));
+    ) -> StageEvent {
+        let record = self.record_mut(mac, now);
         let stale = now - record.boot_started > BOOT_STALE_SECS;
         if starts_boot && (record.finished() || stale || record.stages.is_empty()) {
             record.boot_started = now;
@@ -658,32 +729,12 @@ impl Table {
         if record.stages.len() >= MAX_STAGES {
             record.stages.remove(0);
         }
-        if let Some(id) = update.new_boot {
-            record.boot = Some(CurrentBoot {
-                id,
-                reported: Vec::new(),
-            });
-        }
-        if let Some(id) = update.reported {
-            // A script event dropped on a full queue leaves another boot here: the report's
-            // own boot is the current one (the token checker accepted it).
-            let boot = record.boot.get_or_insert_with(|| CurrentBoot {
-                id,
-                reported: Vec::new(),
-            });
-            if boot.id != id {
-                *boot = CurrentBoot {
-                    id,
-                    reported: Vec::new(),
-                };
-            }
-            boot.reported.push(stage.clone());
-        }
-        record.stages.push(StageEvent {
+        let reached = StageEvent {
             stage,
             at: ((now - record.boot_started) * 1000.0).round() / 1000.0,
             detail,
-        });
+        };
+        record.stages.push(reached.clone());
         if let Some(ip) = update.ip {
             record.ip = Some(ip);
         }
@@ -701,12 +752,13 @@ impl Table {
             record.secure_boot = secure_boot;
             record.kernel_signed = kernel_signed;
         }
-        record.clone()
+        reached
     }
 
     /// Drop expired clients, then the ones seen longest ago beyond the bound.
     fn prune(&mut self, now: f64) {
         let expiry = self.limits.expiry.as_secs_f64();
+        let before = self.records.len();
         self.records.retain(|_, r| now - r.last_seen() <= expiry);
         while self.records.len() > self.limits.max_clients {
             let oldest = self
@@ -716,6 +768,9 @@ impl Table {
                 .map(|r| r.mac)
                 .expect("not empty");
             self.records.remove(&oldest);
+        }
+        if self.records.len() != before {
+            self.version += 1;
         }
         let records = &self.records;
         self.macs_by_ip.retain(|_, mac| records.contains_key(mac));
@@ -808,7 +863,6 @@ mod tests {
         // The initramfs does DHCP again: that is not a new boot.
         recorder.record(offer(m, None));
         recorder.record(report(m, "multi-user", ""));
-        recorder.sync().await;
         let r = recorder.get(m).unwrap();
         let stages: Vec<&str> = r.stages.iter().map(|s| s.stage.as_str()).collect();
         assert_eq!(
@@ -826,7 +880,6 @@ mod tests {
         assert!(r.seconds_to(&Stage::MultiUser).is_some());
         // After a final stage, the next firmware offer starts a new boot.
         recorder.record(offer(m, None));
-        recorder.sync().await;
         let fresh = recorder.get(m).unwrap();
         assert_eq!(fresh.stages.len(), 1);
         assert_eq!(
@@ -836,7 +889,7 @@ mod tests {
         );
         // Saved on stop, and loaded by the next server.
         task.stop().await;
-        assert_eq!(load(&path).unwrap()[&m], fresh);
+        assert_eq!(load(&path).unwrap()[&m], *fresh);
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(text.contains("\"52:54:00:00:00:01\""), "{text}");
         let (again, task) = Recorder::start(Some(path), Limits::default());
@@ -845,7 +898,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn subscribers_get_events_and_changed_records() {
+    async fn subscribers_get_events_and_stage_facts() {
         let (recorder, task) = Recorder::start(None, Limits::default());
         let mut updates = recorder.subscribe();
         let file = BootEvent::HttpFile {
@@ -863,7 +916,9 @@ mod tests {
         }
         assert!(matches!(&got[0], Recorded::Event(e) if **e == file));
         assert!(matches!(&got[1], Recorded::Event(e) if matches!(**e, BootEvent::Report { .. })));
-        assert!(matches!(&got[2], Recorded::Client(r) if r.stage() == "fetched"));
+        assert!(
+            matches!(&got[2], Recorded::Stage { stage, record, .. } if stage.stage == Stage::Fetched && record.stage() == "fetched")
+        );
         assert_eq!(recorder.snapshot().len(), 1, "image files are not stages");
         task.stop().await;
     }
@@ -878,6 +933,8 @@ mod tests {
             records: BTreeMap::new(),
             macs_by_ip: HashMap::new(),
             limits,
+            version: 0,
+            published: Arc::default(),
         };
         let now = 1_800_000_000.0;
         for i in 0..5u8 {
@@ -898,6 +955,99 @@ mod tests {
         let r = &table.records[&mac(9)];
         assert_eq!(r.stages.len(), MAX_STAGES);
         assert_eq!(r.stages.last().unwrap().detail, "199");
+    }
+
+    #[tokio::test]
+    async fn a_record_is_shared_with_every_subscriber_not_copied() {
+        let (recorder, task) = Recorder::start(None, Limits::default());
+        let (mut one, mut two) = (recorder.subscribe(), recorder.subscribe());
+        recorder.record(report(mac(1), "fetched", ""));
+        let stage_record = |rx: &mut broadcast::Receiver<Recorded>| loop {
+            if let Recorded::Stage { record, .. } = rx.try_recv().unwrap() {
+                return record;
+            }
+        };
+        let (a, b) = (stage_record(&mut one), stage_record(&mut two));
+        assert!(Arc::ptr_eq(&a, &b), "two subscribers, one record");
+        let table = recorder.published();
+        assert!(Arc::ptr_eq(&a, &table.records[&mac(1)]), "and the table's");
+        assert!(Arc::ptr_eq(&a, &recorder.get(mac(1)).unwrap()));
+        // Another client's stage leaves this record as it was: shared, not copied.
+        recorder.record(report(mac(2), "fetched", ""));
+        assert!(Arc::ptr_eq(&a, &recorder.published().records[&mac(1)]));
+        task.stop().await;
+    }
+
+    #[tokio::test]
+    async fn each_stage_is_one_fact_in_the_tables_order() {
+        let recorder = Recorder::with_records(BTreeMap::new(), Limits::default());
+        let mut facts = recorder.subscribe();
+        for stage in ["network-up", "fetching", "fetched"] {
+            recorder.record(report(mac(1), stage, ""));
+        }
+        let mut stages = Vec::new();
+        while let Ok(fact) = facts.try_recv() {
+            if let Recorded::Stage {
+                mac: m,
+                stage,
+                record,
+            } = fact
+            {
+                assert_eq!(m, mac(1));
+                assert_eq!(
+                    record.stages.last(),
+                    Some(&stage),
+                    "the record after the stage"
+                );
+                stages.push(stage.stage.to_string());
+            }
+        }
+        assert_eq!(stages, ["network-up", "fetching", "fetched"]);
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_that_does_not_read_loses_no_boot_and_no_token_stage() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("clients.json");
+        let (recorder, task) = Recorder::start(Some(path.clone()), Limits::default());
+        let mut stalled = recorder.subscribe();
+        let flood = || {
+            for _ in 0..3 * FACTS {
+                recorder.record(BootEvent::HttpFile {
+                    client: None,
+                    image: "lab".into(),
+                    version: "v1".into(),
+                    file: ImageFile::Squashfs,
+                    bytes: 1,
+                });
+            }
+        };
+        flood();
+        recorder.start_boot(mac(1), BootId(7));
+        flood();
+        assert_eq!(
+            recorder.accept_stage(mac(1), BootId(7), &Stage::Fetched),
+            Ok(())
+        );
+        flood();
+        assert!(
+            matches!(
+                stalled.try_recv(),
+                Err(broadcast::error::TryRecvError::Lagged(_))
+            ),
+            "the subscriber missed facts"
+        );
+        let boot = CurrentBoot {
+            id: BootId(7),
+            reported: vec![Stage::Fetched],
+        };
+        assert_eq!(recorder.current_boot(mac(1)), Some(boot.clone()));
+        assert_eq!(
+            recorder.accept_stage(mac(1), BootId(7), &Stage::Fetched),
+            Err(Refusal::Replayed)
+        );
+        task.stop().await;
+        assert_eq!(load(&path).unwrap()[&mac(1)].boot, Some(boot), "saved");
     }
 
     #[tokio::test]

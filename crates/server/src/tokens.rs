@@ -18,34 +18,34 @@
 //! - the token is that boot's, not an earlier one's ([`Refusal::Replayed`]),
 //! - and the stage was not accepted for this boot already ([`Refusal::Replayed`]: the boot
 //!   script's stages only go forward, so a repeated stage, identical or not, is refused), with
-//!   at most [`MAX_STAGES`] stages per boot ([`Refusal::TooManyStages`]).
+//!   at most [`MAX_STAGES`](crate::recorder::MAX_STAGES) stages per boot ([`Refusal::TooManyStages`]).
 //!
-//! The current boots live in a bounded map here, the one place that decides; the recorder
-//! keeps a copy in each client's record (`boot` in `clients.json`), from which a restarted
-//! server takes them back ([`Boots::new`]): a client that is mid-boot while the service
-//! restarts still reports. A reload does not touch them.
+//! The current boots have one owner, the recorder: each lives in its client's record (`boot`
+//! in `clients.json`), set by [`Boots::issue`] and checked by [`Boots::accept`] under the
+//! table's lock, never through the recorder's fact channel (which drops facts for a reader
+//! that falls behind). They are bounded with the records (`[record] max_clients`, the client
+//! seen longest ago goes first), saved with them, and a restarted server takes them back: a
+//! client that is mid-boot while the service restarts still reports. A reload does not touch
+//! them.
 //!
 //! The key is 32 bytes from the kernel's CSPRNG (`getrandom`), made on the first start in
 //! `STATE/report.key`, mode 0600, through the one atomic write
 //! ([`diskless_dhcp::state_file`]). A key file of another size is an error naming it, never
 //! replaced: replacing it would silently invalidate every boot under way.
 
+use crate::recorder::Recorder;
 use diskless_boot::Stage;
 use diskless_dhcp::Mac;
 use hmac::{Hmac, Mac as _};
 use sha2::Sha256;
-use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::Mutex;
 
 /// The key file in the state directory.
 pub const KEY_FILE: &str = "report.key";
 /// Bytes of key.
 pub const KEY_LEN: usize = 32;
-/// Stages accepted per boot (the boot script sends six).
-pub const MAX_STAGES: usize = 32;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -220,7 +220,7 @@ pub enum Refusal {
     Replayed,
     /// A genuine token, but the MAC has no current boot (never issued, or dropped).
     UnknownBoot,
-    /// The boot already reported [`MAX_STAGES`] stages.
+    /// The boot already reported [`MAX_STAGES`](crate::recorder::MAX_STAGES) stages.
     TooManyStages,
 }
 
@@ -272,51 +272,25 @@ pub struct CurrentBoot {
     pub reported: Vec<Stage>,
 }
 
-/// The current boot of each client, and the key their tokens are checked with.
+/// The gate of stage reports: issues each boot's token and checks the tokens with the key;
+/// the boots themselves are the recorder's ([`Recorder::start_boot`], in each client's record).
+#[derive(Clone)]
 pub struct Boots {
     key: ReportKey,
-    table: Mutex<Table>,
-}
-
-struct Table {
-    /// Each MAC's current boot and when it was issued (a count: the oldest goes first).
-    boots: HashMap<Mac, (u64, CurrentBoot)>,
-    issued: u64,
-    limit: usize,
+    recorder: Recorder,
 }
 
 impl Boots {
-    /// Check tokens with `key`; keep at most `limit` boots (the ones issued longest ago go
-    /// first); start with the boots a previous run recorded.
-    pub fn new(
-        key: ReportKey,
-        limit: usize,
-        recorded: impl IntoIterator<Item = (Mac, CurrentBoot)>,
-    ) -> Boots {
-        let mut table = Table {
-            boots: HashMap::new(),
-            issued: 0,
-            limit: limit.max(1),
-        };
-        for (mac, boot) in recorded {
-            table.insert(mac, boot);
-        }
-        Boots {
-            key,
-            table: Mutex::new(table),
-        }
+    /// Check tokens with `key` against the boots `recorder` keeps (those a previous run
+    /// recorded included).
+    pub fn new(key: ReportKey, recorder: Recorder) -> Boots {
+        Boots { key, recorder }
     }
 
     /// Start a new boot of `mac`: its earlier tokens are replays from now on.
     pub fn issue(&self, mac: Mac) -> Token {
         let id = BootId::random();
-        self.lock().insert(
-            mac,
-            CurrentBoot {
-                id,
-                reported: Vec::new(),
-            },
-        );
+        self.recorder.start_boot(mac, id);
         self.key.token(mac, id)
     }
 
@@ -330,55 +304,35 @@ impl Boots {
         if !self.key.verify(mac, &token) {
             return Err(Refusal::Forged);
         }
-        let mut table = self.lock();
-        let (_, boot) = table.boots.get_mut(&mac).ok_or(Refusal::UnknownBoot)?;
-        if boot.id != token.boot || boot.reported.contains(stage) {
-            return Err(Refusal::Replayed);
-        }
-        if boot.reported.len() >= MAX_STAGES {
-            return Err(Refusal::TooManyStages);
-        }
-        boot.reported.push(stage.clone());
-        Ok(boot.id)
+        self.recorder.accept_stage(mac, token.boot, stage)?;
+        Ok(token.boot)
     }
 
     /// The current boot of `mac`.
     pub fn current(&self, mac: Mac) -> Option<CurrentBoot> {
-        self.lock().boots.get(&mac).map(|(_, b)| b.clone())
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
-        // The table is consistent after every statement: a panic elsewhere leaves it usable.
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
-    }
-}
-
-impl Table {
-    fn insert(&mut self, mac: Mac, boot: CurrentBoot) {
-        self.issued += 1;
-        self.boots.insert(mac, (self.issued, boot));
-        while self.boots.len() > self.limit {
-            let oldest = self
-                .boots
-                .iter()
-                .min_by_key(|(_, (issued, _))| *issued)
-                .map(|(mac, _)| *mac)
-                .expect("not empty");
-            self.boots.remove(&oldest);
-        }
+        self.recorder.current_boot(mac)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::recorder::{ClientRecord, Limits, MAX_STAGES};
 
     fn mac(last: u8) -> Mac {
         Mac([0x52, 0x54, 0, 0, 0, last])
     }
 
-    fn boots(limit: usize) -> Boots {
-        Boots::new(ReportKey::from_bytes([7; KEY_LEN]), limit, [])
+    fn recorder(max_clients: usize) -> Recorder {
+        let limits = Limits {
+            max_clients,
+            ..Limits::default()
+        };
+        Recorder::with_records(Default::default(), limits)
+    }
+
+    fn boots(max_clients: usize) -> Boots {
+        Boots::new(ReportKey::from_bytes([7; KEY_LEN]), recorder(max_clients))
     }
 
     #[test]
@@ -464,8 +418,20 @@ mod tests {
         );
         b.accept(mac(3), Some(&tokens[2]), &st("x")).unwrap();
         // A new server with the same key and the recorded boots takes the tokens.
-        let recorded = [(mac(3), b.current(mac(3)).unwrap())];
-        let again = Boots::new(ReportKey::from_bytes([7; KEY_LEN]), 2, recorded);
+        let recorded = b
+            .recorder
+            .snapshot()
+            .into_iter()
+            .map(|r| (r.mac, ClientRecord::clone(&r)))
+            .collect();
+        let limits = Limits {
+            max_clients: 2,
+            ..Limits::default()
+        };
+        let again = Boots::new(
+            ReportKey::from_bytes([7; KEY_LEN]),
+            Recorder::with_records(recorded, limits),
+        );
         assert_eq!(
             again.accept(mac(3), Some(&tokens[2]), &st("x")),
             Err(Refusal::Replayed)
