@@ -182,7 +182,7 @@ impl BootPolicy for Booter {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::recorder::{Limits, Recorded, RecorderTask};
     use crate::tokens::{BootId, ReportKey, KEY_LEN};
@@ -204,21 +204,27 @@ mod tests {
         _recorder: RecorderTask,
     }
 
-    /// A Booter over a store holding image `lab`, on a site of `config`, with one listed
-    /// client ([`LISTED`]).
-    fn fixture(config: &str) -> Fixture {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("store")).unwrap();
+    /// A store in `dir`/store holding one version of image `lab` (a 10-byte squashfs), and
+    /// that version.
+    pub(crate) fn store_with_lab(dir: &std::path::Path) -> (Store, String) {
+        let store = Store::open(dir.join("store")).unwrap();
         let files: [(&str, &[u8]); 4] = [
-            (SQUASHFS, b"root"),
+            (SQUASHFS, b"0123456789"),
             (KERNEL, b"kernel"),
             (INITRD, b"initrd"),
             (BOOT_CPIO, b"cpio"),
         ];
-        let version = store
+        let manifest = store
             .publish_files("lab", "20260101-000000-abcdef01", &files)
-            .unwrap()
-            .version;
+            .unwrap();
+        (store, manifest.version)
+    }
+
+    /// A Booter over [`store_with_lab`], on a site of `config`, with one listed client
+    /// ([`LISTED`]).
+    fn fixture(config: &str) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, version) = store_with_lab(dir.path());
         let site = Site::for_tests(&format!(
             "http_port = 8080\n{config}\n[[client]]\nmac = \"{LISTED}\"\n"
         ));

@@ -374,7 +374,7 @@ mod tests {
     use super::*;
     use crate::recorder::{Limits, RecorderTask};
     use axum::body::Body;
-    use diskless_image::manifest::{BOOT_CPIO, INITRD, KERNEL, SQUASHFS};
+    use diskless_image::manifest::{KERNEL, SQUASHFS};
 
     struct Fixture {
         _dir: tempfile::TempDir,
@@ -393,16 +393,7 @@ mod tests {
 
     fn fixture(config: &str) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("store")).unwrap();
-        let files: [(&str, &[u8]); 4] = [
-            (SQUASHFS, b"0123456789"),
-            (KERNEL, b"kernel"),
-            (INITRD, b"initrd"),
-            (BOOT_CPIO, b"cpio"),
-        ];
-        let manifest = store
-            .publish_files("lab", "20260101-000000-abcdef01", &files)
-            .unwrap();
+        let (store, version) = crate::booter::tests::store_with_lab(dir.path());
         std::fs::write(dir.path().join("secret"), "do not serve").unwrap();
         let ipxe_dir = dir.path().join("ipxe");
         std::fs::create_dir(&ipxe_dir).unwrap();
@@ -451,7 +442,7 @@ mod tests {
         Fixture {
             _dir: dir,
             state,
-            version: manifest.version,
+            version,
             site,
             _recorder: task,
         }
