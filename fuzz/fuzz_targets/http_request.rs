@@ -21,6 +21,7 @@ use diskless_boot::{Site, Stage};
 use diskless_image::manifest::{BOOT_CPIO, INITRD, KERNEL, SQUASHFS};
 use diskless_image::store::Store;
 use diskless_server::access::Access;
+use diskless_server::booter::Booter;
 use diskless_server::http::{router, HttpState};
 use diskless_server::metrics::Metrics;
 use diskless_server::recorder::{Limits, Recorder, RecorderTask};
@@ -80,11 +81,19 @@ fn fixture() -> &'static Fixture {
             ..Limits::default()
         };
         let (recorder, task) = runtime.block_on(async { Recorder::start(None, limits) });
+        let boots = Arc::new(Boots::new(ReportKey::from_bytes([9; KEY_LEN]), 1000, []));
+        let booter = Booter::new(
+            site_rx.clone(),
+            store.clone(),
+            recorder.clone(),
+            boots.clone(),
+        );
         let state = Arc::new(HttpState {
             site: site_rx,
             store,
             recorder,
-            boots: Arc::new(Boots::new(ReportKey::from_bytes([9; KEY_LEN]), 1000, [])),
+            boots,
+            booter: Arc::new(booter),
             ipxe_dir: ipxe,
             ipxe_files: vec!["ipxe.efi".into()],
             access: Access::new(Arc::new(Metrics::new())),

@@ -1,10 +1,12 @@
 //! The one boot decision: given a client, what it boots, or that it is refused (pixiecore's
 //! `Booter.BootSpec(Machine)`).
 //!
-//! Everything that hands a client something asks here: the DHCP core (through the
-//! [`BootPolicy`] impl on [`Site`]: which first-stage file or URL each firmware gets, and the
-//! host name), the HTTP server for the iPXE script ([`Site::boot_spec`]), and later a GRUB
-//! config. The chain a client follows is chosen by its [`Loader`]:
+//! Pure functions of the [`Site`]; the server's `Booter` (crates/server/src/booter.rs) is
+//! the one caller, asked by DHCP, the HTTP script route and the TFTP/GRUB hook. Per boot it
+//! asks two questions: at DHCP time [`Site::first_stage`] (is the client booted, by which
+//! [`Loader`], and what its firmware loads first, a typed [`BootOffer`]), and once, when the
+//! client asks for its iPXE script or GRUB config, [`Site::boot_spec`] (what it boots: the
+//! boot that gets a report token). The chain a client follows is chosen by its [`Loader`]:
 //!
 //! | firmware (option 60/77/93) | [`Loader::Ipxe`] gets                                  |
 //! |----------------------------|--------------------------------------------------------|
@@ -25,7 +27,7 @@ use crate::config::UnknownClients;
 use crate::routes::Route;
 use crate::site::Site;
 use diskless_dhcp::classify::arch;
-use diskless_dhcp::{BootOffer, BootPolicy, ClientInfo, ClientKind, Mac};
+use diskless_dhcp::{BootOffer, ClientInfo, ClientKind, Mac};
 use std::net::{IpAddr, Ipv4Addr};
 
 /// A client asking to boot: who it is and what its firmware is.
@@ -106,17 +108,39 @@ impl Site {
         self.clients.contains_key(&mac) || self.unknown_clients == UnknownClients::Boot
     }
 
+    /// Whether any client boots the Secure Boot chain (`[boot] secure_boot`, or a client's):
+    /// without one the server serves none of the chain's files.
+    pub fn secure_boot_used(&self) -> bool {
+        self.secure_boot || self.clients.values().any(|c| c.secure_boot == Some(true))
+    }
+
     /// The host name of `mac`: its `[[client]]` entry's.
     pub fn hostname(&self, mac: Mac) -> Option<String> {
         self.clients.get(&mac).and_then(|c| c.hostname.clone())
     }
 
+    /// The loader chain `mac` follows ([`Loader::ShimGrub`] with the client's or the site's
+    /// `secure_boot`); None: it is refused (an unknown client on a site that ignores them).
+    pub fn loader(&self, mac: Mac) -> Option<Loader> {
+        if !self.serves(mac) {
+            return None;
+        }
+        let secure_boot = self
+            .clients
+            .get(&mac)
+            .and_then(|c| c.secure_boot)
+            .unwrap_or(self.secure_boot);
+        Some(if secure_boot {
+            Loader::ShimGrub
+        } else {
+            Loader::Ipxe
+        })
+    }
+
     /// What `machine` boots; None: it is refused (an unknown client on a site that ignores
     /// them).
     pub fn boot_spec(&self, machine: &Machine) -> Option<BootSpec> {
-        if !self.serves(machine.mac) {
-            return None;
-        }
+        let loader = self.loader(machine.mac)?;
         let entry = self.clients.get(&machine.mac);
         let extra = entry.and_then(|c| c.cmdline.as_deref()).unwrap_or("");
         let cmdline = [self.cmdline.as_str(), extra]
@@ -132,15 +156,8 @@ impl Site {
                 .and_then(|ip| self.subnets.iter().find(|s| s.net.contains(&ip)))
                 .map_or_else(|| self.image_urls.clone(), |s| s.image_urls.clone()),
         };
-        let secure_boot = entry
-            .and_then(|c| c.secure_boot)
-            .unwrap_or(self.secure_boot);
         Some(BootSpec {
-            loader: if secure_boot {
-                Loader::ShimGrub
-            } else {
-                Loader::Ipxe
-            },
+            loader,
             image: entry
                 .and_then(|c| c.image.clone())
                 .or_else(|| self.default_image.clone()),
@@ -153,48 +170,36 @@ impl Site {
         })
     }
 
-    /// The file or URL the firmware of `machine` loads first, for `spec`'s loader (the table
-    /// in the module docs); None: nothing for this firmware.
-    pub fn first_stage(&self, machine: &Machine, spec: &BootSpec) -> Option<String> {
+    /// What the firmware of `machine` loads first (the table in the module docs), typed by
+    /// how it fetches it; None: it is refused, or nothing fits its firmware.
+    pub fn first_stage(&self, machine: &Machine) -> Option<BootOffer> {
+        let loader = self.loader(machine.mac)?;
         let ipxe = |file: &str| Route::Ipxe(file.to_string());
         let x86_64_pxe = machine.firmware == ClientKind::UefiPxe
             && matches!(machine.arch, Some(arch::EFI_BC | arch::EFI_X86_64));
-        if spec.loader == Loader::ShimGrub && x86_64_pxe {
-            return Some(crate::grub::SHIM_BOOT_FILE.to_string());
+        if loader == Loader::ShimGrub && x86_64_pxe {
+            return Some(BootOffer::Tftp(crate::grub::SHIM_BOOT_FILE.to_string()));
         }
-        match spec.loader {
-            Loader::Ipxe | Loader::ShimGrub => match machine.firmware {
-                ClientKind::Plain => None,
-                // Whatever its architecture: iPXE already runs, so it goes straight to its
-                // script (and never gets the chainloader again).
-                ClientKind::Ipxe => Some(self.url(&Route::BootScript(machine.mac))),
-                ClientKind::BiosPxe => Some(ipxe(&self.ipxe.bios).tftp_path()),
-                // Debian's ipxe package has x86-64 EFI binaries only.
-                ClientKind::UefiPxe => match machine.arch {
-                    Some(arch::EFI_BC | arch::EFI_X86_64) => {
-                        Some(ipxe(&self.ipxe.uefi).tftp_path())
-                    }
-                    _ => None,
-                },
-                ClientKind::UefiHttp => match machine.arch {
-                    None | Some(arch::EFI_X86_64_HTTP) => Some(self.url(&ipxe(&self.ipxe.uefi))),
-                    _ => None,
-                },
+        match machine.firmware {
+            ClientKind::Plain => None,
+            // Whatever its architecture: iPXE already runs, so it goes straight to its
+            // script (and never gets the chainloader again).
+            ClientKind::Ipxe => Some(BootOffer::Url(self.url(&Route::BootScript(machine.mac)))),
+            ClientKind::BiosPxe => Some(BootOffer::Tftp(ipxe(&self.ipxe.bios).tftp_path())),
+            // Debian's ipxe package has x86-64 EFI binaries only.
+            ClientKind::UefiPxe => match machine.arch {
+                Some(arch::EFI_BC | arch::EFI_X86_64) => {
+                    Some(BootOffer::Tftp(ipxe(&self.ipxe.uefi).tftp_path()))
+                }
+                _ => None,
+            },
+            ClientKind::UefiHttp => match machine.arch {
+                None | Some(arch::EFI_X86_64_HTTP) => {
+                    Some(BootOffer::Url(self.url(&ipxe(&self.ipxe.uefi))))
+                }
+                _ => None,
             },
         }
-    }
-}
-
-/// The DHCP core asks the site through this.
-impl BootPolicy for Site {
-    fn boot(&self, client: &ClientInfo) -> Option<BootOffer> {
-        let machine = Machine::from(client);
-        let spec = self.boot_spec(&machine)?;
-        self.first_stage(&machine, &spec).map(BootOffer::new)
-    }
-
-    fn hostname(&self, mac: Mac) -> Option<String> {
-        Site::hostname(self, mac)
     }
 }
 
@@ -324,39 +329,36 @@ image_urls = ["http://teacher-cache"]
     #[test]
     fn each_firmware_gets_its_first_stage() {
         let s = Site::for_tests("http_port = 8080\n");
-        let first = |m: Machine| {
-            s.boot(&diskless_dhcp::fuzzing::client_info(
-                m.mac, m.firmware, m.arch,
-            ))
-            .map(|o| o.filename)
-        };
+        let tftp = |path: &str| Some(BootOffer::Tftp(path.into()));
+        let url = |url: &str| Some(BootOffer::Url(url.into()));
         assert_eq!(
-            first(machine(ClientKind::BiosPxe, None)).as_deref(),
-            Some("ipxe/undionly.kpxe")
+            s.first_stage(&machine(ClientKind::BiosPxe, None)),
+            tftp("ipxe/undionly.kpxe")
         );
         assert_eq!(
-            first(machine(ClientKind::UefiPxe, Some(arch::EFI_X86_64))).as_deref(),
-            Some("ipxe/ipxe.efi")
+            s.first_stage(&machine(ClientKind::UefiPxe, Some(arch::EFI_X86_64))),
+            tftp("ipxe/ipxe.efi")
         );
         assert_eq!(
-            first(machine(ClientKind::UefiHttp, Some(arch::EFI_X86_64_HTTP))).as_deref(),
-            Some("http://10.0.0.1:8080/ipxe/ipxe.efi")
+            s.first_stage(&machine(ClientKind::UefiHttp, Some(arch::EFI_X86_64_HTTP))),
+            url("http://10.0.0.1:8080/ipxe/ipxe.efi")
         );
         // iPXE never gets the chainloader again, whatever its architecture.
         for arch in [None, Some(0), Some(7), Some(9)] {
             assert_eq!(
-                first(machine(ClientKind::Ipxe, arch)).as_deref(),
-                Some("http://10.0.0.1:8080/boot/52-54-00-ab-cd-ef.ipxe")
+                s.first_stage(&machine(ClientKind::Ipxe, arch)),
+                url("http://10.0.0.1:8080/boot/52-54-00-ab-cd-ef.ipxe")
             );
         }
-        assert_eq!(first(machine(ClientKind::Plain, None)), None);
-        assert_eq!(first(machine(ClientKind::UefiPxe, Some(11))), None, "arm64");
+        assert_eq!(s.first_stage(&machine(ClientKind::Plain, None)), None);
+        assert_eq!(
+            s.first_stage(&machine(ClientKind::UefiPxe, Some(11))),
+            None,
+            "arm64"
+        );
         let snp = Site::for_tests("[ipxe]\nuefi = \"snponly.efi\"\n");
         let m = machine(ClientKind::UefiPxe, Some(arch::EFI_BC));
-        assert_eq!(
-            snp.first_stage(&m, &snp.boot_spec(&m).unwrap()).as_deref(),
-            Some("ipxe/snponly.efi")
-        );
+        assert_eq!(snp.first_stage(&m), tftp("ipxe/snponly.efi"));
     }
 
     #[test]
@@ -369,8 +371,10 @@ image_urls = ["http://teacher-cache"]
             address: None,
         };
         assert!(s.boot_spec(&stranger).is_none());
+        assert_eq!(s.loader(stranger.mac), None);
+        assert_eq!(s.first_stage(&stranger), None);
         assert_eq!(
-            BootPolicy::hostname(&s, "52:54:00:00:00:01".parse().unwrap()).as_deref(),
+            s.hostname("52:54:00:00:00:01".parse().unwrap()).as_deref(),
             Some("pc01")
         );
     }
@@ -381,11 +385,14 @@ image_urls = ["http://teacher-cache"]
         let mut pxe = machine(ClientKind::UefiPxe, Some(arch::EFI_BC));
         let spec = sb.boot_spec(&pxe).unwrap();
         assert_eq!(spec.loader, Loader::ShimGrub);
-        assert_eq!(sb.first_stage(&pxe, &spec).as_deref(), Some("shimx64.efi"));
+        assert_eq!(
+            sb.first_stage(&pxe),
+            Some(BootOffer::Tftp("shimx64.efi".into()))
+        );
         let bios = machine(ClientKind::BiosPxe, Some(0));
         assert_eq!(
-            sb.first_stage(&bios, &spec).as_deref(),
-            Some("ipxe/undionly.kpxe")
+            sb.first_stage(&bios),
+            Some(BootOffer::Tftp("ipxe/undionly.kpxe".into()))
         );
         // A client entry overrides the site.
         pxe.mac = "52:54:00:00:00:01".parse().unwrap();

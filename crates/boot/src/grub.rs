@@ -25,8 +25,9 @@
 //!   `(tftp,SERVER)/grub`, SERVER the DHCP answer's `siaddr`, also `$net_default_server`. As
 //!   `normal` is given a file, GRUB's own per-client search (`grub.cfg-01-MAC`,
 //!   `grub.cfg-HEXIP`, net.c's `grub_net_search_config_file`) never runs: every client reads
-//!   [`DISPATCHER_PATH`] ([`dispatcher`]), which hands over to the client's own file by
-//!   `$net_default_mac` ([`client_config_path`]).
+//!   [`Route::GrubDispatcher`] ([`dispatcher`]), which hands over to the client's own file by
+//!   `$net_default_mac` ([`Route::GrubConfig`]). Both are routes of [`crate::routes`], served
+//!   over TFTP and HTTP alike.
 //! - Its modules (the `mods` section of Debian 12's image): tftp, efinet, linux, ... but no
 //!   http. GRUB loads a missing protocol module on first use from `$prefix` (net.c,
 //!   `grub_net_open_real`; the client asked for `grub/x86_64-efi/http.mod` over TFTP), and
@@ -42,12 +43,9 @@
 //!   `initrd=NAME` of the iPXE command line would look for files on a boot device that a
 //!   network boot does not have, so those words are left out.
 
-use crate::routes::ImageFile;
+use crate::routes::{grub_config_path, ImageFile, Route};
 use crate::script::{kernel_cmdline, ScriptParams};
 use diskless_dhcp::Mac;
-
-/// Where every GRUB client looks: `$prefix/grub.cfg`.
-pub const DISPATCHER_PATH: &str = "/grub/grub.cfg";
 
 /// The name shim loads its second stage by, at the root of the server it came from.
 pub const SHIM_SECOND_STAGE: &str = "grubx64.efi";
@@ -75,29 +73,25 @@ pub enum ChainFile {
 }
 
 /// What a requested name is in the Secure Boot chain, if anything (other names are the
-/// store's files: the kernel and initrds GRUB loads).
+/// store's files: the kernel and initrds GRUB loads). A TFTP name (no leading `/`) or a path.
 pub fn chain_file(name: &str) -> Option<ChainFile> {
     let name = name.trim_start_matches('/');
     match name {
         SHIM_BOOT_FILE => Some(ChainFile::Package(SHIM_SIGNED)),
         SHIM_SECOND_STAGE => Some(ChainFile::Package(GRUBNET_SIGNED)),
-        _ if format!("/{name}") == DISPATCHER_PATH => Some(ChainFile::Dispatcher),
-        _ => client_config_mac(&format!("/{name}")).map(ChainFile::ClientConfig),
+        _ => ChainFile::of_route(&Route::parse(&format!("/{name}")).ok()?),
     }
 }
 
-/// The path of a client's own config, as [`dispatcher`] asks for it (GRUB spells
-/// `$net_default_mac` `aa:bb:cc:dd:ee:ff`), over HTTP or TFTP.
-pub fn client_config_path(mac: Mac) -> String {
-    format!("/grub/clients/{mac}.cfg")
-}
-
-/// The MAC of a client config path (`/grub/clients/MAC.cfg`), if it is one.
-pub fn client_config_mac(path: &str) -> Option<Mac> {
-    path.strip_prefix("/grub/clients/")?
-        .strip_suffix(".cfg")?
-        .parse()
-        .ok()
+impl ChainFile {
+    /// The chain's file a route names, if it is GRUB's (served over HTTP too).
+    pub fn of_route(route: &Route) -> Option<ChainFile> {
+        match route {
+            Route::GrubDispatcher => Some(ChainFile::Dispatcher),
+            Route::GrubConfig(mac) => Some(ChainFile::ClientConfig(*mac)),
+            _ => None,
+        }
+    }
 }
 
 /// `/grub/grub.cfg`, the same for every client: on to the client's own config, over HTTP
@@ -109,17 +103,18 @@ pub fn dispatcher(http_authority: &str) -> String {
         "# diskless: every client's GRUB reads this; its own config is named after its MAC.\n\
          echo \"diskless: GRUB on ${net_default_mac}, server ${net_default_server}\"\n",
     );
+    let own = grub_config_path("${net_default_mac}");
     if let Some(host) = without_port(http_authority, "80") {
         // A GRUB without http (Debian 12's) prints "disk not found" here and goes on.
         cfg.push_str(&format!(
             "set diskless_files=(http,{host})\n\
-             source \"${{diskless_files}}/grub/clients/${{net_default_mac}}.cfg\"\n"
+             source \"${{diskless_files}}{own}\"\n"
         ));
     }
-    cfg.push_str(
-        "set diskless_files=\"(tftp,${net_default_server})\"\n\
-         source \"${diskless_files}/grub/clients/${net_default_mac}.cfg\"\n",
-    );
+    cfg.push_str(&format!(
+        "set diskless_files=\"(tftp,${{net_default_server}})\"\n\
+         source \"${{diskless_files}}{own}\"\n"
+    ));
     cfg
 }
 
@@ -334,11 +329,7 @@ mod tests {
     #[test]
     fn dispatcher_and_client_paths_agree() {
         let mac: Mac = "52:54:00:12:34:56".parse().unwrap();
-        let path = client_config_path(mac);
-        assert_eq!(path, "/grub/clients/52:54:00:12:34:56.cfg");
-        assert_eq!(client_config_mac(&path), Some(mac));
-        assert_eq!(client_config_mac("/grub/clients/../x.cfg"), None);
-        assert_eq!(client_config_mac("/grub/grub.cfg"), None);
+        let path = Route::GrubConfig(mac).path();
         // What GRUB expands the dispatcher's path to for this client.
         let asked = dispatcher("10.0.0.1")
             .lines()
@@ -349,6 +340,7 @@ mod tests {
                     .replace("${net_default_mac}", &mac.to_string())
             })
             .collect::<Vec<_>>();
-        assert_eq!(asked, [path.clone(), path]);
+        assert_eq!(asked, [path.clone(), path.clone()]);
+        assert_eq!(chain_file(&path), Some(ChainFile::ClientConfig(mac)));
     }
 }

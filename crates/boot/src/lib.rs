@@ -5,8 +5,9 @@
 //! - [`site`]: the config resolved once against the served interface ([`Site`]): range,
 //!   [`Mode`], authorities, the `[[client]]` table by [`Mac`]. The server swaps it on reload.
 //! - [`decision`]: [`Site::boot_spec`] (pixiecore's `BootSpec(Machine)`): what a [`Machine`]
-//!   boots or that it is refused; [`Site::first_stage`]: what each firmware loads first. The
-//!   DHCP core asks it through [`diskless_dhcp::BootPolicy`], the HTTP server for scripts.
+//!   boots or that it is refused; [`Site::first_stage`]: what each firmware loads first, a
+//!   typed [`diskless_dhcp::BootOffer`]. The server's one `Booter` asks both, for DHCP, the
+//!   HTTP script route and the TFTP/GRUB hook.
 //! - [`routes`]: every URL the server serves, built and parsed in one place, and the
 //!   [`ImageFile`]s of a stored version.
 //! - [`script`]: the iPXE script a client gets, and its kernel command line (`boot=diskless`,
@@ -15,7 +16,7 @@
 //!   the recorder, the metrics, the report tokens, the dashboard and the QEMU harness.
 //! - [`names`]: the rule image names and versions follow (store, URLs, config).
 //! - [`grub`]: the same decisions as GRUB configs, for the Secure Boot chain (shim, then
-//!   Debian's signed GRUB network image).
+//!   Debian's signed GRUB network image); their paths are [`Route`]s.
 //!
 //! - [`accounts`]: the lab's passwd and group entries as clients get them (never a password),
 //!   and the SSH host keys they pin.

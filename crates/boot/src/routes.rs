@@ -7,8 +7,11 @@
 //! GET  /ipxe/{file}                        iPXE binaries (UEFI HTTP boot; TFTP: ipxe/{file})
 //! POST /api/report/{mac}?token={token}     stage=...&detail=... from the client, with its
 //!                                          boot's token (see diskless_server::tokens)
-//! GET  /api/clients                        the boot record of every client, as JSON
-//! GET  /accounts/{file}                     the lab's accounts (an AccountsFile), with [accounts]
+//! GET  /api/clients                        every client's ClientRecord, as JSON
+//! GET  /accounts/{file}                    the lab's accounts (an AccountsFile), with [accounts]
+//! GET  /grub/grub.cfg                      GRUB's dispatcher (Secure Boot chain; HTTP and TFTP)
+//! GET  /grub/clients/{mac}.cfg             the client's GRUB config ({mac}: aa:bb:cc:dd:ee:ff,
+//!                                          as GRUB spells $net_default_mac; HTTP and TFTP)
 //! ```
 //!
 //! [`Route::path`] builds a path, [`Route::parse`] reads one back (`parse(path()) == route`,
@@ -122,10 +125,17 @@ pub enum Route {
     Ipxe(String),
     /// `/api/report/{mac}`: a stage report from the client.
     Report(Mac),
-    /// `/api/clients`: every client's record.
-    Clients,
+    /// `/api/clients`: every client's `ClientRecord` (the admin listener's `/api/clients`,
+    /// the dashboard's `ClientView`s, is not on the boot network).
+    ClientRecords,
     /// `/accounts/{file}`: the lab's accounts.
     Accounts(AccountsFile),
+    /// `/grub/grub.cfg`: the config every GRUB of the Secure Boot chain reads first
+    /// (`crate::grub::dispatcher`), at `$prefix/grub.cfg`.
+    GrubDispatcher,
+    /// `/grub/clients/{mac}.cfg`: a client's own GRUB config, named by `$net_default_mac`
+    /// (the colon form, [`Mac`]'s `Display`).
+    GrubConfig(Mac),
 }
 
 /// A path that is none of the [`Route`]s, with what was wrong.
@@ -155,6 +165,15 @@ pub const TOKEN_PARAM: &str = "token";
 /// The directory of the iPXE binaries in the TFTP root (the store) and in URLs.
 pub const IPXE_DIR: &str = "ipxe";
 
+/// GRUB's `$prefix` on the network (Debian's signed `grubnetx64.efi` has `/grub`).
+pub const GRUB_DIR: &str = "grub";
+
+/// The path of a client's GRUB config ([`Route::GrubConfig`]) for `mac`, given as a value or
+/// as a GRUB variable the dispatcher leaves to GRUB (`${net_default_mac}`).
+pub fn grub_config_path(mac: impl fmt::Display) -> String {
+    format!("/{GRUB_DIR}/clients/{mac}.cfg")
+}
+
 impl Route {
     /// The URL path, starting with `/`.
     pub fn path(&self) -> String {
@@ -168,8 +187,10 @@ impl Route {
             } => format!("/images/{image}/{version}/{file}"),
             Route::Ipxe(file) => format!("/{IPXE_DIR}/{file}"),
             Route::Report(mac) => format!("/api/report/{}", mac.hyphenated()),
-            Route::Clients => "/api/clients".into(),
+            Route::ClientRecords => "/api/clients".into(),
             Route::Accounts(file) => format!("/{ACCOUNTS_DIR}/{}", file.name()),
+            Route::GrubDispatcher => format!("/{GRUB_DIR}/grub.cfg"),
+            Route::GrubConfig(mac) => grub_config_path(mac),
         }
     }
 
@@ -238,11 +259,17 @@ impl Route {
                 Ok(Route::Ipxe(file.to_string()))
             }
             ["api", "report", mac] => Ok(Route::Report(mac.parse()?)),
-            ["api", "clients"] => Ok(Route::Clients),
+            ["api", "clients"] => Ok(Route::ClientRecords),
             [dir, file] if *dir == ACCOUNTS_DIR => AccountsFile::ALL
                 .into_iter()
                 .find(|f| f.name() == *file)
                 .map(Route::Accounts)
+                .ok_or_else(unknown),
+            [dir, "grub.cfg"] if *dir == GRUB_DIR => Ok(Route::GrubDispatcher),
+            [dir, "clients", file] if *dir == GRUB_DIR => file
+                .strip_suffix(".cfg")
+                .and_then(|m| m.parse().ok())
+                .map(Route::GrubConfig)
                 .ok_or_else(unknown),
             _ => Err(unknown()),
         }
@@ -275,7 +302,9 @@ mod tests {
             },
             Route::Ipxe("ipxe.efi".into()),
             Route::Report(mac()),
-            Route::Clients,
+            Route::ClientRecords,
+            Route::GrubDispatcher,
+            Route::GrubConfig(mac()),
             Route::Accounts(AccountsFile::Passwd),
             Route::Accounts(AccountsFile::Group),
             Route::Accounts(AccountsFile::KnownHosts),
@@ -306,6 +335,12 @@ mod tests {
             Route::Ipxe("undionly.kpxe".into()).tftp_path(),
             "ipxe/undionly.kpxe"
         );
+        assert_eq!(Route::GrubDispatcher.path(), "/grub/grub.cfg");
+        assert_eq!(
+            Route::GrubConfig(mac()).path(),
+            "/grub/clients/52:54:00:12:34:56.cfg",
+            "as GRUB spells $net_default_mac"
+        );
     }
 
     #[test]
@@ -325,6 +360,11 @@ mod tests {
             "/accounts/shadow",
             "/accounts/",
             "/accounts/passwd/x",
+            "/grub/clients/nobody.cfg",
+            "/grub/clients/../x.cfg",
+            "/grub/clients/52:54:00:12:34:56",
+            "/grub/x86_64-efi/http.mod",
+            "/grub/grub.cfg/x",
             "",
             "boot",
         ] {

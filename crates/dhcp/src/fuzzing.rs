@@ -62,18 +62,19 @@ impl TestPolicy {
 impl BootPolicy for TestPolicy {
     fn boot(&self, client: &ClientInfo) -> Option<BootOffer> {
         let server = self.server;
-        let file = match (client.kind, client.arch) {
-            (ClientKind::Ipxe, _) => self.script_url.clone().unwrap_or_else(|| {
+        Some(match (client.kind, client.arch) {
+            (ClientKind::Ipxe, _) => BootOffer::Url(self.script_url.clone().unwrap_or_else(|| {
                 format!("http://{server}/boot/{}.ipxe", client.mac.hyphenated())
-            }),
-            (ClientKind::BiosPxe, _) => "undionly.kpxe".into(),
-            (ClientKind::UefiPxe, Some(arch::EFI_BC | arch::EFI_X86_64)) => "ipxe.efi".into(),
+            })),
+            (ClientKind::BiosPxe, _) => BootOffer::Tftp("undionly.kpxe".into()),
+            (ClientKind::UefiPxe, Some(arch::EFI_BC | arch::EFI_X86_64)) => {
+                BootOffer::Tftp("ipxe.efi".into())
+            }
             (ClientKind::UefiHttp, None | Some(arch::EFI_X86_64_HTTP)) => {
-                format!("http://{server}/ipxe.efi")
+                BootOffer::Url(format!("http://{server}/ipxe.efi"))
             }
             _ => return None,
-        };
-        Some(BootOffer::new(file))
+        })
     }
 
     fn hostname(&self, _mac: Mac) -> Option<String> {

@@ -9,25 +9,32 @@
 use crate::classify::ClientInfo;
 use crate::Mac;
 
-/// What to boot: a TFTP path (relative to the TFTP root) or a full
-/// `http://` URL.
+/// What a client's firmware loads first, typed by how it fetches it: the reply is built from
+/// the variant, never by looking inside the string.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct BootOffer {
-    /// TFTP path or full URL.
-    pub filename: String,
+pub enum BootOffer {
+    /// A file of this server's TFTP root, relative to it (`ipxe/undionly.kpxe`): the reply
+    /// also names this server as the TFTP server (`siaddr`, option 66).
+    Tftp(String),
+    /// A full URL (`http://...`), which iPXE and UEFI HTTP boot fetch themselves.
+    Url(String),
 }
 
 impl BootOffer {
-    /// A boot offer for `filename`.
-    pub fn new(filename: impl Into<String>) -> Self {
-        BootOffer {
-            filename: filename.into(),
+    /// The boot file name as the reply carries it (`file`, option 67).
+    pub fn file(&self) -> &str {
+        match self {
+            BootOffer::Tftp(path) => path,
+            BootOffer::Url(url) => url,
         }
     }
 
-    /// Whether the file is a URL rather than a TFTP path.
-    pub fn is_url(&self) -> bool {
-        self.filename.contains("://")
+    /// [`BootOffer::file`], owned.
+    pub fn into_file(self) -> String {
+        match self {
+            BootOffer::Tftp(path) => path,
+            BootOffer::Url(url) => url,
+        }
     }
 }
 

@@ -295,15 +295,16 @@ impl Responder {
         r.siaddr = server;
         // The `file` field is 128 bytes with a NUL; longer URLs travel in
         // option 67 only (iPXE and UEFI HTTP read it).
-        if boot.filename.len() < 128 {
-            r.file = Some(boot.filename.clone());
+        let file = boot.file();
+        if file.len() < 128 {
+            r.file = Some(file.to_string());
         }
-        if !boot.is_url() {
+        if let BootOffer::Tftp(_) = boot {
             r.options
                 .push(DhcpOption::TFTPServerName(server.to_string().into_bytes()));
         }
         r.options
-            .push(DhcpOption::BootfileName(boot.filename.clone().into_bytes()));
+            .push(DhcpOption::BootfileName(file.as_bytes().to_vec()));
         match client.kind {
             // UEFI HTTP boot accepts only offers that say "HTTPClient"
             // (UEFI spec 2.5+, "HTTP Boot", DHCP offer types).
@@ -547,7 +548,7 @@ impl Responder {
         if let Some(b) = &boot {
             self.add_boot(&mut r, client, b, false);
         }
-        let file = boot.map(|b| b.filename);
+        let file = boot.map(BootOffer::into_file);
         let action = match r.msg_type {
             MessageType::Offer => EventAction::Offer { ip, file },
             _ => EventAction::Ack { ip, file },
@@ -588,7 +589,7 @@ impl Responder {
                 client,
                 EventAction::Offer {
                     ip: None,
-                    file: Some(boot.filename),
+                    file: Some(boot.into_file()),
                 },
             ),
             ..Default::default()
@@ -634,7 +635,7 @@ impl Responder {
                 client,
                 EventAction::Ack {
                     ip: None,
-                    file: Some(boot.filename),
+                    file: Some(boot.into_file()),
                 },
             ),
             ..Default::default()

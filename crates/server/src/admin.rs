@@ -218,7 +218,7 @@ pub async fn serve_within(
 
 pub fn router(state: Arc<AdminState>) -> Router {
     let json = Router::new()
-        .route("/api/clients", get(clients))
+        .route("/api/clients", get(client_views))
         .route("/api/boots", get(boots))
         .route("/api/images", get(images))
         .route_layer(middleware::from_fn_with_state(state.clone(), json_limit));
@@ -243,7 +243,9 @@ async fn json_limit(
     }
 }
 
-async fn clients(State(state): State<Arc<AdminState>>) -> Response {
+/// Every client's [`ClientView`] (the boot network's `/api/clients` serves the bare
+/// [`ClientRecord`]s: `Route::ClientRecords`).
+async fn client_views(State(state): State<Arc<AdminState>>) -> Response {
     let table = (state.snapshot)();
     let version = table.version;
     state

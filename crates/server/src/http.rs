@@ -2,15 +2,16 @@
 //! interrupted download resumes), iPXE binaries for UEFI HTTP boot, and boot stage reports.
 //!
 //! One handler reads every request: [`Route::parse`] says which of the server's URLs it is
-//! (the table is in [`diskless_boot::routes`]), a `match` answers it. Scripts come from the
-//! boot decision of the site current at the time of the request ([`Site::boot_spec`]), so a
-//! reload applies to the next request, and each carries a new report token
-//! ([`crate::tokens`]): a report is accepted only with its boot's token. What clients fetch
+//! (the table is in [`diskless_boot::routes`]), a `match` answers it. Scripts and GRUB
+//! configs are the [`Booter`]'s, from the boot decision of the site current at the time of
+//! the request, so a reload applies to the next request, and each carries a new report
+//! token ([`crate::tokens`]): a report is accepted only with its boot's token. What clients fetch
 //! and report goes to the [`Recorder`] without waiting. With `unknown_clients = "ignore"`
 //! every URL but the index first asks [`Access`] whether the peer is a listed client (403
 //! when not).
 
 use crate::access::{Access, Protocol};
+use crate::booter::{Booter, ChainAnswer};
 use crate::recorder::{BootEvent, Recorder};
 use crate::shared_json::{busy, JsonLimit, SharedJson};
 use crate::tokens::Boots;
@@ -19,10 +20,9 @@ use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::{Extension, Form, Router};
 use diskless_boot::accounts::Accounts;
-use diskless_boot::grub;
+use diskless_boot::grub::ChainFile;
 use diskless_boot::routes::{AccountsFile, ImageFile, Route, RouteError, TOKEN_PARAM};
-use diskless_boot::script::{self, ImageRef, ScriptParams};
-use diskless_boot::{Mac, Machine, Site, Stage};
+use diskless_boot::{Loader, Mac, Site, Stage};
 use diskless_image::Store;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -37,8 +37,10 @@ pub struct HttpState {
     pub site: watch::Receiver<Arc<Site>>,
     pub store: Store,
     pub recorder: Recorder,
-    /// Each client's current boot: report tokens are issued and checked here.
+    /// Each client's current boot: report tokens are checked here.
     pub boots: Arc<Boots>,
+    /// What each client boots: its script and GRUB config (which issue its boot's token).
+    pub booter: Arc<Booter>,
     /// Directory holding the iPXE binaries we serve.
     pub ipxe_dir: PathBuf,
     /// The iPXE binaries that may be fetched.
@@ -94,7 +96,22 @@ async fn handle(
     let get = matches!(*request.method(), Method::GET | Method::HEAD);
     match route {
         Route::Index if get => text(StatusCode::OK, "diskless boot server\n".into()),
-        Route::BootScript(mac) if get => boot_script(&state, mac, peer),
+        Route::BootScript(mac) if get => text(
+            StatusCode::OK,
+            state.booter.boot_file(mac, peer, Loader::Ipxe),
+        ),
+        Route::GrubDispatcher | Route::GrubConfig(_) if get => {
+            // GRUB's dispatcher tries this over HTTP before TFTP (diskless_boot::grub).
+            let file = ChainFile::of_route(&route).expect("a GRUB route");
+            match state.booter.chain_file(file, peer) {
+                Some(ChainAnswer::Text(config)) => text(StatusCode::OK, config),
+                Some(ChainAnswer::File(path)) => serve_file(path.into(), request).await,
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    "no client of this server boots the Secure Boot chain\n".into(),
+                ),
+            }
+        }
         Route::ImageFile {
             image,
             version,
@@ -113,7 +130,7 @@ async fn handle(
                 Err(rejection) => rejection.into_response(),
             }
         }
-        Route::Clients if get => clients(&state).await,
+        Route::ClientRecords if get => client_records(&state).await,
         Route::Accounts(file) if get => accounts(&state, file),
         _ => text(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -122,8 +139,9 @@ async fn handle(
     }
 }
 
-/// Every client's record, as JSON made once per change of the table ([`SharedJson`]).
-async fn clients(state: &HttpState) -> Response {
+/// Every client's [`crate::recorder::ClientRecord`], as JSON made once per change of the
+/// table ([`SharedJson`]). (The admin listener's `/api/clients` serves `ClientView`s.)
+async fn client_records(state: &HttpState) -> Response {
     let Some(_permit) = state.json_limit.enter() else {
         return busy();
     };
@@ -182,106 +200,6 @@ fn accounts_file(accounts: &Accounts, file: AccountsFile) -> Result<String, Stri
             accounts.known_hosts(&keys)
         }
     })
-}
-
-fn boot_script(state: &HttpState, mac: Mac, peer: Option<IpAddr>) -> Response {
-    let site = state.site.borrow().clone();
-    ipxe(client_boot_file(
-        &site,
-        &state.store,
-        &state.recorder,
-        &state.boots,
-        mac,
-        peer,
-        Script::Ipxe,
-    ))
-}
-
-/// Which boot file a client asked for: its iPXE script or its GRUB config.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Script {
-    Ipxe,
-    Grub,
-}
-
-/// A client's iPXE script or GRUB config from the site's boot decision (both say the same:
-/// image, version, sha256, machine-id, command line), or the refusal that says why not. Each
-/// one starts a new boot of the client, with a new report token; the recorder learns which
-/// version and boot it got.
-pub fn client_boot_file(
-    site: &Site,
-    store: &Store,
-    recorder: &Recorder,
-    boots: &Boots,
-    mac: Mac,
-    peer: Option<IpAddr>,
-    kind: Script,
-) -> String {
-    let refusal = |reason: &str| match kind {
-        Script::Ipxe => script::refusal_script(mac, reason),
-        Script::Grub => grub::refusal(mac, reason),
-    };
-    let Some((spec, image)) = site
-        .boot_spec(&Machine::ipxe(mac, peer))
-        .and_then(|spec| Some((spec.clone(), spec.image?)))
-    else {
-        tracing::info!(%mac, "not booting: unknown client (unknown_clients = \"ignore\") or no image");
-        return refusal("this client is not configured to boot here");
-    };
-    let manifest = match store.current(&image) {
-        Ok(m) => m,
-        Err(e) => {
-            tracing::warn!(%mac, %image, error = %e, "no image to boot");
-            return refusal(&format!("image {image} is not in the store"));
-        }
-    };
-    let token = boots.issue(mac);
-    let report_token = token.to_string();
-    let params = ScriptParams {
-        http_authority: &site.http_authority,
-        tftp_authority: &site.tftp_authority,
-        protocol: site.image_protocol,
-        mac,
-        boot: &spec,
-        image: ImageRef {
-            name: &manifest.name,
-            version: &manifest.version,
-            squashfs_sha256: &manifest.squashfs().sha256,
-            boot_cpio: manifest.has_boot_cpio(),
-        },
-        report_token: &report_token,
-    };
-    let body = match kind {
-        Script::Ipxe => {
-            tracing::info!(%mac, image = %manifest.name, version = %manifest.version, "iPXE script");
-            script::ipxe_script(&params)
-        }
-        Script::Grub => {
-            tracing::info!(%mac, image = %manifest.name, version = %manifest.version, "GRUB config");
-            grub::client_config(&params)
-        }
-    };
-    // A Secure Boot client's shim refuses an unsigned kernel after GRUB, with nothing on the
-    // server's side: the record says so, for the dashboard and `diskless clients`.
-    let secure_boot = matches!(kind, Script::Grub);
-    let kernel_signed = secure_boot
-        .then(|| store.kernel_signed(&manifest.name, &manifest.version).ok())
-        .flatten();
-    recorder.record(BootEvent::Script {
-        mac,
-        client: peer,
-        hostname: spec.hostname.clone(),
-        image: manifest.name.clone(),
-        version: manifest.version.clone(),
-        boot: token.boot,
-        secure_boot,
-        kernel_signed,
-    });
-    body
-}
-
-fn ipxe(body: String) -> Response {
-    ([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
 }
 
 async fn image_file(
@@ -456,7 +374,7 @@ mod tests {
     use super::*;
     use crate::recorder::{Limits, RecorderTask};
     use axum::body::Body;
-    use diskless_image::manifest::{BOOT_CPIO, INITRD, KERNEL, SQUASHFS};
+    use diskless_image::manifest::{KERNEL, SQUASHFS};
 
     struct Fixture {
         _dir: tempfile::TempDir,
@@ -474,16 +392,7 @@ mod tests {
 
     fn fixture(config: &str) -> Fixture {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path().join("store")).unwrap();
-        let files: [(&str, &[u8]); 4] = [
-            (SQUASHFS, b"0123456789"),
-            (KERNEL, b"kernel"),
-            (INITRD, b"initrd"),
-            (BOOT_CPIO, b"cpio"),
-        ];
-        let manifest = store
-            .publish_files("lab", "20260101-000000-abcdef01", &files)
-            .unwrap();
+        let (store, version) = crate::booter::tests::store_with_lab(dir.path());
         std::fs::write(dir.path().join("secret"), "do not serve").unwrap();
         let ipxe_dir = dir.path().join("ipxe");
         std::fs::create_dir(&ipxe_dir).unwrap();
@@ -494,10 +403,10 @@ mod tests {
             dir.path().join("state")
         ))));
         let (recorder, task) = crate::recorder::Recorder::start(None, Limits::default());
-        let boots = Boots::new(
+        let boots = Arc::new(Boots::new(
             crate::tokens::ReportKey::from_bytes([3; crate::tokens::KEY_LEN]),
             recorder.clone(),
-        );
+        ));
         // The neighbour table the access check reads: LISTED and STRANGER on the site's link.
         let arp_table = dir.path().join("arp");
         std::fs::write(
@@ -513,11 +422,18 @@ mod tests {
             arp_table,
             metrics: Arc::new(crate::metrics::Metrics::new()),
         };
+        let booter = Booter::new(
+            site_rx.clone(),
+            store.clone(),
+            recorder.clone(),
+            boots.clone(),
+        );
         let state = Arc::new(HttpState {
             site: site_rx,
             store,
             recorder,
-            boots: Arc::new(boots),
+            boots,
+            booter: Arc::new(booter),
             ipxe_dir,
             ipxe_files: vec!["ipxe.efi".into()],
             access,
@@ -527,7 +443,7 @@ mod tests {
         Fixture {
             _dir: dir,
             state,
-            version: manifest.version,
+            version,
             site,
             _recorder: task,
         }
@@ -595,23 +511,13 @@ mod tests {
         });
         let kernel = f.state.store.version_dir("lab", &f.version).join(KERNEL);
         std::fs::write(&kernel, unsigned).unwrap();
-        let site = f.site.borrow().clone();
         let mac = "52:54:00:12:34:56";
         // On the Secure Boot chain the kernel is checked; the same client on iPXE: no check.
-        for (kind, expected, stage) in [
-            (Script::Grub, (true, Some(false)), Stage::GrubConfig),
-            (Script::Ipxe, (false, None), Stage::IpxeScript),
+        for (loader, expected, stage) in [
+            (Loader::ShimGrub, (true, Some(false)), Stage::GrubConfig),
+            (Loader::Ipxe, (false, None), Stage::IpxeScript),
         ] {
-            let store = &f.state.store;
-            client_boot_file(
-                &site,
-                store,
-                &f.state.recorder,
-                &f.state.boots,
-                mac.parse().unwrap(),
-                None,
-                kind,
-            );
+            f.state.booter.boot_file(mac.parse().unwrap(), None, loader);
             let record = f.record(mac).unwrap();
             assert_eq!((record.secure_boot, record.kernel_signed), expected);
             assert_eq!(
@@ -620,6 +526,35 @@ mod tests {
                 "GRUB configs are not iPXE scripts"
             );
         }
+    }
+
+    #[tokio::test]
+    async fn grub_configs_are_answered_over_http_as_over_tftp() {
+        let f = fixture("[boot]\nimage = \"lab\"\nsecure_boot = true\n");
+        // The path GRUB's dispatcher sources over (http,SERVER) first.
+        let uri = "/grub/clients/52:54:00:12:34:56.cfg";
+        let (status, _, body) = call(&f.state, get(uri)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert!(
+            body.starts_with(&format!(
+                "# diskless: 52:54:00:12:34:56 boots image lab version {}\n",
+                f.version
+            )),
+            "{body}"
+        );
+        let record = f.record("52:54:00:12:34:56").unwrap();
+        assert_eq!(record.last_stage(), Some(&Stage::GrubConfig));
+        let (status, _, body) = call(&f.state, get("/grub/grub.cfg")).await;
+        assert_eq!(status, StatusCode::OK);
+        assert!(body.contains("${net_default_mac}.cfg"), "{body}");
+        // No client on the Secure Boot chain: no chain, as over TFTP.
+        let plain = fixture("[boot]\nimage = \"lab\"\n");
+        for uri in [uri, "/grub/grub.cfg"] {
+            let (status, _, _) = call(&plain.state, get(uri)).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{uri}");
+        }
+        let (status, _, _) = call(&f.state, get("/grub/clients/nobody.cfg")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
     }
 
     #[tokio::test]

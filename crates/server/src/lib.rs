@@ -17,12 +17,12 @@
 //! protocol (a `spawn_*` function each) and the recorder, and stops and joins every one of
 //! them when `shutdown` completes or one fails:
 //!
-//! - DHCP ([`diskless_dhcp::run`]), full or proxy; what each firmware gets is the boot
-//!   decision of the current site ([`diskless_boot::decision`]).
+//! - DHCP ([`diskless_dhcp::run`]), full or proxy; what each firmware gets is the
+//!   [`booter::Booter`]'s offer (the current site's [`diskless_boot::decision`]).
 //! - TFTP ([`diskless_tftp::server`]) over the store: iPXE binaries and, when
-//!   `image_protocol = "tftp"`, the images.
-//! - HTTP ([`http`]): scripts, image files, stage reports, on the routes of
-//!   [`diskless_boot::routes`].
+//!   `image_protocol = "tftp"`, the images; the Secure Boot chain's files from the Booter.
+//! - HTTP ([`http`]): scripts and GRUB configs (from the Booter), image files, stage
+//!   reports, on the routes of [`diskless_boot::routes`].
 //! - With `unknown_clients = "ignore"`, HTTP and TFTP answer only listed clients: [`access`]
 //!   maps a peer's address to its MAC and decides.
 //! - IPv6 router advertisements ([`ra`]), when the site wants them.
@@ -36,6 +36,7 @@
 
 pub mod access;
 pub mod admin;
+pub mod booter;
 pub mod boots;
 pub mod conn;
 pub mod hostcheck;
@@ -51,7 +52,7 @@ use diskless_boot::config::Config;
 use diskless_boot::routes::IPXE_DIR;
 use diskless_boot::site::SiteError;
 use diskless_boot::Site;
-use diskless_dhcp::{BootOffer, BootPolicy, ClientInfo, DhcpEvent, DhcpSockets, EventAction, Mac};
+use diskless_dhcp::{DhcpEvent, DhcpSockets, EventAction};
 use diskless_image::Store;
 use recorder::{BootEvent, DhcpAction, Recorder};
 use std::future::Future;
@@ -308,19 +309,6 @@ pub fn install_ipxe_files(site: &Site) -> Result<(PathBuf, Vec<String>), ServerE
     Ok((dir, names))
 }
 
-/// The DHCP core's boot policy: the boot decision of the site current at each request.
-struct CurrentSite(watch::Receiver<Arc<Site>>);
-
-impl BootPolicy for CurrentSite {
-    fn boot(&self, client: &ClientInfo) -> Option<BootOffer> {
-        self.0.borrow().boot(client)
-    }
-
-    fn hostname(&self, mac: Mac) -> Option<String> {
-        self.0.borrow().hostname(mac)
-    }
-}
-
 /// A DHCP answer as a recorder event (releases, declines and exhaustion are only logged).
 fn dhcp_event(event: &DhcpEvent) -> Option<BootEvent> {
     let (action, ip, detail) = match &event.action {
@@ -400,6 +388,8 @@ struct Prepared {
     recorder: Recorder,
     /// Report tokens, checked against the boots the recorder keeps.
     boots: Arc<tokens::Boots>,
+    /// What each client boots: DHCP, the HTTP script route and the TFTP/GRUB hook ask it.
+    booter: Arc<booter::Booter>,
     /// The iPXE binaries' directory in the store, and their names.
     ipxe: (PathBuf, Vec<String>),
     /// One set of metrics: the admin pages render it, the access checks count refusals in it.
@@ -422,7 +412,7 @@ fn prepare(
     let ipxe = install_ipxe_files(&current)?;
     let key = tokens::ReportKey::load_or_create(&current.state)?;
     let boots = Arc::new(tokens::Boots::new(key, recorder.clone()));
-    if secure_boot_used(&current) {
+    if current.secure_boot_used() {
         check_secure_boot_chain(&current, &store)?;
     }
     let ra_answer = listeners.ra.as_ref().map(|_| match current.ipv6_ra {
@@ -451,6 +441,12 @@ fn prepare(
     );
     let metrics = Arc::new(metrics::Metrics::new());
     let access = access::Access::new(metrics.clone());
+    let booter = Arc::new(booter::Booter::new(
+        site.clone(),
+        store.clone(),
+        recorder.clone(),
+        boots.clone(),
+    ));
     Ok(Prepared {
         site,
         current,
@@ -459,6 +455,7 @@ fn prepare(
         store,
         recorder,
         boots,
+        booter,
         ipxe,
         metrics,
         access,
@@ -536,11 +533,11 @@ impl Tasks {
     }
 }
 
-/// DHCP, full or proxy: each answer follows the current site and is recorded.
+/// DHCP, full or proxy: each answer is the Booter's and is recorded.
 fn spawn_dhcp(tasks: &mut Tasks, prepared: &Prepared, sockets: DhcpSockets) {
     let config = prepared.current.dhcp_config();
     let leases = prepared.current.state.join("leases.json");
-    let policy = Arc::new(CurrentSite(prepared.site.clone()));
+    let policy: Arc<dyn diskless_dhcp::BootPolicy> = prepared.booter.clone();
     let booting = prepared.ra_answer.as_ref().and_then(ra::Answer::booting);
     let on_dhcp = dhcp_sink(prepared.recorder.clone(), booting);
     let stopped = tasks.stopped();
@@ -587,7 +584,7 @@ fn spawn_tftp(tasks: &mut Tasks, prepared: &Prepared, socket: tokio::net::UdpSoc
 }
 
 /// The TFTP server's hooks: the access check, the record of each transfer, and the Secure Boot
-/// chain's files ([`secure_boot_file`]).
+/// chain's files ([`booter::Booter::chain_file`]).
 fn tftp_config(prepared: &Prepared) -> diskless_tftp::server::ServerConfig {
     let mut config = diskless_tftp::server::ServerConfig::new(&prepared.current.store);
     config.max_transfers = prepared.budget.tftp_transfers;
@@ -613,13 +610,14 @@ fn tftp_config(prepared: &Prepared) -> diskless_tftp::server::ServerConfig {
         })
     });
     config.virtual_files = Some({
-        let site = prepared.site.clone();
-        let store = prepared.store.clone();
-        let recorder = prepared.recorder.clone();
-        let boots = prepared.boots.clone();
+        let booter = prepared.booter.clone();
         Arc::new(move |name: &Path, client: SocketAddr| {
-            let site = site.borrow().clone();
-            secure_boot_file(&site, &store, &recorder, &boots, name, client)
+            use diskless_tftp::server::Virtual;
+            let file = diskless_boot::grub::chain_file(name.to_str()?)?;
+            Some(match booter.chain_file(file, Some(client.ip()))? {
+                booter::ChainAnswer::File(path) => Virtual::File(path.into()),
+                booter::ChainAnswer::Text(text) => Virtual::Bytes(text.into_bytes()),
+            })
         })
     });
     config
@@ -685,6 +683,7 @@ fn spawn_http(tasks: &mut Tasks, prepared: &Prepared, listener: tokio::net::TcpL
         store: prepared.store.clone(),
         recorder: prepared.recorder.clone(),
         boots: prepared.boots.clone(),
+        booter: prepared.booter.clone(),
         ipxe_dir,
         ipxe_files,
         access: prepared.access.clone(),
@@ -702,47 +701,6 @@ fn spawn_http(tasks: &mut Tasks, prepared: &Prepared, listener: tokio::net::TcpL
 /// The state directory's client record file.
 pub fn clients_file(state: &Path) -> PathBuf {
     state.join("clients.json")
-}
-
-/// Whether any client boots the Secure Boot chain (`[boot] secure_boot`, or a client's).
-fn secure_boot_used(site: &Site) -> bool {
-    site.secure_boot || site.clients.values().any(|c| c.secure_boot == Some(true))
-}
-
-/// A file of the Secure Boot chain over TFTP (see [`diskless_boot::grub`]): shim and GRUB from
-/// their Debian packages' paths, the GRUB dispatcher, each client's GRUB config. Nothing when
-/// no client boots that chain; other names are the store's.
-fn secure_boot_file(
-    site: &Site,
-    store: &Store,
-    recorder: &Recorder,
-    boots: &tokens::Boots,
-    name: &std::path::Path,
-    client: SocketAddr,
-) -> Option<diskless_tftp::server::Virtual> {
-    use diskless_boot::grub::{self, ChainFile};
-    use diskless_tftp::server::Virtual;
-    if !secure_boot_used(site) {
-        return None;
-    }
-    Some(match grub::chain_file(name.to_str()?)? {
-        ChainFile::Package(path) => Virtual::File(path.into()),
-        ChainFile::Dispatcher => {
-            Virtual::Bytes(grub::dispatcher(&site.http_authority).into_bytes())
-        }
-        ChainFile::ClientConfig(mac) => Virtual::Bytes(
-            http::client_boot_file(
-                site,
-                store,
-                recorder,
-                boots,
-                mac,
-                Some(client.ip()),
-                http::Script::Grub,
-            )
-            .into_bytes(),
-        ),
-    })
 }
 
 /// Before serving the Secure Boot chain: its signed binaries are installed (an error naming
@@ -785,6 +743,7 @@ fn check_secure_boot_chain(site: &Site, store: &Store) -> Result<(), ServerError
 #[cfg(test)]
 mod tests {
     use super::*;
+    use diskless_dhcp::Mac;
 
     /// The proxy-mode RA is armed by the DHCP hook itself: a subscriber of the recorder's
     /// facts that does not read (the channel full) does not cost a client its answer.

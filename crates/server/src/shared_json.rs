@@ -1,7 +1,8 @@
 //! The client table as JSON, made once per change of the table and shared by every request,
 //! and the limit on JSON requests served at once.
 //!
-//! `/api/clients` (boot network and admin listener) answered each request by copying the
+//! `/api/clients` (the boot network's `ClientRecord`s, the admin listener's `ClientView`s)
+//! answered each request by copying the
 //! whole table and serializing it: with `[record] max_clients` clients of 64 stages each,
 //! up to ~30 MB per request, any number at once. Now the text is kept with the recorder's
 //! version of the table it was made from ([`crate::recorder::Published::version`]): requests

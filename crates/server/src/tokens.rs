@@ -1,7 +1,7 @@
 //! Per-boot report tokens: a stage report is accepted only from the boot it names.
 //!
 //! Each time the boot decision hands a client its boot (the iPXE script or the GRUB config,
-//! [`crate::http::client_boot_file`]), [`Boots::issue`] starts a new boot for that MAC: a
+//! [`crate::booter::Booter::boot_file`]), [`Boots::issue`] starts a new boot for that MAC: a
 //! fresh random [`BootId`] and the token `BOOTID.HMAC`, HMAC-SHA256 of the MAC and the boot id
 //! under the server's [`ReportKey`]. The token goes on the client's kernel command line as
 //! part of its report URL (`diskless.report=http://SERVER/api/report/MAC?token=TOKEN`), so the
