@@ -81,7 +81,10 @@ fn fixture() -> &'static Fixture {
             ..Limits::default()
         };
         let (recorder, task) = runtime.block_on(async { Recorder::start(None, limits) });
-        let boots = Arc::new(Boots::new(ReportKey::from_bytes([9; KEY_LEN]), 1000, []));
+        let boots = Arc::new(Boots::new(
+            ReportKey::from_bytes([9; KEY_LEN]),
+            recorder.clone(),
+        ));
         let booter = Booter::new(
             site_rx.clone(),
             store.clone(),
