@@ -9,6 +9,10 @@
 //!                                          boot's token (see diskless_server::tokens)
 //! GET  /api/clients                        the boot record of every client, as JSON
 //! GET  /accounts/{file}                     the lab's accounts (an AccountsFile), with [accounts]
+//! GET  /api/multicast/{name}/{version}/join    a seat joins the version's multicast session:
+//!                                          its group, port, layout (text, `key=value` lines)
+//! GET  /api/multicast/{name}/{version}/blocks  the sha256 of every block of root.squashfs,
+//!                                          32 bytes each, end to end
 //! ```
 //!
 //! [`Route::path`] builds a path, [`Route::parse`] reads one back (`parse(path()) == route`,
@@ -126,7 +130,26 @@ pub enum Route {
     Clients,
     /// `/accounts/{file}`: the lab's accounts.
     Accounts(AccountsFile),
+    /// `/api/multicast/{image}/{version}/join`: a seat joins the multicast session.
+    MulticastJoin {
+        /// Image name (checked by [`check_name`]).
+        image: String,
+        /// Version (checked by [`check_name`]).
+        version: String,
+    },
+    /// `/api/multicast/{image}/{version}/blocks`: the block digests of its root.squashfs.
+    MulticastBlocks {
+        /// Image name (checked by [`check_name`]).
+        image: String,
+        /// Version (checked by [`check_name`]).
+        version: String,
+    },
 }
+
+/// The last segment of [`Route::MulticastJoin`].
+pub const MULTICAST_JOIN: &str = "join";
+/// The last segment of [`Route::MulticastBlocks`].
+pub const MULTICAST_BLOCKS: &str = "blocks";
 
 /// A path that is none of the [`Route`]s, with what was wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -170,6 +193,12 @@ impl Route {
             Route::Report(mac) => format!("/api/report/{}", mac.hyphenated()),
             Route::Clients => "/api/clients".into(),
             Route::Accounts(file) => format!("/{ACCOUNTS_DIR}/{}", file.name()),
+            Route::MulticastJoin { image, version } => {
+                format!("/api/multicast/{image}/{version}/{MULTICAST_JOIN}")
+            }
+            Route::MulticastBlocks { image, version } => {
+                format!("/api/multicast/{image}/{version}/{MULTICAST_BLOCKS}")
+            }
         }
     }
 
@@ -239,6 +268,16 @@ impl Route {
             }
             ["api", "report", mac] => Ok(Route::Report(mac.parse()?)),
             ["api", "clients"] => Ok(Route::Clients),
+            ["api", "multicast", image, version, what] => {
+                check_name("image name", image).map_err(|_| unknown())?;
+                check_name("version", version).map_err(|_| unknown())?;
+                let (image, version) = (image.to_string(), version.to_string());
+                match *what {
+                    MULTICAST_JOIN => Ok(Route::MulticastJoin { image, version }),
+                    MULTICAST_BLOCKS => Ok(Route::MulticastBlocks { image, version }),
+                    _ => Err(unknown()),
+                }
+            }
             [dir, file] if *dir == ACCOUNTS_DIR => AccountsFile::ALL
                 .into_iter()
                 .find(|f| f.name() == *file)
@@ -279,6 +318,14 @@ mod tests {
             Route::Accounts(AccountsFile::Passwd),
             Route::Accounts(AccountsFile::Group),
             Route::Accounts(AccountsFile::KnownHosts),
+            Route::MulticastJoin {
+                image: "lab".into(),
+                version: "v1".into(),
+            },
+            Route::MulticastBlocks {
+                image: "lab".into(),
+                version: "v1".into(),
+            },
         ];
         for route in routes {
             assert_eq!(Route::parse(&route.path()), Ok(route.clone()), "{route}");
@@ -325,6 +372,9 @@ mod tests {
             "/accounts/shadow",
             "/accounts/",
             "/accounts/passwd/x",
+            "/api/multicast/lab/v1/leave",
+            "/api/multicast/lab/current/join",
+            "/api/multicast/../v1/join",
             "",
             "boot",
         ] {
