@@ -17,6 +17,7 @@
 //! block_size=65536
 //! fragment_size=1024
 //! rate=62500000
+//! blocks=/api/multicast/lab/20260101-000000-abcdef01/blocks
 //! ```
 
 use diskless_boot::multicast::Multicast;
@@ -64,6 +65,8 @@ pub struct Session {
     pub bytes_per_second: u64,
     /// The block digests, end to end.
     pub digests: Arc<Vec<u8>>,
+    /// The path seats fetch them from.
+    pub blocks_path: String,
     last_join: Mutex<Instant>,
     stopped: AtomicBool,
     /// Seats that joined.
@@ -78,14 +81,15 @@ impl Session {
     /// The join answer (module docs).
     pub fn join_answer(&self) -> String {
         format!(
-            "session={:016x}\ngroup={}\nport={}\nimage_len={}\nblock_size={}\nfragment_size={}\nrate={}\n",
+            "session={:016x}\ngroup={}\nport={}\nimage_len={}\nblock_size={}\nfragment_size={}\nrate={}\nblocks={}\n",
             self.id,
             self.group,
             self.port,
             self.layout.image_len,
             self.layout.block_size,
             self.layout.fragment_size,
-            self.bytes_per_second
+            self.bytes_per_second,
+            self.blocks_path
         )
     }
 
@@ -187,6 +191,11 @@ impl Sessions {
             layout,
             bytes_per_second: config.bytes_per_second,
             digests: Arc::new(digests),
+            blocks_path: diskless_boot::Route::MulticastBlocks {
+                image: image.to_string(),
+                version: version.to_string(),
+            }
+            .path(),
             last_join: Mutex::new(Instant::now()),
             stopped: AtomicBool::new(false),
             seats: AtomicU64::new(1),
