@@ -52,15 +52,16 @@ pub fn run(req: Request) -> Result<(), String> {
     if let Some(join_url) = &req.multicast {
         match multicast::fetch(join_url, &req.sources, &req.expected_sha256, &req.out) {
             Ok(multicast::Outcome::Done(stats)) => {
+                let detail = stats.report_detail();
                 eprintln!(
-                    "diskless: fetched {} in {:.1} s: {} by multicast, {} by HTTP, sha256 verified",
+                    "diskless: fetched {} in {:.1} s: {} by multicast, {} by HTTP, sha256 verified ({detail})",
                     Progress::human_bytes(stats.image_bytes),
                     stats.seconds,
                     Progress::human_bytes(stats.multicast_bytes),
                     Progress::human_bytes(stats.http_bytes),
                 );
                 if let Some(url) = &req.report_url {
-                    let _ = http::post_report(url, STAGE_FETCHED, &stats.report_detail());
+                    let _ = http::post_report(url, STAGE_FETCHED, &detail);
                 }
                 return Ok(());
             }
