@@ -1,6 +1,7 @@
 //! The image by multicast (issue 24, item 5 of the brief: namespaces, no QEMU): the real
 //! `diskless serve` in one namespace with `[multicast]` on, four seats on its bridge, each
-//! running the real static fetch helper with `--multicast` as the boot script does:
+//! running the real static fetch helper with the sources, sha256 and multicast join URL of
+//! its iPXE script's kernel command line, as the boot script does:
 //!
 //! - c1, c2: a clean network: the image comes by multicast, next to nothing by HTTP;
 //! - c3: 5 % of the group's datagrams dropped (nftables): the holes come by HTTP Range;
@@ -109,7 +110,7 @@ impl Lab {
             &config,
             format!(
                 "interface = \"srv0\"\nmode = \"proxy\"\nstore = \"{}\"\nstate = \"{}\"\n\
-                 admin_listen = \"off\"\n\n[multicast]\nenabled = true\nport = {PORT}\n\
+                 admin_listen = \"off\"\n\n[boot]\nimage = \"lab\"\n\n[multicast]\nenabled = true\nport = {PORT}\n\
                  rate = 200\nidle = 5\n",
                 store.display(),
                 self.path().join("state").display()
@@ -151,17 +152,37 @@ impl Lab {
         std::fs::read_to_string(self.path().join(name)).unwrap_or_default()
     }
 
+    /// The words of seat `seat`'s kernel command line in its iPXE script that the boot
+    /// script hands the helper: the sources, the sha256 and the multicast join URL.
+    fn cmdline(&self, seat: usize) -> (String, String, String) {
+        let mac = format!("52-54-00-00-00-{seat:02x}");
+        let script = run(in_ns(&self.ns(&format!("c{seat}")), "curl")
+            .args(["-sf", &format!("http://{SERVER}/boot/{mac}.ipxe")]));
+        let word = |key: &str| {
+            script
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(key))
+                .unwrap_or_else(|| panic!("no {key} in\n{script}"))
+                .to_string()
+        };
+        (
+            word("diskless.image="),
+            word("diskless.sha256="),
+            word("diskless.multicast="),
+        )
+    }
+
     /// Seat `seat`'s fetch helper, started in its namespace as the boot script runs it.
-    fn seat(&self, fetch: &Path, seat: usize, sha256: &str) -> Child {
+    fn seat(&self, fetch: &Path, seat: usize) -> Child {
+        let (sources, sha256, join) = self.cmdline(seat);
         let ram = self.path().join(format!("ram{seat}"));
         std::fs::create_dir_all(&ram).unwrap();
         let log = std::fs::File::create(self.path().join(format!("c{seat}.log"))).unwrap();
         in_ns(&self.ns(&format!("c{seat}")), fetch)
-            .args(["get", "--sha256", sha256, "--out"])
+            .args(["get", "--sha256", &sha256, "--out"])
             .arg(ram.join("root.squashfs"))
-            .args(["--retries", "1", "--multicast"])
-            .arg(format!("http://{SERVER}/api/multicast/lab/v1/join"))
-            .arg(format!("http://{SERVER}/images/lab/v1/root.squashfs"))
+            .args(["--retries", "1", "--multicast", &join])
+            .args(sources.split(','))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -228,7 +249,7 @@ fn seats_get_the_image_by_multicast_repair_losses_and_fall_back_where_it_is_bloc
         &format!("udp dport {PORT} numgen random mod 100 < 5 drop"),
     );
     lab.drop_on(4, "ip daddr 239.0.0.0/8 drop");
-    let seats: Vec<Child> = (1..=SEATS).map(|i| lab.seat(&fetch, i, &sha256)).collect();
+    let seats: Vec<Child> = (1..=SEATS).map(|i| lab.seat(&fetch, i)).collect();
     let mut failures = Vec::new();
     for (i, mut child) in (1..=SEATS).zip(seats) {
         let status = child.wait().unwrap();

@@ -309,6 +309,7 @@ pub fn client_boot_file(
             boot_cpio: manifest.has_boot_cpio(),
         },
         report_token: &report_token,
+        multicast: site.multicast.is_some(),
     };
     let body = match kind {
         Script::Ipxe => {
