@@ -102,9 +102,74 @@ impl Multicast {
     }
 }
 
+/// How a seat that was given `diskless.multicast=` got its image, from the detail of its
+/// `fetched` report (the fetch helper writes it; a test there parses its text with this).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MulticastFetch {
+    /// By the session: `multicast_bytes=N http_bytes=M` (M repaired over HTTP).
+    Joined {
+        /// Bytes taken from the group.
+        multicast_bytes: u64,
+        /// Bytes repaired over HTTP Range.
+        http_bytes: u64,
+    },
+    /// `multicast=unreachable`: nothing arrived on the group; the image came by HTTP.
+    Unreachable,
+    /// `multicast=failed`: the session could not be used (join refused, a block still wrong
+    /// after repair ...); the image came by HTTP.
+    Failed,
+}
+
+impl MulticastFetch {
+    /// What a `fetched` detail says of multicast; `None` for a seat that did not try.
+    pub fn parse(detail: &str) -> Option<MulticastFetch> {
+        let field = |name: &str| {
+            detail
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+        };
+        match field("multicast") {
+            Some("unreachable") => return Some(MulticastFetch::Unreachable),
+            Some("failed") => return Some(MulticastFetch::Failed),
+            _ => {}
+        }
+        Some(MulticastFetch::Joined {
+            multicast_bytes: field("multicast_bytes")?.parse().ok()?,
+            http_bytes: field("http_bytes")?.parse().ok()?,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fetched_detail_says_how_multicast_went() {
+        assert_eq!(
+            MulticastFetch::parse("bytes=10 seconds=1.00 mbps=0.0 multicast_bytes=9 http_bytes=1"),
+            Some(MulticastFetch::Joined {
+                multicast_bytes: 9,
+                http_bytes: 1
+            })
+        );
+        assert_eq!(
+            MulticastFetch::parse("bytes=10 seconds=1.00 mbps=0.0 multicast=unreachable"),
+            Some(MulticastFetch::Unreachable)
+        );
+        assert_eq!(
+            MulticastFetch::parse("bytes=10 multicast=failed"),
+            Some(MulticastFetch::Failed)
+        );
+        assert_eq!(
+            MulticastFetch::parse("bytes=10 seconds=1.00 mbps=0.0"),
+            None
+        );
+        assert_eq!(
+            MulticastFetch::parse("multicast_bytes=x http_bytes=1"),
+            None
+        );
+    }
 
     #[test]
     fn off_by_default_and_checked_when_on() {

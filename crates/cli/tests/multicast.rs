@@ -110,7 +110,7 @@ impl Lab {
             &config,
             format!(
                 "interface = \"srv0\"\nmode = \"proxy\"\nstore = \"{}\"\nstate = \"{}\"\n\
-                 admin_listen = \"off\"\n\n[boot]\nimage = \"lab\"\n\n[multicast]\nenabled = true\nport = {PORT}\n\
+                 admin_listen = \"127.0.0.1:9180\"\n\n[boot]\nimage = \"lab\"\n\n[multicast]\nenabled = true\nport = {PORT}\n\
                  rate = 200\nidle = 5\n",
                 store.display(),
                 self.path().join("state").display()
@@ -153,8 +153,9 @@ impl Lab {
     }
 
     /// The words of seat `seat`'s kernel command line in its iPXE script that the boot
-    /// script hands the helper: the sources, the sha256 and the multicast join URL.
-    fn cmdline(&self, seat: usize) -> (String, String, String) {
+    /// script hands the helper: the sources, the sha256, the multicast join URL and the
+    /// report URL.
+    fn cmdline(&self, seat: usize) -> (String, String, String, String) {
         let mac = format!("52-54-00-00-00-{seat:02x}");
         let script = run(in_ns(&self.ns(&format!("c{seat}")), "curl")
             .args(["-sf", &format!("http://{SERVER}/boot/{mac}.ipxe")]));
@@ -169,19 +170,20 @@ impl Lab {
             word("diskless.image="),
             word("diskless.sha256="),
             word("diskless.multicast="),
+            word("diskless.report="),
         )
     }
 
     /// Seat `seat`'s fetch helper, started in its namespace as the boot script runs it.
     fn seat(&self, fetch: &Path, seat: usize) -> Child {
-        let (sources, sha256, join) = self.cmdline(seat);
+        let (sources, sha256, join, report) = self.cmdline(seat);
         let ram = self.path().join(format!("ram{seat}"));
         std::fs::create_dir_all(&ram).unwrap();
         let log = std::fs::File::create(self.path().join(format!("c{seat}.log"))).unwrap();
         in_ns(&self.ns(&format!("c{seat}")), fetch)
             .args(["get", "--sha256", &sha256, "--out"])
             .arg(ram.join("root.squashfs"))
-            .args(["--retries", "1", "--multicast", &join])
+            .args(["--retries", "1", "--multicast", &join, "--report", &report])
             .args(sources.split(','))
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -288,6 +290,36 @@ fn seats_get_the_image_by_multicast_repair_losses_and_fall_back_where_it_is_bloc
         "{}\nserver log:\n{}",
         failures.join("\n"),
         lab.log("serve.log")
+    );
+    // The server's counters: one session, four seats; the seats' reports (best effort,
+    // recorded in the background) add where their bytes came from.
+    let metrics = |lab: &Lab| {
+        run(in_ns(&lab.ns("srv"), "curl").args(["-sf", "http://127.0.0.1:9180/metrics"]))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut text = metrics(&lab);
+    while !text.contains("diskless_multicast_fallbacks_total{reason=\"unreachable\"} 1") {
+        assert!(Instant::now() < deadline, "no fallback counted:\n{text}");
+        std::thread::sleep(Duration::from_millis(200));
+        text = metrics(&lab);
+    }
+    for line in [
+        "diskless_multicast_sessions_started_total{image=\"lab\"} 1",
+        "diskless_multicast_seats_joined_total{image=\"lab\"} 4",
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
+    let counter = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    };
+    // Three seats joined and reported: their images, by multicast and repaired.
+    assert_eq!(
+        counter("diskless_multicast_seat_bytes_total{via=\"multicast\"}")
+            + counter("diskless_multicast_seat_bytes_total{via=\"http\"}"),
+        3 * IMAGE_BYTES as u64,
+        "{text}"
     );
     let server_log = lab.log("serve.log");
     assert_eq!(

@@ -18,6 +18,12 @@ use std::time::Duration;
 /// `diskless_boot::Stage`: a test there reads every `STAGE_` constant of this file).
 pub const STAGE_FETCHED: &str = "fetched";
 
+/// Added to the `fetched` detail when multicast was asked for and nothing arrived (read back
+/// by `diskless_boot::multicast::MulticastFetch`, tested in `crate::multicast`).
+pub const NOTE_UNREACHABLE: &str = " multicast=unreachable";
+/// The same when the session could not be used.
+pub const NOTE_FAILED: &str = " multicast=failed";
+
 pub struct Request {
     pub sources: Vec<Source>,
     pub expected_sha256: [u8; 32],
@@ -67,11 +73,11 @@ pub fn run(req: Request) -> Result<(), String> {
             }
             Ok(multicast::Outcome::Unreachable(why)) => {
                 eprintln!("diskless: {why}; fetching by HTTP");
-                multicast_note = " multicast=unreachable";
+                multicast_note = NOTE_UNREACHABLE;
             }
             Err(e) => {
                 eprintln!("diskless: multicast: {e}; fetching by HTTP");
-                multicast_note = " multicast=failed";
+                multicast_note = NOTE_FAILED;
             }
         }
     }

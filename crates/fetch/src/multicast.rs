@@ -476,5 +476,20 @@ mod tests {
         );
         let parsed = diskless_boot::FetchedDetail::parse(&detail).unwrap();
         assert_eq!(parsed.bytes, 1000);
+        use diskless_boot::multicast::MulticastFetch;
+        assert_eq!(
+            MulticastFetch::parse(&detail),
+            Some(MulticastFetch::Joined {
+                multicast_bytes: 900,
+                http_bytes: 100
+            })
+        );
+        for (note, said) in [
+            (crate::fetch::NOTE_UNREACHABLE, MulticastFetch::Unreachable),
+            (crate::fetch::NOTE_FAILED, MulticastFetch::Failed),
+        ] {
+            let detail = format!("bytes=1 seconds=1.00 mbps=0.0{note}");
+            assert_eq!(MulticastFetch::parse(&detail), Some(said));
+        }
     }
 }

@@ -692,7 +692,7 @@ fn spawn_http(tasks: &mut Tasks, prepared: &Prepared, listener: tokio::net::TcpL
         access: prepared.access.clone(),
         clients_json: shared_json::SharedJson::default(),
         json_limit: shared_json::JsonLimit::default(),
-        multicast: Default::default(),
+        multicast: Arc::new(multicast::Sessions::new(prepared.metrics.clone())),
     }));
     let stopped = tasks.stopped();
     tasks.spawn(async move {

@@ -20,6 +20,7 @@
 //! blocks=/api/multicast/lab/20260101-000000-abcdef01/blocks
 //! ```
 
+use crate::metrics::Metrics;
 use diskless_boot::multicast::Multicast;
 use diskless_multicast::wire::HEADER_LEN;
 use diskless_multicast::{Carousel, Layout, Pacer, DIGEST_LEN};
@@ -49,6 +50,8 @@ pub struct Sessions {
     by_version: tokio::sync::Mutex<HashMap<(String, String), Arc<Session>>>,
     /// Sessions started so far: the next one takes the next group of the range.
     started: AtomicU32,
+    /// Where sessions, seats, rounds and bytes are counted, per image.
+    metrics: Arc<Metrics>,
 }
 
 /// One image version being sent.
@@ -148,6 +151,14 @@ fn session_id() -> u64 {
 }
 
 impl Sessions {
+    /// No session yet; counts go to `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Sessions {
+        Sessions {
+            metrics,
+            ..Sessions::default()
+        }
+    }
+
     /// The running session of `image`/`version` (file `path`), started if there is none; a
     /// join either way. `interface` is the address the datagrams leave from.
     pub async fn join(
@@ -166,6 +177,10 @@ impl Sessions {
         if let Some(session) = sessions.get(&key) {
             *session.last_join.lock().expect("join time") = Instant::now();
             session.seats.fetch_add(1, Ordering::Relaxed);
+            self.metrics
+                .multicast_seats
+                .with_label_values(&[image])
+                .inc();
             return Ok(session.clone());
         }
         let image_err = |path: &Path, source| JoinError::Image {
@@ -205,10 +220,22 @@ impl Sessions {
         let idle = Duration::from_secs(config.idle_seconds);
         let sender = session.clone();
         let name = format!("{image}/{version}");
+        let counters = SessionCounters {
+            rounds: self.metrics.multicast_rounds.with_label_values(&[image]),
+            bytes: self.metrics.multicast_bytes.with_label_values(&[image]),
+        };
         std::thread::Builder::new()
             .name(format!("multicast {name}"))
-            .spawn(move || send(&sender, &socket, &file, idle, &name))
+            .spawn(move || send(&sender, &socket, &file, idle, &name, &counters))
             .map_err(JoinError::Socket)?;
+        self.metrics
+            .multicast_sessions
+            .with_label_values(&[image])
+            .inc();
+        self.metrics
+            .multicast_seats
+            .with_label_values(&[image])
+            .inc();
         tracing::info!(
             image,
             version,
@@ -241,8 +268,21 @@ fn sender_socket(config: &Multicast, interface: Ipv4Addr) -> std::io::Result<Udp
     Ok(socket.into())
 }
 
+/// The image's counters of `/metrics` a sender adds to.
+struct SessionCounters {
+    rounds: prometheus::IntCounter,
+    bytes: prometheus::IntCounter,
+}
+
 /// The sender thread: round and round until idle.
-fn send(session: &Session, socket: &UdpSocket, file: &File, idle: Duration, name: &str) {
+fn send(
+    session: &Session,
+    socket: &UdpSocket,
+    file: &File,
+    idle: Duration,
+    name: &str,
+    counters: &SessionCounters,
+) {
     let layout = session.layout;
     let round_time =
         Duration::from_secs_f64(layout.image_len as f64 / session.bytes_per_second as f64);
@@ -264,6 +304,7 @@ fn send(session: &Session, socket: &UdpSocket, file: &File, idle: Duration, name
             let last_join = *session.last_join.lock().expect("join time");
             if fragment.round > 0 {
                 session.rounds.fetch_add(1, Ordering::Relaxed);
+                counters.rounds.inc();
             }
             if now.duration_since(last_join) > idle + round_time {
                 break;
@@ -278,6 +319,7 @@ fn send(session: &Session, socket: &UdpSocket, file: &File, idle: Duration, name
         match socket.send_to(&datagram[..len], to) {
             Ok(n) => {
                 session.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+                counters.bytes.inc_by(n as u64);
             }
             Err(e) => {
                 // Logged once: a network without a route for the group fails every send.
