@@ -13,6 +13,8 @@
 //!                                          its group, port, layout (text, `key=value` lines)
 //! GET  /api/multicast/{name}/{version}/blocks  the sha256 of every block of root.squashfs,
 //!                                          32 bytes each, end to end
+//! POST /api/multicast/{name}/{version}/leave?session={hex}  a seat has its image: the
+//!                                          session stops once every seat that joined left
 //! ```
 //!
 //! [`Route::path`] builds a path, [`Route::parse`] reads one back (`parse(path()) == route`,
@@ -144,8 +146,17 @@ pub enum Route {
         /// Version (checked by [`check_name`]).
         version: String,
     },
+    /// `/api/multicast/{image}/{version}/leave`: a seat is done with the session.
+    MulticastLeave {
+        /// Image name (checked by [`check_name`]).
+        image: String,
+        /// Version (checked by [`check_name`]).
+        version: String,
+    },
 }
 
+/// The last segment of [`Route::MulticastLeave`].
+pub const MULTICAST_LEAVE: &str = "leave";
 /// The last segment of [`Route::MulticastJoin`].
 pub const MULTICAST_JOIN: &str = "join";
 /// The last segment of [`Route::MulticastBlocks`].
@@ -198,6 +209,9 @@ impl Route {
             }
             Route::MulticastBlocks { image, version } => {
                 format!("/api/multicast/{image}/{version}/{MULTICAST_BLOCKS}")
+            }
+            Route::MulticastLeave { image, version } => {
+                format!("/api/multicast/{image}/{version}/{MULTICAST_LEAVE}")
             }
         }
     }
@@ -275,6 +289,7 @@ impl Route {
                 match *what {
                     MULTICAST_JOIN => Ok(Route::MulticastJoin { image, version }),
                     MULTICAST_BLOCKS => Ok(Route::MulticastBlocks { image, version }),
+                    MULTICAST_LEAVE => Ok(Route::MulticastLeave { image, version }),
                     _ => Err(unknown()),
                 }
             }
@@ -326,6 +341,10 @@ mod tests {
                 image: "lab".into(),
                 version: "v1".into(),
             },
+            Route::MulticastLeave {
+                image: "lab".into(),
+                version: "v1".into(),
+            },
         ];
         for route in routes {
             assert_eq!(Route::parse(&route.path()), Ok(route.clone()), "{route}");
@@ -372,7 +391,7 @@ mod tests {
             "/accounts/shadow",
             "/accounts/",
             "/accounts/passwd/x",
-            "/api/multicast/lab/v1/leave",
+            "/api/multicast/lab/v1/stop",
             "/api/multicast/lab/current/join",
             "/api/multicast/../v1/join",
             "",

@@ -321,7 +321,19 @@ fn seats_get_the_image_by_multicast_repair_losses_and_fall_back_where_it_is_bloc
         3 * IMAGE_BYTES as u64,
         "{text}"
     );
+    // Every seat left (the blocked one too, after its 3 s): the session stops without
+    // waiting for `idle`.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !lab.log("serve.log").contains("multicast session stopped") {
+        assert!(Instant::now() < deadline, "the session never stopped");
+        std::thread::sleep(Duration::from_millis(200));
+    }
     let server_log = lab.log("serve.log");
+    let stopped = server_log
+        .lines()
+        .find(|l| l.contains("multicast session stopped"))
+        .unwrap();
+    eprintln!("server: {stopped}");
     assert_eq!(
         server_log.matches("multicast session started").count(),
         1,

@@ -246,15 +246,23 @@ fn form_encode(value: &str) -> String {
 /// Tell the boot server which stage this client reached. Short timeouts: never delay a boot.
 pub fn post_report(url: &str, stage: &str, detail: &str) -> Result<(), String> {
     let source = Source::parse(url)?;
-    let Source::Http { host, path, .. } = &source else {
+    if !matches!(source, Source::Http { .. }) {
         return Err("reports go to an http:// URL".into());
-    };
-    let mut stream = connect(&source)?;
+    }
     let body = format!(
         "stage={}&detail={}",
         form_encode(stage),
         form_encode(detail)
     );
+    post_form(&source, &body)
+}
+
+/// POST `body` (form-encoded) to `source`; any 2xx answer is success.
+pub fn post_form(source: &Source, body: &str) -> Result<(), String> {
+    let Source::Http { host, path, .. } = source else {
+        return Err(format!("{source}: not an http:// URL"));
+    };
+    let mut stream = connect(source)?;
     let request = format!(
         "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\
          Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
@@ -262,7 +270,7 @@ pub fn post_report(url: &str, stage: &str, detail: &str) -> Result<(), String> {
     );
     stream
         .write_all(request.as_bytes())
-        .map_err(|e| format!("sending report: {e}"))?;
+        .map_err(|e| format!("sending the request: {e}"))?;
     let head = read_head(&mut BufReader::new(stream))?;
     match parse_head(&head)?.status {
         200..=299 => Ok(()),

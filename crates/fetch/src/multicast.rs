@@ -8,7 +8,8 @@
 //!    block counts once its sha256 matches; a forged or damaged fragment fails its block,
 //!    whose bytes come again.
 //! 3. Stop listening when the sender has gone once round the image since our first packet,
-//!    or after [`SILENCE`] without a packet.
+//!    or after [`SILENCE`] without a packet; leave the group, and tell the server (the
+//!    session stops once every seat that joined has left).
 //! 4. Ask the image URLs for what is missing, by byte ranges; check those blocks.
 //! 5. Hash the whole file and compare with `--sha256`, as every other transport does.
 //!
@@ -52,6 +53,8 @@ pub struct Join {
     pub layout: Layout,
     /// Path of the block digests on the same server.
     pub blocks: String,
+    /// Path (and query) to say this seat is done, on the same server.
+    pub leave: Option<String>,
 }
 
 impl Join {
@@ -89,6 +92,7 @@ impl Join {
             port: number("port", field("port")?)?,
             layout,
             blocks: field("blocks")?.to_string(),
+            leave: field("leave").ok().map(str::to_string),
         })
     }
 }
@@ -189,7 +193,20 @@ fn fetch_inner(
         Progress::human_bytes(image_len),
         join.layout.blocks()
     );
-    if !receive(&socket, &mut receiver, &file, out)? {
+    let heard = receive(&socket, &mut receiver, &file, out);
+    drop(socket); // leaves the group: the switch stops sending it here
+    if let Some(leave) = &join.leave {
+        // Best effort: the session stops when every seat has left, or else when idle.
+        let at = Source::Http {
+            host: host.clone(),
+            port: *port,
+            path: leave.clone(),
+        };
+        if let Err(e) = http::post_form(&at, "") {
+            eprintln!("diskless: warning: leaving the multicast session: {e}");
+        }
+    }
+    if !heard? {
         return Ok(Outcome::Unreachable(format!(
             "multicast does not reach this seat: nothing on {}:{} in {} s",
             join.group,
@@ -197,7 +214,6 @@ fn fetch_inner(
             FIRST_PACKET_WAIT.as_secs()
         )));
     }
-    drop(socket); // leaves the group: the switch stops sending it here
     let multicast_bytes = image_len - receiver.missing_bytes();
     let http_bytes = repair(&mut receiver, sources, &file, out)?;
     file.sync_all()
@@ -448,6 +464,13 @@ mod tests {
         assert_eq!(join.port, 5940);
         assert_eq!(join.layout.blocks(), 4);
         assert_eq!(join.blocks, "/api/multicast/lab/v1/blocks");
+        assert_eq!(join.leave, None, "a server that has no leave");
+        let with_leave =
+            format!("{ANSWER}leave=/api/multicast/lab/v1/leave?session=00c0ffee12345678\n");
+        assert_eq!(
+            Join::parse(&with_leave).unwrap().leave.as_deref(),
+            Some("/api/multicast/lab/v1/leave?session=00c0ffee12345678")
+        );
         let unicast = ANSWER.replace("239.255.77.1", "10.0.0.1");
         assert!(Join::parse(&unicast)
             .unwrap_err()

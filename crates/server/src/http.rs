@@ -120,6 +120,26 @@ async fn handle(
         Route::MulticastJoin { image, version } if get => {
             multicast_join(&state, &image, &version, peer).await
         }
+        Route::MulticastLeave { image, version } if request.method() == Method::POST => {
+            let session = request
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("session=")))
+                .and_then(|id| u64::from_str_radix(id, 16).ok());
+            match session {
+                Some(id) if state.multicast.leave(&image, &version, id).await => {
+                    text(StatusCode::OK, "ok\n".into())
+                }
+                Some(_) => text(
+                    StatusCode::NOT_FOUND,
+                    format!("no such multicast session of {image} {version}\n"),
+                ),
+                None => text(
+                    StatusCode::BAD_REQUEST,
+                    "leave needs ?session=HEX, from the join answer\n".into(),
+                ),
+            }
+        }
         Route::MulticastBlocks { image, version } if get => {
             match state.multicast.get(&image, &version).await {
                 Some(session) => (

@@ -1,7 +1,8 @@
 //! Multicast sessions: one per image version, started by the first seat that joins, sending
 //! the version's root.squashfs round and round to a group, paced at `[multicast] rate`, and
-//! stopped once no seat has joined for `[multicast] idle` seconds plus one round (so the last
-//! seat to join gets a whole round). The protocol is `diskless_multicast`'s (docs/MULTICAST.md).
+//! stopped once every seat that joined has left, or no seat has joined for `[multicast] idle`
+//! seconds plus one round (so the last seat to join gets a whole round; a seat that died
+//! never leaves). The protocol is `diskless_multicast`'s (docs/MULTICAST.md).
 //!
 //! The sender is a plain thread, not a tokio task: it sleeps between bursts at a microsecond
 //! schedule and reads the image with `pread`, neither of which belongs on the runtime's
@@ -18,7 +19,12 @@
 //! fragment_size=1024
 //! rate=62500000
 //! blocks=/api/multicast/lab/20260101-000000-abcdef01/blocks
+//! leave=/api/multicast/lab/20260101-000000-abcdef01/leave?session=00c0ffee12345678
 //! ```
+//!
+//! A seat that has its image says so at `leave`; once every seat that joined has left, the
+//! session stops at once, so a storm of seats that joined together costs the link about
+//! one round, not `idle` seconds more of them.
 
 use crate::metrics::Metrics;
 use diskless_boot::multicast::Multicast;
@@ -70,6 +76,10 @@ pub struct Session {
     pub digests: Arc<Vec<u8>>,
     /// The path seats fetch them from.
     pub blocks_path: String,
+    /// The path seats say they are done at (`?session=` added).
+    pub leave_path: String,
+    /// Seats joined and not left: none, and the session stops at once.
+    active: AtomicU64,
     last_join: Mutex<Instant>,
     stopped: AtomicBool,
     /// Seats that joined.
@@ -84,7 +94,7 @@ impl Session {
     /// The join answer (module docs).
     pub fn join_answer(&self) -> String {
         format!(
-            "session={:016x}\ngroup={}\nport={}\nimage_len={}\nblock_size={}\nfragment_size={}\nrate={}\nblocks={}\n",
+            "session={:016x}\ngroup={}\nport={}\nimage_len={}\nblock_size={}\nfragment_size={}\nrate={}\nblocks={}\nleave={}?session={:016x}\n",
             self.id,
             self.group,
             self.port,
@@ -92,7 +102,9 @@ impl Session {
             self.layout.block_size,
             self.layout.fragment_size,
             self.bytes_per_second,
-            self.blocks_path
+            self.blocks_path,
+            self.leave_path,
+            self.id
         )
     }
 
@@ -177,6 +189,7 @@ impl Sessions {
         if let Some(session) = sessions.get(&key) {
             *session.last_join.lock().expect("join time") = Instant::now();
             session.seats.fetch_add(1, Ordering::Relaxed);
+            session.active.fetch_add(1, Ordering::SeqCst);
             self.metrics
                 .multicast_seats
                 .with_label_values(&[image])
@@ -211,6 +224,12 @@ impl Sessions {
                 version: version.to_string(),
             }
             .path(),
+            leave_path: diskless_boot::Route::MulticastLeave {
+                image: image.to_string(),
+                version: version.to_string(),
+            }
+            .path(),
+            active: AtomicU64::new(1),
             last_join: Mutex::new(Instant::now()),
             stopped: AtomicBool::new(false),
             seats: AtomicU64::new(1),
@@ -246,6 +265,21 @@ impl Sessions {
         );
         sessions.insert(key, session.clone());
         Ok(session)
+    }
+
+    /// A seat of session `id` of `image`/`version` has its image. False when no such session
+    /// runs (it stopped, or `id` is another's).
+    pub async fn leave(&self, image: &str, version: &str, id: u64) -> bool {
+        match self.get(image, version).await.filter(|s| s.id == id) {
+            Some(session) => {
+                // Never below zero: a seat that leaves twice does not stop the others' session.
+                let _ = session
+                    .active
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+                true
+            }
+            None => false,
+        }
     }
 
     /// The running session of `image`/`version`, if any.
@@ -299,6 +333,9 @@ fn send(
             std::thread::sleep(wait);
             continue;
         }
+        if session.active.load(Ordering::SeqCst) == 0 {
+            break;
+        }
         let fragment = carousel.next_fragment();
         if fragment.block == 0 && fragment.fragment == 0 {
             let last_join = *session.last_join.lock().expect("join time");
@@ -338,7 +375,7 @@ fn send(
         rounds = session.rounds.load(Ordering::Relaxed),
         bytes_sent = session.bytes_sent.load(Ordering::Relaxed),
         send_errors = errors,
-        "multicast session stopped: no seat joined for {} s",
+        "multicast session stopped: every seat left, or none joined for {} s",
         idle.as_secs()
     );
 }
@@ -367,7 +404,9 @@ mod tests {
 
     impl Netns {
         fn new() -> Netns {
-            let name = format!("mcast-unit-{}", std::process::id());
+            static NEXT: AtomicU32 = AtomicU32::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let name = format!("mcast-unit-{}-{n}", std::process::id());
             let ip = |args: &[&str]| {
                 diskless_testkit::run(std::process::Command::new("ip").args(args));
             };
@@ -385,10 +424,9 @@ mod tests {
         }
     }
 
-    /// A session on loopback (in a namespace: the host's lo has no MULTICAST flag): a
-    /// receiver on the group gets the whole image, and the session stops once idle.
-    #[test]
-    fn a_seat_on_loopback_receives_the_whole_image_and_the_session_stops_when_idle() {
+    /// Runs `test` on a runtime inside a namespace of its own (loopback with multicast: the
+    /// host's lo has no MULTICAST flag).
+    fn in_netns<F: std::future::Future<Output = ()> + 'static>(test: fn() -> F) {
         if !diskless_testkit::root_with_tools(&["ip"]) {
             return;
         }
@@ -401,10 +439,77 @@ mod tests {
                 .enable_all()
                 .build()
                 .unwrap()
-                .block_on(session_on_loopback());
+                .block_on(test());
         })
         .join()
         .unwrap();
+    }
+
+    /// A receiver on the group gets the whole image; the session stops when it leaves.
+    #[test]
+    fn a_seat_on_loopback_receives_the_whole_image() {
+        in_netns(session_on_loopback);
+    }
+
+    /// A session nobody leaves stops `idle` seconds plus one round after the last join,
+    /// having sent at least that round.
+    #[test]
+    fn a_session_nobody_leaves_stops_when_idle() {
+        in_netns(|| async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("root.squashfs");
+            std::fs::write(&path, vec![7u8; 100_000]).unwrap();
+            let config = Multicast {
+                groups: "239.255.80.0/24".parse().unwrap(),
+                port: 5942,
+                bytes_per_second: 10_000_000,
+                ttl: 1,
+                idle_seconds: 0,
+            };
+            let sessions = Sessions::default();
+            let session = sessions
+                .join(&config, Ipv4Addr::LOCALHOST, "lab", "v1", path)
+                .await
+                .unwrap();
+            while session.is_running() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(session.rounds.load(Ordering::Relaxed) >= 1);
+            assert!(session.bytes_sent.load(Ordering::Relaxed) >= 100_000);
+            assert!(sessions.get("lab", "v1").await.is_none());
+        });
+    }
+
+    /// The session stops once every seat that joined has left, not before; a leave naming
+    /// another session is refused.
+    #[test]
+    fn a_session_stops_when_every_seat_has_left() {
+        in_netns(|| async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("root.squashfs");
+            std::fs::write(&path, vec![7u8; 100_000]).unwrap();
+            let config = Multicast {
+                groups: "239.255.79.0/24".parse().unwrap(),
+                port: 5941,
+                bytes_per_second: 1_000_000,
+                ttl: 1,
+                // Never idle within the test: only the leaves can stop it.
+                idle_seconds: 3600,
+            };
+            let sessions = Sessions::default();
+            let join = || sessions.join(&config, Ipv4Addr::LOCALHOST, "lab", "v1", path.clone());
+            let first = join().await.unwrap();
+            let second = join().await.unwrap();
+            assert_eq!(first.id, second.id, "one session for both seats");
+            assert!(!sessions.leave("lab", "v1", first.id ^ 1).await);
+            assert!(sessions.leave("lab", "v1", first.id).await);
+            assert!(first.is_running(), "one seat is still there");
+            assert!(sessions.leave("lab", "v1", first.id).await);
+            while first.is_running() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(!sessions.leave("lab", "v1", first.id).await, "it is gone");
+        });
     }
 
     async fn session_on_loopback() {
@@ -417,7 +522,8 @@ mod tests {
             port: 5940,
             bytes_per_second: 20_000_000,
             ttl: 1,
-            idle_seconds: 0,
+            // Never idle within the test: the seat's leave stops it.
+            idle_seconds: 3600,
         };
         let group = config.group(0);
         let receiver = UdpSocket::bind(SocketAddrV4::new(group, config.port)).unwrap();
@@ -460,7 +566,7 @@ mod tests {
         })
         .await
         .unwrap();
-        // idle 0: the session stops at the end of the round after the last join.
+        assert!(sessions.leave("lab", "v1", session.id).await);
         while session.is_running() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
