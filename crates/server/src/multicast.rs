@@ -337,12 +337,12 @@ fn send(
             break;
         }
         let fragment = carousel.next_fragment();
-        if fragment.block == 0 && fragment.fragment == 0 {
+        // Idle is checked between rounds, never before the first: a session sends the
+        // image at least once, however late its thread started.
+        if fragment.round > 0 && fragment.block == 0 && fragment.fragment == 0 {
+            session.rounds.fetch_add(1, Ordering::Relaxed);
+            counters.rounds.inc();
             let last_join = *session.last_join.lock().expect("join time");
-            if fragment.round > 0 {
-                session.rounds.fetch_add(1, Ordering::Relaxed);
-                counters.rounds.inc();
-            }
             if now.duration_since(last_join) > idle + round_time {
                 break;
             }
