@@ -102,6 +102,7 @@ fn fixture() -> &'static Fixture {
             access: Access::new(Arc::new(Metrics::new())),
             clients_json: SharedJson::default(),
             json_limit: JsonLimit::default(),
+            multicast: Default::default(),
         });
         Fixture {
             _dir: dir,

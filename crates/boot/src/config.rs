@@ -70,6 +70,8 @@ pub struct Config {
     /// `[[subnet]]`: settings for the clients whose address is in a subnet.
     #[serde(rename = "subnet")]
     pub subnets: Vec<SubnetConfig>,
+    /// `[multicast]`: the image by multicast (off by default).
+    pub multicast: crate::multicast::MulticastSection,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -228,6 +230,7 @@ impl Default for Config {
             accounts: None,
             clients: Vec::new(),
             subnets: Vec::new(),
+            multicast: Default::default(),
         }
     }
 }

@@ -27,6 +27,7 @@ pub mod accounts;
 pub mod config;
 pub mod decision;
 pub mod grub;
+pub mod multicast;
 pub mod names;
 pub mod routes;
 pub mod script;

@@ -12,6 +12,12 @@
 //! GET  /grub/grub.cfg                      GRUB's dispatcher (Secure Boot chain; HTTP and TFTP)
 //! GET  /grub/clients/{mac}.cfg             the client's GRUB config ({mac}: aa:bb:cc:dd:ee:ff,
 //!                                          as GRUB spells $net_default_mac; HTTP and TFTP)
+//! GET  /api/multicast/{name}/{version}/join    a seat joins the version's multicast session:
+//!                                          its group, port, layout (text, `key=value` lines)
+//! GET  /api/multicast/{name}/{version}/blocks  the sha256 of every block of root.squashfs,
+//!                                          32 bytes each, end to end
+//! POST /api/multicast/{name}/{version}/leave?session={hex}  a seat has its image: the
+//!                                          session stops once every seat that joined left
 //! ```
 //!
 //! [`Route::path`] builds a path, [`Route::parse`] reads one back (`parse(path()) == route`,
@@ -136,7 +142,35 @@ pub enum Route {
     /// `/grub/clients/{mac}.cfg`: a client's own GRUB config, named by `$net_default_mac`
     /// (the colon form, [`Mac`]'s `Display`).
     GrubConfig(Mac),
+    /// `/api/multicast/{image}/{version}/join`: a seat joins the multicast session.
+    MulticastJoin {
+        /// Image name (checked by [`check_name`]).
+        image: String,
+        /// Version (checked by [`check_name`]).
+        version: String,
+    },
+    /// `/api/multicast/{image}/{version}/blocks`: the block digests of its root.squashfs.
+    MulticastBlocks {
+        /// Image name (checked by [`check_name`]).
+        image: String,
+        /// Version (checked by [`check_name`]).
+        version: String,
+    },
+    /// `/api/multicast/{image}/{version}/leave`: a seat is done with the session.
+    MulticastLeave {
+        /// Image name (checked by [`check_name`]).
+        image: String,
+        /// Version (checked by [`check_name`]).
+        version: String,
+    },
 }
+
+/// The last segment of [`Route::MulticastLeave`].
+pub const MULTICAST_LEAVE: &str = "leave";
+/// The last segment of [`Route::MulticastJoin`].
+pub const MULTICAST_JOIN: &str = "join";
+/// The last segment of [`Route::MulticastBlocks`].
+pub const MULTICAST_BLOCKS: &str = "blocks";
 
 /// A path that is none of the [`Route`]s, with what was wrong.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -191,6 +225,15 @@ impl Route {
             Route::Accounts(file) => format!("/{ACCOUNTS_DIR}/{}", file.name()),
             Route::GrubDispatcher => format!("/{GRUB_DIR}/grub.cfg"),
             Route::GrubConfig(mac) => grub_config_path(mac),
+            Route::MulticastJoin { image, version } => {
+                format!("/api/multicast/{image}/{version}/{MULTICAST_JOIN}")
+            }
+            Route::MulticastBlocks { image, version } => {
+                format!("/api/multicast/{image}/{version}/{MULTICAST_BLOCKS}")
+            }
+            Route::MulticastLeave { image, version } => {
+                format!("/api/multicast/{image}/{version}/{MULTICAST_LEAVE}")
+            }
         }
     }
 
@@ -260,6 +303,17 @@ impl Route {
             }
             ["api", "report", mac] => Ok(Route::Report(mac.parse()?)),
             ["api", "clients"] => Ok(Route::ClientRecords),
+            ["api", "multicast", image, version, what] => {
+                check_name("image name", image).map_err(|_| unknown())?;
+                check_name("version", version).map_err(|_| unknown())?;
+                let (image, version) = (image.to_string(), version.to_string());
+                match *what {
+                    MULTICAST_JOIN => Ok(Route::MulticastJoin { image, version }),
+                    MULTICAST_BLOCKS => Ok(Route::MulticastBlocks { image, version }),
+                    MULTICAST_LEAVE => Ok(Route::MulticastLeave { image, version }),
+                    _ => Err(unknown()),
+                }
+            }
             [dir, file] if *dir == ACCOUNTS_DIR => AccountsFile::ALL
                 .into_iter()
                 .find(|f| f.name() == *file)
@@ -308,6 +362,18 @@ mod tests {
             Route::Accounts(AccountsFile::Passwd),
             Route::Accounts(AccountsFile::Group),
             Route::Accounts(AccountsFile::KnownHosts),
+            Route::MulticastJoin {
+                image: "lab".into(),
+                version: "v1".into(),
+            },
+            Route::MulticastBlocks {
+                image: "lab".into(),
+                version: "v1".into(),
+            },
+            Route::MulticastLeave {
+                image: "lab".into(),
+                version: "v1".into(),
+            },
         ];
         for route in routes {
             assert_eq!(Route::parse(&route.path()), Ok(route.clone()), "{route}");
@@ -365,6 +431,9 @@ mod tests {
             "/grub/clients/52:54:00:12:34:56",
             "/grub/x86_64-efi/http.mod",
             "/grub/grub.cfg/x",
+            "/api/multicast/lab/v1/stop",
+            "/api/multicast/lab/current/join",
+            "/api/multicast/../v1/join",
             "",
             "boot",
         ] {

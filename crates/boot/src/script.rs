@@ -30,6 +30,9 @@ pub struct ScriptParams<'a> {
     pub image: ImageRef<'a>,
     /// This boot's report token, sent back with each stage report (in its URL).
     pub report_token: &'a str,
+    /// `[multicast]` is on: the client joins the version's session before fetching by
+    /// HTTP (`diskless.multicast=JOIN_URL`).
+    pub multicast: bool,
 }
 
 /// A machine-id that is stable across a client's reboots and unique per client: derived from
@@ -116,6 +119,13 @@ pub fn kernel_cmdline(p: &ScriptParams) -> String {
         format!("BOOTIF=01-{}", p.mac.hyphenated()),
         format!("panic={PANIC_REBOOT_SECONDS}"),
     ]);
+    if p.multicast && p.protocol == ImageProtocol::Http {
+        let join = Route::MulticastJoin {
+            image: p.image.name.to_string(),
+            version: p.image.version.to_string(),
+        };
+        words.push(format!("diskless.multicast={}", join.url(p.http_authority)));
+    }
     if !p.boot.cmdline.is_empty() {
         words.push(p.boot.cmdline.clone());
     }
@@ -187,6 +197,7 @@ pub(crate) mod tests {
                 boot_cpio: true,
             },
             report_token: "0123456789abcdef.42",
+            multicast: false,
         }
     }
 
@@ -316,6 +327,28 @@ pub(crate) mod tests {
             )),
             "{tftp}"
         );
+    }
+
+    #[test]
+    fn multicast_on_names_the_versions_join_url_for_http_only() {
+        let b = boot();
+        let off = kernel_cmdline(&params(&b, ImageProtocol::Http));
+        assert!(!off.contains("diskless.multicast="), "{off}");
+        let on = ScriptParams {
+            multicast: true,
+            ..params(&b, ImageProtocol::Http)
+        };
+        let word = "diskless.multicast=http://10.0.0.1:8080/api/multicast/lab/20261125-120000-abcd1234/join";
+        assert!(
+            kernel_cmdline(&on).split(' ').any(|w| w == word),
+            "{}",
+            kernel_cmdline(&on)
+        );
+        let tftp = ScriptParams {
+            multicast: true,
+            ..params(&b, ImageProtocol::Tftp)
+        };
+        assert!(!kernel_cmdline(&tftp).contains("diskless.multicast="));
     }
 
     #[test]

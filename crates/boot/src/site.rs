@@ -35,6 +35,9 @@ pub enum SiteError {
     /// `admin_listen` is neither `ADDR:PORT` nor `off`.
     #[error("{0}")]
     AdminListen(String),
+    /// `[multicast]` that cannot be used.
+    #[error("{0}")]
+    Multicast(String),
     /// A `[[subnet]]` cidr that does not parse.
     #[error("{0}")]
     Subnet(String),
@@ -121,6 +124,8 @@ pub struct Site {
     pub subnets: Vec<Subnet>,
     /// `[accounts]`: the lab's users, served to the clients and checked at login.
     pub accounts: Option<Accounts>,
+    /// `[multicast]`, checked; None: off.
+    pub multicast: Option<crate::multicast::Multicast>,
 }
 
 /// A `[[subnet]]` entry, resolved.
@@ -233,6 +238,7 @@ impl Site {
             image_urls: config.boot.image_urls.clone(),
             subnets,
             accounts,
+            multicast: config.multicast.resolve().map_err(SiteError::Multicast)?,
         })
     }
 

@@ -5,6 +5,7 @@
 //! the boot script may mount anything; a mismatch deletes the file and retries.
 
 use crate::http;
+use crate::multicast;
 use crate::progress::Progress;
 use crate::sink::{AttemptError, Sink};
 use crate::source::Source;
@@ -17,6 +18,12 @@ use std::time::Duration;
 /// `diskless_boot::Stage`: a test there reads every `STAGE_` constant of this file).
 pub const STAGE_FETCHED: &str = "fetched";
 
+/// Added to the `fetched` detail when multicast was asked for and nothing arrived (read back
+/// by `diskless_boot::multicast::MulticastFetch`, tested in `crate::multicast`).
+pub const NOTE_UNREACHABLE: &str = " multicast=unreachable";
+/// The same when the session could not be used.
+pub const NOTE_FAILED: &str = " multicast=failed";
+
 pub struct Request {
     pub sources: Vec<Source>,
     pub expected_sha256: [u8; 32],
@@ -24,6 +31,8 @@ pub struct Request {
     pub retries: u32,
     /// Where to report "fetched" with the measured rate (best effort).
     pub report_url: Option<String>,
+    /// The boot server's multicast join URL: try the session first (`crate::multicast`).
+    pub multicast: Option<String>,
 }
 
 pub fn parse_sha256(text: &str) -> Result<[u8; 32], String> {
@@ -44,6 +53,34 @@ pub fn parse_sha256(text: &str) -> Result<[u8; 32], String> {
 }
 
 pub fn run(req: Request) -> Result<(), String> {
+    // Said in the `fetched` report when multicast was asked for and HTTP did the work.
+    let mut multicast_note = "";
+    if let Some(join_url) = &req.multicast {
+        match multicast::fetch(join_url, &req.sources, &req.expected_sha256, &req.out) {
+            Ok(multicast::Outcome::Done(stats)) => {
+                let detail = stats.report_detail();
+                eprintln!(
+                    "diskless: fetched {} in {:.1} s: {} by multicast, {} by HTTP, sha256 verified ({detail})",
+                    Progress::human_bytes(stats.image_bytes),
+                    stats.seconds,
+                    Progress::human_bytes(stats.multicast_bytes),
+                    Progress::human_bytes(stats.http_bytes),
+                );
+                if let Some(url) = &req.report_url {
+                    let _ = http::post_report(url, STAGE_FETCHED, &detail);
+                }
+                return Ok(());
+            }
+            Ok(multicast::Outcome::Unreachable(why)) => {
+                eprintln!("diskless: {why}; fetching by HTTP");
+                multicast_note = NOTE_UNREACHABLE;
+            }
+            Err(e) => {
+                eprintln!("diskless: multicast: {e}; fetching by HTTP");
+                multicast_note = NOTE_FAILED;
+            }
+        }
+    }
     // What an interrupted HTTP download left, to resume from.
     let mut partial: Option<Sink> = None;
     let mut last_error = String::new();
@@ -60,7 +97,8 @@ pub fn run(req: Request) -> Result<(), String> {
                         stats.megabytes_per_second()
                     );
                     if let Some(url) = &req.report_url {
-                        let _ = http::post_report(url, STAGE_FETCHED, &stats.report_detail());
+                        let detail = format!("{}{multicast_note}", stats.report_detail());
+                        let _ = http::post_report(url, STAGE_FETCHED, &detail);
                     }
                     return Ok(());
                 }
@@ -300,6 +338,7 @@ mod tests {
             out: dir.join("root.squashfs"),
             retries: 3,
             report_url: None,
+            multicast: None,
         }
     }
 

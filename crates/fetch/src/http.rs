@@ -65,23 +65,8 @@ fn connect(source: &Source) -> Result<TcpStream, String> {
 }
 
 pub fn get(source: &Source, resume_from: u64) -> Result<Body, String> {
-    let Source::Http { host, path, .. } = source else {
-        return Err("not an http source".into());
-    };
-    let mut stream = connect(source)?;
-    let mut request = format!(
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: diskless-fetch\r\nConnection: close\r\n"
-    );
-    if resume_from > 0 {
-        request.push_str(&format!("Range: bytes={resume_from}-\r\n"));
-    }
-    request.push_str("\r\n");
-    stream
-        .write_all(request.as_bytes())
-        .map_err(|e| format!("sending request: {e}"))?;
-    let mut reader = BufReader::with_capacity(256 * 1024, stream);
-    let head = read_head(&mut reader)?;
-    let response = parse_head(&head)?;
+    let range = (resume_from > 0).then(|| format!("{resume_from}-"));
+    let (response, reader) = send_get(source, range.as_deref())?;
     match response.status {
         200 => Ok(Body {
             resumed: false,
@@ -109,6 +94,53 @@ pub fn get(source: &Source, resume_from: u64) -> Result<Body, String> {
         404 => Err(format!("{source}: not found on the server (404)")),
         status => Err(format!("{source}: server answered HTTP {status}")),
     }
+}
+
+/// Exactly the bytes `range` of the file (a multicast seat's repair): a server that does
+/// not answer with that range is an error.
+pub fn get_range(source: &Source, range: std::ops::Range<u64>) -> Result<Body, String> {
+    let len = range.end - range.start;
+    let (response, reader) = send_get(source, Some(&format!("{}-{}", range.start, range.end - 1)))?;
+    if response.status != 206
+        || response.content_range_start != Some(range.start)
+        || response.content_length != Some(len)
+    {
+        return Err(format!(
+            "{source}: asked for bytes {}-{}, the server answered HTTP {} with {:?} bytes from {:?}",
+            range.start,
+            range.end - 1,
+            response.status,
+            response.content_length,
+            response.content_range_start
+        ));
+    }
+    Ok(Body {
+        resumed: true,
+        total_len: response.content_range_total,
+        remaining: Some(len),
+        reader: Box::new(reader),
+    })
+}
+
+/// Send a GET (with `Range: bytes=RANGE` when given) and read the response head.
+fn send_get(source: &Source, range: Option<&str>) -> Result<(Head, BufReader<TcpStream>), String> {
+    let Source::Http { host, path, .. } = source else {
+        return Err("not an http source".into());
+    };
+    let mut stream = connect(source)?;
+    let mut request = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: diskless-fetch\r\nConnection: close\r\n"
+    );
+    if let Some(range) = range {
+        request.push_str(&format!("Range: bytes={range}\r\n"));
+    }
+    request.push_str("\r\n");
+    stream
+        .write_all(request.as_bytes())
+        .map_err(|e| format!("sending request: {e}"))?;
+    let mut reader = BufReader::with_capacity(256 * 1024, stream);
+    let head = read_head(&mut reader)?;
+    Ok((parse_head(&head)?, reader))
 }
 
 /// A small file whole (`diskless-fetch cat`: the lab's accounts), refused beyond `max` bytes.
@@ -214,15 +246,23 @@ fn form_encode(value: &str) -> String {
 /// Tell the boot server which stage this client reached. Short timeouts: never delay a boot.
 pub fn post_report(url: &str, stage: &str, detail: &str) -> Result<(), String> {
     let source = Source::parse(url)?;
-    let Source::Http { host, path, .. } = &source else {
+    if !matches!(source, Source::Http { .. }) {
         return Err("reports go to an http:// URL".into());
-    };
-    let mut stream = connect(&source)?;
+    }
     let body = format!(
         "stage={}&detail={}",
         form_encode(stage),
         form_encode(detail)
     );
+    post_form(&source, &body)
+}
+
+/// POST `body` (form-encoded) to `source`; any 2xx answer is success.
+pub fn post_form(source: &Source, body: &str) -> Result<(), String> {
+    let Source::Http { host, path, .. } = source else {
+        return Err(format!("{source}: not an http:// URL"));
+    };
+    let mut stream = connect(source)?;
     let request = format!(
         "POST {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\
          Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
@@ -230,7 +270,7 @@ pub fn post_report(url: &str, stage: &str, detail: &str) -> Result<(), String> {
     );
     stream
         .write_all(request.as_bytes())
-        .map_err(|e| format!("sending report: {e}"))?;
+        .map_err(|e| format!("sending the request: {e}"))?;
     let head = read_head(&mut BufReader::new(stream))?;
     match parse_head(&head)?.status {
         200..=299 => Ok(()),
@@ -298,6 +338,29 @@ mod tests {
         body.read_to_end(&mut data).unwrap();
         assert_eq!(data, b"def");
         assert!(server.join().unwrap().contains("Range: bytes=3-"));
+    }
+
+    #[test]
+    fn a_range_is_asked_for_and_a_wrong_answer_refused() {
+        let (url, server) = serve_once(
+            b"HTTP/1.1 206 Partial\r\nContent-Range: bytes 2-4/6\r\nContent-Length: 3\r\n\r\ncde"
+                .to_vec(),
+        );
+        let mut body = get_range(&Source::parse(&url).unwrap(), 2..5).unwrap();
+        let mut data = Vec::new();
+        body.read_to_end(&mut data).unwrap();
+        assert_eq!(data, b"cde");
+        assert!(server.join().unwrap().contains("Range: bytes=2-4"));
+        let (url, server) =
+            serve_once(b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nabcdef".to_vec());
+        let err = get_range(&Source::parse(&url).unwrap(), 2..5)
+            .err()
+            .unwrap();
+        assert!(
+            err.contains("asked for bytes 2-4") && err.contains("HTTP 200"),
+            "{err}"
+        );
+        server.join().unwrap();
     }
 
     #[test]

@@ -6,7 +6,7 @@
 //! an initramfs panic, so a partial or corrupt image is never mounted.
 //!
 //! ```text
-//! diskless-fetch get --sha256 HEX --out FILE [--tmpfs DIR] [--retries N] URL [URL...]
+//! diskless-fetch get --sha256 HEX --out FILE [--retries N] [--multicast JOIN_URL] URL [URL...]
 //! diskless-fetch modload FILE.ko [FILE.ko...]
 //! diskless-fetch loop FILE            prints the attached /dev/loopN
 //! diskless-fetch report URL STAGE [DETAIL]
@@ -17,6 +17,7 @@ mod fetch;
 mod http;
 mod loopdev;
 mod modules;
+mod multicast;
 mod progress;
 mod ram;
 mod sink;
@@ -84,7 +85,7 @@ fn run(args: &[String]) -> Result<(), String> {
 const MAX_CAT_BYTES: u64 = 4 << 20;
 
 fn usage() -> String {
-    "usage:\n  diskless-fetch get --sha256 HEX --out FILE [--retries N] URL [URL...]\n  \
+    "usage:\n  diskless-fetch get --sha256 HEX --out FILE [--retries N] [--multicast JOIN_URL] URL [URL...]\n  \
      diskless-fetch modload FILE.ko [FILE.ko...]\n  diskless-fetch loop FILE\n  \
      diskless-fetch report URL STAGE [DETAIL]\n  diskless-fetch cat URL"
         .to_string()
@@ -95,6 +96,7 @@ fn parse_get(args: &[String]) -> Result<fetch::Request, String> {
     let mut out = None;
     let mut retries = 3u32;
     let mut report_url = None;
+    let mut multicast = None;
     let mut urls = Vec::new();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
@@ -113,6 +115,7 @@ fn parse_get(args: &[String]) -> Result<fetch::Request, String> {
                     .map_err(|_| format!("--retries: {v:?} is not a number"))?;
             }
             "--report" => report_url = Some(value("--report")?),
+            "--multicast" => multicast = Some(value("--multicast")?),
             flag if flag.starts_with("--") => return Err(format!("unknown option {flag}")),
             url => urls.push(url.to_string()),
         }
@@ -134,5 +137,6 @@ fn parse_get(args: &[String]) -> Result<fetch::Request, String> {
         out,
         retries,
         report_url,
+        multicast,
     })
 }

@@ -140,7 +140,11 @@ fn hex(bytes: &[u8]) -> String {
 }
 
 /// Compare digests; on mismatch the file is deleted so nothing can mount it by mistake.
-fn verify(actual: [u8; 32], expected: &[u8; 32], out: &Path) -> Result<(), AttemptError> {
+pub(crate) fn verify(
+    actual: [u8; 32],
+    expected: &[u8; 32],
+    out: &Path,
+) -> Result<(), AttemptError> {
     if &actual == expected {
         return Ok(());
     }

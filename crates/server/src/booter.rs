@@ -121,6 +121,7 @@ impl Booter {
                 boot_cpio: manifest.has_boot_cpio(),
             },
             report_token: &report_token,
+            multicast: site.multicast.is_some(),
         };
         let (name, version) = (&manifest.name, &manifest.version);
         let body = match loader {

@@ -51,6 +51,8 @@ pub struct HttpState {
     pub clients_json: SharedJson,
     /// JSON requests served at once.
     pub json_limit: JsonLimit,
+    /// The multicast sessions (`[multicast]`).
+    pub multicast: Arc<crate::multicast::Sessions>,
 }
 
 pub fn router(state: Arc<HttpState>) -> Router {
@@ -132,10 +134,87 @@ async fn handle(
         }
         Route::ClientRecords if get => client_records(&state).await,
         Route::Accounts(file) if get => accounts(&state, file),
+        Route::MulticastJoin { image, version } if get => {
+            multicast_join(&state, &image, &version, peer).await
+        }
+        Route::MulticastLeave { image, version } if request.method() == Method::POST => {
+            let session = request
+                .uri()
+                .query()
+                .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("session=")))
+                .and_then(|id| u64::from_str_radix(id, 16).ok());
+            match session {
+                Some(id) if state.multicast.leave(&image, &version, id).await => {
+                    text(StatusCode::OK, "ok\n".into())
+                }
+                Some(_) => text(
+                    StatusCode::NOT_FOUND,
+                    format!("no such multicast session of {image} {version}\n"),
+                ),
+                None => text(
+                    StatusCode::BAD_REQUEST,
+                    "leave needs ?session=HEX, from the join answer\n".into(),
+                ),
+            }
+        }
+        Route::MulticastBlocks { image, version } if get => {
+            match state.multicast.get(&image, &version).await {
+                Some(session) => (
+                    [(header::CONTENT_TYPE, "application/octet-stream")],
+                    session.digests.as_ref().clone(),
+                )
+                    .into_response(),
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    format!("no multicast session of {image} {version}: join first\n"),
+                ),
+            }
+        }
         _ => text(
             StatusCode::METHOD_NOT_ALLOWED,
             "method not allowed\n".into(),
         ),
+    }
+}
+
+/// A seat joins the multicast session of a stored version (started if none runs): the
+/// answer says where and how it is sent (`crate::multicast`).
+async fn multicast_join(
+    state: &HttpState,
+    image: &str,
+    version: &str,
+    peer: Option<IpAddr>,
+) -> Response {
+    let site = state.site.borrow().clone();
+    let Some(config) = site.multicast else {
+        return text(
+            StatusCode::NOT_FOUND,
+            "multicast is off on this server ([multicast] enabled = false)\n".into(),
+        );
+    };
+    if state.store.manifest(image, version).is_err() {
+        return text(
+            StatusCode::NOT_FOUND,
+            format!("image {image} version {version} is not in the store\n"),
+        );
+    }
+    let path = state
+        .store
+        .version_dir(image, version)
+        .join(ImageFile::Squashfs.name());
+    match state
+        .multicast
+        .join(&config, site.server_ip, image, version, path)
+        .await
+    {
+        Ok(session) => {
+            tracing::info!(?peer, image, version, group = %session.group, "multicast: a seat joined");
+            text(StatusCode::OK, session.join_answer())
+        }
+        Err(e) => {
+            tracing::error!(image, version, error = %e, "multicast: no session");
+            text(StatusCode::SERVICE_UNAVAILABLE, format!("multicast: {e}\n"))
+        }
     }
 }
 
@@ -439,6 +518,7 @@ mod tests {
             access,
             clients_json: SharedJson::default(),
             json_limit: JsonLimit::default(),
+            multicast: Default::default(),
         });
         Fixture {
             _dir: dir,
@@ -464,6 +544,23 @@ mod tests {
 
     fn get(uri: &str) -> axum::http::Request<Body> {
         axum::http::Request::get(uri).body(Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn multicast_joins_are_refused_when_off_or_for_a_version_not_stored() {
+        let off = fixture("");
+        let join = format!("/api/multicast/lab/{}/join", off.version);
+        let (status, _, body) = call(&off.state, get(&join)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.contains("[multicast] enabled = false"), "{body}");
+        let on = fixture("[multicast]\nenabled = true\n");
+        let (status, _, body) = call(&on.state, get("/api/multicast/lab/v9/join")).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.contains("version v9 is not in the store"), "{body}");
+        let blocks = format!("/api/multicast/lab/{}/blocks", on.version);
+        let (status, _, body) = call(&on.state, get(&blocks)).await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(body.contains("join first"), "{body}");
     }
 
     /// The address of 52:54:00:12:34:56 in the fixture's neighbour table.

@@ -42,6 +42,7 @@ pub mod conn;
 pub mod hostcheck;
 pub mod http;
 pub mod metrics;
+pub mod multicast;
 pub mod netif;
 pub mod ra;
 pub mod recorder;
@@ -689,6 +690,7 @@ fn spawn_http(tasks: &mut Tasks, prepared: &Prepared, listener: tokio::net::TcpL
         access: prepared.access.clone(),
         clients_json: shared_json::SharedJson::default(),
         json_limit: shared_json::JsonLimit::default(),
+        multicast: Arc::new(multicast::Sessions::new(prepared.metrics.clone())),
     }));
     let stopped = tasks.stopped();
     tasks.spawn(async move {

@@ -16,6 +16,14 @@
 //! diskless_boot_failures_total{reason}               a FailureCode: no-address, fetch, ...
 //! diskless_access_refused_total{protocol}            http, tftp (unknown_clients = "ignore")
 //! diskless_reports_refused_total{reason}              missing, forged, replayed, unknown_boot, ...
+//! diskless_multicast_sessions_started_total{image}    multicast sessions (crate::multicast)
+//! diskless_multicast_seats_joined_total{image}
+//! diskless_multicast_rounds_total{image}              rounds a session completed
+//! diskless_multicast_bytes_sent_total{image}          datagram bytes sent to the groups
+//! diskless_multicast_seat_bytes_total{via}            multicast, http: where the seats' images
+//!                                                     came from (their fetched reports)
+//! diskless_multicast_fallbacks_total{reason}          unreachable, failed: seats that fetched
+//!                                                     by HTTP instead
 //! ```
 //!
 //! Every family is registered at start, and the label values known in advance (DHCP message
@@ -27,6 +35,7 @@
 use crate::boots::{phases, PHASES};
 use crate::recorder::{BootEvent, ClientRecord, DhcpAction, StageEvent, TftpOutcome};
 use crate::tokens::Refusal;
+use diskless_boot::multicast::MulticastFetch;
 use diskless_boot::{FailureCode, FailureReason, FetchedDetail, ImageFile, Stage};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
@@ -47,6 +56,16 @@ pub struct Metrics {
     failures: IntCounterVec,
     access_refused: IntCounterVec,
     refused: IntCounterVec,
+    /// Per image: sessions started, seats joined, rounds completed, bytes sent.
+    pub multicast_sessions: IntCounterVec,
+    /// See `multicast_sessions`.
+    pub multicast_seats: IntCounterVec,
+    /// See `multicast_sessions`.
+    pub multicast_rounds: IntCounterVec,
+    /// See `multicast_sessions`.
+    pub multicast_bytes: IntCounterVec,
+    multicast_seat_bytes: IntCounterVec,
+    multicast_fallbacks: IntCounterVec,
 }
 
 /// Boot phases last from a fraction of a second (a DHCP exchange) to minutes (systemd under
@@ -128,6 +147,38 @@ impl Metrics {
             "Stage reports refused, by reason: missing, forged or replayed token, unknown boot.",
             &["reason"],
         );
+        let multicast_sessions = counter(
+            "diskless_multicast_sessions_started_total",
+            "Multicast sessions started, by image.",
+            &["image"],
+        );
+        let multicast_seats = counter(
+            "diskless_multicast_seats_joined_total",
+            "Seats that joined a multicast session, by image.",
+            &["image"],
+        );
+        let multicast_rounds = counter(
+            "diskless_multicast_rounds_total",
+            "Rounds of the image multicast sessions completed, by image.",
+            &["image"],
+        );
+        let multicast_bytes = counter(
+            "diskless_multicast_bytes_sent_total",
+            "Datagram bytes multicast sessions sent, by image.",
+            &["image"],
+        );
+        let multicast_seat_bytes = counter(
+            "diskless_multicast_seat_bytes_total",
+            "Image bytes seats that joined a session got, by where from: multicast, or http \
+             (repairs), as their fetched reports say.",
+            &["via"],
+        );
+        let multicast_fallbacks = counter(
+            "diskless_multicast_fallbacks_total",
+            "Seats given a multicast session that fetched by HTTP instead, by reason: \
+             unreachable (nothing arrived), failed.",
+            &["reason"],
+        );
         let phase_seconds = histogram(
             "diskless_boot_phase_seconds",
             "Time each phase of a finished boot took, in seconds.",
@@ -179,6 +230,12 @@ impl Metrics {
         for reason in Refusal::ALL {
             refused.with_label_values(&[reason.as_str()]);
         }
+        for via in ["multicast", "http"] {
+            multicast_seat_bytes.with_label_values(&[via]);
+        }
+        for reason in ["unreachable", "failed"] {
+            multicast_fallbacks.with_label_values(&[reason]);
+        }
         Metrics {
             registry,
             dhcp_packets,
@@ -192,6 +249,12 @@ impl Metrics {
             failures,
             access_refused,
             refused,
+            multicast_sessions,
+            multicast_seats,
+            multicast_rounds,
+            multicast_bytes,
+            multicast_seat_bytes,
+            multicast_fallbacks,
         }
     }
 
@@ -281,6 +344,26 @@ impl Metrics {
             if let Some(rate) = measured.and_then(|m| m.bytes_per_second()) {
                 self.image_fetched(rate);
             }
+            match MulticastFetch::parse(&stage.detail) {
+                Some(MulticastFetch::Joined {
+                    multicast_bytes,
+                    http_bytes,
+                }) => {
+                    let via = &self.multicast_seat_bytes;
+                    via.with_label_values(&["multicast"])
+                        .inc_by(multicast_bytes);
+                    via.with_label_values(&["http"]).inc_by(http_bytes);
+                }
+                Some(MulticastFetch::Unreachable) => self
+                    .multicast_fallbacks
+                    .with_label_values(&["unreachable"])
+                    .inc(),
+                Some(MulticastFetch::Failed) => self
+                    .multicast_fallbacks
+                    .with_label_values(&["failed"])
+                    .inc(),
+                None => {}
+            }
         }
         if stage.stage.is_final() {
             self.boot_finished(record);
@@ -330,6 +413,36 @@ mod tests {
             "# TYPE diskless_image_fetch_bytes_per_second histogram",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn seats_fetched_reports_count_their_multicast_and_repair_bytes_and_fallbacks() {
+        let m = Metrics::new();
+        let record = ClientRecord::new("52:54:00:00:00:01".parse().unwrap(), 0.0);
+        for stage in [
+            stage(
+                "fetched",
+                5.0,
+                "bytes=100 seconds=1.00 mbps=0.0 multicast_bytes=90 http_bytes=10",
+            ),
+            stage(
+                "fetched",
+                5.0,
+                "bytes=100 seconds=1.00 mbps=0.0 multicast=unreachable",
+            ),
+            stage("fetched", 5.0, "bytes=100 seconds=1.00 mbps=0.0"),
+        ] {
+            m.reached(&stage, &record);
+        }
+        let text = m.render();
+        for line in [
+            "diskless_multicast_seat_bytes_total{via=\"multicast\"} 90",
+            "diskless_multicast_seat_bytes_total{via=\"http\"} 10",
+            "diskless_multicast_fallbacks_total{reason=\"unreachable\"} 1",
+            "diskless_multicast_fallbacks_total{reason=\"failed\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
         }
     }
 

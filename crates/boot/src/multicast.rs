@@ -1,0 +1,197 @@
+//! `[multicast]`: the image sent once to a multicast group for every seat that boots it
+//! (docs/MULTICAST.md). Off by default: a network must carry multicast for it to help.
+//!
+//! ```toml
+//! [multicast]
+//! enabled = true
+//! groups = "239.255.77.0/24"   # one group per image version sent at once
+//! port = 5940
+//! rate = 500                   # megabits per second per session
+//! ttl = 1                      # the lab's subnet only; routed campuses: docs/SCALING.md
+//! idle = 60                    # seconds without a join before a session stops
+//! ```
+
+use serde::Deserialize;
+use std::net::Ipv4Addr;
+
+/// The `[multicast]` section as written.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MulticastSection {
+    /// Seats may join a session (default false).
+    pub enabled: bool,
+    /// The groups sessions take, an IPv4 CIDR inside 239.0.0.0/8 (administratively scoped,
+    /// RFC 2365: never routed off the site).
+    pub groups: String,
+    /// UDP port every session sends to.
+    pub port: u16,
+    /// Megabits per second a session sends at.
+    pub rate: u32,
+    /// IP TTL of the datagrams: 1 keeps them on the seats' subnet.
+    pub ttl: u8,
+    /// Seconds without a join after which a session stops.
+    pub idle: u64,
+}
+
+impl Default for MulticastSection {
+    fn default() -> Self {
+        MulticastSection {
+            enabled: false,
+            groups: "239.255.77.0/24".into(),
+            port: 5940,
+            rate: 500,
+            ttl: 1,
+            idle: 60,
+        }
+    }
+}
+
+/// `[multicast]` checked: what the server's sessions use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Multicast {
+    /// The group range.
+    pub groups: ipnet::Ipv4Net,
+    /// UDP port.
+    pub port: u16,
+    /// Bytes per second a session sends.
+    pub bytes_per_second: u64,
+    /// IP TTL.
+    pub ttl: u8,
+    /// Seconds without a join before a session stops.
+    pub idle_seconds: u64,
+}
+
+impl MulticastSection {
+    /// The checked settings; `None` when disabled.
+    pub fn resolve(&self) -> Result<Option<Multicast>, String> {
+        if !self.enabled {
+            return Ok(None);
+        }
+        let groups: ipnet::Ipv4Net = self
+            .groups
+            .parse()
+            .map_err(|_| format!("[multicast] groups {:?} is not an IPv4 CIDR", self.groups))?;
+        let scoped: ipnet::Ipv4Net = "239.0.0.0/8".parse().expect("a CIDR");
+        if !scoped.contains(&groups) {
+            return Err(format!(
+                "[multicast] groups {groups} is outside 239.0.0.0/8, the administratively scoped groups"
+            ));
+        }
+        if self.rate == 0 || self.ttl == 0 || self.port == 0 {
+            return Err("[multicast] rate, ttl and port must be more than 0".into());
+        }
+        Ok(Some(Multicast {
+            groups: groups.trunc(),
+            port: self.port,
+            bytes_per_second: u64::from(self.rate) * 1_000_000 / 8,
+            ttl: self.ttl,
+            idle_seconds: self.idle.max(1),
+        }))
+    }
+}
+
+impl Multicast {
+    /// The `n`-th group of the range, wrapping round (network and broadcast addresses left
+    /// out when the range has room).
+    pub fn group(&self, n: u32) -> Ipv4Addr {
+        let hosts: Vec<Ipv4Addr> = self.groups.hosts().collect();
+        if hosts.is_empty() {
+            return self.groups.network();
+        }
+        hosts[n as usize % hosts.len()]
+    }
+}
+
+/// How a seat that was given `diskless.multicast=` got its image, from the detail of its
+/// `fetched` report (the fetch helper writes it; a test there parses its text with this).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MulticastFetch {
+    /// By the session: `multicast_bytes=N http_bytes=M` (M repaired over HTTP).
+    Joined {
+        /// Bytes taken from the group.
+        multicast_bytes: u64,
+        /// Bytes repaired over HTTP Range.
+        http_bytes: u64,
+    },
+    /// `multicast=unreachable`: nothing arrived on the group; the image came by HTTP.
+    Unreachable,
+    /// `multicast=failed`: the session could not be used (join refused, a block still wrong
+    /// after repair ...); the image came by HTTP.
+    Failed,
+}
+
+impl MulticastFetch {
+    /// What a `fetched` detail says of multicast; `None` for a seat that did not try.
+    pub fn parse(detail: &str) -> Option<MulticastFetch> {
+        let field = |name: &str| {
+            detail
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+        };
+        match field("multicast") {
+            Some("unreachable") => return Some(MulticastFetch::Unreachable),
+            Some("failed") => return Some(MulticastFetch::Failed),
+            _ => {}
+        }
+        Some(MulticastFetch::Joined {
+            multicast_bytes: field("multicast_bytes")?.parse().ok()?,
+            http_bytes: field("http_bytes")?.parse().ok()?,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fetched_detail_says_how_multicast_went() {
+        assert_eq!(
+            MulticastFetch::parse("bytes=10 seconds=1.00 mbps=0.0 multicast_bytes=9 http_bytes=1"),
+            Some(MulticastFetch::Joined {
+                multicast_bytes: 9,
+                http_bytes: 1
+            })
+        );
+        assert_eq!(
+            MulticastFetch::parse("bytes=10 seconds=1.00 mbps=0.0 multicast=unreachable"),
+            Some(MulticastFetch::Unreachable)
+        );
+        assert_eq!(
+            MulticastFetch::parse("bytes=10 multicast=failed"),
+            Some(MulticastFetch::Failed)
+        );
+        assert_eq!(
+            MulticastFetch::parse("bytes=10 seconds=1.00 mbps=0.0"),
+            None
+        );
+        assert_eq!(
+            MulticastFetch::parse("multicast_bytes=x http_bytes=1"),
+            None
+        );
+    }
+
+    #[test]
+    fn off_by_default_and_checked_when_on() {
+        assert_eq!(MulticastSection::default().resolve(), Ok(None));
+        let on = MulticastSection {
+            enabled: true,
+            ..Default::default()
+        };
+        let m = on.resolve().unwrap().unwrap();
+        assert_eq!(m.bytes_per_second, 62_500_000);
+        assert_eq!(m.ttl, 1);
+        assert_eq!(m.group(0), Ipv4Addr::new(239, 255, 77, 1));
+        assert_eq!(m.group(254), Ipv4Addr::new(239, 255, 77, 1), "wraps round");
+        let global = MulticastSection {
+            groups: "224.1.2.0/24".into(),
+            ..on.clone()
+        };
+        assert!(global
+            .resolve()
+            .unwrap_err()
+            .contains("outside 239.0.0.0/8"));
+        let zero = MulticastSection { rate: 0, ..on };
+        assert!(zero.resolve().unwrap_err().contains("more than 0"));
+    }
+}

@@ -1,0 +1,576 @@
+//! Multicast sessions: one per image version, started by the first seat that joins, sending
+//! the version's root.squashfs round and round to a group, paced at `[multicast] rate`, and
+//! stopped once every seat that joined has left, or no seat has joined for `[multicast] idle`
+//! seconds plus one round (so the last seat to join gets a whole round; a seat that died
+//! never leaves). The protocol is `diskless_multicast`'s (docs/MULTICAST.md).
+//!
+//! The sender is a plain thread, not a tokio task: it sleeps between bursts at a microsecond
+//! schedule and reads the image with `pread`, neither of which belongs on the runtime's
+//! workers; one thread per image version being sent is a handful at most.
+//!
+//! A join answers `key=value` lines (the fetch helper has no JSON parser):
+//!
+//! ```text
+//! session=00c0ffee12345678
+//! group=239.255.77.1
+//! port=5940
+//! image_len=353370112
+//! block_size=65536
+//! fragment_size=1024
+//! rate=62500000
+//! blocks=/api/multicast/lab/20260101-000000-abcdef01/blocks
+//! leave=/api/multicast/lab/20260101-000000-abcdef01/leave?session=00c0ffee12345678
+//! ```
+//!
+//! A seat that has its image says so at `leave`; once every seat that joined has left, the
+//! session stops at once, so a storm of seats that joined together costs the link about
+//! one round, not `idle` seconds more of them.
+
+use crate::metrics::Metrics;
+use diskless_boot::multicast::Multicast;
+use diskless_multicast::wire::HEADER_LEN;
+use diskless_multicast::{Carousel, Layout, Pacer, DIGEST_LEN};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Read;
+use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Bytes of a block, the unit verified by its sha256: 64 fragments of [`FRAGMENT_SIZE`], a
+/// digest list of 0.05 % of the image.
+pub const BLOCK_SIZE: u32 = 64 * 1024;
+/// Bytes of image per datagram: with the 28-byte header and IP/UDP's 28 the datagram stays
+/// under a 1,500-byte MTU, and 64 of them make a block.
+pub const FRAGMENT_SIZE: u16 = 1024;
+/// How far a late sender may catch up at once (see `diskless_multicast::Pacer`).
+const PACER_SLACK: Duration = Duration::from_millis(2);
+
+/// The sessions of this server, by image and version.
+#[derive(Default)]
+pub struct Sessions {
+    by_version: tokio::sync::Mutex<HashMap<(String, String), Arc<Session>>>,
+    /// Sessions started so far: the next one takes the next group of the range.
+    started: AtomicU32,
+    /// Where sessions, seats, rounds and bytes are counted, per image.
+    metrics: Arc<Metrics>,
+}
+
+/// One image version being sent.
+pub struct Session {
+    /// Stamped on every packet; new for each session.
+    pub id: u64,
+    /// Where it sends.
+    pub group: Ipv4Addr,
+    /// UDP port.
+    pub port: u16,
+    /// How the image is cut.
+    pub layout: Layout,
+    /// Bytes per second.
+    pub bytes_per_second: u64,
+    /// The block digests, end to end.
+    pub digests: Arc<Vec<u8>>,
+    /// The path seats fetch them from.
+    pub blocks_path: String,
+    /// The path seats say they are done at (`?session=` added).
+    pub leave_path: String,
+    /// Seats joined and not left: none, and the session stops at once.
+    active: AtomicU64,
+    last_join: Mutex<Instant>,
+    stopped: AtomicBool,
+    /// Seats that joined.
+    pub seats: AtomicU64,
+    /// Rounds completed.
+    pub rounds: AtomicU64,
+    /// Datagram bytes sent (headers included).
+    pub bytes_sent: AtomicU64,
+}
+
+impl Session {
+    /// The join answer (module docs).
+    pub fn join_answer(&self) -> String {
+        format!(
+            "session={:016x}\ngroup={}\nport={}\nimage_len={}\nblock_size={}\nfragment_size={}\nrate={}\nblocks={}\nleave={}?session={:016x}\n",
+            self.id,
+            self.group,
+            self.port,
+            self.layout.image_len,
+            self.layout.block_size,
+            self.layout.fragment_size,
+            self.bytes_per_second,
+            self.blocks_path,
+            self.leave_path,
+            self.id
+        )
+    }
+
+    /// Still sending.
+    pub fn is_running(&self) -> bool {
+        !self.stopped.load(Ordering::SeqCst)
+    }
+}
+
+/// Why a seat could not join.
+#[derive(Debug, thiserror::Error)]
+pub enum JoinError {
+    /// The image file could not be read.
+    #[error("reading {path}: {source}")]
+    Image {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The multicast socket could not be set up.
+    #[error("multicast socket: {0}")]
+    Socket(std::io::Error),
+    /// The image cannot be cut (empty).
+    #[error(transparent)]
+    Layout(#[from] diskless_multicast::LayoutError),
+}
+
+/// The sha256 of every block of the file at `path`, end to end.
+pub fn digest_file(path: &Path, layout: &Layout) -> std::io::Result<Vec<u8>> {
+    let mut file = File::open(path)?;
+    let mut out = Vec::with_capacity(layout.digest_list_len());
+    let mut buf = vec![0u8; layout.block_size as usize];
+    for block in 0..layout.blocks() {
+        let r = layout.block_range(block);
+        let data = &mut buf[..(r.end - r.start) as usize];
+        file.read_exact(data)?;
+        out.extend_from_slice(&Sha256::digest(data));
+    }
+    debug_assert_eq!(out.len(), layout.blocks() as usize * DIGEST_LEN);
+    Ok(out)
+}
+
+fn session_id() -> u64 {
+    let mut bytes = [0u8; 8];
+    // A session id tells sessions apart (a restarted server's from the last one's); it is no
+    // secret, the block digests keep forged packets out.
+    if getrandom::getrandom(&mut bytes).is_err() {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        bytes = (nanos as u64 ^ u64::from(std::process::id())).to_be_bytes();
+    }
+    u64::from_be_bytes(bytes)
+}
+
+impl Sessions {
+    /// No session yet; counts go to `metrics`.
+    pub fn new(metrics: Arc<Metrics>) -> Sessions {
+        Sessions {
+            metrics,
+            ..Sessions::default()
+        }
+    }
+
+    /// The running session of `image`/`version` (file `path`), started if there is none; a
+    /// join either way. `interface` is the address the datagrams leave from.
+    pub async fn join(
+        &self,
+        config: &Multicast,
+        interface: Ipv4Addr,
+        image: &str,
+        version: &str,
+        path: PathBuf,
+    ) -> Result<Arc<Session>, JoinError> {
+        // Held while a new session digests its image (a second or so for 300 MiB): the
+        // version's other seats wait for that session instead of starting their own.
+        let mut sessions = self.by_version.lock().await;
+        sessions.retain(|_, s| s.is_running());
+        let key = (image.to_string(), version.to_string());
+        if let Some(session) = sessions.get(&key) {
+            *session.last_join.lock().expect("join time") = Instant::now();
+            session.seats.fetch_add(1, Ordering::Relaxed);
+            session.active.fetch_add(1, Ordering::SeqCst);
+            self.metrics
+                .multicast_seats
+                .with_label_values(&[image])
+                .inc();
+            return Ok(session.clone());
+        }
+        let image_err = |path: &Path, source| JoinError::Image {
+            path: path.to_path_buf(),
+            source,
+        };
+        let len = std::fs::metadata(&path)
+            .map_err(|e| image_err(&path, e))?
+            .len();
+        let layout = Layout::new(len, BLOCK_SIZE, FRAGMENT_SIZE)?;
+        let digest_path = path.clone();
+        let digests = tokio::task::spawn_blocking(move || digest_file(&digest_path, &layout))
+            .await
+            .expect("digest task")
+            .map_err(|e| image_err(&path, e))?;
+        let socket = sender_socket(config, interface).map_err(JoinError::Socket)?;
+        let file = File::open(&path).map_err(|e| image_err(&path, e))?;
+        let n = self.started.fetch_add(1, Ordering::Relaxed);
+        let session = Arc::new(Session {
+            id: session_id(),
+            group: config.group(n),
+            port: config.port,
+            layout,
+            bytes_per_second: config.bytes_per_second,
+            digests: Arc::new(digests),
+            blocks_path: diskless_boot::Route::MulticastBlocks {
+                image: image.to_string(),
+                version: version.to_string(),
+            }
+            .path(),
+            leave_path: diskless_boot::Route::MulticastLeave {
+                image: image.to_string(),
+                version: version.to_string(),
+            }
+            .path(),
+            active: AtomicU64::new(1),
+            last_join: Mutex::new(Instant::now()),
+            stopped: AtomicBool::new(false),
+            seats: AtomicU64::new(1),
+            rounds: AtomicU64::new(0),
+            bytes_sent: AtomicU64::new(0),
+        });
+        let idle = Duration::from_secs(config.idle_seconds);
+        let sender = session.clone();
+        let name = format!("{image}/{version}");
+        let counters = SessionCounters {
+            rounds: self.metrics.multicast_rounds.with_label_values(&[image]),
+            bytes: self.metrics.multicast_bytes.with_label_values(&[image]),
+        };
+        std::thread::Builder::new()
+            .name(format!("multicast {name}"))
+            .spawn(move || send(&sender, &socket, &file, idle, &name, &counters))
+            .map_err(JoinError::Socket)?;
+        self.metrics
+            .multicast_sessions
+            .with_label_values(&[image])
+            .inc();
+        self.metrics
+            .multicast_seats
+            .with_label_values(&[image])
+            .inc();
+        tracing::info!(
+            image,
+            version,
+            group = %session.group,
+            port = session.port,
+            session = format_args!("{:016x}", session.id),
+            "multicast session started"
+        );
+        sessions.insert(key, session.clone());
+        Ok(session)
+    }
+
+    /// A seat of session `id` of `image`/`version` has its image. False when no such session
+    /// runs (it stopped, or `id` is another's).
+    pub async fn leave(&self, image: &str, version: &str, id: u64) -> bool {
+        match self.get(image, version).await.filter(|s| s.id == id) {
+            Some(session) => {
+                // Never below zero: a seat that leaves twice does not stop the others' session.
+                let _ = session
+                    .active
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The running session of `image`/`version`, if any.
+    pub async fn get(&self, image: &str, version: &str) -> Option<Arc<Session>> {
+        let sessions = self.by_version.lock().await;
+        sessions
+            .get(&(image.to_string(), version.to_string()))
+            .filter(|s| s.is_running())
+            .cloned()
+    }
+}
+
+fn sender_socket(config: &Multicast, interface: Ipv4Addr) -> std::io::Result<UdpSocket> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
+    socket.set_multicast_ttl_v4(u32::from(config.ttl))?;
+    // The group leaves from the boot network's interface, whatever the routing table says
+    // of 239/8 (usually nothing, or the default route's interface).
+    socket.set_multicast_if_v4(&interface)?;
+    socket.bind(&SocketAddrV4::new(interface, 0).into())?;
+    Ok(socket.into())
+}
+
+/// The image's counters of `/metrics` a sender adds to.
+struct SessionCounters {
+    rounds: prometheus::IntCounter,
+    bytes: prometheus::IntCounter,
+}
+
+/// The sender thread: round and round until idle.
+fn send(
+    session: &Session,
+    socket: &UdpSocket,
+    file: &File,
+    idle: Duration,
+    name: &str,
+    counters: &SessionCounters,
+) {
+    let layout = session.layout;
+    let round_time =
+        Duration::from_secs_f64(layout.image_len as f64 / session.bytes_per_second as f64);
+    let mut carousel = Carousel::new(layout, session.id);
+    let mut pacer = Pacer::new(session.bytes_per_second, PACER_SLACK);
+    let to = SocketAddrV4::new(session.group, session.port);
+    let mut payload = vec![0u8; usize::from(layout.fragment_size)];
+    let mut datagram = vec![0u8; HEADER_LEN + payload.len()];
+    let mut errors = 0u64;
+    loop {
+        let now = Instant::now();
+        let wait = pacer.wait(now);
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
+            continue;
+        }
+        if session.active.load(Ordering::SeqCst) == 0 {
+            break;
+        }
+        let fragment = carousel.next_fragment();
+        // Idle is checked between rounds, never before the first: a session sends the
+        // image at least once, however late its thread started.
+        if fragment.round > 0 && fragment.block == 0 && fragment.fragment == 0 {
+            session.rounds.fetch_add(1, Ordering::Relaxed);
+            counters.rounds.inc();
+            let last_join = *session.last_join.lock().expect("join time");
+            if now.duration_since(last_join) > idle + round_time {
+                break;
+            }
+        }
+        let data = &mut payload[..usize::from(fragment.len)];
+        if let Err(e) = file.read_exact_at(data, fragment.offset) {
+            tracing::error!(session = name, error = %e, "multicast: reading the image; session stopped");
+            break;
+        }
+        let len = fragment.packet(data).emit(&mut datagram);
+        match socket.send_to(&datagram[..len], to) {
+            Ok(n) => {
+                session.bytes_sent.fetch_add(n as u64, Ordering::Relaxed);
+                counters.bytes.inc_by(n as u64);
+            }
+            Err(e) => {
+                // Logged once: a network without a route for the group fails every send.
+                if errors == 0 {
+                    tracing::warn!(session = name, error = %e, "multicast: sending to {to}");
+                }
+                errors += 1;
+            }
+        }
+        pacer.sent(now, len);
+    }
+    session.stopped.store(true, Ordering::SeqCst);
+    tracing::info!(
+        session = name,
+        seats = session.seats.load(Ordering::Relaxed),
+        rounds = session.rounds.load(Ordering::Relaxed),
+        bytes_sent = session.bytes_sent.load(Ordering::Relaxed),
+        send_errors = errors,
+        "multicast session stopped: every seat left, or none joined for {} s",
+        idle.as_secs()
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use diskless_multicast::{block_digests, wire::Packet, Receiver};
+
+    #[test]
+    fn the_file_digests_are_the_block_digests() {
+        let image: Vec<u8> = (0..200_000u32).map(|i| (i % 241) as u8).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("root.squashfs");
+        std::fs::write(&path, &image).unwrap();
+        let layout = Layout::new(image.len() as u64, BLOCK_SIZE, FRAGMENT_SIZE).unwrap();
+        let list = digest_file(&path, &layout).unwrap();
+        assert_eq!(
+            layout.parse_digests(&list).unwrap(),
+            block_digests(&layout, &image)
+        );
+    }
+
+    /// A network namespace of this test's own (loopback up, with multicast), deleted on drop.
+    struct Netns(String);
+
+    impl Netns {
+        fn new() -> Netns {
+            static NEXT: AtomicU32 = AtomicU32::new(0);
+            let n = NEXT.fetch_add(1, Ordering::Relaxed);
+            let name = format!("mcast-unit-{}-{n}", std::process::id());
+            let ip = |args: &[&str]| {
+                diskless_testkit::run(std::process::Command::new("ip").args(args));
+            };
+            ip(&["netns", "add", &name]);
+            ip(&["-n", &name, "link", "set", "lo", "up", "multicast", "on"]);
+            Netns(name)
+        }
+    }
+
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &self.0])
+                .status();
+        }
+    }
+
+    /// Runs `test` on a runtime inside a namespace of its own (loopback with multicast: the
+    /// host's lo has no MULTICAST flag).
+    fn in_netns<F: std::future::Future<Output = ()> + 'static>(test: fn() -> F) {
+        if !diskless_testkit::root_with_tools(&["ip"]) {
+            return;
+        }
+        let ns = Netns::new();
+        let name = ns.0.clone();
+        std::thread::spawn(move || {
+            diskless_testkit::enter_netns(&name);
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(test());
+        })
+        .join()
+        .unwrap();
+    }
+
+    /// A receiver on the group gets the whole image; the session stops when it leaves.
+    #[test]
+    fn a_seat_on_loopback_receives_the_whole_image() {
+        in_netns(session_on_loopback);
+    }
+
+    /// A session nobody leaves stops `idle` seconds plus one round after the last join,
+    /// having sent at least that round.
+    #[test]
+    fn a_session_nobody_leaves_stops_when_idle() {
+        in_netns(|| async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("root.squashfs");
+            std::fs::write(&path, vec![7u8; 100_000]).unwrap();
+            let config = Multicast {
+                groups: "239.255.80.0/24".parse().unwrap(),
+                port: 5942,
+                bytes_per_second: 10_000_000,
+                ttl: 1,
+                idle_seconds: 0,
+            };
+            let sessions = Sessions::default();
+            let session = sessions
+                .join(&config, Ipv4Addr::LOCALHOST, "lab", "v1", path)
+                .await
+                .unwrap();
+            while session.is_running() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(session.rounds.load(Ordering::Relaxed) >= 1);
+            assert!(session.bytes_sent.load(Ordering::Relaxed) >= 100_000);
+            assert!(sessions.get("lab", "v1").await.is_none());
+        });
+    }
+
+    /// The session stops once every seat that joined has left, not before; a leave naming
+    /// another session is refused.
+    #[test]
+    fn a_session_stops_when_every_seat_has_left() {
+        in_netns(|| async {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("root.squashfs");
+            std::fs::write(&path, vec![7u8; 100_000]).unwrap();
+            let config = Multicast {
+                groups: "239.255.79.0/24".parse().unwrap(),
+                port: 5941,
+                bytes_per_second: 1_000_000,
+                ttl: 1,
+                // Never idle within the test: only the leaves can stop it.
+                idle_seconds: 3600,
+            };
+            let sessions = Sessions::default();
+            let join = || sessions.join(&config, Ipv4Addr::LOCALHOST, "lab", "v1", path.clone());
+            let first = join().await.unwrap();
+            let second = join().await.unwrap();
+            assert_eq!(first.id, second.id, "one session for both seats");
+            assert!(!sessions.leave("lab", "v1", first.id ^ 1).await);
+            assert!(sessions.leave("lab", "v1", first.id).await);
+            assert!(first.is_running(), "one seat is still there");
+            assert!(sessions.leave("lab", "v1", first.id).await);
+            while first.is_running() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            assert!(!sessions.leave("lab", "v1", first.id).await, "it is gone");
+        });
+    }
+
+    async fn session_on_loopback() {
+        let image: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 251) as u8).collect();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("root.squashfs");
+        std::fs::write(&path, &image).unwrap();
+        let config = Multicast {
+            groups: "239.255.78.0/24".parse().unwrap(),
+            port: 5940,
+            bytes_per_second: 20_000_000,
+            ttl: 1,
+            // Never idle within the test: the seat's leave stops it.
+            idle_seconds: 3600,
+        };
+        let group = config.group(0);
+        let receiver = UdpSocket::bind(SocketAddrV4::new(group, config.port)).unwrap();
+        receiver
+            .join_multicast_v4(&group, &Ipv4Addr::LOCALHOST)
+            .unwrap();
+        receiver
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let sessions = Sessions::default();
+        let session = sessions
+            .join(&config, Ipv4Addr::LOCALHOST, "lab", "v1", path)
+            .await
+            .unwrap();
+        assert_eq!(session.group, group);
+        let layout = session.layout;
+        let mut seat = Receiver::new(
+            layout,
+            session.id,
+            layout.parse_digests(&session.digests).unwrap(),
+        )
+        .unwrap();
+        let mut copy = vec![0u8; image.len()];
+        let mut buf = [0u8; 2048];
+        tokio::task::spawn_blocking(move || {
+            while !seat.is_complete() {
+                let n = receiver.recv(&mut buf).expect("a datagram within 5 s");
+                let packet = Packet::parse(&buf[..n]).unwrap();
+                let placed = seat.accept(&packet).unwrap();
+                let at = placed.offset as usize;
+                copy[at..at + packet.payload.len()].copy_from_slice(packet.payload);
+                if let Some(b) = placed.completes {
+                    let r = layout.block_range(b);
+                    // Loopback loses nothing, and nothing else sends here: every block holds.
+                    seat.check_block(b, &copy[r.start as usize..r.end as usize])
+                        .unwrap();
+                }
+            }
+            assert_eq!(copy, image);
+        })
+        .await
+        .unwrap();
+        assert!(sessions.leave("lab", "v1", session.id).await);
+        while session.is_running() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(sessions.get("lab", "v1").await.is_none());
+        assert!(session.bytes_sent.load(Ordering::Relaxed) >= layout.image_len);
+    }
+}
