@@ -32,7 +32,12 @@ pub struct Store {
 /// answer stays true. Only answers from a kernel that was read are kept: a read that failed
 /// (a descriptor shortage, say) is tried again next time.
 #[derive(Debug, Clone, Default)]
-struct SignatureCache(Arc<Mutex<HashMap<(String, String), Result<bool, String>>>>);
+struct SignatureCache(Arc<Mutex<HashMap<VersionKey, Signed>>>);
+
+/// An image name and version.
+type VersionKey = (String, String);
+/// [`Store::kernel_signed`]'s answer.
+type Signed = std::result::Result<bool, String>;
 
 impl SignatureCache {
     /// The answer for `name`/`version`, from `check` the first time (`check`'s outer `Err`:
@@ -41,8 +46,8 @@ impl SignatureCache {
         &self,
         name: &str,
         version: &str,
-        check: impl FnOnce() -> std::result::Result<std::result::Result<bool, String>, String>,
-    ) -> std::result::Result<bool, String> {
+        check: impl FnOnce() -> std::result::Result<Signed, String>,
+    ) -> Signed {
         let key = (name.to_string(), version.to_string());
         if let Some(known) = self.0.lock().expect("signature cache").get(&key) {
             return known.clone();
