@@ -705,7 +705,8 @@ fn flood(
 /// (reopening each one the server closes) while another client fetches its iPXE script,
 /// fetches and verifies the image with the real fetch helper, and reports its stage: the
 /// server keeps the flood to its address's cap (48 at 1,024 descriptors) and serves the
-/// boot.
+/// boot, to the one client it lists (`unknown_clients = "ignore"`, the neighbour table read
+/// at each request).
 #[test]
 #[ignore = "root, namespaces: scripts/test runs it"]
 fn one_host_holding_thousands_of_connections_stops_no_boot() {
@@ -723,8 +724,26 @@ fn one_host_holding_thousands_of_connections_stops_no_boot() {
     .per_address;
     let mut lab = Lab::new("hd", 1, fetch);
     lab.host("atk", ATTACKER);
+    // Only the booting client is served (`unknown_clients = "ignore"`), which it shows by its
+    // MAC in the kernel's neighbour table: the server must still read that table under the
+    // flood (out of descriptors, it refused every client before issue 22).
+    run(Command::new("ip").args([
+        "-n",
+        &lab.ns("c1"),
+        "link",
+        "set",
+        "eth0",
+        "address",
+        "52:54:00:00:00:01",
+    ]));
     let sha256 = store_with_image(&lab.path().join("store-a"));
-    let mut serve = lab.serve_command(&lab.ns("srv"), "a", "srv0", "[boot]\nimage = \"storm\"\n");
+    let mut serve = lab.serve_command(
+        &lab.ns("srv"),
+        "a",
+        "srv0",
+        "[boot]\nimage = \"storm\"\nunknown_clients = \"ignore\"\n\
+         [[client]]\nmac = \"52:54:00:00:00:01\"\n",
+    );
     // SAFETY: setrlimit only, between fork and exec; `ip netns exec` and the server inherit it.
     unsafe {
         serve.pre_exec(|| {
@@ -803,6 +822,17 @@ fn one_host_holding_thousands_of_connections_stops_no_boot() {
         "the flood opened {} connections",
         flood.opened
     );
+    // The flood's connections are closed now: the attacker's own request shows the filter
+    // that served the client was on.
+    let status = run(in_ns(&lab.ns("atk"), "curl").args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &format!("http://{ORIGIN}/boot/52-54-00-00-00-01.ipxe"),
+    ]));
+    assert_eq!(status, "403", "an unlisted host's request");
     let log = std::fs::read_to_string(lab.path().join("a.log")).unwrap();
     assert!(
         !log.contains("Too many open files"),
