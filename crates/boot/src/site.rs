@@ -67,6 +67,19 @@ pub enum Ipv6Ra {
     Booting,
 }
 
+impl Ipv6Ra {
+    /// Whose solicitations `config` has answered: `ipv6_ra` if set, else everyone's in full
+    /// mode and only booting clients' in proxy mode. Known from the config alone, before the
+    /// interface is read: `serve` decides from it whether to keep CAP_NET_RAW.
+    pub fn of(config: &Config) -> Ipv6Ra {
+        match (config.ipv6_ra, config.mode) {
+            (Some(false), _) => Ipv6Ra::Off,
+            (Some(true), _) | (None, Mode::Full) => Ipv6Ra::All,
+            (None, Mode::Proxy) => Ipv6Ra::Booting,
+        }
+    }
+}
+
 /// The resolved site config (see the module docs).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Site {
@@ -218,11 +231,7 @@ impl Site {
                 .collect(),
             http_authority,
             tftp_authority: authority(server_ip, config.tftp_port, 69),
-            ipv6_ra: match (config.ipv6_ra, config.mode) {
-                (Some(false), _) => Ipv6Ra::Off,
-                (Some(true), _) | (None, Mode::Full) => Ipv6Ra::All,
-                (None, Mode::Proxy) => Ipv6Ra::Booting,
-            },
+            ipv6_ra: Ipv6Ra::of(config),
             store: config.store.clone(),
             state: config.state.clone(),
             dhcp: config.dhcp.clone(),

@@ -1,17 +1,22 @@
 //! `diskless serve` started as root becomes an ordinary user that keeps only the capabilities
-//! the server uses, the same two `diskless.service` grants (packaging/diskless.service says
+//! the server uses, at most the two `diskless.service` grants (packaging/diskless.service says
 //! how they were measured): the service user by default ([`SERVICE_USER`]), `--user` another.
+//! Which ones it needs follows from the config ([`needed`]): `CAP_NET_BIND_SERVICE` always,
+//! `CAP_NET_RAW` only when it answers router solicitations (`ipv6_ra`, its raw ICMPv6 socket).
+//! Started as the user with both (the unit's ambient capabilities), it gives up the one it
+//! does not need ([`keep_only`]).
 //!
 //! **When.** Capabilities, the bounding set, `no_new_privs` and the keep-capabilities flag
 //! belong to threads, not to the process: a thread started later inherits its creator's. The
 //! drop therefore happens while the process has one thread, before the tokio runtime starts
-//! its workers, and every thread of the server is then the user with the two capabilities.
+//! its workers, and every thread of the server is then the user with the capabilities kept.
 //! Dropping after the workers exist (after the sockets are bound) would leave the workers
 //! with an empty permitted set but a full bounding set and no `no_new_privs`: a worker that
-//! executed a set-uid program would be root again. Binding needs no more than the two
+//! executed a set-uid program would be root again. Binding needs no more than the
 //! capabilities kept (ports below 1024: `CAP_NET_BIND_SERVICE`; the raw ICMPv6 socket:
-//! `CAP_NET_RAW`), so the process binds its sockets right after the drop, exactly as it does
-//! under systemd, where it starts as the user with those two capabilities ambient.
+//! `CAP_NET_RAW`; DHCP's `SO_BINDTODEVICE` on a socket not yet tied to a device needs none
+//! since Linux 5.7), so the process binds its sockets right after the drop, exactly as it
+//! does under systemd, where it starts as the user with those capabilities ambient.
 //!
 //! **What it may write.** Before it drops, root makes the state directory (leases,
 //! `clients.json`, the server's secret) and the store's `ipxe/` directory (its copies of the
@@ -29,8 +34,33 @@ use std::path::Path;
 /// The user the package creates (packaging/sysusers.conf) and `serve` becomes by default.
 pub const SERVICE_USER: &str = "diskless";
 
-/// Ports below 1024, and the raw ICMPv6 socket of the router advertisements.
+/// The capabilities the server may keep: ports below 1024, and the raw ICMPv6 socket of the
+/// router advertisements ([`needed`] says which of them a config uses).
 pub const KEPT: [Capability; 2] = [Capability::CAP_NET_BIND_SERVICE, Capability::CAP_NET_RAW];
+
+/// What the server serving `ra` needs of [`KEPT`]: `CAP_NET_RAW` only for the router
+/// advertisements' raw socket. The Ethernet frame of a wake request (an `AF_PACKET` socket)
+/// would need it too, but it is optional (the UDP broadcast goes anyway, and the reply says
+/// the frame was not sent) and the unit's `RestrictAddressFamilies` never allowed it.
+pub fn needed(ra: diskless_boot::site::Ipv6Ra) -> CapsHashSet {
+    KEPT.into_iter()
+        .filter(|c| *c != Capability::CAP_NET_RAW || ra != diskless_boot::site::Ipv6Ra::Off)
+        .collect()
+}
+
+/// The capabilities in `set`, by name, in [`KEPT`]'s order (`none` for none): for the log.
+pub fn names(set: &CapsHashSet) -> String {
+    let names: Vec<String> = KEPT
+        .iter()
+        .filter(|c| set.contains(c))
+        .map(|c| c.to_string())
+        .collect();
+    if names.is_empty() {
+        "none".to_string()
+    } else {
+        names.join(" and ")
+    }
+}
 
 /// A user from the password database.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +121,40 @@ pub fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// Capabilities are per thread (module docs): a change now must reach every thread the
+/// server will have.
+fn one_thread() -> Result<()> {
+    let threads = threads()?;
+    if threads != 1 {
+        bail!("changing capabilities needs a process with one thread, this one has {threads}");
+    }
+    Ok(())
+}
+
+/// Not root, started with capabilities (the unit's ambient ones): give up those not in
+/// `kept`, from the effective and permitted sets, and clear the ambient and inheritable sets
+/// (the server executes no program that needs a capability, as after [`drop_to`]); a thread
+/// may always lower them. The bounding set stays (lowering it needs CAP_SETPCAP); with the
+/// permitted set lowered and `no_new_privs` (the unit's `NoNewPrivileges=yes`) nothing brings
+/// them back. Call while the process has a single thread. Returns what is kept.
+pub fn keep_only(kept: &CapsHashSet) -> Result<CapsHashSet> {
+    one_thread()?;
+    caps::clear(None, CapSet::Ambient).context("clearing the ambient capabilities")?;
+    caps::clear(None, CapSet::Inheritable).context("clearing the inheritable capabilities")?;
+    let permitted = caps::read(None, CapSet::Permitted).context("reading the capabilities")?;
+    for cap in permitted.difference(kept) {
+        for set in [CapSet::Effective, CapSet::Permitted] {
+            caps::drop(None, set, *cap)
+                .with_context(|| format!("dropping {cap} from the {set:?} capabilities"))?;
+        }
+    }
+    let now = caps::read(None, CapSet::Permitted).context("reading the capabilities")?;
+    if now.iter().any(|c| !kept.contains(c)) {
+        bail!("dropping capabilities did not hold: still permitted {now:?}");
+    }
+    Ok(now)
+}
+
 fn check(rc: libc::c_int, what: &str) -> Result<()> {
     if rc != 0 {
         return Err(std::io::Error::last_os_error()).context(what.to_string());
@@ -109,17 +173,14 @@ fn threads() -> Result<usize> {
         .context("no Threads: line in /proc/self/status")
 }
 
-/// Become `user`, with its groups (initgroups, as systemd's `User=` does), keeping [`KEPT`]
-/// as effective and permitted capabilities and nothing else, bounding set included, and set
+/// Become `user`, with its groups (initgroups, as systemd's `User=` does), keeping `kept` (of
+/// [`KEPT`]) as effective and permitted capabilities and nothing else, bounding set included, and set
 /// `no_new_privs` (the unit's `NoNewPrivileges=yes`). The inheritable and ambient sets stay
 /// empty: the server executes no program that needs a capability. Call it as root, while the
 /// process has a single thread (see the module docs).
-pub fn drop_to(user: &User) -> Result<()> {
-    let threads = threads()?;
-    if threads != 1 {
-        bail!("dropping privileges needs a process with one thread, this one has {threads}");
-    }
-    let kept: CapsHashSet = KEPT.into_iter().collect();
+pub fn drop_to(user: &User, kept: &CapsHashSet) -> Result<()> {
+    one_thread()?;
+    let kept = kept.clone();
     // Dropping from the bounding set needs CAP_SETPCAP: while still root. By number, up to
     // the kernel's last capability, so that one newer than the caps crate goes too.
     let last = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
@@ -128,7 +189,7 @@ pub fn drop_to(user: &User) -> Result<()> {
         .trim()
         .parse()
         .with_context(|| format!("/proc/sys/kernel/cap_last_cap: {last:?}"))?;
-    for cap in (0..=last).filter(|n| !KEPT.iter().any(|k| k.index() == *n)) {
+    for cap in (0..=last).filter(|n| !kept.iter().any(|k| k.index() == *n)) {
         // SAFETY: a plain prctl on this thread's bounding set.
         let rc = unsafe { libc::prctl(libc::PR_CAPBSET_DROP, libc::c_ulong::from(cap), 0, 0, 0) };
         check(

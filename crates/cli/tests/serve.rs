@@ -95,14 +95,20 @@ struct Server {
 
 impl Server {
     fn start(ns: &Netns, config: &Path, user: &str, log: PathBuf) -> Server {
-        let out = std::fs::File::create(&log).unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &ns.0])
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns.0])
             .arg(env!("CARGO_BIN_EXE_diskless"))
             .arg("serve")
             .arg("--config")
             .arg(config)
-            .args(["--user", user])
+            .args(["--user", user]);
+        Server::spawn(cmd, log)
+    }
+
+    /// `cmd` (a `diskless serve` that executes in place), until it says it is starting.
+    fn spawn(mut cmd: Command, log: PathBuf) -> Server {
+        let out = std::fs::File::create(&log).unwrap();
+        let child = cmd
             .stdout(out.try_clone().unwrap())
             .stderr(out)
             .spawn()
@@ -153,6 +159,20 @@ fn field<'a>(status: &'a str, field: &str) -> &'a str {
         .trim()
 }
 
+/// The status file of every thread of process `pid` (capabilities are per thread), by path.
+fn thread_statuses(pid: u32) -> Vec<(PathBuf, String)> {
+    let tasks: Vec<(PathBuf, String)> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|e| {
+            let path = e.unwrap().path();
+            let status = std::fs::read_to_string(path.join("status")).unwrap();
+            (path, status)
+        })
+        .collect();
+    assert!(tasks.len() > 1, "tokio's workers are threads: {tasks:?}");
+    tasks
+}
+
 /// A directory every user may enter (tempdir makes 0700 ones), holding a config for the
 /// loopback of a namespace, ports 80 and 69 (below 1024: a capability is needed).
 fn workdir(extra: &str) -> (tempfile::TempDir, PathBuf) {
@@ -198,15 +218,9 @@ fn serve_started_as_root_runs_as_its_user_with_two_capabilities() {
     assert_eq!(body, "diskless boot server\n");
 
     // Every thread, not only the main one: capabilities are per thread.
-    let tasks: Vec<PathBuf> = std::fs::read_dir(format!("/proc/{}/task", server.pid()))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    assert!(tasks.len() > 1, "tokio's workers are threads: {tasks:?}");
-    for task in &tasks {
-        let status = std::fs::read_to_string(task.join("status")).unwrap();
+    for (task, status) in &thread_statuses(server.pid()) {
         let ids = |name| {
-            field(&status, name)
+            field(status, name)
                 .split_whitespace()
                 .map(|n| n.parse::<u32>().unwrap())
                 .collect::<Vec<_>>()
@@ -227,7 +241,7 @@ fn serve_started_as_root_runs_as_its_user_with_two_capabilities() {
             ("CapAmb", "0000000000000000"),
             ("NoNewPrivs", "1"),
         ] {
-            assert_eq!(field(&status, set), value, "{set} of {}", task.display());
+            assert_eq!(field(status, set), value, "{set} of {}", task.display());
         }
     }
 
@@ -250,6 +264,109 @@ fn serve_started_as_root_runs_as_its_user_with_two_capabilities() {
     // SAFETY: a signal to the server we started.
     assert_eq!(unsafe { libc::kill(server.pid() as i32, libc::SIGHUP) }, 0);
     server.wait_for("config re-read on SIGHUP");
+}
+
+/// Asserts `want` (field, value) in the status of every thread of `pid`.
+fn assert_every_thread(pid: u32, want: &[(&str, &str)]) {
+    for (task, status) in &thread_statuses(pid) {
+        for (set, value) in want {
+            assert_eq!(field(status, set), *value, "{set} of {}", task.display());
+        }
+    }
+}
+
+/// The index page from port 80 in `ns`: the server bound its sockets (DHCP's first).
+fn serves_http(ns: &Netns) {
+    let body = ns.run(|| {
+        ureq::get("http://127.0.0.1:80/")
+            .call()
+            .expect("the server answers HTTP")
+            .into_body()
+            .read_to_string()
+            .unwrap()
+    });
+    assert_eq!(body, "diskless boot server\n");
+}
+
+/// CAP_NET_RAW serves the router advertisements' raw socket only (issue 22): with
+/// `ipv6_ra = false` the server keeps CAP_NET_BIND_SERVICE alone and still binds DHCP (ports
+/// 67 and 4011, SO_BINDTODEVICE), TFTP and HTTP, whether started as root (it becomes its
+/// user) or as the unit starts it (the user with both capabilities ambient, under
+/// no_new_privs: it gives CAP_NET_RAW up); with them on it keeps both.
+#[test]
+fn without_router_advertisements_the_server_keeps_no_cap_net_raw() {
+    if !prerequisites() || !diskless_testkit::root_with_tools(&["setpriv"]) {
+        return;
+    }
+    let (uid, gid, _) = test_user();
+    let bind_only = "0000000000000400";
+    let both = "0000000000002400";
+    let none = "0000000000000000";
+
+    // Started as root.
+    let (dir, config) = workdir("ipv6_ra = false\n");
+    let ns = Netns::new("hdnoraw");
+    let server = Server::start(&ns, &config, TEST_USER, dir.path().join("serve.log"));
+    serves_http(&ns);
+    assert_every_thread(
+        server.pid(),
+        &[
+            ("CapEff", bind_only),
+            ("CapPrm", bind_only),
+            ("CapBnd", bind_only),
+            ("CapInh", none),
+            ("CapAmb", none),
+        ],
+    );
+    assert!(
+        server
+            .log()
+            .contains("running as diskless-test with CAP_NET_BIND_SERVICE only"),
+        "{}",
+        server.log()
+    );
+    drop(server);
+
+    // As packaging/diskless.service starts it.
+    for (extra, kept) in [("ipv6_ra = false\n", bind_only), ("", both)] {
+        let (dir, config) = workdir(extra);
+        // What StateDirectory= and tmpfiles.conf make: the state and the store's ipxe/ the
+        // user's, the images root's.
+        for sub in ["state", "store/ipxe", "store/images"] {
+            std::fs::create_dir_all(dir.path().join(sub)).unwrap();
+        }
+        for sub in ["state", "store/ipxe"] {
+            std::os::unix::fs::chown(dir.path().join(sub), Some(uid), Some(gid)).unwrap();
+        }
+        let ns = Netns::new("hdunit");
+        let mut cmd = Command::new("ip");
+        cmd.args(["netns", "exec", &ns.0, "setpriv"])
+            .args(["--reuid", TEST_USER, "--regid", TEST_USER, "--init-groups"])
+            .args(["--inh-caps", "+net_bind_service,+net_raw"])
+            .args(["--ambient-caps", "+net_bind_service,+net_raw"])
+            .args(["--bounding-set", "-all,+net_bind_service,+net_raw"])
+            .arg("--no-new-privs")
+            .arg(env!("CARGO_BIN_EXE_diskless"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&config);
+        let server = Server::spawn(cmd, dir.path().join("serve.log"));
+        serves_http(&ns);
+        assert_every_thread(
+            server.pid(),
+            &[
+                ("Uid", &format!("{uid}\t{uid}\t{uid}\t{uid}")),
+                ("CapEff", kept),
+                ("CapPrm", kept),
+                // Lowering the bounding set needs CAP_SETPCAP; the permitted set is what
+                // counts under no_new_privs.
+                ("CapBnd", both),
+                ("CapInh", none),
+                ("CapAmb", none),
+                ("NoNewPrivs", "1"),
+            ],
+        );
+    }
 }
 
 #[test]

@@ -42,7 +42,8 @@ pub struct DhcpSockets {
 impl DhcpSockets {
     /// Binds 0.0.0.0:67 (and 0.0.0.0:4011 in proxy mode) with SO_BROADCAST,
     /// SO_REUSEADDR and SO_BINDTODEVICE(`interface`); an empty `interface`
-    /// skips SO_BINDTODEVICE. Needs CAP_NET_BIND_SERVICE and CAP_NET_RAW.
+    /// skips SO_BINDTODEVICE. Needs CAP_NET_BIND_SERVICE (ports below 1024); SO_BINDTODEVICE
+    /// on a socket not yet tied to a device needs no capability since Linux 5.7.
     pub fn bind(interface: &str, mode: Mode) -> Result<DhcpSockets, DhcpError> {
         Ok(DhcpSockets {
             dhcp: bind(interface, SERVER_PORT)?,

@@ -13,12 +13,53 @@
 
 use crate::error::{io_at, Error, Result};
 use crate::manifest::{Manifest, MANIFEST};
+use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone)]
 pub struct Store {
     root: PathBuf,
+    /// What [`Store::kernel_signed`] found, by image name and version, shared by the clones.
+    signed: SignatureCache,
+}
+
+/// Whether each version's kernel is signed, read once per version: a GRUB config request
+/// (every Secure Boot boot) and the admin pages' image list ask it, and the answer took a
+/// read of the whole kernel (~8 MiB) each time (issue 22). A version's files never change
+/// once published (a rebuild or `image refresh` publishes a new version), so the first
+/// answer stays true. Only answers from a kernel that was read are kept: a read that failed
+/// (a descriptor shortage, say) is tried again next time.
+#[derive(Debug, Clone, Default)]
+struct SignatureCache(Arc<Mutex<HashMap<VersionKey, Signed>>>);
+
+/// An image name and version.
+type VersionKey = (String, String);
+/// [`Store::kernel_signed`]'s answer.
+type Signed = std::result::Result<bool, String>;
+
+impl SignatureCache {
+    /// The answer for `name`/`version`, from `check` the first time (`check`'s outer `Err`:
+    /// it could not read the kernel, and the answer is not kept).
+    fn get(
+        &self,
+        name: &str,
+        version: &str,
+        check: impl FnOnce() -> std::result::Result<Signed, String>,
+    ) -> Signed {
+        let key = (name.to_string(), version.to_string());
+        if let Some(known) = self.0.lock().expect("signature cache").get(&key) {
+            return known.clone();
+        }
+        // Not under the lock: another version's answer need not wait for this read.
+        let answer = check()?;
+        self.0
+            .lock()
+            .expect("signature cache")
+            .insert(key, answer.clone());
+        answer
+    }
 }
 
 /// A version being built; dropped without `Store::publish`, it is removed.
@@ -50,7 +91,10 @@ impl Store {
         let root = root.into();
         let images = root.join("images");
         std::fs::create_dir_all(&images).map_err(io_at(&images))?;
-        Ok(Store { root })
+        Ok(Store {
+            root,
+            signed: SignatureCache::default(),
+        })
     }
 
     pub fn root(&self) -> &Path {
@@ -203,13 +247,16 @@ impl Store {
 
     /// Whether the kernel of an image version carries an Authenticode signature
     /// ([`crate::kernel::authenticode_signed`]): a Secure Boot client's shim runs nothing else.
-    /// `Err` says why it cannot tell (no kernel file, not a PE image).
+    /// `Err` says why it cannot tell (no kernel file, not a PE image). The kernel is read
+    /// once per version ([`SignatureCache`]).
     pub fn kernel_signed(&self, name: &str, version: &str) -> std::result::Result<bool, String> {
         let kernel = self
             .version_dir(name, version)
             .join(crate::manifest::KERNEL);
-        let bytes = std::fs::read(&kernel).map_err(|e| format!("{}: {e}", kernel.display()))?;
-        crate::kernel::authenticode_signed(&bytes)
+        self.signed.get(name, version, || {
+            let bytes = std::fs::read(&kernel).map_err(|e| format!("{}: {e}", kernel.display()))?;
+            Ok(crate::kernel::authenticode_signed(&bytes))
+        })
     }
 
     /// All complete versions of an image, oldest first.
@@ -395,5 +442,40 @@ mod tests {
         assert!(store.publish(staging, &m).is_err());
         assert_eq!(store.current_version("lab").unwrap(), "v1");
         assert!(!store.version_dir("lab", "v2").exists());
+    }
+
+    #[test]
+    fn a_versions_kernel_is_read_once_for_its_signature() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        publish(&store, "v1", "2026-01-01T00:00:00Z", b"one").unwrap();
+        publish(&store, "v2", "2026-01-02T00:00:00Z", b"two").unwrap();
+        let kernel = |v: &str| store.version_dir("lab", v).join(crate::manifest::KERNEL);
+        let efi = |path: &str| {
+            std::fs::read(path).unwrap_or_else(|e| panic!("{path}: {e} (scripts/install-deps)"))
+        };
+        let (signed, unsigned) = (
+            efi("/usr/lib/shim/shimx64.efi.signed"),
+            efi("/usr/lib/ipxe/ipxe.efi"),
+        );
+        // No kernel yet: an error, not kept.
+        let err = store.kernel_signed("lab", "v1").unwrap_err();
+        assert!(err.contains("vmlinuz"), "{err}");
+        std::fs::write(kernel("v1"), &signed).unwrap();
+        assert_eq!(store.kernel_signed("lab", "v1"), Ok(true));
+        // The file is not read again: an answer that changed with it would show a second read.
+        std::fs::write(kernel("v1"), &unsigned).unwrap();
+        assert_eq!(store.kernel_signed("lab", "v1"), Ok(true));
+        assert_eq!(
+            store.clone().kernel_signed("lab", "v1"),
+            Ok(true),
+            "clones share it"
+        );
+        // Another version is read on its own.
+        std::fs::write(kernel("v2"), &unsigned).unwrap();
+        assert_eq!(store.kernel_signed("lab", "v2"), Ok(false));
+        // Another store (a restarted server) reads the file as it is now.
+        let fresh = Store::open(dir.path()).unwrap();
+        assert_eq!(fresh.kernel_signed("lab", "v1"), Ok(false));
     }
 }

@@ -4,8 +4,9 @@
 //! In mini-redis's manner the caller owns the sockets and the shutdown signal:
 //!
 //! ```text
-//! // as a user with CAP_NET_BIND_SERVICE and CAP_NET_RAW (diskless.service, or `diskless
-//! // serve` started as root, which drops to that before its runtime starts any thread)
+//! // as a user with CAP_NET_BIND_SERVICE, and CAP_NET_RAW for router advertisements
+//! // (diskless.service, or `diskless serve` started as root, which drops to that before its
+//! // runtime starts any thread)
 //! let site = resolve_site(&config)?;              // the config, resolved once (diskless_boot::Site)
 //! let listeners = Listeners::bind(&site)?;        // ports 67, 69, 80, raw ICMPv6
 //! let (handle, site) = site_channel(site);        // handle.reload(new_site) on SIGHUP
@@ -214,7 +215,7 @@ impl SiteHandle {
     }
 }
 
-/// The sockets the server serves on, bound by the caller (with the two capabilities
+/// The sockets the server serves on, bound by the caller (with the capabilities
 /// binding needs) or handed in by tests.
 pub struct Listeners {
     /// Port 67 (and 4011 in proxy mode), tied to the interface.

@@ -126,8 +126,8 @@ impl Booting {
 }
 
 /// A raw ICMPv6 socket on one interface, in the all-routers group, ready to answer router
-/// solicitations. Opening it needs CAP_NET_RAW, one of the two capabilities the server keeps
-/// ([`crate::Listeners::bind`]).
+/// solicitations. Opening it needs CAP_NET_RAW, which the server keeps only while
+/// `ipv6_ra` is on ([`crate::Listeners::bind`]; `diskless serve` drops it otherwise).
 pub struct RaSocket {
     socket: Socket,
     index: u32,

@@ -6,8 +6,9 @@
 //! transfers under way are kept.
 //!
 //! Started by hand as root it first becomes the service user, `diskless` (`--user` another),
-//! with only the two capabilities the server needs, then binds its sockets: see
-//! [`crate::privileges`]. Under systemd it already is that user and changes nothing.
+//! with only the capabilities the server needs (CAP_NET_RAW only for router advertisements),
+//! then binds its sockets: see [`crate::privileges`]. Under systemd it already is that user
+//! and only gives up CAP_NET_RAW when `ipv6_ra` is off.
 
 use anyhow::{Context, Result};
 use clap::Args;
@@ -68,8 +69,9 @@ pub struct ServeArgs {
     #[arg(long)]
     pub secure_boot: bool,
     /// Started as root: the user to become before binding, keeping only CAP_NET_BIND_SERVICE
-    /// and CAP_NET_RAW; the state directory becomes its own. `root` keeps root (not
-    /// recommended). Not used when not started as root (systemd starts it as its user).
+    /// (and CAP_NET_RAW unless ipv6_ra is off); the state directory becomes its own. `root`
+    /// keeps root (not recommended). Not used when not started as root (systemd starts it as
+    /// its user).
     #[arg(long, value_name = "NAME", default_value = crate::privileges::SERVICE_USER)]
     pub user: String,
     /// Check the config (file and flags) and exit: 0 when it is valid, 1 with FILE:LINE:
@@ -193,12 +195,16 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// As root: give the user the directories it writes, become it, and check that it reaches
-/// what it reads later (the config on SIGHUP, the store). Nothing when not root or when the
-/// user is root.
+/// As root: give the user the directories it writes, become it with the capabilities the
+/// config needs, and check that it reaches what it reads later (the config on SIGHUP, the
+/// store). Not root (under systemd): only give up the capabilities the config does not need.
+/// Nothing when the user is root.
 fn drop_privileges(args: &ServeArgs, cfg: &Config) -> Result<()> {
     use crate::privileges;
+    let needed = privileges::needed(diskless_boot::site::Ipv6Ra::of(cfg));
     if !privileges::is_root() {
+        let kept = privileges::keep_only(&needed)?;
+        tracing::info!("capabilities: {}", privileges::names(&kept));
         return Ok(());
     }
     if args.user == "root" {
@@ -209,8 +215,8 @@ fn drop_privileges(args: &ServeArgs, cfg: &Config) -> Result<()> {
     let store = diskless_image::Store::open(&cfg.store)?;
     privileges::give_dir(&cfg.state, 0o700, &user)?;
     privileges::give_dir(&store.root().join(IPXE_DIR), 0o755, &user)?;
-    privileges::drop_to(&user)?;
-    tracing::info!(user = %user.name, uid = user.uid, "running as {} with CAP_NET_BIND_SERVICE and CAP_NET_RAW only", user.name);
+    privileges::drop_to(&user, &needed)?;
+    tracing::info!(user = %user.name, uid = user.uid, "running as {} with {} only", user.name, privileges::names(&needed));
     let config = config_path(args.config.as_ref());
     let images = store.root().join("images");
     let mut readable = vec![images.as_path()];
