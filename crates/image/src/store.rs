@@ -156,6 +156,7 @@ impl Store {
             build_seconds: 1.0,
             files: hashes,
             changes: vec![],
+            verity: None,
         };
         self.publish(staging, &manifest)?;
         Ok(manifest)
@@ -292,6 +293,7 @@ mod tests {
             build_seconds: 1.0,
             files,
             changes: vec![],
+            verity: None,
         };
         store.publish(staging, &m)
     }

@@ -21,7 +21,7 @@ use axum::{Extension, Form, Router};
 use diskless_boot::accounts::Accounts;
 use diskless_boot::grub;
 use diskless_boot::routes::{AccountsFile, ImageFile, Route, RouteError, TOKEN_PARAM};
-use diskless_boot::script::{self, ImageRef, ScriptParams};
+use diskless_boot::script::{self, ImageRef, ScriptParams, VerityRef};
 use diskless_boot::{Mac, Machine, Site, Stage};
 use diskless_image::Store;
 use std::net::{IpAddr, SocketAddr};
@@ -248,6 +248,11 @@ pub fn client_boot_file(
             version: &manifest.version,
             squashfs_sha256: &manifest.squashfs().sha256,
             boot_cpio: manifest.has_boot_cpio(),
+            verity: manifest.verity.as_ref().map(|v| VerityRef {
+                root_hash: &v.root_hash,
+                salt: &v.salt,
+                data_blocks: v.data_blocks,
+            }),
         },
         report_token: &report_token,
     };
