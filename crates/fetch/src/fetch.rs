@@ -19,7 +19,9 @@ pub const STAGE_FETCHED: &str = "fetched";
 
 pub struct Request {
     pub sources: Vec<Source>,
-    pub expected_sha256: [u8; 32],
+    /// None (`--verity`): the image is mounted through dm-verity, which checks each block
+    /// against the hash tree when it is read; no whole-file digest is computed.
+    pub expected_sha256: Option<[u8; 32]>,
     pub out: PathBuf,
     pub retries: u32,
     /// Where to report "fetched" with the measured rate (best effort).
@@ -54,10 +56,14 @@ pub fn run(req: Request) -> Result<(), String> {
             match fetch_once(source, &req, &mut partial) {
                 Ok(stats) => {
                     eprintln!(
-                        "diskless: fetched {} in {:.1} s ({:.1} MB/s), sha256 verified",
+                        "diskless: fetched {} in {:.1} s ({:.1} MB/s), {}",
                         Progress::human_bytes(stats.bytes),
                         stats.seconds,
-                        stats.megabytes_per_second()
+                        stats.megabytes_per_second(),
+                        match req.expected_sha256 {
+                            Some(_) => "sha256 verified",
+                            None => "blocks to be verified by dm-verity when read",
+                        }
                     );
                     if let Some(url) = &req.report_url {
                         let _ = http::post_report(url, STAGE_FETCHED, &stats.report_detail());
@@ -126,7 +132,7 @@ fn fetch_once(
         Source::Tftp { .. } => {
             // TFTP cannot resume: start over.
             *partial = None;
-            let mut sink = Sink::create(&req.out)?;
+            let mut sink = Sink::create(&req.out, req.expected_sha256.is_some())?;
             crate::tftp::fetch(source, &mut sink)?;
             return finish(sink, req, started);
         }
@@ -144,7 +150,7 @@ fn fetch_once(
             );
             sink
         }
-        _ => Sink::create(&req.out)?,
+        _ => Sink::create(&req.out, req.expected_sha256.is_some())?,
     };
     if let Some(total) = body.total_len {
         sink.expect_total(total)?;
@@ -159,7 +165,7 @@ fn fetch_once(
 }
 
 fn finish(sink: Sink, req: &Request, started: std::time::Instant) -> Result<Stats, AttemptError> {
-    let bytes = sink.finish(&req.expected_sha256)?;
+    let bytes = sink.finish(req.expected_sha256.as_ref())?;
     Ok(Stats {
         bytes,
         seconds: started.elapsed().as_secs_f64(),
@@ -296,7 +302,7 @@ mod tests {
     fn request(url: &str, data: &[u8], dir: &Path) -> Request {
         Request {
             sources: vec![Source::parse(url).unwrap()],
-            expected_sha256: Sha256::digest(data).into(),
+            expected_sha256: Some(Sha256::digest(data).into()),
             out: dir.join("root.squashfs"),
             retries: 3,
             report_url: None,
