@@ -144,9 +144,11 @@ fn parse_get(args: &[String]) -> Result<fetch::Request, String> {
         (None, true) => None,
         (Some(_), true) => return Err("get: --sha256 and --verity exclude each other".into()),
         (None, false) => {
-            return Err("get: --sha256 HEX or --verity is required (the image is never \
+            return Err(
+                "get: --sha256 HEX or --verity is required (the image is never \
                         mounted unchecked)"
-                .into())
+                    .into(),
+            )
         }
     };
     let out = out.ok_or("get: --out FILE is required")?;

@@ -167,8 +167,12 @@ pub fn open(device: &Path, params: &Params, name: &str) -> Result<PathBuf, Strin
             format!("loading the dm-verity table ({table}): {e} (the kernel's log says why)")
         })
         .and_then(|_| {
-            ioctl(&control, DM_DEV_SUSPEND, &mut header_bytes(&header(name, 0)))
-                .map_err(|e| format!("activating {name}: {e}"))
+            ioctl(
+                &control,
+                DM_DEV_SUSPEND,
+                &mut header_bytes(&header(name, 0)),
+            )
+            .map_err(|e| format!("activating {name}: {e}"))
         });
     if let Err(e) = activated {
         let _ = remove(name);
@@ -195,9 +199,13 @@ fn tree_blocks(data_blocks: u64) -> u64 {
 
 /// Remove the mapped device `name` (DM_DEV_REMOVE).
 pub fn remove(name: &str) -> Result<(), String> {
-    ioctl(&control()?, DM_DEV_REMOVE, &mut header_bytes(&header(name, 0)))
-        .map(|_| ())
-        .map_err(|e| format!("removing device-mapper device {name}: {e}"))
+    ioctl(
+        &control()?,
+        DM_DEV_REMOVE,
+        &mut header_bytes(&header(name, 0)),
+    )
+    .map(|_| ())
+    .map_err(|e| format!("removing device-mapper device {name}: {e}"))
 }
 
 /// The status of target `name`: `V` (every block read so far verified) or `C` (a block
@@ -227,9 +235,7 @@ fn control() -> Result<File, String> {
         .read(true)
         .write(true)
         .open("/dev/mapper/control")
-        .map_err(|e| {
-            format!("opening /dev/mapper/control (are dm-mod and dm-verity loaded?): {e}")
-        })
+        .map_err(|e| format!("opening /dev/mapper/control (are dm-mod and dm-verity loaded?): {e}"))
 }
 
 fn device_size(device: &Path) -> Result<u64, String> {
@@ -346,14 +352,23 @@ mod tests {
         assert_eq!(p.sectors(), 2400);
         assert_eq!(
             p.table("7:0"),
-            format!("1 7:0 7:0 4096 4096 300 300 sha256 {} 0a0b", "ab".repeat(32))
+            format!(
+                "1 7:0 7:0 4096 4096 300 300 sha256 {} 0a0b",
+                "ab".repeat(32)
+            )
         );
-        assert!(Params::parse("abc", "1:00").unwrap_err().contains("not hex"));
+        assert!(Params::parse("abc", "1:00")
+            .unwrap_err()
+            .contains("not hex"));
         assert!(Params::parse(&"ab".repeat(16), "1:00")
             .unwrap_err()
             .contains("64 hex digits"));
-        assert!(Params::parse(&root, "300").unwrap_err().contains("DATA_BLOCKS:SALT"));
-        assert!(Params::parse(&root, "x:00").unwrap_err().contains("block count"));
+        assert!(Params::parse(&root, "300")
+            .unwrap_err()
+            .contains("DATA_BLOCKS:SALT"));
+        assert!(Params::parse(&root, "x:00")
+            .unwrap_err()
+            .contains("block count"));
     }
 
     #[test]
@@ -380,7 +395,9 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let image = dir.path().join("root.squashfs");
-        let data: Vec<u8> = (0..300 * BLOCK_SIZE as usize).map(|i| (i % 253) as u8).collect();
+        let data: Vec<u8> = (0..300 * BLOCK_SIZE as usize)
+            .map(|i| (i % 253) as u8)
+            .collect();
         std::fs::write(&image, &data).unwrap();
         let v = diskless_image::verity::append(&image, [7; 32]).unwrap();
         let layout = format!("{}:{}", v.data_blocks, v.salt);
@@ -423,7 +440,10 @@ mod tests {
         let device = crate::loopdev::attach_read_only(&image).unwrap();
         let node = open(&device, &wrong, &name).unwrap();
         let mut first = vec![0u8; 4096];
-        let err = File::open(&node).unwrap().read_exact(&mut first).unwrap_err();
+        let err = File::open(&node)
+            .unwrap()
+            .read_exact(&mut first)
+            .unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
         remove(&name).unwrap();
         detach(&device);

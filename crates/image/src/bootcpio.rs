@@ -221,7 +221,10 @@ fn collect_modules(root: &Path, version: &str) -> Result<Vec<Module>> {
     let mut order = Vec::new();
     let mut seen = HashSet::new();
     for name in MODULES {
-        match deps.keys().find(|path| module_name(path) == module_name(name)) {
+        match deps
+            .keys()
+            .find(|path| module_name(path) == module_name(name))
+        {
             Some(path) => visit(path, &deps, &mut seen, &mut order),
             None if builtin.lines().any(|l| module_name(l) == module_name(name)) => {} // built into the kernel
             None => {

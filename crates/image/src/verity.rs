@@ -186,7 +186,11 @@ mod tests {
         assert_eq!(root, salted(&salt, top));
         let level0 = &tree[BLOCK_SIZE as usize..];
         assert_eq!(&top[..32], &salted(&salt, &level0[..BLOCK_SIZE as usize]));
-        assert_eq!(&top[3 * 32..], &[0u8; 4096 - 96][..], "unused digests are zero");
+        assert_eq!(
+            &top[3 * 32..],
+            &[0u8; 4096 - 96][..],
+            "unused digests are zero"
+        );
         assert_eq!(&level0[..32], &salted(&salt, &data[..4096]));
     }
 
@@ -215,7 +219,9 @@ mod tests {
     #[test]
     fn the_tree_is_what_veritysetup_writes() {
         if let Some(why) = diskless_testkit::missing_tools(&["veritysetup"]) {
-            return diskless_testkit::skip(&format!("{why} (scripts/install-deps: cryptsetup-bin)"));
+            return diskless_testkit::skip(&format!(
+                "{why} (scripts/install-deps: cryptsetup-bin)"
+            ));
         }
         let dir = tempfile::tempdir().unwrap();
         for blocks in [2usize, 128, 129, 301, 128 * 128 + 1] {
