@@ -62,7 +62,7 @@ pub fn run(req: Request) -> Result<(), String> {
                         stats.megabytes_per_second(),
                         match req.expected_sha256 {
                             Some(_) => "sha256 verified",
-                            None => "blocks to be verified by dm-verity when read",
+                            None => "each block to be verified by dm-verity as it is read",
                         }
                     );
                     if let Some(url) = &req.report_url {
