@@ -56,6 +56,9 @@ fn a_debian_workstation_boots_from_a_ram_overlay() {
         "cat /proc/cmdline",
         "cat /etc/machine-id",
         "systemctl is-system-running || true",
+        // Issue 25: the image's device is dm-verity's, over the loop device of the RAM copy.
+        "d=$(findmnt -n -o SOURCE /run/diskless/lower); d=${d#/dev/}; cat /sys/block/$d/dm/name; \
+         ls /sys/block/$d/slaves; cat /sys/block/$d/ro",
     ];
     run(&mut vm("e2e", &store, &logs, &checks));
     let report = read_report(&logs);
