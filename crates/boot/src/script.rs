@@ -15,6 +15,19 @@ pub struct ImageRef<'a> {
     /// Whether the version has a diskless.cpio to load after initrd.img; an image whose own
     /// initrd carries the boot script (`diskless initrd install`) has none.
     pub boot_cpio: bool,
+    /// The image's dm-verity hash tree (the manifest's `verity`); None for an image built
+    /// before it, which the seat checks by its sha256 alone.
+    pub verity: Option<VerityRef<'a>>,
+}
+
+/// What the boot script needs to mount the image through dm-verity: the tree sits in the
+/// image file right after its `data_blocks` 4 KiB blocks (sha256, format 1, 4 KiB blocks:
+/// `diskless_image::verity`, the only layout the builder writes).
+#[derive(Debug, Clone, Copy)]
+pub struct VerityRef<'a> {
+    pub root_hash: &'a str,
+    pub salt: &'a str,
+    pub data_blocks: u64,
 }
 
 /// Everything a script is made from.
@@ -108,6 +121,8 @@ pub fn kernel_cmdline(p: &ScriptParams) -> String {
     words.extend([
         "boot=diskless".to_string(),
         format!("diskless.image={image_url}"),
+        // Kept beside the root hash: a seat whose boot script predates dm-verity (an image
+        // whose own initrd carries an older script) still checks the image by it.
         format!("diskless.sha256={}", p.image.squashfs_sha256),
         format!("diskless.size={}", p.boot.size),
         format!(
@@ -125,6 +140,12 @@ pub fn kernel_cmdline(p: &ScriptParams) -> String {
             version: p.image.version.to_string(),
         };
         words.push(format!("diskless.multicast={}", join.url(p.http_authority)));
+    }
+    if let Some(v) = p.image.verity {
+        words.extend([
+            format!("diskless.roothash={}", v.root_hash),
+            format!("diskless.verity={}:{}", v.data_blocks, v.salt),
+        ]);
     }
     if !p.boot.cmdline.is_empty() {
         words.push(p.boot.cmdline.clone());
@@ -195,6 +216,7 @@ pub(crate) mod tests {
                 version: "20261125-120000-abcd1234",
                 squashfs_sha256: "ab12",
                 boot_cpio: true,
+                verity: None,
             },
             report_token: "0123456789abcdef.42",
             multicast: false,
@@ -259,6 +281,31 @@ pub(crate) mod tests {
             tftp.contains("diskless.image=tftp://10.0.0.1/images/lab/"),
             "{tftp}"
         );
+    }
+
+    #[test]
+    fn an_image_with_a_hash_tree_passes_its_root_hash() {
+        let b = boot();
+        let mut p = params(&b, ImageProtocol::Http);
+        assert!(!kernel_cmdline(&p).contains("diskless.roothash="));
+        let (root, salt) = ("12".repeat(32), "34".repeat(32));
+        p.image.verity = Some(VerityRef {
+            root_hash: &root,
+            salt: &salt,
+            data_blocks: 40960,
+        });
+        let cmdline = kernel_cmdline(&p);
+        let words: Vec<&str> = cmdline.split(' ').collect();
+        for word in [
+            format!("diskless.roothash={root}"),
+            format!("diskless.verity=40960:{salt}"),
+            "diskless.sha256=ab12".to_string(),
+        ] {
+            assert!(words.contains(&word.as_str()), "{word} missing: {cmdline}");
+        }
+        // The GRUB config says the same.
+        let cfg = crate::grub::client_config(&p);
+        assert!(cfg.contains(&format!("diskless.roothash={root}")), "{cfg}");
     }
 
     #[test]

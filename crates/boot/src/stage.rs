@@ -179,7 +179,7 @@ pub enum FailureCode {
     NoImageUrl,
     /// No source could deliver the image.
     Fetch,
-    /// The image did not match its sha256.
+    /// The image did not match its sha256, or a block failed dm-verity's check.
     Verify,
     /// The RAM disk could not be mounted or is too small.
     Ram,

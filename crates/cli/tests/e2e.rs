@@ -56,6 +56,9 @@ fn a_debian_workstation_boots_from_a_ram_overlay() {
         "cat /proc/cmdline",
         "cat /etc/machine-id",
         "systemctl is-system-running || true",
+        // Issue 25: the image's device is dm-verity's, over the loop device of the RAM copy.
+        "d=$(findmnt -n -o SOURCE /run/diskless/lower); d=${d#/dev/}; cat /sys/block/$d/dm/name; \
+         ls /sys/block/$d/slaves; cat /sys/block/$d/ro",
     ];
     // run_vm also checks that nothing is left behind: no namespace (ours), no QEMU.
     run_vm(&mut vm("e2e", &store, &logs, &checks));
@@ -75,7 +78,13 @@ fn a_debian_workstation_boots_from_a_ram_overlay() {
         "{root_mount}"
     );
     let (lower, _) = command_output(&report, checks[1]);
-    assert!(lower.starts_with("squashfs /dev/loop"), "{lower}");
+    assert!(lower.starts_with("squashfs /dev/dm-"), "{lower}");
+    let (mapped, status) = command_output(&report, checks[7]);
+    assert_eq!(status, 0, "{mapped}");
+    let mapped: Vec<&str> = mapped.lines().collect();
+    assert_eq!(mapped[0], "diskless-root", "{mapped:?}");
+    assert!(mapped[1].starts_with("loop"), "{mapped:?}");
+    assert_eq!(mapped[2], "1", "read-only: {mapped:?}");
     let (ram, _) = command_output(&report, checks[2]);
     assert_eq!(ram.trim(), "tmpfs");
 
@@ -102,6 +111,20 @@ fn a_debian_workstation_boots_from_a_ram_overlay() {
         .unwrap();
     assert!(
         cmdline.contains(&format!("diskless.sha256={sha}")),
+        "{cmdline}"
+    );
+    let verity = &manifest["verity"];
+    let root_hash = verity["root_hash"].as_str().unwrap();
+    assert!(
+        cmdline.contains(&format!("diskless.roothash={root_hash}")),
+        "{cmdline}"
+    );
+    assert!(
+        cmdline.contains(&format!(
+            "diskless.verity={}:{}",
+            verity["data_blocks"],
+            verity["salt"].as_str().unwrap()
+        )),
         "{cmdline}"
     );
 
@@ -221,8 +244,9 @@ fn a_single_initrd_made_by_initrd_install_boots() {
     );
     assert!(!cmdline.contains("diskless.cpio"), "{cmdline}");
     let (lower_mount, _) = command_output(&report, checks[1]);
+    // The hook put dm-verity into the initrd too.
     assert!(
-        lower_mount.starts_with("squashfs /dev/loop"),
+        lower_mount.starts_with("squashfs /dev/dm-"),
         "{lower_mount}"
     );
     assert_eq!(command_output(&report, checks[2]).0.trim(), "overlay");

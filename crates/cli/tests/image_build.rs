@@ -23,10 +23,12 @@ fn bootable_tree(dir: &Path) -> PathBuf {
     fs::write(tree.join("boot/initrd.img-6.1.0-99-amd64"), initrd).unwrap();
     let modules = "lib/modules/6.1.0-99-amd64";
     let mut dep = String::new();
-    for m in ["loop", "squashfs", "overlay"] {
+    for m in ["loop", "squashfs", "overlay", "dm-mod"] {
         write(&tree, &format!("{modules}/kernel/{m}.ko"), m);
         dep.push_str(&format!("kernel/{m}.ko:\n"));
     }
+    write(&tree, &format!("{modules}/kernel/dm-verity.ko"), "dm-verity");
+    dep.push_str("kernel/dm-verity.ko: kernel/dm-mod.ko\n");
     write(&tree, &format!("{modules}/modules.dep"), &dep);
     tree
 }

@@ -26,7 +26,9 @@ pub const NOTE_FAILED: &str = " multicast=failed";
 
 pub struct Request {
     pub sources: Vec<Source>,
-    pub expected_sha256: [u8; 32],
+    /// None (`--verity`): the image is mounted through dm-verity, which checks each block
+    /// against the hash tree when it is read; no whole-file digest is computed.
+    pub expected_sha256: Option<[u8; 32]>,
     pub out: PathBuf,
     pub retries: u32,
     /// Where to report "fetched" with the measured rate (best effort).
@@ -52,19 +54,33 @@ pub fn parse_sha256(text: &str) -> Result<[u8; 32], String> {
     Ok(out)
 }
 
+/// How the fetched image is checked, as the console says it.
+fn verified_by(req: &Request) -> &'static str {
+    match req.expected_sha256 {
+        Some(_) => "sha256 verified",
+        None => "each block to be verified by dm-verity as it is read",
+    }
+}
+
 pub fn run(req: Request) -> Result<(), String> {
     // Said in the `fetched` report when multicast was asked for and HTTP did the work.
     let mut multicast_note = "";
     if let Some(join_url) = &req.multicast {
-        match multicast::fetch(join_url, &req.sources, &req.expected_sha256, &req.out) {
+        match multicast::fetch(
+            join_url,
+            &req.sources,
+            req.expected_sha256.as_ref(),
+            &req.out,
+        ) {
             Ok(multicast::Outcome::Done(stats)) => {
                 let detail = stats.report_detail();
                 eprintln!(
-                    "diskless: fetched {} in {:.1} s: {} by multicast, {} by HTTP, sha256 verified ({detail})",
+                    "diskless: fetched {} in {:.1} s: {} by multicast, {} by HTTP, {} ({detail})",
                     Progress::human_bytes(stats.image_bytes),
                     stats.seconds,
                     Progress::human_bytes(stats.multicast_bytes),
                     Progress::human_bytes(stats.http_bytes),
+                    verified_by(&req)
                 );
                 if let Some(url) = &req.report_url {
                     let _ = http::post_report(url, STAGE_FETCHED, &detail);
@@ -91,10 +107,11 @@ pub fn run(req: Request) -> Result<(), String> {
             match fetch_once(source, &req, &mut partial) {
                 Ok(stats) => {
                     eprintln!(
-                        "diskless: fetched {} in {:.1} s ({:.1} MB/s), sha256 verified",
+                        "diskless: fetched {} in {:.1} s ({:.1} MB/s), {}",
                         Progress::human_bytes(stats.bytes),
                         stats.seconds,
-                        stats.megabytes_per_second()
+                        stats.megabytes_per_second(),
+                        verified_by(&req)
                     );
                     if let Some(url) = &req.report_url {
                         let detail = format!("{}{multicast_note}", stats.report_detail());
@@ -164,7 +181,7 @@ fn fetch_once(
         Source::Tftp { .. } => {
             // TFTP cannot resume: start over.
             *partial = None;
-            let mut sink = Sink::create(&req.out)?;
+            let mut sink = Sink::create(&req.out, req.expected_sha256.is_some())?;
             crate::tftp::fetch(source, &mut sink)?;
             return finish(sink, req, started);
         }
@@ -182,7 +199,7 @@ fn fetch_once(
             );
             sink
         }
-        _ => Sink::create(&req.out)?,
+        _ => Sink::create(&req.out, req.expected_sha256.is_some())?,
     };
     if let Some(total) = body.total_len {
         sink.expect_total(total)?;
@@ -197,7 +214,7 @@ fn fetch_once(
 }
 
 fn finish(sink: Sink, req: &Request, started: std::time::Instant) -> Result<Stats, AttemptError> {
-    let bytes = sink.finish(&req.expected_sha256)?;
+    let bytes = sink.finish(req.expected_sha256.as_ref())?;
     Ok(Stats {
         bytes,
         seconds: started.elapsed().as_secs_f64(),
@@ -334,7 +351,7 @@ mod tests {
     fn request(url: &str, data: &[u8], dir: &Path) -> Request {
         Request {
             sources: vec![Source::parse(url).unwrap()],
-            expected_sha256: Sha256::digest(data).into(),
+            expected_sha256: Some(Sha256::digest(data).into()),
             out: dir.join("root.squashfs"),
             retries: 3,
             report_url: None,

@@ -74,7 +74,7 @@ pub fn attach_read_only(file: &Path) -> Result<PathBuf, String> {
 }
 
 /// devtmpfs creates the node asynchronously after LOOP_CTL_GET_FREE adds a device.
-fn wait_for_device(device: &Path) -> Result<File, String> {
+pub fn wait_for_device(device: &Path) -> Result<File, String> {
     let mut last = None;
     for _ in 0..50 {
         match OpenOptions::new().read(true).open(device) {

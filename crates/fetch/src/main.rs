@@ -6,9 +6,12 @@
 //! an initramfs panic, so a partial or corrupt image is never mounted.
 //!
 //! ```text
-//! diskless-fetch get --sha256 HEX --out FILE [--retries N] [--multicast JOIN_URL] URL [URL...]
+//! diskless-fetch get (--sha256 HEX | --verity) --out FILE [--retries N] [--multicast JOIN_URL] URL [URL...]
 //! diskless-fetch modload FILE.ko [FILE.ko...]
 //! diskless-fetch loop FILE            prints the attached /dev/loopN
+//! diskless-fetch verity FILE ROOTHASH DATA_BLOCKS:SALT
+//!                                     FILE on a loop device through dm-verity: prints /dev/dm-N
+//! diskless-fetch verity-status        V (all verified so far) or C (a block failed)
 //! diskless-fetch report URL STAGE [DETAIL]
 //! diskless-fetch cat URL              a small text file (the lab's accounts) to stdout
 //! ```
@@ -23,6 +26,7 @@ mod ram;
 mod sink;
 mod source;
 mod tftp;
+mod verity;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -55,6 +59,21 @@ fn run(args: &[String]) -> Result<(), String> {
             println!("{}", device.display());
             Ok(())
         }
+        "verity" => {
+            let [file, root_hash, layout] = rest else {
+                return Err(usage());
+            };
+            let params = verity::Params::parse(root_hash, layout)?;
+            let device = loopdev::attach_read_only(file.as_ref())?;
+            let mapped = verity::open(&device, &params, verity::DEVICE_NAME)?;
+            println!("{}", mapped.display());
+            Ok(())
+        }
+        "verity-status" => {
+            let [] = rest else { return Err(usage()) };
+            println!("{}", verity::status(verity::DEVICE_NAME)?);
+            Ok(())
+        }
         "report" => {
             let (url, stage, detail) = match rest {
                 [url, stage] => (url, stage, ""),
@@ -85,14 +104,16 @@ fn run(args: &[String]) -> Result<(), String> {
 const MAX_CAT_BYTES: u64 = 4 << 20;
 
 fn usage() -> String {
-    "usage:\n  diskless-fetch get --sha256 HEX --out FILE [--retries N] [--multicast JOIN_URL] URL [URL...]\n  \
+    "usage:\n  diskless-fetch get (--sha256 HEX | --verity) --out FILE [--retries N] [--multicast JOIN_URL] URL [URL...]\n  \
      diskless-fetch modload FILE.ko [FILE.ko...]\n  diskless-fetch loop FILE\n  \
+     diskless-fetch verity FILE ROOTHASH DATA_BLOCKS:SALT\n  diskless-fetch verity-status\n  \
      diskless-fetch report URL STAGE [DETAIL]\n  diskless-fetch cat URL"
         .to_string()
 }
 
 fn parse_get(args: &[String]) -> Result<fetch::Request, String> {
     let mut sha256 = None;
+    let mut verity = false;
     let mut out = None;
     let mut retries = 3u32;
     let mut report_url = None;
@@ -107,6 +128,7 @@ fn parse_get(args: &[String]) -> Result<fetch::Request, String> {
         };
         match arg.as_str() {
             "--sha256" => sha256 = Some(value("--sha256")?),
+            "--verity" => verity = true,
             "--out" => out = Some(PathBuf::from(value("--out")?)),
             "--retries" => {
                 let v = value("--retries")?;
@@ -120,9 +142,18 @@ fn parse_get(args: &[String]) -> Result<fetch::Request, String> {
             url => urls.push(url.to_string()),
         }
     }
-    let sha256 =
-        sha256.ok_or("get: --sha256 is required (the image is never mounted unchecked)")?;
-    let expected = fetch::parse_sha256(&sha256)?;
+    let expected = match (sha256, verity) {
+        (Some(hex), false) => Some(fetch::parse_sha256(&hex)?),
+        (None, true) => None,
+        (Some(_), true) => return Err("get: --sha256 and --verity exclude each other".into()),
+        (None, false) => {
+            return Err(
+                "get: --sha256 HEX or --verity is required (the image is never \
+                        mounted unchecked)"
+                    .into(),
+            )
+        }
+    };
     let out = out.ok_or("get: --out FILE is required")?;
     if urls.is_empty() {
         return Err("get: no image URL given".into());

@@ -42,22 +42,25 @@ impl AttemptError {
 pub struct Sink {
     file: File,
     out: PathBuf,
-    hasher: Sha256,
+    /// None: no whole-file digest (an image mounted through dm-verity, which checks each
+    /// block as it is read).
+    hasher: Option<Sha256>,
     bytes: u64,
     total: Option<u64>,
     progress: Progress,
 }
 
 impl Sink {
-    /// A new, empty image file at `out`, replacing whatever is there.
-    pub fn create(out: &Path) -> Result<Sink, AttemptError> {
+    /// A new, empty image file at `out`, replacing whatever is there, hashed as it is
+    /// written when `hashed`.
+    pub fn create(out: &Path, hashed: bool) -> Result<Sink, AttemptError> {
         let _ = fs::remove_file(out);
         let file = File::create(out)
             .map_err(|e| AttemptError::Fatal(format!("cannot create {}: {e}", out.display())))?;
         Ok(Sink {
             file,
             out: out.to_path_buf(),
-            hasher: Sha256::new(),
+            hasher: hashed.then(Sha256::new),
             bytes: 0,
             total: None,
             progress: Progress::new(None, 0),
@@ -112,11 +115,18 @@ impl Sink {
 
     /// Everything has arrived: check the length, sync, and compare the digest with
     /// `expected` (a mismatch deletes the file). Returns the image's size.
-    pub fn finish(mut self, expected: &[u8; 32]) -> Result<u64, AttemptError> {
+    /// With no `expected` digest (the sink was made unhashed) only the length is checked.
+    pub fn finish(mut self, expected: Option<&[u8; 32]>) -> Result<u64, AttemptError> {
         self.check_complete()?;
         self.file.sync_all()?;
         self.progress.finish(self.bytes);
-        verify(self.hasher.finalize().into(), expected, &self.out)?;
+        match (self.hasher.take(), expected) {
+            (Some(hasher), Some(expected)) => {
+                verify(hasher.finalize().into(), expected, &self.out)?
+            }
+            (None, None) => {}
+            _ => unreachable!("a sink is hashed exactly when a digest is expected"),
+        }
         Ok(self.bytes)
     }
 }
@@ -124,7 +134,9 @@ impl Sink {
 impl Write for Sink {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         let n = self.file.write(buf)?;
-        self.hasher.update(&buf[..n]);
+        if let Some(hasher) = &mut self.hasher {
+            hasher.update(&buf[..n]);
+        }
         self.bytes += n as u64;
         self.progress.update(self.bytes);
         Ok(n)
@@ -164,17 +176,17 @@ mod tests {
     fn a_matching_image_is_kept_a_mismatching_one_deleted() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("image");
-        let mut sink = Sink::create(&out).unwrap();
+        let mut sink = Sink::create(&out, true).unwrap();
         sink.write_all(b"pay").unwrap();
         sink.write_all(b"load").unwrap();
         assert_eq!(sink.bytes(), 7);
         let digest: [u8; 32] = Sha256::digest(b"payload").into();
-        assert_eq!(sink.finish(&digest).unwrap(), 7);
+        assert_eq!(sink.finish(Some(&digest)).unwrap(), 7);
         assert_eq!(fs::read(&out).unwrap(), b"payload");
 
-        let mut sink = Sink::create(&out).unwrap();
+        let mut sink = Sink::create(&out, true).unwrap();
         sink.write_all(b"payload").unwrap();
-        let err = sink.finish(&[0u8; 32]).unwrap_err().message();
+        let err = sink.finish(Some(&[0u8; 32])).unwrap_err().message();
         assert!(err.contains("sha256 mismatch"), "{err}");
         assert!(
             !out.exists(),
@@ -185,13 +197,13 @@ mod tests {
     #[test]
     fn a_short_image_is_an_attempt_to_resume() {
         let dir = tempfile::tempdir().unwrap();
-        let mut sink = Sink::create(&dir.path().join("image")).unwrap();
+        let mut sink = Sink::create(&dir.path().join("image"), true).unwrap();
         sink.expect_total(10).unwrap();
         sink.write_all(b"12345").unwrap();
         let err = sink.check_complete().unwrap_err().message();
         assert_eq!(err, "short download: 5 of 10 bytes");
         sink.write_all(b"67890").unwrap();
         let digest: [u8; 32] = Sha256::digest(b"1234567890").into();
-        assert_eq!(sink.finish(&digest).unwrap(), 10);
+        assert_eq!(sink.finish(Some(&digest)).unwrap(), 10);
     }
 }

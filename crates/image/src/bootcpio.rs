@@ -7,7 +7,7 @@
 //! diskless/bin/diskless-fetch       the static fetch helper
 //! diskless/bin/diskless-home        the PAM helper of the lab's accounts, which the boot
 //!                                   script copies into the root (initramfs-tools/diskless-home)
-//! diskless/modules/*.ko             loop, squashfs, overlay and their dependencies,
+//! diskless/modules/*.ko             loop, squashfs, overlay, dm-verity and their dependencies,
 //! diskless/modules/load-order       decompressed, in the order they must be loaded
 //! ```
 //!
@@ -34,7 +34,7 @@ pub const MODULES_DIR: &str = "diskless/modules";
 const LOAD_ORDER: &str = "load-order";
 
 /// The modules the boot script needs and Debian's stock initrd lacks.
-pub const MODULES: &[&str] = &["loop", "squashfs", "overlay"];
+pub const MODULES: &[&str] = &["loop", "squashfs", "overlay", "dm-verity"];
 
 /// A file of [`MODULES_DIR`]: a module (decompressed) or the load order; its name there and
 /// its bytes.
@@ -221,9 +221,12 @@ fn collect_modules(root: &Path, version: &str) -> Result<Vec<Module>> {
     let mut order = Vec::new();
     let mut seen = HashSet::new();
     for name in MODULES {
-        match deps.keys().find(|path| module_name(path) == *name) {
+        match deps
+            .keys()
+            .find(|path| module_name(path) == module_name(name))
+        {
             Some(path) => visit(path, &deps, &mut seen, &mut order),
-            None if builtin.lines().any(|l| module_name(l) == *name) => {} // built into the kernel
+            None if builtin.lines().any(|l| module_name(l) == module_name(name)) => {} // built into the kernel
             None => {
                 return Err(Error::Invalid(format!(
                     "kernel {version} has no {name} module in {} and does not build it in",
@@ -447,7 +450,7 @@ mod tests {
         .unwrap();
         std::fs::write(
             top.join("modules.builtin"),
-            "kernel/drivers/block/loop.ko\n",
+            "kernel/drivers/block/loop.ko\nkernel/drivers/md/dm-verity.ko\n",
         )
         .unwrap();
         let helper = root.path().join("helper");
@@ -478,12 +481,13 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let top = root.path().join("lib/modules/v");
         std::fs::create_dir_all(top.join("kernel")).unwrap();
-        for m in ["loop", "squashfs", "overlay"] {
+        for m in ["loop", "squashfs", "overlay", "dm-mod", "dm-verity"] {
             std::fs::write(top.join(format!("kernel/{m}.ko")), m).unwrap();
         }
         std::fs::write(
             top.join("modules.dep"),
-            "kernel/loop.ko:\nkernel/squashfs.ko:\nkernel/overlay.ko:\n",
+            "kernel/loop.ko:\nkernel/squashfs.ko:\nkernel/overlay.ko:\nkernel/dm-mod.ko:\n\
+             kernel/dm-verity.ko: kernel/dm-mod.ko\n",
         )
         .unwrap();
         let old_helper = root.path().join("old");
@@ -505,7 +509,7 @@ mod tests {
         assert_eq!(files["diskless/modules/squashfs.ko"], b"squashfs");
         assert_eq!(
             files["diskless/modules/load-order"],
-            b"loop.ko\nsquashfs.ko\noverlay.ko\n"
+            b"loop.ko\nsquashfs.ko\noverlay.ko\ndm_mod.ko\ndm_verity.ko\n"
         );
         assert!(refresh(b"garbage", &new_helper).is_err());
     }

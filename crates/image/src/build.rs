@@ -7,6 +7,7 @@ use crate::manifest::{self, hash_file, Manifest, BOOT_CPIO, INITRD, KERNEL, SQUA
 use crate::squash;
 use crate::store::Store;
 use crate::tidy::{self, TidyOptions};
+use crate::verity;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -175,6 +176,8 @@ pub fn build(store: &Store, cfg: &BuildConfig) -> Result<BuildReport> {
     let squash_started = Instant::now();
     let stats = squash::run(&mut mksquashfs, display)?;
     let build_seconds = squash_started.elapsed().as_secs_f64();
+    // Seats mount the image through dm-verity: the tree goes at the end of the same file.
+    let verity = verity::append(&squashfs, verity::random_salt()?)?;
 
     copy(&kernel.vmlinuz, &staging.dir.join(KERNEL))?;
     copy(&kernel.initrd, &staging.dir.join(INITRD))?;
@@ -223,6 +226,7 @@ pub fn build(store: &Store, cfg: &BuildConfig) -> Result<BuildReport> {
         build_seconds,
         files,
         changes,
+        verity: Some(verity),
     };
     let version_dir = store.publish(staging, &manifest)?;
     Ok(BuildReport {

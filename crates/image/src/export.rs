@@ -135,6 +135,7 @@ mod tests {
             build_seconds: 0.0,
             files,
             changes: Vec::new(),
+            verity: None,
         };
         store.publish(staging, &manifest).unwrap();
         (store, manifest.version)

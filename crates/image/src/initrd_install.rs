@@ -13,7 +13,7 @@
 //!
 //! and then `update-initramfs -u -k all` (in a `chroot` unless ROOT is `/`). The hook puts the
 //! helpers at `/diskless/bin/diskless-fetch` and `/diskless/bin/diskless-home`, and loop,
-//! squashfs and overlay at `/diskless/modules` with their load order, the layout
+//! squashfs, overlay and dm-verity at `/diskless/modules` with their load order, the layout
 //! `diskless.cpio` has, so the boot script works the same from either.
 
 use crate::command;

@@ -28,6 +28,7 @@ pub mod manifest;
 pub mod squash;
 pub mod store;
 pub mod tidy;
+pub mod verity;
 
 pub use error::{Error, Result};
 pub use manifest::Manifest;

@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::Path;
 
+use crate::verity::Verity;
 use diskless_boot::ImageFile;
 
 /// The files of a version, by the names clients fetch them under (the names of
@@ -37,6 +38,11 @@ pub struct Manifest {
     pub files: BTreeMap<String, FileEntry>,
     /// The image-only changes made (fstab lines removed, keys removed, ...).
     pub changes: Vec<String>,
+    /// The dm-verity hash tree appended to root.squashfs ([`crate::verity`]): seats mount the
+    /// image through dm-verity with its root hash. None for images built before it, which
+    /// seats check by their sha256 before mounting.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verity: Option<Verity>,
 }
 
 impl Manifest {
@@ -176,6 +182,7 @@ mod tests {
             build_seconds: 0.0,
             files: BTreeMap::new(),
             changes: vec![],
+            verity: None,
         };
         m.files.insert(
             SQUASHFS.into(),
@@ -196,5 +203,43 @@ mod tests {
             .unwrap_err()
             .to_string()
             .contains("not a valid manifest"));
+    }
+
+    #[test]
+    fn the_verity_fields_round_trip_and_old_manifests_have_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(MANIFEST);
+        let old = r#"{"name":"n","version":"v","created":"","kernel_version":"","compression":"zstd",
+            "source":"/","build_seconds":0.0,"files":{},"changes":[]}"#;
+        std::fs::write(&path, old).unwrap();
+        let mut m = Manifest::load(&path).unwrap();
+        assert_eq!(m.verity, None);
+        m.save(&path).unwrap();
+        assert!(!std::fs::read_to_string(&path).unwrap().contains("verity"));
+        m.verity = Some(Verity {
+            format: 1,
+            hash_algorithm: "sha256".into(),
+            data_block_size: 4096,
+            hash_block_size: 4096,
+            data_blocks: 3,
+            hash_offset: 3 * 4096,
+            root_hash: "ab".repeat(32),
+            salt: "cd".repeat(32),
+        });
+        m.save(&path).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        for field in [
+            r#""root_hash": "ababab"#,
+            r#""salt": "cdcd"#,
+            r#""data_blocks": 3"#,
+            r#""hash_offset": 12288"#,
+            r#""data_block_size": 4096"#,
+            r#""hash_block_size": 4096"#,
+            r#""hash_algorithm": "sha256""#,
+            r#""format": 1"#,
+        ] {
+            assert!(text.contains(field), "{field} in {text}");
+        }
+        assert_eq!(Manifest::load(&path).unwrap(), m);
     }
 }

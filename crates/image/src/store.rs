@@ -200,6 +200,7 @@ impl Store {
             build_seconds: 1.0,
             files: hashes,
             changes: vec![],
+            verity: None,
         };
         self.publish(staging, &manifest)?;
         Ok(manifest)
@@ -339,6 +340,7 @@ mod tests {
             build_seconds: 1.0,
             files,
             changes: vec![],
+            verity: None,
         };
         store.publish(staging, &m)
     }

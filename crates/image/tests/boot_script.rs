@@ -329,8 +329,10 @@ fn functions_leave_only_their_documented_outputs() {
         "diskless_autologin",
         "diskless_boot_timeout",
         "diskless_image",
+        "diskless_multicast_url",
         "diskless_needs_network",
         "diskless_report_url",
+        "diskless_roothash",
         "diskless_sha256",
         "diskless_size",
         "diskless_sources",
@@ -338,6 +340,7 @@ fn functions_leave_only_their_documented_outputs() {
         "diskless_upper",
         "diskless_upper_reset",
         "diskless_upperdir",
+        "diskless_verity",
         "diskless_workdir",
     ];
     let leaked: Vec<&String> = new

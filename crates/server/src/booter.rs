@@ -25,7 +25,7 @@
 use crate::recorder::{BootEvent, Recorder};
 use crate::tokens::Boots;
 use diskless_boot::grub::{self, ChainFile};
-use diskless_boot::script::{self, ImageRef, ScriptParams};
+use diskless_boot::script::{self, ImageRef, ScriptParams, VerityRef};
 use diskless_boot::{Loader, Mac, Machine, Site};
 use diskless_dhcp::{BootOffer, BootPolicy, ClientInfo};
 use diskless_image::Store;
@@ -119,6 +119,11 @@ impl Booter {
                 version: &manifest.version,
                 squashfs_sha256: &manifest.squashfs().sha256,
                 boot_cpio: manifest.has_boot_cpio(),
+                verity: manifest.verity.as_ref().map(|v| VerityRef {
+                    root_hash: &v.root_hash,
+                    salt: &v.salt,
+                    data_blocks: v.data_blocks,
+                }),
             },
             report_token: &report_token,
             multicast: site.multicast.is_some(),

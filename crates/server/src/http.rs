@@ -599,6 +599,41 @@ mod tests {
         assert_eq!(record.version.as_deref(), Some(f.version.as_str()));
     }
 
+    /// Issue 25: an image with a dm-verity tree is booted through it (its root hash and layout
+    /// on the command line); one built before the tree is not.
+    #[tokio::test]
+    async fn a_script_carries_the_root_hash_of_an_image_with_a_hash_tree() {
+        let f = fixture("[boot]\nimage = \"lab\"\n");
+        let script = "/boot/52-54-00-12-34-56.ipxe";
+        let (_, _, body) = call(&f.state, get(script)).await;
+        assert!(!body.contains("diskless.roothash="), "{body}");
+        let mut manifest = f.state.store.current("lab").unwrap();
+        manifest.verity = Some(diskless_image::verity::Verity {
+            format: 1,
+            hash_algorithm: "sha256".into(),
+            data_block_size: 4096,
+            hash_block_size: 4096,
+            data_blocks: 7,
+            hash_offset: 7 * 4096,
+            root_hash: "5a".repeat(32),
+            salt: "a5".repeat(32),
+        });
+        let dir = f.state.store.version_dir("lab", &f.version);
+        manifest
+            .save(&dir.join(diskless_image::manifest::MANIFEST))
+            .unwrap();
+        let (status, _, body) = call(&f.state, get(script)).await;
+        assert_eq!(status, StatusCode::OK);
+        let root = "5a".repeat(32);
+        let layout = format!("7:{}", "a5".repeat(32));
+        assert!(
+            body.contains(&format!(
+                " diskless.roothash={root} diskless.verity={layout}"
+            )),
+            "{body}"
+        );
+    }
+
     #[tokio::test]
     async fn a_secure_boot_client_on_an_unsigned_kernel_is_recorded_so() {
         let f = fixture("[boot]\nimage = \"lab\"\n");

@@ -205,7 +205,13 @@ const PHASES: &[(&str, &[&str])] = &[
     ),
     (
         Stage::Fetched.label(),
-        &["sha256 verified", "reference: fetched"],
+        // The fetch helper's last line: `sha256 verified`, or for an image with a hash tree
+        // `each block to be verified by dm-verity as it is read`.
+        &[
+            "sha256 verified",
+            "verified by dm-verity as it is read",
+            "reference: fetched",
+        ],
     ),
     (
         Stage::RootMounted.label(),

@@ -52,7 +52,7 @@ pub fn initrd(files: &[&str]) -> Vec<u8> {
     w.finish().unwrap()
 }
 
-/// The least a build needs: a kernel with its initrd, and modules.dep naming the three
+/// The least a build needs: a kernel with its initrd, and modules.dep naming the
 /// modules diskless.cpio carries (bootcpio only copies their bytes, so small fakes do).
 pub fn minimal_tree(root: &Path) {
     write(
@@ -71,10 +71,14 @@ pub fn minimal_tree(root: &Path) {
         "kernel/drivers/block/loop.ko",
         "kernel/fs/squashfs/squashfs.ko",
         "kernel/fs/overlayfs/overlay.ko",
+        "kernel/drivers/md/dm-mod.ko",
     ] {
         write(root, &format!("{modules}/{m}"), format!("\x7fELF {m}"));
         dep.push_str(&format!("{m}:\n"));
     }
+    let verity = "kernel/drivers/md/dm-verity.ko";
+    write(root, &format!("{modules}/{verity}"), format!("\x7fELF {verity}"));
+    dep.push_str(&format!("{verity}: kernel/drivers/md/dm-mod.ko\n"));
     write(root, &format!("{modules}/modules.dep"), dep);
     write(root, "usr/bin/tool", "#!/bin/sh\necho tool\n");
     for dir in [
