@@ -11,7 +11,9 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use diskless_boot::config::{self, Config, ImageProtocol, Mode, UnknownClients};
+use diskless_boot::config::{
+    self, AddressRange, AdminListen, Config, ImageProtocol, Mode, Size, UnknownClients,
+};
 use diskless_boot::routes::IPXE_DIR;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -35,34 +37,34 @@ pub struct ServeArgs {
     pub mode: Option<Mode>,
     /// DHCP pool FIRST-LAST, full mode (config: dhcp.range).
     #[arg(long)]
-    pub dhcp_range: Option<String>,
+    pub dhcp_range: Option<AddressRange>,
     /// Image clients boot by default (config: boot.image).
-    #[arg(long)]
+    #[arg(long, value_parser = checked(config::check_image_name))]
     pub image: Option<String>,
     /// boot or ignore clients without a [[client]] entry (config: boot.unknown_clients).
     #[arg(long, value_parser = super::config_name::<UnknownClients>)]
     pub unknown_clients: Option<UnknownClients>,
     /// Extra kernel options for every client (config: boot.cmdline).
-    #[arg(long)]
+    #[arg(long, value_parser = checked(config::check_cmdline))]
     pub cmdline: Option<String>,
     /// Each client's RAM disk size, e.g. 75% or 4G (config: boot.size).
     #[arg(long)]
-    pub size: Option<String>,
+    pub size: Option<Size>,
     /// http or tftp: how clients fetch the image (config: boot.image_protocol).
     #[arg(long, value_parser = super::config_name::<ImageProtocol>)]
     pub image_protocol: Option<ImageProtocol>,
     /// HTTP port (config: http_port).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub http_port: Option<u16>,
     /// TFTP port (config: tftp_port).
     #[arg(long)]
     pub tftp_port: Option<u16>,
     /// iPXE binary for UEFI clients: ipxe.efi or snponly.efi (config: ipxe.uefi).
-    #[arg(long)]
+    #[arg(long, value_parser = checked(config::check_ipxe_file))]
     pub uefi_file: Option<String>,
     /// Dashboard and /metrics: ADDR:PORT, or off (config: admin_listen).
     #[arg(long)]
-    pub admin_listen: Option<String>,
+    pub admin_listen: Option<AdminListen>,
     /// UEFI PXE clients boot through Debian's signed shim and GRUB, for Secure Boot
     /// (config: boot.secure_boot).
     #[arg(long)]
@@ -76,6 +78,13 @@ pub struct ServeArgs {
     /// reason when not.
     #[arg(long)]
     pub check: bool,
+}
+
+/// A flag's value checked by the rule of its config key.
+fn checked(
+    rule: fn(&str) -> Result<(), String>,
+) -> impl Fn(&str) -> Result<String, String> + Clone {
+    move |value| rule(value).map(|()| value.to_string())
 }
 
 /// The config file: `--config` (`explicit`), or the default one when it exists.
@@ -106,7 +115,7 @@ pub fn resolve(args: &ServeArgs) -> Result<Config> {
         cfg.mode = v;
     }
     if let Some(v) = &args.dhcp_range {
-        cfg.dhcp.range = Some(v.clone());
+        cfg.dhcp.range = Some(*v);
     }
     if let Some(v) = &args.image {
         cfg.boot.image = Some(v.clone());
@@ -133,14 +142,12 @@ pub fn resolve(args: &ServeArgs) -> Result<Config> {
         cfg.ipxe.uefi = v.clone();
     }
     if let Some(v) = &args.admin_listen {
-        cfg.admin_listen = v.clone();
+        cfg.admin_listen = *v;
     }
     if args.secure_boot {
         cfg.boot.secure_boot = true;
     }
-    cfg.validate()
-        .map_err(|(_, message)| anyhow::anyhow!("{message}"))
-        .context("checking the command-line flags")?;
+    cfg.validate().context("checking the command-line flags")?;
     Ok(cfg)
 }
 
@@ -253,15 +260,12 @@ mod tests {
             config: Some(path),
             interface: Some("dl0".into()),
             mode: Some(Mode::Proxy),
-            admin_listen: Some("0.0.0.0:9999".into()),
+            admin_listen: Some("0.0.0.0:9999".parse().unwrap()),
             ..Default::default()
         };
         let cfg = resolve(&args).unwrap();
         assert_eq!(cfg.interface.as_deref(), Some("dl0"));
-        assert_eq!(
-            cfg.admin_addr().unwrap(),
-            Some("0.0.0.0:9999".parse().unwrap())
-        );
+        assert_eq!(cfg.admin_addr(), Some("0.0.0.0:9999".parse().unwrap()));
         assert_eq!(cfg.mode, Mode::Proxy);
         assert_eq!(
             (cfg.boot.image.as_deref(), cfg.boot.size.as_str()),
@@ -285,13 +289,12 @@ mod tests {
         let bad = dir.path().join("bad.toml");
         std::fs::write(&bad, "interface = \"eth0\"\n[boot]\nsize = \"huge\"\n").unwrap();
         let err = format!("{:#}", check(&bad).unwrap_err());
-        assert!(err.contains("bad.toml:3"), "{err}");
+        assert!(err.contains("bad.toml:3:8: boot.size: \"huge\""), "{err}");
     }
 
     #[test]
     fn bad_flags_and_bad_files_are_refused() {
         let args = ServeArgs {
-            size: Some("huge".into()),
             config: Some("/nonexistent.toml".into()),
             ..Default::default()
         };
@@ -300,11 +303,43 @@ mod tests {
             .to_string()
             .contains("/nonexistent.toml"));
         let args = ServeArgs {
-            size: Some("huge".into()),
-            config: None,
+            store: Some("/srv/d".into()),
+            state: Some("/srv/d/state".into()),
             ..Default::default()
         };
         let err = format!("{:#}", resolve(&args).unwrap_err());
-        assert!(err.contains("huge"), "{err}");
+        assert!(
+            err.starts_with("checking the command-line flags: state: the state directory"),
+            "{err}"
+        );
+    }
+
+    /// Each flag goes through the parser or the rule of its config key.
+    #[test]
+    fn flags_are_parsed_as_their_config_keys() {
+        #[derive(clap::Parser)]
+        struct Flags {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let parse = |args: &[&str]| {
+            use clap::Parser;
+            Flags::try_parse_from([&["serve"], args].concat()).map(|f| f.serve)
+        };
+        let ok = parse(&["--size", "4G", "--dhcp-range", "10.0.0.10-10.0.0.20"]).unwrap();
+        assert_eq!(ok.size.unwrap().as_str(), "4G");
+        assert_eq!(ok.dhcp_range.unwrap().to_string(), "10.0.0.10-10.0.0.20");
+        for (flag, value, why) in [
+            ("--size", "huge", "\"huge\" is not a size"),
+            ("--dhcp-range", "10.0.0.10", "is not a range FIRST-LAST"),
+            ("--admin-listen", "localhost", "is not ADDR:PORT"),
+            ("--image", "../etc", "image name"),
+            ("--cmdline", "a ${x}", "must be one line without ${...}"),
+            ("--uefi-file", "a/b.efi", "must be a plain file name"),
+            ("--http-port", "0", "0 is not in 1..=65535"),
+        ] {
+            let err = parse(&[flag, value]).err().unwrap().to_string();
+            assert!(err.contains(why), "{flag} {value}: {err}");
+        }
     }
 }
