@@ -25,7 +25,7 @@ pub const DEFAULT_STATE: &str = "/var/lib/diskless/state";
 pub const DEFAULT_ADMIN_LISTEN: SocketAddr =
     SocketAddr::V4(std::net::SocketAddrV4::new(Ipv4Addr::LOCALHOST, 9180));
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum UnknownClients {
     /// Clients without a `[[client]]` entry boot the default image.

@@ -18,7 +18,7 @@ use diskless_boot::routes::IPXE_DIR;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(Args, Clone, Default)]
+#[derive(Args, Clone, Debug, Default, PartialEq)]
 pub struct ServeArgs {
     /// Config file; default /etc/diskless/diskless.toml when it exists.
     #[arg(long)]
@@ -78,6 +78,49 @@ pub struct ServeArgs {
     /// reason when not.
     #[arg(long)]
     pub check: bool,
+}
+
+impl ServeArgs {
+    /// The command line that gives these arguments (after `diskless serve`), for a server
+    /// started as a child (`diskless vm`).
+    pub fn to_args(&self) -> Vec<String> {
+        use super::name_in_config;
+        let mut args = Vec::new();
+        let mut flag = |name: &str, value: Option<String>| {
+            if let Some(value) = value {
+                args.extend([format!("--{name}"), value]);
+            }
+        };
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        flag("config", path(&self.config));
+        flag("interface", self.interface.clone());
+        flag("store", path(&self.store));
+        flag("state", path(&self.state));
+        flag("mode", self.mode.as_ref().map(name_in_config));
+        flag("dhcp-range", self.dhcp_range.map(|r| r.to_string()));
+        flag("image", self.image.clone());
+        flag(
+            "unknown-clients",
+            self.unknown_clients.as_ref().map(name_in_config),
+        );
+        flag("cmdline", self.cmdline.clone());
+        flag("size", self.size.as_ref().map(Size::to_string));
+        flag(
+            "image-protocol",
+            self.image_protocol.as_ref().map(name_in_config),
+        );
+        flag("http-port", self.http_port.map(|p| p.to_string()));
+        flag("tftp-port", self.tftp_port.map(|p| p.to_string()));
+        flag("uefi-file", self.uefi_file.clone());
+        flag("admin-listen", self.admin_listen.map(|a| a.to_string()));
+        flag("user", Some(self.user.clone()).filter(|u| !u.is_empty()));
+        for (name, set) in [("secure-boot", self.secure_boot), ("check", self.check)] {
+            if set {
+                args.push(format!("--{name}"));
+            }
+        }
+        args
+    }
 }
 
 /// A flag's value checked by the rule of its config key.
@@ -314,18 +357,50 @@ mod tests {
         );
     }
 
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        use clap::Parser;
+        Flags::try_parse_from([&["serve"], args].concat()).map(|f| f.serve)
+    }
+
+    /// `to_args` writes what the flags parse back into: every field set, then none.
+    #[test]
+    fn to_args_gives_the_same_arguments_back() {
+        let all = ServeArgs {
+            config: Some("/etc/d.toml".into()),
+            interface: Some("dl0".into()),
+            store: Some("/srv/store".into()),
+            state: Some("/srv/state".into()),
+            mode: Some(Mode::Proxy),
+            dhcp_range: Some("10.77.0.100-10.77.0.150".parse().unwrap()),
+            image: Some("lab".into()),
+            unknown_clients: Some(UnknownClients::Ignore),
+            cmdline: Some("console=ttyS0 quiet".into()),
+            size: Some("2G".parse().unwrap()),
+            image_protocol: Some(ImageProtocol::Tftp),
+            http_port: Some(8080),
+            tftp_port: Some(6969),
+            uefi_file: Some("snponly.efi".into()),
+            admin_listen: Some(AdminListen::Off),
+            secure_boot: true,
+            user: "root".into(),
+            check: true,
+        };
+        for args in [all, parse(&[]).unwrap()] {
+            let argv = args.to_args();
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            assert_eq!(parse(&argv).unwrap(), args, "{argv:?}");
+        }
+    }
+
     /// Each flag goes through the parser or the rule of its config key.
     #[test]
     fn flags_are_parsed_as_their_config_keys() {
-        #[derive(clap::Parser)]
-        struct Flags {
-            #[command(flatten)]
-            serve: ServeArgs,
-        }
-        let parse = |args: &[&str]| {
-            use clap::Parser;
-            Flags::try_parse_from([&["serve"], args].concat()).map(|f| f.serve)
-        };
         let ok = parse(&["--size", "4G", "--dhcp-range", "10.0.0.10-10.0.0.20"]).unwrap();
         assert_eq!(ok.size.unwrap().as_str(), "4G");
         assert_eq!(ok.dhcp_range.unwrap().to_string(), "10.0.0.10-10.0.0.20");
