@@ -91,8 +91,10 @@ pub struct DhcpSection {
     /// Default: none (an isolated lab network has no router).
     pub router: Option<Ipv4Addr>,
     pub dns: Vec<Ipv4Addr>,
+    #[serde(deserialize_with = "domain")]
     pub domain: Option<String>,
     /// Seconds.
+    #[serde(deserialize_with = "lease_time")]
     pub lease_time: u32,
 }
 
@@ -352,6 +354,20 @@ fn ssh_host_keys<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Err
         ));
     }
     Ok(keys)
+}
+
+fn domain<'de, D: Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    values::checked_str(d, |name| {
+        diskless_dhcp::config::check_name("domain", name).map_err(|e| e.to_string())
+    })
+    .map(Some)
+}
+
+fn lease_time<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    let secs = u32::deserialize(d)?;
+    diskless_dhcp::config::check_lease_time(std::time::Duration::from_secs(secs.into()))
+        .map_err(serde::de::Error::custom)?;
+    Ok(secs)
 }
 
 fn port<'de, D: Deserializer<'de>>(d: D) -> Result<u16, D::Error> {
@@ -1103,6 +1119,18 @@ mod tests {
                 (2, 1),
                 "boot.imgae",
                 "unknown field `imgae`",
+            ),
+            (
+                "[dhcp]\ndomain = \"lab_example\"\n",
+                (2, 10),
+                "dhcp.domain",
+                "domain \"lab_example\" is not a valid host name",
+            ),
+            (
+                "[dhcp]\nlease_time = 30\n",
+                (2, 14),
+                "dhcp.lease_time",
+                "lease time 30s is out of range",
             ),
             (
                 "http_port = 0\n",
