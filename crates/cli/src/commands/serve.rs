@@ -86,9 +86,10 @@ impl ServeArgs {
     pub fn to_args(&self) -> Vec<String> {
         use super::name_in_config;
         let mut args = Vec::new();
+        // `--flag=VALUE`: a value that starts with `-` (kernel options may) stays a value.
         let mut flag = |name: &str, value: Option<String>| {
             if let Some(value) = value {
-                args.extend([format!("--{name}"), value]);
+                args.push(format!("--{name}={value}"));
             }
         };
         let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
@@ -380,7 +381,7 @@ mod tests {
             dhcp_range: Some("10.77.0.100-10.77.0.150".parse().unwrap()),
             image: Some("lab".into()),
             unknown_clients: Some(UnknownClients::Ignore),
-            cmdline: Some("console=ttyS0 quiet".into()),
+            cmdline: Some("-v console=ttyS0 quiet".into()),
             size: Some("2G".parse().unwrap()),
             image_protocol: Some(ImageProtocol::Tftp),
             http_port: Some(8080),

@@ -8,9 +8,9 @@ use clap::Args;
 use diskless_boot::config::{AddressRange, ImageProtocol, Size};
 use diskless_boot::{Mac, Mode};
 use diskless_image::Store;
-use diskless_vm::{ClientConfig, Firmware, Report, Server, SiteDhcp, VmConfig};
+use diskless_vm::{ClientConfig, Firmware, Report, Server, SiteDhcp, VmConfig, VmReport};
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -117,6 +117,94 @@ fn pool() -> AddressRange {
     }
 }
 
+/// The command that starts the vm's server: `diskless serve` on `interface` with the vm's
+/// settings, or `--server-command`.
+fn server_argv(
+    args: &VmArgs,
+    config: PathBuf,
+    interface: &str,
+    log_dir: &Path,
+) -> Result<Vec<String>> {
+    if let Some(command) = &args.server_command {
+        if args.mode != Mode::Full {
+            bail!("--server-command is the network's only server: it cannot run in proxy mode");
+        }
+        // The command's own arguments, then the interface, address and log directory; exec,
+        // so the SIGTERM that stops the server reaches the command itself.
+        return Ok(vec![
+            "sh".into(),
+            "-c".into(),
+            format!("exec {command} \"$@\""),
+            "diskless-vm-server".into(),
+            interface.into(),
+            vm_address(SERVER_HOST).to_string(),
+            log_dir.display().to_string(),
+        ]);
+    }
+    let cmdline = format!(
+        "console=ttyS0,115200n8 diskless.autologin=ttyS0 panic=5 {}",
+        args.cmdline
+    );
+    let serve = ServeArgs {
+        config: Some(config),
+        interface: Some(interface.into()),
+        mode: Some(args.mode),
+        store: Some(args.store.clone()),
+        state: Some(log_dir.join("state")),
+        image: Some(args.image.clone()),
+        dhcp_range: Some(pool()),
+        size: Some(args.size.clone()),
+        image_protocol: Some(args.image_protocol),
+        cmdline: Some(cmdline.trim().to_string()),
+        // A throwaway server for one VM, in a namespace of its own, over a store and logs
+        // that may sit in private (0700) directories: it stays root.
+        user: "root".into(),
+        // A Secure Boot machine runs only signed binaries: the server hands it Debian's shim
+        // and GRUB instead of iPXE (which OVMF refuses: "Access Denied").
+        secure_boot: args.firmware == Firmware::SecureBoot,
+        ..ServeArgs::default()
+    };
+    let exe = std::env::current_exe()?;
+    let mut argv = vec![exe.display().to_string(), "serve".into()];
+    argv.extend(serve.to_args());
+    Ok(argv)
+}
+
+/// Each client's phases on stderr, its commands' output on stdout; whether a command failed.
+fn print_results(report: &VmReport) -> bool {
+    let many = report.clients.len() > 1;
+    eprintln!();
+    let mut failed = false;
+    for client in &report.clients {
+        let who = if many {
+            format!("client {}", client.mac)
+        } else {
+            "the client".to_string()
+        };
+        eprintln!("diskless: {who} reached multi-user. Boot phases (seconds since power-on):");
+        for phase in &client.phases {
+            eprintln!("diskless:   {:<16} {:6.1}", phase.phase, phase.seconds);
+        }
+        for c in &client.commands {
+            if many {
+                println!(
+                    "--- {}: {} (exit status {})",
+                    client.mac, c.command, c.status
+                );
+            } else {
+                println!("--- {} (exit status {})", c.command, c.status);
+            }
+            println!("{}", c.output);
+            failed |= c.status != 0;
+        }
+    }
+    eprintln!(
+        "diskless: TFTP requests the server received: {}",
+        report.tftp_requests
+    );
+    failed
+}
+
 pub fn run(args: VmArgs) -> Result<ExitCode> {
     let store = Store::open(&args.store)?;
     let manifest = store.current(&args.image).with_context(|| {
@@ -141,7 +229,6 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
             empty
         }
     };
-    let exe = std::env::current_exe()?;
     let taps: Vec<String> = (0..args.mac.len()).map(|i| format!("dl{i}")).collect();
     // One client sits on its tap; several share a bridge, as machines share a lab switch.
     let interface = if taps.len() == 1 {
@@ -149,31 +236,7 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
     } else {
         "dlbr0".to_string()
     };
-    let cmdline = format!(
-        "console=ttyS0,115200n8 diskless.autologin=ttyS0 panic=5 {}",
-        args.cmdline
-    );
-    let serve = ServeArgs {
-        config: Some(config),
-        interface: Some(interface.clone()),
-        mode: Some(args.mode),
-        store: Some(args.store.clone()),
-        state: Some(log_dir.join("state")),
-        image: Some(args.image.clone()),
-        dhcp_range: Some(pool()),
-        size: Some(args.size.clone()),
-        image_protocol: Some(args.image_protocol),
-        cmdline: Some(cmdline.trim().to_string()),
-        // A throwaway server for one VM, in a namespace of its own, over a store and logs
-        // that may sit in private (0700) directories: it stays root.
-        user: "root".into(),
-        // A Secure Boot machine runs only signed binaries: the server hands it Debian's shim
-        // and GRUB instead of iPXE (which OVMF refuses: "Access Denied").
-        secure_boot: args.firmware == Firmware::SecureBoot,
-        ..ServeArgs::default()
-    };
-    let mut server = vec![exe.display().to_string(), "serve".into()];
-    server.extend(serve.to_args());
+    let server = server_argv(&args, config, &interface, &log_dir)?;
     let firmware = args.firmware;
     let clients = args
         .mac
@@ -189,25 +252,6 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
             display: args.display || !args.screendump.is_empty(),
         })
         .collect();
-    if let Some(command) = &args.server_command {
-        if args.mode != Mode::Full {
-            bail!("--server-command is the network's only server: it cannot run in proxy mode");
-        }
-        // The command's own arguments, then the interface, address and log directory; exec,
-        // so the SIGTERM that stops the server reaches the command itself.
-        let script = format!("exec {command} \"$@\"");
-        server = [
-            "sh",
-            "-c",
-            &script,
-            "diskless-vm-server",
-            &interface,
-            &vm_address(SERVER_HOST).to_string(),
-        ]
-        .map(str::to_string)
-        .into();
-        server.push(log_dir.display().to_string());
-    }
     let cfg = VmConfig {
         server: Server::Command(server),
         namespace: format!("diskless-vm-{pid}"),
@@ -243,36 +287,7 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
         Ok(report) => report,
         Err(e) => bail!("{e}\n(console and server logs: {})", log_dir.display()),
     };
-    let many = report.clients.len() > 1;
-    eprintln!();
-    let mut failed = false;
-    for client in &report.clients {
-        let who = if many {
-            format!("client {}", client.mac)
-        } else {
-            "the client".to_string()
-        };
-        eprintln!("diskless: {who} reached multi-user. Boot phases (seconds since power-on):");
-        for phase in &client.phases {
-            eprintln!("diskless:   {:<16} {:6.1}", phase.phase, phase.seconds);
-        }
-        for c in &client.commands {
-            if many {
-                println!(
-                    "--- {}: {} (exit status {})",
-                    client.mac, c.command, c.status
-                );
-            } else {
-                println!("--- {} (exit status {})", c.command, c.status);
-            }
-            println!("{}", c.output);
-            failed |= c.status != 0;
-        }
-    }
-    eprintln!(
-        "diskless: TFTP requests the server received: {}",
-        report.tftp_requests
-    );
+    let failed = print_results(&report);
     if let Some(path) = &args.report {
         let report = Report {
             image: manifest.name.clone(),
