@@ -476,9 +476,21 @@ impl Field {
 impl fmt::Display for Field {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for (i, part) in self.0.iter().enumerate() {
+            if i > 0 && matches!(part, FieldPart::Key(_)) {
+                f.write_str(".")?;
+            }
             match part {
-                FieldPart::Key(k) if i == 0 => f.write_str(k)?,
-                FieldPart::Key(k) => write!(f, ".{k}")?,
+                // A key TOML would quote is quoted (`""`, `"a b"`: found by the config fuzz
+                // target, an empty key named nothing).
+                FieldPart::Key(k)
+                    if k.is_empty()
+                        || !k
+                            .chars()
+                            .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)) =>
+                {
+                    write!(f, "{k:?}")?
+                }
+                FieldPart::Key(k) => f.write_str(k)?,
                 FieldPart::Index(n) => write!(f, "[{n}]")?,
             }
         }
@@ -1131,6 +1143,18 @@ mod tests {
                 (2, 14),
                 "dhcp.lease_time",
                 "lease time 30s is out of range",
+            ),
+            (
+                "[boot]\n\"\" = 1\n",
+                (2, 1),
+                "boot.\"\"",
+                "unknown field ``",
+            ),
+            (
+                "[boot]\n\"a b\" = 1\n",
+                (2, 1),
+                "boot.\"a b\"",
+                "unknown field `a b`",
             ),
             (
                 "http_port = 0\n",
