@@ -163,7 +163,7 @@ impl Site {
                 .or_else(|| self.default_image.clone()),
             hostname: entry.and_then(|c| c.hostname.clone()),
             size: entry
-                .and_then(|c| c.size.clone())
+                .and_then(|c| c.size.as_ref().map(|s| s.to_string()))
                 .unwrap_or_else(|| self.size.clone()),
             cmdline,
             image_urls,

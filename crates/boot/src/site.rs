@@ -1,9 +1,10 @@
 //! The site: the config resolved once, against the served interface's address, into the typed
 //! values every part of the server reads.
 //!
-//! [`Site::resolve`] parses the range, fills in the default pool, picks the one [`Mode`],
-//! builds the authorities clients are given (`10.0.0.1` or `10.0.0.1:8080`) and indexes the
-//! `[[client]]` table by MAC. Nothing re-reads the [`Config`] afterwards.
+//! [`Site::resolve`] fills in the default pool, picks the one [`Mode`], builds the authorities
+//! clients are given (`10.0.0.1` or `10.0.0.1:8080`) and indexes the `[[client]]` table by
+//! MAC. It parses nothing: the config's values were typed when it was read. Nothing re-reads
+//! the [`Config`] afterwards.
 //!
 //! The server holds the current `Arc<Site>` in a `tokio::sync::watch` channel: a reload
 //! (`diskless_server::SiteHandle::reload`) swaps it, and each DHCP request and each script
@@ -12,8 +13,7 @@
 
 use crate::accounts::Accounts;
 use crate::config::{
-    parse_cidr, parse_range, ClientConfig, Config, DhcpSection, ImageProtocol, IpxeSection,
-    RecordSection, UnknownClients,
+    ClientConfig, Config, DhcpSection, ImageProtocol, IpxeSection, RecordSection, UnknownClients,
 };
 use crate::routes::{accounts_url, Route};
 use diskless_dhcp::{DhcpConfig, Mac, Mode, Reservation};
@@ -29,18 +29,9 @@ pub enum SiteError {
     /// No interface was given.
     #[error("no interface given: use --interface or set interface in the config")]
     NoInterface,
-    /// `[dhcp] range` does not parse.
-    #[error("{0}")]
-    Range(String),
-    /// `admin_listen` is neither `ADDR:PORT` nor `off`.
-    #[error("{0}")]
-    AdminListen(String),
     /// `[multicast]` that cannot be used.
     #[error("{0}")]
     Multicast(String),
-    /// A `[[subnet]]` cidr that does not parse.
-    #[error("{0}")]
-    Subnet(String),
     /// Full mode without a range, on a subnet too small for the default pool.
     #[error(
         "the subnet of {ip}/{netmask} is too small for the default pool (.100 to .199): set [dhcp] range"
@@ -180,7 +171,7 @@ impl Site {
         let interface = config.interface.clone().ok_or(SiteError::NoInterface)?;
         let range = match (config.mode, &config.dhcp.range) {
             (Mode::Proxy, _) => None,
-            (Mode::Full, Some(r)) => Some(parse_range(r).map_err(SiteError::Range)?),
+            (Mode::Full, Some(r)) => Some((r.first, r.last)),
             (Mode::Full, None) => Some(default_range(server_ip, netmask).ok_or(
                 SiteError::NoDefaultRange {
                     ip: server_ip,
@@ -188,16 +179,14 @@ impl Site {
                 },
             )?),
         };
-        let mut subnets = config
+        let mut subnets: Vec<Subnet> = config
             .subnets
             .iter()
-            .map(|s| {
-                Ok(Subnet {
-                    net: parse_cidr(&s.cidr).map_err(SiteError::Subnet)?,
-                    image_urls: s.image_urls.clone(),
-                })
+            .map(|s| Subnet {
+                net: s.cidr.net(),
+                image_urls: s.image_urls.clone(),
             })
-            .collect::<Result<Vec<_>, SiteError>>()?;
+            .collect();
         subnets.sort_by_key(|s| std::cmp::Reverse(s.net.prefix_len()));
         let http_authority = authority(server_ip, config.http_port, 80);
         let accounts = config
@@ -223,7 +212,7 @@ impl Site {
             range,
             http_port: config.http_port,
             tftp_port: config.tftp_port,
-            admin: config.admin_addr().map_err(SiteError::AdminListen)?,
+            admin: config.admin_addr(),
             admin_names: config
                 .admin_names
                 .iter()
@@ -238,7 +227,7 @@ impl Site {
             ipxe: config.ipxe.clone(),
             default_image: config.boot.image.clone(),
             unknown_clients: config.boot.unknown_clients,
-            size: config.boot.size.clone(),
+            size: config.boot.size.to_string(),
             cmdline,
             image_protocol: config.boot.image_protocol,
             secure_boot: config.boot.secure_boot,

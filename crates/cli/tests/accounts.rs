@@ -385,8 +385,8 @@ fn a_lab_user_logs_in_on_two_clients_and_finds_their_home_on_the_server() {
     assert_namespace_gone(pid);
 
     let report = read_report(&logs);
-    for (client, (mac, hostname, _)) in report["clients"].as_array().unwrap().iter().zip(CLIENTS) {
-        assert_eq!(client["mac"], mac);
+    for (client, (mac, hostname, _)) in report.clients.iter().zip(CLIENTS) {
+        assert_eq!(client.mac.to_string(), mac);
         let (shadow, _) = command_output(client, SHADOW);
         let mut lines: Vec<&str> = shadow.lines().collect();
         lines.sort();

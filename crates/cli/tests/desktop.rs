@@ -7,7 +7,6 @@
 //! $DISKLESS_CACHE/roots/bookworm-xfce, the image in $DISKLESS_CACHE/desktop-store). The
 //! screendumps stay in the logs directory the test prints ($DISKLESS_DESKTOP_LOGS, when set).
 
-use serde_json::Value;
 use std::path::{Path, PathBuf};
 
 mod common;
@@ -138,11 +137,11 @@ fn an_xfce_image_boots_to_the_lightdm_greeter() {
     run_vm(&mut cmd);
     let report = read_report(&logs);
 
-    let (active, status) = command_output(&report, checks[3]);
+    let (active, status) = command_output(report.first(), checks[3]);
     assert_eq!((active.trim(), status), ("active", 0), "lightdm: {active}");
-    let (target, _) = command_output(&report, checks[4]);
+    let (target, _) = command_output(report.first(), checks[4]);
     assert_eq!(target.trim(), "graphical.target");
-    let (running, _) = command_output(&report, checks[6]);
+    let (running, _) = command_output(report.first(), checks[6]);
     assert_eq!(running.trim(), "greeter-running");
 
     // The picture: a PNG kept for people, and the same screen as PPM, read here: a greeter
@@ -162,15 +161,13 @@ fn an_xfce_image_boots_to_the_lightdm_greeter() {
 
     // Power-on to greeter: QEMU's start to the kernel's, plus the kernel's uptime when the
     // greeter started.
-    let phases: &Vec<Value> = report["phases"].as_array().unwrap();
     let at = |name: &str| {
-        phases
-            .iter()
-            .find(|p| p["phase"] == name)
-            .and_then(|p| p["seconds"].as_f64())
-            .unwrap_or_else(|| panic!("no phase {name}: {phases:?}"))
+        report
+            .first()
+            .seconds_to(name)
+            .unwrap_or_else(|| panic!("no phase {name}: {:?}", report.first().phases))
     };
-    let (uptime, _) = command_output(&report, checks[5]);
+    let (uptime, _) = command_output(report.first(), checks[5]);
     let greeter_uptime: f64 = uptime.trim().parse().unwrap_or_else(|_| panic!("{uptime}"));
     eprintln!(
         "power-on to: kernel {:.0} s, multi-user {:.0} s, greeter started {:.0} s (memory {memory} MiB)",
@@ -178,6 +175,6 @@ fn an_xfce_image_boots_to_the_lightdm_greeter() {
         at("multi-user"),
         at("kernel") + greeter_uptime
     );
-    let (free, _) = command_output(&report, checks[7]);
+    let (free, _) = command_output(report.first(), checks[7]);
     eprintln!("free -m on the client at the greeter:\n{free}");
 }

@@ -36,8 +36,8 @@ fn http_boot_to_multi_user(mode: &str) {
         MAC,
     ]));
     let report = read_report(&logs);
-    eprintln!("uefi-http {mode}: boot phases {}", report["phases"]);
-    let (fstype, status) = command_output(&report, ROOT_FS);
+    eprintln!("uefi-http {mode}: boot phases {:?}", report.first().phases);
+    let (fstype, status) = command_output(report.first(), ROOT_FS);
     assert_eq!((fstype.trim(), status), ("overlay", 0));
 
     // The firmware asked as an HTTP Boot client (vendor class HTTPClient) and was offered a
@@ -62,11 +62,7 @@ fn http_boot_to_multi_user(mode: &str) {
     }
 
     // Zero TFTP: the counter saw no request, the server sent nothing over TFTP.
-    assert_eq!(
-        report["tftp_requests"].as_u64(),
-        Some(0),
-        "TFTP requests during an HTTP Boot"
-    );
+    assert_eq!(report.tftp_requests, 0, "TFTP requests during an HTTP Boot");
     let log = std::fs::read_to_string(logs.join("server.log")).unwrap();
     let tftp: Vec<&str> = log
         .lines()
@@ -113,10 +109,10 @@ fn uefi_secure_boot_through_shim_and_grub() {
         MAC,
     ]));
     let report = read_report(&logs);
-    eprintln!("uefi-secureboot: boot phases {}", report["phases"]);
-    let (fstype, status) = command_output(&report, ROOT_FS);
+    eprintln!("uefi-secureboot: boot phases {:?}", report.first().phases);
+    let (fstype, status) = command_output(report.first(), ROOT_FS);
     assert_eq!((fstype.trim(), status), ("overlay", 0));
-    let (secure_boot, status) = command_output(&report, SECURE_BOOT_VAR);
+    let (secure_boot, status) = command_output(report.first(), SECURE_BOOT_VAR);
     assert_eq!(status, 0, "{secure_boot}");
     assert_eq!(
         secure_boot.split_whitespace().last(),
@@ -125,14 +121,14 @@ fn uefi_secure_boot_through_shim_and_grub() {
     );
     // Debian's kernel locks itself down when booted with Secure Boot: "[integrity]" (or the
     // stricter confidentiality) is the mode in force.
-    let (lockdown, _) = command_output(&report, LOCKDOWN);
+    let (lockdown, _) = command_output(report.first(), LOCKDOWN);
     assert!(
         lockdown.contains("[integrity]") || lockdown.contains("[confidentiality]"),
         "kernel not locked down: {lockdown}"
     );
     // diskless.cpio's modules loaded under lockdown: they are the image kernel's own,
     // signed by Debian.
-    let (modules, _) = command_output(&report, MODULES);
+    let (modules, _) = command_output(report.first(), MODULES);
     let loaded: Vec<&str> = modules.split_whitespace().collect();
     // (Debian's kernel builds all three as modules.)
     for module in ["loop", "squashfs", "overlay"] {
@@ -154,5 +150,5 @@ fn uefi_secure_boot_through_shim_and_grub() {
             "{file} was not sent over TFTP:\n{log}"
         );
     }
-    assert!(report["tftp_requests"].as_u64().unwrap() >= 4);
+    assert!(report.tftp_requests >= 4);
 }

@@ -27,7 +27,11 @@ fn bootable_tree(dir: &Path) -> PathBuf {
         write(&tree, &format!("{modules}/kernel/{m}.ko"), m);
         dep.push_str(&format!("kernel/{m}.ko:\n"));
     }
-    write(&tree, &format!("{modules}/kernel/dm-verity.ko"), "dm-verity");
+    write(
+        &tree,
+        &format!("{modules}/kernel/dm-verity.ko"),
+        "dm-verity",
+    );
     dep.push_str("kernel/dm-verity.ko: kernel/dm-mod.ko\n");
     write(&tree, &format!("{modules}/modules.dep"), &dep);
     tree

@@ -2,7 +2,6 @@
 //! survives reboots (`diskless.upper=LABEL=...`, wiped with `diskless.upper.reset=1`).
 //! Real QEMU with virtio disks made here with mkfs.ext4; run by scripts/test (--ignored).
 
-use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
 
@@ -25,7 +24,13 @@ fn ext4_disk(path: &Path, label: &str, size_mib: u64, files: &[(&str, &Path)]) {
         .arg(path));
 }
 
-fn boot(disks: &[&Path], cmdline: &str, commands: &[&str], work: &Path, name: &str) -> Value {
+fn boot(
+    disks: &[&Path],
+    cmdline: &str,
+    commands: &[&str],
+    work: &Path,
+    name: &str,
+) -> diskless_vm::Report {
     let report = work.join(format!("{name}.json"));
     let version = test_image();
     let store = version
@@ -67,12 +72,8 @@ fn boot(disks: &[&Path], cmdline: &str, commands: &[&str], work: &Path, name: &s
     serde_json::from_str(&std::fs::read_to_string(report).unwrap()).unwrap()
 }
 
-fn output(report: &Value, i: usize) -> String {
-    report["commands"][i]["output"]
-        .as_str()
-        .unwrap()
-        .trim()
-        .to_string()
+fn output(report: &diskless_vm::Report, i: usize) -> String {
+    report.first().commands[i].output.trim().to_string()
 }
 
 #[test]

@@ -13,7 +13,6 @@
 //! the first test builds one from the bootstrapped tree cached in $DISKLESS_CACHE (default
 //! /var/cache/diskless) into $DISKLESS_CACHE/test-store.
 
-use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
 
@@ -44,11 +43,11 @@ fn boots_to_multi_user(firmware: &str, mode: &str) {
         MAC,
     ]));
     let report = read_report(&logs);
-    eprintln!("{firmware} {mode}: boot phases {}", report["phases"]);
+    eprintln!("{firmware} {mode}: boot phases {:?}", report.first().phases);
 
-    let (fstype, status) = command_output(&report, ROOT_FS);
+    let (fstype, status) = command_output(report.first(), ROOT_FS);
     assert_eq!((fstype.trim(), status), ("overlay", 0));
-    let (address, _) = command_output(&report, ADDRESS);
+    let (address, _) = command_output(report.first(), ADDRESS);
     assert!(address.contains("inet 10.77.0."), "{address}");
 
     let stages = stages(&logs, MAC);
@@ -89,7 +88,7 @@ fn boots_to_multi_user(firmware: &str, mode: &str) {
         );
         // The counter the HTTP Boot tests (firmware.rs) read as "no TFTP" counts this one:
         // at least the read request of ipxe.efi.
-        let requests = report["tftp_requests"].as_u64().unwrap();
+        let requests = report.tftp_requests;
         assert!(
             requests >= 1,
             "the TFTP counter missed ipxe.efi: {requests}"
@@ -153,7 +152,7 @@ fn two_clients_get_their_own_image_hostname_machine_id_and_ssh_host_keys() {
             .arg(&config),
     );
     let report = read_report(&logs);
-    let clients = report["clients"].as_array().unwrap();
+    let clients = &report.clients;
     assert_eq!(clients.len(), 2);
     let mut machine_ids = Vec::new();
     let mut host_keys = Vec::new();
@@ -162,7 +161,7 @@ fn two_clients_get_their_own_image_hostname_machine_id_and_ssh_host_keys() {
         .iter()
         .zip([("pc01", "lab"), ("render01", "render")])
     {
-        eprintln!("{}: boot phases {}", client["mac"], client["phases"]);
+        eprintln!("{}: boot phases {:?}", client.mac, client.phases);
         assert_eq!(command_output(client, "hostname").0.trim(), hostname);
         let (cmdline, _) = command_output(client, "cat /proc/cmdline");
         assert!(
@@ -223,7 +222,12 @@ fn current_version(store: &Path, name: &str) -> String {
 
 /// Boot one client with `mac`; as soon as the server has handed it its iPXE script (the
 /// version is chosen then), run `change` on the store, while the client goes on fetching.
-fn boot_and_meanwhile(store: &Path, logs: &Path, mac: &str, change: impl FnOnce()) -> Value {
+fn boot_and_meanwhile(
+    store: &Path,
+    logs: &Path,
+    mac: &str,
+    change: impl FnOnce(),
+) -> diskless_vm::Report {
     let mut vm = vm("test", store, logs, &["cat /proc/cmdline", ROOT_FS]);
     vm.args(["--mac", mac]);
     let mut booting = Booting::start(&mut vm, logs);
@@ -270,13 +274,13 @@ fn files_sent(logs: &Path) -> Vec<(String, String)> {
 }
 
 /// A client booted `version` with every file from it, none from another version.
-fn booted_only(report: &Value, logs: &Path, version: &str) {
-    let (cmdline, _) = command_output(report, "cat /proc/cmdline");
+fn booted_only(report: &diskless_vm::Report, logs: &Path, version: &str) {
+    let (cmdline, _) = command_output(report.first(), "cat /proc/cmdline");
     assert!(
         cmdline.contains(&format!("/images/test/{version}/root.squashfs")),
         "the client should boot {version}: {cmdline}"
     );
-    assert_eq!(command_output(report, ROOT_FS).0.trim(), "overlay");
+    assert_eq!(command_output(report.first(), ROOT_FS).0.trim(), "overlay");
     let sent = files_sent(logs);
     for file in ["vmlinuz", "initrd.img", "diskless.cpio", "root.squashfs"] {
         assert!(

@@ -589,3 +589,33 @@ fn ignored_unknown_clients_get_403_and_access_violation_the_listed_one_is_served
         "{log}"
     );
 }
+
+/// `serve --check` names the file, line, column, key and value of a config mistake, from a
+/// value that does not parse (a UID range) to one listed twice (needs no root).
+#[test]
+fn check_names_where_a_config_mistake_is() {
+    let dir = tempfile::tempdir().unwrap();
+    for (text, expected) in [
+        (
+            "interface = \"eth0\"\n[accounts]\nuids = \"1000\"\n",
+            ":3:8: accounts.uids: \"1000\" is not a range FIRST-LAST, like 1000-59999",
+        ),
+        (
+            "[[subnet]]\ncidr = \"10.1.0.0/16\"\nimage_urls = []\n\
+             [[subnet]]\ncidr = \"10.1.0.0/16\"\nimage_urls = []\n",
+            ":5:8: subnet[1].cidr: subnet 10.1.0.0/16 is listed twice",
+        ),
+    ] {
+        let config = dir.path().join("bad.toml");
+        std::fs::write(&config, text).unwrap();
+        let out = Command::new(env!("CARGO_BIN_EXE_diskless"))
+            .args(["serve", "--check", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{stderr}");
+        let expected = format!("{}{expected}", config.display());
+        assert!(stderr.contains(&expected), "{expected} not in: {stderr}");
+    }
+}

@@ -861,7 +861,7 @@ fn qemu_client_boots_past_a_dead_server() {
             .arg(&config),
     );
     let report = common::read_report(&logs);
-    let (cmdline, _) = common::command_output(&report, "cat /proc/cmdline");
+    let (cmdline, _) = common::command_output(report.first(), "cat /proc/cmdline");
     let image = cmdline
         .split_whitespace()
         .find_map(|w| w.strip_prefix("diskless.image="))

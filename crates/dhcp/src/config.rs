@@ -192,10 +192,7 @@ impl DhcpConfig {
         if let Some(d) = &self.domain {
             check_name("domain", d)?;
         }
-        let secs = self.lease_time.as_secs();
-        if self.lease_time < MIN_LEASE || secs >= u64::from(u32::MAX) {
-            return Err(ConfigError::BadLeaseTime(self.lease_time));
-        }
+        check_lease_time(self.lease_time)?;
         match self.mode {
             Mode::Proxy => {
                 if self.range.is_some() {
@@ -248,7 +245,16 @@ impl DhcpConfig {
     }
 }
 
-fn check_name(what: &'static str, name: &str) -> Result<(), ConfigError> {
+/// A lease time option 51 can carry, and at least [`MIN_LEASE`].
+pub fn check_lease_time(lease_time: Duration) -> Result<(), ConfigError> {
+    if lease_time < MIN_LEASE || lease_time.as_secs() >= u64::from(u32::MAX) {
+        return Err(ConfigError::BadLeaseTime(lease_time));
+    }
+    Ok(())
+}
+
+/// A DNS name (a host name, a domain) as option 12 and 15 carry it; `what` names the setting.
+pub fn check_name(what: &'static str, name: &str) -> Result<(), ConfigError> {
     let ok = !name.is_empty()
         && name.len() <= 253
         && name.split('.').all(|l| {

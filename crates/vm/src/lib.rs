@@ -22,7 +22,9 @@ pub mod qemu;
 pub mod qmp;
 
 use console::Console;
-use diskless_boot::{Mac, Stage};
+use diskless_boot::config::AddressRange;
+use diskless_boot::{Mac, Mode, Stage};
+use serde::{Deserialize, Serialize};
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
@@ -110,8 +112,8 @@ pub struct ClientConfig {
 /// our server only answers the boot questions.
 #[derive(Debug, Clone)]
 pub struct SiteDhcp {
-    /// First and last address of its pool.
-    pub range: (String, String),
+    /// Its pool.
+    pub range: AddressRange,
 }
 
 /// Who answers the clients.
@@ -157,19 +159,30 @@ pub struct VmConfig {
     pub screendumps: Vec<PathBuf>,
 }
 
-#[derive(Debug, Clone, PartialEq)]
+/// A command run on a client once it was up.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CommandResult {
     pub command: String,
+    /// Its stdout and stderr.
     pub output: String,
     pub status: i32,
 }
 
+/// A phase of a boot seen on the console.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Phase {
+    /// `kernel`, a [`Stage`]'s label, or `server-restarted`.
+    pub phase: String,
+    /// Seconds since the client's QEMU started.
+    pub seconds: f64,
+}
+
 /// What one client did.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ClientReport {
     pub mac: Mac,
-    /// (phase, seconds since its QEMU started), in order.
-    pub phases: Vec<(String, f64)>,
+    /// In order.
+    pub phases: Vec<Phase>,
     pub commands: Vec<CommandResult>,
 }
 
@@ -177,8 +190,36 @@ impl ClientReport {
     pub fn seconds_to(&self, phase: &str) -> Option<f64> {
         self.phases
             .iter()
-            .find(|(p, _)| p == phase)
-            .map(|(_, s)| *s)
+            .find(|p| p.phase == phase)
+            .map(|p| p.seconds)
+    }
+
+    /// The output and exit status of `command`, if it ran.
+    pub fn command(&self, command: &str) -> Option<&CommandResult> {
+        self.commands.iter().find(|c| c.command == command)
+    }
+}
+
+/// A whole `diskless vm` run as `--report` writes it (JSON), and as the tests and
+/// scripts/bench-boot read it back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    /// The image booted, and its version.
+    pub image: String,
+    pub version: String,
+    pub firmware: Firmware,
+    pub mode: Mode,
+    /// Read requests to the server's TFTP port (an nftables counter): 0, nothing went over
+    /// TFTP.
+    pub tftp_requests: u64,
+    /// One per client, in the order of their MACs on the command line.
+    pub clients: Vec<ClientReport>,
+}
+
+impl Report {
+    /// The first client's part (the only one, unless several were booted).
+    pub fn first(&self) -> &ClientReport {
+        &self.clients[0]
     }
 }
 
@@ -535,9 +576,10 @@ fn follow_boot(
                         continue;
                     }
                 }
-                report
-                    .phases
-                    .push((phase.to_string(), started.elapsed().as_secs_f64()));
+                report.phases.push(Phase {
+                    phase: phase.to_string(),
+                    seconds: started.elapsed().as_secs_f64(),
+                });
                 next_phase += 1;
                 if let (Some(hook), true) = (on_fetching, *phase == Stage::Fetching.label()) {
                     let mut progress = FAILURES.to_vec();
@@ -545,9 +587,10 @@ fn follow_boot(
                     if let Ok((i, _)) = console.wait_for(&progress, from, deadline) {
                         if i == FAILURES.len() {
                             hook()?;
-                            report
-                                .phases
-                                .push(("server-restarted".into(), started.elapsed().as_secs_f64()));
+                            report.phases.push(Phase {
+                                phase: "server-restarted".into(),
+                                seconds: started.elapsed().as_secs_f64(),
+                            });
                         }
                     }
                 }
@@ -556,7 +599,7 @@ fn follow_boot(
                 let reached = report
                     .phases
                     .last()
-                    .map(|(p, _)| p.as_str())
+                    .map(|p| p.phase.as_str())
                     .unwrap_or("nothing");
                 let diagnosis = if reached == Stage::RootMounted.label() {
                     diagnose_stalled_boot(console)
@@ -681,7 +724,7 @@ fn dnsmasq_args(cfg: &VmConfig, site: &SiteDhcp) -> Vec<String> {
         format!("--interface={}", cfg.interface),
         // Bound to the interface, beside our server's own port-67 socket.
         "--bind-interfaces".into(),
-        format!("--dhcp-range={},{},1h", site.range.0, site.range.1),
+        format!("--dhcp-range={},{},1h", site.range.first, site.range.last),
         format!(
             "--dhcp-leasefile={}",
             cfg.log_dir.join("dnsmasq.leases").display()
@@ -775,5 +818,48 @@ mod tests {
         });
         // SAFETY: probing a pid with signal 0.
         assert_ne!(unsafe { libc::kill(pid, 0) }, 0, "child still running");
+    }
+
+    /// The report is written as JSON and read back as the same type; scripts/bench-boot reads
+    /// `clients[0].phases[].phase`/`.seconds` and `tftp_requests` by these names.
+    #[test]
+    fn the_report_reads_back_as_written() {
+        let report = Report {
+            image: "lab".into(),
+            version: "20260101-1".into(),
+            firmware: Firmware::UefiHttp,
+            mode: Mode::Proxy,
+            tftp_requests: 0,
+            clients: vec![ClientReport {
+                mac: "52:54:00:12:34:56".parse().unwrap(),
+                phases: vec![Phase {
+                    phase: Stage::MultiUser.label().into(),
+                    seconds: 12.5,
+                }],
+                commands: vec![CommandResult {
+                    command: "hostname".into(),
+                    output: "pc01\n".into(),
+                    status: 0,
+                }],
+            }],
+        };
+        let text = serde_json::to_string_pretty(&report).unwrap();
+        assert_eq!(serde_json::from_str::<Report>(&text).unwrap(), report);
+        let json: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(
+            (&json["firmware"], &json["mode"], &json["tftp_requests"]),
+            (
+                &serde_json::json!("uefi-http"),
+                &serde_json::json!("proxy"),
+                &serde_json::json!(0)
+            )
+        );
+        assert_eq!(
+            json["clients"][0]["phases"][0],
+            serde_json::json!({"phase": "multi-user", "seconds": 12.5})
+        );
+        assert_eq!(json["clients"][0]["mac"], "52:54:00:12:34:56");
+        assert_eq!(report.first().command("hostname").unwrap().output, "pc01\n");
+        assert!(serde_json::from_str::<Report>(&text.replace("uefi-http", "efi")).is_err());
     }
 }

@@ -86,6 +86,20 @@ impl std::str::FromStr for Firmware {
     }
 }
 
+/// By its name (`bios`, `uefi-http`), in the run's [`crate::Report`].
+impl serde::Serialize for Firmware {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Firmware {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Firmware, D::Error> {
+        let name = String::deserialize(d)?;
+        name.parse().map_err(serde::de::Error::custom)
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct QemuConfig {
     pub memory_mib: u32,

@@ -91,7 +91,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         restart_server_during_fetch: false,
         run: vec![],
         cmdline: String::new(),
-        size: "75%".into(),
+        size: diskless_boot::config::Size::default(),
         image_protocol: diskless_boot::config::ImageProtocol::Http,
         quiet: false,
         log_dir: None,

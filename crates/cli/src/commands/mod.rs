@@ -15,3 +15,11 @@ pub(crate) fn config_name<T: serde::de::DeserializeOwned>(name: &str) -> Result<
     use serde::de::value::{Error, StrDeserializer};
     T::deserialize(StrDeserializer::<Error>::new(name)).map_err(|e| e.to_string())
 }
+
+/// The name the site config gives `value` (what [`config_name`] parses).
+pub(crate) fn name_in_config(value: &impl serde::Serialize) -> String {
+    match serde_json::to_value(value) {
+        Ok(serde_json::Value::String(name)) => name,
+        other => unreachable!("a setting named by a string, not {other:?}"),
+    }
+}

@@ -12,12 +12,14 @@
 
 use anyhow::{Context, Result};
 use clap::Args;
-use diskless_boot::config::{self, Config, ImageProtocol, Mode, UnknownClients};
+use diskless_boot::config::{
+    self, AddressRange, AdminListen, Config, ImageProtocol, Mode, Size, UnknownClients,
+};
 use diskless_boot::routes::IPXE_DIR;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-#[derive(Args, Clone, Default)]
+#[derive(Args, Clone, Debug, Default, PartialEq)]
 pub struct ServeArgs {
     /// Config file; default /etc/diskless/diskless.toml when it exists.
     #[arg(long)]
@@ -36,34 +38,34 @@ pub struct ServeArgs {
     pub mode: Option<Mode>,
     /// DHCP pool FIRST-LAST, full mode (config: dhcp.range).
     #[arg(long)]
-    pub dhcp_range: Option<String>,
+    pub dhcp_range: Option<AddressRange>,
     /// Image clients boot by default (config: boot.image).
-    #[arg(long)]
+    #[arg(long, value_parser = checked(config::check_image_name))]
     pub image: Option<String>,
     /// boot or ignore clients without a [[client]] entry (config: boot.unknown_clients).
     #[arg(long, value_parser = super::config_name::<UnknownClients>)]
     pub unknown_clients: Option<UnknownClients>,
     /// Extra kernel options for every client (config: boot.cmdline).
-    #[arg(long)]
+    #[arg(long, value_parser = checked(config::check_cmdline))]
     pub cmdline: Option<String>,
     /// Each client's RAM disk size, e.g. 75% or 4G (config: boot.size).
     #[arg(long)]
-    pub size: Option<String>,
+    pub size: Option<Size>,
     /// http or tftp: how clients fetch the image (config: boot.image_protocol).
     #[arg(long, value_parser = super::config_name::<ImageProtocol>)]
     pub image_protocol: Option<ImageProtocol>,
     /// HTTP port (config: http_port).
-    #[arg(long)]
+    #[arg(long, value_parser = clap::value_parser!(u16).range(1..))]
     pub http_port: Option<u16>,
     /// TFTP port (config: tftp_port).
     #[arg(long)]
     pub tftp_port: Option<u16>,
     /// iPXE binary for UEFI clients: ipxe.efi or snponly.efi (config: ipxe.uefi).
-    #[arg(long)]
+    #[arg(long, value_parser = checked(config::check_ipxe_file))]
     pub uefi_file: Option<String>,
     /// Dashboard and /metrics: ADDR:PORT, or off (config: admin_listen).
     #[arg(long)]
-    pub admin_listen: Option<String>,
+    pub admin_listen: Option<AdminListen>,
     /// UEFI PXE clients boot through Debian's signed shim and GRUB, for Secure Boot
     /// (config: boot.secure_boot).
     #[arg(long)]
@@ -78,6 +80,57 @@ pub struct ServeArgs {
     /// reason when not.
     #[arg(long)]
     pub check: bool,
+}
+
+impl ServeArgs {
+    /// The command line that gives these arguments (after `diskless serve`), for a server
+    /// started as a child (`diskless vm`).
+    pub fn to_args(&self) -> Vec<String> {
+        use super::name_in_config;
+        let mut args = Vec::new();
+        // `--flag=VALUE`: a value that starts with `-` (kernel options may) stays a value.
+        let mut flag = |name: &str, value: Option<String>| {
+            if let Some(value) = value {
+                args.push(format!("--{name}={value}"));
+            }
+        };
+        let path = |p: &Option<PathBuf>| p.as_ref().map(|p| p.display().to_string());
+        flag("config", path(&self.config));
+        flag("interface", self.interface.clone());
+        flag("store", path(&self.store));
+        flag("state", path(&self.state));
+        flag("mode", self.mode.as_ref().map(name_in_config));
+        flag("dhcp-range", self.dhcp_range.map(|r| r.to_string()));
+        flag("image", self.image.clone());
+        flag(
+            "unknown-clients",
+            self.unknown_clients.as_ref().map(name_in_config),
+        );
+        flag("cmdline", self.cmdline.clone());
+        flag("size", self.size.as_ref().map(Size::to_string));
+        flag(
+            "image-protocol",
+            self.image_protocol.as_ref().map(name_in_config),
+        );
+        flag("http-port", self.http_port.map(|p| p.to_string()));
+        flag("tftp-port", self.tftp_port.map(|p| p.to_string()));
+        flag("uefi-file", self.uefi_file.clone());
+        flag("admin-listen", self.admin_listen.map(|a| a.to_string()));
+        flag("user", Some(self.user.clone()).filter(|u| !u.is_empty()));
+        for (name, set) in [("secure-boot", self.secure_boot), ("check", self.check)] {
+            if set {
+                args.push(format!("--{name}"));
+            }
+        }
+        args
+    }
+}
+
+/// A flag's value checked by the rule of its config key.
+fn checked(
+    rule: fn(&str) -> Result<(), String>,
+) -> impl Fn(&str) -> Result<String, String> + Clone {
+    move |value| rule(value).map(|()| value.to_string())
 }
 
 /// The config file: `--config` (`explicit`), or the default one when it exists.
@@ -108,7 +161,7 @@ pub fn resolve(args: &ServeArgs) -> Result<Config> {
         cfg.mode = v;
     }
     if let Some(v) = &args.dhcp_range {
-        cfg.dhcp.range = Some(v.clone());
+        cfg.dhcp.range = Some(*v);
     }
     if let Some(v) = &args.image {
         cfg.boot.image = Some(v.clone());
@@ -135,14 +188,12 @@ pub fn resolve(args: &ServeArgs) -> Result<Config> {
         cfg.ipxe.uefi = v.clone();
     }
     if let Some(v) = &args.admin_listen {
-        cfg.admin_listen = v.clone();
+        cfg.admin_listen = *v;
     }
     if args.secure_boot {
         cfg.boot.secure_boot = true;
     }
-    cfg.validate()
-        .map_err(|(_, message)| anyhow::anyhow!("{message}"))
-        .context("checking the command-line flags")?;
+    cfg.validate().context("checking the command-line flags")?;
     Ok(cfg)
 }
 
@@ -259,15 +310,12 @@ mod tests {
             config: Some(path),
             interface: Some("dl0".into()),
             mode: Some(Mode::Proxy),
-            admin_listen: Some("0.0.0.0:9999".into()),
+            admin_listen: Some("0.0.0.0:9999".parse().unwrap()),
             ..Default::default()
         };
         let cfg = resolve(&args).unwrap();
         assert_eq!(cfg.interface.as_deref(), Some("dl0"));
-        assert_eq!(
-            cfg.admin_addr().unwrap(),
-            Some("0.0.0.0:9999".parse().unwrap())
-        );
+        assert_eq!(cfg.admin_addr(), Some("0.0.0.0:9999".parse().unwrap()));
         assert_eq!(cfg.mode, Mode::Proxy);
         assert_eq!(
             (cfg.boot.image.as_deref(), cfg.boot.size.as_str()),
@@ -291,13 +339,12 @@ mod tests {
         let bad = dir.path().join("bad.toml");
         std::fs::write(&bad, "interface = \"eth0\"\n[boot]\nsize = \"huge\"\n").unwrap();
         let err = format!("{:#}", check(&bad).unwrap_err());
-        assert!(err.contains("bad.toml:3"), "{err}");
+        assert!(err.contains("bad.toml:3:8: boot.size: \"huge\""), "{err}");
     }
 
     #[test]
     fn bad_flags_and_bad_files_are_refused() {
         let args = ServeArgs {
-            size: Some("huge".into()),
             config: Some("/nonexistent.toml".into()),
             ..Default::default()
         };
@@ -306,11 +353,75 @@ mod tests {
             .to_string()
             .contains("/nonexistent.toml"));
         let args = ServeArgs {
-            size: Some("huge".into()),
-            config: None,
+            store: Some("/srv/d".into()),
+            state: Some("/srv/d/state".into()),
             ..Default::default()
         };
         let err = format!("{:#}", resolve(&args).unwrap_err());
-        assert!(err.contains("huge"), "{err}");
+        assert!(
+            err.starts_with("checking the command-line flags: state: the state directory"),
+            "{err}"
+        );
+    }
+
+    #[derive(clap::Parser)]
+    struct Flags {
+        #[command(flatten)]
+        serve: ServeArgs,
+    }
+
+    fn parse(args: &[&str]) -> Result<ServeArgs, clap::Error> {
+        use clap::Parser;
+        Flags::try_parse_from([&["serve"], args].concat()).map(|f| f.serve)
+    }
+
+    /// `to_args` writes what the flags parse back into: every field set, then none.
+    #[test]
+    fn to_args_gives_the_same_arguments_back() {
+        let all = ServeArgs {
+            config: Some("/etc/d.toml".into()),
+            interface: Some("dl0".into()),
+            store: Some("/srv/store".into()),
+            state: Some("/srv/state".into()),
+            mode: Some(Mode::Proxy),
+            dhcp_range: Some("10.77.0.100-10.77.0.150".parse().unwrap()),
+            image: Some("lab".into()),
+            unknown_clients: Some(UnknownClients::Ignore),
+            cmdline: Some("-v console=ttyS0 quiet".into()),
+            size: Some("2G".parse().unwrap()),
+            image_protocol: Some(ImageProtocol::Tftp),
+            http_port: Some(8080),
+            tftp_port: Some(6969),
+            uefi_file: Some("snponly.efi".into()),
+            admin_listen: Some(AdminListen::Off),
+            secure_boot: true,
+            user: "root".into(),
+            check: true,
+        };
+        for args in [all, parse(&[]).unwrap()] {
+            let argv = args.to_args();
+            let argv: Vec<&str> = argv.iter().map(String::as_str).collect();
+            assert_eq!(parse(&argv).unwrap(), args, "{argv:?}");
+        }
+    }
+
+    /// Each flag goes through the parser or the rule of its config key.
+    #[test]
+    fn flags_are_parsed_as_their_config_keys() {
+        let ok = parse(&["--size", "4G", "--dhcp-range", "10.0.0.10-10.0.0.20"]).unwrap();
+        assert_eq!(ok.size.unwrap().as_str(), "4G");
+        assert_eq!(ok.dhcp_range.unwrap().to_string(), "10.0.0.10-10.0.0.20");
+        for (flag, value, why) in [
+            ("--size", "huge", "\"huge\" is not a size"),
+            ("--dhcp-range", "10.0.0.10", "is not a range FIRST-LAST"),
+            ("--admin-listen", "localhost", "is not ADDR:PORT"),
+            ("--image", "../etc", "image name"),
+            ("--cmdline", "a ${x}", "must be one line without ${...}"),
+            ("--uefi-file", "a/b.efi", "must be a plain file name"),
+            ("--http-port", "0", "0 is not in 1..=65535"),
+        ] {
+            let err = parse(&[flag, value]).err().unwrap().to_string();
+            assert!(err.contains(why), "{flag} {value}: {err}");
+        }
     }
 }

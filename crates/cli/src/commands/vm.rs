@@ -1,14 +1,16 @@
 //! `diskless vm`: boot a QEMU workstation from our server, as a user would try an image.
 
+use super::name_in_config;
+use super::serve::ServeArgs;
 use crate::paths;
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use diskless_boot::config::ImageProtocol;
+use diskless_boot::config::{AddressRange, ImageProtocol, Size};
 use diskless_boot::{Mac, Mode};
 use diskless_image::Store;
-use diskless_vm::{ClientConfig, ClientReport, Firmware, Server, SiteDhcp, VmConfig};
+use diskless_vm::{ClientConfig, Firmware, Report, Server, SiteDhcp, VmConfig, VmReport};
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -59,7 +61,7 @@ pub struct VmArgs {
     pub cmdline: String,
     /// RAM disk size for the client (diskless.size=).
     #[arg(long, default_value = "75%")]
-    pub size: String,
+    pub size: Size,
     /// http or tftp: how the initramfs fetches the image.
     #[arg(long, default_value = "http", value_parser = super::config_name::<ImageProtocol>)]
     pub image_protocol: ImageProtocol,
@@ -97,14 +99,6 @@ fn firmware_name(name: &str) -> Result<Firmware, String> {
     name.parse()
 }
 
-/// The name the site config gives `value` (what [`config_name`] parses).
-fn name_in_config(value: &impl serde::Serialize) -> String {
-    match serde_json::to_value(value) {
-        Ok(serde_json::Value::String(name)) => name,
-        other => unreachable!("a setting named by a string, not {other:?}"),
-    }
-}
-
 /// The address of `host` on the vm's network, 10.77.0.0/24 (inside its own namespace).
 fn vm_address(host: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 77, 0, host)
@@ -114,6 +108,102 @@ fn vm_address(host: u8) -> Ipv4Addr {
 const SERVER_HOST: u8 = 1;
 /// The first and last address of the clients' pool, whoever hands them out.
 const POOL: (u8, u8) = (100, 150);
+
+/// The clients' pool on the vm's network.
+fn pool() -> AddressRange {
+    AddressRange {
+        first: vm_address(POOL.0),
+        last: vm_address(POOL.1),
+    }
+}
+
+/// The command that starts the vm's server: `diskless serve` on `interface` with the vm's
+/// settings, or `--server-command`.
+fn server_argv(
+    args: &VmArgs,
+    config: PathBuf,
+    interface: &str,
+    log_dir: &Path,
+) -> Result<Vec<String>> {
+    if let Some(command) = &args.server_command {
+        if args.mode != Mode::Full {
+            bail!("--server-command is the network's only server: it cannot run in proxy mode");
+        }
+        // The command's own arguments, then the interface, address and log directory; exec,
+        // so the SIGTERM that stops the server reaches the command itself.
+        return Ok(vec![
+            "sh".into(),
+            "-c".into(),
+            format!("exec {command} \"$@\""),
+            "diskless-vm-server".into(),
+            interface.into(),
+            vm_address(SERVER_HOST).to_string(),
+            log_dir.display().to_string(),
+        ]);
+    }
+    let cmdline = format!(
+        "console=ttyS0,115200n8 diskless.autologin=ttyS0 panic=5 {}",
+        args.cmdline
+    );
+    let serve = ServeArgs {
+        config: Some(config),
+        interface: Some(interface.into()),
+        mode: Some(args.mode),
+        store: Some(args.store.clone()),
+        state: Some(log_dir.join("state")),
+        image: Some(args.image.clone()),
+        dhcp_range: Some(pool()),
+        size: Some(args.size.clone()),
+        image_protocol: Some(args.image_protocol),
+        cmdline: Some(cmdline.trim().to_string()),
+        // A throwaway server for one VM, in a namespace of its own, over a store and logs
+        // that may sit in private (0700) directories: it stays root.
+        user: "root".into(),
+        // A Secure Boot machine runs only signed binaries: the server hands it Debian's shim
+        // and GRUB instead of iPXE (which OVMF refuses: "Access Denied").
+        secure_boot: args.firmware == Firmware::SecureBoot,
+        ..ServeArgs::default()
+    };
+    let exe = std::env::current_exe()?;
+    let mut argv = vec![exe.display().to_string(), "serve".into()];
+    argv.extend(serve.to_args());
+    Ok(argv)
+}
+
+/// Each client's phases on stderr, its commands' output on stdout; whether a command failed.
+fn print_results(report: &VmReport) -> bool {
+    let many = report.clients.len() > 1;
+    eprintln!();
+    let mut failed = false;
+    for client in &report.clients {
+        let who = if many {
+            format!("client {}", client.mac)
+        } else {
+            "the client".to_string()
+        };
+        eprintln!("diskless: {who} reached multi-user. Boot phases (seconds since power-on):");
+        for phase in &client.phases {
+            eprintln!("diskless:   {:<16} {:6.1}", phase.phase, phase.seconds);
+        }
+        for c in &client.commands {
+            if many {
+                println!(
+                    "--- {}: {} (exit status {})",
+                    client.mac, c.command, c.status
+                );
+            } else {
+                println!("--- {} (exit status {})", c.command, c.status);
+            }
+            println!("{}", c.output);
+            failed |= c.status != 0;
+        }
+    }
+    eprintln!(
+        "diskless: TFTP requests the server received: {}",
+        report.tftp_requests
+    );
+    failed
+}
 
 pub fn run(args: VmArgs) -> Result<ExitCode> {
     let store = Store::open(&args.store)?;
@@ -139,7 +229,6 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
             empty
         }
     };
-    let exe = std::env::current_exe()?;
     let taps: Vec<String> = (0..args.mac.len()).map(|i| format!("dl{i}")).collect();
     // One client sits on its tap; several share a bridge, as machines share a lab switch.
     let interface = if taps.len() == 1 {
@@ -147,44 +236,7 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
     } else {
         "dlbr0".to_string()
     };
-    let cmdline = format!(
-        "console=ttyS0,115200n8 diskless.autologin=ttyS0 panic=5 {}",
-        args.cmdline
-    );
-    let mut server: Vec<String> = [
-        exe.display().to_string(),
-        "serve".into(),
-        "--config".into(),
-        config.display().to_string(),
-        "--interface".into(),
-        interface.clone(),
-        "--mode".into(),
-        name_in_config(&args.mode),
-        "--store".into(),
-        args.store.display().to_string(),
-        "--state".into(),
-        log_dir.join("state").display().to_string(),
-        "--image".into(),
-        args.image.clone(),
-        "--dhcp-range".into(),
-        format!("{}-{}", vm_address(POOL.0), vm_address(POOL.1)),
-        "--size".into(),
-        args.size.clone(),
-        "--image-protocol".into(),
-        name_in_config(&args.image_protocol),
-        "--cmdline".into(),
-        cmdline.trim().to_string(),
-        // A throwaway server for one VM, in a namespace of its own, over a store and logs
-        // that may sit in private (0700) directories: it stays root.
-        "--user".into(),
-        "root".into(),
-    ]
-    .into();
-    // A Secure Boot machine runs only signed binaries: the server hands it Debian's shim and
-    // GRUB instead of iPXE (which OVMF refuses: "Access Denied").
-    if args.firmware == Firmware::SecureBoot {
-        server.push("--secure-boot".into());
-    }
+    let server = server_argv(&args, config, &interface, &log_dir)?;
     let firmware = args.firmware;
     let clients = args
         .mac
@@ -200,25 +252,6 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
             display: args.display || !args.screendump.is_empty(),
         })
         .collect();
-    if let Some(command) = &args.server_command {
-        if args.mode != Mode::Full {
-            bail!("--server-command is the network's only server: it cannot run in proxy mode");
-        }
-        // The command's own arguments, then the interface, address and log directory; exec,
-        // so the SIGTERM that stops the server reaches the command itself.
-        let script = format!("exec {command} \"$@\"");
-        server = [
-            "sh",
-            "-c",
-            &script,
-            "diskless-vm-server",
-            &interface,
-            &vm_address(SERVER_HOST).to_string(),
-        ]
-        .map(str::to_string)
-        .into();
-        server.push(log_dir.display().to_string());
-    }
     let cfg = VmConfig {
         server: Server::Command(server),
         namespace: format!("diskless-vm-{pid}"),
@@ -231,12 +264,7 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
         commands: args.run.clone(),
         show_console: !args.quiet,
         log_dir: log_dir.clone(),
-        site_dhcp: (args.mode == Mode::Proxy).then(|| SiteDhcp {
-            range: (
-                vm_address(POOL.0).to_string(),
-                vm_address(POOL.1).to_string(),
-            ),
-        }),
+        site_dhcp: (args.mode == Mode::Proxy).then(|| SiteDhcp { range: pool() }),
         loss_percent: args.loss,
         restart_server_during_fetch: args
             .restart_server_during_fetch
@@ -259,68 +287,17 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
         Ok(report) => report,
         Err(e) => bail!("{e}\n(console and server logs: {})", log_dir.display()),
     };
-    let many = report.clients.len() > 1;
-    eprintln!();
-    let mut failed = false;
-    for client in &report.clients {
-        let who = if many {
-            format!("client {}", client.mac)
-        } else {
-            "the client".to_string()
-        };
-        eprintln!("diskless: {who} reached multi-user. Boot phases (seconds since power-on):");
-        for (phase, secs) in &client.phases {
-            eprintln!("diskless:   {phase:<16} {secs:6.1}");
-        }
-        for c in &client.commands {
-            if many {
-                println!(
-                    "--- {}: {} (exit status {})",
-                    client.mac, c.command, c.status
-                );
-            } else {
-                println!("--- {} (exit status {})", c.command, c.status);
-            }
-            println!("{}", c.output);
-            failed |= c.status != 0;
-        }
-    }
-    eprintln!(
-        "diskless: TFTP requests the server received: {}",
-        report.tftp_requests
-    );
+    let failed = print_results(&report);
     if let Some(path) = &args.report {
-        let phases = |c: &ClientReport| {
-            c.phases
-                .iter()
-                .map(|(p, s)| serde_json::json!({"phase": p, "seconds": s}))
-                .collect::<Vec<_>>()
+        let report = Report {
+            image: manifest.name.clone(),
+            version: manifest.version.clone(),
+            firmware: args.firmware,
+            mode: args.mode,
+            tftp_requests: report.tftp_requests,
+            clients: report.clients,
         };
-        let commands = |c: &ClientReport| {
-            c.commands
-                .iter()
-                .map(|c| serde_json::json!({"command": c.command, "output": c.output, "status": c.status}))
-                .collect::<Vec<_>>()
-        };
-        let first = &report.clients[0];
-        let json = serde_json::json!({
-            "image": manifest.name,
-            "version": manifest.version,
-            "firmware": args.firmware.as_str(),
-            "mode": name_in_config(&args.mode),
-            // Read requests to the server's TFTP port (an nftables counter): 0, nothing went
-            // over TFTP.
-            "tftp_requests": report.tftp_requests,
-            // The first client's, as before there could be several.
-            "phases": phases(first),
-            "commands": commands(first),
-            "clients": report.clients.iter().map(|c| serde_json::json!({
-                "mac": c.mac,
-                "phases": phases(c),
-                "commands": commands(c),
-            })).collect::<Vec<_>>(),
-        });
-        std::fs::write(path, serde_json::to_string_pretty(&json)?)?;
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
     }
     Ok(if failed {
         ExitCode::FAILURE

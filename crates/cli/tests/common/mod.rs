@@ -130,24 +130,18 @@ pub fn vm(image: &str, store: &Path, logs: &Path, checks: &[&str]) -> Command {
 }
 
 /// The report a [`vm`] run wrote.
-pub fn read_report(logs: &Path) -> Value {
+pub fn read_report(logs: &Path) -> diskless_vm::Report {
     let path = logs.join("report.json");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 /// Output and exit status of `command` in a client's part of the report.
-pub fn command_output(client: &Value, command: &str) -> (String, i64) {
-    let c = client["commands"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["command"] == command)
+pub fn command_output(client: &diskless_vm::ClientReport, command: &str) -> (String, i32) {
+    let c = client
+        .command(command)
         .unwrap_or_else(|| panic!("no result for {command}"));
-    (
-        c["output"].as_str().unwrap().to_string(),
-        c["status"].as_i64().unwrap(),
-    )
+    (c.output.clone(), c.status)
 }
 
 /// Put the test image into `store` as image `name` (hard links; the manifest is rewritten for

@@ -77,7 +77,11 @@ pub fn minimal_tree(root: &Path) {
         dep.push_str(&format!("{m}:\n"));
     }
     let verity = "kernel/drivers/md/dm-verity.ko";
-    write(root, &format!("{modules}/{verity}"), format!("\x7fELF {verity}"));
+    write(
+        root,
+        &format!("{modules}/{verity}"),
+        format!("\x7fELF {verity}"),
+    );
     dep.push_str(&format!("{verity}: kernel/drivers/md/dm-mod.ko\n"));
     write(root, &format!("{modules}/modules.dep"), dep);
     write(root, "usr/bin/tool", "#!/bin/sh\necho tool\n");
