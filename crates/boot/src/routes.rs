@@ -9,6 +9,8 @@
 //!                                          boot's token (see diskless_server::tokens)
 //! GET  /api/clients                        the boot record of every client, as JSON
 //! GET  /accounts/{file}                     the lab's accounts (an AccountsFile), with [accounts]
+//! GET  /grub/clients/{mac}.cfg              the client's GRUB config (Secure Boot chain; {mac}:
+//!                                          aa:bb:cc:dd:ee:ff, GRUB's $net_default_mac), also TFTP
 //! ```
 //!
 //! [`Route::path`] builds a path, [`Route::parse`] reads one back (`parse(path()) == route`,
@@ -126,6 +128,9 @@ pub enum Route {
     Clients,
     /// `/accounts/{file}`: the lab's accounts.
     Accounts(AccountsFile),
+    /// `/grub/clients/{mac}.cfg`: the client's GRUB config, for a GRUB with http (Debian 13's
+    /// signed network image; the dispatcher tries HTTP first, see [`crate::grub`]).
+    GrubConfig(Mac),
 }
 
 /// A path that is none of the [`Route`]s, with what was wrong.
@@ -170,6 +175,7 @@ impl Route {
             Route::Report(mac) => format!("/api/report/{}", mac.hyphenated()),
             Route::Clients => "/api/clients".into(),
             Route::Accounts(file) => format!("/{ACCOUNTS_DIR}/{}", file.name()),
+            Route::GrubConfig(mac) => crate::grub::client_config_path(*mac),
         }
     }
 
@@ -244,6 +250,9 @@ impl Route {
                 .find(|f| f.name() == *file)
                 .map(Route::Accounts)
                 .ok_or_else(unknown),
+            ["grub", "clients", _] => crate::grub::client_config_mac(path)
+                .map(Route::GrubConfig)
+                .ok_or_else(unknown),
             _ => Err(unknown()),
         }
     }
@@ -279,6 +288,7 @@ mod tests {
             Route::Accounts(AccountsFile::Passwd),
             Route::Accounts(AccountsFile::Group),
             Route::Accounts(AccountsFile::KnownHosts),
+            Route::GrubConfig(mac()),
         ];
         for route in routes {
             assert_eq!(Route::parse(&route.path()), Ok(route.clone()), "{route}");
@@ -325,6 +335,9 @@ mod tests {
             "/accounts/shadow",
             "/accounts/",
             "/accounts/passwd/x",
+            "/grub/clients/not-a-mac.cfg",
+            "/grub/clients/52:54:00:12:34:56",
+            "/grub/grub.cfg",
             "",
             "boot",
         ] {

@@ -706,7 +706,7 @@ pub fn clients_file(state: &Path) -> PathBuf {
 }
 
 /// Whether any client boots the Secure Boot chain (`[boot] secure_boot`, or a client's).
-fn secure_boot_used(site: &Site) -> bool {
+pub(crate) fn secure_boot_used(site: &Site) -> bool {
     site.secure_boot || site.clients.values().any(|c| c.secure_boot == Some(true))
 }
 
