@@ -145,22 +145,37 @@ fn uefi_secure_boot_through_shim_and_grub() {
         assert!(loaded.contains(&module), "{module} not loaded: {loaded:?}");
     }
 
-    // The chain as the server saw it: shim, then GRUB, over TFTP; GRUB's dispatcher and
-    // this client's config.
+    // The chain as the server saw it: shim, then GRUB, then GRUB's dispatcher over TFTP;
+    // then this client's config and the kernel over TFTP from bookworm's GRUB (2.06, no http
+    // module), over HTTP from trixie's (2.12 has it: see diskless_boot::grub).
     let log = std::fs::read_to_string(logs.join("server.log")).unwrap();
-    for file in [
-        "shimx64.efi",
-        "grubx64.efi",
-        "grub/grub.cfg",
-        &format!("grub/clients/{MAC}.cfg"),
-    ] {
+    let sent_over_tftp = |file: &str| {
+        log.lines()
+            .any(|l| l.contains("tftp: sent") && l.contains(file))
+    };
+    for file in ["shimx64.efi", "grubx64.efi", "grub/grub.cfg"] {
         assert!(
-            log.lines()
-                .any(|l| l.contains("tftp: sent") && l.contains(file)),
+            sent_over_tftp(file),
             "{file} was not sent over TFTP:\n{log}"
         );
     }
-    assert!(report["tftp_requests"].as_u64().unwrap() >= 4);
+    let config = format!("grub/clients/{MAC}.cfg");
+    let grub_has_http = release != Release::Bookworm;
+    assert_eq!(
+        (sent_over_tftp(&config), sent_over_tftp("/vmlinuz")),
+        (!grub_has_http, !grub_has_http),
+        "{} GRUB: config and kernel over {}:\n{log}",
+        release.suite(),
+        if grub_has_http { "HTTP" } else { "TFTP" }
+    );
+    if grub_has_http {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("http: sending") && l.contains("file=vmlinuz")),
+            "the kernel was not sent over HTTP:\n{log}"
+        );
+    }
+    assert!(report["tftp_requests"].as_u64().unwrap() >= 3);
 }
 
 /// The Debian release of this machine (`VERSION_CODENAME` of /etc/os-release), if diskless
@@ -193,7 +208,15 @@ fn with_chain_of(release: Release, vm: &Command, dir: &Path) -> Command {
     script.push_str("exec \"$@\"\n");
     let mut wrapped = Command::new("unshare");
     wrapped
-        .args(["--mount", "--propagation", "slave", "sh", "-c", &script, "sh"])
+        .args([
+            "--mount",
+            "--propagation",
+            "slave",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+        ])
         .arg(vm.get_program())
         .args(vm.get_args());
     wrapped
@@ -224,7 +247,11 @@ fn secure_boot_packages(release: Release, dir: &Path) -> PathBuf {
     for deb in std::fs::read_dir(overlay.merged.join("tmp/debs")).unwrap() {
         let deb = deb.unwrap().path();
         run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked));
-        eprintln!("Secure Boot chain of {}: {}", release.suite(), deb.display());
+        eprintln!(
+            "Secure Boot chain of {}: {}",
+            release.suite(),
+            deb.display()
+        );
     }
     std::fs::write(&done, "").unwrap();
     unpacked
