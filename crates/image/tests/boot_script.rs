@@ -386,10 +386,9 @@ fn the_autologin_console_waits_for_its_device_as_long_as_it_takes() {
         device,
         "[Unit]\nJobTimeoutSec=infinity\nJobRunningTimeoutSec=infinity\n"
     );
-    let getty = std::fs::read_to_string(
-        units.join("serial-getty@ttyS0.service.d/diskless-autologin.conf"),
-    )
-    .unwrap();
+    let getty =
+        std::fs::read_to_string(units.join("serial-getty@ttyS0.service.d/diskless-autologin.conf"))
+            .unwrap();
     assert!(getty.contains("--autologin root"), "{getty}");
 }
 
