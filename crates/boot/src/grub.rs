@@ -34,7 +34,10 @@
 //!   under Secure Boot shim_lock refuses modules anyway. So the dispatcher tries the client's
 //!   config over HTTP first, and the kernel and initrds follow over HTTP where GRUB has it;
 //!   with Debian 12's image they come over TFTP (lock-step 1024-byte blocks: the 30 MB
-//!   stock initrd took 14 s, 2.2 MB/s, in the QEMU test). `insmod http`
+//!   stock initrd took 14 s, 2.2 MB/s, in the QEMU test). Debian 13's signed image (GRUB
+//!   2.12, `grub-efi-amd64-signed` 1+2.12+9+deb13u4) has http among its modules: it reads
+//!   the client's config from the HTTP server ([`crate::Route::GrubConfig`]), then the
+//!   kernel and initrds. `insmod http`
 //!   cannot decide this: it returns success even when loading fails (the client printed the
 //!   "not found" error and took the `then` branch of `if insmod http`).
 //! - GRUB 2.06 names a network device `(PROTOCOL,HOST)`, without a port: HTTP is tried only

@@ -8,10 +8,10 @@
 //! `ForceCommand internal-sftp`, no forwarding): the homes work, a shell on the server does not.
 //!
 //! The server side runs in the `diskless vm` network namespace: `diskless serve` with
-//! `[accounts]` (the vm's own server), and Debian's sshd from the bootstrapped tree cached in
-//! $DISKLESS_CACHE/roots/bookworm, never modified: it is the lower layer of an overlay where the
-//! test user is added (`useradd`, `chpasswd`) and host keys made, and sshd runs chrooted into
-//! it. The host's own accounts are not touched. The clients log in with sshpass and ssh from
+//! `[accounts]` (the vm's own server), and Debian's sshd from the bootstrapped tree of the
+//! seats' release cached in $DISKLESS_CACHE/roots/SUITE (bookworm, or `DISKLESS_TEST_SUITE`'s),
+//! never modified: it is the lower layer of an overlay where the test user is added
+//! (`useradd`, `chpasswd`) and host keys made, and sshd runs chrooted into it. The host's own accounts are not touched. The clients log in with sshpass and ssh from
 //! the same namespace.
 //!
 //! Run by scripts/test (`cargo test -p diskless --test accounts -- --ignored`): it needs root,
@@ -66,7 +66,8 @@ struct ServerTree {
 
 impl ServerTree {
     fn new(dir: &Path) -> ServerTree {
-        let lower = cache().join("roots/bookworm");
+        // The server runs the release the seats do (DISKLESS_TEST_SUITE).
+        let lower = cache().join("roots").join(common::test_release().suite());
         assert!(
             lower.join("usr/sbin/sshd").is_file(),
             "{} is not a bootstrapped Debian tree with openssh-server: the end-to-end test \

@@ -169,6 +169,9 @@ fn a_trixie_workstation_boots_from_a_ram_overlay() {
         "systemctl is-system-running --wait || true",
         "systemctl list-units --failed --plain --no-legend",
         "readlink /etc/systemd/system-generators/systemd-ssh-generator",
+        // The units that would rebuild caches at every boot of a seat (tidy::MASKED).
+        "systemctl show -P LoadState ldconfig.service systemd-update-done.service \
+         systemd-journal-catalog-update.service systemd-hwdb-update.service",
     ];
     run_vm(&mut vm("trixie", &store, &logs, &checks));
     let report = read_report(&logs);
@@ -190,6 +193,13 @@ fn a_trixie_workstation_boots_from_a_ram_overlay() {
     // systemd-ssh-generator, which fails at every boot in QEMU, is masked.
     let (masked, status) = command_output(report.first(), checks[4]);
     assert_eq!((masked.trim(), status), ("/dev/null", 0));
+    let (states, status) = command_output(report.first(), checks[5]);
+    assert_eq!(status, 0, "{states}");
+    assert_eq!(
+        states.split_whitespace().collect::<Vec<_>>(),
+        ["masked"; 4],
+        "{states}"
+    );
 }
 
 /// Issue 5: `diskless initrd install` makes the tree's own initrd carry the boot script, the

@@ -15,7 +15,12 @@
 //! --test-threads=1`), sharing the test image with the other boot tests (see common).
 
 mod common;
-use common::{add_image, command_output, read_report, record, run_vm, stages, vm, Work};
+use common::{
+    add_image, cache, command_output, read_report, record, run, run_vm, stages, test_release, vm,
+    Overlay, Release, Work,
+};
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 const MAC: &str = "52:54:00:12:34:56";
 const ROOT_FS: &str = "findmnt -n -o FSTYPE /";
@@ -102,12 +107,13 @@ fn uefi_secure_boot_through_shim_and_grub() {
     add_image(&store, "test");
     let logs = work.path().join("logs");
     let checks = [ROOT_FS, SECURE_BOOT_VAR, LOCKDOWN, MODULES];
-    run_vm(vm("test", &store, &logs, &checks).args([
-        "--firmware",
-        "uefi-secureboot",
-        "--mac",
-        MAC,
-    ]));
+    let mut vm = vm("test", &store, &logs, &checks);
+    vm.args(["--firmware", "uefi-secureboot", "--mac", MAC]);
+    let release = test_release();
+    match host_release() {
+        Some(host) if host == release => run_vm(&mut vm),
+        _ => run_vm(&mut with_chain_of(release, &vm, work.path())),
+    }
     let report = read_report(&logs);
     eprintln!("uefi-secureboot: boot phases {:?}", report.first().phases);
     let (fstype, status) = command_output(report.first(), ROOT_FS);
@@ -135,20 +141,114 @@ fn uefi_secure_boot_through_shim_and_grub() {
         assert!(loaded.contains(&module), "{module} not loaded: {loaded:?}");
     }
 
-    // The chain as the server saw it: shim, then GRUB, over TFTP; GRUB's dispatcher and
-    // this client's config.
+    // The chain as the server saw it: shim, then GRUB, then GRUB's dispatcher over TFTP;
+    // then this client's config and the kernel over TFTP from bookworm's GRUB (2.06, no http
+    // module), over HTTP from trixie's (2.12 has it: see diskless_boot::grub).
     let log = std::fs::read_to_string(logs.join("server.log")).unwrap();
-    for file in [
-        "shimx64.efi",
-        "grubx64.efi",
-        "grub/grub.cfg",
-        &format!("grub/clients/{MAC}.cfg"),
-    ] {
+    let sent_over_tftp = |file: &str| {
+        log.lines()
+            .any(|l| l.contains("tftp: sent") && l.contains(file))
+    };
+    for file in ["shimx64.efi", "grubx64.efi", "grub/grub.cfg"] {
         assert!(
-            log.lines()
-                .any(|l| l.contains("tftp: sent") && l.contains(file)),
+            sent_over_tftp(file),
             "{file} was not sent over TFTP:\n{log}"
         );
     }
-    assert!(report.tftp_requests >= 4);
+    let config = format!("grub/clients/{MAC}.cfg");
+    let grub_has_http = release != Release::Bookworm;
+    assert_eq!(
+        (sent_over_tftp(&config), sent_over_tftp("/vmlinuz")),
+        (!grub_has_http, !grub_has_http),
+        "{} GRUB: config and kernel over {}:\n{log}",
+        release.suite(),
+        if grub_has_http { "HTTP" } else { "TFTP" }
+    );
+    if grub_has_http {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("http: sending") && l.contains("file=vmlinuz")),
+            "the kernel was not sent over HTTP:\n{log}"
+        );
+    }
+    assert!(report.tftp_requests >= 3);
+}
+
+/// The Debian release of this machine (`VERSION_CODENAME` of /etc/os-release), if diskless
+/// makes images of it.
+fn host_release() -> Option<Release> {
+    let text = std::fs::read_to_string("/etc/os-release").ok()?;
+    let codename = text
+        .lines()
+        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))?;
+    Release::from_suite(codename.trim_matches('"'))
+}
+
+/// `vm` run with the Secure Boot chain of `release` (issue 23): a lab's server serves its own
+/// Debian's shim and GRUB network image from their packages' paths, so seats of `release`
+/// booted from a server of `release` get that release's. When the host is another release
+/// (trixie seats from the bookworm host CI runs on), `release`'s shim-signed and
+/// grub-efi-amd64-signed are mounted over the host's files for the vm alone: `diskless vm`
+/// runs in a mount namespace of its own (slave, so the host's mounts still reach it and its
+/// own stay in). Trixie's differ from bookworm's: shim built for trixie, GRUB 2.12 whose
+/// signed network image has the http module (bookworm's GRUB 2.06 has none).
+fn with_chain_of(release: Release, vm: &Command, dir: &Path) -> Command {
+    use diskless_boot::grub::{GRUBNET_SIGNED, SHIM_SIGNED};
+    let chain = secure_boot_packages(release, dir);
+    let mut script = String::from("set -e\n");
+    for path in [SHIM_SIGNED, GRUBNET_SIGNED] {
+        let ours = chain.join(path.trim_start_matches('/'));
+        assert!(ours.is_file(), "{} missing", ours.display());
+        script.push_str(&format!("mount --bind '{}' '{path}'\n", ours.display()));
+    }
+    script.push_str("exec \"$@\"\n");
+    let mut wrapped = Command::new("unshare");
+    wrapped
+        .args([
+            "--mount",
+            "--propagation",
+            "slave",
+            "sh",
+            "-c",
+            &script,
+            "sh",
+        ])
+        .arg(vm.get_program())
+        .args(vm.get_args());
+    wrapped
+}
+
+/// `release`'s shim-signed and grub-efi-amd64-signed unpacked into
+/// $DISKLESS_CACHE/secure-boot/SUITE (downloaded once): apt in the release's bootstrapped
+/// tree, under an overlay in `dir` so that the cached tree is not changed.
+fn secure_boot_packages(release: Release, dir: &Path) -> PathBuf {
+    let unpacked = cache().join("secure-boot").join(release.suite());
+    let done = unpacked.join(".unpacked");
+    if done.is_file() {
+        return unpacked;
+    }
+    let tree = common::bootstrapped_tree(release);
+    let overlay = Overlay::mount(&tree, &dir.join("secure-boot-apt"));
+    std::fs::copy("/etc/resolv.conf", overlay.merged.join("etc/resolv.conf"))
+        .expect("/etc/resolv.conf for apt in the tree");
+    std::fs::create_dir_all(overlay.merged.join("tmp/debs")).unwrap();
+    run(Command::new("chroot").arg(&overlay.merged).args([
+        "sh",
+        "-c",
+        "apt-get update -q && cd /tmp/debs && \
+         apt-get download -q shim-signed grub-efi-amd64-signed",
+    ]));
+    let _ = std::fs::remove_dir_all(&unpacked);
+    std::fs::create_dir_all(&unpacked).unwrap();
+    for deb in std::fs::read_dir(overlay.merged.join("tmp/debs")).unwrap() {
+        let deb = deb.unwrap().path();
+        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&unpacked));
+        eprintln!(
+            "Secure Boot chain of {}: {}",
+            release.suite(),
+            deb.display()
+        );
+    }
+    std::fs::write(&done, "").unwrap();
+    unpacked
 }

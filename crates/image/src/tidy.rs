@@ -127,11 +127,44 @@ WantedBy=multi-user.target
 /// AF_VSOCK when it finds itself in a VM and on a local AF_UNIX socket: on a seat in QEMU
 /// without a vsock device it fails at every boot (`Failed to query local AF_VSOCK CID`,
 /// issue 23), and a seat is reached over the network by openssh-server's own ssh.service.
-pub const MASKED: &[(&str, &str, &str)] = &[(
-    "system-generators",
-    "systemd-ssh-generator",
-    "sshd on AF_VSOCK and a local socket: seats are reached by ssh.service over the network",
-)];
+///
+/// The `ConditionNeedsUpdate=` units (systemd 257: trixie ships them, bookworm's systemd 252
+/// package did not) rebuild caches when /usr is newer than /etc/.updated or /var/.updated,
+/// which systemd-update-done.service writes. On a seat those files never survive (every boot
+/// starts from the image under a fresh RAM overlay, and a tree made by debootstrap has none),
+/// so each one ran at every boot: ldconfig.service (6.4 s) and systemd-update-done.service
+/// (2.0 s) in the critical chain to multi-user of a trixie seat, and
+/// systemd-journal-catalog-update.service (4.8 s) beside it (`systemd-analyze blame` and
+/// `critical-chain` of a seat under TCG on a loaded machine, issue 23). The image's caches are
+/// current already: dpkg's triggers rebuild them in the master at every install (ldconfig,
+/// `journalctl --update-catalog`, `systemd-hwdb update`).
+pub const MASKED: &[(&str, &str, &str)] = &[
+    (
+        "system-generators",
+        "systemd-ssh-generator",
+        "sshd on AF_VSOCK and a local socket: seats are reached by ssh.service over the network",
+    ),
+    (
+        "system",
+        "ldconfig.service",
+        "would rebuild /etc/ld.so.cache at every boot; dpkg's trigger keeps it current",
+    ),
+    (
+        "system",
+        "systemd-update-done.service",
+        "its stamps never survive a boot of a seat, so it would run at every boot",
+    ),
+    (
+        "system",
+        "systemd-journal-catalog-update.service",
+        "would rebuild the journal catalog at every boot; dpkg's trigger keeps it current",
+    ),
+    (
+        "system",
+        "systemd-hwdb-update.service",
+        "would rebuild hwdb.bin at every boot; dpkg's trigger keeps it current",
+    ),
+];
 
 pub fn plan(source: &Path, stage: &Path, opts: &TidyOptions) -> Result<Plan> {
     let mut plan = Plan::default();
@@ -1018,6 +1051,36 @@ tmpfs /tmp tmpfs defaults 0 0\n\
         std::os::unix::fs::symlink("/dev/null", etc.join("systemd-ssh-generator")).unwrap();
         let admin = plan(src.path(), stage.path(), &TidyOptions::default()).unwrap();
         assert!(admin.pseudo.is_empty(), "{:?}", admin.pseudo);
+    }
+
+    #[test]
+    fn the_update_units_are_masked_where_the_release_has_them() {
+        let src = tempfile::tempdir().unwrap();
+        let stage = tempfile::tempdir().unwrap();
+        let units = src.path().join("usr/lib/systemd/system");
+        fs::create_dir_all(&units).unwrap();
+        fs::create_dir_all(src.path().join("etc/systemd/system")).unwrap();
+        fs::write(units.join("ssh.service"), "").unwrap();
+        // bookworm's systemd 252 package ships none of them.
+        let bookworm = plan(src.path(), stage.path(), &TidyOptions::default()).unwrap();
+        assert!(bookworm.pseudo.is_empty(), "{:?}", bookworm.pseudo);
+
+        let names = [
+            "ldconfig.service",
+            "systemd-update-done.service",
+            "systemd-journal-catalog-update.service",
+            "systemd-hwdb-update.service",
+        ];
+        for name in names {
+            fs::write(units.join(name), "[Unit]\nConditionNeedsUpdate=/etc\n").unwrap();
+        }
+        let trixie = plan(src.path(), stage.path(), &TidyOptions::default()).unwrap();
+        let expected: Vec<String> = names
+            .iter()
+            .map(|n| format!("etc/systemd/system/{n} s 777 0 0 /dev/null"))
+            .collect();
+        assert_eq!(trixie.pseudo, expected);
+        assert_eq!(trixie.changes.len(), names.len(), "{:?}", trixie.changes);
     }
 
     const SHADOW: &str = "root:$y$j9T$abc$def:19000:0:99999:7:::\n\

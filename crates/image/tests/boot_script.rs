@@ -356,6 +356,46 @@ fn functions_leave_only_their_documented_outputs() {
 /// failed units, once per boot; a timeout says nothing once multi-user is reached, and is
 /// reported `reason=timeout` otherwise. (A real boot: crates/cli/tests/failures.rs.)
 #[test]
+fn the_autologin_console_waits_for_its_device_as_long_as_it_takes() {
+    if let Some(why) = diskless_testkit::missing_tools(&["busybox"]) {
+        diskless_testkit::skip(&format!(
+            "{why}: install busybox-static (scripts/install-deps)"
+        ));
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    write(dir, "diskless", BOOT_SCRIPT);
+    let script = format!(
+        ". {dir}/diskless\n\
+         DISKLESS={dir}/initrd\n\
+         DISKLESS_RUN={dir}/run\n\
+         rootmnt={dir}/root\n\
+         HOSTNAME=\n\
+         diskless_report_url=\n\
+         diskless_autologin=ttyS0\n\
+         diskless_configure_root\n",
+        dir = dir.display()
+    );
+    let out = Command::new("busybox")
+        .args(["sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let units = dir.join("root/etc/systemd/system");
+    let device =
+        std::fs::read_to_string(units.join("dev-ttyS0.device.d/diskless-autologin.conf")).unwrap();
+    assert_eq!(
+        device,
+        "[Unit]\nJobTimeoutSec=infinity\nJobRunningTimeoutSec=infinity\n"
+    );
+    let getty =
+        std::fs::read_to_string(units.join("serial-getty@ttyS0.service.d/diskless-autologin.conf"))
+            .unwrap();
+    assert!(getty.contains("--autologin root"), "{getty}");
+}
+
+#[test]
 fn a_boot_stopped_after_the_root_is_mounted_is_reported_once_with_its_reason() {
     if let Some(why) = diskless_testkit::missing_tools(&["busybox"]) {
         diskless_testkit::skip(&format!(

@@ -323,9 +323,14 @@ pub async fn serve(
                 request.extensions_mut().insert(ConnectInfo(remote));
                 router.clone().oneshot(request.map(axum::body::Body::new))
             });
+            // Title-case header names (`Content-Length`, not hyper's `content-length`): GRUB
+            // 2.12's http module (Debian 13's signed network image) compares them
+            // case-sensitively, so it missed the length, read to the connection's close and
+            // asked again, four times (tcpdump of a Secure Boot seat; http.c `parse_line`).
             let conn = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(limits.header_read)
+                .title_case_headers(true)
                 .serve_connection(io, service);
             tokio::pin!(conn);
             let idle = idle_for(&moved, limits.idle);
@@ -462,6 +467,14 @@ mod tests {
             .filter(|c| *c)
             .count();
         assert_eq!(3000 - closed, PER_ADDRESS);
+    }
+
+    #[tokio::test]
+    async fn header_names_are_title_case_as_grub_reads_them() {
+        let (addr, _stop) = start(LONG).await;
+        let answer = get_from("127.0.0.1", addr, "/").await;
+        let head = answer.split("\r\n\r\n").next().unwrap();
+        assert!(head.contains("\r\nContent-Length: 2\r\n"), "{head}");
     }
 
     #[tokio::test]

@@ -61,9 +61,27 @@ pub fn bootstrapped_tree(release: Release) -> PathBuf {
     root
 }
 
-/// The version directory of the bookworm image the boot tests share: see [`test_image_of`].
+/// The release the boot tests boot (and the accounts test's server runs): named by
+/// `DISKLESS_TEST_SUITE` (`bookworm`, `trixie`), bookworm when unset. scripts/test runs a
+/// subset of the boot tests a second time with `DISKLESS_TEST_SUITE=trixie`, so each test is
+/// written once for every release.
+pub fn test_release() -> Release {
+    match std::env::var("DISKLESS_TEST_SUITE") {
+        Err(std::env::VarError::NotPresent) => Release::Bookworm,
+        Ok(suite) => Release::from_suite(&suite).unwrap_or_else(|| {
+            panic!(
+                "DISKLESS_TEST_SUITE={suite}: not one of {:?}",
+                Release::ALL.map(Release::suite)
+            )
+        }),
+        Err(e) => panic!("DISKLESS_TEST_SUITE: {e}"),
+    }
+}
+
+/// The version directory of the image the boot tests share, of [`test_release`]: see
+/// [`test_image_of`].
 pub fn test_image() -> &'static Path {
-    test_image_of(Release::Bookworm)
+    test_image_of(test_release())
 }
 
 /// The version directory of `release`'s shared test image. With `DISKLESS_TEST_STORE`, the
