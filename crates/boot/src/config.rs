@@ -17,7 +17,7 @@ use std::collections::HashSet;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-pub use values::{AddressRange, AdminListen, HostPort, Network, Size, UidRange};
+pub use values::{AddressRange, AdminListen, HostPort, MulticastGroups, Network, Size, UidRange};
 
 pub const DEFAULT_PATH: &str = "/etc/diskless/diskless.toml";
 pub const DEFAULT_STORE: &str = "/var/lib/diskless/store";

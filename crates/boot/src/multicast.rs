@@ -11,24 +11,27 @@
 //! idle = 60                    # seconds without a join before a session stops
 //! ```
 
+use crate::config::MulticastGroups;
 use serde::Deserialize;
 use std::net::Ipv4Addr;
+use std::num::{NonZeroU16, NonZeroU32, NonZeroU8};
 
-/// The `[multicast]` section as written.
+/// The `[multicast]` section as written, each value checked as it is read (a mistake is
+/// reported at its line: `crate::config`).
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct MulticastSection {
     /// Seats may join a session (default false).
     pub enabled: bool,
-    /// The groups sessions take, an IPv4 CIDR inside 239.0.0.0/8 (administratively scoped,
+    /// The groups sessions take, an IPv4 network inside 239.0.0.0/8 (administratively scoped,
     /// RFC 2365: never routed off the site).
-    pub groups: String,
+    pub groups: MulticastGroups,
     /// UDP port every session sends to.
-    pub port: u16,
+    pub port: NonZeroU16,
     /// Megabits per second a session sends at.
-    pub rate: u32,
+    pub rate: NonZeroU32,
     /// IP TTL of the datagrams: 1 keeps them on the seats' subnet.
-    pub ttl: u8,
+    pub ttl: NonZeroU8,
     /// Seconds without a join after which a session stops.
     pub idle: u64,
 }
@@ -37,16 +40,16 @@ impl Default for MulticastSection {
     fn default() -> Self {
         MulticastSection {
             enabled: false,
-            groups: "239.255.77.0/24".into(),
-            port: 5940,
-            rate: 500,
-            ttl: 1,
+            groups: "239.255.77.0/24".parse().expect("a scoped network"),
+            port: NonZeroU16::new(5940).expect("not 0"),
+            rate: NonZeroU32::new(500).expect("not 0"),
+            ttl: NonZeroU8::MIN,
             idle: 60,
         }
     }
 }
 
-/// `[multicast]` checked: what the server's sessions use.
+/// `[multicast]` as the server's sessions use it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Multicast {
     /// The group range.
@@ -62,31 +65,16 @@ pub struct Multicast {
 }
 
 impl MulticastSection {
-    /// The checked settings; `None` when disabled.
-    pub fn resolve(&self) -> Result<Option<Multicast>, String> {
-        if !self.enabled {
-            return Ok(None);
-        }
-        let groups: ipnet::Ipv4Net = self
-            .groups
-            .parse()
-            .map_err(|_| format!("[multicast] groups {:?} is not an IPv4 CIDR", self.groups))?;
-        let scoped: ipnet::Ipv4Net = "239.0.0.0/8".parse().expect("a CIDR");
-        if !scoped.contains(&groups) {
-            return Err(format!(
-                "[multicast] groups {groups} is outside 239.0.0.0/8, the administratively scoped groups"
-            ));
-        }
-        if self.rate == 0 || self.ttl == 0 || self.port == 0 {
-            return Err("[multicast] rate, ttl and port must be more than 0".into());
-        }
-        Ok(Some(Multicast {
-            groups: groups.trunc(),
-            port: self.port,
-            bytes_per_second: u64::from(self.rate) * 1_000_000 / 8,
-            ttl: self.ttl,
+    /// What the sessions use; `None` when disabled. (Nothing left to check: the values were
+    /// checked when the config was read.)
+    pub fn resolve(&self) -> Option<Multicast> {
+        self.enabled.then(|| Multicast {
+            groups: self.groups.net(),
+            port: self.port.get(),
+            bytes_per_second: u64::from(self.rate.get()) * 1_000_000 / 8,
+            ttl: self.ttl.get(),
             idle_seconds: self.idle.max(1),
-        }))
+        })
     }
 }
 
@@ -172,26 +160,40 @@ mod tests {
     }
 
     #[test]
-    fn off_by_default_and_checked_when_on() {
-        assert_eq!(MulticastSection::default().resolve(), Ok(None));
+    fn off_by_default_and_resolved_when_on() {
+        assert_eq!(MulticastSection::default().resolve(), None);
         let on = MulticastSection {
             enabled: true,
             ..Default::default()
         };
-        let m = on.resolve().unwrap().unwrap();
+        let m = on.resolve().unwrap();
         assert_eq!(m.bytes_per_second, 62_500_000);
         assert_eq!(m.ttl, 1);
         assert_eq!(m.group(0), Ipv4Addr::new(239, 255, 77, 1));
         assert_eq!(m.group(254), Ipv4Addr::new(239, 255, 77, 1), "wraps round");
-        let global = MulticastSection {
-            groups: "224.1.2.0/24".into(),
-            ..on.clone()
-        };
-        assert!(global
-            .resolve()
-            .unwrap_err()
-            .contains("outside 239.0.0.0/8"));
-        let zero = MulticastSection { rate: 0, ..on };
-        assert!(zero.resolve().unwrap_err().contains("more than 0"));
+    }
+
+    /// Mistakes are reported where they are written (the config's file:line).
+    #[test]
+    fn a_bad_section_is_refused_at_its_line() {
+        for (text, line, said) in [
+            (
+                "[multicast]\ngroups = \"224.1.2.0/24\"\n",
+                2,
+                "outside 239.0.0.0/8",
+            ),
+            (
+                "[multicast]\ngroups = \"239.1.1.1-239.1.1.9\"\n",
+                2,
+                "not an IPv4 network",
+            ),
+            ("[multicast]\nenabled = true\nrate = 0\n", 3, "nonzero"),
+            ("[multicast]\nttl = 0\n", 2, "nonzero"),
+            ("[multicast]\nport = 0\n", 2, "nonzero"),
+        ] {
+            let e = crate::config::Config::parse(text, std::path::Path::new("t.toml")).unwrap_err();
+            assert_eq!(e.line, Some(line), "{text}: {e}");
+            assert!(e.to_string().contains(said), "{text}: {e}");
+        }
     }
 }

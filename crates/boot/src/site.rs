@@ -29,9 +29,6 @@ pub enum SiteError {
     /// No interface was given.
     #[error("no interface given: use --interface or set interface in the config")]
     NoInterface,
-    /// `[multicast]` that cannot be used.
-    #[error("{0}")]
-    Multicast(String),
     /// Full mode without a range, on a subnet too small for the default pool.
     #[error(
         "the subnet of {ip}/{netmask} is too small for the default pool (.100 to .199): set [dhcp] range"
@@ -236,7 +233,7 @@ impl Site {
             image_urls: config.boot.image_urls.clone(),
             subnets,
             accounts,
-            multicast: config.multicast.resolve().map_err(SiteError::Multicast)?,
+            multicast: config.multicast.resolve(),
         })
     }
 

@@ -207,28 +207,6 @@ impl Drop for Lab {
     }
 }
 
-/// A store with image `lab`, version `v1`: a random root.squashfs and its manifest, made
-/// current. Returns its sha256.
-fn store_with_image(dir: &Path) -> String {
-    let version = dir.join("images/lab/v1");
-    std::fs::create_dir_all(&version).unwrap();
-    let squashfs = version.join("root.squashfs");
-    let mut data = vec![0u8; IMAGE_BYTES];
-    let mut random = std::fs::File::open("/dev/urandom").unwrap();
-    std::io::Read::read_exact(&mut random, &mut data).unwrap();
-    std::fs::write(&squashfs, &data).unwrap();
-    let entry = diskless_image::manifest::hash_file(&squashfs).unwrap();
-    let manifest = serde_json::json!({
-        "name": "lab", "version": "v1", "created": "", "kernel_version": "",
-        "compression": "", "source": "multicast test", "build_seconds": 0.0,
-        "files": {"root.squashfs": {"size": entry.size, "sha256": entry.sha256}},
-        "changes": [],
-    });
-    std::fs::write(version.join("manifest.json"), manifest.to_string()).unwrap();
-    std::os::unix::fs::symlink("v1", dir.join("images/lab/current")).unwrap();
-    entry.sha256
-}
-
 /// `name=N` in the helper's log (its `fetched` line).
 fn count(log: &str, name: &str) -> Option<u64> {
     log.split(|c: char| c.is_whitespace() || c == '(' || c == ')')
@@ -244,7 +222,7 @@ fn seats_get_the_image_by_multicast_repair_losses_and_fall_back_where_it_is_bloc
     let Some(fetch) = fetch_helper() else { return };
     let mut lab = Lab::new();
     let store = lab.path().join("store");
-    let sha256 = store_with_image(&store);
+    let sha256 = common::store_with_random_image(&store, "lab", IMAGE_BYTES);
     lab.serve(&store);
     lab.drop_on(
         3,

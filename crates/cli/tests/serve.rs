@@ -207,15 +207,7 @@ fn serve_started_as_root_runs_as_its_user_with_two_capabilities() {
     let mut server = Server::start(&ns, &config, TEST_USER, dir.path().join("serve.log"));
 
     // It serves, on a port only CAP_NET_BIND_SERVICE could bind.
-    let body = ns.run(|| {
-        ureq::get("http://127.0.0.1:80/")
-            .call()
-            .expect("the server answers HTTP")
-            .into_body()
-            .read_to_string()
-            .unwrap()
-    });
-    assert_eq!(body, "diskless boot server\n");
+    serves_http(&ns);
 
     // Every thread, not only the main one: capabilities are per thread.
     for (task, status) in &thread_statuses(server.pid()) {

@@ -307,28 +307,6 @@ fn kill_namespace(ns: &str) {
     }
 }
 
-/// A store in `dir` with image `storm`, version `v1`: a random root.squashfs of
-/// IMAGE_BYTES and its manifest, made current. Returns the sha256.
-fn store_with_image(dir: &Path) -> String {
-    let version = dir.join("images/storm/v1");
-    std::fs::create_dir_all(&version).unwrap();
-    let squashfs = version.join("root.squashfs");
-    let mut data = vec![0u8; IMAGE_BYTES as usize];
-    let mut random = std::fs::File::open("/dev/urandom").unwrap();
-    std::io::Read::read_exact(&mut random, &mut data).unwrap();
-    std::fs::write(&squashfs, &data).unwrap();
-    let entry = diskless_image::manifest::hash_file(&squashfs).unwrap();
-    let manifest = serde_json::json!({
-        "name": "storm", "version": "v1", "created": "", "kernel_version": "",
-        "compression": "", "source": "storm test", "build_seconds": 0.0,
-        "files": {"root.squashfs": {"size": entry.size, "sha256": entry.sha256}},
-        "changes": [],
-    });
-    std::fs::write(version.join("manifest.json"), manifest.to_string()).unwrap();
-    std::os::unix::fs::symlink("v1", dir.join("images/storm/current")).unwrap();
-    entry.sha256
-}
-
 /// The server's log: for each client address, the ranges of root.squashfs it was sent
 /// (`whole file` for a plain GET), in order.
 fn image_requests(log: &Path) -> BTreeMap<String, Vec<String>> {
@@ -371,7 +349,11 @@ fn room_cache() {
     const CACHE: &str = "10.77.0.2:8080";
     let mut lab = Lab::new("cch", CLIENTS, fetch);
     lab.host("cache", "10.77.0.2");
-    let sha256 = store_with_image(&lab.path().join("store-origin"));
+    let sha256 = common::store_with_random_image(
+        &lab.path().join("store-origin"),
+        "storm",
+        IMAGE_BYTES as usize,
+    );
     let srv = lab.ns("srv");
     lab.serve(
         &srv,
@@ -517,7 +499,8 @@ fn two_servers() {
     let mut lab = Lab::new("two", CLIENTS, fetch);
     lab.host("b", SECOND);
     // The same images on both: the second server's store is a copy of the first's.
-    let sha256 = store_with_image(&lab.path().join("store-a"));
+    let sha256 =
+        common::store_with_random_image(&lab.path().join("store-a"), "storm", IMAGE_BYTES as usize);
     run(Command::new("cp")
         .arg("-a")
         .arg(lab.path().join("store-a"))
@@ -736,7 +719,8 @@ fn one_host_holding_thousands_of_connections_stops_no_boot() {
         "address",
         "52:54:00:00:00:01",
     ]));
-    let sha256 = store_with_image(&lab.path().join("store-a"));
+    let sha256 =
+        common::store_with_random_image(&lab.path().join("store-a"), "storm", IMAGE_BYTES as usize);
     let mut serve = lab.serve_command(
         &lab.ns("srv"),
         "a",

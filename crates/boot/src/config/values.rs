@@ -83,6 +83,40 @@ impl fmt::Display for Network {
     }
 }
 
+/// `239.255.77.0/24`: the groups multicast sessions take (`[multicast] groups`), an IPv4
+/// network inside 239.0.0.0/8, the administratively scoped groups (RFC 2365: a site's routers
+/// do not forward them off the site).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MulticastGroups(Network);
+
+impl MulticastGroups {
+    /// The network.
+    pub fn net(&self) -> ipnet::Ipv4Net {
+        self.0.net()
+    }
+}
+
+impl FromStr for MulticastGroups {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let net: Network = text.parse()?;
+        let scoped: ipnet::Ipv4Net = "239.0.0.0/8".parse().expect("a network");
+        if !scoped.contains(&net.net()) {
+            return Err(format!(
+                "{text:?} is outside 239.0.0.0/8, the administratively scoped groups"
+            ));
+        }
+        Ok(MulticastGroups(net))
+    }
+}
+
+impl fmt::Display for MulticastGroups {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// A tmpfs size (`[boot] size`): a number with an optional k, M, G or % suffix, `75%`,
 /// `4G`, `2048M`. Kept as written: it goes to the client's kernel command line as is.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -261,7 +295,15 @@ macro_rules! deserialize_from_str {
     )*};
 }
 
-deserialize_from_str!(AddressRange, Network, Size, UidRange, AdminListen, HostPort);
+deserialize_from_str!(
+    AddressRange,
+    Network,
+    MulticastGroups,
+    Size,
+    UidRange,
+    AdminListen,
+    HostPort
+);
 
 /// Parses a string by `T::from_str` inside the visitor: the error is raised where the
 /// deserializer still knows the value's span (an element's own, in an array).

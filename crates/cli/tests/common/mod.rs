@@ -381,3 +381,26 @@ pub fn promtool_check(text: &str) -> String {
         format!("exit {}: {said}", out.status)
     }
 }
+
+/// A store in `dir` with image `name`, version `v1`: a random root.squashfs of `bytes` and
+/// its manifest, made current (no kernel: for the tests that serve the image file alone, to
+/// the fetch helper). Returns its sha256.
+pub fn store_with_random_image(dir: &Path, name: &str, bytes: usize) -> String {
+    let version = dir.join("images").join(name).join("v1");
+    std::fs::create_dir_all(&version).unwrap();
+    let squashfs = version.join("root.squashfs");
+    let mut data = vec![0u8; bytes];
+    let mut random = std::fs::File::open("/dev/urandom").unwrap();
+    std::io::Read::read_exact(&mut random, &mut data).unwrap();
+    std::fs::write(&squashfs, &data).unwrap();
+    let entry = diskless_image::manifest::hash_file(&squashfs).unwrap();
+    let manifest = serde_json::json!({
+        "name": name, "version": "v1", "created": "", "kernel_version": "",
+        "compression": "", "source": "a test", "build_seconds": 0.0,
+        "files": {"root.squashfs": {"size": entry.size, "sha256": entry.sha256}},
+        "changes": [],
+    });
+    std::fs::write(version.join("manifest.json"), manifest.to_string()).unwrap();
+    std::os::unix::fs::symlink("v1", dir.join("images").join(name).join("current")).unwrap();
+    entry.sha256
+}
