@@ -336,6 +336,9 @@ pub fn run(cfg: &VmConfig) -> Result<VmReport, Error> {
     run_in(cfg, &ns)
 }
 
+/// The link's rate when the server is restarted during the download (`tc`'s units).
+const RESTART_TEST_RATE: &str = "40mbit";
+
 /// The tap of each client, in order.
 pub fn taps(cfg: &VmConfig) -> Vec<String> {
     cfg.clients.iter().map(|c| c.tap.clone()).collect()
@@ -361,6 +364,13 @@ pub fn run_in(cfg: &VmConfig, ns: &netns::Netns) -> Result<VmReport, Error> {
         netns::drop_at_random(&cfg.interface, cfg.loss_percent)?;
     }
     netns::count_tftp_requests(&cfg.interface, cfg.tftp_port)?;
+    if cfg.restart_server_during_fetch.is_some() {
+        // 162 MiB at 40 Mbit/s: about 34 s, time for the harness to stop and restart the
+        // server while the image is still coming.
+        for tap in taps(cfg) {
+            netns::limit_rate(&tap, RESTART_TEST_RATE)?;
+        }
+    }
     let server_ip = cfg
         .server_cidr
         .split('/')

@@ -103,6 +103,28 @@ pub fn drop_at_random(interface: &str, percent: u8) -> Result<(), Error> {
     nft_apply(&loss_rules(interface, percent))
 }
 
+/// Send at most `rate` (tc's units, `40mbit`) out of `interface` towards its client: a link
+/// slow enough that a download takes a while. Call it inside the namespace. Used for
+/// [`crate::VmConfig::restart_server_during_fetch`]: with dm-verity the helper no longer
+/// hashes while it downloads, and a 162 MiB image arrived in 0.9 s, before the harness could
+/// stop the server (failures.rs saw no resume).
+pub fn limit_rate(interface: &str, rate: &str) -> Result<(), Error> {
+    let status = Command::new("tc")
+        .args([
+            "qdisc", "replace", "dev", interface, "root", "tbf", "rate", rate,
+        ])
+        .args(["burst", "64kb", "latency", "400ms"])
+        .stdin(Stdio::null())
+        .status()
+        .map_err(|e| Error::Setup(format!("running tc: {e} (install iproute2)")))?;
+    if !status.success() {
+        return Err(Error::Setup(format!(
+            "tc qdisc replace dev {interface} root tbf rate {rate} failed ({status})"
+        )));
+    }
+    Ok(())
+}
+
 /// Count the TFTP read requests (UDP to `port`) arriving on `interface`, in a named nftables
 /// counter read by [`tftp_requests`]. Every TFTP transfer starts with one, whichever client
 /// or server implementation is involved, and the count does not depend on a capture being
