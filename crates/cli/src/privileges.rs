@@ -139,7 +139,9 @@ fn one_thread() -> Result<()> {
 /// them back. Call while the process has a single thread. Returns what is kept.
 pub fn keep_only(kept: &CapsHashSet) -> Result<CapsHashSet> {
     one_thread()?;
-    caps::clear(None, CapSet::Ambient).context("clearing the ambient capabilities")?;
+    // capset(2) first: where it is refused (the packaged unit's SystemCallFilter) nothing has
+    // changed yet, the ambient set included (prctl, allowed), so the process keeps the
+    // unit's sets whole.
     caps::clear(None, CapSet::Inheritable).context("clearing the inheritable capabilities")?;
     let permitted = caps::read(None, CapSet::Permitted).context("reading the capabilities")?;
     for cap in permitted.difference(kept) {
@@ -148,6 +150,7 @@ pub fn keep_only(kept: &CapsHashSet) -> Result<CapsHashSet> {
                 .with_context(|| format!("dropping {cap} from the {set:?} capabilities"))?;
         }
     }
+    caps::clear(None, CapSet::Ambient).context("clearing the ambient capabilities")?;
     let now = caps::read(None, CapSet::Permitted).context("reading the capabilities")?;
     if now.iter().any(|c| !kept.contains(c)) {
         bail!("dropping capabilities did not hold: still permitted {now:?}");

@@ -254,8 +254,16 @@ fn drop_privileges(args: &ServeArgs, cfg: &Config) -> Result<()> {
     use crate::privileges;
     let needed = privileges::needed(diskless_boot::site::Ipv6Ra::of(cfg));
     if !privileges::is_root() {
-        let kept = privileges::keep_only(&needed)?;
-        tracing::info!("capabilities: {}", privileges::names(&kept));
+        // Under the packaged unit capset(2) is refused: SystemCallFilter=~@privileged holds it
+        // (EPERM, seen in the package test: the service failed to start). The unit's own sets
+        // stay then; giving a capability up is a bonus, not a condition of serving.
+        match privileges::keep_only(&needed) {
+            Ok(kept) => tracing::info!("capabilities: {}", privileges::names(&kept)),
+            Err(e) => tracing::warn!(
+                error = %format!("{e:#}"),
+                "cannot give up the capabilities this config does not need; keeping the unit's"
+            ),
+        }
         return Ok(());
     }
     if args.user == "root" {
