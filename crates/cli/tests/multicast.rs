@@ -15,12 +15,12 @@
 //! scripts/test exports it).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::{Duration, Instant};
 
 mod common;
 
-use common::run;
+use common::{in_ns, run, storm_net};
 
 /// 10 MB: 153 blocks of 64 KiB, 9,766 datagrams a round.
 const IMAGE_BYTES: usize = 10_000_000;
@@ -28,33 +28,10 @@ const SERVER: &str = "10.77.0.1";
 const PORT: u16 = 5940;
 const SEATS: usize = 4;
 
-fn top() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn storm_net() -> Command {
-    Command::new(top().join("scripts/storm-net"))
-}
-
-fn in_ns(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns]).arg(program);
-    cmd
-}
-
 fn fetch_helper() -> Option<PathBuf> {
-    let path = std::env::var_os("DISKLESS_FETCH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| top().join("target/x86_64-unknown-linux-gnu/release/diskless-fetch"));
-    if path.is_file() {
-        Some(path)
-    } else {
-        diskless_testkit::skip(&format!(
-            "{}: no fetch helper (scripts/build, or set DISKLESS_FETCH)",
-            path.display()
-        ));
-        None
-    }
+    common::fetch_helper()
+        .map_err(|why| diskless_testkit::skip(&why))
+        .ok()
 }
 
 /// The namespaces (`mcPID-srv`, `mcPID-c1`..), the server and the directory of one test;

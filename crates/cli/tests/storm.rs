@@ -34,41 +34,12 @@ use std::time::{Duration, Instant};
 
 mod common;
 
-use common::run;
+use common::{fetch_helper, in_ns, run, storm_net, top};
 
 /// The image's size: 3 slices of docs/nginx-cache.conf's 4 MiB, the last one partial.
 const IMAGE_BYTES: u64 = 10_000_000;
 const SLICE: u64 = 4 * 1024 * 1024;
 const ORIGIN: &str = "10.77.0.1";
-
-fn top() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-fn storm_net() -> Command {
-    Command::new(top().join("scripts/storm-net"))
-}
-
-fn in_ns(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", ns]).arg(program);
-    cmd
-}
-
-/// The fetch helper's release build, or why the test cannot run.
-fn fetch_helper() -> Result<PathBuf, String> {
-    let path = std::env::var_os("DISKLESS_FETCH")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| top().join("target/x86_64-unknown-linux-gnu/release/diskless-fetch"));
-    if path.is_file() {
-        Ok(path)
-    } else {
-        Err(format!(
-            "{}: no fetch helper (scripts/build, or set DISKLESS_FETCH)",
-            path.display()
-        ))
-    }
-}
 
 /// Whether the test can run here; skips it (fails it under CI=true) if not.
 fn prerequisites(tools: &[&str]) -> Option<PathBuf> {

@@ -404,3 +404,36 @@ pub fn store_with_random_image(dir: &Path, name: &str, bytes: usize) -> String {
     std::os::unix::fs::symlink("v1", dir.join("images").join(name).join("current")).unwrap();
     entry.sha256
 }
+
+/// The repository's top directory.
+pub fn top() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `scripts/storm-net`: the namespaces, bridge and clients the storm and multicast tests use.
+pub fn storm_net() -> Command {
+    Command::new(top().join("scripts/storm-net"))
+}
+
+/// `program` run inside network namespace `ns`.
+pub fn in_ns(ns: &str, program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", ns]).arg(program);
+    cmd
+}
+
+/// The fetch helper's release build (`DISKLESS_FETCH` or scripts/build's), or why a test
+/// cannot run.
+pub fn fetch_helper() -> Result<PathBuf, String> {
+    let path = std::env::var_os("DISKLESS_FETCH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| top().join("target/x86_64-unknown-linux-gnu/release/diskless-fetch"));
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{}: no fetch helper (scripts/build, or set DISKLESS_FETCH)",
+            path.display()
+        ))
+    }
+}
