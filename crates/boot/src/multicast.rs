@@ -8,7 +8,6 @@
 //! port = 5940
 //! rate = 500                   # megabits per second per session
 //! ttl = 1                      # the lab's subnet only; routed campuses: docs/SCALING.md
-//! idle = 60                    # seconds without a join before a session stops
 //! ```
 
 use crate::config::MulticastGroups;
@@ -32,8 +31,6 @@ pub struct MulticastSection {
     pub rate: NonZeroU32,
     /// IP TTL of the datagrams: 1 keeps them on the seats' subnet.
     pub ttl: NonZeroU8,
-    /// Seconds without a join after which a session stops.
-    pub idle: u64,
 }
 
 impl Default for MulticastSection {
@@ -44,7 +41,6 @@ impl Default for MulticastSection {
             port: NonZeroU16::new(5940).expect("not 0"),
             rate: NonZeroU32::new(500).expect("not 0"),
             ttl: NonZeroU8::MIN,
-            idle: 60,
         }
     }
 }
@@ -60,8 +56,6 @@ pub struct Multicast {
     pub bytes_per_second: u64,
     /// IP TTL.
     pub ttl: u8,
-    /// Seconds without a join before a session stops.
-    pub idle_seconds: u64,
 }
 
 impl MulticastSection {
@@ -73,7 +67,6 @@ impl MulticastSection {
             port: self.port.get(),
             bytes_per_second: u64::from(self.rate.get()) * 1_000_000 / 8,
             ttl: self.ttl.get(),
-            idle_seconds: self.idle.max(1),
         })
     }
 }

@@ -160,6 +160,10 @@ fn fetch_inner(
     let Source::Http { host, port, .. } = &join_source else {
         return Err(format!("{join_url}: the join URL must be http://"));
     };
+    // The group first, the digests after: the sender owes this seat one round from its join
+    // (and a twentieth more), so the sooner we listen, the surer that round is whole; what
+    // arrives meanwhile waits in the socket's buffer.
+    let socket = join_group(&join, &join_source)?;
     let blocks_source = Source::Http {
         host: host.clone(),
         port: *port,
@@ -185,7 +189,6 @@ fn fetch_inner(
         .map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     file.set_len(image_len)
         .map_err(|e| format!("{}: {e}", out.display()))?;
-    let socket = join_group(&join, &join_source)?;
     eprintln!(
         "diskless: joined multicast session {:016x} on {}:{} ({} in {} blocks)",
         join.session,
@@ -197,7 +200,8 @@ fn fetch_inner(
     let heard = receive(&socket, &mut receiver, &file, out);
     drop(socket); // leaves the group: the switch stops sending it here
     if let Some(leave) = &join.leave {
-        // Best effort: the session stops when every seat has left, or else when idle.
+        // Best effort: the session stops when every seat has left, or else a round after the
+        // last join.
         let at = Source::Http {
             host: host.clone(),
             port: *port,

@@ -93,6 +93,84 @@ impl Carousel {
     }
 }
 
+/// When a session may stop: once every seat that joined has said it is done (left), or once
+/// the sender has sent a whole round, plus `slack`, since the last seat joined. A seat that
+/// joined then has had every fragment once (the rest of the round it joined in and the start
+/// of the next), and fetches whatever it lost over HTTP; sending on would cost the link
+/// rounds nobody needs. The slack covers the moments between a seat's join and its first
+/// packet (its IGMP join), so a seat that lost nothing is lapped before the sender stops.
+///
+/// Counted in fragments sent, not in time, so a sender that falls behind its rate still
+/// gives every seat its round.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Audience {
+    per_round: u64,
+    slack: u64,
+    sent: u64,
+    until: u64,
+    active: u64,
+    joined: u64,
+}
+
+impl Audience {
+    /// Nobody yet, for a layout of `layout`; the sender gives a late joiner `slack_fragments`
+    /// beyond its round.
+    pub fn new(layout: &Layout, slack_fragments: u64) -> Audience {
+        Audience {
+            per_round: layout.fragments_per_round(),
+            slack: slack_fragments,
+            sent: 0,
+            until: 0,
+            active: 0,
+            joined: 0,
+        }
+    }
+
+    /// A seat joins: the sender owes everyone a round from here.
+    pub fn join(&mut self) {
+        self.active += 1;
+        self.joined += 1;
+        self.until = self.until.max(self.sent + self.per_round + self.slack);
+    }
+
+    /// A seat says it is done; false when every seat that joined had already said so (a seat
+    /// that leaves twice does not end the others' session).
+    pub fn leave(&mut self) -> bool {
+        match self.active.checked_sub(1) {
+            Some(n) => {
+                self.active = n;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// One fragment sent.
+    pub fn sent(&mut self) {
+        self.sent += 1;
+    }
+
+    /// Fragments sent so far.
+    pub fn fragments_sent(&self) -> u64 {
+        self.sent
+    }
+
+    /// Seats that joined so far.
+    pub fn joined(&self) -> u64 {
+        self.joined
+    }
+
+    /// Seats joined and not done.
+    pub fn active(&self) -> u64 {
+        self.active
+    }
+
+    /// Nothing more to send: every seat is done, or has had its round since it joined.
+    pub fn is_done(&self) -> bool {
+        self.active == 0 || self.sent >= self.until
+    }
+}
+
 /// Paces a sender at a rate in bytes per second.
 ///
 /// The sender may send whenever [`Pacer::wait`] is zero; each send pushes the next allowed
@@ -161,6 +239,41 @@ mod tests {
             ]
         );
         assert_eq!(c.rounds(), 1);
+    }
+
+    #[test]
+    fn a_session_ends_when_its_seats_are_done_or_have_had_their_round() {
+        // 5 blocks of 2 fragments: 10 fragments a round.
+        let layout = Layout::new(10 * 1024, 2048, 1024).unwrap();
+        assert_eq!(layout.fragments_per_round(), 10);
+        let mut a = Audience::new(&layout, 2);
+        assert!(a.is_done(), "nobody joined");
+        a.join();
+        for _ in 0..4 {
+            a.sent();
+        }
+        // A late joiner: the rest of this round and the start of the next, plus the slack.
+        a.join();
+        assert_eq!(a.joined(), 2);
+        let mut more = 0;
+        while !a.is_done() {
+            a.sent();
+            more += 1;
+        }
+        assert_eq!(more, 10 + 2, "one round and the slack after the last join");
+        assert_eq!(a.fragments_sent(), 16);
+
+        // Both seats say they are done before that: it ends at once.
+        let mut b = Audience::new(&layout, 2);
+        b.join();
+        b.join();
+        b.sent();
+        assert!(b.leave());
+        assert!(!b.is_done(), "one seat still listens");
+        assert!(b.leave());
+        assert!(b.is_done());
+        assert!(!b.leave(), "a third leave is not a seat");
+        assert_eq!(b.active(), 0);
     }
 
     #[test]

@@ -98,6 +98,13 @@ impl Layout {
         start..(start + u64::from(self.fragment_size)).min(block_range.end)
     }
 
+    /// Fragments in one round (every fragment of every block once).
+    pub fn fragments_per_round(&self) -> u64 {
+        let full = u64::from(self.fragments(0));
+        let last = self.blocks() - 1;
+        full * u64::from(last) + u64::from(self.fragments(last))
+    }
+
     /// Bytes of the digest list of this layout.
     pub fn digest_list_len(&self) -> usize {
         self.blocks() as usize * DIGEST_LEN
@@ -141,6 +148,7 @@ mod tests {
         assert_eq!(layout.fragment_range(0, 4), 4000..4096);
         assert_eq!(layout.fragments(2), 2);
         assert_eq!(layout.fragment_range(2, 1), 9192..10_000);
+        assert_eq!(layout.fragments_per_round(), 5 + 5 + 2);
         let mut next = 0;
         for b in 0..layout.blocks() {
             for f in 0..layout.fragments(b) {

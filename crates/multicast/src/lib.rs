@@ -9,7 +9,8 @@
 //! - [`wire`]: the datagram (a fixed header and one fragment of the image), parsed strictly.
 //! - [`Layout`]: how the image is cut into blocks (the unit verified by its sha256) and
 //!   blocks into fragments (the unit of one datagram).
-//! - [`Carousel`] and [`Pacer`]: what the sender sends next, and when.
+//! - [`Carousel`], [`Pacer`] and [`Audience`]: what the sender sends next, when, and until
+//!   when.
 //! - [`Receiver`]: which fragments a seat holds, which blocks are verified, what is missing.
 //!
 //! Nothing here touches a socket, a file or the clock: callers pass bytes and instants.
@@ -47,6 +48,6 @@ mod layout;
 mod receiver;
 pub mod wire;
 
-pub use carousel::{Carousel, Fragment, Pacer};
+pub use carousel::{Audience, Carousel, Fragment, Pacer};
 pub use layout::{block_digests, Layout, LayoutError, DIGEST_LEN};
 pub use receiver::{Placed, Receiver, RejectError};

@@ -1,8 +1,11 @@
 //! Multicast sessions: one per image version, started by the first seat that joins, sending
 //! the version's root.squashfs round and round to a group, paced at `[multicast] rate`, and
-//! stopped once every seat that joined has left, or no seat has joined for `[multicast] idle`
-//! seconds plus one round (so the last seat to join gets a whole round; a seat that died
-//! never leaves). The protocol is `diskless_multicast`'s (docs/MULTICAST.md).
+//! stopped once every seat that joined has left, or once the sender has gone a whole round
+//! (plus [`SLACK_PER_ROUND`]) since the last seat joined: that seat has had every fragment
+//! once, and what it lost comes over HTTP (`diskless_multicast::Audience`). A seat that died,
+//! or one that multicast does not reach, never holds the session longer than that. The next
+//! seat to join after the stop starts a new session. The protocol is `diskless_multicast`'s
+//! (docs/MULTICAST.md).
 //!
 //! The sender is a plain thread, not a tokio task: it sleeps between bursts at a microsecond
 //! schedule and reads the image with `pread`, neither of which belongs on the runtime's
@@ -24,12 +27,12 @@
 //!
 //! A seat that has its image says so at `leave`; once every seat that joined has left, the
 //! session stops at once, so a storm of seats that joined together costs the link about
-//! one round, not `idle` seconds more of them.
+//! one round.
 
 use crate::metrics::Metrics;
 use diskless_boot::multicast::Multicast;
 use diskless_multicast::wire::HEADER_LEN;
-use diskless_multicast::{Carousel, Layout, Pacer, DIGEST_LEN};
+use diskless_multicast::{Audience, Carousel, Layout, Pacer, DIGEST_LEN};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::fs::File;
@@ -37,7 +40,7 @@ use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -49,6 +52,10 @@ pub const BLOCK_SIZE: u32 = 64 * 1024;
 pub const FRAGMENT_SIZE: u16 = 1024;
 /// How far a late sender may catch up at once (see `diskless_multicast::Pacer`).
 const PACER_SLACK: Duration = Duration::from_millis(2);
+/// The part of a round sent beyond the last joiner's round: the time between its join and its
+/// IGMP join (the helper joins the group right after the join answer, before it fetches the
+/// digests), so a seat that lost nothing is lapped, and leaves, before the sender stops.
+pub const SLACK_PER_ROUND: u64 = 20;
 
 /// The sessions of this server, by image and version.
 #[derive(Default)]
@@ -78,12 +85,9 @@ pub struct Session {
     pub blocks_path: String,
     /// The path seats say they are done at (`?session=` added).
     pub leave_path: String,
-    /// Seats joined and not left: none, and the session stops at once.
-    active: AtomicU64,
-    last_join: Mutex<Instant>,
-    stopped: AtomicBool,
-    /// Seats that joined.
-    pub seats: AtomicU64,
+    /// Who listens, and whether the sender stopped: one lock, so a seat never joins a
+    /// session whose sender has just decided to stop.
+    state: Mutex<State>,
     /// Rounds completed.
     pub rounds: AtomicU64,
     /// Datagram bytes sent (headers included).
@@ -110,8 +114,32 @@ impl Session {
 
     /// Still sending.
     pub fn is_running(&self) -> bool {
-        !self.stopped.load(Ordering::SeqCst)
+        !self.state().stopped
     }
+
+    /// Seats that joined.
+    pub fn seats(&self) -> u64 {
+        self.state().audience.joined()
+    }
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().expect("multicast session state")
+    }
+
+    /// A seat joins, unless the sender stopped: then false, and the seat needs a new session.
+    fn try_join(&self) -> bool {
+        let mut state = self.state();
+        if state.stopped {
+            return false;
+        }
+        state.audience.join();
+        true
+    }
+}
+
+struct State {
+    audience: Audience,
+    stopped: bool,
 }
 
 /// Why a seat could not join.
@@ -186,10 +214,7 @@ impl Sessions {
         let mut sessions = self.by_version.lock().await;
         sessions.retain(|_, s| s.is_running());
         let key = (image.to_string(), version.to_string());
-        if let Some(session) = sessions.get(&key) {
-            *session.last_join.lock().expect("join time") = Instant::now();
-            session.seats.fetch_add(1, Ordering::Relaxed);
-            session.active.fetch_add(1, Ordering::SeqCst);
+        if let Some(session) = sessions.get(&key).filter(|s| s.try_join()) {
             self.metrics
                 .multicast_seats
                 .with_label_values(&[image])
@@ -229,14 +254,18 @@ impl Sessions {
                 version: version.to_string(),
             }
             .path(),
-            active: AtomicU64::new(1),
-            last_join: Mutex::new(Instant::now()),
-            stopped: AtomicBool::new(false),
-            seats: AtomicU64::new(1),
+            state: Mutex::new(State {
+                audience: {
+                    let mut audience =
+                        Audience::new(&layout, layout.fragments_per_round() / SLACK_PER_ROUND);
+                    audience.join();
+                    audience
+                },
+                stopped: false,
+            }),
             rounds: AtomicU64::new(0),
             bytes_sent: AtomicU64::new(0),
         });
-        let idle = Duration::from_secs(config.idle_seconds);
         let sender = session.clone();
         let name = format!("{image}/{version}");
         let counters = SessionCounters {
@@ -245,7 +274,7 @@ impl Sessions {
         };
         std::thread::Builder::new()
             .name(format!("multicast {name}"))
-            .spawn(move || send(&sender, &socket, &file, idle, &name, &counters))
+            .spawn(move || send(&sender, &socket, &file, &name, &counters))
             .map_err(JoinError::Socket)?;
         self.metrics
             .multicast_sessions
@@ -267,15 +296,20 @@ impl Sessions {
         Ok(session)
     }
 
-    /// A seat of session `id` of `image`/`version` has its image. False when no such session
-    /// runs (it stopped, or `id` is another's).
+    /// A seat of session `id` of `image`/`version` has its image. True as well when that
+    /// session has stopped already (the seat had its round: nothing is wrong); false when `id`
+    /// is no session of this version's (a restarted server's, or one replaced since).
     pub async fn leave(&self, image: &str, version: &str, id: u64) -> bool {
-        match self.get(image, version).await.filter(|s| s.id == id) {
+        let session = {
+            let sessions = self.by_version.lock().await;
+            sessions
+                .get(&(image.to_string(), version.to_string()))
+                .filter(|s| s.id == id)
+                .cloned()
+        };
+        match session {
             Some(session) => {
-                // Never below zero: a seat that leaves twice does not stop the others' session.
-                let _ = session
-                    .active
-                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1));
+                session.state().audience.leave();
                 true
             }
             None => false,
@@ -308,18 +342,15 @@ struct SessionCounters {
     bytes: prometheus::IntCounter,
 }
 
-/// The sender thread: round and round until idle.
+/// The sender thread: round and round until the audience is done (module docs).
 fn send(
     session: &Session,
     socket: &UdpSocket,
     file: &File,
-    idle: Duration,
     name: &str,
     counters: &SessionCounters,
 ) {
     let layout = session.layout;
-    let round_time =
-        Duration::from_secs_f64(layout.image_len as f64 / session.bytes_per_second as f64);
     let mut carousel = Carousel::new(layout, session.id);
     let mut pacer = Pacer::new(session.bytes_per_second, PACER_SLACK);
     let to = SocketAddrV4::new(session.group, session.port);
@@ -333,19 +364,18 @@ fn send(
             std::thread::sleep(wait);
             continue;
         }
-        if session.active.load(Ordering::SeqCst) == 0 {
-            break;
+        {
+            let mut state = session.state();
+            if state.audience.is_done() {
+                state.stopped = true;
+                break;
+            }
+            state.audience.sent();
         }
         let fragment = carousel.next_fragment();
-        // Idle is checked between rounds, never before the first: a session sends the
-        // image at least once, however late its thread started.
         if fragment.round > 0 && fragment.block == 0 && fragment.fragment == 0 {
             session.rounds.fetch_add(1, Ordering::Relaxed);
             counters.rounds.inc();
-            let last_join = *session.last_join.lock().expect("join time");
-            if now.duration_since(last_join) > idle + round_time {
-                break;
-            }
         }
         let data = &mut payload[..usize::from(fragment.len)];
         if let Err(e) = file.read_exact_at(data, fragment.offset) {
@@ -368,15 +398,25 @@ fn send(
         }
         pacer.sent(now, len);
     }
-    session.stopped.store(true, Ordering::SeqCst);
+    // Stopped already when the audience was done; an error stops it here.
+    let (seats, left) = {
+        let mut state = session.state();
+        state.stopped = true;
+        (
+            state.audience.joined(),
+            state.audience.joined() - state.audience.active(),
+        )
+    };
+    let bytes_sent = session.bytes_sent.load(Ordering::Relaxed);
     tracing::info!(
         session = name,
-        seats = session.seats.load(Ordering::Relaxed),
+        seats,
+        seats_left = left,
         rounds = session.rounds.load(Ordering::Relaxed),
-        bytes_sent = session.bytes_sent.load(Ordering::Relaxed),
+        bytes_sent,
+        times_the_image = format_args!("{:.2}", bytes_sent as f64 / layout.image_len as f64),
         send_errors = errors,
-        "multicast session stopped: every seat left, or none joined for {} s",
-        idle.as_secs()
+        "multicast session stopped: every seat left, or had its round since the last join"
     );
 }
 
@@ -451,10 +491,10 @@ mod tests {
         in_netns(session_on_loopback);
     }
 
-    /// A session nobody leaves stops `idle` seconds plus one round after the last join,
-    /// having sent at least that round.
+    /// A session nobody leaves (a seat that died, or that multicast does not reach) stops a
+    /// round and its slack after the last join: it sends the image once, not again and again.
     #[test]
-    fn a_session_nobody_leaves_stops_when_idle() {
+    fn a_session_nobody_leaves_stops_after_one_round() {
         in_netns(|| async {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("root.squashfs");
@@ -464,7 +504,6 @@ mod tests {
                 port: 5942,
                 bytes_per_second: 10_000_000,
                 ttl: 1,
-                idle_seconds: 0,
             };
             let sessions = Sessions::default();
             let session = sessions
@@ -474,8 +513,18 @@ mod tests {
             while session.is_running() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            assert!(session.rounds.load(Ordering::Relaxed) >= 1);
-            assert!(session.bytes_sent.load(Ordering::Relaxed) >= 100_000);
+            let layout = session.layout;
+            let per_round = layout.fragments_per_round();
+            let fragments = per_round + per_round / SLACK_PER_ROUND;
+            let sent = session.bytes_sent.load(Ordering::Relaxed);
+            // Every fragment once, then the slack's few of the next round, headers included.
+            assert_eq!(session.rounds.load(Ordering::Relaxed), 1);
+            assert!(
+                sent > layout.image_len + fragments * HEADER_LEN as u64
+                    && sent <= fragments * (HEADER_LEN as u64 + u64::from(FRAGMENT_SIZE)),
+                "{sent} bytes for an image of {}",
+                layout.image_len
+            );
             assert!(sessions.get("lab", "v1").await.is_none());
         });
     }
@@ -487,14 +536,13 @@ mod tests {
         in_netns(|| async {
             let dir = tempfile::tempdir().unwrap();
             let path = dir.path().join("root.squashfs");
-            std::fs::write(&path, vec![7u8; 100_000]).unwrap();
+            // 10 s a round: only the leaves can stop it within the test.
+            std::fs::write(&path, vec![7u8; 10_000_000]).unwrap();
             let config = Multicast {
                 groups: "239.255.79.0/24".parse().unwrap(),
                 port: 5941,
                 bytes_per_second: 1_000_000,
                 ttl: 1,
-                // Never idle within the test: only the leaves can stop it.
-                idle_seconds: 3600,
             };
             let sessions = Sessions::default();
             let join = || sessions.join(&config, Ipv4Addr::LOCALHOST, "lab", "v1", path.clone());
@@ -508,7 +556,11 @@ mod tests {
             while first.is_running() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            assert!(!sessions.leave("lab", "v1", first.id).await, "it is gone");
+            assert!(
+                sessions.leave("lab", "v1", first.id).await,
+                "a late leave of the stopped session is no error"
+            );
+            assert!(sessions.get("lab", "v1").await.is_none(), "it is gone");
         });
     }
 
@@ -522,8 +574,6 @@ mod tests {
             port: 5940,
             bytes_per_second: 20_000_000,
             ttl: 1,
-            // Never idle within the test: the seat's leave stops it.
-            idle_seconds: 3600,
         };
         let group = config.group(0);
         let receiver = UdpSocket::bind(SocketAddrV4::new(group, config.port)).unwrap();
@@ -566,11 +616,17 @@ mod tests {
         })
         .await
         .unwrap();
-        assert!(sessions.leave("lab", "v1", session.id).await);
+        // The session may have stopped already: the seat has had its round.
+        sessions.leave("lab", "v1", session.id).await;
         while session.is_running() {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         assert!(sessions.get("lab", "v1").await.is_none());
-        assert!(session.bytes_sent.load(Ordering::Relaxed) >= layout.image_len);
+        let sent = session.bytes_sent.load(Ordering::Relaxed);
+        assert!(
+            sent >= layout.image_len && sent * 10 <= layout.image_len * 13,
+            "{sent} bytes sent for an image of {}: one round, not more",
+            layout.image_len
+        );
     }
 }
