@@ -8,6 +8,7 @@
 //! port = 5940
 //! rate = 500                   # megabits per second per session
 //! ttl = 1                      # the lab's subnet only; routed campuses: docs/SCALING.md
+//! querier = false              # send IGMP queries where no router or switch does
 //! ```
 
 use crate::config::MulticastGroups;
@@ -31,6 +32,9 @@ pub struct MulticastSection {
     pub rate: NonZeroU32,
     /// IP TTL of the datagrams: 1 keeps them on the seats' subnet.
     pub ttl: NonZeroU8,
+    /// The server sends IGMP General Queries on its interface, for a network with no querier
+    /// of its own (docs/SCALING.md: snooping switches age memberships out without one).
+    pub querier: bool,
 }
 
 impl Default for MulticastSection {
@@ -41,6 +45,7 @@ impl Default for MulticastSection {
             port: NonZeroU16::new(5940).expect("not 0"),
             rate: NonZeroU32::new(500).expect("not 0"),
             ttl: NonZeroU8::MIN,
+            querier: false,
         }
     }
 }
@@ -56,6 +61,8 @@ pub struct Multicast {
     pub bytes_per_second: u64,
     /// IP TTL.
     pub ttl: u8,
+    /// Send IGMP General Queries.
+    pub querier: bool,
 }
 
 impl MulticastSection {
@@ -67,6 +74,7 @@ impl MulticastSection {
             port: self.port.get(),
             bytes_per_second: u64::from(self.rate.get()) * 1_000_000 / 8,
             ttl: self.ttl.get(),
+            querier: self.querier,
         })
     }
 }
@@ -164,6 +172,13 @@ mod tests {
         assert_eq!(m.ttl, 1);
         assert_eq!(m.group(0), Ipv4Addr::new(239, 255, 77, 1));
         assert_eq!(m.group(254), Ipv4Addr::new(239, 255, 77, 1), "wraps round");
+        assert!(!m.querier, "no IGMP queries unless asked");
+        let asked = crate::config::Config::parse(
+            "[multicast]\nenabled = true\nquerier = true\n",
+            std::path::Path::new("t.toml"),
+        )
+        .unwrap();
+        assert!(asked.multicast.resolve().unwrap().querier);
     }
 
     /// Mistakes are reported where they are written (the config's file:line).

@@ -2,7 +2,8 @@
 //! the server uses, at most the two `diskless.service` grants (packaging/diskless.service says
 //! how they were measured): the service user by default ([`SERVICE_USER`]), `--user` another.
 //! Which ones it needs follows from the config ([`needed`]): `CAP_NET_BIND_SERVICE` always,
-//! `CAP_NET_RAW` only when it answers router solicitations (`ipv6_ra`, its raw ICMPv6 socket).
+//! `CAP_NET_RAW` only when it answers router solicitations (`ipv6_ra`, its raw ICMPv6 socket)
+//! or queries IGMP (`[multicast] querier`, its raw IGMP socket).
 //! Started as the user with both (the unit's ambient capabilities), it gives up the one it
 //! does not need ([`keep_only`]).
 //!
@@ -39,12 +40,14 @@ pub const SERVICE_USER: &str = "diskless";
 pub const KEPT: [Capability; 2] = [Capability::CAP_NET_BIND_SERVICE, Capability::CAP_NET_RAW];
 
 /// What the server serving `ra` needs of [`KEPT`]: `CAP_NET_RAW` only for the router
-/// advertisements' raw socket. The Ethernet frame of a wake request (an `AF_PACKET` socket)
+/// advertisements' raw socket, or the IGMP querier's (`igmp_querier`: `[multicast] querier`
+/// on). The Ethernet frame of a wake request (an `AF_PACKET` socket)
 /// would need it too, but it is optional (the UDP broadcast goes anyway, and the reply says
 /// the frame was not sent) and the unit's `RestrictAddressFamilies` never allowed it.
-pub fn needed(ra: diskless_boot::site::Ipv6Ra) -> CapsHashSet {
+pub fn needed(ra: diskless_boot::site::Ipv6Ra, igmp_querier: bool) -> CapsHashSet {
+    let raw = ra != diskless_boot::site::Ipv6Ra::Off || igmp_querier;
     KEPT.into_iter()
-        .filter(|c| *c != Capability::CAP_NET_RAW || ra != diskless_boot::site::Ipv6Ra::Off)
+        .filter(|c| *c != Capability::CAP_NET_RAW || raw)
         .collect()
 }
 
@@ -391,6 +394,19 @@ pub fn check_access(user: &User, writable: &[&Path], readable: &[&Path]) -> Resu
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cap_net_raw_is_kept_for_router_advertisements_or_the_igmp_querier() {
+        use diskless_boot::site::Ipv6Ra;
+        let raw = |set: CapsHashSet| set.contains(&Capability::CAP_NET_RAW);
+        assert!(!raw(needed(Ipv6Ra::Off, false)));
+        assert!(
+            raw(needed(Ipv6Ra::Off, true)),
+            "the querier's raw IGMP socket"
+        );
+        assert!(raw(needed(Ipv6Ra::Booting, false)));
+        assert!(needed(Ipv6Ra::Off, false).contains(&Capability::CAP_NET_BIND_SERVICE));
+    }
 
     #[test]
     fn root_is_found_and_a_missing_user_is_none() {

@@ -11,6 +11,7 @@
 //!   blocks into fragments (the unit of one datagram).
 //! - [`Carousel`], [`Pacer`] and [`Audience`]: what the sender sends next, when, and until
 //!   when.
+//! - [`igmp`]: the General Query of a server acting as IGMP querier.
 //! - [`Receiver`]: which fragments a seat holds, which blocks are verified, what is missing.
 //!
 //! Nothing here touches a socket, a file or the clock: callers pass bytes and instants.
@@ -44,6 +45,7 @@
 #![deny(missing_docs)]
 
 mod carousel;
+pub mod igmp;
 mod layout;
 mod receiver;
 pub mod wire;

@@ -228,6 +228,8 @@ pub struct Listeners {
     pub ra: Option<ra::RaSocket>,
     /// The admin listener (dashboard, `/metrics`), unless `admin_listen = "off"`.
     pub admin: Option<tokio::net::TcpListener>,
+    /// The raw IGMP socket of `[multicast] querier = true`.
+    pub querier: Option<multicast::Querier>,
 }
 
 impl Listeners {
@@ -277,12 +279,22 @@ impl Listeners {
         } else {
             None
         };
+        // Opened at start, as the RA socket: the server may give up CAP_NET_RAW after. (So a
+        // reload can pause the queries but not start them: that takes a restart.)
+        let querier = site.multicast.filter(|m| m.querier).and_then(|_| {
+            multicast::Querier::open(site.server_ip)
+                .map_err(|e| {
+                    tracing::warn!(error = %e, "[multicast] querier: no IGMP socket, no queries");
+                })
+                .ok()
+        });
         Ok(Listeners {
             dhcp,
             tftp,
             http,
             ra,
             admin,
+            querier,
         })
     }
 }
@@ -362,6 +374,7 @@ pub async fn run_with_recorder(
         http,
         ra,
         admin,
+        querier,
     } = listeners;
     let mut tasks = Tasks::new();
     spawn_dhcp(&mut tasks, &prepared, dhcp);
@@ -372,6 +385,13 @@ pub async fn run_with_recorder(
     spawn_http(&mut tasks, &prepared, http);
     if let (Some(socket), Some(answer)) = (ra, prepared.ra_answer) {
         spawn_ra(&mut tasks, socket, answer);
+    }
+    if let Some(querier) = querier {
+        let (site, stopped) = (prepared.site.clone(), tasks.stopped());
+        tasks.spawn(async move {
+            querier.run(site, stopped).await;
+            Ok(())
+        });
     }
     tasks.drain(shutdown).await
 }

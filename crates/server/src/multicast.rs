@@ -326,6 +326,94 @@ impl Sessions {
     }
 }
 
+/// RFC 2236's Query Interval: a querier asks every 125 s, and a snooping switch forgets a
+/// membership not reported for twice that plus the 10 s response time (260 s).
+pub const QUERY_INTERVAL: Duration = Duration::from_secs(125);
+/// The Max Response Time of our queries, in tenths of a second (RFC 2236's default, 10 s).
+const QUERY_RESPONSE_TENTHS: u8 = 100;
+
+/// The IGMP querier of `[multicast] querier = true`: a raw IGMP socket, opened at start
+/// (it needs CAP_NET_RAW, which the server may give up after), sending General Queries from
+/// the boot network's address.
+///
+/// It does not take part in the querier election of RFC 2236 (a router or switch with a
+/// lower address would take over, and we would keep asking): two queriers on a network cost
+/// a few bytes every two minutes and answers from every member, nothing worse; the option is
+/// for networks that have none.
+pub struct Querier {
+    socket: socket2::Socket,
+    interface: Ipv4Addr,
+}
+
+impl Querier {
+    /// A raw IGMP socket sending on the interface whose address is `interface`.
+    pub fn open(interface: Ipv4Addr) -> std::io::Result<Querier> {
+        use socket2::{Domain, Protocol, Socket, Type};
+        let socket = Socket::new(
+            Domain::IPV4,
+            Type::RAW,
+            Some(Protocol::from(libc::IPPROTO_IGMP)),
+        )?;
+        socket.set_multicast_ttl_v4(1)?;
+        socket.set_multicast_if_v4(&interface)?;
+        // Our own query, looped back, would only wake our own host's members.
+        socket.set_multicast_loop_v4(false)?;
+        let option = diskless_multicast::igmp::ROUTER_ALERT;
+        // SAFETY: IP_OPTIONS takes the option bytes; a buffer of their length.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&socket),
+                libc::IPPROTO_IP,
+                libc::IP_OPTIONS,
+                option.as_ptr().cast(),
+                option.len() as libc::socklen_t,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Querier { socket, interface })
+    }
+
+    /// Send one General Query.
+    pub fn query(&self) -> std::io::Result<()> {
+        let query = diskless_multicast::igmp::general_query(QUERY_RESPONSE_TENTHS);
+        let to = SocketAddrV4::new(diskless_multicast::igmp::ALL_SYSTEMS, 0);
+        self.socket.send_to(&query, &to.into()).map(|_| ())
+    }
+
+    /// Query every [`QUERY_INTERVAL`] while the site's `[multicast] querier` is on, until
+    /// `stopped` (a reload that turns it off pauses the queries).
+    pub async fn run(
+        self,
+        site: tokio::sync::watch::Receiver<Arc<diskless_boot::Site>>,
+        stopped: impl std::future::Future<Output = ()>,
+    ) {
+        let ask = async {
+            let mut failures = 0u64;
+            loop {
+                let on = site.borrow().multicast.is_some_and(|m| m.querier);
+                if on {
+                    match self.query() {
+                        Ok(()) => failures = 0,
+                        Err(e) => {
+                            if failures == 0 {
+                                tracing::warn!(interface = %self.interface, error = %e, "IGMP querier: sending a query");
+                            }
+                            failures += 1;
+                        }
+                    }
+                }
+                tokio::time::sleep(QUERY_INTERVAL).await;
+            }
+        };
+        tokio::select! {
+            () = ask => {}
+            () = stopped => {}
+        }
+    }
+}
+
 fn sender_socket(config: &Multicast, interface: Ipv4Addr) -> std::io::Result<UdpSocket> {
     let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::DGRAM, None)?;
     socket.set_multicast_ttl_v4(u32::from(config.ttl))?;
@@ -504,6 +592,7 @@ mod tests {
                 port: 5942,
                 bytes_per_second: 10_000_000,
                 ttl: 1,
+                querier: false,
             };
             let sessions = Sessions::default();
             let session = sessions
@@ -543,6 +632,7 @@ mod tests {
                 port: 5941,
                 bytes_per_second: 1_000_000,
                 ttl: 1,
+                querier: false,
             };
             let sessions = Sessions::default();
             let join = || sessions.join(&config, Ipv4Addr::LOCALHOST, "lab", "v1", path.clone());
@@ -564,6 +654,46 @@ mod tests {
         });
     }
 
+    /// `[multicast] querier`: a General Query of RFC 2236 reaches the link, from our address,
+    /// with TTL 1 and the Router Alert option.
+    #[test]
+    fn the_querier_sends_a_general_query() {
+        in_netns(|| async {
+            use socket2::{Domain, Protocol, Socket, Type};
+            let listen = Socket::new(
+                Domain::IPV4,
+                Type::RAW,
+                Some(Protocol::from(libc::IPPROTO_IGMP)),
+            )
+            .unwrap();
+            listen
+                .set_read_timeout(Some(Duration::from_secs(5)))
+                .unwrap();
+            let querier = Querier::open(Ipv4Addr::LOCALHOST).unwrap();
+            querier.query().unwrap();
+            let mut buf = [std::mem::MaybeUninit::<u8>::uninit(); 256];
+            let (n, from) = listen.recv_from(&mut buf).expect("a query within 5 s");
+            // SAFETY: recv_from initialised the first n bytes.
+            let packet: Vec<u8> = buf[..n]
+                .iter()
+                .map(|b| unsafe { b.assume_init() })
+                .collect();
+            assert_eq!(from.as_socket_ipv4().unwrap().ip(), &Ipv4Addr::LOCALHOST);
+            let header_len = usize::from(packet[0] & 0x0f) * 4;
+            assert_eq!(
+                header_len, 24,
+                "an IP header with the 4-byte Router Alert option"
+            );
+            assert_eq!(&packet[20..24], &diskless_multicast::igmp::ROUTER_ALERT);
+            assert_eq!(packet[8], 1, "TTL 1");
+            assert_eq!(&packet[16..20], &[224, 0, 0, 1]);
+            assert_eq!(
+                &packet[header_len..],
+                &diskless_multicast::igmp::general_query(QUERY_RESPONSE_TENTHS)
+            );
+        });
+    }
+
     async fn session_on_loopback() {
         let image: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 251) as u8).collect();
         let dir = tempfile::tempdir().unwrap();
@@ -574,6 +704,7 @@ mod tests {
             port: 5940,
             bytes_per_second: 20_000_000,
             ttl: 1,
+            querier: false,
         };
         let group = config.group(0);
         let receiver = UdpSocket::bind(SocketAddrV4::new(group, config.port)).unwrap();

@@ -89,6 +89,7 @@ async fn get(addr: SocketAddr, path: &str) -> String {
 /// Sockets on loopback, ephemeral ports (DHCP on an unprivileged port: never asked here).
 async fn listeners() -> Listeners {
     Listeners {
+        querier: None,
         dhcp: DhcpSockets {
             dhcp: udp(),
             pxe: None,

@@ -252,7 +252,8 @@ pub fn run(args: ServeArgs) -> Result<ExitCode> {
 /// Nothing when the user is root.
 fn drop_privileges(args: &ServeArgs, cfg: &Config) -> Result<()> {
     use crate::privileges;
-    let needed = privileges::needed(diskless_boot::site::Ipv6Ra::of(cfg));
+    let querier = cfg.multicast.resolve().is_some_and(|m| m.querier);
+    let needed = privileges::needed(diskless_boot::site::Ipv6Ra::of(cfg), querier);
     if !privileges::is_root() {
         // Under the packaged unit capset(2) is refused: SystemCallFilter=~@privileged holds it
         // (EPERM, seen in the package test: the service failed to start). The unit's own sets
