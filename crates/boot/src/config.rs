@@ -146,6 +146,9 @@ pub struct SubnetConfig {
     /// Replaces `[boot] image_urls` for these clients.
     #[serde(deserialize_with = "image_urls")]
     pub image_urls: Vec<String>,
+    /// `[subnet.multicast]`: these clients' multicast values in place of `[multicast]`'s.
+    #[serde(default)]
+    pub multicast: Option<crate::multicast::SubnetMulticast>,
 }
 
 /// The record of client boots (`STATE/clients.json`, `diskless clients`).

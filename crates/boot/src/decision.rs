@@ -30,6 +30,15 @@ use diskless_dhcp::classify::arch;
 use diskless_dhcp::{BootOffer, ClientInfo, ClientKind, Mac};
 use std::net::{IpAddr, Ipv4Addr};
 
+/// The IPv4 address of a peer (an IPv4-mapped IPv6 one too), which picks its `[[subnet]]`.
+pub fn ipv4_of(address: Option<IpAddr>) -> Option<Ipv4Addr> {
+    match address {
+        Some(IpAddr::V4(ip)) => Some(ip),
+        Some(IpAddr::V6(ip)) => ip.to_ipv4_mapped(),
+        None => None,
+    }
+}
+
 /// A client asking to boot: who it is and what its firmware is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Machine {
@@ -51,11 +60,7 @@ impl Machine {
             mac,
             firmware: ClientKind::Ipxe,
             arch: None,
-            address: match address {
-                Some(IpAddr::V4(ip)) => Some(ip),
-                Some(IpAddr::V6(ip)) => ip.to_ipv4_mapped(),
-                None => None,
-            },
+            address: ipv4_of(address),
         }
     }
 }
@@ -137,6 +142,19 @@ impl Site {
         })
     }
 
+    /// The `[[subnet]]` of a client at `address`: the most specific that holds it.
+    pub fn subnet_of(&self, address: Option<Ipv4Addr>) -> Option<&crate::site::Subnet> {
+        let ip = address?;
+        self.subnets.iter().find(|s| s.net.contains(&ip))
+    }
+
+    /// The multicast values of a client at `address`: its `[[subnet]]`'s (`[subnet.multicast]`
+    /// over `[multicast]`), else `[multicast]`'s; None: off for it.
+    pub fn multicast_for(&self, address: Option<Ipv4Addr>) -> Option<crate::multicast::Multicast> {
+        self.subnet_of(address)
+            .map_or(self.multicast, |s| s.multicast)
+    }
+
     /// What `machine` boots; None: it is refused (an unknown client on a site that ignores
     /// them).
     pub fn boot_spec(&self, machine: &Machine) -> Option<BootSpec> {
@@ -151,9 +169,8 @@ impl Site {
             .join(" ");
         let image_urls = match entry.and_then(|c| c.image_urls.as_ref()) {
             Some(urls) => urls.clone(),
-            None => machine
-                .address
-                .and_then(|ip| self.subnets.iter().find(|s| s.net.contains(&ip)))
+            None => self
+                .subnet_of(machine.address)
                 .map_or_else(|| self.image_urls.clone(), |s| s.image_urls.clone()),
         };
         Some(BootSpec {
@@ -272,6 +289,57 @@ mac = "52:54:00:00:00:02"
         assert!(spec(&s, stranger).is_none());
         assert!(!s.serves(stranger.parse().unwrap()));
         assert!(spec(&s, "52:54:00:00:00:02").is_some());
+    }
+
+    #[test]
+    fn multicast_from_the_subnet_key_by_key_or_the_site() {
+        let s = Site::for_tests(
+            r#"
+[boot]
+image = "lab"
+[multicast]
+enabled = true
+rate = 500
+[[subnet]]
+cidr = "10.1.0.0/16"
+image_urls = []
+[subnet.multicast]
+rate = 80
+ttl = 3
+groups = "239.255.90.0/24"
+[[subnet]]
+cidr = "10.2.0.0/16"
+image_urls = []
+[subnet.multicast]
+enabled = false
+[[subnet]]
+cidr = "10.3.0.0/16"
+image_urls = []
+"#,
+        );
+        let at = |ip: &str| s.multicast_for(Some(ip.parse().unwrap()));
+        let site = s.multicast.unwrap();
+        assert_eq!(s.multicast_for(None), Some(site));
+        assert_eq!(at("10.9.0.5"), Some(site), "no subnet: [multicast]");
+        assert_eq!(
+            at("10.3.0.5"),
+            Some(site),
+            "a subnet without its own values"
+        );
+        assert_eq!(at("10.2.0.5"), None, "off for that subnet");
+        let own = at("10.1.0.5").unwrap();
+        assert_eq!(own.bytes_per_second, 10_000_000);
+        assert_eq!(own.ttl, 3);
+        assert_eq!(own.group(0), "239.255.90.1".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(own.port, site.port, "a key left out keeps [multicast]'s");
+        // And the other way round: on for one subnet only.
+        let s = Site::for_tests(
+            "[boot]\nimage = \"lab\"\n[[subnet]]\ncidr = \"10.1.0.0/16\"\nimage_urls = []\n\
+             [subnet.multicast]\nenabled = true\n",
+        );
+        assert!(s.multicast.is_none());
+        assert!(s.multicast_for(Some("10.1.0.5".parse().unwrap())).is_some());
+        assert!(s.multicast_for(Some("10.2.0.5".parse().unwrap())).is_none());
     }
 
     #[test]

@@ -50,8 +50,52 @@ impl Default for MulticastSection {
     }
 }
 
-/// `[multicast]` as the server's sessions use it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// `[subnet.multicast]`: what a `[[subnet]]`'s seats get instead of `[multicast]`'s values,
+/// key by key (a key left out keeps `[multicast]`'s). A lab whose switch carries multicast
+/// beside an office that does not: `enabled = false` there; a subnet behind a router: its own
+/// `ttl`; a room with 100 Mbit ports: its own `rate`; its own `groups`, so its sessions do
+/// not share a group with another subnet's.
+///
+/// ```toml
+/// [[subnet]]
+/// cidr = "10.2.0.0/16"
+/// image_urls = ["http://cache-b02"]
+/// [subnet.multicast]
+/// enabled = true
+/// groups = "239.255.78.0/24"
+/// rate = 90
+/// ttl = 4
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SubnetMulticast {
+    /// Seats of this subnet may join.
+    pub enabled: Option<bool>,
+    /// Their sessions' groups.
+    pub groups: Option<MulticastGroups>,
+    /// Megabits per second their sessions send at.
+    pub rate: Option<NonZeroU32>,
+    /// IP TTL of their sessions' datagrams.
+    pub ttl: Option<NonZeroU8>,
+}
+
+impl SubnetMulticast {
+    /// `[multicast]` with this subnet's values in place of its own; `None` when that is off.
+    pub fn over(&self, site: &MulticastSection) -> Option<Multicast> {
+        MulticastSection {
+            enabled: self.enabled.unwrap_or(site.enabled),
+            groups: self.groups.unwrap_or(site.groups),
+            rate: self.rate.unwrap_or(site.rate),
+            ttl: self.ttl.unwrap_or(site.ttl),
+            ..site.clone()
+        }
+        .resolve()
+    }
+}
+
+/// `[multicast]` as the server's sessions use it (a subnet's, when it has its own values:
+/// sessions with other values are other sessions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Multicast {
     /// The group range.
     pub groups: ipnet::Ipv4Net,

@@ -136,6 +136,8 @@ pub struct Subnet {
     pub net: ipnet::Ipv4Net,
     /// The base URLs its clients fetch from before this server.
     pub image_urls: Vec<String>,
+    /// Its clients' multicast (`[subnet.multicast]` over `[multicast]`); None: off for them.
+    pub multicast: Option<crate::multicast::Multicast>,
 }
 
 /// The default pool: .100 to .199 of the interface's subnet, clipped to the subnet.
@@ -182,6 +184,10 @@ impl Site {
             .map(|s| Subnet {
                 net: s.cidr.net(),
                 image_urls: s.image_urls.clone(),
+                multicast: match &s.multicast {
+                    Some(own) => own.over(&config.multicast),
+                    None => config.multicast.resolve(),
+                },
             })
             .collect();
         subnets.sort_by_key(|s| std::cmp::Reverse(s.net.prefix_len()));

@@ -126,7 +126,9 @@ impl Booter {
                 }),
             },
             report_token: &report_token,
-            multicast: site.multicast.is_some(),
+            multicast: site
+                .multicast_for(diskless_boot::decision::ipv4_of(peer))
+                .is_some(),
         };
         let (name, version) = (&manifest.name, &manifest.version);
         let body = match loader {

@@ -186,10 +186,11 @@ async fn multicast_join(
     peer: Option<IpAddr>,
 ) -> Response {
     let site = state.site.borrow().clone();
-    let Some(config) = site.multicast else {
+    let Some(config) = site.multicast_for(diskless_boot::decision::ipv4_of(peer)) else {
         return text(
             StatusCode::NOT_FOUND,
-            "multicast is off on this server ([multicast] enabled = false)\n".into(),
+            "multicast is off for this seat ([multicast] or its [subnet.multicast] enabled = false)\n"
+                .into(),
         );
     };
     if state.store.manifest(image, version).is_err() {
@@ -552,7 +553,7 @@ mod tests {
         let join = format!("/api/multicast/lab/{}/join", off.version);
         let (status, _, body) = call(&off.state, get(&join)).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
-        assert!(body.contains("[multicast] enabled = false"), "{body}");
+        assert!(body.contains("multicast is off for this seat"), "{body}");
         let on = fixture("[multicast]\nenabled = true\n");
         let (status, _, body) = call(&on.state, get("/api/multicast/lab/v9/join")).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
@@ -752,6 +753,26 @@ mod tests {
         );
         let (_, _, body) = call(&f.state, script("10.1.5.23")).await;
         assert_eq!(image(&body), ["http://origin", "http://10.0.0.1:8080"]);
+    }
+
+    /// `[subnet.multicast] enabled = false`: that subnet's seats are not sent to a session
+    /// (no `diskless.multicast=` in their script) and may not join one; the others may.
+    #[tokio::test]
+    async fn multicast_follows_the_peers_subnet() {
+        let f = fixture(
+            "[boot]\nimage = \"lab\"\n[multicast]\nenabled = true\n\
+             [[subnet]]\ncidr = \"10.1.4.0/24\"\nimage_urls = []\n\
+             [subnet.multicast]\nenabled = false\n",
+        );
+        let script = |peer: &str| from(peer, get("/boot/52-54-00-12-34-56.ipxe"));
+        let (_, _, body) = call(&f.state, script("10.1.4.23")).await;
+        assert!(!body.contains("diskless.multicast="), "{body}");
+        let (_, _, body) = call(&f.state, script("10.1.5.23")).await;
+        assert!(body.contains("diskless.multicast="), "{body}");
+        let join = format!("/api/multicast/lab/{}/join", f.version);
+        let (status, _, body) = call(&f.state, from("10.1.4.23", get(&join))).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        assert!(body.contains("multicast is off for this seat"), "{body}");
     }
 
     #[tokio::test]

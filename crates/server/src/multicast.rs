@@ -60,12 +60,16 @@ pub const SLACK_PER_ROUND: u64 = 20;
 /// The sessions of this server, by image and version.
 #[derive(Default)]
 pub struct Sessions {
-    by_version: tokio::sync::Mutex<HashMap<(String, String), Arc<Session>>>,
+    /// By image, version and the values they are sent with: seats of subnets with values of
+    /// their own (`[subnet.multicast]`) have sessions of their own.
+    by_version: tokio::sync::Mutex<HashMap<SessionKey, Arc<Session>>>,
     /// Sessions started so far: the next one takes the next group of the range.
     started: AtomicU32,
     /// Where sessions, seats, rounds and bytes are counted, per image.
     metrics: Arc<Metrics>,
 }
+
+type SessionKey = (String, String, Multicast);
 
 /// One image version being sent.
 pub struct Session {
@@ -213,7 +217,7 @@ impl Sessions {
         // version's other seats wait for that session instead of starting their own.
         let mut sessions = self.by_version.lock().await;
         sessions.retain(|_, s| s.is_running());
-        let key = (image.to_string(), version.to_string());
+        let key = (image.to_string(), version.to_string(), *config);
         if let Some(session) = sessions.get(&key).filter(|s| s.try_join()) {
             self.metrics
                 .multicast_seats
@@ -303,9 +307,9 @@ impl Sessions {
         let session = {
             let sessions = self.by_version.lock().await;
             sessions
-                .get(&(image.to_string(), version.to_string()))
-                .filter(|s| s.id == id)
-                .cloned()
+                .iter()
+                .find(|((i, v, _), s)| i == image && v == version && s.id == id)
+                .map(|(_, s)| s.clone())
         };
         match session {
             Some(session) => {
@@ -316,13 +320,14 @@ impl Sessions {
         }
     }
 
-    /// The running session of `image`/`version`, if any.
+    /// A running session of `image`/`version`, if any (each has the same layout and
+    /// digests, whatever values it is sent with).
     pub async fn get(&self, image: &str, version: &str) -> Option<Arc<Session>> {
         let sessions = self.by_version.lock().await;
         sessions
-            .get(&(image.to_string(), version.to_string()))
-            .filter(|s| s.is_running())
-            .cloned()
+            .iter()
+            .find(|((i, v, _), s)| i == image && v == version && s.is_running())
+            .map(|(_, s)| s.clone())
     }
 }
 
@@ -639,6 +644,18 @@ mod tests {
             let first = join().await.unwrap();
             let second = join().await.unwrap();
             assert_eq!(first.id, second.id, "one session for both seats");
+            // A subnet with values of its own ([subnet.multicast]): a session of its own.
+            let faster = Multicast {
+                bytes_per_second: 2_000_000,
+                ..config
+            };
+            let other = sessions
+                .join(&faster, Ipv4Addr::LOCALHOST, "lab", "v1", path.clone())
+                .await
+                .unwrap();
+            assert_ne!(other.id, first.id, "other values, another session");
+            assert_ne!(other.group, first.group);
+            assert!(sessions.leave("lab", "v1", other.id).await);
             assert!(!sessions.leave("lab", "v1", first.id ^ 1).await);
             assert!(sessions.leave("lab", "v1", first.id).await);
             assert!(first.is_running(), "one seat is still there");
@@ -714,6 +731,21 @@ mod tests {
         receiver
             .set_read_timeout(Some(Duration::from_secs(5)))
             .unwrap();
+        // The session sends the image once: with a buffer that holds all of it, a receiving
+        // thread starved by a busy machine loses nothing (the default, 208 KiB, lost
+        // datagrams at a load of 25 on two cores). SO_RCVBUFFORCE: we are root here.
+        let size: libc::c_int = 8 << 20;
+        // SAFETY: an int option on our socket.
+        let rc = unsafe {
+            libc::setsockopt(
+                std::os::fd::AsRawFd::as_raw_fd(&receiver),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        assert_eq!(rc, 0, "SO_RCVBUFFORCE: {}", std::io::Error::last_os_error());
         let sessions = Sessions::default();
         let session = sessions
             .join(&config, Ipv4Addr::LOCALHOST, "lab", "v1", path)
