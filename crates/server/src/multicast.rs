@@ -447,8 +447,11 @@ fn send(
     let mut carousel = Carousel::new(layout, session.id);
     let mut pacer = Pacer::new(session.bytes_per_second, PACER_SLACK);
     let to = SocketAddrV4::new(session.group, session.port);
-    let mut payload = vec![0u8; usize::from(layout.fragment_size)];
-    let mut datagram = vec![0u8; HEADER_LEN + payload.len()];
+    // The block being sent, read at once: one pread per 64 fragments, not one per fragment
+    // (the sender could not hold 900 Mbit/s on two loaded cores: docs/BENCHMARKS.md).
+    let mut block = vec![0u8; layout.block_size as usize];
+    let mut block_read: Option<u32> = None;
+    let mut datagram = vec![0u8; HEADER_LEN + usize::from(layout.fragment_size)];
     let mut errors = 0u64;
     loop {
         let now = Instant::now();
@@ -470,11 +473,17 @@ fn send(
             session.rounds.fetch_add(1, Ordering::Relaxed);
             counters.rounds.inc();
         }
-        let data = &mut payload[..usize::from(fragment.len)];
-        if let Err(e) = file.read_exact_at(data, fragment.offset) {
-            tracing::error!(session = name, error = %e, "multicast: reading the image; session stopped");
-            break;
+        let range = layout.block_range(fragment.block);
+        if block_read != Some(fragment.block) {
+            let whole = &mut block[..(range.end - range.start) as usize];
+            if let Err(e) = file.read_exact_at(whole, range.start) {
+                tracing::error!(session = name, error = %e, "multicast: reading the image; session stopped");
+                break;
+            }
+            block_read = Some(fragment.block);
         }
+        let at = (fragment.offset - range.start) as usize;
+        let data = &block[at..at + usize::from(fragment.len)];
         let len = fragment.packet(data).emit(&mut datagram);
         match socket.send_to(&datagram[..len], to) {
             Ok(n) => {
