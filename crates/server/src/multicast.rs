@@ -67,7 +67,15 @@ pub struct Sessions {
     started: AtomicU32,
     /// Where sessions, seats, rounds and bytes are counted, per image.
     metrics: Arc<Metrics>,
+    /// The block digests of the versions sent lately, by file and length: a session stops a
+    /// round after its last join, so a lab whose seats come one by one starts one session
+    /// after another, and reading and hashing a 2 GB image for each would hold every
+    /// joining seat for seconds. (A version's files never change once published.)
+    digests: std::sync::Mutex<HashMap<(PathBuf, u64), Arc<Vec<u8>>>>,
 }
+
+/// Versions whose digests [`Sessions`] keeps (0.05 % of each image).
+const DIGESTS_KEPT: usize = 16;
 
 type SessionKey = (String, String, Multicast);
 
@@ -233,11 +241,26 @@ impl Sessions {
             .map_err(|e| image_err(&path, e))?
             .len();
         let layout = Layout::new(len, BLOCK_SIZE, FRAGMENT_SIZE)?;
-        let digest_path = path.clone();
-        let digests = tokio::task::spawn_blocking(move || digest_file(&digest_path, &layout))
-            .await
-            .expect("digest task")
-            .map_err(|e| image_err(&path, e))?;
+        let known = (path.clone(), len);
+        let cached = self.digests_kept().get(&known).cloned();
+        let digests = match cached {
+            Some(digests) => digests,
+            None => {
+                let digest_path = path.clone();
+                let digests = Arc::new(
+                    tokio::task::spawn_blocking(move || digest_file(&digest_path, &layout))
+                        .await
+                        .expect("digest task")
+                        .map_err(|e| image_err(&path, e))?,
+                );
+                let mut kept = self.digests_kept();
+                if kept.len() >= DIGESTS_KEPT {
+                    kept.clear();
+                }
+                kept.insert(known, digests.clone());
+                digests
+            }
+        };
         let socket = sender_socket(config, interface).map_err(JoinError::Socket)?;
         let file = File::open(&path).map_err(|e| image_err(&path, e))?;
         let n = self.started.fetch_add(1, Ordering::Relaxed);
@@ -247,7 +270,7 @@ impl Sessions {
             port: config.port,
             layout,
             bytes_per_second: config.bytes_per_second,
-            digests: Arc::new(digests),
+            digests,
             blocks_path: diskless_boot::Route::MulticastBlocks {
                 image: image.to_string(),
                 version: version.to_string(),
@@ -298,6 +321,10 @@ impl Sessions {
         );
         sessions.insert(key, session.clone());
         Ok(session)
+    }
+
+    fn digests_kept(&self) -> std::sync::MutexGuard<'_, HashMap<(PathBuf, u64), Arc<Vec<u8>>>> {
+        self.digests.lock().expect("multicast digests")
     }
 
     /// A seat of session `id` of `image`/`version` has its image. True as well when that
@@ -610,7 +637,7 @@ mod tests {
             };
             let sessions = Sessions::default();
             let session = sessions
-                .join(&config, Ipv4Addr::LOCALHOST, "lab", "v1", path)
+                .join(&config, Ipv4Addr::LOCALHOST, "lab", "v1", path.clone())
                 .await
                 .unwrap();
             while session.is_running() {
@@ -629,6 +656,14 @@ mod tests {
                 layout.image_len
             );
             assert!(sessions.get("lab", "v1").await.is_none());
+            // The next seat starts a new session, with the digests of the last one: the
+            // image is not read and hashed again.
+            let next = sessions
+                .join(&config, Ipv4Addr::LOCALHOST, "lab", "v1", path)
+                .await
+                .unwrap();
+            assert_ne!(next.id, session.id, "a new session");
+            assert!(Arc::ptr_eq(&next.digests, &session.digests));
         });
     }
 
