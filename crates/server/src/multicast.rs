@@ -71,8 +71,11 @@ pub struct Sessions {
     /// round after its last join, so a lab whose seats come one by one starts one session
     /// after another, and reading and hashing a 2 GB image for each would hold every
     /// joining seat for seconds. (A version's files never change once published.)
-    digests: std::sync::Mutex<HashMap<(PathBuf, u64), Arc<Vec<u8>>>>,
+    digests: std::sync::Mutex<KeptDigests>,
 }
+
+/// Block digests by image file and length.
+type KeptDigests = HashMap<(PathBuf, u64), Arc<Vec<u8>>>;
 
 /// Versions whose digests [`Sessions`] keeps (0.05 % of each image).
 const DIGESTS_KEPT: usize = 16;
@@ -323,7 +326,7 @@ impl Sessions {
         Ok(session)
     }
 
-    fn digests_kept(&self) -> std::sync::MutexGuard<'_, HashMap<(PathBuf, u64), Arc<Vec<u8>>>> {
+    fn digests_kept(&self) -> std::sync::MutexGuard<'_, KeptDigests> {
         self.digests.lock().expect("multicast digests")
     }
 
