@@ -10,6 +10,7 @@
 //! GET  /api/images    [ImageView]: versions, sizes, current, which clients run which
 //! GET  /api/events    server-sent events: `client` (a ClientView that changed),
 //!                     `resync` (events were missed: fetch /api/clients again)
+//! GET  /api/multicast [SessionView]: multicast sessions running, or stopped since the last join
 //! POST /api/wake      {"macs": ["aa:bb:cc:dd:ee:ff", ...]} -> {"woke": [...], "udp_only": ...}
 //! GET  /metrics       Prometheus text format
 //! ```
@@ -79,6 +80,8 @@ pub struct AdminState {
     pub clients_json: SharedJson,
     /// JSON requests served at once.
     pub json_limit: JsonLimit,
+    /// The boot network's multicast sessions (`/api/multicast`).
+    multicast: Option<Arc<crate::multicast::Sessions>>,
 }
 
 impl AdminState {
@@ -101,6 +104,7 @@ impl AdminState {
             names: Vec::new(),
             clients_json: SharedJson::default(),
             json_limit: JsonLimit::default(),
+            multicast: None,
         }
     }
 
@@ -114,6 +118,12 @@ impl AdminState {
     /// count their refusals there).
     pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> AdminState {
         self.metrics = metrics;
+        self
+    }
+
+    /// The multicast sessions `/api/multicast` shows.
+    pub fn with_multicast(mut self, sessions: Arc<crate::multicast::Sessions>) -> AdminState {
+        self.multicast = Some(sessions);
         self
     }
 
@@ -221,6 +231,7 @@ pub fn router(state: Arc<AdminState>) -> Router {
         .route("/api/clients", get(client_views))
         .route("/api/boots", get(boots))
         .route("/api/images", get(images))
+        .route("/api/multicast", get(multicast_sessions))
         .route_layer(middleware::from_fn_with_state(state.clone(), json_limit));
     Router::new()
         .route("/", get(|| async { Html(DASHBOARD) }))
@@ -327,6 +338,15 @@ pub fn image_views<'a>(
         });
     }
     out
+}
+
+async fn multicast_sessions(
+    State(state): State<Arc<AdminState>>,
+) -> Json<Vec<crate::multicast::SessionView>> {
+    Json(match &state.multicast {
+        Some(sessions) => sessions.views().await,
+        None => Vec::new(),
+    })
 }
 
 async fn images(State(state): State<Arc<AdminState>>) -> Json<Vec<ImageView>> {
@@ -544,6 +564,30 @@ mod tests {
             .await
             .unwrap();
         (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    /// `/api/multicast`: no sessions, an empty list (the sessions' own fields are tested in
+    /// crate::multicast); the dashboard has the tab that reads it.
+    #[tokio::test]
+    async fn multicast_sessions_are_listed() {
+        let (_dir, state) = state(None);
+        let state = Arc::new(
+            Arc::try_unwrap(state)
+                .ok()
+                .unwrap()
+                .with_multicast(Arc::new(crate::multicast::Sessions::default())),
+        );
+        let request = axum::http::Request::get("/api/multicast")
+            .header(header::HOST, "127.0.0.1")
+            .body(Body::empty())
+            .unwrap();
+        let response = router(state.clone()).oneshot(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        assert_eq!(&body[..], b"[]");
+        assert!(DASHBOARD.contains("getJson(\"api/multicast\")"));
     }
 
     #[tokio::test]

@@ -416,6 +416,9 @@ struct Prepared {
     ipxe: (PathBuf, Vec<String>),
     /// One set of metrics: the admin pages render it, the access checks count refusals in it.
     metrics: Arc<metrics::Metrics>,
+    /// The multicast sessions: the boot network's HTTP server starts them, the dashboard
+    /// shows them.
+    multicast: Arc<multicast::Sessions>,
     /// The HTTP and TFTP servers' access check, counting refusals in `metrics`.
     access: access::Access,
     /// The HTTP listener's address, for its errors.
@@ -479,6 +482,7 @@ fn prepare(
         boots,
         booter,
         ipxe,
+        multicast: Arc::new(multicast::Sessions::new(metrics.clone())),
         metrics,
         access,
         http_addr,
@@ -660,6 +664,7 @@ fn spawn_admin(tasks: &mut Tasks, prepared: &Prepared, listener: tokio::net::Tcp
             (current.mode == diskless_boot::Mode::Full).then(|| current.state.join("leases.json")),
         )
         .with_metrics(prepared.metrics.clone())
+        .with_multicast(prepared.multicast.clone())
         .with_names(current.admin_names.clone()),
     );
     if let Some(warning) = addr.and_then(hostcheck::exposure_warning) {
@@ -711,7 +716,7 @@ fn spawn_http(tasks: &mut Tasks, prepared: &Prepared, listener: tokio::net::TcpL
         access: prepared.access.clone(),
         clients_json: shared_json::SharedJson::default(),
         json_limit: shared_json::JsonLimit::default(),
-        multicast: Arc::new(multicast::Sessions::new(prepared.metrics.clone())),
+        multicast: prepared.multicast.clone(),
     }));
     let stopped = tasks.stopped();
     tasks.spawn(async move {

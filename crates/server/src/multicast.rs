@@ -82,6 +82,26 @@ const DIGESTS_KEPT: usize = 16;
 
 type SessionKey = (String, String, Multicast);
 
+/// A session as the dashboard shows it (`/api/multicast` on the admin listener): running
+/// ones, and those stopped since the last join.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SessionView {
+    pub image: String,
+    pub version: String,
+    /// The session id, hex, as in the join answer.
+    pub session: String,
+    pub group: Ipv4Addr,
+    pub port: u16,
+    pub rate_mbit: u64,
+    pub running: bool,
+    /// Seats that joined, and of them those that said they were done.
+    pub seats: u64,
+    pub seats_done: u64,
+    pub rounds: u64,
+    pub bytes_sent: u64,
+    pub image_len: u64,
+}
+
 /// One image version being sent.
 pub struct Session {
     /// Stamped on every packet; new for each session.
@@ -348,6 +368,42 @@ impl Sessions {
             }
             None => false,
         }
+    }
+
+    /// Every session kept: running, or stopped since the last join.
+    pub async fn views(&self) -> Vec<SessionView> {
+        let sessions = self.by_version.lock().await;
+        let mut views: Vec<SessionView> = sessions
+            .iter()
+            .map(|((image, version, _), s)| {
+                let (running, seats, active) = {
+                    let state = s.state();
+                    (
+                        !state.stopped,
+                        state.audience.joined(),
+                        state.audience.active(),
+                    )
+                };
+                SessionView {
+                    image: image.clone(),
+                    version: version.clone(),
+                    session: format!("{:016x}", s.id),
+                    group: s.group,
+                    port: s.port,
+                    rate_mbit: s.bytes_per_second * 8 / 1_000_000,
+                    running,
+                    seats,
+                    seats_done: seats - active,
+                    rounds: s.rounds.load(Ordering::Relaxed),
+                    bytes_sent: s.bytes_sent.load(Ordering::Relaxed),
+                    image_len: s.layout.image_len,
+                }
+            })
+            .collect();
+        views.sort_by(|a, b| {
+            (&a.image, &a.version, &a.session).cmp(&(&b.image, &b.version, &b.session))
+        });
+        views
     }
 
     /// A running session of `image`/`version`, if any (each has the same layout and
@@ -691,6 +747,12 @@ mod tests {
             let first = join().await.unwrap();
             let second = join().await.unwrap();
             assert_eq!(first.id, second.id, "one session for both seats");
+            let view = &sessions.views().await[0];
+            assert_eq!(
+                (view.running, view.seats, view.seats_done, view.rate_mbit),
+                (true, 2, 0, 8)
+            );
+            assert_eq!(view.session, format!("{:016x}", first.id));
             // A subnet with values of its own ([subnet.multicast]): a session of its own.
             let faster = Multicast {
                 bytes_per_second: 2_000_000,
@@ -715,6 +777,13 @@ mod tests {
                 "a late leave of the stopped session is no error"
             );
             assert!(sessions.get("lab", "v1").await.is_none(), "it is gone");
+            let view = sessions
+                .views()
+                .await
+                .into_iter()
+                .find(|v| v.session == format!("{:016x}", first.id))
+                .expect("a stopped session is still shown");
+            assert_eq!((view.running, view.seats, view.seats_done), (false, 2, 2));
         });
     }
 
