@@ -1,6 +1,6 @@
 //! The dashboard in headless Chromium, against the admin pages served with synthetic clients:
 //! the table, sorting, filtering, the timeline, live updates over server-sent events, the
-//! images and lab views. (The browser test with a QEMU client is in `lab.rs`.)
+//! images, lab and multicast views. (The browser test with a QEMU client is in `lab.rs`.)
 //!
 //! The page's load time with 200 clients, against an empty lab in the same run:
 //! `cargo test --release -p diskless --test dashboard -- --ignored --nocapture load_time`.
@@ -331,6 +331,19 @@ fn table_sorts_filters_and_updates_live() {
             "return document.querySelector('#boots tbody tr')?.dataset.mac === '{}'",
             booting.mac
         ),
+        WAIT,
+    );
+
+    // The multicast tab: this server has no session (its sessions' fields are the server's
+    // unit tests), and says so when the tab is opened.
+    browser.eval(
+        "document.querySelector(\"nav button[data-tab='multicast']\").click()",
+        json!([]),
+    );
+    browser.wait_for(
+        "the multicast tab to say there is no session",
+        "return !document.querySelector('#tab-multicast').hidden && \
+         document.querySelector('#multicast').textContent.includes('No multicast session')",
         WAIT,
     );
 }
