@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 mod common;
-use common::{diskless, run, test_image};
+use common::{diskless, run, test_image, Work};
 
 /// An ext4 disk image labelled `label`, holding `files` (name in the disk, source path).
 fn ext4_disk(path: &Path, label: &str, size_mib: u64, files: &[(&str, &Path)]) {
@@ -59,7 +59,7 @@ fn boot(
     ])
     .arg(store)
     .args(["--cmdline", cmdline, "--log-dir"])
-    .arg(work.join(name))
+    .arg(work.join("logs").join(name))
     .arg("--report")
     .arg(&report);
     for disk in disks {
@@ -79,7 +79,8 @@ fn output(report: &diskless_vm::Report, i: usize) -> String {
 #[test]
 #[ignore = "needs root, QEMU and minutes: run by scripts/test"]
 fn image_from_a_local_disk_and_a_writable_layer_that_survives_reboots() {
-    let work = tempfile::tempdir().unwrap();
+    // Kept when the test fails: each boot's console log is in logs/NAME.
+    let work = Work::new();
     let squashfs = test_image().join("root.squashfs");
     let image_disk = work.path().join("image.raw");
     ext4_disk(
@@ -101,6 +102,10 @@ fn image_from_a_local_disk_and_a_writable_layer_that_survives_reboots() {
         &[
             "findmnt -n -o OPTIONS /",
             "echo kept-across-boots > /root/persistent-probe; sync; cat /root/persistent-probe",
+            // Issue 25: the image from the disk is mounted through dm-verity, as a downloaded
+            // one is: squashfs on the verity device, over the loop device of the RAM copy.
+            "d=$(findmnt -n -o SOURCE /run/diskless/lower); d=${d#/dev/}; \
+             cat /sys/block/$d/dm/name; ls /sys/block/$d/slaves",
         ],
         work.path(),
         "first",
@@ -111,6 +116,10 @@ fn image_from_a_local_disk_and_a_writable_layer_that_survives_reboots() {
         "{mounts}"
     );
     assert_eq!(output(&first, 1), "kept-across-boots");
+    let mapped = output(&first, 2);
+    let mapped: Vec<&str> = mapped.lines().collect();
+    assert_eq!(mapped[0], "diskless-root", "not on dm-verity: {mapped:?}");
+    assert!(mapped[1].starts_with("loop"), "{mapped:?}");
 
     // Second boot: the file is still there.
     let second = boot(
@@ -133,9 +142,14 @@ fn image_from_a_local_disk_and_a_writable_layer_that_survives_reboots() {
     assert_eq!(output(&third, 0), "wiped");
 
     // The image really came from the disk: the server never sent root.squashfs.
-    let log = std::fs::read_to_string(work.path().join("first/console.log")).unwrap();
+    let log = std::fs::read_to_string(work.path().join("logs/first/console.log")).unwrap();
     assert!(
         log.contains("diskless: fetching file:///run/diskless/dev/"),
         "the image did not come from the local disk"
+    );
+    // ... and was not hashed whole: dm-verity checks its blocks as they are read.
+    assert!(
+        log.contains("verified by dm-verity as it is read"),
+        "the image from the local disk did not go through dm-verity"
     );
 }
