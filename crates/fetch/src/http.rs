@@ -55,7 +55,7 @@ impl Read for Body {
     }
 }
 
-fn connect(source: &Source) -> Result<TcpStream, String> {
+pub(crate) fn connect(source: &Source) -> Result<TcpStream, String> {
     let addr = source.socket_addr()?;
     let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
         .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
@@ -156,7 +156,7 @@ pub fn get_whole(source: &Source, max: u64) -> Result<Vec<u8>, String> {
     Ok(data)
 }
 
-fn read_head(reader: &mut impl BufRead) -> Result<String, String> {
+pub(crate) fn read_head(reader: &mut impl BufRead) -> Result<String, String> {
     let mut head = String::new();
     loop {
         let mut line = String::new();
@@ -177,14 +177,14 @@ fn read_head(reader: &mut impl BufRead) -> Result<String, String> {
 }
 
 #[derive(Debug, PartialEq)]
-struct Head {
-    status: u16,
-    content_length: Option<u64>,
-    content_range_start: Option<u64>,
-    content_range_total: Option<u64>,
+pub(crate) struct Head {
+    pub(crate) status: u16,
+    pub(crate) content_length: Option<u64>,
+    pub(crate) content_range_start: Option<u64>,
+    pub(crate) content_range_total: Option<u64>,
 }
 
-fn parse_head(head: &str) -> Result<Head, String> {
+pub(crate) fn parse_head(head: &str) -> Result<Head, String> {
     let mut lines = head.lines();
     let status_line = lines.next().ok_or("empty response")?;
     let status = status_line
