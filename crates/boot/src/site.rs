@@ -109,6 +109,8 @@ pub struct Site {
     pub unknown_clients: UnknownClients,
     /// RAM disk size unless the client's entry says otherwise.
     pub size: String,
+    /// `[boot] fetch`: how clients get the image unless their subnet or entry says.
+    pub fetch: crate::config::FetchMode,
     /// Kernel options for every client.
     pub cmdline: String,
     /// How the initramfs fetches the image.
@@ -136,6 +138,8 @@ pub struct Subnet {
     pub net: ipnet::Ipv4Net,
     /// The base URLs its clients fetch from before this server.
     pub image_urls: Vec<String>,
+    /// How its clients fetch the image, unless their entry says.
+    pub fetch: Option<crate::config::FetchMode>,
 }
 
 /// The default pool: .100 to .199 of the interface's subnet, clipped to the subnet.
@@ -182,6 +186,7 @@ impl Site {
             .map(|s| Subnet {
                 net: s.cidr.net(),
                 image_urls: s.image_urls.clone(),
+                fetch: s.fetch,
             })
             .collect();
         subnets.sort_by_key(|s| std::cmp::Reverse(s.net.prefix_len()));
@@ -225,6 +230,7 @@ impl Site {
             default_image: config.boot.image.clone(),
             unknown_clients: config.boot.unknown_clients,
             size: config.boot.size.to_string(),
+            fetch: config.boot.fetch,
             cmdline,
             image_protocol: config.boot.image_protocol,
             secure_boot: config.boot.secure_boot,

@@ -273,9 +273,10 @@ impl ClientRecord {
         self.last_stage().map(Stage::as_str).unwrap_or("-")
     }
 
-    /// Its boot ended: the last stage is a final one.
+    /// Its boot ended: a final stage was reached (a lazy seat's `filled` and
+    /// `network-released` may follow `multi-user`).
     pub fn finished(&self) -> bool {
-        self.last_stage().is_some_and(Stage::is_final)
+        self.stages.iter().any(|s| s.stage.is_final())
     }
 
     /// Seconds from the start of the boot to `stage`, if it was reached.

@@ -48,6 +48,10 @@ pub const LINEAR_NAME: &str = "diskless-lazy";
 /// HTTP connections filling the RAM copy at once.
 const WORKERS: usize = 2;
 const SECTOR: u64 = 512;
+/// Reported when the RAM copy is whole, with `seconds= bytes= fetched= demanded=`.
+pub const STAGE_FILLED: &str = "filled";
+/// Reported when the root reads the RAM copy and NBD is disconnected.
+pub const STAGE_NETWORK_RELEASED: &str = "network-released";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
@@ -206,7 +210,7 @@ pub fn serve(mode: Mode, args: &[String]) -> Result<(), String> {
                 started.elapsed().as_secs_f64()
             );
             eprintln!("diskless-fetch: the RAM copy is whole ({detail})");
-            report(&req, "filled", &detail);
+            report(&req, STAGE_FILLED, &detail);
             let loop_dev = copy.loop_dev.clone();
             verity::switch(
                 &exposed.control,
@@ -223,7 +227,7 @@ pub fn serve(mode: Mode, args: &[String]) -> Result<(), String> {
                 started.elapsed().as_secs_f64()
             );
             eprintln!("diskless-fetch: the root is on the RAM copy, off the network ({detail})");
-            report(&req, "network-released", &detail);
+            report(&req, STAGE_NETWORK_RELEASED, &detail);
             Ok(())
         }
     }
