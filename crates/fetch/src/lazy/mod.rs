@@ -191,6 +191,7 @@ pub fn serve(mode: Mode, args: &[String]) -> Result<(), String> {
         Mode::Lazy => {
             let ram = req.ram.as_ref().expect("parsed");
             let copy = Arc::new(RamCopy::create(ram, image_len, data_len, &tree)?);
+            let loop_dev = attach_loop(ram)?;
             let exposed = expose(&req, copy.clone())?;
             let workers: Vec<_> = (0..WORKERS)
                 .map(|_| {
@@ -211,7 +212,6 @@ pub fn serve(mode: Mode, args: &[String]) -> Result<(), String> {
             );
             eprintln!("diskless-fetch: the RAM copy is whole ({detail})");
             report(&req, STAGE_FILLED, &detail);
-            let loop_dev = copy.loop_dev.clone();
             verity::switch(
                 &exposed.control,
                 LINEAR_NAME,
@@ -292,7 +292,10 @@ fn expose(req: &Request, blocks: Arc<dyn Blocks>) -> Result<Exposed, String> {
 /// A free NBD device given one end of a new socketpair, as a disk of `len` bytes: the open
 /// device, its `MAJOR:MINOR`, and the other end for the server.
 fn attach_nbd(len: u64) -> Result<(File, String, UnixStream), String> {
-    let mut last = String::from("no /dev/nbd0 (is the nbd module loaded?)");
+    // The module was loaded a moment ago: devtmpfs adds its nodes asynchronously.
+    crate::loopdev::wait_for_device(std::path::Path::new("/dev/nbd0"))
+        .map_err(|e| format!("{e} (is the nbd module loaded?)"))?;
+    let mut last = String::new();
     for n in 0..16 {
         let path = format!("/dev/nbd{n}");
         let Ok(device) = OpenOptions::new().read(true).write(true).open(&path) else {
@@ -416,9 +419,21 @@ struct RamCopy {
     file: File,
     plan: Mutex<Plan>,
     changed: Condvar,
-    /// `MAJOR:MINOR` of the loop device attached to the copy at the start (its paths are
-    /// gone after switch_root).
-    loop_dev: String,
+}
+
+/// Attach the copy at `path` to a loop device now, while /dev is where the helper sees it
+/// (after switch_root it is not); no one reads it until the switch. Returns `MAJOR:MINOR`.
+fn attach_loop(path: &std::path::Path) -> Result<String, String> {
+    let node = crate::loopdev::attach_read_only(path)?;
+    let meta = std::fs::metadata(&node).map_err(|e| format!("{}: {e}", node.display()))?;
+    if !meta.file_type().is_block_device() {
+        return Err(format!("{} is not a block device", node.display()));
+    }
+    Ok(format!(
+        "{}:{}",
+        libc::major(meta.rdev()),
+        libc::minor(meta.rdev())
+    ))
 }
 
 impl RamCopy {
@@ -451,18 +466,10 @@ impl RamCopy {
             .map_err(|e| format!("sizing {}: {e}", path.display()))?;
         file.write_all_at(tree, data_len)
             .map_err(|e| format!("writing the hash tree to {}: {e}", path.display()))?;
-        // Attached now, while /dev is where we see it; read by no one until the switch.
-        let node = crate::loopdev::attach_read_only(path)?;
-        let meta = std::fs::metadata(&node).map_err(|e| format!("{}: {e}", node.display()))?;
-        if !meta.file_type().is_block_device() {
-            return Err(format!("{} is not a block device", node.display()));
-        }
-        let loop_dev = format!("{}:{}", libc::major(meta.rdev()), libc::minor(meta.rdev()));
         Ok(RamCopy {
             file,
             plan: Mutex::new(Plan::new(data_len, plan::CHUNK)),
             changed: Condvar::new(),
-            loop_dev,
         })
     }
 
@@ -570,6 +577,129 @@ mod tests {
         assert_eq!(covering_blocks(&(0..4096)), (0, 0..4096));
         assert_eq!(covering_blocks(&(5000..5001)), (1, 4096..8192));
         assert_eq!(covering_blocks(&(4095..8193)), (0, 0..12288));
+    }
+
+    /// An image of `blocks` data blocks with its tree, served over HTTP (twice: the first
+    /// URL `corrupt` when asked), as the helper sees it.
+    struct Served {
+        image: Vec<u8>,
+        data_len: u64,
+        leaves: Arc<Leaves>,
+        tree: Vec<u8>,
+        sources: Vec<Source>,
+    }
+
+    fn served(blocks: usize, corrupt_first: bool) -> Served {
+        let data: Vec<u8> = (0..blocks * 4096).map(|i| (i * 31 % 255) as u8).collect();
+        let salt = [3u8; 32];
+        let (tree, root) = diskless_image::verity::tree(&data, &salt);
+        let leaves = Leaves::check(&tree, blocks as u64, &salt, &root).unwrap();
+        let image = [data.clone(), tree.clone()].concat();
+        let mut sources = Vec::new();
+        if corrupt_first {
+            sources.push(Source::parse(&ranges::test_server(image.clone(), 0, true).0).unwrap());
+        }
+        sources.push(Source::parse(&ranges::test_server(image.clone(), 0, false).0).unwrap());
+        Served {
+            image,
+            data_len: data.len() as u64,
+            leaves: Arc::new(leaves),
+            tree,
+            sources,
+        }
+    }
+
+    /// Send `request` on the kernel's end and read the reply (and `len` bytes of data).
+    fn ask(kernel: &mut UnixStream, request: nbd::Request, len: usize) -> (u32, Vec<u8>) {
+        let mut buf = [0u8; nbd::REQUEST_LEN];
+        request.emit(&mut buf);
+        kernel.write_all(&buf).unwrap();
+        let mut reply = [0u8; nbd::REPLY_LEN];
+        kernel.read_exact(&mut reply).unwrap();
+        assert_eq!(reply[8..16], request.handle);
+        let error = u32::from_be_bytes(reply[4..8].try_into().unwrap());
+        let mut data = vec![0u8; if error == 0 { len } else { 0 }];
+        kernel.read_exact(&mut data).unwrap();
+        (error, data)
+    }
+
+    fn read(offset: u64, length: u32, handle: u8) -> nbd::Request {
+        nbd::Request {
+            command: nbd::Command::Read,
+            handle: [handle; 8],
+            offset,
+            length,
+        }
+    }
+
+    /// Reads as the kernel sends them, answered from `blocks` until the disconnect.
+    fn reads_are_answered(blocks: Arc<dyn Blocks>, s: &Served) {
+        let size = s.image.len() as u64;
+        let (mut kernel, server_end) = UnixStream::pair().unwrap();
+        let server = std::thread::spawn(move || answer(server_end, &*blocks, size));
+        let at = |offset: u64, len: usize| s.image[offset as usize..offset as usize + len].to_vec();
+        assert_eq!(ask(&mut kernel, read(0, 4096, 1), 4096), (0, at(0, 4096)));
+        // Not block-aligned (512-byte sectors), across chunks, and into the tree.
+        assert_eq!(
+            ask(&mut kernel, read(262_144 - 512, 1024, 2), 1024),
+            (0, at(262_144 - 512, 1024))
+        );
+        let tail = s.data_len - 512;
+        assert_eq!(
+            ask(&mut kernel, read(tail, 4608, 3), 4608),
+            (0, at(tail, 4608))
+        );
+        let write = nbd::Request {
+            command: nbd::Command::Write,
+            ..read(0, 0, 4)
+        };
+        assert_eq!(ask(&mut kernel, write, 0), (nbd::EPERM, vec![]));
+        assert_eq!(
+            ask(&mut kernel, read(size, 512, 5), 512),
+            (nbd::EINVAL, vec![])
+        );
+        let mut buf = [0u8; nbd::REQUEST_LEN];
+        nbd::Request {
+            command: nbd::Command::Disconnect,
+            ..read(0, 0, 6)
+        }
+        .emit(&mut buf);
+        kernel.write_all(&buf).unwrap();
+        server.join().unwrap().unwrap();
+    }
+
+    #[test]
+    fn network_reads_come_checked_from_the_next_url_when_one_is_corrupt() {
+        let s = served(300, true);
+        let direct = Arc::new(Direct {
+            ranges: Mutex::new(Ranges::new(s.sources.clone())),
+            leaves: s.leaves.clone(),
+            tree: s.tree.clone(),
+            data_len: s.data_len,
+        });
+        reads_are_answered(direct, &s);
+    }
+
+    #[test]
+    fn the_ram_copy_answers_demands_and_fills_whole() {
+        let s = served(300, true);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("root.squashfs");
+        let copy =
+            Arc::new(RamCopy::create(&path, s.image.len() as u64, s.data_len, &s.tree).unwrap());
+        let workers: Vec<_> = (0..WORKERS)
+            .map(|_| {
+                let (copy, leaves) = (copy.clone(), s.leaves.clone());
+                let ranges = Ranges::new(s.sources.clone());
+                std::thread::spawn(move || copy.fill(ranges, &leaves))
+            })
+            .collect();
+        reads_are_answered(copy.clone(), &s);
+        for w in workers {
+            w.join().unwrap();
+        }
+        assert!(copy.plan.lock().unwrap().is_whole());
+        assert_eq!(std::fs::read(&path).unwrap(), s.image);
     }
 
     #[test]

@@ -142,8 +142,12 @@ impl Ranges {
     }
 }
 
+/// A keep-alive server on loopback for the tests (here and in `lazy`).
 #[cfg(test)]
-mod tests {
+pub(crate) use test_server::test_server;
+
+#[cfg(test)]
+mod test_server {
     use super::*;
     use std::io::BufRead;
     use std::net::TcpListener;
@@ -153,7 +157,11 @@ mod tests {
     /// A keep-alive server on loopback for `data`: answers Range requests, the first
     /// `fail_first` of them with 503; `corrupt` flips a byte of every answer. Counts the
     /// connections it accepted.
-    fn server(data: Vec<u8>, fail_first: usize, corrupt: bool) -> (String, Arc<AtomicUsize>) {
+    pub(crate) fn test_server(
+        data: Vec<u8>,
+        fail_first: usize,
+        corrupt: bool,
+    ) -> (String, Arc<AtomicUsize>) {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}/img", listener.local_addr().unwrap());
         let connections = Arc::new(AtomicUsize::new(0));
@@ -197,6 +205,12 @@ mod tests {
         });
         (url, connections)
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::Ordering;
 
     fn data() -> Vec<u8> {
         (0..10_000).map(|i| (i % 251) as u8).collect()
@@ -214,7 +228,7 @@ mod tests {
 
     #[test]
     fn ranges_come_over_one_kept_connection() {
-        let (url, connections) = server(data(), 0, false);
+        let (url, connections) = test_server(data(), 0, false);
         let mut r = Ranges::new(vec![Source::parse(&url).unwrap()]);
         assert_eq!(
             r.get_checked(100..200, same(data(), 100)),
@@ -230,8 +244,8 @@ mod tests {
 
     #[test]
     fn a_refused_answer_is_asked_of_the_next_url() {
-        let (bad, _) = server(data(), 0, true);
-        let (good, _) = server(data(), 0, false);
+        let (bad, _) = test_server(data(), 0, true);
+        let (good, _) = test_server(data(), 0, false);
         let sources = vec![Source::parse(&bad).unwrap(), Source::parse(&good).unwrap()];
         let mut r = Ranges::new(sources);
         assert_eq!(r.get_checked(0..4096, same(data(), 0)), &data()[..4096]);
@@ -241,7 +255,7 @@ mod tests {
 
     #[test]
     fn while_no_url_answers_the_read_waits() {
-        let (url, _) = server(data(), 2, false);
+        let (url, _) = test_server(data(), 2, false);
         let mut r = Ranges::new(vec![Source::parse(&url).unwrap()]);
         r.max_wait = Duration::from_millis(10);
         assert_eq!(r.get_checked(10..20, same(data(), 10)), &data()[10..20]);
