@@ -192,7 +192,9 @@ pub fn serve(mode: Mode, args: &[String]) -> Result<(), String> {
             let ram = req.ram.as_ref().expect("parsed");
             let copy = Arc::new(RamCopy::create(ram, image_len, data_len, &tree)?);
             let loop_dev = attach_loop(ram)?;
-            let exposed = expose(&req, copy.clone())?;
+            // The workers first: the kernel reads (a partition scan) as soon as the NBD
+            // device starts, and opening it for dm-linear waits for those reads (a boot
+            // hung here, "Possible stuck request ... read@0" until they ran).
             let workers: Vec<_> = (0..WORKERS)
                 .map(|_| {
                     let (copy, leaves) = (copy.clone(), leaves.clone());
@@ -200,6 +202,7 @@ pub fn serve(mode: Mode, args: &[String]) -> Result<(), String> {
                     std::thread::spawn(move || copy.fill(ranges, &leaves))
                 })
                 .collect();
+            let exposed = expose(&req, copy.clone())?;
             let received: u64 = workers
                 .into_iter()
                 .map(|w| w.join().unwrap_or(0))
@@ -210,7 +213,7 @@ pub fn serve(mode: Mode, args: &[String]) -> Result<(), String> {
                 "seconds={:.1} bytes={image_len} fetched={received} demanded={demanded}",
                 started.elapsed().as_secs_f64()
             );
-            eprintln!("diskless-fetch: the RAM copy is whole ({detail})");
+            eprintln!("diskless: the RAM copy is whole ({detail})");
             report(&req, STAGE_FILLED, &detail);
             verity::switch(
                 &exposed.control,
@@ -226,7 +229,7 @@ pub fn serve(mode: Mode, args: &[String]) -> Result<(), String> {
                 "seconds={:.1} device={loop_dev}",
                 started.elapsed().as_secs_f64()
             );
-            eprintln!("diskless-fetch: the root is on the RAM copy, off the network ({detail})");
+            eprintln!("diskless: the root is on the RAM copy, off the network ({detail})");
             report(&req, STAGE_NETWORK_RELEASED, &detail);
             Ok(())
         }
@@ -258,7 +261,7 @@ fn expose(req: &Request, blocks: Arc<dyn Blocks>) -> Result<Exposed, String> {
     let nbd_device = Arc::new(nbd_device);
     let server = std::thread::spawn(move || {
         if let Err(e) = answer(server_end, &*blocks, image_len) {
-            eprintln!("diskless-fetch: serving the root: {e}");
+            eprintln!("diskless: warning: serving the root stopped: {e}");
         }
     });
     let kernel = {
@@ -499,7 +502,7 @@ impl RamCopy {
                 Ok(()) => plan.done(chunk),
                 Err(e) => {
                     // tmpfs was sized for the image above; this is not expected.
-                    eprintln!("diskless-fetch: writing the RAM copy: {e}");
+                    eprintln!("diskless: warning: writing the RAM copy: {e}");
                     plan.failed(chunk);
                 }
             }
@@ -522,7 +525,7 @@ impl Blocks for RamCopy {
         let mut out = vec![0u8; (range.end - range.start) as usize];
         // The copy is a tmpfs file: a read of bytes it holds does not fail.
         if let Err(e) = self.file.read_exact_at(&mut out, range.start) {
-            eprintln!("diskless-fetch: reading the RAM copy: {e}");
+            eprintln!("diskless: warning: reading the RAM copy: {e}");
         }
         out
     }

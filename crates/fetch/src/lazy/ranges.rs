@@ -53,20 +53,20 @@ impl Ranges {
                             return data;
                         }
                         Err(why) => eprintln!(
-                            "diskless-fetch: {} bytes {}-{}: {why}; refused, asking the next URL",
+                            "diskless: warning: {} bytes {}-{}: {why}; refused, asking the next URL",
                             self.sources[i],
                             range.start,
                             range.end - 1
                         ),
                     },
-                    Err(e) if round == 0 => eprintln!("diskless-fetch: {e}; trying the next URL"),
+                    Err(e) if round == 0 => eprintln!("diskless: warning: {e}; trying the next URL"),
                     Err(_) => {}
                 }
             }
             let wait = Duration::from_secs(1 << round.min(8)).min(self.max_wait);
             if round == 0 {
                 eprintln!(
-                    "diskless-fetch: no URL gave bytes {}-{}: waiting for a server, retrying every {} s at most",
+                    "diskless: warning: no URL gave bytes {}-{}: waiting for a server, retrying every {} s at most",
                     range.start,
                     range.end - 1,
                     self.max_wait.as_secs()
