@@ -164,6 +164,14 @@ pub fn serve(mode: Mode, args: &[String]) -> Result<(), String> {
     unsafe { libc::setsid() };
     let mut ranges = Ranges::new(req.sources.clone());
     let (data_len, image_len) = (req.data_len(), req.image_len());
+    // The line `diskless vm` (and a reader of the console) takes for the fetch's start.
+    eprintln!(
+        "diskless: fetching {} on demand (diskless.fetch={}): the hash tree first, then the \
+         blocks the kernel reads{}",
+        req.sources[0],
+        mode.name(),
+        if mode == Mode::Lazy { ", and a RAM copy behind the boot" } else { "" }
+    );
     let root = hex_bytes(&req.params.root_hash)?
         .try_into()
         .map_err(|_| "the root hash is not 32 bytes")?;
