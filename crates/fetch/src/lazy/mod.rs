@@ -170,7 +170,11 @@ pub fn serve(mode: Mode, args: &[String]) -> Result<(), String> {
          blocks the kernel reads{}",
         req.sources[0],
         mode.name(),
-        if mode == Mode::Lazy { ", and a RAM copy behind the boot" } else { "" }
+        if mode == Mode::Lazy {
+            ", and a RAM copy behind the boot"
+        } else {
+            ""
+        }
     );
     let root = hex_bytes(&req.params.root_hash)?
         .try_into()
