@@ -101,25 +101,36 @@ pub fn get(source: &Source, resume_from: u64) -> Result<Body, String> {
 pub fn get_range(source: &Source, range: std::ops::Range<u64>) -> Result<Body, String> {
     let len = range.end - range.start;
     let (response, reader) = send_get(source, Some(&format!("{}-{}", range.start, range.end - 1)))?;
-    if response.status != 206
-        || response.content_range_start != Some(range.start)
-        || response.content_length != Some(len)
-    {
-        return Err(format!(
-            "{source}: asked for bytes {}-{}, the server answered HTTP {} with {:?} bytes from {:?}",
-            range.start,
-            range.end - 1,
-            response.status,
-            response.content_length,
-            response.content_range_start
-        ));
-    }
+    expect_range(source, &response, &range)?;
     Ok(Body {
         resumed: true,
         total_len: response.content_range_total,
         remaining: Some(len),
         reader: Box::new(reader),
     })
+}
+
+/// The answer to a request for bytes `range` is exactly those bytes (206 from its start, of
+/// its length).
+pub(crate) fn expect_range(
+    source: &Source,
+    head: &Head,
+    range: &std::ops::Range<u64>,
+) -> Result<(), String> {
+    if head.status != 206
+        || head.content_range_start != Some(range.start)
+        || head.content_length != Some(range.end - range.start)
+    {
+        return Err(format!(
+            "{source}: asked for bytes {}-{}, the server answered HTTP {} with {:?} bytes from {:?}",
+            range.start,
+            range.end - 1,
+            head.status,
+            head.content_length,
+            head.content_range_start
+        ));
+    }
+    Ok(())
 }
 
 /// Send a GET (with `Range: bytes=RANGE` when given) and read the response head.

@@ -115,20 +115,8 @@ impl Ranges {
             .write_all(request.as_bytes())
             .map_err(|e| format!("{source}: sending a Range request: {e}"))?;
         let head = http::parse_head(&http::read_head(conn)?)?;
+        http::expect_range(source, &head, range)?;
         let len = range.end - range.start;
-        if head.status != 206
-            || head.content_range_start != Some(range.start)
-            || head.content_length != Some(len)
-        {
-            return Err(format!(
-                "{source}: asked for bytes {}-{}, the server answered HTTP {} with {:?} bytes from {:?}",
-                range.start,
-                range.end - 1,
-                head.status,
-                head.content_length,
-                head.content_range_start
-            ));
-        }
         let mut data = vec![0u8; len as usize];
         conn.read_exact(&mut data).map_err(|e| {
             format!(
