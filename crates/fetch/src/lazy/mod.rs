@@ -45,7 +45,8 @@ use tree::{Leaves, BLOCK_SIZE};
 
 /// The linear device between dm-verity and the NBD (later the loop) device.
 pub const LINEAR_NAME: &str = "diskless-lazy";
-/// HTTP connections filling the RAM copy at once.
+/// HTTP connections filling the RAM copy in order at once (besides the one that fetches what
+/// the kernel waits for).
 const WORKERS: usize = 2;
 const SECTOR: u64 = 512;
 /// Reported when the RAM copy is whole, with `seconds= bytes= fetched= demanded=`.
@@ -207,13 +208,7 @@ pub fn serve(mode: Mode, args: &[String]) -> Result<(), String> {
             // The workers first: the kernel reads (a partition scan) as soon as the NBD
             // device starts, and opening it for dm-linear waits for those reads (a boot
             // hung here, "Possible stuck request ... read@0" until they ran).
-            let workers: Vec<_> = (0..WORKERS)
-                .map(|_| {
-                    let (copy, leaves) = (copy.clone(), leaves.clone());
-                    let ranges = Ranges::new(req.sources.clone());
-                    std::thread::spawn(move || copy.fill(ranges, &leaves))
-                })
-                .collect();
+            let workers = start_workers(&copy, &leaves, &req.sources);
             let exposed = expose(&req, copy.clone())?;
             let received: u64 = workers
                 .into_iter()
@@ -436,6 +431,32 @@ struct RamCopy {
     changed: Condvar,
 }
 
+/// What a worker of the RAM copy fetches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// What the kernel waits for, at the boot's priority.
+    Demand,
+    /// The rest in order, at the lowest priority.
+    Fill,
+}
+
+/// One worker for the kernel's demands and [`WORKERS`] for the fill, each with its own
+/// connections; they end when the copy is whole, returning the bytes each received.
+fn start_workers(
+    copy: &Arc<RamCopy>,
+    leaves: &Arc<Leaves>,
+    sources: &[Source],
+) -> Vec<std::thread::JoinHandle<u64>> {
+    std::iter::once(Role::Demand)
+        .chain(std::iter::repeat_n(Role::Fill, WORKERS))
+        .map(|role| {
+            let (copy, leaves) = (copy.clone(), leaves.clone());
+            let ranges = Ranges::new(sources.to_vec());
+            std::thread::spawn(move || copy.fill(ranges, &leaves, role))
+        })
+        .collect()
+}
+
 /// Attach the copy at `path` to a loop device now, while /dev is where the helper sees it
 /// (after switch_root it is not); no one reads it until the switch. Returns `MAJOR:MINOR`.
 fn attach_loop(path: &std::path::Path) -> Result<String, String> {
@@ -488,9 +509,16 @@ impl RamCopy {
         })
     }
 
-    /// One fill worker: fetch the chunks the plan gives, check and store them, until the
-    /// copy is whole. Returns the bytes it received.
-    fn fill(&self, mut ranges: Ranges, leaves: &Leaves) -> u64 {
+    /// One worker: fetch the chunks the plan gives it (`role`), check and store them, until
+    /// the copy is whole. Returns the bytes it received.
+    fn fill(&self, mut ranges: Ranges, leaves: &Leaves, role: Role) -> u64 {
+        if role == Role::Fill {
+            // The fill is what can wait: on a seat's few CPUs it competes with the boot it
+            // runs behind (hashing every block, copying it), so it gets what the boot
+            // leaves: nice 19, for this thread only (setpriority on a thread id).
+            // SAFETY: plain system calls on this thread's own id.
+            unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, 19) };
+        }
         loop {
             let chunk = {
                 let mut plan = self.plan.lock().expect("plan lock");
@@ -498,7 +526,11 @@ impl RamCopy {
                     if plan.is_whole() {
                         return ranges.received;
                     }
-                    if let Some(c) = plan.next() {
+                    let next = match role {
+                        Role::Demand => plan.next_demanded(),
+                        Role::Fill => plan.next_in_order(),
+                    };
+                    if let Some(c) = next {
                         break c;
                     }
                     plan = self.changed.wait(plan).expect("plan lock");
@@ -702,13 +734,7 @@ mod tests {
         let path = dir.path().join("root.squashfs");
         let copy =
             Arc::new(RamCopy::create(&path, s.image.len() as u64, s.data_len, &s.tree).unwrap());
-        let workers: Vec<_> = (0..WORKERS)
-            .map(|_| {
-                let (copy, leaves) = (copy.clone(), s.leaves.clone());
-                let ranges = Ranges::new(s.sources.clone());
-                std::thread::spawn(move || copy.fill(ranges, &leaves))
-            })
-            .collect();
+        let workers = start_workers(&copy, &s.leaves, &s.sources);
         reads_are_answered(copy.clone(), &s);
         for w in workers {
             w.join().unwrap();

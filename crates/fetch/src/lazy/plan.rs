@@ -81,9 +81,9 @@ impl Plan {
         all
     }
 
-    /// The next chunk to fetch, marked as being fetched: a demanded one, else the first
-    /// missing one in order; None when nothing is left to start.
-    pub fn next(&mut self) -> Option<u64> {
+    /// The oldest chunk the kernel waits for that no one fetches yet, marked as being
+    /// fetched.
+    pub fn next_demanded(&mut self) -> Option<u64> {
         while let Some(c) = self.demanded.pop_front() {
             if self.states[c as usize] == State::Missing {
                 self.states[c as usize] = State::Fetching;
@@ -91,6 +91,11 @@ impl Plan {
                 return Some(c);
             }
         }
+        None
+    }
+
+    /// The first missing chunk in order, marked as being fetched.
+    pub fn next_in_order(&mut self) -> Option<u64> {
         while (self.cursor as usize) < self.states.len() {
             let c = self.cursor;
             self.cursor += 1;
@@ -100,6 +105,13 @@ impl Plan {
             }
         }
         None
+    }
+
+    /// The next chunk to fetch: a demanded one, else the first missing one in order; None
+    /// when nothing is left to start.
+    #[cfg(test)]
+    pub fn next(&mut self) -> Option<u64> {
+        self.next_demanded().or_else(|| self.next_in_order())
     }
 
     /// Chunk `index` is in the copy (from whatever source).
@@ -168,6 +180,20 @@ mod tests {
             std::iter::from_fn(|| p.next()).collect::<Vec<_>>(),
             vec![2, 3, 4, 8, 9]
         );
+    }
+
+    #[test]
+    fn demands_and_the_fill_can_be_taken_apart() {
+        let mut p = Plan::new(16, 4);
+        assert_eq!(p.next_demanded(), None);
+        assert!(!p.demand(8..9));
+        assert_eq!(p.next_in_order(), Some(0));
+        assert_eq!(p.next_demanded(), Some(2));
+        assert_eq!(p.next_demanded(), None);
+        // The fill skips what a demand took.
+        assert_eq!(p.next_in_order(), Some(1));
+        assert_eq!(p.next_in_order(), Some(3));
+        assert_eq!(p.demanded_bytes, 4);
     }
 
     #[test]
