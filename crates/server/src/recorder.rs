@@ -837,6 +837,24 @@ mod tests {
         }
     }
 
+    /// A lazy seat reports `filled` and `network-released` after `multi-user`: the boot is
+    /// still finished, and the next firmware offer starts a new one.
+    #[tokio::test]
+    async fn stages_after_multi_user_keep_the_boot_finished() {
+        let (recorder, task) = Recorder::start(None, Limits::default());
+        let m = mac(2);
+        recorder.record(offer(m, None));
+        recorder.record(report(m, "multi-user", ""));
+        recorder.record(report(m, "filled", "seconds=41.4"));
+        recorder.record(report(m, "network-released", ""));
+        let r = recorder.get(m).unwrap();
+        assert_eq!(r.stage(), "network-released");
+        assert!(r.finished());
+        recorder.record(offer(m, None));
+        assert_eq!(recorder.get(m).unwrap().stages.len(), 1);
+        task.stop().await;
+    }
+
     #[tokio::test]
     async fn a_boot_collects_stages_and_a_new_boot_starts_fresh() {
         let dir = tempfile::tempdir().unwrap();
