@@ -17,7 +17,9 @@ use std::collections::HashSet;
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
-pub use values::{AddressRange, AdminListen, HostPort, MulticastGroups, Network, Size, UidRange};
+pub use values::{
+    AddressRange, AdminListen, FetchMode, HostPort, MulticastGroups, Network, Size, UidRange,
+};
 
 pub const DEFAULT_PATH: &str = "/etc/diskless/diskless.toml";
 pub const DEFAULT_STORE: &str = "/var/lib/diskless/store";
@@ -122,6 +124,8 @@ pub struct BootSection {
     pub unknown_clients: UnknownClients,
     /// Size of each client's RAM disk (image + writes): `75%`, `4G`, `2048M`.
     pub size: Size,
+    /// How clients get the image: `whole` (default), `lazy` or `network` ([`FetchMode`]).
+    pub fetch: FetchMode,
     /// Extra kernel options for every client.
     #[serde(deserialize_with = "kernel_options")]
     pub cmdline: String,
@@ -149,6 +153,9 @@ pub struct SubnetConfig {
     /// `[subnet.multicast]`: these clients' multicast values in place of `[multicast]`'s.
     #[serde(default)]
     pub multicast: Option<crate::multicast::SubnetMulticast>,
+    /// Replaces `[boot] fetch` for these clients.
+    #[serde(default)]
+    pub fetch: Option<FetchMode>,
 }
 
 /// The record of client boots (`STATE/clients.json`, `diskless clients`).
@@ -234,6 +241,9 @@ pub struct ClientConfig {
     #[serde(default, deserialize_with = "some_kernel_options")]
     pub cmdline: Option<String>,
     pub size: Option<Size>,
+    /// Replaces `[boot] fetch` and its subnet's for this client.
+    #[serde(default)]
+    pub fetch: Option<FetchMode>,
     /// This client boots through the Secure Boot chain (or not), whatever `[boot]` says.
     pub secure_boot: Option<bool>,
     /// Replaces `[boot] image_urls` and its subnet's for this client.
@@ -293,6 +303,7 @@ impl Default for BootSection {
             image: None,
             unknown_clients: UnknownClients::Boot,
             size: Size::default(),
+            fetch: FetchMode::default(),
             cmdline: String::new(),
             image_protocol: ImageProtocol::Http,
             secure_boot: false,
@@ -1101,6 +1112,24 @@ mod tests {
                 (3, 8),
                 "client[0].size",
                 "\"lots\" is not a size",
+            ),
+            (
+                "[boot]\nfetch = \"lazily\"\n",
+                (2, 9),
+                "boot.fetch",
+                "\"lazily\" is not a fetch mode: whole, lazy or network",
+            ),
+            (
+                "[[subnet]]\ncidr = \"10.1.0.0/16\"\nimage_urls = []\nfetch = \"all\"\n",
+                (4, 9),
+                "subnet[0].fetch",
+                "\"all\" is not a fetch mode",
+            ),
+            (
+                "[[client]]\nmac = \"52:54:00:00:00:01\"\nfetch = \"Lazy\"\n",
+                (3, 9),
+                "client[0].fetch",
+                "\"Lazy\" is not a fetch mode",
             ),
             (
                 "[accounts]\nuids = \"1000\"\n",

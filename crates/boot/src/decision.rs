@@ -99,6 +99,9 @@ pub struct BootSpec {
     pub hostname: Option<String>,
     /// RAM disk size (`diskless.size=`).
     pub size: String,
+    /// How it gets the image (`diskless.fetch=`): its entry's, else its most specific
+    /// `[[subnet]]`'s, else `[boot]`'s.
+    pub fetch: crate::config::FetchMode,
     /// Extra kernel options: the site's, then the client's.
     pub cmdline: String,
     /// Base URLs of store layouts (`diskless image export`) to fetch the kernel, initrds and
@@ -167,6 +170,13 @@ impl Site {
             .map(|s| s.trim())
             .collect::<Vec<_>>()
             .join(" ");
+        let subnet = machine
+            .address
+            .and_then(|ip| self.subnets.iter().find(|s| s.net.contains(&ip)));
+        let fetch = entry
+            .and_then(|c| c.fetch)
+            .or_else(|| subnet.and_then(|s| s.fetch))
+            .unwrap_or(self.fetch);
         let image_urls = match entry.and_then(|c| c.image_urls.as_ref()) {
             Some(urls) => urls.clone(),
             None => self
@@ -182,6 +192,7 @@ impl Site {
             size: entry
                 .and_then(|c| c.size.as_ref().map(|s| s.to_string()))
                 .unwrap_or_else(|| self.size.clone()),
+            fetch,
             cmdline,
             image_urls,
         })
@@ -223,6 +234,7 @@ impl Site {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::FetchMode;
 
     const CONFIG: &str = r#"
 [boot]
@@ -263,6 +275,32 @@ mac = "52:54:00:00:00:02"
         assert_eq!(boot.hostname.as_deref(), Some("pc01"));
         assert_eq!(boot.size, "8G");
         assert_eq!(boot.cmdline, "quiet nomodeset");
+    }
+
+    #[test]
+    fn fetch_comes_from_the_client_else_its_subnet_else_boot() {
+        let lab = Site::for_tests(&format!(
+            "[[subnet]]\ncidr = \"10.9.0.0/16\"\nimage_urls = []\nfetch = \"network\"\n\
+             [[client]]\nmac = \"52:54:00:00:00:09\"\nfetch = \"whole\"\n\
+             {}",
+            CONFIG.replace("size = \"3G\"", "size = \"3G\"\nfetch = \"lazy\"")
+        ));
+        let at = |mac: &str, ip: Option<&str>| {
+            let mut m = Machine::ipxe(mac.parse().unwrap(), None);
+            m.address = ip.map(|ip| ip.parse().unwrap());
+            lab.boot_spec(&m).unwrap().fetch
+        };
+        assert_eq!(at("52:54:00:00:00:02", None), FetchMode::Lazy);
+        assert_eq!(
+            at("52:54:00:00:00:02", Some("10.9.1.1")),
+            FetchMode::Network
+        );
+        assert_eq!(at("52:54:00:00:00:09", Some("10.9.1.1")), FetchMode::Whole);
+        // Without any `fetch`, whole.
+        assert_eq!(
+            spec(&site(""), "52:54:00:00:00:02").unwrap().fetch,
+            FetchMode::Whole
+        );
     }
 
     #[test]

@@ -125,6 +125,7 @@ pub fn kernel_cmdline(p: &ScriptParams) -> String {
         // whose own initrd carries an older script) still checks the image by it.
         format!("diskless.sha256={}", p.image.squashfs_sha256),
         format!("diskless.size={}", p.boot.size),
+        format!("diskless.fetch={}", p.boot.fetch),
         format!(
             "diskless.report={}",
             Route::report_url(p.mac, p.http_authority, p.report_token)
@@ -199,6 +200,7 @@ pub(crate) mod tests {
             image: Some("lab".into()),
             hostname: None,
             size: "3G".into(),
+            fetch: crate::config::FetchMode::Lazy,
             cmdline: "quiet".into(),
             image_urls: Vec::new(),
         }
@@ -266,6 +268,7 @@ pub(crate) mod tests {
             "diskless.image=http://10.0.0.1:8080/images/lab/20261125-120000-abcd1234/root.squashfs",
             "diskless.sha256=ab12",
             "diskless.size=3G",
+            "diskless.fetch=lazy",
             "diskless.report=http://10.0.0.1:8080/api/report/52-54-00-12-34-56?token=0123456789abcdef.42",
             "BOOTIF=01-52-54-00-12-34-56",
             "panic=30",

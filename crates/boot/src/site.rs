@@ -109,6 +109,8 @@ pub struct Site {
     pub unknown_clients: UnknownClients,
     /// RAM disk size unless the client's entry says otherwise.
     pub size: String,
+    /// `[boot] fetch`: how clients get the image unless their subnet or entry says.
+    pub fetch: crate::config::FetchMode,
     /// Kernel options for every client.
     pub cmdline: String,
     /// How the initramfs fetches the image.
@@ -138,6 +140,8 @@ pub struct Subnet {
     pub image_urls: Vec<String>,
     /// Its clients' multicast (`[subnet.multicast]` over `[multicast]`); None: off for them.
     pub multicast: Option<crate::multicast::Multicast>,
+    /// How its clients fetch the image, unless their entry says.
+    pub fetch: Option<crate::config::FetchMode>,
 }
 
 /// The default pool: .100 to .199 of the interface's subnet, clipped to the subnet.
@@ -188,6 +192,7 @@ impl Site {
                     Some(own) => own.over(&config.multicast),
                     None => config.multicast.resolve(),
                 },
+                fetch: s.fetch,
             })
             .collect();
         subnets.sort_by_key(|s| std::cmp::Reverse(s.net.prefix_len()));
@@ -231,6 +236,7 @@ impl Site {
             default_image: config.boot.image.clone(),
             unknown_clients: config.boot.unknown_clients,
             size: config.boot.size.to_string(),
+            fetch: config.boot.fetch,
             cmdline,
             image_protocol: config.boot.image_protocol,
             secure_boot: config.boot.secure_boot,

@@ -20,6 +20,9 @@
 //! root-mounted                   the overlay root is mounted        boot script
 //! accounts-missing               an accounts file could not be read boot script
 //! multi-user                     the system started (final)         booted system
+//! filled                         lazy: the RAM copy is whole        fetch helper (seconds=,
+//!                                (often after multi-user)           bytes=, fetched=, demanded=)
+//! network-released               lazy: the root moved onto the copy fetch helper
 //! failed                         the boot stopped (final)           boot script (FailureReason)
 //! ```
 //!
@@ -49,6 +52,10 @@ pub enum Stage {
     AccountsMissing,
     MultiUser,
     Failed,
+    /// `fetch = "lazy"`: the RAM copy is whole (it may come after `multi-user`).
+    Filled,
+    /// `fetch = "lazy"`: the root reads the RAM copy; the network device is gone.
+    NetworkReleased,
     /// A name none of the above, as a client sent it (checked: [`Stage::parse`]).
     Other(OtherStage),
 }
@@ -70,7 +77,7 @@ pub struct BadStage;
 
 impl Stage {
     /// Every stage this server knows, in boot order.
-    pub const KNOWN: [Stage; 13] = [
+    pub const KNOWN: [Stage; 15] = [
         Stage::DhcpOffer,
         Stage::DhcpAck,
         Stage::DhcpNak,
@@ -84,6 +91,8 @@ impl Stage {
         Stage::AccountsMissing,
         Stage::MultiUser,
         Stage::Failed,
+        Stage::Filled,
+        Stage::NetworkReleased,
     ];
 
     /// The stage called `name`: a known one, or [`Stage::Other`] if the name is well formed.
@@ -127,6 +136,8 @@ impl Stage {
             Stage::AccountsMissing => "accounts-missing",
             Stage::MultiUser => "multi-user",
             Stage::Failed => "failed",
+            Stage::Filled => "filled",
+            Stage::NetworkReleased => "network-released",
             Stage::Other(_) => "other",
         }
     }

@@ -101,13 +101,16 @@ fn the_boot_script_sends_only_known_stages() {
 
 #[test]
 fn the_fetch_helper_sends_only_known_stages() {
-    let helper = repo_file("crates/fetch/src/fetch.rs");
+    let helper =
+        repo_file("crates/fetch/src/fetch.rs") + &repo_file("crates/fetch/src/lazy/mod.rs");
     let names: Vec<&str> = helper
         .lines()
         .filter_map(|l| l.trim().strip_prefix("pub const STAGE_"))
         .filter_map(|l| l.split('"').nth(1))
         .collect();
-    assert!(names.contains(&"fetched"), "{names:?}");
+    for expected in ["fetched", "filled", "network-released"] {
+        assert!(names.contains(&expected), "{expected} not in {names:?}");
+    }
     for name in names {
         assert!(
             matches!(Stage::parse(name), Ok(s) if !matches!(s, Stage::Other(_))),

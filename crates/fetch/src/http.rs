@@ -55,7 +55,7 @@ impl Read for Body {
     }
 }
 
-fn connect(source: &Source) -> Result<TcpStream, String> {
+pub(crate) fn connect(source: &Source) -> Result<TcpStream, String> {
     let addr = source.socket_addr()?;
     let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
         .map_err(|e| format!("cannot connect to {addr}: {e}"))?;
@@ -101,25 +101,36 @@ pub fn get(source: &Source, resume_from: u64) -> Result<Body, String> {
 pub fn get_range(source: &Source, range: std::ops::Range<u64>) -> Result<Body, String> {
     let len = range.end - range.start;
     let (response, reader) = send_get(source, Some(&format!("{}-{}", range.start, range.end - 1)))?;
-    if response.status != 206
-        || response.content_range_start != Some(range.start)
-        || response.content_length != Some(len)
-    {
-        return Err(format!(
-            "{source}: asked for bytes {}-{}, the server answered HTTP {} with {:?} bytes from {:?}",
-            range.start,
-            range.end - 1,
-            response.status,
-            response.content_length,
-            response.content_range_start
-        ));
-    }
+    expect_range(source, &response, &range)?;
     Ok(Body {
         resumed: true,
         total_len: response.content_range_total,
         remaining: Some(len),
         reader: Box::new(reader),
     })
+}
+
+/// The answer to a request for bytes `range` is exactly those bytes (206 from its start, of
+/// its length).
+pub(crate) fn expect_range(
+    source: &Source,
+    head: &Head,
+    range: &std::ops::Range<u64>,
+) -> Result<(), String> {
+    if head.status != 206
+        || head.content_range_start != Some(range.start)
+        || head.content_length != Some(range.end - range.start)
+    {
+        return Err(format!(
+            "{source}: asked for bytes {}-{}, the server answered HTTP {} with {:?} bytes from {:?}",
+            range.start,
+            range.end - 1,
+            head.status,
+            head.content_length,
+            head.content_range_start
+        ));
+    }
+    Ok(())
 }
 
 /// Send a GET (with `Range: bytes=RANGE` when given) and read the response head.
@@ -156,7 +167,7 @@ pub fn get_whole(source: &Source, max: u64) -> Result<Vec<u8>, String> {
     Ok(data)
 }
 
-fn read_head(reader: &mut impl BufRead) -> Result<String, String> {
+pub(crate) fn read_head(reader: &mut impl BufRead) -> Result<String, String> {
     let mut head = String::new();
     loop {
         let mut line = String::new();
@@ -177,14 +188,14 @@ fn read_head(reader: &mut impl BufRead) -> Result<String, String> {
 }
 
 #[derive(Debug, PartialEq)]
-struct Head {
-    status: u16,
-    content_length: Option<u64>,
-    content_range_start: Option<u64>,
-    content_range_total: Option<u64>,
+pub(crate) struct Head {
+    pub(crate) status: u16,
+    pub(crate) content_length: Option<u64>,
+    pub(crate) content_range_start: Option<u64>,
+    pub(crate) content_range_total: Option<u64>,
 }
 
-fn parse_head(head: &str) -> Result<Head, String> {
+pub(crate) fn parse_head(head: &str) -> Result<Head, String> {
     let mut lines = head.lines();
     let status_line = lines.next().ok_or("empty response")?;
     let status = status_line

@@ -35,6 +35,8 @@ const SECTOR_SIZE: u64 = 512;
 const DM_VERSION: [u32; 3] = [4, 0, 0];
 /// dm-ioctl.h: DM_READONLY_FLAG (verity refuses a writable table: "Device must be readonly").
 const DM_READONLY_FLAG: u32 = 1 << 0;
+/// dm-ioctl.h: DM_SUSPEND_FLAG (DM_DEV_SUSPEND suspends; without it, it resumes).
+const DM_SUSPEND_FLAG: u32 = 1 << 1;
 /// dm-ioctl.h: DM_BUFFER_FULL_FLAG, set by the kernel when the status did not fit.
 const DM_BUFFER_FULL_FLAG: u32 = 1 << 8;
 
@@ -156,23 +158,30 @@ pub fn open(device: &Path, params: &Params, name: &str) -> Result<PathBuf, Strin
             device.display()
         ));
     }
-    let control = control()?;
-    let created = ioctl(&control, DM_DEV_CREATE, &mut header_bytes(&header(name, 0)))
+    let table = params.table(&format!("{major}:{minor}"));
+    create(&control()?, name, params.sectors(), "verity", &table)
+}
+
+/// Create the device-mapper device `name` with one read-only target `target` of `sectors`
+/// sectors and parameters `table`, and make it live; returns its node, /dev/dm-N.
+pub(crate) fn create(
+    control: &File,
+    name: &str,
+    sectors: u64,
+    target: &str,
+    table: &str,
+) -> Result<PathBuf, String> {
+    let created = ioctl(control, DM_DEV_CREATE, &mut header_bytes(&header(name, 0)))
         .map_err(|e| format!("creating device-mapper device {name}: {e}"))?;
     let dev = created.dev;
-    let table = params.table(&format!("{major}:{minor}"));
-    let mut load = table_load(name, params.sectors(), "verity", &table);
-    let activated = ioctl(&control, DM_TABLE_LOAD, &mut load)
+    let mut load = table_load(name, sectors, target, table);
+    let activated = ioctl(control, DM_TABLE_LOAD, &mut load)
         .map_err(|e| {
-            format!("loading the dm-verity table ({table}): {e} (the kernel's log says why)")
+            format!("loading the {target} table ({table}): {e} (the kernel's log says why)")
         })
         .and_then(|_| {
-            ioctl(
-                &control,
-                DM_DEV_SUSPEND,
-                &mut header_bytes(&header(name, 0)),
-            )
-            .map_err(|e| format!("activating {name}: {e}"))
+            ioctl(control, DM_DEV_SUSPEND, &mut header_bytes(&header(name, 0)))
+                .map_err(|e| format!("activating {name}: {e}"))
         });
     if let Err(e) = activated {
         let _ = remove(name);
@@ -185,16 +194,37 @@ pub fn open(device: &Path, params: &Params, name: &str) -> Result<PathBuf, Strin
     Ok(node)
 }
 
+/// Replace the live table of `name` by one target `target` over `sectors` with parameters
+/// `table`: load it (inactive), suspend the device (in-flight I/O completes on the old
+/// table), resume it (the new table is live). Works on an open `control`, so it also works
+/// after switch_root moved /dev away from under the helper.
+pub(crate) fn switch(
+    control: &File,
+    name: &str,
+    sectors: u64,
+    target: &str,
+    table: &str,
+) -> Result<(), String> {
+    ioctl(
+        control,
+        DM_TABLE_LOAD,
+        &mut table_load(name, sectors, target, table),
+    )
+    .map_err(|e| format!("loading the new {target} table of {name} ({table}): {e}"))?;
+    ioctl(
+        control,
+        DM_DEV_SUSPEND,
+        &mut header_bytes(&header(name, DM_SUSPEND_FLAG)),
+    )
+    .map_err(|e| format!("suspending {name}: {e}"))?;
+    ioctl(control, DM_DEV_SUSPEND, &mut header_bytes(&header(name, 0)))
+        .map_err(|e| format!("resuming {name} on its new table: {e}"))?;
+    Ok(())
+}
+
 /// Hash blocks of the tree over `data_blocks` (verity_ctr's levels: none for one block).
 fn tree_blocks(data_blocks: u64) -> u64 {
-    let per_block = BLOCK_SIZE / 32;
-    let mut total = 0;
-    let mut level = data_blocks;
-    while level > 1 {
-        level = level.div_ceil(per_block);
-        total += level;
-    }
-    total
+    crate::lazy::tree::tree_len(data_blocks) / BLOCK_SIZE
 }
 
 /// Remove the mapped device `name` (DM_DEV_REMOVE).
@@ -230,7 +260,7 @@ pub fn status(name: &str) -> Result<String, String> {
     Ok(String::from_utf8_lossy(&text[..end]).trim().to_string())
 }
 
-fn control() -> Result<File, String> {
+pub(crate) fn control() -> Result<File, String> {
     OpenOptions::new()
         .read(true)
         .write(true)

@@ -7,7 +7,7 @@
 //! diskless/bin/diskless-fetch       the static fetch helper
 //! diskless/bin/diskless-home        the PAM helper of the lab's accounts, which the boot
 //!                                   script copies into the root (initramfs-tools/diskless-home)
-//! diskless/modules/*.ko             loop, squashfs, overlay, dm-verity and their dependencies,
+//! diskless/modules/*.ko             loop, squashfs, overlay, dm-verity, nbd and their dependencies,
 //! diskless/modules/load-order       decompressed, in the order they must be loaded
 //! ```
 //!
@@ -34,7 +34,9 @@ pub const MODULES_DIR: &str = "diskless/modules";
 const LOAD_ORDER: &str = "load-order";
 
 /// The modules the boot script needs and Debian's stock initrd lacks.
-pub const MODULES: &[&str] = &["loop", "squashfs", "overlay", "dm-verity"];
+/// nbd serves the root of `fetch = "lazy"`/`"network"` (dm-linear is part of dm-mod, which
+/// dm-verity depends on).
+pub const MODULES: &[&str] = &["loop", "squashfs", "overlay", "dm-verity", "nbd"];
 
 /// A file of [`MODULES_DIR`]: a module (decompressed) or the load order; its name there and
 /// its bytes.
@@ -450,7 +452,7 @@ mod tests {
         .unwrap();
         std::fs::write(
             top.join("modules.builtin"),
-            "kernel/drivers/block/loop.ko\nkernel/drivers/md/dm-verity.ko\n",
+            "kernel/drivers/block/loop.ko\nkernel/drivers/md/dm-verity.ko\nkernel/drivers/block/nbd.ko\n",
         )
         .unwrap();
         let helper = root.path().join("helper");
@@ -481,13 +483,13 @@ mod tests {
         let root = tempfile::tempdir().unwrap();
         let top = root.path().join("lib/modules/v");
         std::fs::create_dir_all(top.join("kernel")).unwrap();
-        for m in ["loop", "squashfs", "overlay", "dm-mod", "dm-verity"] {
+        for m in ["loop", "squashfs", "overlay", "dm-mod", "dm-verity", "nbd"] {
             std::fs::write(top.join(format!("kernel/{m}.ko")), m).unwrap();
         }
         std::fs::write(
             top.join("modules.dep"),
             "kernel/loop.ko:\nkernel/squashfs.ko:\nkernel/overlay.ko:\nkernel/dm-mod.ko:\n\
-             kernel/dm-verity.ko: kernel/dm-mod.ko\n",
+             kernel/dm-verity.ko: kernel/dm-mod.ko\nkernel/nbd.ko:\n",
         )
         .unwrap();
         let old_helper = root.path().join("old");
@@ -509,7 +511,7 @@ mod tests {
         assert_eq!(files["diskless/modules/squashfs.ko"], b"squashfs");
         assert_eq!(
             files["diskless/modules/load-order"],
-            b"loop.ko\nsquashfs.ko\noverlay.ko\ndm_mod.ko\ndm_verity.ko\n"
+            b"loop.ko\nsquashfs.ko\noverlay.ko\ndm_mod.ko\ndm_verity.ko\nnbd.ko\n"
         );
         assert!(refresh(b"garbage", &new_helper).is_err());
     }

@@ -61,7 +61,9 @@ pub fn phase_ending_at(stage: &Stage) -> &'static str {
         Stage::RootMounted => "mount",
         Stage::MultiUser => "systemd",
         Stage::Failed => "failed",
-        Stage::AccountsMissing | Stage::Other(_) => "other",
+        Stage::AccountsMissing | Stage::Filled | Stage::NetworkReleased | Stage::Other(_) => {
+            "other"
+        }
     }
 }
 

@@ -273,9 +273,10 @@ impl ClientRecord {
         self.last_stage().map(Stage::as_str).unwrap_or("-")
     }
 
-    /// Its boot ended: the last stage is a final one.
+    /// Its boot ended: a final stage was reached (a lazy seat's `filled` and
+    /// `network-released` may follow `multi-user`).
     pub fn finished(&self) -> bool {
-        self.last_stage().is_some_and(Stage::is_final)
+        self.stages.iter().any(|s| s.stage.is_final())
     }
 
     /// Seconds from the start of the boot to `stage`, if it was reached.
@@ -834,6 +835,24 @@ mod tests {
             ip,
             detail: Some("http://x/boot/y.ipxe".into()),
         }
+    }
+
+    /// A lazy seat reports `filled` and `network-released` after `multi-user`: the boot is
+    /// still finished, and the next firmware offer starts a new one.
+    #[tokio::test]
+    async fn stages_after_multi_user_keep_the_boot_finished() {
+        let (recorder, task) = Recorder::start(None, Limits::default());
+        let m = mac(2);
+        recorder.record(offer(m, None));
+        recorder.record(report(m, "multi-user", ""));
+        recorder.record(report(m, "filled", "seconds=41.4"));
+        recorder.record(report(m, "network-released", ""));
+        let r = recorder.get(m).unwrap();
+        assert_eq!(r.stage(), "network-released");
+        assert!(r.finished());
+        recorder.record(offer(m, None));
+        assert_eq!(recorder.get(m).unwrap().stages.len(), 1);
+        task.stop().await;
     }
 
     #[tokio::test]

@@ -247,10 +247,13 @@ const PHASES: &[(&str, &[&str])] = &[
     (
         Stage::Fetched.label(),
         // The fetch helper's last line: `sha256 verified`, or for an image with a hash tree
-        // `each block to be verified by dm-verity as it is read`.
+        // `each block to be verified by dm-verity as it is read`; with diskless.fetch=lazy or
+        // network nothing is fetched before the root is mounted: the boot script's line that
+        // the helper serves the root ends the phase.
         &[
             "sha256 verified",
             "verified by dm-verity as it is read",
+            "the root is served from the network",
             "reference: fetched",
         ],
     ),

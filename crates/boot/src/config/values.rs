@@ -161,6 +161,45 @@ impl fmt::Display for Size {
     }
 }
 
+/// How a client gets its image (`fetch` in `[boot]`, `[[subnet]]`, `[[client]]`; the
+/// command line's `diskless.fetch=`): `whole` into RAM before the root is mounted; `lazy`,
+/// the root mounted at once over NBD while a RAM copy fills behind the boot; `network`,
+/// over NBD with no copy (an image bigger than RAM boots; the seat needs the server).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FetchMode {
+    #[default]
+    Whole,
+    Lazy,
+    Network,
+}
+
+impl FetchMode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            FetchMode::Whole => "whole",
+            FetchMode::Lazy => "lazy",
+            FetchMode::Network => "network",
+        }
+    }
+}
+
+impl FromStr for FetchMode {
+    type Err = String;
+
+    fn from_str(mode: &str) -> Result<Self, String> {
+        [FetchMode::Whole, FetchMode::Lazy, FetchMode::Network]
+            .into_iter()
+            .find(|m| m.as_str() == mode)
+            .ok_or_else(|| format!("{mode:?} is not a fetch mode: whole, lazy or network"))
+    }
+}
+
+impl fmt::Display for FetchMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `1000-59999` (`[accounts] uids`): the IDs of the lab's users and groups, inclusive, never 0.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UidRange {
@@ -300,6 +339,7 @@ deserialize_from_str!(
     Network,
     MulticastGroups,
     Size,
+    FetchMode,
     UidRange,
     AdminListen,
     HostPort
