@@ -11,13 +11,17 @@ use diskless_image::manifest::hash_file;
 use std::path::PathBuf;
 use std::process::Command;
 
+/// The default release's bootstrapped tree (trixie's), which scripts/test bootstraps before
+/// this test runs.
 fn bootstrapped_tree() -> PathBuf {
     let cache = std::env::var_os("DISKLESS_CACHE").unwrap_or("/var/cache/diskless".into());
-    PathBuf::from(cache).join("roots/bookworm")
+    PathBuf::from(cache)
+        .join("roots")
+        .join(diskless_image::bootstrap::DEFAULT_SUITE)
 }
 
 #[test]
-#[ignore = "needs the bootstrapped tree the end-to-end phase makes: run by scripts/test after it"]
+#[ignore = "needs the default release's bootstrapped tree: run by scripts/test after its bootstrap"]
 fn installed_hook_makes_one_initrd_that_boots_diskless() {
     require!("mount", "umount", "chroot", "lsinitramfs", "unmkinitramfs");
     let lower = bootstrapped_tree();
