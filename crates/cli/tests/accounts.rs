@@ -9,8 +9,8 @@
 //!
 //! The server side runs in the `diskless vm` network namespace: `diskless serve` with
 //! `[accounts]` (the vm's own server), and Debian's sshd from the bootstrapped tree of the
-//! seats' release cached in $DISKLESS_CACHE/roots/SUITE (bookworm, or `DISKLESS_TEST_SUITE`'s),
-//! never modified: it is the lower layer of an overlay where the test user is added
+//! seats' release cached in $DISKLESS_CACHE/roots/SUITE (`common::test_release`: trixie, or
+//! `DISKLESS_TEST_SUITE`'s), never modified: it is the lower layer of an overlay where the test user is added
 //! (`useradd`, `chpasswd`) and host keys made, and sshd runs chrooted into it. The host's own accounts are not touched. The clients log in with sshpass and ssh from
 //! the same namespace.
 //!

@@ -3,32 +3,43 @@
 //! lightdm is active, its greeter runs, and the screen (a QMP screendump) shows a picture.
 //!
 //! Not in scripts/test: the Xfce tree is ~1.2 GB and its mksquashfs takes many minutes on 2
-//! cores. Run by `scripts/test-desktop`, which keeps its own cache (the tree in
-//! $DISKLESS_CACHE/roots/bookworm-xfce, the image in $DISKLESS_CACHE/desktop-store). The
+//! cores (README, "Tests"). Run by `scripts/test-desktop`, which keeps its own cache (the tree
+//! in $DISKLESS_CACHE/roots/SUITE-xfce, the image in $DISKLESS_CACHE/desktop-store, or
+//! desktop-store-SUITE for a release other than bookworm). The release is the boot tests'
+//! (`common::test_release`: trixie unless `DISKLESS_TEST_SUITE` names another). The
 //! screendumps stay in the logs directory the test prints ($DISKLESS_DESKTOP_LOGS, when set).
 
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{cache, command_output, diskless, read_report, run, run_vm, vm};
+use common::{
+    cache, command_output, diskless, read_report, run, run_vm, test_release, vm, Release,
+};
 
 const IMAGE: &str = "xfce";
 /// lightdm's GTK greeter, as `pgrep -x` sees it (the kernel keeps 15 characters of a name).
 const GREETER: &str = "lightdm-gtk-gre";
 
 /// The image store: $DISKLESS_DESKTOP_STORE (scripts/test-desktop builds the image there),
-/// else one built here from the bootstrapped Xfce tree.
+/// else one built here from the bootstrapped Xfce tree of [`test_release`].
 fn desktop_store() -> PathBuf {
     if let Some(store) = std::env::var_os("DISKLESS_DESKTOP_STORE") {
         return store.into();
     }
-    let root = cache().join("roots/bookworm-xfce");
+    let release = test_release();
+    let root = cache()
+        .join("roots")
+        .join(format!("{}-xfce", release.suite()));
     run(diskless()
-        .args(["image", "bootstrap", "--suite", "bookworm"])
+        .args(["image", "bootstrap", "--suite", release.suite()])
         .arg(&root)
         .args(["--desktop", "xfce", "--cache"])
         .arg(cache().join("debs-desktop")));
-    let store = cache().join("desktop-store");
+    // Bookworm's where it always was, as scripts/test-desktop keeps it.
+    let store = match release {
+        Release::Bookworm => cache().join("desktop-store"),
+        other => cache().join(format!("desktop-store-{}", other.suite())),
+    };
     run(diskless()
         .args(["image", "build"])
         .arg(&root)

@@ -13,8 +13,8 @@ use std::process::Command;
 
 mod common;
 use common::{
-    add_image_from, bootstrapped_root, command_output, diskless, read_report, run, run_vm, stages,
-    test_image_of, vm, Overlay, Release,
+    add_image_from, bootstrapped_root, bootstrapped_tree, command_output, diskless, read_report,
+    run, run_vm, stages, test_image_of, test_release, vm, Overlay, Release,
 };
 
 fn squashfs_listing(store: &Path) -> String {
@@ -204,11 +204,12 @@ fn a_trixie_workstation_boots_from_a_ram_overlay() {
 
 /// Issue 5: `diskless initrd install` makes the tree's own initrd carry the boot script, the
 /// helper and the modules; an image built from that tree needs no diskless.cpio, and a client
-/// boots it with initrd.img alone.
+/// boots it with initrd.img alone. The tree is the boot tests' release's (trixie unless
+/// `DISKLESS_TEST_SUITE` names another; see `common::test_release`).
 #[test]
 #[ignore = "needs root, QEMU and minutes: run by scripts/test"]
 fn a_single_initrd_made_by_initrd_install_boots() {
-    let lower = bootstrapped_root();
+    let lower = bootstrapped_tree(test_release());
     let work = tempfile::tempdir().unwrap();
     let tree = Overlay::mount(&lower, &work.path().join("tree"));
     run(diskless()

@@ -17,8 +17,8 @@
 //! booted system, offline, as `apt-get install` would on a lab's server.
 //!
 //! The .deb: the one scripts/package makes (it fails on any lintian error or warning), or
-//! `DISKLESS_DEB`. The image: the shared test image (`DISKLESS_TEST_STORE`,
-//! `DISKLESS_TEST_IMAGE`), bound read-only as the service's store.
+//! `DISKLESS_DEB`. The image: the shared test image of the server's release
+//! (`common::test_image_of`), bound read-only as the service's store.
 //!
 //! Run by scripts/test (`cargo test -p diskless --test package -- --ignored`): it needs root,
 //! systemd-nspawn (systemd-container), network namespaces and QEMU.
@@ -29,7 +29,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod common;
-use common::{cache, run, test_image, Overlay, Release};
+use common::{cache, run, test_image_of, Overlay, Release};
 
 /// The service's capabilities, as /proc/PID/status shows them: CAP_NET_BIND_SERVICE (10) and
 /// CAP_NET_RAW (13).
@@ -243,8 +243,9 @@ fn installed_package_serves_and_purges(release: Release) {
          bootstraps it",
         lower.display()
     );
-    // The image the client boots, bound read-only into the service's store.
-    let version = test_image();
+    // The image the client boots, of the server's release, bound read-only into the
+    // service's store.
+    let version = test_image_of(release);
     let image_dir = version.parent().unwrap();
     let image = image_dir.file_name().unwrap().to_str().unwrap().to_string();
     let store = image_dir.parent().unwrap().parent().unwrap().to_path_buf();

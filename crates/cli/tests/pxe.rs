@@ -8,10 +8,12 @@
 //! Run by scripts/test (`cargo test -p diskless --test pxe -- --ignored --test-threads=1`): it
 //! needs root, network namespaces, QEMU, OVMF, dnsmasq and several minutes per boot.
 //!
-//! The image: `DISKLESS_TEST_STORE` (a store) and `DISKLESS_TEST_IMAGE` (default bookworm)
-//! name an image already built, which each test hard-links into its own store; without them
-//! the first test builds one from the bootstrapped tree cached in $DISKLESS_CACHE (default
-//! /var/cache/diskless) into $DISKLESS_CACHE/test-store.
+//! The image: `common::test_image`, of the boot tests' release (trixie unless
+//! `DISKLESS_TEST_SUITE` names another). `DISKLESS_TEST_STORE` (a store) and the image's name
+//! (`DISKLESS_TEST_IMAGE_TRIXIE`, or `DISKLESS_TEST_IMAGE` for bookworm) name an image already
+//! built, which each test hard-links into its own store; without them the first test builds
+//! one from the bootstrapped tree cached in $DISKLESS_CACHE (default /var/cache/diskless) into
+//! $DISKLESS_CACHE/test-store.
 
 use std::path::Path;
 use std::process::Command;

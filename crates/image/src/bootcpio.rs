@@ -287,7 +287,7 @@ pub fn module_name(path: &str) -> String {
 /// Read a module, decompressing it when its first bytes say it is compressed (Debian ships
 /// `.ko.xz`, other kernels `.ko.zst` or `.ko.gz`; the magic decides, not the name):
 /// finit_module gets a plain ELF.
-fn read_module(path: &Path) -> Result<Vec<u8>> {
+pub fn read_module(path: &Path) -> Result<Vec<u8>> {
     use diskless_initramfs::{Compression, Decoder, PeekReader};
     let raw = std::fs::read(path).map_err(io_at(path))?;
     let compression = match Compression::sniff(&raw) {

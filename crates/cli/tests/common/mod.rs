@@ -62,12 +62,13 @@ pub fn bootstrapped_tree(release: Release) -> PathBuf {
 }
 
 /// The release the boot tests boot (and the accounts test's server runs): named by
-/// `DISKLESS_TEST_SUITE` (`bookworm`, `trixie`), bookworm when unset. scripts/test runs a
-/// subset of the boot tests a second time with `DISKLESS_TEST_SUITE=trixie`, so each test is
-/// written once for every release.
+/// `DISKLESS_TEST_SUITE` (`bookworm`, `trixie`), the default release (trixie, what `image
+/// bootstrap` makes) when unset. scripts/test runs a subset of the boot tests a second time
+/// with `DISKLESS_TEST_SUITE=bookworm` (README, "Tests"), so each test is written once for
+/// every release.
 pub fn test_release() -> Release {
     match std::env::var("DISKLESS_TEST_SUITE") {
-        Err(std::env::VarError::NotPresent) => Release::Bookworm,
+        Err(std::env::VarError::NotPresent) => Release::DEFAULT,
         Ok(suite) => Release::from_suite(&suite).unwrap_or_else(|| {
             panic!(
                 "DISKLESS_TEST_SUITE={suite}: not one of {:?}",
