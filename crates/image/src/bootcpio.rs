@@ -38,6 +38,11 @@ const LOAD_ORDER: &str = "load-order";
 /// dm-verity depends on).
 pub const MODULES: &[&str] = &["loop", "squashfs", "overlay", "dm-verity", "nbd"];
 
+/// Of [`MODULES`], those a kernel may lack: without nbd an image still boots `whole` (the
+/// boot script says on the console that lazy and network need nbd and fetches the image
+/// whole), so a kernel built without it is no reason to refuse the build.
+const OPTIONAL_MODULES: &[&str] = &["nbd"];
+
 /// A file of [`MODULES_DIR`]: a module (decompressed) or the load order; its name there and
 /// its bytes.
 struct Module {
@@ -229,6 +234,7 @@ fn collect_modules(root: &Path, version: &str) -> Result<Vec<Module>> {
         {
             Some(path) => visit(path, &deps, &mut seen, &mut order),
             None if builtin.lines().any(|l| module_name(l) == module_name(name)) => {} // built into the kernel
+            None if OPTIONAL_MODULES.contains(name) => {}
             None => {
                 return Err(Error::Invalid(format!(
                     "kernel {version} has no {name} module in {} and does not build it in",
@@ -514,6 +520,41 @@ mod tests {
             b"loop.ko\nsquashfs.ko\noverlay.ko\ndm_mod.ko\ndm_verity.ko\nnbd.ko\n"
         );
         assert!(refresh(b"garbage", &new_helper).is_err());
+    }
+
+    #[test]
+    fn a_kernel_without_nbd_gets_an_archive_without_it_one_without_loop_none() {
+        let root = tempfile::tempdir().unwrap();
+        let top = root.path().join("lib/modules/v");
+        std::fs::create_dir_all(top.join("kernel")).unwrap();
+        let mut dep = String::new();
+        for m in ["loop", "squashfs", "overlay", "dm-verity"] {
+            std::fs::write(top.join(format!("kernel/{m}.ko")), m).unwrap();
+            dep.push_str(&format!("kernel/{m}.ko:\n"));
+        }
+        std::fs::write(top.join("modules.dep"), &dep).unwrap();
+        let helper = root.path().join("helper");
+        std::fs::write(&helper, b"helper").unwrap();
+        let cpio = build(root.path(), "v", &helper).unwrap();
+        let mut reader = diskless_initramfs::CpioReader::new(&cpio[..]);
+        let mut files = BTreeMap::new();
+        while let Some(h) = reader.next_entry().unwrap() {
+            files.insert(
+                h.name_lossy().into_owned(),
+                reader.read_data_to_vec().unwrap(),
+            );
+        }
+        assert_eq!(
+            files["diskless/modules/load-order"],
+            b"loop.ko\nsquashfs.ko\noverlay.ko\ndm_verity.ko\n"
+        );
+        std::fs::write(
+            top.join("modules.dep"),
+            dep.replace("kernel/loop.ko:\n", ""),
+        )
+        .unwrap();
+        let err = build(root.path(), "v", &helper).unwrap_err().to_string();
+        assert!(err.contains("no loop module"), "{err}");
     }
 
     #[test]
