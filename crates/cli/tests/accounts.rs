@@ -186,6 +186,13 @@ fn ssh_command(ip: &str, password: &str, command: &str) -> Command {
             "PubkeyAuthentication=no",
             "-o",
             "ConnectTimeout=30",
+            // The seat makes its RSA host key after boot and then reloads sshd
+            // (diskless-ssh-keygen-rsa.service, tidy.rs): sshd re-executes itself and for
+            // a moment nothing listens. Seen in CI (2026-12-07, trixie): the login right
+            // after a refused password got "Connection refused", and so did the next two
+            // within a second. ssh tries again once a second instead.
+            "-o",
+            "ConnectionAttempts=30",
             "-o",
             "LogLevel=ERROR",
         ])
