@@ -120,6 +120,13 @@ fn usage() -> String {
         .to_string()
 }
 
+/// The value after a `--flag` of a command line (`--out FILE`): the next argument.
+fn flag_value(it: &mut std::slice::Iter<'_, String>, name: &str) -> Result<String, String> {
+    it.next()
+        .cloned()
+        .ok_or_else(|| format!("{name} needs a value"))
+}
+
 fn parse_get(args: &[String]) -> Result<fetch::Request, String> {
     let mut sha256 = None;
     let mut verity = false;
@@ -130,11 +137,7 @@ fn parse_get(args: &[String]) -> Result<fetch::Request, String> {
     let mut urls = Vec::new();
     let mut it = args.iter();
     while let Some(arg) = it.next() {
-        let mut value = |name: &str| {
-            it.next()
-                .cloned()
-                .ok_or_else(|| format!("{name} needs a value"))
-        };
+        let mut value = |name: &str| flag_value(&mut it, name);
         match arg.as_str() {
             "--sha256" => sha256 = Some(value("--sha256")?),
             "--verity" => verity = true,

@@ -92,11 +92,7 @@ impl Request {
         let (mut ram, mut report_url, mut urls) = (None, None, Vec::new());
         let mut it = rest.iter();
         while let Some(arg) = it.next() {
-            let mut value = |name: &str| {
-                it.next()
-                    .cloned()
-                    .ok_or_else(|| format!("{name} needs a value"))
-            };
+            let mut value = |name: &str| crate::flag_value(&mut it, name);
             match arg.as_str() {
                 "--ram" => ram = Some(PathBuf::from(value("--ram")?)),
                 "--report" => report_url = Some(value("--report")?),
