@@ -15,8 +15,8 @@ use std::process::Output;
 
 mod common;
 use common::{
-    assert_namespace_gone, diskless, output, read_report, record, stage_names,
-    test_image as source_version,
+    assert_namespace_gone, diskless, kernel_died_before_script, output, read_report, record,
+    stage_names, test_image as source_version,
 };
 
 /// Put the test image into `store` as image `test`: hard links, except that a `corrupt`
@@ -94,8 +94,26 @@ impl Boot {
     }
 }
 
-/// `diskless vm` with `extra` flags, on a store of its own.
+/// `diskless vm` with `extra` flags, on a store of its own. A boot whose kernel panicked
+/// before the boot script said anything is booted once more (see `kernel_died_before_script`).
 fn boot(corrupt: bool, extra: &[&str]) -> Boot {
+    let first = boot_once(corrupt, extra);
+    if !kernel_died_before_script(&first.console()) {
+        return first;
+    }
+    eprintln!(
+        "the kernel panicked before the boot script said anything: \
+         booting once more; the first boot's logs: {}",
+        first.logs.display()
+    );
+    let mut first = first;
+    if let Some(work) = first.work.take() {
+        let _ = work.keep();
+    }
+    boot_once(corrupt, extra)
+}
+
+fn boot_once(corrupt: bool, extra: &[&str]) -> Boot {
     let work = tempfile::tempdir().unwrap();
     let store = work.path().join("store");
     add_image(&store, corrupt);
