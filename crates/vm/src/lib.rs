@@ -248,9 +248,15 @@ pub struct VmReport {
 /// sha256), booted by `diskless vm --server-command`.
 const PHASES: &[(&str, &[&str])] = &[
     ("kernel", &["Linux version"]),
+    // The fetch helper's first line: `fetching URL` by HTTP, or, with `diskless.multicast=`,
+    // `joined multicast session` (a seat the session reaches prints no `fetching` line).
     (
         Stage::Fetching.label(),
-        &["diskless: fetching", "reference: fetching"],
+        &[
+            "diskless: fetching",
+            MULTICAST_JOINED,
+            "reference: fetching",
+        ],
     ),
     (
         Stage::Fetched.label(),
@@ -285,6 +291,10 @@ const PHASES: &[(&str, &[&str])] = &[
         ],
     ),
 ];
+
+/// The fetch helper's line once it joined the image's multicast session
+/// (crates/fetch/src/multicast.rs).
+const MULTICAST_JOINED: &str = "diskless: joined multicast session";
 
 /// systemd's status line for every target it reaches; the rest of the line names it.
 const SYSTEMD_REACHED: &str = "Reached target";
@@ -875,6 +885,23 @@ mod tests {
                 "scripts/reference-boot prints no marker of {phase}: {markers:?}"
             );
         }
+    }
+
+    /// A seat that gets its image by multicast prints no `fetching` line: the helper's join
+    /// line starts the phase (without it the vm waited for `fetching` until its timeout).
+    #[test]
+    fn the_fetch_helper_prints_the_multicast_marker() {
+        let helper = include_str!("../../fetch/src/multicast.rs");
+        let printed = MULTICAST_JOINED.strip_prefix("diskless: ").unwrap();
+        assert!(
+            helper.contains(&format!("\"diskless: {printed} ")),
+            "crates/fetch/src/multicast.rs no longer prints {MULTICAST_JOINED:?}"
+        );
+        let fetching = PHASES
+            .iter()
+            .find(|(phase, _)| *phase == Stage::Fetching.label())
+            .unwrap();
+        assert!(fetching.1.contains(&MULTICAST_JOINED));
     }
 
     #[test]
