@@ -20,8 +20,8 @@ use std::process::Command;
 
 mod common;
 use common::{
-    add_image, assert_namespace_gone, command_output, diskless, read_report, record, run, run_vm,
-    stage_names, stages, vm, Booting, Work,
+    add_image, assert_namespace_gone, assert_stages, command_output, diskless, read_report, record,
+    run, run_vm, stage_names, stages, vm, Booting, Work,
 };
 use diskless_boot::multicast::MulticastFetch;
 use diskless_boot::FetchedDetail;
@@ -165,19 +165,17 @@ fn three_bios_seats_in_full_mode_boot_one_image_sent_once_by_multicast() {
         assert!(address.contains("inet 10.77.0."), "{mac}: {address}");
         assert!(leases.contains(mac), "no lease for {mac}: {leases}");
         let record = record(&logs, mac).unwrap_or_else(|| panic!("no record of {mac}"));
-        let stages = stage_names(&record);
-        for stage in [
-            "ipxe-script",
-            "network-up",
-            "fetched",
-            "root-mounted",
-            "multi-user",
-        ] {
-            assert!(
-                stages.iter().any(|s| s == stage),
-                "{mac}: {stage} missing from {stages:?}"
-            );
-        }
+        assert_stages(
+            mac,
+            &stage_names(&record),
+            &[
+                "ipxe-script",
+                "network-up",
+                "fetched",
+                "root-mounted",
+                "multi-user",
+            ],
+        );
         // The helper's report: the image by the session, what it repaired over HTTP.
         let detail = &record
             .stages
