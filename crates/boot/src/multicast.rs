@@ -137,7 +137,10 @@ impl Multicast {
 
 /// How a seat that was given `diskless.multicast=` got its image, from the detail of its
 /// `fetched` report (the fetch helper writes it; a test there parses its text with this).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// As JSON (the dashboard's per-seat table): `{"outcome": "joined", "multicast_bytes": N,
+/// "http_bytes": M}`, `{"outcome": "unreachable"}`, `{"outcome": "failed"}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(tag = "outcome", rename_all = "kebab-case")]
 pub enum MulticastFetch {
     /// By the session: `multicast_bytes=N http_bytes=M` (M repaired over HTTP).
     Joined {
@@ -197,6 +200,19 @@ mod tests {
         assert_eq!(
             MulticastFetch::parse("bytes=10 seconds=1.00 mbps=0.0"),
             None
+        );
+        // The dashboard reads these names.
+        assert_eq!(
+            serde_json::to_value(MulticastFetch::Joined {
+                multicast_bytes: 9,
+                http_bytes: 1
+            })
+            .unwrap(),
+            serde_json::json!({"outcome": "joined", "multicast_bytes": 9, "http_bytes": 1})
+        );
+        assert_eq!(
+            serde_json::to_value(MulticastFetch::Unreachable).unwrap(),
+            serde_json::json!({"outcome": "unreachable"})
         );
         assert_eq!(
             MulticastFetch::parse("multicast_bytes=x http_bytes=1"),

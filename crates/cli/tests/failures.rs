@@ -209,9 +209,18 @@ fn an_image_larger_than_the_ram_is_not_downloaded() {
 #[test]
 #[ignore = "needs root, QEMU, nftables and minutes: run by scripts/test"]
 fn a_seat_without_the_masters_data_disk_boots_through_five_percent_packet_loss() {
+    // Issue 24: the image by multicast is on, but this seat's port drops multicast (nftables
+    // on its tap): it must say so and fetch the image by HTTP, through the loss.
+    let site = tempfile::tempdir().unwrap();
+    let config = site.path().join("site.toml");
+    std::fs::write(&config, "[multicast]\nenabled = true\n").unwrap();
     let b = boot(
         false,
         &[
+            "--config",
+            config.to_str().unwrap(),
+            "--block-multicast",
+            MAC,
             "--loss",
             "5",
             "--run",
@@ -247,6 +256,35 @@ fn a_seat_without_the_masters_data_disk_boots_through_five_percent_packet_loss()
     );
     let stages = b.stages();
     assert!(!stages.iter().any(|s| s == "failed"), "{stages:?}");
+    // Multicast never reached it: the helper said so on the console and in its `fetched`
+    // report (the dashboard's "multicast does not reach this seat"), which the server
+    // counted, and the image came by HTTP.
+    let console = b.console();
+    assert!(
+        console.contains("multicast does not reach this seat"),
+        "the helper did not say multicast was blocked:\n{console}"
+    );
+    let fetched = record(&b.logs, MAC)
+        .and_then(|r| r.stages.into_iter().find(|s| s.stage.as_str() == "fetched"))
+        .map(|s| s.detail)
+        .unwrap_or_else(|| panic!("no fetched report: {stages:?}"));
+    assert_eq!(
+        diskless_boot::multicast::MulticastFetch::parse(&fetched),
+        Some(diskless_boot::multicast::MulticastFetch::Unreachable),
+        "{fetched}"
+    );
+    let metrics = std::fs::read_to_string(b.logs.join("metrics.txt")).unwrap();
+    assert!(
+        metrics.contains("diskless_multicast_fallbacks_total{reason=\"unreachable\"} 1"),
+        "{metrics}"
+    );
+    // The session did send (the drop, not a silent server, kept the seat deaf).
+    assert!(
+        metrics.lines().any(|l| l
+            .starts_with("diskless_multicast_bytes_sent_total{image=\"test\"} ")
+            && !l.ends_with(" 0")),
+        "the session sent nothing:\n{metrics}"
+    );
 }
 
 #[test]

@@ -394,6 +394,7 @@ fn installed_package_serves_and_purges(release: Release) {
             firmware: Firmware::Bios,
             disks: vec![],
             display: false,
+            block_multicast: false,
         }],
         timeout: Duration::from_secs(1200),
         commands: vec!["findmnt -n -o FSTYPE /".into(), "hostname".into()],
@@ -403,6 +404,7 @@ fn installed_package_serves_and_purges(release: Release) {
         loss_percent: 0,
         restart_server_during_fetch: None,
         screendumps: vec![],
+        metrics: None,
     };
     let report = diskless_vm::run_in(&cfg, &ns).unwrap_or_else(|e| {
         let (journal, _) = container.sh("journalctl -u diskless --no-pager | tail -40");

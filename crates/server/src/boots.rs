@@ -20,6 +20,7 @@
 //! ```
 
 use crate::recorder::ClientRecord;
+use diskless_boot::multicast::MulticastFetch;
 use diskless_boot::{FailureReason, Stage};
 use serde::Serialize;
 use std::collections::VecDeque;
@@ -113,6 +114,10 @@ pub struct ClientView {
     /// Why, for a failed boot: `{"code": "no-address", "message": "..."}`.
     pub failure: Option<FailureReason>,
     pub phases: Vec<Phase>,
+    /// How its image came, when it was given a multicast session (the detail of its
+    /// `fetched` report): by the group, with the bytes it repaired over HTTP, or by HTTP
+    /// because multicast did not reach it. The dashboard's Multicast tab lists these seats.
+    pub multicast: Option<MulticastFetch>,
 }
 
 impl From<ClientRecord> for ClientView {
@@ -122,7 +127,13 @@ impl From<ClientRecord> for ClientView {
         let failure = last
             .filter(|s| s.stage == Stage::Failed)
             .map(|s| FailureReason::parse(&s.detail));
+        let multicast = record
+            .stages
+            .iter()
+            .find(|s| s.stage == Stage::Fetched)
+            .and_then(|s| MulticastFetch::parse(&s.detail));
         ClientView {
+            multicast,
             last_seen: record.boot_started + duration,
             duration,
             finished: record.finished(),
@@ -255,6 +266,36 @@ mod tests {
                 ("other", 1.0)
             ]
         );
+    }
+
+    /// Issue 24: the bytes each seat repaired over HTTP, per seat, from its `fetched` report;
+    /// a seat multicast did not reach says so; one never given a session has nothing.
+    #[test]
+    fn a_seat_shows_how_its_image_came_by_multicast() {
+        let mut r = record(&[("fetching", 1.0), ("fetched", 9.0)]);
+        r.stages[1].detail =
+            "bytes=1000 seconds=8.00 mbps=0.1 multicast_bytes=990 http_bytes=10".into();
+        let json = serde_json::to_value(ClientView::from(r.clone())).unwrap();
+        assert_eq!(
+            json["multicast"],
+            serde_json::json!({"outcome": "joined", "multicast_bytes": 990, "http_bytes": 10})
+        );
+        r.stages[1].detail = "bytes=1000 seconds=8.00 mbps=0.1 multicast=unreachable".into();
+        let json = serde_json::to_value(ClientView::from(r.clone())).unwrap();
+        assert_eq!(json["multicast"]["outcome"], "unreachable");
+        r.stages[1].detail = "bytes=1000 seconds=8.00 mbps=0.1".into();
+        let json = serde_json::to_value(ClientView::from(r)).unwrap();
+        assert_eq!(json["multicast"], serde_json::Value::Null);
+        // The Multicast tab lists the seats by these fields.
+        let page = crate::admin::DASHBOARD;
+        for field in [
+            "c.multicast",
+            "m.http_bytes",
+            "m.multicast_bytes",
+            "\"unreachable\"",
+        ] {
+            assert!(page.contains(field), "the dashboard does not read {field}");
+        }
     }
 
     #[test]

@@ -106,6 +106,10 @@ pub struct ClientConfig {
     pub disks: Vec<PathBuf>,
     /// A VGA display (for desktop images), read with [`VmConfig::screendumps`].
     pub display: bool,
+    /// Its port drops multicast: every UDP datagram to 224.0.0.0/4 leaving for its tap is
+    /// dropped ([`netns::block_multicast`]), as on a switch port that does not carry the
+    /// group. Its fetch helper hears nothing and falls back to HTTP.
+    pub block_multicast: bool,
 }
 
 /// The site's own DHCP server (dnsmasq), for trying proxy mode: it hands out the addresses,
@@ -157,6 +161,10 @@ pub struct VmConfig {
     /// Once the commands ran, save the first client's display to these files (PNG for
     /// `.png`, else PPM); the client needs [`ClientConfig::display`].
     pub screendumps: Vec<PathBuf>,
+    /// The server's admin listener: once every client is done, and before the server stops,
+    /// its `/metrics` is saved as `metrics.txt` in the log directory (the server's own
+    /// counters of the run: bytes sent by HTTP and multicast, ...).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// A command run on a client once it was up.
@@ -240,9 +248,15 @@ pub struct VmReport {
 /// sha256), booted by `diskless vm --server-command`.
 const PHASES: &[(&str, &[&str])] = &[
     ("kernel", &["Linux version"]),
+    // The fetch helper's first line: `fetching URL` by HTTP, or, with `diskless.multicast=`,
+    // `joined multicast session` (a seat the session reaches prints no `fetching` line).
     (
         Stage::Fetching.label(),
-        &["diskless: fetching", "reference: fetching"],
+        &[
+            "diskless: fetching",
+            MULTICAST_JOINED,
+            "reference: fetching",
+        ],
     ),
     (
         Stage::Fetched.label(),
@@ -277,6 +291,10 @@ const PHASES: &[(&str, &[&str])] = &[
         ],
     ),
 ];
+
+/// The fetch helper's line once it joined the image's multicast session
+/// (crates/fetch/src/multicast.rs).
+const MULTICAST_JOINED: &str = "diskless: joined multicast session";
 
 /// systemd's status line for every target it reaches; the rest of the line names it.
 const SYSTEMD_REACHED: &str = "Reached target";
@@ -367,6 +385,9 @@ pub fn run_in(cfg: &VmConfig, ns: &netns::Netns) -> Result<VmReport, Error> {
         netns::drop_at_random(&cfg.interface, cfg.loss_percent)?;
     }
     netns::count_tftp_requests(&cfg.interface, cfg.tftp_port)?;
+    for client in cfg.clients.iter().filter(|c| c.block_multicast) {
+        netns::block_multicast(&client.tap)?;
+    }
     if cfg.restart_server_during_fetch.is_some() {
         // 162 MiB at 40 Mbit/s: about 34 s, time for the harness to stop and restart the
         // server while the image is still coming.
@@ -514,12 +535,21 @@ pub fn run_in(cfg: &VmConfig, ns: &netns::Netns) -> Result<VmReport, Error> {
         drop(guard);
         qemu_errors.push(errors.join().unwrap_or_default());
     }
+    let metrics = cfg
+        .metrics
+        .map(|admin| save_metrics(admin, &cfg.log_dir.join(METRICS_FILE)));
     drop(server);
     drop(site_dhcp);
     let tftp_requests = netns::tftp_requests();
     if cfg.loss_percent > 0 {
         // The drop counters, as evidence that the loss was real.
         let _ = netns::save_loss_counters(&cfg.log_dir.join("loss.txt"));
+    }
+    if let Some(Err(e)) = metrics {
+        // After the clients' own outcome: a boot that failed says why first.
+        if outcomes.iter().all(|(result, _, _)| result.is_ok()) {
+            return Err(e);
+        }
     }
     let many = cfg.clients.len() > 1;
     let mut report = VmReport {
@@ -675,6 +705,42 @@ fn run_commands(
     Ok(())
 }
 
+/// The file in the log directory where [`VmConfig::metrics`] saves the server's `/metrics`.
+pub const METRICS_FILE: &str = "metrics.txt";
+
+/// GET `/metrics` from the admin listener at `admin` (HTTP/1.0: the answer ends when the
+/// server closes) and write its body to `path`.
+fn save_metrics(admin: SocketAddr, path: &std::path::Path) -> Result<(), Error> {
+    use std::io::Read;
+    let failed = |e: std::io::Error| Error::Setup(format!("reading http://{admin}/metrics: {e}"));
+    // An unspecified address (0.0.0.0) listens on loopback too; the Host header names the
+    // listener's own address, which its Host check always accepts.
+    let mut to = admin;
+    if to.ip().is_unspecified() {
+        to.set_ip(std::net::Ipv4Addr::LOCALHOST.into());
+    }
+    let mut stream = TcpStream::connect_timeout(&to, Duration::from_secs(5)).map_err(failed)?;
+    stream
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .map_err(failed)?;
+    write!(
+        stream,
+        "GET /metrics HTTP/1.0\r\nHost: {admin}\r\nConnection: close\r\n\r\n"
+    )
+    .map_err(failed)?;
+    let mut answer = Vec::new();
+    stream.read_to_end(&mut answer).map_err(failed)?;
+    let text = String::from_utf8_lossy(&answer);
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    if !head.starts_with("HTTP/1.") || head.split_whitespace().nth(1) != Some("200") {
+        return Err(Error::Setup(format!(
+            "http://{admin}/metrics answered: {}",
+            head.lines().next().unwrap_or_default()
+        )));
+    }
+    std::fs::write(path, body).map_err(|e| Error::Setup(format!("writing {}: {e}", path.display())))
+}
+
 /// Start the server command, its output appended to `log` (a restarted server keeps one log).
 fn start_server(command: &[String], log: &std::path::Path) -> Result<Guarded, Error> {
     let file = std::fs::OpenOptions::new()
@@ -819,6 +885,23 @@ mod tests {
                 "scripts/reference-boot prints no marker of {phase}: {markers:?}"
             );
         }
+    }
+
+    /// A seat that gets its image by multicast prints no `fetching` line: the helper's join
+    /// line starts the phase (without it the vm waited for `fetching` until its timeout).
+    #[test]
+    fn the_fetch_helper_prints_the_multicast_marker() {
+        let helper = include_str!("../../fetch/src/multicast.rs");
+        let printed = MULTICAST_JOINED.strip_prefix("diskless: ").unwrap();
+        assert!(
+            helper.contains(&format!("\"diskless: {printed} ")),
+            "crates/fetch/src/multicast.rs no longer prints {MULTICAST_JOINED:?}"
+        );
+        let fetching = PHASES
+            .iter()
+            .find(|(phase, _)| *phase == Stage::Fetching.label())
+            .unwrap();
+        assert!(fetching.1.contains(&MULTICAST_JOINED));
     }
 
     #[test]

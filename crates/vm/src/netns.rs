@@ -103,6 +103,32 @@ pub fn drop_at_random(interface: &str, percent: u8) -> Result<(), Error> {
     nft_apply(&loss_rules(interface, percent))
 }
 
+/// Drop every multicast datagram (UDP to 224.0.0.0/4) on its way out of `tap` to its
+/// client: a switch port that does not carry multicast (the fetch helper then hears nothing
+/// and falls back to HTTP). A netdev egress hook on the tap itself (Linux 5.16, nftables
+/// 1.0.1), so the same rule holds whether the tap is bridged (a datagram the server sends on
+/// the bridge leaves through every port) or is the server's own interface; IGMP and the rest
+/// of the client's traffic pass. Call it inside the namespace; the table goes with it.
+pub fn block_multicast(tap: &str) -> Result<(), Error> {
+    nft_apply(&block_multicast_rules(tap))
+}
+
+fn block_multicast_rules(tap: &str) -> String {
+    // One table per tap: a netdev chain hooks one device.
+    let table = format!(
+        "diskless_vm_mcast_{}",
+        tap.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+    );
+    format!(
+        "table netdev {table} {{\n\
+         \tchain egress {{\n\
+         \t\ttype filter hook egress device \"{tap}\" priority 0; policy accept;\n\
+         \t\tether type ip ip daddr 224.0.0.0/4 meta l4proto udp counter drop\n\
+         \t}}\n\
+         }}\n"
+    )
+}
+
 /// Send at most `rate` (tc's units, `40mbit`) out of `interface` towards its client: a link
 /// slow enough that a download takes a while. Call it inside the namespace. Used for
 /// [`crate::VmConfig::restart_server_during_fetch`]: with dm-verity the helper no longer
@@ -260,6 +286,20 @@ mod tests {
         assert!(rules.contains("hook input"), "{rules}");
         assert!(
             rules.contains("iifname \"br0\" numgen random mod 100 < 5 counter drop"),
+            "{rules}"
+        );
+    }
+
+    #[test]
+    fn multicast_is_dropped_on_its_way_out_of_the_tap_only() {
+        let rules = block_multicast_rules("dl1");
+        assert!(
+            rules.contains("table netdev diskless_vm_mcast_dl1"),
+            "{rules}"
+        );
+        assert!(rules.contains("hook egress device \"dl1\""), "{rules}");
+        assert!(
+            rules.contains("ip daddr 224.0.0.0/4 meta l4proto udp counter drop"),
             "{rules}"
         );
     }

@@ -89,6 +89,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         config: None,
         loss: 0,
         restart_server_during_fetch: false,
+        block_multicast: vec![],
         run: vec![],
         cmdline: String::new(),
         size: diskless_boot::config::Size::default(),

@@ -9,7 +9,7 @@ use diskless_boot::config::{AddressRange, ImageProtocol, Size};
 use diskless_boot::{Mac, Mode};
 use diskless_image::Store;
 use diskless_vm::{ClientConfig, Firmware, Report, Server, SiteDhcp, VmConfig, VmReport};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -53,6 +53,12 @@ pub struct VmArgs {
     /// the client has to resume the download.
     #[arg(long)]
     pub restart_server_during_fetch: bool,
+    /// The port of the client with this MAC drops multicast (repeatable): every UDP datagram
+    /// to 224.0.0.0/4 on its way to it is dropped (nftables, a netdev egress hook on its
+    /// tap), as on a switch port that does not carry the group. With [multicast] on, its
+    /// image comes by HTTP.
+    #[arg(long, value_name = "MAC", value_parser = clap::value_parser!(Mac))]
+    pub block_multicast: Vec<Mac>,
     /// Run this command on the client once it is up (repeatable); its output is printed.
     #[arg(long = "run")]
     pub run: Vec<String>,
@@ -68,7 +74,8 @@ pub struct VmArgs {
     /// Do not show the client's console.
     #[arg(long)]
     pub quiet: bool,
-    /// Logs (console.log, server.log) go here; default /tmp/diskless-vm-PID.
+    /// Logs (console.log, server.log, and metrics.txt: the server's /metrics once the clients
+    /// are done) go here; default /tmp/diskless-vm-PID.
     #[arg(long)]
     pub log_dir: Option<PathBuf>,
     /// Write the phases and command results as JSON to this file.
@@ -118,20 +125,21 @@ fn pool() -> AddressRange {
 }
 
 /// The command that starts the vm's server: `diskless serve` on `interface` with the vm's
-/// settings, or `--server-command`.
+/// settings, or `--server-command`; and the address of its admin listener, if it has one
+/// (`--server-command` has none we know of).
 fn server_argv(
     args: &VmArgs,
     config: PathBuf,
     interface: &str,
     log_dir: &Path,
-) -> Result<Vec<String>> {
+) -> Result<(Vec<String>, Option<SocketAddr>)> {
     if let Some(command) = &args.server_command {
         if args.mode != Mode::Full {
             bail!("--server-command is the network's only server: it cannot run in proxy mode");
         }
         // The command's own arguments, then the interface, address and log directory; exec,
         // so the SIGTERM that stops the server reaches the command itself.
-        return Ok(vec![
+        let argv = vec![
             "sh".into(),
             "-c".into(),
             format!("exec {command} \"$@\""),
@@ -139,7 +147,8 @@ fn server_argv(
             interface.into(),
             vm_address(SERVER_HOST).to_string(),
             log_dir.display().to_string(),
-        ]);
+        ];
+        return Ok((argv, None));
     }
     let cmdline = format!(
         "console=ttyS0,115200n8 diskless.autologin=ttyS0 panic=5 {}",
@@ -164,10 +173,14 @@ fn server_argv(
         secure_boot: args.firmware == Firmware::SecureBoot,
         ..ServeArgs::default()
     };
+    // The server's own reading of the config and flags: where its admin listener will be.
+    let admin = super::serve::resolve(&serve)
+        .context("the vm's server config")?
+        .admin_addr();
     let exe = std::env::current_exe()?;
     let mut argv = vec![exe.display().to_string(), "serve".into()];
     argv.extend(serve.to_args());
-    Ok(argv)
+    Ok((argv, admin))
 }
 
 /// Each client's phases on stderr, its commands' output on stdout; whether a command failed.
@@ -236,7 +249,10 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
     } else {
         "dlbr0".to_string()
     };
-    let server = server_argv(&args, config, &interface, &log_dir)?;
+    let (server, admin) = server_argv(&args, config, &interface, &log_dir)?;
+    if let Some(mac) = args.block_multicast.iter().find(|m| !args.mac.contains(m)) {
+        bail!("--block-multicast {mac}: no client has that MAC (--mac)");
+    }
     let firmware = args.firmware;
     let clients = args
         .mac
@@ -250,6 +266,7 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
             firmware,
             disks: args.disks.clone(),
             display: args.display || !args.screendump.is_empty(),
+            block_multicast: args.block_multicast.contains(mac),
         })
         .collect();
     let cfg = VmConfig {
@@ -270,6 +287,7 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
             .restart_server_during_fetch
             .then_some(Duration::from_secs(3)),
         screendumps: args.screendump.clone(),
+        metrics: admin,
     };
     eprintln!(
         "diskless: booting {} {} in QEMU ({} client(s), {} MiB, {}, {} mode, TCG); logs in {}",

@@ -227,6 +227,16 @@ pub fn stages(logs: &Path, mac: &str) -> Vec<String> {
     stage_names(&record)
 }
 
+/// Every stage of `expected` is among `stages` (a record's [`stage_names`]) of client `who`.
+pub fn assert_stages(who: &str, stages: &[String], expected: &[&str]) {
+    for stage in expected {
+        assert!(
+            stages.iter().any(|s| s == stage),
+            "{who}: {stage} missing from {stages:?}"
+        );
+    }
+}
+
 /// Run `diskless vm`, which must succeed, then check that its namespace is gone (other runs'
 /// namespaces may exist: only ours, named after the vm's pid, is checked).
 pub fn run_vm(cmd: &mut Command) {
