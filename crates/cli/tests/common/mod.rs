@@ -516,7 +516,19 @@ pub fn assert_lazy_seat_off_the_network(
         console.contains("the root is on the RAM copy, off the network"),
         "{console}"
     );
-    let stages = stages(logs, &client.mac.to_string());
+    let record = record(logs, &client.mac.to_string())
+        .unwrap_or_else(|| panic!("no record of {}", client.mac));
+    // When the copy was whole against the boot's stages, for the CI log.
+    for s in &record.stages {
+        eprintln!(
+            "{}: {} at {:.1} s {}",
+            client.mac,
+            s.stage.as_str(),
+            s.at,
+            s.detail
+        );
+    }
+    let stages = stage_names(&record);
     for stage in ["root-mounted", "multi-user", "filled", "network-released"] {
         assert!(stages.iter().any(|s| s == stage), "no {stage}: {stages:?}");
     }
