@@ -4,9 +4,10 @@
 //! site's DHCP server (proxy mode). UEFI in full mode and BIOS in proxy mode fetch their
 //! image `lazy` (issue 25, `fetch = "lazy"` in the site's [boot]): the root is mounted at once
 //! from the network, and the seat fills its RAM copy, moves its root onto it and lets go of
-//! the network device; the other two fetch it whole. Then two clients on one network get the images and
-//! hostnames their [[client]] entries give them, and different machine-ids and ssh host keys
-//! (issue 5); and a new version published, then rolled back, while clients boot (issue 5).
+//! the network device; the other two fetch it whole. Then two clients on one network get the
+//! images and hostnames their [[client]] entries give them, and different machine-ids and ssh
+//! host keys (issue 5); and a new version published, then rolled back, while clients boot
+//! (issue 5).
 //!
 //! Run by scripts/test (`cargo test -p diskless --test pxe -- --ignored --test-threads=1`): it
 //! needs root, network namespaces, QEMU, OVMF, dnsmasq and several minutes per boot.
