@@ -39,4 +39,4 @@ pub use decision::{BootSpec, Loader, Machine};
 pub use diskless_dhcp::Mac;
 pub use routes::{AccountsFile, ImageFile, Route};
 pub use site::Site;
-pub use stage::{FailureCode, FailureReason, FetchedDetail, Stage};
+pub use stage::{FailureCode, FailureReason, FetchedDetail, FilledDetail, Stage};

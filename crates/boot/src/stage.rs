@@ -353,6 +353,42 @@ impl FetchedDetail {
     }
 }
 
+/// What a lazy seat's fetch helper measured when its RAM copy became whole, the detail of
+/// its `filled` report: `seconds=S bytes=N fetched=F demanded=D` (fields in any order,
+/// unknown ones ignored; crates/fetch's `lazy::filled_detail` writes it, a test there parses
+/// it back). `bytes` is the image's size, `fetched` what the helper received for it (the
+/// hash tree, refused blocks and chunks fetched twice included), `demanded` what of it the
+/// kernel waited for.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct FilledDetail {
+    pub seconds: f64,
+    pub bytes: u64,
+    pub fetched: u64,
+    pub demanded: u64,
+}
+
+impl FilledDetail {
+    /// The measure in a `filled` detail; `None` unless every field is there.
+    pub fn parse(detail: &str) -> Option<FilledDetail> {
+        let field = |name: &str| {
+            detail
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(name)?.strip_prefix('='))
+        };
+        Some(FilledDetail {
+            seconds: field("seconds")?.parse().ok()?,
+            bytes: field("bytes")?.parse().ok()?,
+            fetched: field("fetched")?.parse().ok()?,
+            demanded: field("demanded")?.parse().ok()?,
+        })
+    }
+
+    /// Bytes fetched for the fill itself, not because the kernel waited for them.
+    pub fn fill_bytes(&self) -> u64 {
+        self.fetched.saturating_sub(self.demanded)
+    }
+}
+
 impl fmt::Display for FetchedDetail {
     /// The detail the fetch helper sends (crates/fetch builds the same text; a test there
     /// parses it back with [`FetchedDetail::parse`]).
@@ -482,6 +518,33 @@ mod tests {
             let reason = FailureReason::parse(message);
             assert_eq!((reason.code, reason.message.as_str()), (code, message));
         }
+    }
+
+    #[test]
+    fn filled_detail_parses() {
+        let filled = FilledDetail::parse(
+            "seconds=41.4 bytes=170000000 fetched=170500000 demanded=20000000 x=1",
+        )
+        .unwrap();
+        assert_eq!(
+            filled,
+            FilledDetail {
+                seconds: 41.4,
+                bytes: 170_000_000,
+                fetched: 170_500_000,
+                demanded: 20_000_000
+            }
+        );
+        assert_eq!(filled.fill_bytes(), 150_500_000);
+        for bad in [
+            "",
+            "seconds=1 bytes=2 fetched=3",
+            "seconds=x bytes=2 fetched=3 demanded=1",
+        ] {
+            assert_eq!(FilledDetail::parse(bad), None, "{bad:?}");
+        }
+        let odd = FilledDetail::parse("seconds=1 bytes=2 fetched=3 demanded=9").unwrap();
+        assert_eq!(odd.fill_bytes(), 0);
     }
 
     #[test]

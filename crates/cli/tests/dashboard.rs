@@ -334,6 +334,47 @@ fn table_sorts_filters_and_updates_live() {
         WAIT,
     );
 
+    // A lazy seat (issue 25): under its stage, its root on the network, then its RAM copy
+    // filled and the network let go, as its stages say.
+    let from_network: Vec<(&str, f64)> = FULL_BOOT
+        .iter()
+        .copied()
+        .filter(|(stage, _)| *stage != "fetched")
+        .collect();
+    let mut lazy = synthetic(3, &from_network);
+    let fill_of = format!(
+        "document.querySelector(\"tr.client[data-mac='{}'] td.stage .fill\")?.textContent",
+        lazy.mac
+    );
+    admin.update(lazy.clone());
+    browser.wait_for(
+        "the lazy seat's root on the network",
+        &format!("return {fill_of} === 'root on the network'"),
+        WAIT,
+    );
+    for (stage, at, detail) in [
+        (
+            "filled",
+            90.0,
+            "seconds=41.4 bytes=178257920 fetched=180000000 demanded=20971520",
+        ),
+        ("network-released", 91.0, "seconds=42.0 device=7:0"),
+    ] {
+        lazy.stages.push(StageEvent {
+            stage: Stage::parse(stage).unwrap(),
+            at,
+            detail: detail.into(),
+        });
+        admin.update(lazy.clone());
+    }
+    browser.wait_for(
+        "the lazy seat's fill",
+        &format!(
+            "return {fill_of} === 'off the network, RAM copy filled in 41.4 s, 20.0 MiB of 170.0 MiB on demand'"
+        ),
+        WAIT,
+    );
+
     // The multicast tab: this server has no session (its sessions' fields are the server's
     // unit tests), and says so when the tab is opened.
     browser.eval(

@@ -3,9 +3,13 @@
 //! with our server as the network's DHCP server (full mode) and beside dnsmasq acting as the
 //! site's DHCP server (proxy mode). BIOS in full mode is three seats in one storm, the image
 //! sent once by multicast (issue 24), each with the hostname its [[client]] entry gives it and
-//! a machine-id and ssh host keys of its own (issue 5); and a new version published, then
-//! rolled back, while clients boot (issue 5). (Which image a [[client]] entry picks is
-//! decided by crates/boot's decision.rs and checked by its unit tests.)
+//! a machine-id and ssh host keys of its own (issue 5). UEFI in full mode and BIOS in proxy
+//! mode fetch their image `lazy` (issue 25, `fetch = "lazy"` in the site's [boot]): the root
+//! is mounted at once from the network, and the seat fills its RAM copy, moves its root onto
+//! it and lets go of the network device; UEFI in proxy mode fetches it whole. And a new
+//! version published, then rolled back, while clients boot (issue 5). (Which image a
+//! [[client]] entry picks is decided by crates/boot's decision.rs and checked by its unit
+//! tests.)
 //!
 //! Run by scripts/test (`cargo test -p diskless --test pxe -- --ignored --test-threads=1`): it
 //! needs root, network namespaces, QEMU, OVMF, dnsmasq and several minutes per boot.
@@ -22,8 +26,9 @@ use std::process::Command;
 
 mod common;
 use common::{
-    add_image, assert_namespace_gone, assert_stages, command_output, diskless, read_report, record,
-    run, run_vm, stage_names, stages, vm, Booting, Work,
+    add_image, assert_lazy_seat_off_the_network, assert_namespace_gone, assert_stages,
+    command_output, diskless, read_report, record, run, run_vm, stage_names, stages, vm, Booting,
+    Work, BLOCK_PATH,
 };
 use diskless_boot::multicast::MulticastFetch;
 use diskless_boot::FetchedDetail;
@@ -33,23 +38,41 @@ const ROOT_FS: &str = "findmnt -n -o FSTYPE /";
 const ADDRESS: &str = "ip -4 -o addr show scope global";
 const SSH_HOST_KEY: &str = "ssh-keygen -l -f /etc/ssh/ssh_host_ed25519_key.pub";
 
-/// Boot one client with `firmware` in `mode`; check it runs from the overlay, and where its
-/// address came from.
+/// [`boots_fetching_to_multi_user`] with the image fetched whole (the default).
 fn boots_to_multi_user(firmware: &str, mode: &str) {
+    boots_fetching_to_multi_user(firmware, mode, "whole");
+}
+
+/// Boot one client with `firmware` in `mode`, fetching its image `fetch` (`whole`, or
+/// `lazy` as a site sets it: `fetch = "lazy"` in the config's [boot]); check it runs from
+/// the overlay, where its address came from, and for `lazy` that it filled its RAM copy and
+/// left the network (issue 25).
+fn boots_fetching_to_multi_user(firmware: &str, mode: &str, fetch: &str) {
     let work = Work::new();
     let store = work.path().join("store");
     add_image(&store, "test");
     let logs = work.path().join("logs");
-    run_vm(vm("test", &store, &logs, &[ROOT_FS, ADDRESS]).args([
-        "--firmware",
-        firmware,
-        "--mode",
-        mode,
-        "--mac",
-        MAC,
-    ]));
+    let lazy = fetch == "lazy";
+    let mut checks = vec![ROOT_FS, ADDRESS];
+    let mut vm = vm("test", &store, &logs, &[]);
+    vm.args(["--firmware", firmware, "--mode", mode, "--mac", MAC]);
+    if fetch != "whole" {
+        let config = work.path().join("site.toml");
+        std::fs::write(&config, format!("[boot]\nfetch = \"{fetch}\"\n")).unwrap();
+        vm.arg("--config").arg(&config);
+    }
+    if lazy {
+        checks.push(BLOCK_PATH);
+    }
+    for check in &checks {
+        vm.arg("--run").arg(check);
+    }
+    run_vm(&mut vm);
     let report = read_report(&logs);
-    eprintln!("{firmware} {mode}: boot phases {:?}", report.first().phases);
+    eprintln!(
+        "{firmware} {mode} {fetch}: boot phases {:?}",
+        report.first().phases
+    );
 
     let (fstype, status) = command_output(report.first(), ROOT_FS);
     assert_eq!((fstype.trim(), status), ("overlay", 0));
@@ -57,17 +80,16 @@ fn boots_to_multi_user(firmware: &str, mode: &str) {
     assert!(address.contains("inet 10.77.0."), "{address}");
 
     let stages = stages(&logs, MAC);
-    for stage in [
-        "ipxe-script",
-        "network-up",
-        "fetched",
-        "root-mounted",
-        "multi-user",
-    ] {
+    for stage in ["ipxe-script", "network-up", "root-mounted", "multi-user"] {
         assert!(
             stages.iter().any(|s| s == stage),
             "{stage} missing from {stages:?}"
         );
+    }
+    if lazy {
+        assert_lazy_seat_off_the_network(report.first(), &logs, &logs.join("console.log"));
+    } else {
+        assert!(stages.iter().any(|s| s == "fetched"), "{stages:?}");
     }
     // Who gave the address: our lease file in full mode, dnsmasq's in proxy mode.
     let ours = std::fs::read_to_string(logs.join("state/leases.json")).unwrap_or_default();
@@ -308,13 +330,13 @@ fn three_bios_seats_in_full_mode_boot_one_image_sent_once_by_multicast() {
 #[test]
 #[ignore = "needs root, QEMU and minutes: run by scripts/test"]
 fn bios_proxy_mode_beside_dnsmasq() {
-    boots_to_multi_user("bios", "proxy");
+    boots_fetching_to_multi_user("bios", "proxy", "lazy");
 }
 
 #[test]
 #[ignore = "needs root, QEMU, OVMF and minutes: run by scripts/test"]
 fn uefi_full_mode() {
-    boots_to_multi_user("uefi", "full");
+    boots_fetching_to_multi_user("uefi", "full", "lazy");
 }
 
 #[test]

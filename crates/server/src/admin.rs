@@ -17,7 +17,8 @@
 //!
 //! A [`ClientView`] is the [`ClientRecord`] (mac, ip, hostname, firmware, image, version,
 //! boot_started, stages, and for a Secure Boot client whether its kernel is signed) with
-//! `stage`, `last_seen`, `duration`, `finished`, `failure` and `phases` beside it.
+//! `stage`, `last_seen`, `duration`, `finished`, `failure`, `phases` and `fill` (a seat whose
+//! root came from the network, [`crate::boots::Fill`]) beside it.
 //!
 //! `/api/clients` is made once per change of the table and shared ([`SharedJson`]); the JSON
 //! routes serve at most [`crate::shared_json::JSON_CONCURRENCY`] requests at once (the next

@@ -21,7 +21,7 @@
 
 use crate::recorder::ClientRecord;
 use diskless_boot::multicast::MulticastFetch;
-use diskless_boot::{FailureReason, Stage};
+use diskless_boot::{FailureReason, FilledDetail, Stage};
 use serde::Serialize;
 use std::collections::VecDeque;
 
@@ -118,6 +118,52 @@ pub struct ClientView {
     /// `fetched` report): by the group, with the bytes it repaired over HTTP, or by HTTP
     /// because multicast did not reach it. The dashboard's Multicast tab lists these seats.
     pub multicast: Option<MulticastFetch>,
+    /// Where its root's blocks come from, for a seat that mounted its root from the network
+    /// (diskless.fetch=lazy or network); `None` for one that fetched its image whole.
+    pub fill: Option<Fill>,
+}
+
+/// How far a seat whose root was mounted from the network (issue 25) is: its stages say
+/// (the helper reports no progress before its copy is whole). A `network` seat stays
+/// `network`; a `lazy` one goes on to `filled` and `released`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Fill {
+    /// `network`: the root is served from the network (a lazy seat's copy is filling);
+    /// `filled`: the RAM copy is whole; `released`: the root is on the copy, off the network.
+    pub state: &'static str,
+    /// From the `filled` report: seconds from the helper's start to the copy whole, the
+    /// image's bytes, and the bytes fetched because the kernel waited for them.
+    pub seconds: Option<f64>,
+    pub bytes: Option<u64>,
+    pub demanded: Option<u64>,
+}
+
+impl Fill {
+    /// The fill of `record`'s boot: `None` unless its root was mounted with nothing fetched
+    /// whole before (no `fetched` stage) or it reported `filled`.
+    pub fn of(record: &ClientRecord) -> Option<Fill> {
+        let reached = |stage: Stage| record.stages.iter().rev().find(|s| s.stage == stage);
+        let filled = reached(Stage::Filled);
+        let from_network =
+            reached(Stage::RootMounted).is_some() && reached(Stage::Fetched).is_none();
+        if filled.is_none() && !from_network {
+            return None;
+        }
+        let measured = filled.and_then(|s| FilledDetail::parse(&s.detail));
+        let state = if reached(Stage::NetworkReleased).is_some() {
+            "released"
+        } else if filled.is_some() {
+            "filled"
+        } else {
+            "network"
+        };
+        Some(Fill {
+            state,
+            seconds: measured.map(|m| m.seconds),
+            bytes: measured.map(|m| m.bytes),
+            demanded: measured.map(|m| m.demanded),
+        })
+    }
 }
 
 impl From<ClientRecord> for ClientView {
@@ -139,6 +185,7 @@ impl From<ClientRecord> for ClientView {
             finished: record.finished(),
             failure,
             phases: phases(&record),
+            fill: Fill::of(&record),
             stage: record.stage().to_string(),
             record,
         }
@@ -296,6 +343,48 @@ mod tests {
         ] {
             assert!(page.contains(field), "the dashboard does not read {field}");
         }
+    }
+
+    #[test]
+    fn a_seat_whose_root_came_from_the_network_shows_its_fill() {
+        let whole = record(&[
+            ("fetched", 30.0),
+            ("root-mounted", 31.0),
+            ("multi-user", 60.0),
+        ]);
+        assert_eq!(ClientView::from(whole).fill, None);
+        let mut r = record(&[("fetching", 10.0), ("root-mounted", 12.0)]);
+        let fill = |r: &ClientRecord| ClientView::from(r.clone()).fill.unwrap();
+        assert_eq!(
+            fill(&r),
+            Fill {
+                state: "network",
+                seconds: None,
+                bytes: None,
+                demanded: None
+            }
+        );
+        r.stages.push(StageEvent {
+            stage: Stage::Filled,
+            at: 50.0,
+            detail: "seconds=41.4 bytes=1000 fetched=1100 demanded=300".into(),
+        });
+        assert_eq!(
+            fill(&r),
+            Fill {
+                state: "filled",
+                seconds: Some(41.4),
+                bytes: Some(1000),
+                demanded: Some(300)
+            }
+        );
+        r.stages.push(StageEvent {
+            stage: Stage::NetworkReleased,
+            at: 51.0,
+            detail: String::new(),
+        });
+        assert_eq!(fill(&r).state, "released");
+        assert_eq!(fill(&r).demanded, Some(300));
     }
 
     #[test]

@@ -24,6 +24,11 @@
 //!                                                     came from (their fetched reports)
 //! diskless_multicast_fallbacks_total{reason}          unreachable, failed: seats that fetched
 //!                                                     by HTTP instead
+//! diskless_lazy_fetched_bytes_total{purpose}          demand, fill: what lazy seats fetched
+//!                                                     for the kernel's reads, and for their
+//!                                                     RAM copies besides (filled reports)
+//! diskless_lazy_fill_seconds                          histogram: a lazy seat's helper start
+//!                                                     to its RAM copy whole
 //! ```
 //!
 //! Every family is registered at start, and the label values known in advance (DHCP message
@@ -36,7 +41,7 @@ use crate::boots::{phases, PHASES};
 use crate::recorder::{BootEvent, ClientRecord, DhcpAction, StageEvent, TftpOutcome};
 use crate::tokens::Refusal;
 use diskless_boot::multicast::MulticastFetch;
-use diskless_boot::{FailureCode, FailureReason, FetchedDetail, ImageFile, Stage};
+use diskless_boot::{FailureCode, FailureReason, FetchedDetail, FilledDetail, ImageFile, Stage};
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
     Registry, TextEncoder,
@@ -66,6 +71,8 @@ pub struct Metrics {
     pub multicast_bytes: IntCounterVec,
     multicast_seat_bytes: IntCounterVec,
     multicast_fallbacks: IntCounterVec,
+    lazy_bytes: IntCounterVec,
+    fill_seconds: Histogram,
 }
 
 /// Boot phases last from a fraction of a second (a DHCP exchange) to minutes (systemd under
@@ -179,6 +186,24 @@ impl Metrics {
              unreachable (nothing arrived), failed.",
             &["reason"],
         );
+        let lazy_bytes = counter(
+            "diskless_lazy_fetched_bytes_total",
+            "Image bytes lazy seats fetched, as their filled reports say, by purpose: demand \
+             (the kernel waited for them), fill (the rest of the RAM copy, with the hash tree \
+             and refused blocks).",
+            &["purpose"],
+        );
+        let fill_seconds = reg(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "diskless_lazy_fill_seconds",
+                    "Time from a lazy seat's helper start to its RAM copy whole, in seconds.",
+                )
+                .buckets(PHASE_BUCKETS.to_vec()),
+            )
+            .expect("valid metric"),
+        );
         let phase_seconds = histogram(
             "diskless_boot_phase_seconds",
             "Time each phase of a finished boot took, in seconds.",
@@ -236,6 +261,9 @@ impl Metrics {
         for reason in ["unreachable", "failed"] {
             multicast_fallbacks.with_label_values(&[reason]);
         }
+        for purpose in ["demand", "fill"] {
+            lazy_bytes.with_label_values(&[purpose]);
+        }
         Metrics {
             registry,
             dhcp_packets,
@@ -255,6 +283,8 @@ impl Metrics {
             multicast_bytes,
             multicast_seat_bytes,
             multicast_fallbacks,
+            lazy_bytes,
+            fill_seconds,
         }
     }
 
@@ -336,7 +366,8 @@ impl Metrics {
 
     /// A client reached `stage`, its record after it `record` (the recorder's
     /// [`crate::recorder::Recorded::Stage`], once per stage): it is counted; a `fetched`
-    /// report gives the download rate; a final stage puts the boot's phases in the histograms.
+    /// report gives the download rate, a `filled` one a lazy seat's bytes and fill time; a
+    /// final stage puts the boot's phases in the histograms.
     pub fn reached(&self, stage: &StageEvent, record: &ClientRecord) {
         self.stage_reached(&stage.stage, record.image.as_deref());
         if stage.stage == Stage::Fetched {
@@ -363,6 +394,17 @@ impl Metrics {
                     .with_label_values(&["failed"])
                     .inc(),
                 None => {}
+            }
+        }
+        if stage.stage == Stage::Filled {
+            if let Some(filled) = FilledDetail::parse(&stage.detail) {
+                self.lazy_bytes
+                    .with_label_values(&["demand"])
+                    .inc_by(filled.demanded);
+                self.lazy_bytes
+                    .with_label_values(&["fill"])
+                    .inc_by(filled.fill_bytes());
+                self.fill_seconds.observe(filled.seconds);
             }
         }
         if stage.stage.is_final() {
@@ -441,6 +483,46 @@ mod tests {
             "diskless_multicast_seat_bytes_total{via=\"http\"} 10",
             "diskless_multicast_fallbacks_total{reason=\"unreachable\"} 1",
             "diskless_multicast_fallbacks_total{reason=\"failed\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
+
+    #[test]
+    fn lazy_seats_filled_reports_count_demand_and_fill_bytes_and_the_fill_time() {
+        let m = Metrics::new();
+        let before = m.render();
+        for line in [
+            "diskless_lazy_fetched_bytes_total{purpose=\"demand\"} 0",
+            "diskless_lazy_fetched_bytes_total{purpose=\"fill\"} 0",
+            "diskless_lazy_fill_seconds_count 0",
+        ] {
+            assert!(before.contains(line), "{line} missing from\n{before}");
+        }
+        let record = ClientRecord::new("52:54:00:00:00:01".parse().unwrap(), 0.0);
+        for stage in [
+            stage(
+                "filled",
+                50.0,
+                "seconds=41.4 bytes=1000 fetched=1100 demanded=300",
+            ),
+            stage(
+                "filled",
+                60.0,
+                "seconds=20.0 bytes=1000 fetched=1000 demanded=0",
+            ),
+            // A helper that reports no measure adds nothing.
+            stage("filled", 70.0, ""),
+        ] {
+            m.reached(&stage, &record);
+        }
+        let text = m.render();
+        for line in [
+            "diskless_lazy_fetched_bytes_total{purpose=\"demand\"} 300",
+            "diskless_lazy_fetched_bytes_total{purpose=\"fill\"} 1800",
+            "diskless_lazy_fill_seconds_count 2",
+            "diskless_lazy_fill_seconds_sum 61.4",
+            "diskless_lazy_fill_seconds_bucket{le=\"30\"} 1",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

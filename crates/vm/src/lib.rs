@@ -155,8 +155,9 @@ pub struct VmConfig {
     pub site_dhcp: Option<SiteDhcp>,
     /// Drop this percentage of the packets arriving on `interface`, at random (nftables).
     pub loss_percent: u8,
-    /// Kill the server once the first client's image download is under way and start it
-    /// again after this pause: the fetch helper has to resume the download.
+    /// Kill the server once the first client's image download is under way (with
+    /// diskless.fetch=lazy: once the root is served from the network, while the RAM copy
+    /// fills) and start it again after this pause: the fetch helper has to resume.
     pub restart_server_during_fetch: Option<Duration>,
     /// Once the commands ran, save the first client's display to these files (PNG for
     /// `.png`, else PPM); the client needs [`ClientConfig::display`].
@@ -267,7 +268,7 @@ const PHASES: &[(&str, &[&str])] = &[
         &[
             "sha256 verified",
             "verified by dm-verity as it is read",
-            "the root is served from the network",
+            SERVED_FROM_THE_NETWORK,
             "reference: fetched",
         ],
     ),
@@ -317,6 +318,11 @@ const FAILURES: &[&str] = &[
 /// A progress line of the fetch helper ("diskless:  11.9% 22.9 MiB of 192.0 MiB at 23.9
 /// MB/s, 7 s left"): the download is under way.
 const FETCH_PROGRESS: &str = " MiB at ";
+
+/// The boot script's line once the fetch helper serves the root (diskless.fetch=lazy or
+/// network): with lazy the RAM copy is filling from then on (the helper prints no progress),
+/// so a restart of the server then happens mid-fill.
+const SERVED_FROM_THE_NETWORK: &str = "the root is served from the network";
 
 /// The name of client `index`'s console log.
 pub fn console_log_name(cfg: &VmConfig, index: usize) -> String {
@@ -585,7 +591,8 @@ pub fn run_in(cfg: &VmConfig, ns: &netns::Netns) -> Result<VmReport, Error> {
 }
 
 /// Follow one client's console through [`PHASES`] to multi-user, or to a failure marker.
-/// `on_fetching` runs once the image download shows progress.
+/// `on_fetching` runs once the image download shows progress, or the fetch helper serves
+/// the root from the network (lazy, network).
 fn follow_boot(
     console: &mut Console,
     started: Instant,
@@ -626,9 +633,9 @@ fn follow_boot(
                 next_phase += 1;
                 if let (Some(hook), true) = (on_fetching, *phase == Stage::Fetching.label()) {
                     let mut progress = FAILURES.to_vec();
-                    progress.push(FETCH_PROGRESS);
+                    progress.extend_from_slice(&[FETCH_PROGRESS, SERVED_FROM_THE_NETWORK]);
                     if let Ok((i, _)) = console.wait_for(&progress, from, deadline) {
-                        if i == FAILURES.len() {
+                        if i >= FAILURES.len() {
                             hook()?;
                             report.phases.push(Phase {
                                 phase: "server-restarted".into(),

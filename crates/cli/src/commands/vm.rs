@@ -49,8 +49,9 @@ pub struct VmArgs {
     /// Drop this percentage of the packets the server receives, at random (nftables).
     #[arg(long, default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
     pub loss: u8,
-    /// Kill the server once the image download is under way and start it again 3 s later:
-    /// the client has to resume the download.
+    /// Kill the server once the image download is under way (diskless.fetch=lazy: once the
+    /// root is served from the network, while the RAM copy fills) and start it again 3 s
+    /// later: the client has to resume the download.
     #[arg(long)]
     pub restart_server_during_fetch: bool,
     /// The port of the client with this MAC drops multicast (repeatable): every UDP datagram

@@ -463,3 +463,99 @@ pub fn fetch_helper() -> Result<PathBuf, String> {
         ))
     }
 }
+
+/// Run on a seat once it is up (issue 25): on a `lazy` seat, wait until the fetch helper
+/// (argv[0] `@diskless-fetch`) has exited (a `network` seat's never does); then show each
+/// device-mapper device as `NAME dm-N on SLAVES`, the device the squashfs is mounted from,
+/// and whether nbd0 is still connected (its `pid` file exists only then). Read by
+/// [`assert_lazy_seat_off_the_network`].
+pub const BLOCK_PATH: &str = "grep -qw diskless.fetch=network /proc/cmdline || \
+     while grep -qs '^@diskless-fetch' /proc/[0-9]*/cmdline; do sleep 1; done; \
+     for d in /sys/block/dm-*; do echo \"$(cat $d/dm/name) ${d##*/} on $(ls $d/slaves)\"; done; \
+     echo \"squashfs from $(readlink -f \"$(findmnt -n -t squashfs -o SOURCE | head -n 1)\")\"; \
+     [ -e /sys/block/nbd0/pid ] && echo nbd0 connected || echo nbd0 disconnected";
+
+/// In [`BLOCK_PATH`]'s output, the kernel name (`dm-N`) of device-mapper device `name` and
+/// what it sits on.
+pub fn dm_device<'a>(block_path: &'a str, name: &str) -> Option<(&'a str, &'a str)> {
+    block_path.lines().find_map(|line| {
+        let rest = line.strip_prefix(name)?.strip_prefix(' ')?;
+        let (dev, slaves) = rest.split_once(" on ")?;
+        Some((dev, slaves.trim()))
+    })
+}
+
+/// The root of a seat booted with `diskless.fetch=` lazy or network: the squashfs is
+/// mounted from dm-verity (`diskless-root`) over the linear device (`diskless-lazy`); returns
+/// what the linear device sits on. Needs [`BLOCK_PATH`] among the seat's commands.
+pub fn assert_root_on_verity(client: &diskless_vm::ClientReport) -> String {
+    let (out, status) = command_output(client, BLOCK_PATH);
+    assert_eq!(status, 0, "{out}");
+    let (root, root_on) =
+        dm_device(&out, "diskless-root").unwrap_or_else(|| panic!("no diskless-root: {out}"));
+    let (linear, linear_on) =
+        dm_device(&out, "diskless-lazy").unwrap_or_else(|| panic!("no diskless-lazy: {out}"));
+    assert_eq!(
+        root_on, linear,
+        "dm-verity is not over the linear device: {out}"
+    );
+    // The mount names the device as the boot script gave it; /dev/mapper's link may be
+    // missing in the real root (readlink -f leaves the name as it is then).
+    let from = out
+        .lines()
+        .find_map(|l| l.strip_prefix("squashfs from "))
+        .unwrap_or_else(|| panic!("no squashfs mounted: {out}"));
+    assert!(
+        from == format!("/dev/{root}") || from == "/dev/mapper/diskless-root",
+        "the squashfs is not mounted from diskless-root ({root}): {out}"
+    );
+    linear_on.to_string()
+}
+
+/// A seat booted with `diskless.fetch=lazy` (issue 25) ended as a `whole` seat does: it
+/// reached multi-user with its root served from the network (nothing fetched whole before
+/// the root was mounted: no `fetched` stage), filled its RAM copy, moved the root onto a loop
+/// device over it and let go of the network device (nbd0 disconnected); the server recorded
+/// root-mounted, multi-user, filled and network-released. `console` is the seat's console
+/// log; the seat ran [`BLOCK_PATH`].
+pub fn assert_lazy_seat_off_the_network(
+    client: &diskless_vm::ClientReport,
+    logs: &Path,
+    console: &Path,
+) {
+    let (out, _) = command_output(client, BLOCK_PATH);
+    let linear_on = assert_root_on_verity(client);
+    // Before the switch the linear device sat on nbd0; now on a loop device over the copy.
+    assert!(
+        linear_on.starts_with("loop"),
+        "the root is not on the RAM copy: {out}"
+    );
+    assert!(out.contains("nbd0 disconnected"), "{out}");
+    let console =
+        std::fs::read_to_string(console).unwrap_or_else(|e| panic!("{}: {e}", console.display()));
+    assert!(
+        console.contains("the root is served from the network (diskless.fetch=lazy)"),
+        "the seat fetched the image whole:\n{console}"
+    );
+    assert!(
+        console.contains("the root is on the RAM copy, off the network"),
+        "{console}"
+    );
+    let record = record(logs, &client.mac.to_string())
+        .unwrap_or_else(|| panic!("no record of {}", client.mac));
+    // When the copy was whole against the boot's stages, for the CI log.
+    for s in &record.stages {
+        eprintln!(
+            "{}: {} at {:.1} s {}",
+            client.mac,
+            s.stage.as_str(),
+            s.at,
+            s.detail
+        );
+    }
+    let stages = stage_names(&record);
+    for stage in ["root-mounted", "multi-user", "filled", "network-released"] {
+        assert!(stages.iter().any(|s| s == stage), "no {stage}: {stages:?}");
+    }
+    assert!(!stages.iter().any(|s| s == "fetched"), "{stages:?}");
+}

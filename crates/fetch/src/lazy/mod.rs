@@ -212,9 +212,11 @@ pub fn serve(mode: Mode, args: &[String]) -> Result<(), String> {
                 .sum::<u64>()
                 + ranges.received;
             let demanded = copy.plan.lock().expect("plan lock").demanded_bytes;
-            let detail = format!(
-                "seconds={:.1} bytes={image_len} fetched={received} demanded={demanded}",
-                started.elapsed().as_secs_f64()
+            let detail = filled_detail(
+                started.elapsed().as_secs_f64(),
+                image_len,
+                received,
+                demanded,
             );
             eprintln!("diskless: the RAM copy is whole ({detail})");
             report(&req, STAGE_FILLED, &detail);
@@ -237,6 +239,12 @@ pub fn serve(mode: Mode, args: &[String]) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// The detail of the `filled` report, `seconds=S bytes=N fetched=F demanded=D`: what the
+/// server reads back with `diskless_boot::FilledDetail::parse` (tested below).
+fn filled_detail(seconds: f64, bytes: u64, fetched: u64, demanded: u64) -> String {
+    format!("seconds={seconds:.1} bytes={bytes} fetched={fetched} demanded={demanded}")
 }
 
 fn report(req: &Request, stage: &str, detail: &str) {
@@ -737,6 +745,18 @@ mod tests {
         }
         assert!(copy.plan.lock().unwrap().is_whole());
         assert_eq!(std::fs::read(&path).unwrap(), s.image);
+    }
+
+    #[test]
+    fn the_filled_detail_parses_back() {
+        let text = filled_detail(41.44, 170, 180, 20);
+        assert_eq!(text, "seconds=41.4 bytes=170 fetched=180 demanded=20");
+        let parsed = diskless_boot::FilledDetail::parse(&text).unwrap();
+        assert_eq!(
+            (parsed.bytes, parsed.fetched, parsed.demanded),
+            (170, 180, 20)
+        );
+        assert!((parsed.seconds - 41.4).abs() < 1e-9);
     }
 
     #[test]
