@@ -704,10 +704,11 @@ mod tests {
         use diskless_boot::grub::{GRUBNET_SIGNED, SHIM_SIGNED};
         let f = fixture("[boot]\nimage = \"lab\"\nsecure_boot = true\n");
         // The URL DHCP gives an HTTP Boot client, and the one shim's httpboot.c makes of it
-        // (its last segment replaced): both answered 200 with a Content-Length, which shim
-        // needs. (scripts/install-deps installs shim-signed and grub-efi-amd64-signed.)
+        // (`//grubx64.efi`: diskless_boot::grub): answered 200 with a Content-Length, which
+        // shim needs. (scripts/install-deps installs shim-signed and grub-efi-amd64-signed.)
         for (uri, path) in [
             ("/shimx64.efi", SHIM_SIGNED),
+            ("//grubx64.efi", GRUBNET_SIGNED),
             ("/grubx64.efi", GRUBNET_SIGNED),
         ] {
             let (status, headers, _) = call(&f.state, get(uri)).await;
