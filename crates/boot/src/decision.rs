@@ -22,7 +22,7 @@
 //! | firmware                   | [`Loader::ShimGrub`] gets                              |
 //! |----------------------------|--------------------------------------------------------|
 //! | UEFI x86-64 PXE            | `shimx64.efi` over TFTP                                |
-//! | UEFI x86-64 HTTP boot      | `http://SERVER/shimx64.efi`, when the served GRUB has   |
+//! | UEFI x86-64 HTTP boot      | `http://SERVER/shimx64.efi`, when the served GRUB has  |
 //! |                            | http ([`GrubNet::TftpAndHttp`]) and HTTP is on port 80 |
 //!
 //! Debian's signed shim then loads Debian's signed GRUB (`grubx64.efi`) from the same server
