@@ -130,8 +130,9 @@ pub struct BootSection {
     #[serde(deserialize_with = "kernel_options")]
     pub cmdline: String,
     pub image_protocol: ImageProtocol,
-    /// UEFI PXE clients boot through the Secure Boot chain (Debian's signed shim and GRUB)
-    /// instead of iPXE; a `[[client]]` entry's `secure_boot` overrides it.
+    /// UEFI PXE clients (and UEFI HTTP Boot clients, when the GRUB served has http) boot
+    /// through the Secure Boot chain (Debian's signed shim and GRUB) instead of iPXE; a
+    /// `[[client]]` entry's `secure_boot` overrides it.
     pub secure_boot: bool,
     /// Where clients fetch the kernel, initrds and image from, in order, before this server:
     /// each the base URL of a store layout (`diskless image export`), e.g. a room's cache.

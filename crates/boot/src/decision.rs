@@ -17,13 +17,24 @@
 //! | anything else              | nothing (an address only, in full mode)               |
 //!
 //! The Secure Boot chain ([`Loader::ShimGrub`], `[boot] secure_boot` or a client's
-//! `secure_boot`) changes one row: a UEFI x86-64 PXE client gets Debian's signed shim,
-//! `shimx64.efi` over TFTP, which loads Debian's signed GRUB, which reads the client's GRUB
-//! config ([`crate::grub`]). Other firmware keep the iPXE column: BIOS and iPXE have no
-//! Secure Boot, and an HTTP Boot client cannot go on with Debian 12's GRUB, which has no
-//! http module (see [`crate::grub`]). The boot spec (image, size, options) stays the same.
+//! `secure_boot`) changes two rows:
+//!
+//! | firmware                   | [`Loader::ShimGrub`] gets                              |
+//! |----------------------------|--------------------------------------------------------|
+//! | UEFI x86-64 PXE            | `shimx64.efi` over TFTP                                |
+//! | UEFI x86-64 HTTP boot      | `http://SERVER/shimx64.efi`, when the served GRUB has  |
+//! |                            | http ([`GrubNet::TftpAndHttp`]) and HTTP is on port 80 |
+//!
+//! Debian's signed shim then loads Debian's signed GRUB (`grubx64.efi`) from the same server
+//! by the same protocol, which reads the client's GRUB config ([`crate::grub`]). Other
+//! firmware keep the iPXE column: BIOS and iPXE have no Secure Boot; an HTTP Boot client
+//! keeps it too when the server's GRUB network image has no http module (Debian 12's GRUB
+//! 2.06: after HTTP Boot its only device is the HTTP server, so it could read nothing) or
+//! when HTTP is on another port (GRUB names `(http,HOST)` without one; the server warns at
+//! start in both cases). The boot spec (image, size, options) stays the same.
 
 use crate::config::UnknownClients;
+use crate::grub::GrubNet;
 use crate::routes::Route;
 use crate::site::Site;
 use diskless_dhcp::classify::arch;
@@ -198,15 +209,21 @@ impl Site {
         })
     }
 
-    /// What the firmware of `machine` loads first (the table in the module docs), typed by
-    /// how it fetches it; None: it is refused, or nothing fits its firmware.
-    pub fn first_stage(&self, machine: &Machine) -> Option<BootOffer> {
+    /// What the firmware of `machine` loads first (the tables in the module docs), typed by
+    /// how it fetches it, with `grub` what the server's GRUB network image speaks; None: it is
+    /// refused, or nothing fits its firmware.
+    pub fn first_stage(&self, machine: &Machine, grub: GrubNet) -> Option<BootOffer> {
         let loader = self.loader(machine.mac)?;
         let ipxe = |file: &str| Route::Ipxe(file.to_string());
         let x86_64_pxe = machine.firmware == ClientKind::UefiPxe
             && matches!(machine.arch, Some(arch::EFI_BC | arch::EFI_X86_64));
+        let x86_64_http = machine.firmware == ClientKind::UefiHttp
+            && matches!(machine.arch, None | Some(arch::EFI_X86_64_HTTP));
         if loader == Loader::ShimGrub && x86_64_pxe {
-            return Some(BootOffer::Tftp(crate::grub::SHIM_BOOT_FILE.to_string()));
+            return Some(BootOffer::Tftp(Route::Shim.tftp_path()));
+        }
+        if loader == Loader::ShimGrub && x86_64_http && self.shim_over_http(grub) {
+            return Some(BootOffer::Url(self.url(&Route::Shim)));
         }
         match machine.firmware {
             ClientKind::Plain => None,
@@ -221,13 +238,17 @@ impl Site {
                 }
                 _ => None,
             },
-            ClientKind::UefiHttp => match machine.arch {
-                None | Some(arch::EFI_X86_64_HTTP) => {
-                    Some(BootOffer::Url(self.url(&ipxe(&self.ipxe.uefi))))
-                }
-                _ => None,
-            },
+            ClientKind::UefiHttp if x86_64_http => {
+                Some(BootOffer::Url(self.url(&ipxe(&self.ipxe.uefi))))
+            }
+            ClientKind::UefiHttp => None,
         }
+    }
+
+    /// Whether a Secure Boot client may come by UEFI HTTP Boot: the GRUB network image has
+    /// http, and our HTTP server is where GRUB looks for it, port 80 ([`crate::grub`]).
+    pub fn shim_over_http(&self, grub: GrubNet) -> bool {
+        grub == GrubNet::TftpAndHttp && self.http_port == 80
     }
 }
 
@@ -235,6 +256,9 @@ impl Site {
 mod tests {
     use super::*;
     use crate::config::FetchMode;
+
+    /// Debian 13's GRUB network image, with http.
+    const GRUB: GrubNet = GrubNet::TftpAndHttp;
 
     const CONFIG: &str = r#"
 [boot]
@@ -438,33 +462,36 @@ image_urls = ["http://teacher-cache"]
         let tftp = |path: &str| Some(BootOffer::Tftp(path.into()));
         let url = |url: &str| Some(BootOffer::Url(url.into()));
         assert_eq!(
-            s.first_stage(&machine(ClientKind::BiosPxe, None)),
+            s.first_stage(&machine(ClientKind::BiosPxe, None), GRUB),
             tftp("ipxe/undionly.kpxe")
         );
         assert_eq!(
-            s.first_stage(&machine(ClientKind::UefiPxe, Some(arch::EFI_X86_64))),
+            s.first_stage(&machine(ClientKind::UefiPxe, Some(arch::EFI_X86_64)), GRUB),
             tftp("ipxe/ipxe.efi")
         );
         assert_eq!(
-            s.first_stage(&machine(ClientKind::UefiHttp, Some(arch::EFI_X86_64_HTTP))),
+            s.first_stage(
+                &machine(ClientKind::UefiHttp, Some(arch::EFI_X86_64_HTTP)),
+                GRUB
+            ),
             url("http://10.0.0.1:8080/ipxe/ipxe.efi")
         );
         // iPXE never gets the chainloader again, whatever its architecture.
         for arch in [None, Some(0), Some(7), Some(9)] {
             assert_eq!(
-                s.first_stage(&machine(ClientKind::Ipxe, arch)),
+                s.first_stage(&machine(ClientKind::Ipxe, arch), GRUB),
                 url("http://10.0.0.1:8080/boot/52-54-00-ab-cd-ef.ipxe")
             );
         }
-        assert_eq!(s.first_stage(&machine(ClientKind::Plain, None)), None);
+        assert_eq!(s.first_stage(&machine(ClientKind::Plain, None), GRUB), None);
         assert_eq!(
-            s.first_stage(&machine(ClientKind::UefiPxe, Some(11))),
+            s.first_stage(&machine(ClientKind::UefiPxe, Some(11)), GRUB),
             None,
             "arm64"
         );
         let snp = Site::for_tests("[ipxe]\nuefi = \"snponly.efi\"\n");
         let m = machine(ClientKind::UefiPxe, Some(arch::EFI_BC));
-        assert_eq!(snp.first_stage(&m), tftp("ipxe/snponly.efi"));
+        assert_eq!(snp.first_stage(&m, GRUB), tftp("ipxe/snponly.efi"));
     }
 
     #[test]
@@ -478,7 +505,7 @@ image_urls = ["http://teacher-cache"]
         };
         assert!(s.boot_spec(&stranger).is_none());
         assert_eq!(s.loader(stranger.mac), None);
-        assert_eq!(s.first_stage(&stranger), None);
+        assert_eq!(s.first_stage(&stranger, GRUB), None);
         assert_eq!(
             s.hostname("52:54:00:00:00:01".parse().unwrap()).as_deref(),
             Some("pc01")
@@ -486,18 +513,51 @@ image_urls = ["http://teacher-cache"]
     }
 
     #[test]
-    fn secure_boot_clients_get_shim_over_pxe_and_ipxe_elsewhere() {
+    fn secure_boot_clients_get_shim_over_pxe_and_http_boot_and_ipxe_elsewhere() {
         let sb = Site::for_tests("[boot]\nimage = \"lab\"\nsecure_boot = true\n");
         let mut pxe = machine(ClientKind::UefiPxe, Some(arch::EFI_BC));
         let spec = sb.boot_spec(&pxe).unwrap();
         assert_eq!(spec.loader, Loader::ShimGrub);
         assert_eq!(
-            sb.first_stage(&pxe),
+            sb.first_stage(&pxe, GRUB),
+            Some(BootOffer::Tftp("shimx64.efi".into()))
+        );
+        // UEFI HTTP Boot: shim from the root of the HTTP server, where it finds grubx64.efi.
+        let http = machine(ClientKind::UefiHttp, Some(arch::EFI_X86_64_HTTP));
+        assert_eq!(
+            sb.first_stage(&http, GRUB),
+            Some(BootOffer::Url("http://10.0.0.1/shimx64.efi".into()))
+        );
+        assert_eq!(
+            sb.first_stage(&machine(ClientKind::UefiHttp, None), GRUB),
+            Some(BootOffer::Url("http://10.0.0.1/shimx64.efi".into())),
+            "no option 93: HTTPClient alone"
+        );
+        assert_eq!(
+            sb.first_stage(&machine(ClientKind::UefiHttp, Some(19)), GRUB),
+            None,
+            "arm64 HTTP Boot"
+        );
+        // Debian 12's GRUB has no http: such a client keeps iPXE's row.
+        assert_eq!(
+            sb.first_stage(&http, GrubNet::Tftp),
+            Some(BootOffer::Url("http://10.0.0.1/ipxe/ipxe.efi".into()))
+        );
+        // Nor can GRUB reach HTTP on another port.
+        let port =
+            Site::for_tests("http_port = 8080\n[boot]\nimage = \"lab\"\nsecure_boot = true\n");
+        assert_eq!(
+            port.first_stage(&http, GRUB),
+            Some(BootOffer::Url("http://10.0.0.1:8080/ipxe/ipxe.efi".into()))
+        );
+        // PXE gets shim over TFTP whatever GRUB speaks.
+        assert_eq!(
+            sb.first_stage(&pxe, GrubNet::Tftp),
             Some(BootOffer::Tftp("shimx64.efi".into()))
         );
         let bios = machine(ClientKind::BiosPxe, Some(0));
         assert_eq!(
-            sb.first_stage(&bios),
+            sb.first_stage(&bios, GRUB),
             Some(BootOffer::Tftp("ipxe/undionly.kpxe".into()))
         );
         // A client entry overrides the site.

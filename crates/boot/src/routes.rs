@@ -9,6 +9,9 @@
 //!                                          boot's token (see diskless_server::tokens)
 //! GET  /api/clients                        every client's ClientRecord, as JSON
 //! GET  /accounts/{file}                    the lab's accounts (an AccountsFile), with [accounts]
+//! GET  /shimx64.efi                        Debian's signed shim (Secure Boot chain; HTTP and TFTP)
+//! GET  /grubx64.efi                        Debian's signed GRUB network image, which shim
+//!                                          fetches beside itself (HTTP and TFTP)
 //! GET  /grub/grub.cfg                      GRUB's dispatcher (Secure Boot chain; HTTP and TFTP)
 //! GET  /grub/clients/{mac}.cfg             the client's GRUB config ({mac}: aa:bb:cc:dd:ee:ff,
 //!                                          as GRUB spells $net_default_mac; HTTP and TFTP)
@@ -25,6 +28,7 @@
 //! [`ImageFile`] names the files of a stored image version: the manifest, the script generator
 //! and the HTTP allow-list all use it.
 
+use crate::grub::{SHIM_BOOT_FILE, SHIM_SECOND_STAGE};
 use crate::names::check_name;
 use diskless_dhcp::{BadMac, Mac};
 use std::fmt;
@@ -136,6 +140,12 @@ pub enum Route {
     ClientRecords,
     /// `/accounts/{file}`: the lab's accounts.
     Accounts(AccountsFile),
+    /// `/shimx64.efi`: Debian's signed shim, what a Secure Boot client's firmware loads
+    /// (`crate::grub`).
+    Shim,
+    /// `/grubx64.efi`: Debian's signed GRUB network image, which shim loads by this name from
+    /// the directory it came from (`crate::grub::SHIM_SECOND_STAGE`).
+    ShimSecondStage,
     /// `/grub/grub.cfg`: the config every GRUB of the Secure Boot chain reads first
     /// (`crate::grub::dispatcher`), at `$prefix/grub.cfg`.
     GrubDispatcher,
@@ -223,6 +233,8 @@ impl Route {
             Route::Report(mac) => format!("/api/report/{}", mac.hyphenated()),
             Route::ClientRecords => "/api/clients".into(),
             Route::Accounts(file) => format!("/{ACCOUNTS_DIR}/{}", file.name()),
+            Route::Shim => format!("/{SHIM_BOOT_FILE}"),
+            Route::ShimSecondStage => format!("/{SHIM_SECOND_STAGE}"),
             Route::GrubDispatcher => format!("/{GRUB_DIR}/grub.cfg"),
             Route::GrubConfig(mac) => grub_config_path(mac),
             Route::MulticastJoin { image, version } => {
@@ -280,6 +292,11 @@ impl Route {
             .collect();
         match parts.as_slice() {
             [""] => Ok(Route::Index),
+            [SHIM_BOOT_FILE] => Ok(Route::Shim),
+            // Over UEFI HTTP Boot shim asks for `//grubx64.efi`: httpboot.c keeps its own URL
+            // up to the last '/' and appends its loader's name, `\\grubx64.efi` with the
+            // backslash made a slash (seen in the server log; see crate::grub).
+            [SHIM_SECOND_STAGE] | ["", SHIM_SECOND_STAGE] => Ok(Route::ShimSecondStage),
             ["boot", file] => file
                 .strip_suffix(".ipxe")
                 .and_then(|m| m.parse().ok())
@@ -357,6 +374,8 @@ mod tests {
             Route::Ipxe("ipxe.efi".into()),
             Route::Report(mac()),
             Route::ClientRecords,
+            Route::Shim,
+            Route::ShimSecondStage,
             Route::GrubDispatcher,
             Route::GrubConfig(mac()),
             Route::Accounts(AccountsFile::Passwd),
@@ -403,6 +422,17 @@ mod tests {
         );
         assert_eq!(Route::GrubDispatcher.path(), "/grub/grub.cfg");
         assert_eq!(
+            Route::Shim.url("10.0.0.1"),
+            "http://10.0.0.1/shimx64.efi",
+            "at the root, where shim looks for grubx64.efi"
+        );
+        assert_eq!(Route::ShimSecondStage.tftp_path(), "grubx64.efi");
+        assert_eq!(
+            Route::parse("//grubx64.efi"),
+            Ok(Route::ShimSecondStage),
+            "as shim asks for it over HTTP"
+        );
+        assert_eq!(
             Route::GrubConfig(mac()).path(),
             "/grub/clients/52:54:00:12:34:56.cfg",
             "as GRUB spells $net_default_mac"
@@ -431,6 +461,8 @@ mod tests {
             "/grub/clients/52:54:00:12:34:56",
             "/grub/x86_64-efi/http.mod",
             "/grub/grub.cfg/x",
+            "/boot/shimx64.efi",
+            "/shimx64.efi/x",
             "/api/multicast/lab/v1/stop",
             "/api/multicast/lab/current/join",
             "/api/multicast/../v1/join",

@@ -115,7 +115,7 @@ pub struct Site {
     pub cmdline: String,
     /// How the initramfs fetches the image.
     pub image_protocol: ImageProtocol,
-    /// `[boot] secure_boot`: UEFI PXE clients boot through shim and GRUB.
+    /// `[boot] secure_boot`: UEFI PXE (and HTTP Boot) clients boot through shim and GRUB.
     pub secure_boot: bool,
     /// Bounds of the client record.
     pub record: RecordSection,

@@ -12,6 +12,7 @@
 //!                                          BootEvent::Script to the recorder
 //!                                        ◄── the iPXE script or GRUB config (or a refusal)
 //! /grub/grub.cfg, shimx64.efi, grubx64.efi ─► Booter::chain_file ◄── ChainAnswer
+//!   (TFTP or HTTP)
 //! ```
 //!
 //! Per boot the site is asked two questions, each once per request: at DHCP time what the
@@ -43,6 +44,9 @@ pub struct Booter {
     recorder: Recorder,
     /// Issues each boot's report token.
     boots: Arc<Boots>,
+    /// What the served GRUB network image fetches with, read at start: whether Secure Boot
+    /// clients may come by UEFI HTTP Boot ([`Site::first_stage`]).
+    grub: grub::GrubNet,
 }
 
 /// A file of the Secure Boot chain, as the protocol serves it.
@@ -60,12 +64,14 @@ impl Booter {
         store: Store,
         recorder: Recorder,
         boots: Arc<Boots>,
+        grub: grub::GrubNet,
     ) -> Booter {
         Booter {
             site,
             store,
             recorder,
             boots,
+            grub,
         }
     }
 
@@ -76,7 +82,8 @@ impl Booter {
     /// What the firmware of the DHCP client `client` loads first; None: nothing (refused, or
     /// no loader for its firmware).
     pub fn offer(&self, client: &ClientInfo) -> Option<BootOffer> {
-        self.current().first_stage(&Machine::from(client))
+        self.current()
+            .first_stage(&Machine::from(client), self.grub)
     }
 
     /// The boot file `mac` asked for from `peer`: its iPXE script ([`Loader::Ipxe`]) or its
@@ -245,7 +252,13 @@ pub(crate) mod tests {
         let (_, site) = watch::channel(Arc::new(site));
         Fixture {
             _dir: dir,
-            booter: Booter::new(site, store, recorder.clone(), boots.clone()),
+            booter: Booter::new(
+                site,
+                store,
+                recorder.clone(),
+                boots.clone(),
+                grub::GrubNet::TftpAndHttp,
+            ),
             boots,
             version,
             updates,
@@ -341,7 +354,7 @@ pub(crate) mod tests {
         assert_eq!(
             offer(ClientKind::UefiHttp, None),
             Some(BootOffer::Url("http://10.0.0.1:8080/ipxe/ipxe.efi".into())),
-            "Debian 12's GRUB has no http: HTTP boot stays on iPXE"
+            "GRUB cannot name HTTP on port 8080: HTTP boot stays on iPXE"
         );
     }
 

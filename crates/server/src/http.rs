@@ -102,10 +102,18 @@ async fn handle(
             StatusCode::OK,
             state.booter.boot_file(mac, peer, Loader::Ipxe),
         ),
-        Route::GrubDispatcher | Route::GrubConfig(_) if get => {
-            // GRUB's dispatcher tries this over HTTP before TFTP (diskless_boot::grub).
-            let file = ChainFile::of_route(&route).expect("a GRUB route");
-            match state.booter.chain_file(file, peer) {
+        Route::Shim | Route::ShimSecondStage | Route::GrubDispatcher | Route::GrubConfig(_)
+            if get =>
+        {
+            // UEFI HTTP Boot fetches shim here, shim then GRUB beside it; GRUB's dispatcher
+            // tries the client's config over HTTP before TFTP (diskless_boot::grub).
+            let file = ChainFile::of_route(&route).expect("a route of the Secure Boot chain");
+            let answer = state.booter.chain_file(file, peer);
+            if answer.is_some() {
+                let path = request.uri().path();
+                tracing::info!(client = ?peer, file = %route, %path, "http: sending");
+            }
+            match answer {
                 Some(ChainAnswer::Text(config)) => text(StatusCode::OK, config),
                 Some(ChainAnswer::File(path)) => serve_file(path.into(), request).await,
                 None => text(
@@ -507,6 +515,7 @@ mod tests {
             store.clone(),
             recorder.clone(),
             boots.clone(),
+            diskless_boot::grub::GrubNet::TftpAndHttp,
         );
         let state = Arc::new(HttpState {
             site: site_rx,
@@ -537,7 +546,7 @@ mod tests {
         let response = router(state.clone()).oneshot(request).await.unwrap();
         let status = response.status();
         let headers = response.headers().clone();
-        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        let body = axum::body::to_bytes(response.into_body(), 16 << 20)
             .await
             .unwrap();
         (status, headers, String::from_utf8_lossy(&body).into_owned())
@@ -688,6 +697,36 @@ mod tests {
         }
         let (status, _, _) = call(&f.state, get("/grub/clients/nobody.cfg")).await;
         assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn shim_and_its_grub_are_served_at_the_root_for_uefi_http_boot() {
+        use diskless_boot::grub::{GRUBNET_SIGNED, SHIM_SIGNED};
+        let f = fixture("[boot]\nimage = \"lab\"\nsecure_boot = true\n");
+        // The URL DHCP gives an HTTP Boot client, and the one shim's httpboot.c makes of it
+        // (`//grubx64.efi`: diskless_boot::grub): answered 200 with a Content-Length, which
+        // shim needs. (scripts/install-deps installs shim-signed and grub-efi-amd64-signed.)
+        for (uri, path) in [
+            ("/shimx64.efi", SHIM_SIGNED),
+            ("//grubx64.efi", GRUBNET_SIGNED),
+            ("/grubx64.efi", GRUBNET_SIGNED),
+        ] {
+            let (status, headers, _) = call(&f.state, get(uri)).await;
+            assert_eq!(status, StatusCode::OK, "{uri}");
+            let size = std::fs::metadata(path).unwrap().len().to_string();
+            assert_eq!(
+                headers
+                    .get(header::CONTENT_LENGTH)
+                    .map(|v| v.to_str().unwrap()),
+                Some(size.as_str()),
+                "{uri}"
+            );
+        }
+        let plain = fixture("[boot]\nimage = \"lab\"\n");
+        for uri in ["/shimx64.efi", "/grubx64.efi"] {
+            let (status, _, body) = call(&plain.state, get(uri)).await;
+            assert_eq!(status, StatusCode::NOT_FOUND, "{uri}: {body}");
+        }
     }
 
     #[tokio::test]

@@ -51,6 +51,7 @@ pub mod shared_json;
 pub mod tokens;
 
 use diskless_boot::config::Config;
+use diskless_boot::grub::GrubNet;
 use diskless_boot::routes::IPXE_DIR;
 use diskless_boot::site::SiteError;
 use diskless_boot::Site;
@@ -437,9 +438,11 @@ fn prepare(
     let ipxe = install_ipxe_files(&current)?;
     let key = tokens::ReportKey::load_or_create(&current.state)?;
     let boots = Arc::new(tokens::Boots::new(key, recorder.clone()));
-    if current.secure_boot_used() {
-        check_secure_boot_chain(&current, &store)?;
-    }
+    let grub = if current.secure_boot_used() {
+        check_secure_boot_chain(&current, &store)?
+    } else {
+        diskless_boot::grub::GrubNet::Tftp
+    };
     let ra_answer = listeners.ra.as_ref().map(|_| match current.ipv6_ra {
         diskless_boot::site::Ipv6Ra::Booting => ra::Answer::Booting(Default::default()),
         _ => ra::Answer::All,
@@ -471,6 +474,7 @@ fn prepare(
         store.clone(),
         recorder.clone(),
         boots.clone(),
+        grub,
     ));
     Ok(Prepared {
         site,
@@ -733,8 +737,10 @@ pub fn clients_file(state: &Path) -> PathBuf {
 
 /// Before serving the Secure Boot chain: its signed binaries are installed (an error naming
 /// the package otherwise), and every image a Secure Boot client may boot has a signed kernel
-/// (a warning otherwise: shim would refuse it, and the client would stop at GRUB).
-fn check_secure_boot_chain(site: &Site, store: &Store) -> Result<(), ServerError> {
+/// (a warning otherwise: shim would refuse it, and the client would stop at GRUB). Returns
+/// what the GRUB network image fetches with, read from its modules: whether UEFI HTTP Boot
+/// clients get shim (a warning says why not when they do not).
+fn check_secure_boot_chain(site: &Site, store: &Store) -> Result<GrubNet, ServerError> {
     use diskless_boot::grub::{GRUBNET_SIGNED, SHIM_SIGNED};
     for (path, package) in [
         (SHIM_SIGNED, "shim-signed"),
@@ -765,7 +771,37 @@ fn check_secure_boot_chain(site: &Site, store: &Store) -> Result<(), ServerError
             ),
         }
     }
-    Ok(())
+    Ok(grub_net(site, Path::new(GRUBNET_SIGNED)))
+}
+
+/// What the GRUB network image at `path` fetches with (its modules), logged with what it means
+/// for UEFI HTTP Boot clients on the Secure Boot chain.
+fn grub_net(site: &Site, path: &Path) -> GrubNet {
+    let grub = match std::fs::read(path) {
+        Ok(image) => GrubNet::of_image(&image).map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let grub = grub.unwrap_or_else(|error| {
+        tracing::warn!(path = %path.display(), %error, "cannot read the GRUB network image's modules: taken as TFTP only");
+        GrubNet::Tftp
+    });
+    if site.shim_over_http(grub) {
+        tracing::info!(path = %path.display(), "Secure Boot: this GRUB has http: UEFI HTTP Boot clients get shim over HTTP");
+    } else if grub == GrubNet::Tftp {
+        tracing::warn!(
+            path = %path.display(),
+            "Secure Boot: this GRUB network image has no http module (Debian 12's GRUB 2.06): \
+             UEFI HTTP Boot clients get iPXE, which a machine with Secure Boot on refuses; \
+             boot them by UEFI PXE, or serve Debian 13's grub-efi-amd64-signed"
+        );
+    } else {
+        tracing::warn!(
+            http_port = site.http_port,
+            "Secure Boot: GRUB reaches HTTP on port 80 only: UEFI HTTP Boot clients get iPXE, \
+             which a machine with Secure Boot on refuses; boot them by UEFI PXE, or set http_port = 80"
+        );
+    }
+    grub
 }
 
 #[cfg(test)]

@@ -20,15 +20,18 @@ pub enum Firmware {
     /// OVMF with Secure Boot enforced: the SMM build and Microsoft's keys enrolled, as
     /// Debian's ovmf ships them; its own PXE client, so only signed binaries run.
     SecureBoot,
+    /// [`Firmware::SecureBoot`]'s OVMF doing [`Firmware::UefiHttp`]'s HTTP Boot (PXE off).
+    SecureBootHttp,
 }
 
 impl Firmware {
     /// Every firmware, by its command-line name.
-    pub const ALL: [Firmware; 4] = [
+    pub const ALL: [Firmware; 5] = [
         Firmware::Bios,
         Firmware::Uefi,
         Firmware::UefiHttp,
         Firmware::SecureBoot,
+        Firmware::SecureBootHttp,
     ];
 
     /// The name `diskless vm --firmware` takes.
@@ -38,6 +41,7 @@ impl Firmware {
             Firmware::Uefi => "uefi",
             Firmware::UefiHttp => "uefi-http",
             Firmware::SecureBoot => "uefi-secureboot",
+            Firmware::SecureBootHttp => "uefi-secureboot-http",
         }
     }
 
@@ -45,12 +49,22 @@ impl Firmware {
         self != Firmware::Bios
     }
 
+    /// Whether Secure Boot is enforced: only signed binaries run.
+    pub fn secure_boot(self) -> bool {
+        matches!(self, Firmware::SecureBoot | Firmware::SecureBootHttp)
+    }
+
+    /// Whether the firmware boots by UEFI HTTP Boot, its PXE clients switched off.
+    pub fn http_boot(self) -> bool {
+        matches!(self, Firmware::UefiHttp | Firmware::SecureBootHttp)
+    }
+
     /// OVMF's code image (read only) for this firmware; None for SeaBIOS.
     pub fn ovmf_code(self) -> Option<&'static str> {
         match self {
             Firmware::Bios => None,
             Firmware::Uefi | Firmware::UefiHttp => Some(OVMF_CODE),
-            Firmware::SecureBoot => Some(OVMF_CODE_SECURE_BOOT),
+            Firmware::SecureBoot | Firmware::SecureBootHttp => Some(OVMF_CODE_SECURE_BOOT),
         }
     }
 
@@ -59,7 +73,7 @@ impl Firmware {
         match self {
             Firmware::Bios => None,
             Firmware::Uefi | Firmware::UefiHttp => Some(OVMF_VARS),
-            Firmware::SecureBoot => Some(OVMF_VARS_MS_KEYS),
+            Firmware::SecureBoot | Firmware::SecureBootHttp => Some(OVMF_VARS_MS_KEYS),
         }
     }
 }
@@ -171,7 +185,7 @@ pub fn command(cfg: &QemuConfig) -> Command {
         Firmware::Uefi | Firmware::UefiHttp => {
             cmd.args(["-machine", "q35"]);
         }
-        Firmware::SecureBoot => {
+        Firmware::SecureBoot | Firmware::SecureBootHttp => {
             // The .secboot build keeps its variables in SMM, where the OS cannot write them
             // (README.Debian of ovmf): q35 with SMM, and the flash writable from SMM only.
             // S3 off, as that README says for this build.
@@ -180,7 +194,7 @@ pub fn command(cfg: &QemuConfig) -> Command {
                 .args(["-global", "ICH9-LPC.disable_s3=1"]);
         }
     }
-    if cfg.firmware == Firmware::UefiHttp {
+    if cfg.firmware.http_boot() {
         // OVMF reads these fw_cfg knobs at start (NetworkPkg's PcdIPv4PXESupport and
         // PcdIPv6PXESupport): with both PXE clients off, its only network boot options
         // are HTTP Boot, over IPv4 first.
@@ -284,6 +298,31 @@ mod tests {
             Some(OVMF_VARS_MS_KEYS)
         );
         assert!(!a.contains("PXESupport"), "{a}");
+    }
+
+    #[test]
+    fn secure_boot_http_is_the_secure_build_with_pxe_off() {
+        let a = args(Firmware::SecureBootHttp).join(" ");
+        for part in [
+            "-machine q35,smm=on",
+            "driver=cfi.pflash01,property=secure,value=on",
+            OVMF_CODE_SECURE_BOOT,
+            "/tmp/vars.fd",
+            "romfile=",
+            "-fw_cfg name=opt/org.tianocore/IPv4PXESupport,string=no",
+            "-fw_cfg name=opt/org.tianocore/IPv6PXESupport,string=no",
+        ] {
+            assert!(a.contains(part), "{part} missing: {a}");
+        }
+        assert_eq!(
+            Firmware::SecureBootHttp.ovmf_vars_template(),
+            Some(OVMF_VARS_MS_KEYS)
+        );
+        let secure: Vec<Firmware> = Firmware::ALL
+            .into_iter()
+            .filter(|f| f.secure_boot())
+            .collect();
+        assert_eq!(secure, [Firmware::SecureBoot, Firmware::SecureBootHttp]);
     }
 
     #[test]

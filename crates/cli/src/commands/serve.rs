@@ -66,7 +66,7 @@ pub struct ServeArgs {
     /// Dashboard and /metrics: ADDR:PORT, or off (config: admin_listen).
     #[arg(long)]
     pub admin_listen: Option<AdminListen>,
-    /// UEFI PXE clients boot through Debian's signed shim and GRUB, for Secure Boot
+    /// UEFI PXE and HTTP Boot clients boot through Debian's signed shim and GRUB, for Secure Boot
     /// (config: boot.secure_boot).
     #[arg(long)]
     pub secure_boot: bool,

@@ -32,7 +32,8 @@ pub struct VmArgs {
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
     /// Client firmware: bios (SeaBIOS + iPXE ROM), uefi (OVMF's own PXE), uefi-http (OVMF's
-    /// HTTP Boot, PXE off), uefi-secureboot (OVMF with Secure Boot enforced, Microsoft keys).
+    /// HTTP Boot, PXE off), uefi-secureboot (OVMF with Secure Boot enforced, Microsoft keys),
+    /// uefi-secureboot-http (the same by HTTP Boot).
     #[arg(long, default_value = "bios", value_parser = firmware_name)]
     pub firmware: Firmware,
     /// Client MAC address; repeat it to boot several clients together on one bridge.
@@ -171,7 +172,7 @@ fn server_argv(
         user: "root".into(),
         // A Secure Boot machine runs only signed binaries: the server hands it Debian's shim
         // and GRUB instead of iPXE (which OVMF refuses: "Access Denied").
-        secure_boot: args.firmware == Firmware::SecureBoot,
+        secure_boot: args.firmware.secure_boot(),
         ..ServeArgs::default()
     };
     // The server's own reading of the config and flags: where its admin listener will be.
