@@ -37,21 +37,6 @@ pub fn output(cmd: &mut Command) -> (std::process::Output, String, u32) {
     (out, text, pid)
 }
 
-/// Whether a seat's console shows the kernel panicking before the boot script said anything
-/// (no `diskless:` line yet: the kernel's own start and udev's drivers). Seen once in CI
-/// (session 31): trixie's 6.12 under QEMU TCG, "Fatal exception in interrupt" 4.8 s into a
-/// boot whose twins reach the script at about 11 s; the same test then passed four times in a
-/// row here. Such a boot says nothing about what a test checks, so a test may boot once more
-/// (and says so).
-pub fn kernel_died_before_script(console: &str) -> bool {
-    let Some(panic) = console.find("Kernel panic") else {
-        return false;
-    };
-    !console[..panic]
-        .lines()
-        .any(|l| l.starts_with("diskless:") || l.contains(": diskless:"))
-}
-
 /// Downloads and the bootstrapped tree: $DISKLESS_CACHE, default /var/cache/diskless.
 pub fn cache() -> PathBuf {
     std::env::var_os("DISKLESS_CACHE")
