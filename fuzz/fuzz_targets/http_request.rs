@@ -90,6 +90,7 @@ fn fixture() -> &'static Fixture {
             store.clone(),
             recorder.clone(),
             boots.clone(),
+            diskless_boot::grub::GrubNet::TftpAndHttp,
         );
         let state = Arc::new(HttpState {
             site: site_rx,
