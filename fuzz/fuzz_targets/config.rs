@@ -27,7 +27,10 @@ fuzz_target!(|data: &[u8]| {
                     (1..=lines + 1).contains(&line),
                     "error on line {line} of a {lines}-line text: {e}"
                 );
-                let width = text.split('\n').nth(line - 1).map_or(0, |l| l.chars().count());
+                let width = text
+                    .split('\n')
+                    .nth(line - 1)
+                    .map_or(0, |l| l.chars().count());
                 assert!(
                     e.column.is_some_and(|c| (1..=width + 1).contains(&c)),
                     "error at column {:?} of a {width}-character line: {e}",
