@@ -31,7 +31,7 @@ pub mod tree;
 use crate::source::Source;
 use crate::verity;
 use plan::Plan;
-use ranges::Ranges;
+use ranges::{Ranges, Refused, Tally};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::ops::Range;
@@ -180,7 +180,9 @@ pub fn serve(mode: Mode, args: &[String]) -> Result<(), String> {
     // The tree first, checked up to the root hash: every block after it is checked against it.
     let checked = std::cell::RefCell::new(None);
     let tree = ranges.get_checked(data_len..image_len, |tree| {
-        let leaves = Leaves::check(tree, req.params.data_blocks, &salt, &root)?;
+        // A tree refused counts as one block: the check stops at its first wrong one.
+        let leaves = Leaves::check(tree, req.params.data_blocks, &salt, &root)
+            .map_err(|why| Refused { blocks: 1, why })?;
         *checked.borrow_mut() = Some(leaves);
         Ok(())
     });
@@ -206,19 +208,22 @@ pub fn serve(mode: Mode, args: &[String]) -> Result<(), String> {
             // hung here, "Possible stuck request ... read@0" until they ran).
             let workers = start_workers(&copy, &leaves, &req.sources);
             let exposed = expose(&req, copy.clone())?;
-            let received: u64 = workers
-                .into_iter()
-                .map(|w| w.join().unwrap_or(0))
-                .sum::<u64>()
-                + ranges.received;
+            let mut tally = ranges.tally;
+            for worker in workers {
+                tally.add(&worker.join().unwrap_or_default());
+            }
             let demanded = copy.plan.lock().expect("plan lock").demanded_bytes;
-            let detail = filled_detail(
-                started.elapsed().as_secs_f64(),
-                image_len,
-                received,
-                demanded,
-            );
+            let detail =
+                filled_detail(started.elapsed().as_secs_f64(), image_len, &tally, demanded);
             eprintln!("diskless: the RAM copy is whole ({detail})");
+            for (source, refused) in req.sources.iter().zip(&tally.refused) {
+                if *refused > 0 {
+                    eprintln!(
+                        "diskless: warning: {source} sent {refused} block(s) that did not \
+                         match the image's hash tree (each fetched again elsewhere)"
+                    );
+                }
+            }
             report(&req, STAGE_FILLED, &detail);
             verity::switch(
                 &exposed.control,
@@ -241,10 +246,15 @@ pub fn serve(mode: Mode, args: &[String]) -> Result<(), String> {
     }
 }
 
-/// The detail of the `filled` report, `seconds=S bytes=N fetched=F demanded=D`: what the
-/// server reads back with `diskless_boot::FilledDetail::parse` (tested below).
-fn filled_detail(seconds: f64, bytes: u64, fetched: u64, demanded: u64) -> String {
-    format!("seconds={seconds:.1} bytes={bytes} fetched={fetched} demanded={demanded}")
+/// The detail of the `filled` report, `seconds=S bytes=N fetched=F demanded=D refused=R`
+/// (`R`: blocks refused, from every URL): what the server reads back with
+/// `diskless_boot::FilledDetail::parse` (tested below).
+fn filled_detail(seconds: f64, bytes: u64, tally: &Tally, demanded: u64) -> String {
+    format!(
+        "seconds={seconds:.1} bytes={bytes} fetched={} demanded={demanded} refused={}",
+        tally.received,
+        tally.refused_blocks()
+    )
 }
 
 fn report(req: &Request, stage: &str, detail: &str) {
@@ -389,12 +399,21 @@ fn covering_blocks(range: &Range<u64>) -> (u64, Range<u64>) {
     )
 }
 
-fn refuse_bad_blocks(leaves: &Leaves, first: u64) -> impl Fn(&[u8]) -> Result<(), String> + '_ {
-    move |data| match leaves.first_bad(first, data) {
-        None => Ok(()),
-        Some(block) => Err(format!(
-            "block {block} does not match the image's hash tree"
-        )),
+/// The check of data blocks from block `first` on: refused if any does not match `leaves`.
+fn refuse_bad_blocks(leaves: &Leaves, first: u64) -> impl Fn(&[u8]) -> Result<(), Refused> + '_ {
+    move |data| match leaves.bad_blocks(first, data)[..] {
+        [] => Ok(()),
+        [block] => Err(Refused {
+            blocks: 1,
+            why: format!("block {block} does not match the image's hash tree"),
+        }),
+        [block, ref more @ ..] => Err(Refused {
+            blocks: 1 + more.len() as u64,
+            why: format!(
+                "block {block} and {} more do not match the image's hash tree",
+                more.len()
+            ),
+        }),
     }
 }
 
@@ -445,12 +464,12 @@ enum Role {
 }
 
 /// One worker for the kernel's demands and [`WORKERS`] for the fill, each with its own
-/// connections; they end when the copy is whole, returning the bytes each received.
+/// connections; they end when the copy is whole, returning what each received and refused.
 fn start_workers(
     copy: &Arc<RamCopy>,
     leaves: &Arc<Leaves>,
     sources: &[Source],
-) -> Vec<std::thread::JoinHandle<u64>> {
+) -> Vec<std::thread::JoinHandle<Tally>> {
     std::iter::once(Role::Demand)
         .chain(std::iter::repeat_n(Role::Fill, WORKERS))
         .map(|role| {
@@ -514,8 +533,8 @@ impl RamCopy {
     }
 
     /// One worker: fetch the chunks the plan gives it (`role`), check and store them, until
-    /// the copy is whole. Returns the bytes it received.
-    fn fill(&self, mut ranges: Ranges, leaves: &Leaves, role: Role) -> u64 {
+    /// the copy is whole. Returns what it received and refused.
+    fn fill(&self, mut ranges: Ranges, leaves: &Leaves, role: Role) -> Tally {
         if role == Role::Fill {
             // The fill is what can wait: on a seat's few CPUs it competes with the boot it
             // runs behind (hashing every block, copying it), so it gets what the boot
@@ -528,7 +547,7 @@ impl RamCopy {
                 let mut plan = self.plan.lock().expect("plan lock");
                 loop {
                     if plan.is_whole() {
-                        return ranges.received;
+                        return ranges.tally;
                     }
                     let next = match role {
                         Role::Demand => plan.next_demanded(),
@@ -593,6 +612,7 @@ fn hex_bytes(hex: &str) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ranges::Damage;
 
     #[test]
     fn the_arguments_parse() {
@@ -630,33 +650,37 @@ mod tests {
         assert_eq!(covering_blocks(&(4095..8193)), (0, 0..12288));
     }
 
-    /// An image of `blocks` data blocks with its tree, served over HTTP (twice: the first
-    /// URL `corrupt` when asked), as the helper sees it.
+    /// An image of `blocks` data blocks with its tree, served over HTTP (by a second URL
+    /// first, a cache that damages blocks as `cache` says, if any), as the helper sees it.
     struct Served {
         image: Vec<u8>,
         data_len: u64,
         leaves: Arc<Leaves>,
         tree: Vec<u8>,
         sources: Vec<Source>,
+        /// What the cache and the server did, in the order of `sources`.
+        servers: Vec<Arc<ranges::TestServer>>,
     }
 
-    fn served(blocks: usize, corrupt_first: bool) -> Served {
+    fn served(blocks: usize, cache: Option<Damage>) -> Served {
         let data: Vec<u8> = (0..blocks * 4096).map(|i| (i * 31 % 255) as u8).collect();
         let salt = [3u8; 32];
         let (tree, root) = diskless_image::verity::tree(&data, &salt);
         let leaves = Leaves::check(&tree, blocks as u64, &salt, &root).unwrap();
         let image = [data.clone(), tree.clone()].concat();
-        let mut sources = Vec::new();
-        if corrupt_first {
-            sources.push(Source::parse(&ranges::test_server(image.clone(), 0, true).0).unwrap());
+        let (mut sources, mut servers) = (Vec::new(), Vec::new());
+        for damage in cache.into_iter().chain([Damage::Nothing]) {
+            let (url, seen) = ranges::test_server(image.clone(), 0, damage);
+            sources.push(Source::parse(&url).unwrap());
+            servers.push(seen);
         }
-        sources.push(Source::parse(&ranges::test_server(image.clone(), 0, false).0).unwrap());
         Served {
             image,
             data_len: data.len() as u64,
             leaves: Arc::new(leaves),
             tree,
             sources,
+            servers,
         }
     }
 
@@ -721,7 +745,7 @@ mod tests {
 
     #[test]
     fn network_reads_come_checked_from_the_next_url_when_one_is_corrupt() {
-        let s = served(300, true);
+        let s = served(300, Some(Damage::EveryAnswer));
         let direct = Arc::new(Direct {
             ranges: Mutex::new(Ranges::new(s.sources.clone())),
             leaves: s.leaves.clone(),
@@ -733,7 +757,7 @@ mod tests {
 
     #[test]
     fn the_ram_copy_answers_demands_and_fills_whole() {
-        let s = served(300, true);
+        let s = served(300, Some(Damage::EveryAnswer));
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("root.squashfs");
         let copy =
@@ -747,14 +771,77 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), s.image);
     }
 
+    /// Issue 25, item 5: a cache listed first sends a few damaged blocks (a broken disk
+    /// under it). Each answer that holds one is refused and asked of the next URL at once
+    /// (no round of waiting), the kernel's reads get the image's bytes only, and the copy
+    /// keeps none of the damaged ones. Every damaged block the cache sent is counted.
+    #[test]
+    fn a_refused_block_is_fetched_again_from_the_next_url_and_never_read() {
+        use std::sync::atomic::Ordering::SeqCst;
+        // Blocks in chunks 0, 1 and 4 (64 blocks a chunk); two in chunk 1.
+        let damaged = vec![0, 70, 100, 299];
+        let s = served(300, Some(Damage::Blocks(damaged)));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("root.squashfs");
+        let copy =
+            Arc::new(RamCopy::create(&path, s.image.len() as u64, s.data_len, &s.tree).unwrap());
+        let workers = start_workers(&copy, &s.leaves, &s.sources);
+        // Reads of damaged blocks among them (0, and 299 in the last chunk).
+        reads_are_answered(copy.clone(), &s);
+        let mut tally = Tally::default();
+        for w in workers {
+            tally.add(&w.join().unwrap());
+        }
+        assert_eq!(std::fs::read(&path).unwrap(), s.image);
+        let [cache, server] = &s.servers[..] else {
+            unreachable!()
+        };
+        // Whoever fetched chunk 0 asked the cache first: at least block 0 came damaged.
+        let sent_damaged = cache.damaged_blocks.load(SeqCst);
+        assert!(sent_damaged >= 1);
+        assert_eq!(tally.refused, [sent_damaged, 0]);
+        assert_eq!(tally.waits, 0, "a refused block waited for a round");
+        assert!(server.answers.load(SeqCst) > 0);
+
+        // The same through `network`'s direct reads: the kernel's reads of damaged blocks.
+        let s = served(300, Some(Damage::Blocks(vec![0, 299])));
+        let direct = Arc::new(Direct {
+            ranges: Mutex::new(Ranges::new(s.sources.clone())),
+            leaves: s.leaves.clone(),
+            tree: s.tree.clone(),
+            data_len: s.data_len,
+        });
+        reads_are_answered(direct.clone(), &s);
+        let tally = direct.ranges.lock().unwrap().tally.clone();
+        assert_eq!(
+            tally.refused,
+            [1, 0],
+            "block 0 from the cache, then the server"
+        );
+        assert_eq!(tally.waits, 0);
+    }
+
     #[test]
     fn the_filled_detail_parses_back() {
-        let text = filled_detail(41.44, 170, 180, 20);
-        assert_eq!(text, "seconds=41.4 bytes=170 fetched=180 demanded=20");
+        let tally = Tally {
+            received: 180,
+            refused: vec![3, 0, 1],
+            waits: 2,
+        };
+        let text = filled_detail(41.44, 170, &tally, 20);
+        assert_eq!(
+            text,
+            "seconds=41.4 bytes=170 fetched=180 demanded=20 refused=4"
+        );
         let parsed = diskless_boot::FilledDetail::parse(&text).unwrap();
         assert_eq!(
-            (parsed.bytes, parsed.fetched, parsed.demanded),
-            (170, 180, 20)
+            (
+                parsed.bytes,
+                parsed.fetched,
+                parsed.demanded,
+                parsed.refused
+            ),
+            (170, 180, 20, 4)
         );
         assert!((parsed.seconds - 41.4).abs() < 1e-9);
     }

@@ -102,12 +102,12 @@ impl Leaves {
         })
     }
 
-    /// Check the data blocks starting at block `first`: the index of the first that does
-    /// not match, if one does not.
-    pub fn first_bad(&self, first: u64, data: &[u8]) -> Option<u64> {
+    /// Check the data blocks starting at block `first`: the indexes of those that do not
+    /// match, in order.
+    pub fn bad_blocks(&self, first: u64, data: &[u8]) -> Vec<u64> {
         data.chunks(BLOCK_SIZE as usize)
             .enumerate()
-            .find(|(i, block)| {
+            .filter(|(i, block)| {
                 let index = first + *i as u64;
                 block.len() != BLOCK_SIZE as usize
                     || self
@@ -116,6 +116,7 @@ impl Leaves {
                         .is_none_or(|d| salted(&self.salt, block) != *d)
             })
             .map(|(i, _)| first + i as u64)
+            .collect()
     }
 }
 
@@ -139,18 +140,25 @@ mod tests {
                 "{blocks} blocks"
             );
             let leaves = Leaves::check(&tree, blocks as u64, &[7; 32], &root).unwrap();
-            assert_eq!(leaves.first_bad(0, &data), None, "{blocks} blocks");
+            assert!(leaves.bad_blocks(0, &data).is_empty(), "{blocks} blocks");
             let mut bad = data.clone();
             let last = blocks - 1;
             bad[last * 4096 + 5] ^= 1;
-            assert_eq!(leaves.first_bad(0, &bad), Some(last as u64));
-            assert_eq!(leaves.first_bad(last as u64, &data[last * 4096..]), None);
+            assert_eq!(leaves.bad_blocks(0, &bad), [last as u64]);
+            if last > 0 {
+                // Every bad block is named, not only the first.
+                bad[5] ^= 1;
+                assert_eq!(leaves.bad_blocks(0, &bad), [0, last as u64]);
+            }
+            assert!(leaves
+                .bad_blocks(last as u64, &data[last * 4096..])
+                .is_empty());
             // A block past the data, or a short one, is never right.
             assert_eq!(
-                leaves.first_bad(blocks as u64, &data[..4096]),
-                Some(blocks as u64)
+                leaves.bad_blocks(blocks as u64, &data[..4096]),
+                [blocks as u64]
             );
-            assert_eq!(leaves.first_bad(0, &data[..100]), Some(0));
+            assert_eq!(leaves.bad_blocks(0, &data[..100]), [0]);
         }
     }
 
