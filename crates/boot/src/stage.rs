@@ -21,7 +21,8 @@
 //! accounts-missing               an accounts file could not be read boot script
 //! multi-user                     the system started (final)         booted system
 //! filled                         lazy: the RAM copy is whole        fetch helper (seconds=,
-//!                                (often after multi-user)           bytes=, fetched=, demanded=)
+//!                                (often after multi-user)           bytes=, fetched=, demanded=,
+//!                                                                   refused=: FilledDetail)
 //! network-released               lazy: the root moved onto the copy fetch helper
 //! failed                         the boot stopped (final)           boot script (FailureReason)
 //! ```
@@ -354,21 +355,23 @@ impl FetchedDetail {
 }
 
 /// What a lazy seat's fetch helper measured when its RAM copy became whole, the detail of
-/// its `filled` report: `seconds=S bytes=N fetched=F demanded=D` (fields in any order,
-/// unknown ones ignored; crates/fetch's `lazy::filled_detail` writes it, a test there parses
-/// it back). `bytes` is the image's size, `fetched` what the helper received for it (the
-/// hash tree, refused blocks and chunks fetched twice included), `demanded` what of it the
-/// kernel waited for.
+/// its `filled` report: `seconds=S bytes=N fetched=F demanded=D [refused=R]` (fields in any
+/// order, unknown ones ignored; crates/fetch's `lazy::filled_detail` writes it, a test there
+/// parses it back). `bytes` is the image's size, `fetched` what the helper received for it
+/// (the hash tree, refused blocks and chunks fetched twice included), `demanded` what of it
+/// the kernel waited for, `refused` the blocks it refused because they did not match the
+/// image's hash tree (a broken cache), 0 from a helper that does not say.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FilledDetail {
     pub seconds: f64,
     pub bytes: u64,
     pub fetched: u64,
     pub demanded: u64,
+    pub refused: u64,
 }
 
 impl FilledDetail {
-    /// The measure in a `filled` detail; `None` unless every field is there.
+    /// The measure in a `filled` detail; `None` unless every field but `refused` is there.
     pub fn parse(detail: &str) -> Option<FilledDetail> {
         let field = |name: &str| {
             detail
@@ -380,6 +383,10 @@ impl FilledDetail {
             bytes: field("bytes")?.parse().ok()?,
             fetched: field("fetched")?.parse().ok()?,
             demanded: field("demanded")?.parse().ok()?,
+            refused: match field("refused") {
+                Some(n) => n.parse().ok()?,
+                None => 0,
+            },
         })
     }
 
@@ -532,14 +539,18 @@ mod tests {
                 seconds: 41.4,
                 bytes: 170_000_000,
                 fetched: 170_500_000,
-                demanded: 20_000_000
+                demanded: 20_000_000,
+                refused: 0
             }
         );
         assert_eq!(filled.fill_bytes(), 150_500_000);
+        let refused = FilledDetail::parse("seconds=1 bytes=2 fetched=3 demanded=1 refused=64");
+        assert_eq!(refused.map(|f| f.refused), Some(64));
         for bad in [
             "",
             "seconds=1 bytes=2 fetched=3",
             "seconds=x bytes=2 fetched=3 demanded=1",
+            "seconds=1 bytes=2 fetched=3 demanded=1 refused=x",
         ] {
             assert_eq!(FilledDetail::parse(bad), None, "{bad:?}");
         }

@@ -5,7 +5,8 @@
 //! image's URLs is a cache that damages every block it sends. The helper refuses the cache's
 //! blocks (they do not match the image's hash tree), waits for the server, and the lazy seat
 //! still fills its copy, moves its root onto it, lets go of the network and reaches
-//! multi-user; the network seat boots in 512 MiB with its root on NBD. That lazy seats boot
+//! multi-user; its filled report counts the refused blocks, and so does the server's
+//! `diskless_lazy_refused_blocks_total`; the network seat boots in 512 MiB with its root on NBD. That lazy seats boot
 //! and leave the network with BIOS and UEFI is checked by pxe.rs (`uefi_full_mode`,
 //! `bios_proxy_mode_beside_dnsmasq`).
 //!
@@ -23,8 +24,10 @@ use std::sync::Arc;
 mod common;
 use common::{
     add_image, assert_lazy_seat_off_the_network, assert_namespace_gone, assert_root_on_verity,
-    command_output, enter_netns, read_report, stages, vm, Booting, Work, BLOCK_PATH,
+    command_output, enter_netns, read_report, record, sample, stages, vm, Booting, Work,
+    BLOCK_PATH,
 };
+use diskless_boot::{FilledDetail, Stage};
 
 const LAZY: &str = "52:54:00:00:00:01";
 const NETWORK: &str = "52:54:00:00:00:02";
@@ -171,6 +174,23 @@ fn lazy_and_network_seats_survive_a_restarted_server_and_a_damaging_cache() {
     assert!(
         answered.load(Ordering::SeqCst) > 0,
         "the cache was never asked"
+    );
+    // The refused blocks are in the seat's filled report, and the server counted them.
+    let filled = record(&logs, LAZY)
+        .and_then(|r| r.stages.into_iter().find(|s| s.stage == Stage::Filled))
+        .expect("a filled report");
+    let refused = FilledDetail::parse(&filled.detail)
+        .unwrap_or_else(|| panic!("filled detail {:?}", filled.detail))
+        .refused;
+    assert!(
+        refused > 0,
+        "no refused block reported: {:?}",
+        filled.detail
+    );
+    let metrics = std::fs::read_to_string(logs.join("metrics.txt")).unwrap();
+    assert_eq!(
+        sample(&metrics, "diskless_lazy_refused_blocks_total"),
+        refused
     );
 
     let (cmdline, _) = command_output(network, "cat /proc/cmdline");

@@ -27,8 +27,8 @@ use std::process::Command;
 mod common;
 use common::{
     add_image, assert_lazy_seat_off_the_network, assert_namespace_gone, assert_stages,
-    command_output, diskless, read_report, record, run, run_vm, stage_names, stages, vm, Booting,
-    Work, BLOCK_PATH,
+    command_output, diskless, read_report, record, run, run_vm, sample, stage_names, stages, vm,
+    Booting, Work, BLOCK_PATH,
 };
 use diskless_boot::multicast::MulticastFetch;
 use diskless_boot::FetchedDetail;
@@ -138,15 +138,6 @@ const STORM_MACS: [&str; 3] = [
 /// run, load average 11); at 15 Mbit/s a round of the 177 MB test image takes 97 s, which
 /// tolerates 25 s (1.3 = 1.027 for the headers x (spread + round) / round).
 const STORM_RATE_MBIT: u32 = 15;
-
-/// `NAME VALUE` of a Prometheus text exposition: the value of the sample named exactly
-/// `name` (labels included).
-fn sample(metrics: &str, name: &str) -> u64 {
-    metrics
-        .lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no sample {name} in\n{metrics}"))
-}
 
 /// Issue 4 (BIOS, full DHCP), issue 5 and issue 24 (item 6) in one storm: three BIOS seats
 /// power on together on one bridge, our server their DHCP server, with `[multicast]` on. Each

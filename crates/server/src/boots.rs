@@ -136,6 +136,9 @@ pub struct Fill {
     pub seconds: Option<f64>,
     pub bytes: Option<u64>,
     pub demanded: Option<u64>,
+    /// Blocks the helper refused (they did not match the image's hash tree: a broken
+    /// cache), from the `filled` report.
+    pub refused: Option<u64>,
 }
 
 impl Fill {
@@ -162,6 +165,7 @@ impl Fill {
             seconds: measured.map(|m| m.seconds),
             bytes: measured.map(|m| m.bytes),
             demanded: measured.map(|m| m.demanded),
+            refused: measured.map(|m| m.refused),
         })
     }
 }
@@ -361,13 +365,14 @@ mod tests {
                 state: "network",
                 seconds: None,
                 bytes: None,
-                demanded: None
+                demanded: None,
+                refused: None
             }
         );
         r.stages.push(StageEvent {
             stage: Stage::Filled,
             at: 50.0,
-            detail: "seconds=41.4 bytes=1000 fetched=1100 demanded=300".into(),
+            detail: "seconds=41.4 bytes=1000 fetched=1100 demanded=300 refused=5".into(),
         });
         assert_eq!(
             fill(&r),
@@ -375,9 +380,12 @@ mod tests {
                 state: "filled",
                 seconds: Some(41.4),
                 bytes: Some(1000),
-                demanded: Some(300)
+                demanded: Some(300),
+                refused: Some(5)
             }
         );
+        // The dashboard's fill line says so.
+        assert!(crate::admin::DASHBOARD.contains("f.refused"));
         r.stages.push(StageEvent {
             stage: Stage::NetworkReleased,
             at: 51.0,

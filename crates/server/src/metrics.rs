@@ -29,6 +29,9 @@
 //!                                                     RAM copies besides (filled reports)
 //! diskless_lazy_fill_seconds                          histogram: a lazy seat's helper start
 //!                                                     to its RAM copy whole
+//! diskless_lazy_refused_blocks_total                  blocks lazy seats refused: they did not
+//!                                                     match the image's hash tree (a broken
+//!                                                     cache; filled reports)
 //! ```
 //!
 //! Every family is registered at start, and the label values known in advance (DHCP message
@@ -73,6 +76,7 @@ pub struct Metrics {
     multicast_fallbacks: IntCounterVec,
     lazy_bytes: IntCounterVec,
     fill_seconds: Histogram,
+    lazy_refused: IntCounter,
 }
 
 /// Boot phases last from a fraction of a second (a DHCP exchange) to minutes (systemd under
@@ -193,6 +197,15 @@ impl Metrics {
              and refused blocks).",
             &["purpose"],
         );
+        let lazy_refused = reg(
+            &registry,
+            IntCounter::new(
+                "diskless_lazy_refused_blocks_total",
+                "Image blocks lazy seats refused because they did not match the image's hash \
+                 tree (each fetched again from the next URL), as their filled reports say.",
+            )
+            .expect("valid metric"),
+        );
         let fill_seconds = reg(
             &registry,
             Histogram::with_opts(
@@ -285,6 +298,7 @@ impl Metrics {
             multicast_fallbacks,
             lazy_bytes,
             fill_seconds,
+            lazy_refused,
         }
     }
 
@@ -405,6 +419,7 @@ impl Metrics {
                     .with_label_values(&["fill"])
                     .inc_by(filled.fill_bytes());
                 self.fill_seconds.observe(filled.seconds);
+                self.lazy_refused.inc_by(filled.refused);
             }
         }
         if stage.stage.is_final() {
@@ -496,6 +511,7 @@ mod tests {
             "diskless_lazy_fetched_bytes_total{purpose=\"demand\"} 0",
             "diskless_lazy_fetched_bytes_total{purpose=\"fill\"} 0",
             "diskless_lazy_fill_seconds_count 0",
+            "diskless_lazy_refused_blocks_total 0",
         ] {
             assert!(before.contains(line), "{line} missing from\n{before}");
         }
@@ -504,7 +520,7 @@ mod tests {
             stage(
                 "filled",
                 50.0,
-                "seconds=41.4 bytes=1000 fetched=1100 demanded=300",
+                "seconds=41.4 bytes=1000 fetched=1100 demanded=300 refused=7",
             ),
             stage(
                 "filled",
@@ -523,6 +539,8 @@ mod tests {
             "diskless_lazy_fill_seconds_count 2",
             "diskless_lazy_fill_seconds_sum 61.4",
             "diskless_lazy_fill_seconds_bucket{le=\"30\"} 1",
+            // The second report says nothing of refused blocks (an older helper): none.
+            "diskless_lazy_refused_blocks_total 7",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");
         }

@@ -189,6 +189,15 @@ pub fn add_image_from(store: &Path, name: &str, from: &Path) {
     std::os::unix::fs::symlink(&version, store.join("images").join(name).join("current")).unwrap();
 }
 
+/// `NAME VALUE` of a Prometheus text exposition (`metrics.txt`, saved by `diskless vm`):
+/// the value of the sample named exactly `name` (labels included).
+pub fn sample(metrics: &str, name: &str) -> u64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in\n{metrics}"))
+}
+
 /// The server's record of `mac` in `logs/state/clients.json`, if it has one.
 pub fn record(logs: &Path, mac: &str) -> Option<ClientRecord> {
     let path = logs.join("state/clients.json");
