@@ -1,4 +1,5 @@
-//! Download progress on the console: percent, MB/s and time left, about once a second.
+//! Download progress on the console: percent, MB/s and time left, about once a second (or
+//! as often as [`Progress::every`] says), optionally naming what it counts.
 
 use std::time::{Duration, Instant};
 
@@ -7,6 +8,9 @@ pub struct Progress {
     started: Instant,
     start_bytes: u64,
     last_print: Instant,
+    interval: Duration,
+    /// Said before the figures: `diskless: TITLE: 45.0% ...`.
+    title: Option<&'static str>,
 }
 
 const INTERVAL: Duration = Duration::from_secs(1);
@@ -19,18 +23,49 @@ impl Progress {
             started: now,
             start_bytes: already,
             last_print: now,
+            interval: INTERVAL,
+            title: None,
+        }
+    }
+
+    /// A line at most every `interval` instead of every second.
+    pub fn every(self, interval: Duration) -> Progress {
+        Progress { interval, ..self }
+    }
+
+    /// Lines that say what they count: `diskless: TITLE: 45.0% ...`.
+    pub fn titled(self, title: &'static str) -> Progress {
+        Progress {
+            title: Some(title),
+            ..self
         }
     }
 
     pub fn update(&mut self, done: u64) {
-        if self.last_print.elapsed() >= INTERVAL {
+        if self.last_print.elapsed() >= self.interval {
             self.last_print = Instant::now();
-            eprintln!("diskless: {}", self.line(done, self.started.elapsed()));
+            self.print(done);
         }
     }
 
     pub fn finish(&mut self, done: u64) {
-        eprintln!("diskless: {}", self.line(done, self.started.elapsed()));
+        self.print(done);
+    }
+
+    fn print(&self, done: u64) {
+        eprintln!(
+            "diskless: {}",
+            self.titled_line(done, self.started.elapsed())
+        );
+    }
+
+    /// [`Progress::line`] after the title, if there is one.
+    fn titled_line(&self, done: u64, elapsed: Duration) -> String {
+        let line = self.line(done, elapsed);
+        match self.title {
+            Some(title) => format!("{title}: {line}"),
+            None => line,
+        }
     }
 
     /// One progress line; pure so that its format is tested.
@@ -72,6 +107,19 @@ mod tests {
         assert!(line.starts_with(" 50.0%"), "{line}");
         assert!(line.contains("10.0 MB/s"), "{line}");
         assert!(line.contains("5 s left"), "{line}");
+    }
+
+    #[test]
+    fn a_titled_line_says_what_it_counts() {
+        let p = Progress::new(Some(200 << 20), 0)
+            .every(Duration::from_secs(5))
+            .titled("the RAM copy");
+        assert_eq!(p.interval, Duration::from_secs(5));
+        let line = p.titled_line(50 << 20, Duration::from_secs(10));
+        assert!(
+            line.starts_with("the RAM copy:  25.0% 50.0 MiB of 200.0 MiB at 5.2 MB/s"),
+            "{line}"
+        );
     }
 
     #[test]

@@ -320,8 +320,9 @@ const FAILURES: &[&str] = &[
 const FETCH_PROGRESS: &str = " MiB at ";
 
 /// The boot script's line once the fetch helper serves the root (diskless.fetch=lazy or
-/// network): with lazy the RAM copy is filling from then on (the helper prints no progress),
-/// so a restart of the server then happens mid-fill.
+/// network): with lazy the RAM copy is filling from then on (its progress lines, which
+/// match [`FETCH_PROGRESS`] too, come later), so a restart of the server then happens
+/// mid-fill.
 const SERVED_FROM_THE_NETWORK: &str = "the root is served from the network";
 
 /// Said (console log and stderr) when a client whose kernel crashed before the boot script

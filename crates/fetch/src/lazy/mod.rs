@@ -28,6 +28,7 @@ pub mod plan;
 pub mod ranges;
 pub mod tree;
 
+use crate::progress::Progress;
 use crate::source::Source;
 use crate::verity;
 use plan::Plan;
@@ -49,6 +50,9 @@ pub const LINEAR_NAME: &str = "diskless-lazy";
 /// the kernel waits for).
 const WORKERS: usize = 2;
 const SECTOR: u64 = 512;
+/// The fill's progress on the console at most this often (a sysadmin at a seat's console
+/// sees it; the kernel's messages and a login prompt share the screen).
+const FILL_PROGRESS_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 /// Reported when the RAM copy is whole, with `seconds= bytes= fetched= demanded=`.
 pub const STAGE_FILLED: &str = "filled";
 /// Reported when the root reads the RAM copy and NBD is disconnected.
@@ -452,6 +456,7 @@ struct RamCopy {
     file: File,
     plan: Mutex<Plan>,
     changed: Condvar,
+    progress: Mutex<Progress>,
 }
 
 /// What a worker of the RAM copy fetches.
@@ -529,6 +534,11 @@ impl RamCopy {
             file,
             plan: Mutex::new(Plan::new(data_len, plan::CHUNK)),
             changed: Condvar::new(),
+            progress: Mutex::new(
+                Progress::new(Some(data_len), 0)
+                    .every(FILL_PROGRESS_EVERY)
+                    .titled("the RAM copy"),
+            ),
         })
     }
 
@@ -565,15 +575,24 @@ impl RamCopy {
                 refuse_bad_blocks(leaves, range.start / BLOCK_SIZE),
             );
             let mut plan = self.plan.lock().expect("plan lock");
-            match self.file.write_all_at(&data, range.start) {
-                Ok(()) => plan.done(chunk),
+            let present = match self.file.write_all_at(&data, range.start) {
+                Ok(()) => {
+                    plan.done(chunk);
+                    Some(plan.present_bytes())
+                }
                 Err(e) => {
                     // tmpfs was sized for the image above; this is not expected.
                     eprintln!("diskless: warning: writing the RAM copy: {e}");
                     plan.failed(chunk);
+                    None
                 }
-            }
+            };
+            drop(plan);
             self.changed.notify_all();
+            // Outside the plan's lock: a line on a serial console takes milliseconds.
+            if let Some(present) = present {
+                self.progress.lock().expect("progress lock").update(present);
+            }
         }
     }
 }

@@ -32,6 +32,8 @@ pub struct Plan {
     /// Every chunk before it is fetching or present.
     cursor: u64,
     present: u64,
+    /// Bytes of the chunks present.
+    present_bytes: u64,
     /// Bytes fetched because the kernel was waiting for them.
     pub demanded_bytes: u64,
 }
@@ -46,6 +48,7 @@ impl Plan {
             demanded: VecDeque::new(),
             cursor: 0,
             present: 0,
+            present_bytes: 0,
             demanded_bytes: 0,
         }
     }
@@ -119,7 +122,19 @@ impl Plan {
         if self.states[index as usize] != State::Present {
             self.states[index as usize] = State::Present;
             self.present += 1;
+            let range = self.range(index);
+            self.present_bytes += range.end - range.start;
         }
+    }
+
+    /// Bytes of the image in the copy.
+    pub fn present_bytes(&self) -> u64 {
+        self.present_bytes
+    }
+
+    /// Bytes the plan covers (the image's data).
+    pub fn total_bytes(&self) -> u64 {
+        self.len
     }
 
     /// Fetching chunk `index` failed: it is missing again, and fetched first.
@@ -153,6 +168,8 @@ mod tests {
             p.done(c);
         }
         assert!(p.is_whole());
+        // The last chunk is short: 10 bytes, not 12.
+        assert_eq!((p.present_bytes(), p.total_bytes()), (10, 10));
         assert_eq!(p.demanded_bytes, 0);
     }
 
@@ -217,6 +234,8 @@ mod tests {
         p.done(1);
         p.done(2);
         assert!(!p.is_whole(), "counted once");
+        // Chunks 1 and 2, once each.
+        assert_eq!(p.present_bytes(), 8);
         p.done(0);
         assert!(p.is_whole());
     }
