@@ -133,6 +133,7 @@ impl Plan {
     }
 
     /// Bytes the plan covers (the image's data).
+    #[cfg(test)]
     pub fn total_bytes(&self) -> u64 {
         self.len
     }
