@@ -15,6 +15,8 @@
 //! diskless-fetch (lazy|network) ROOTHASH DATA_BLOCKS:SALT [--ram FILE] [--report URL] URL...
 //!                                     the root served over NBD from the URLs (lazy: filling a
 //!                                     RAM copy, then off the network): prints /dev/dm-N
+//! diskless-fetch lazy-fill ROOTHASH DATA_BLOCKS:SALT --ram FILE URL...
+//!                                     lazy's fetch without the kernel's devices (bench-storm)
 //! diskless-fetch report URL STAGE [DETAIL]
 //! diskless-fetch cat URL              a small text file (the lab's accounts) to stdout
 //! ```
@@ -80,6 +82,7 @@ fn run(args: &[String]) -> Result<(), String> {
         }
         "lazy" => lazy::start(lazy::Mode::Lazy, rest),
         "network" => lazy::start(lazy::Mode::Network, rest),
+        "lazy-fill" => lazy::fill_only(rest),
         "lazy-server" => lazy::serve(lazy::Mode::Lazy, rest),
         "network-server" => lazy::serve(lazy::Mode::Network, rest),
         "report" => {
@@ -116,6 +119,7 @@ fn usage() -> String {
      diskless-fetch modload FILE.ko [FILE.ko...]\n  diskless-fetch loop FILE\n  \
      diskless-fetch verity FILE ROOTHASH DATA_BLOCKS:SALT\n  diskless-fetch verity-status\n  \
      diskless-fetch (lazy|network) ROOTHASH DATA_BLOCKS:SALT [--ram FILE] [--report URL] URL...\n  \
+     diskless-fetch lazy-fill ROOTHASH DATA_BLOCKS:SALT --ram FILE URL...\n  \
      diskless-fetch report URL STAGE [DETAIL]\n  diskless-fetch cat URL"
         .to_string()
 }

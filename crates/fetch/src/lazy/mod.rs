@@ -177,20 +177,7 @@ pub fn serve(mode: Mode, args: &[String]) -> Result<(), String> {
             ""
         }
     );
-    let root = hex_bytes(&req.params.root_hash)?
-        .try_into()
-        .map_err(|_| "the root hash is not 32 bytes")?;
-    let salt = hex_bytes(&req.params.salt)?;
-    // The tree first, checked up to the root hash: every block after it is checked against it.
-    let checked = std::cell::RefCell::new(None);
-    let tree = ranges.get_checked(data_len..image_len, |tree| {
-        // A tree refused counts as one block: the check stops at its first wrong one.
-        let leaves = Leaves::check(tree, req.params.data_blocks, &salt, &root)
-            .map_err(|why| Refused { blocks: 1, why })?;
-        *checked.borrow_mut() = Some(leaves);
-        Ok(())
-    });
-    let leaves = Arc::new(checked.into_inner().expect("set by the accepted check"));
+    let (tree, leaves) = checked_tree(&req, &mut ranges)?;
     match req.mode {
         Mode::Network => {
             let direct = Arc::new(Direct {
@@ -248,6 +235,58 @@ pub fn serve(mode: Mode, args: &[String]) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+/// The image's hash tree, fetched first and checked up to the root hash (every block after it
+/// is checked against it), and its leaves.
+fn checked_tree(req: &Request, ranges: &mut Ranges) -> Result<(Vec<u8>, Arc<Leaves>), String> {
+    let root = hex_bytes(&req.params.root_hash)?
+        .try_into()
+        .map_err(|_| "the root hash is not 32 bytes")?;
+    let salt = hex_bytes(&req.params.salt)?;
+    let checked = std::cell::RefCell::new(None);
+    let tree = ranges.get_checked(req.data_len()..req.image_len(), |tree| {
+        // A tree refused counts as one block: the check stops at its first wrong one.
+        let leaves = Leaves::check(tree, req.params.data_blocks, &salt, &root)
+            .map_err(|why| Refused { blocks: 1, why })?;
+        *checked.borrow_mut() = Some(leaves);
+        Ok(())
+    });
+    let leaves = Arc::new(checked.into_inner().expect("set by the accepted check"));
+    Ok((tree, leaves))
+}
+
+/// `diskless-fetch lazy-fill ARGS` (`lazy`'s arguments): a lazy seat's fetch without its
+/// kernel devices, for scripts/bench-storm's many seats on one host, where NBD devices and
+/// device-mapper names are the host's, enough for one seat at a time. The tree first, then
+/// the image's first block asked for as the kernel's mount asks for it (the moment a seat
+/// has its root: the reads that follow up to multi-user are not replayed), while the
+/// workers fill the RAM copy. Prints `root=S filled=S fetched=BYTES` (seconds since start).
+pub fn fill_only(args: &[String]) -> Result<(), String> {
+    let started = Instant::now();
+    let req = Request::parse(Mode::Lazy, args)?;
+    let mut ranges = Ranges::new(req.sources.clone());
+    let (tree, leaves) = checked_tree(&req, &mut ranges)?;
+    let ram = req.ram.as_ref().expect("parsed");
+    let copy = Arc::new(RamCopy::create(
+        ram,
+        req.image_len(),
+        req.data_len(),
+        &tree,
+    )?);
+    let workers = start_workers(&copy, &leaves, &req.sources);
+    copy.read(0..BLOCK_SIZE);
+    let root = started.elapsed().as_secs_f64();
+    let mut tally = ranges.tally;
+    for worker in workers {
+        tally.add(&worker.join().unwrap_or_default());
+    }
+    let fetched = tally.received;
+    println!(
+        "root={root:.3} filled={:.3} fetched={fetched}",
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
 }
 
 /// The detail of the `filled` report, `seconds=S bytes=N fetched=F demanded=D refused=R`
