@@ -2,8 +2,9 @@
 //! the iPXE ROM (BIOS) and with OVMF's own PXE client fetching ipxe.efi over TFTP (UEFI), each
 //! with our server as the network's DHCP server (full mode) and beside dnsmasq acting as the
 //! site's DHCP server (proxy mode). BIOS in full mode is three seats in one storm, the image
-//! sent once by multicast (issue 24), each with the hostname its [[client]] entry gives it and
-//! a machine-id and ssh host keys of its own (issue 5). UEFI in full mode and BIOS in proxy
+//! sent once by multicast (issue 24; the third seat `lazy`, its RAM copy filled by the
+//! session), each with the hostname its [[client]] entry gives it and a machine-id and ssh
+//! host keys of its own (issue 5). UEFI in full mode and BIOS in proxy
 //! mode fetch their image `lazy` (issue 25, `fetch = "lazy"` in the site's [boot]): the root
 //! is mounted at once from the network, and the seat fills its RAM copy, moves its root onto
 //! it and lets go of the network device; UEFI in proxy mode fetches it whole. And a new
@@ -31,7 +32,7 @@ use common::{
     Work, BLOCK_PATH,
 };
 use diskless_boot::multicast::MulticastFetch;
-use diskless_boot::FetchedDetail;
+use diskless_boot::{FetchedDetail, FilledDetail};
 
 const MAC: &str = "52:54:00:12:34:56";
 const ROOT_FS: &str = "findmnt -n -o FSTYPE /";
@@ -131,6 +132,9 @@ const STORM_MACS: [&str; 3] = [
     "52:54:00:00:00:23",
 ];
 
+/// The seat of that storm that fetches `lazy` (pc03).
+const STORM_LAZY: &str = STORM_MACS[2];
+
 /// The multicast session's rate there, Mbit/s. The session sends from the first join until a
 /// round after the last, so the server's bytes are (spread of the joins + a round) x rate: a
 /// round must be long beside that spread for the storm to cost at most 1.3 images. Three TCG
@@ -148,14 +152,19 @@ fn sample(metrics: &str, name: &str) -> u64 {
         .unwrap_or_else(|| panic!("no sample {name} in\n{metrics}"))
 }
 
-/// Issue 4 (BIOS, full DHCP), issue 5 and issue 24 (item 6) in one storm: three BIOS seats
-/// power on together on one bridge, our server their DHCP server, with `[multicast]` on. Each
-/// gets an address from our pool, runs from the overlay, has the hostname of its [[client]]
-/// entry and a machine-id and ssh host keys of its own (the image has none), and says (console and `fetched` report) that
-/// its image came by multicast, every block checked against its digest and the image then
-/// verified (dm-verity, or its sha256); the server's own counters (its /metrics, saved by the
-/// vm once the seats are up) show one session, three seats, and no more than 1.3 images on
-/// its link for the root image: the datagrams it sent plus what it sent over HTTP (repairs).
+/// Issue 4 (BIOS, full DHCP), issue 5 and issue 24 (items 3 and 6) in one storm: three BIOS
+/// seats power on together on one bridge, our server their DHCP server, with `[multicast]`
+/// on; pc01 and pc02 fetch `whole`, pc03 `lazy` (its [[client]] entry). Each gets an address
+/// from our pool, runs from the overlay, has the hostname of its [[client]] entry and a
+/// machine-id and ssh host keys of its own (the image has none), and says (console and
+/// report) that its image came by multicast: the whole seats in their `fetched` report, every
+/// block checked against its digest and the image then verified (dm-verity, or its sha256);
+/// the lazy seat, whose root was mounted at once from the network, in its `filled` report,
+/// its RAM copy filled mostly by the session (every block checked against the hash tree)
+/// before it moved its root onto it and left the network. The server's own counters (its
+/// /metrics, saved by the vm once the seats are up) show one session, three seats, and no
+/// more than 1.3 images on its link for the root image: the datagrams it sent plus what it
+/// sent over HTTP (repairs, and the lazy seat's tree and the blocks its kernel waited for).
 #[test]
 #[ignore = "needs root, QEMU and minutes: run by scripts/test"]
 fn three_bios_seats_in_full_mode_boot_one_image_sent_once_by_multicast() {
@@ -172,6 +181,9 @@ fn three_bios_seats_in_full_mode_boot_one_image_sent_once_by_multicast() {
             "\n[[client]]\nmac = \"{mac}\"\nhostname = \"pc0{}\"\n",
             i + 1
         ));
+        if *mac == STORM_LAZY {
+            site.push_str("fetch = \"lazy\"\n");
+        }
     }
     std::fs::write(&config, site).unwrap();
     let logs = work.path().join("logs");
@@ -182,6 +194,7 @@ fn three_bios_seats_in_full_mode_boot_one_image_sent_once_by_multicast() {
         "cat /etc/machine-id",
         SSH_HOST_KEY,
         "systemctl is-active ssh",
+        BLOCK_PATH,
     ];
     let mut vm = vm("test", &store, &logs, &checks);
     vm.args(["--firmware", "bios", "--mode", "full", "--memory", "768"]);
@@ -228,22 +241,31 @@ fn three_bios_seats_in_full_mode_boot_one_image_sent_once_by_multicast() {
             "{mac}"
         );
         let record = record(&logs, mac).unwrap_or_else(|| panic!("no record of {mac}"));
-        assert_stages(
-            mac,
-            &stage_names(&record),
-            &[
-                "ipxe-script",
-                "network-up",
-                "fetched",
-                "root-mounted",
-                "multi-user",
-            ],
-        );
-        // The helper's report: the image by the session, what it repaired over HTTP.
+        let console_log = logs.join(format!("console-{}.log", mac.replace(':', "-")));
+        let lazy = mac == STORM_LAZY;
+        // The helper's report: the image by the session, what it repaired over HTTP (a lazy
+        // seat's `filled`: what the session put in its RAM copy, what came by HTTP).
+        let report_stage = if lazy {
+            assert_lazy_seat_off_the_network(client, &logs, &console_log);
+            "filled"
+        } else {
+            assert_stages(
+                mac,
+                &stage_names(&record),
+                &[
+                    "ipxe-script",
+                    "network-up",
+                    "fetched",
+                    "root-mounted",
+                    "multi-user",
+                ],
+            );
+            "fetched"
+        };
         let detail = &record
             .stages
             .iter()
-            .find(|s| s.stage.as_str() == "fetched")
+            .find(|s| s.stage.as_str() == report_stage)
             .unwrap()
             .detail;
         let Some(MulticastFetch::Joined {
@@ -251,7 +273,7 @@ fn three_bios_seats_in_full_mode_boot_one_image_sent_once_by_multicast() {
             http_bytes,
         }) = MulticastFetch::parse(detail)
         else {
-            panic!("{mac} did not get its image by multicast: fetched {detail:?}");
+            panic!("{mac} did not get its image by multicast: {report_stage} {detail:?}");
         };
         eprintln!("{mac}: {multicast_bytes} bytes by multicast, {http_bytes} by HTTP");
         assert_eq!(multicast_bytes + http_bytes, image_bytes, "{mac}: {detail}");
@@ -259,15 +281,25 @@ fn three_bios_seats_in_full_mode_boot_one_image_sent_once_by_multicast() {
             multicast_bytes > http_bytes,
             "{mac}: most of the image should come by multicast: {detail}"
         );
-        fetch_seconds.push(FetchedDetail::parse(detail).map(|f| f.seconds));
         // Its console: the session joined, the image fetched and verified.
-        let console =
-            std::fs::read_to_string(logs.join(format!("console-{}.log", mac.replace(':', "-"))))
-                .unwrap();
+        let console = std::fs::read_to_string(&console_log).unwrap();
         assert!(
             console.contains("diskless: joined multicast session"),
             "{mac} never joined the session"
         );
+        if lazy {
+            let filled = FilledDetail::parse(detail).unwrap();
+            eprintln!(
+                "{mac}: lazy, copy whole at {:.1} s, {} bytes demanded by its kernel",
+                filled.seconds, filled.demanded
+            );
+            assert!(
+                console.contains("of the copy by the session; the rest by HTTP"),
+                "{mac}: no line of the session's fill"
+            );
+            continue;
+        }
+        fetch_seconds.push(FetchedDetail::parse(detail).map(|f| f.seconds));
         let fetched = console
             .lines()
             .find(|l| l.contains("diskless: fetched ") && l.contains(" by multicast, "))
