@@ -136,7 +136,9 @@ impl Multicast {
 }
 
 /// How a seat that was given `diskless.multicast=` got its image, from the detail of its
-/// `fetched` report (the fetch helper writes it; a test there parses its text with this).
+/// `fetched` report, or of its `filled` report for a lazy seat, whose RAM copy the session
+/// filled (`Stage::reports_multicast`; the fetch helper writes both, and tests there parse
+/// its text with this).
 /// As JSON (the dashboard's per-seat table): `{"outcome": "joined", "multicast_bytes": N,
 /// "http_bytes": M}`, `{"outcome": "unreachable"}`, `{"outcome": "failed"}`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]

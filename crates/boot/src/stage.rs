@@ -22,7 +22,8 @@
 //! multi-user                     the system started (final)         booted system
 //! filled                         lazy: the RAM copy is whole        fetch helper (seconds=,
 //!                                (often after multi-user)           bytes=, fetched=, demanded=,
-//!                                                                   refused=: FilledDetail)
+//!                                                                   refused=: FilledDetail;
+//!                                                                   + MulticastFetch's fields)
 //! network-released               lazy: the root moved onto the copy fetch helper
 //! failed                         the boot stopped (final)           boot script (FailureReason)
 //! ```
@@ -146,6 +147,13 @@ impl Stage {
     /// It ends a boot: `multi-user` or `failed`.
     pub const fn is_final(&self) -> bool {
         matches!(self, Stage::MultiUser | Stage::Failed)
+    }
+
+    /// Its detail says how a seat given a multicast session got its image
+    /// ([`crate::multicast::MulticastFetch`]): `fetched` (whole) or `filled` (lazy: the
+    /// session filled its RAM copy).
+    pub const fn reports_multicast(&self) -> bool {
+        matches!(self, Stage::Fetched | Stage::Filled)
     }
 
     /// The client got its boot file (iPXE script or GRUB config): what came after is Linux.

@@ -12,9 +12,11 @@
 //! diskless-fetch verity FILE ROOTHASH DATA_BLOCKS:SALT
 //!                                     FILE on a loop device through dm-verity: prints /dev/dm-N
 //! diskless-fetch verity-status        V (all verified so far) or C (a block failed)
-//! diskless-fetch (lazy|network) ROOTHASH DATA_BLOCKS:SALT [--ram FILE] [--report URL] URL...
+//! diskless-fetch (lazy|network) ROOTHASH DATA_BLOCKS:SALT [--ram FILE] [--report URL]
+//!                [--multicast JOIN_URL] URL...
 //!                                     the root served over NBD from the URLs (lazy: filling a
-//!                                     RAM copy, then off the network): prints /dev/dm-N
+//!                                     RAM copy, from the multicast session first if given,
+//!                                     then off the network): prints /dev/dm-N
 //! diskless-fetch lazy-fill ROOTHASH DATA_BLOCKS:SALT --ram FILE URL...
 //!                                     lazy's fetch without the kernel's devices (bench-storm)
 //! diskless-fetch report URL STAGE [DETAIL]
@@ -118,7 +120,7 @@ fn usage() -> String {
     "usage:\n  diskless-fetch get (--sha256 HEX | --verity) --out FILE [--retries N] [--multicast JOIN_URL] URL [URL...]\n  \
      diskless-fetch modload FILE.ko [FILE.ko...]\n  diskless-fetch loop FILE\n  \
      diskless-fetch verity FILE ROOTHASH DATA_BLOCKS:SALT\n  diskless-fetch verity-status\n  \
-     diskless-fetch (lazy|network) ROOTHASH DATA_BLOCKS:SALT [--ram FILE] [--report URL] URL...\n  \
+     diskless-fetch (lazy|network) ROOTHASH DATA_BLOCKS:SALT [--ram FILE] [--report URL] [--multicast JOIN_URL] URL...\n  \
      diskless-fetch lazy-fill ROOTHASH DATA_BLOCKS:SALT --ram FILE URL...\n  \
      diskless-fetch report URL STAGE [DETAIL]\n  diskless-fetch cat URL"
         .to_string()

@@ -122,12 +122,18 @@ impl Stats {
             seconds: self.seconds,
         };
         format!(
-            "{} multicast_bytes={} http_bytes={}",
+            "{}{}",
             common.report_detail(),
-            self.multicast_bytes,
-            self.http_bytes
+            split_note(self.multicast_bytes, self.http_bytes)
         )
     }
+}
+
+/// What a report adds to its detail when the image came by the session: ` multicast_bytes=N
+/// http_bytes=M` (read back by `diskless_boot::multicast::MulticastFetch`; the `fetched`
+/// report of `get` and the `filled` report of `lazy` both end with it).
+pub fn split_note(multicast_bytes: u64, http_bytes: u64) -> String {
+    format!(" multicast_bytes={multicast_bytes} http_bytes={http_bytes}")
 }
 
 /// Fetch the image into `out` by multicast from the session `join_url` names, repairing from
@@ -153,31 +159,8 @@ fn fetch_inner(
     out: &Path,
 ) -> Result<Outcome, String> {
     let started = Instant::now();
-    let join_source = Source::parse(join_url)?;
-    let answer = http::get_whole(&join_source, MAX_JOIN_BYTES)
-        .map_err(|e| format!("joining the multicast session: {e}"))?;
-    let join = Join::parse(&String::from_utf8_lossy(&answer))?;
-    let Source::Http { host, port, .. } = &join_source else {
-        return Err(format!("{join_url}: the join URL must be http://"));
-    };
-    // The group first, the digests after: the sender owes this seat one round from its join
-    // (and a twentieth more), so the sooner we listen, the surer that round is whole; what
-    // arrives meanwhile waits in the socket's buffer.
-    let socket = join_group(&join, &join_source)?;
-    let blocks_source = Source::Http {
-        host: host.clone(),
-        port: *port,
-        path: join.blocks.clone(),
-    };
-    let list = http::get_whole(&blocks_source, MAX_DIGEST_BYTES)
-        .map_err(|e| format!("the block digests: {e}"))?;
-    let digests = join
-        .layout
-        .parse_digests(&list)
-        .map_err(|e| format!("{blocks_source}: {e}"))?;
-    let mut receiver = Receiver::new(join.layout, join.session, digests)
-        .map_err(|e| format!("{blocks_source}: {e}"))?;
-    let image_len = join.layout.image_len;
+    let mut member = Member::join(join_url)?;
+    let image_len = member.join.layout.image_len;
     let dir = out.parent().unwrap_or(Path::new("/"));
     ram::fits(image_len, 0, ram::tmpfs_free(dir)?, ram::mem_available()?)?;
     let file = OpenOptions::new()
@@ -189,35 +172,11 @@ fn fetch_inner(
         .map_err(|e| format!("cannot create {}: {e}", out.display()))?;
     file.set_len(image_len)
         .map_err(|e| format!("{}: {e}", out.display()))?;
-    eprintln!(
-        "diskless: joined multicast session {:016x} on {}:{} ({} in {} blocks)",
-        join.session,
-        join.group,
-        join.port,
-        Progress::human_bytes(image_len),
-        join.layout.blocks()
-    );
-    let heard = receive(&socket, &mut receiver, &file, out);
-    drop(socket); // leaves the group: the switch stops sending it here
-    if let Some(leave) = &join.leave {
-        // Best effort: the session stops when every seat has left, or else a round after the
-        // last join.
-        let at = Source::Http {
-            host: host.clone(),
-            port: *port,
-            path: leave.clone(),
-        };
-        if let Err(e) = http::post_form(&at, "") {
-            eprintln!("diskless: warning: leaving the multicast session: {e}");
-        }
-    }
+    let heard = member.receive(&mut WholeFile::new(&file, out, &member.join.layout));
+    let unreachable = member.unreachable();
+    let mut receiver = member.leave();
     if !heard? {
-        return Ok(Outcome::Unreachable(format!(
-            "multicast does not reach this seat: nothing on {}:{} in {} s",
-            join.group,
-            join.port,
-            FIRST_PACKET_WAIT.as_secs()
-        )));
+        return Ok(Outcome::Unreachable(unreachable));
     }
     let multicast_bytes = image_len - receiver.missing_bytes();
     let http_bytes = repair(&mut receiver, sources, &file, out)?;
@@ -233,6 +192,202 @@ fn fetch_inner(
         http_bytes,
         seconds: started.elapsed().as_secs_f64(),
     }))
+}
+
+/// Where a session's fragments land: the file `get --multicast` fills ([`WholeFile`]), or
+/// the RAM copy of `lazy` (`crate::lazy`), which takes only what it has not got by HTTP.
+pub trait Target {
+    /// A new fragment for bytes `offset..` of the image: store it, or leave it (the bytes
+    /// are there from another source, or are not wanted).
+    fn store(&mut self, offset: u64, bytes: &[u8]) -> Result<(), String>;
+    /// Every fragment of `block` was given to [`Target::store`]: read it back and check it
+    /// (`Receiver::check_block`, and whatever else the target checks), or leave it.
+    fn complete(&mut self, receiver: &mut Receiver, block: u32) -> Result<(), String>;
+    /// Nothing more is needed: stop listening.
+    fn is_whole(&self) -> bool {
+        false
+    }
+}
+
+/// `get --multicast`: every fragment into the file, every completed block checked against
+/// its digest (a failed one is received again, or repaired).
+struct WholeFile<'a> {
+    file: &'a File,
+    out: &'a Path,
+    block: Vec<u8>,
+    progress: Progress,
+}
+
+impl<'a> WholeFile<'a> {
+    fn new(file: &'a File, out: &'a Path, layout: &Layout) -> WholeFile<'a> {
+        WholeFile {
+            file,
+            out,
+            block: vec![0u8; layout.block_size as usize],
+            progress: Progress::new(Some(layout.image_len), 0),
+        }
+    }
+}
+
+impl Target for WholeFile<'_> {
+    fn store(&mut self, offset: u64, bytes: &[u8]) -> Result<(), String> {
+        self.file
+            .write_all_at(bytes, offset)
+            .map_err(|e| format!("writing {}: {e}", self.out.display()))
+    }
+
+    fn complete(&mut self, receiver: &mut Receiver, block: u32) -> Result<(), String> {
+        let layout = *receiver.layout();
+        let range = layout.block_range(block);
+        let data = &mut self.block[..(range.end - range.start) as usize];
+        self.file
+            .read_exact_at(data, range.start)
+            .map_err(|e| format!("reading {}: {e}", self.out.display()))?;
+        if let Err(e) = receiver.check_block(block, data) {
+            eprintln!("diskless: multicast: {e}");
+        }
+        self.progress
+            .update(u64::from(receiver.verified_blocks()) * u64::from(layout.block_size));
+        Ok(())
+    }
+}
+
+/// A seat in a session: the group joined, the block digests fetched, what it holds.
+pub struct Member {
+    /// The join answer.
+    pub join: Join,
+    socket: UdpSocket,
+    receiver: Receiver,
+    /// The boot server, as the join URL names it.
+    server: Source,
+}
+
+impl Member {
+    /// Steps 1 and 2: ask to join, join the group, fetch the block digests.
+    pub fn join(join_url: &str) -> Result<Member, String> {
+        let server = Source::parse(join_url)?;
+        if !matches!(server, Source::Http { .. }) {
+            return Err(format!("{join_url}: the join URL must be http://"));
+        }
+        let answer = http::get_whole(&server, MAX_JOIN_BYTES)
+            .map_err(|e| format!("joining the multicast session: {e}"))?;
+        let join = Join::parse(&String::from_utf8_lossy(&answer))?;
+        // The group first, the digests after: the sender owes this seat one round from its
+        // join (and a twentieth more), so the sooner we listen, the surer that round is
+        // whole; what arrives meanwhile waits in the socket's buffer.
+        let socket = join_group(&join, &server)?;
+        let blocks_source = server.with_path(&join.blocks);
+        let list = http::get_whole(&blocks_source, MAX_DIGEST_BYTES)
+            .map_err(|e| format!("the block digests: {e}"))?;
+        let digests = join
+            .layout
+            .parse_digests(&list)
+            .map_err(|e| format!("{blocks_source}: {e}"))?;
+        let receiver = Receiver::new(join.layout, join.session, digests)
+            .map_err(|e| format!("{blocks_source}: {e}"))?;
+        eprintln!(
+            "diskless: joined multicast session {:016x} on {}:{} ({} in {} blocks)",
+            join.session,
+            join.group,
+            join.port,
+            Progress::human_bytes(join.layout.image_len),
+            join.layout.blocks()
+        );
+        Ok(Member {
+            join,
+            socket,
+            receiver,
+            server,
+        })
+    }
+
+    /// Step 3: receive into `target` until the sender lapped us, the image is whole, the
+    /// target has all it needs, or silence. False when nothing came at all.
+    pub fn receive(&mut self, target: &mut dyn Target) -> Result<bool, String> {
+        let mut buf = vec![0u8; 65536];
+        let mut heard = false;
+        let mut refused = 0u64;
+        let mut last_refusal = String::new();
+        while !self.receiver.is_complete() && !self.receiver.has_lapped() && !target.is_whole() {
+            let wait = if heard { SILENCE } else { FIRST_PACKET_WAIT };
+            self.socket
+                .set_read_timeout(Some(wait))
+                .map_err(|e| format!("udp socket: {e}"))?;
+            let n = match self.socket.recv(&mut buf) {
+                Ok(n) => n,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    break
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(format!("receiving: {e}")),
+            };
+            match take(&mut self.receiver, &buf[..n], target)? {
+                Ok(()) => heard = true,
+                Err(why) => {
+                    // Another program on the port, another session: not ours, counted.
+                    refused += 1;
+                    last_refusal = why;
+                }
+            }
+        }
+        if refused > 0 {
+            eprintln!("diskless: multicast: {refused} datagrams refused, the last: {last_refusal}");
+        }
+        Ok(heard)
+    }
+
+    /// What to say when [`Member::receive`] heard nothing.
+    pub fn unreachable(&self) -> String {
+        format!(
+            "multicast does not reach this seat: nothing on {}:{} in {} s",
+            self.join.group,
+            self.join.port,
+            FIRST_PACKET_WAIT.as_secs()
+        )
+    }
+
+    /// Step 4's start: leave the group (the switch stops sending it here) and tell the
+    /// server (best effort: the session stops when every seat has left, or else a round
+    /// after the last join). Returns what the seat holds.
+    pub fn leave(self) -> Receiver {
+        drop(self.socket);
+        if let Some(leave) = &self.join.leave {
+            if let Err(e) = http::post_form(&self.server.with_path(leave), "") {
+                eprintln!("diskless: warning: leaving the multicast session: {e}");
+            }
+        }
+        self.receiver
+    }
+}
+
+/// One datagram: parsed, accepted by `receiver`, its payload stored in `target`, the block
+/// it completes checked. The outer error is the target's (the seat cannot go on); the inner
+/// one says why the datagram was refused (not ours).
+pub fn take(
+    receiver: &mut Receiver,
+    datagram: &[u8],
+    target: &mut dyn Target,
+) -> Result<Result<(), String>, String> {
+    let packet = match Packet::parse(datagram) {
+        Ok(p) => p,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    let placed = match receiver.accept(&packet) {
+        Ok(placed) => placed,
+        Err(e) => return Ok(Err(e.to_string())),
+    };
+    if placed.new {
+        target.store(placed.offset, packet.payload)?;
+    }
+    if let Some(block) = placed.completes {
+        target.complete(receiver, block)?;
+    }
+    Ok(Ok(()))
 }
 
 /// A UDP socket bound to the group's port with a large receive buffer, member of the group on
@@ -305,78 +460,6 @@ fn join_group(join: &Join, server: &Source) -> Result<UdpSocket, String> {
         .join_multicast_v4(&join.group, &local)
         .map_err(|e| format!("joining {} on {local}: {e}", join.group))?;
     Ok(socket)
-}
-
-/// Receive until the sender lapped us, the image is whole, or silence. False when nothing
-/// came at all.
-fn receive(
-    socket: &UdpSocket,
-    receiver: &mut Receiver,
-    file: &File,
-    out: &Path,
-) -> Result<bool, String> {
-    let layout = *receiver.layout();
-    let mut buf = vec![0u8; 65536];
-    let mut block = vec![0u8; layout.block_size as usize];
-    let mut progress = Progress::new(Some(layout.image_len), 0);
-    let mut heard = false;
-    let mut refused = 0u64;
-    let mut last_refusal = String::new();
-    let write_err = |e: io::Error| format!("writing {}: {e}", out.display());
-    while !receiver.is_complete() && !receiver.has_lapped() {
-        let wait = if heard { SILENCE } else { FIRST_PACKET_WAIT };
-        socket
-            .set_read_timeout(Some(wait))
-            .map_err(|e| format!("udp socket: {e}"))?;
-        let n = match socket.recv(&mut buf) {
-            Ok(n) => n,
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) =>
-            {
-                break
-            }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(format!("receiving: {e}")),
-        };
-        let placed = match Packet::parse(&buf[..n])
-            .map_err(|e| e.to_string())
-            .and_then(|p| {
-                receiver
-                    .accept(&p)
-                    .map(|placed| (p, placed))
-                    .map_err(|e| e.to_string())
-            }) {
-            Ok(ok) => ok,
-            Err(why) => {
-                // Another program on the port, another session: not ours, counted.
-                refused += 1;
-                last_refusal = why;
-                continue;
-            }
-        };
-        heard = true;
-        let (packet, placed) = placed;
-        if placed.new {
-            file.write_all_at(packet.payload, placed.offset)
-                .map_err(write_err)?;
-        }
-        if let Some(b) = placed.completes {
-            let range = layout.block_range(b);
-            let data = &mut block[..(range.end - range.start) as usize];
-            file.read_exact_at(data, range.start).map_err(write_err)?;
-            if let Err(e) = receiver.check_block(b, data) {
-                eprintln!("diskless: multicast: {e}");
-            }
-            progress.update(u64::from(receiver.verified_blocks()) * u64::from(layout.block_size));
-        }
-    }
-    if refused > 0 {
-        eprintln!("diskless: multicast: {refused} datagrams refused, the last: {last_refusal}");
-    }
-    Ok(heard)
 }
 
 /// Fetch every missing range from the first source that gives it; check the blocks it

@@ -65,6 +65,25 @@ impl Source {
         })
     }
 
+    /// The same server with another path (and query): a path the server's answer named.
+    pub fn with_path(&self, new: &str) -> Source {
+        match self {
+            Source::Http { host, port, .. } => Source::Http {
+                host: host.clone(),
+                port: *port,
+                path: new.to_string(),
+            },
+            Source::Tftp { host, port, .. } => Source::Tftp {
+                host: host.clone(),
+                port: *port,
+                path: new.to_string(),
+            },
+            Source::File { .. } => Source::File {
+                path: new.to_string(),
+            },
+        }
+    }
+
     pub fn socket_addr(&self) -> Result<SocketAddr, String> {
         let (host, port) = match self {
             Source::Http { host, port, .. } | Source::Tftp { host, port, .. } => (host, *port),

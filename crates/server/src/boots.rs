@@ -115,8 +115,9 @@ pub struct ClientView {
     pub failure: Option<FailureReason>,
     pub phases: Vec<Phase>,
     /// How its image came, when it was given a multicast session (the detail of its
-    /// `fetched` report): by the group, with the bytes it repaired over HTTP, or by HTTP
-    /// because multicast did not reach it. The dashboard's Multicast tab lists these seats.
+    /// `fetched` report, or of a lazy seat's `filled` one): by the group, with the bytes it
+    /// repaired over HTTP, or by HTTP because multicast did not reach it. The dashboard's
+    /// Multicast tab lists these seats.
     pub multicast: Option<MulticastFetch>,
     /// Where its root's blocks come from, for a seat that mounted its root from the network
     /// (diskless.fetch=lazy or network); `None` for one that fetched its image whole.
@@ -180,7 +181,7 @@ impl From<ClientRecord> for ClientView {
         let multicast = record
             .stages
             .iter()
-            .find(|s| s.stage == Stage::Fetched)
+            .find(|s| s.stage.reports_multicast())
             .and_then(|s| MulticastFetch::parse(&s.detail));
         ClientView {
             multicast,
@@ -337,6 +338,21 @@ mod tests {
         r.stages[1].detail = "bytes=1000 seconds=8.00 mbps=0.1".into();
         let json = serde_json::to_value(ClientView::from(r)).unwrap();
         assert_eq!(json["multicast"], serde_json::Value::Null);
+        // A lazy seat: its `filled` report says how the session filled its RAM copy.
+        let mut lazy = record(&[("root-mounted", 5.0), ("filled", 40.0)]);
+        lazy.stages[1].detail =
+            "seconds=39.0 bytes=1000 fetched=150 demanded=100 multicast_bytes=880 http_bytes=120"
+                .into();
+        let json = serde_json::to_value(ClientView::from(lazy.clone())).unwrap();
+        assert_eq!(
+            json["multicast"],
+            serde_json::json!({"outcome": "joined", "multicast_bytes": 880, "http_bytes": 120})
+        );
+        assert_eq!(json["fill"]["state"], "filled");
+        lazy.stages[1].detail =
+            "seconds=39.0 bytes=1000 fetched=1000 demanded=100 multicast=unreachable".into();
+        let json = serde_json::to_value(ClientView::from(lazy)).unwrap();
+        assert_eq!(json["multicast"]["outcome"], "unreachable");
         // The Multicast tab lists the seats by these fields.
         let page = crate::admin::DASHBOARD;
         for field in [

@@ -380,8 +380,9 @@ impl Metrics {
 
     /// A client reached `stage`, its record after it `record` (the recorder's
     /// [`crate::recorder::Recorded::Stage`], once per stage): it is counted; a `fetched`
-    /// report gives the download rate, a `filled` one a lazy seat's bytes and fill time; a
-    /// final stage puts the boot's phases in the histograms.
+    /// report gives the download rate, a `filled` one a lazy seat's bytes and fill time,
+    /// either how multicast went for the seat; a final stage puts the boot's phases in the
+    /// histograms.
     pub fn reached(&self, stage: &StageEvent, record: &ClientRecord) {
         self.stage_reached(&stage.stage, record.image.as_deref());
         if stage.stage == Stage::Fetched {
@@ -389,6 +390,8 @@ impl Metrics {
             if let Some(rate) = measured.and_then(|m| m.bytes_per_second()) {
                 self.image_fetched(rate);
             }
+        }
+        if stage.stage.reports_multicast() {
             match MulticastFetch::parse(&stage.detail) {
                 Some(MulticastFetch::Joined {
                     multicast_bytes,
@@ -489,14 +492,30 @@ mod tests {
                 "bytes=100 seconds=1.00 mbps=0.0 multicast=unreachable",
             ),
             stage("fetched", 5.0, "bytes=100 seconds=1.00 mbps=0.0"),
+            // A lazy seat: its `filled` report says it the same way.
+            stage(
+                "filled",
+                40.0,
+                "seconds=40.0 bytes=100 fetched=30 demanded=20 multicast_bytes=80 http_bytes=20",
+            ),
+            stage(
+                "filled",
+                40.0,
+                "seconds=40.0 bytes=100 fetched=100 demanded=20 multicast=unreachable",
+            ),
+            stage(
+                "filled",
+                40.0,
+                "seconds=40.0 bytes=100 fetched=100 demanded=20",
+            ),
         ] {
             m.reached(&stage, &record);
         }
         let text = m.render();
         for line in [
-            "diskless_multicast_seat_bytes_total{via=\"multicast\"} 90",
-            "diskless_multicast_seat_bytes_total{via=\"http\"} 10",
-            "diskless_multicast_fallbacks_total{reason=\"unreachable\"} 1",
+            "diskless_multicast_seat_bytes_total{via=\"multicast\"} 170",
+            "diskless_multicast_seat_bytes_total{via=\"http\"} 30",
+            "diskless_multicast_fallbacks_total{reason=\"unreachable\"} 2",
             "diskless_multicast_fallbacks_total{reason=\"failed\"} 0",
         ] {
             assert!(text.contains(line), "{line} missing from\n{text}");

@@ -23,6 +23,7 @@
 //! NBD device, the loop device over the copy) is opened or attached before: /dev and /run
 //! move under the new root and the helper's own root is left behind.
 
+pub mod multicast;
 pub mod nbd;
 pub mod plan;
 pub mod ranges;
@@ -84,22 +85,26 @@ pub struct Request {
     pub ram: Option<PathBuf>,
     pub report_url: Option<String>,
     pub sources: Vec<Source>,
+    /// The boot server's multicast join URL (lazy): the fill comes from the session first
+    /// ([`multicast`]).
+    pub multicast: Option<String>,
 }
 
 impl Request {
-    /// `ROOTHASH DATA_BLOCKS:SALT [--ram FILE] [--report URL] URL...`
+    /// `ROOTHASH DATA_BLOCKS:SALT [--ram FILE] [--report URL] [--multicast URL] URL...`
     pub fn parse(mode: Mode, args: &[String]) -> Result<Request, String> {
         let [root_hash, layout, rest @ ..] = args else {
             return Err(format!("{}: ROOTHASH DATA_BLOCKS:SALT needed", mode.name()));
         };
         let params = verity::Params::parse(root_hash, layout)?;
-        let (mut ram, mut report_url, mut urls) = (None, None, Vec::new());
+        let (mut ram, mut report_url, mut multicast, mut urls) = (None, None, None, Vec::new());
         let mut it = rest.iter();
         while let Some(arg) = it.next() {
             let mut value = |name: &str| crate::flag_value(&mut it, name);
             match arg.as_str() {
                 "--ram" => ram = Some(PathBuf::from(value("--ram")?)),
                 "--report" => report_url = Some(value("--report")?),
+                "--multicast" => multicast = Some(value("--multicast")?),
                 flag if flag.starts_with("--") => return Err(format!("unknown option {flag}")),
                 url => urls.push(Source::parse(url)?),
             }
@@ -110,12 +115,16 @@ impl Request {
         if mode == Mode::Lazy && ram.is_none() {
             return Err("lazy: --ram FILE (the RAM copy) is required".into());
         }
+        if mode == Mode::Network && multicast.is_some() {
+            return Err("network: --multicast fills a RAM copy, which network has none of".into());
+        }
         Ok(Request {
             mode,
             params,
             ram,
             report_url,
             sources: urls,
+            multicast,
         })
     }
 
@@ -196,16 +205,50 @@ pub fn serve(mode: Mode, args: &[String]) -> Result<(), String> {
             let loop_dev = attach_loop(ram)?;
             // The workers first: the kernel reads (a partition scan) as soon as the NBD
             // device starts, and opening it for dm-linear waits for those reads (a boot
-            // hung here, "Possible stuck request ... read@0" until they ran).
-            let workers = start_workers(&copy, &leaves, &req.sources);
+            // hung here, "Possible stuck request ... read@0" until they ran). With a
+            // multicast session, the fill waits for it: the session brings the rest.
+            let roles: &[Role] = match req.multicast {
+                Some(_) => &[Role::Demand],
+                None => &[Role::Demand, Role::Fill, Role::Fill],
+            };
+            let mut workers = start_workers(&copy, &leaves, &req.sources, roles);
+            let session = req.multicast.clone().map(|url| {
+                let (copy, leaves) = (copy.clone(), leaves.clone());
+                std::thread::spawn(move || multicast::fill(&url, &copy, &leaves, data_len))
+            });
             let exposed = expose(&req, copy.clone())?;
+            let mut note = String::new();
+            if let Some(session) = session {
+                let outcome = session
+                    .join()
+                    .unwrap_or_else(|_| multicast::Outcome::Failed("the session panicked".into()));
+                match &outcome {
+                    multicast::Outcome::Joined { multicast_bytes } => eprintln!(
+                        "diskless: multicast: {} of the copy by the session; the rest by HTTP",
+                        crate::progress::Progress::human_bytes(*multicast_bytes)
+                    ),
+                    multicast::Outcome::Unreachable(why) => {
+                        eprintln!("diskless: {why}; filling by HTTP")
+                    }
+                    multicast::Outcome::Failed(why) => {
+                        eprintln!("diskless: multicast: {why}; filling by HTTP")
+                    }
+                }
+                note = outcome.note(image_len);
+                workers.extend(start_workers(
+                    &copy,
+                    &leaves,
+                    &req.sources,
+                    &[Role::Fill; WORKERS],
+                ));
+            }
             let mut tally = ranges.tally;
             for worker in workers {
                 tally.add(&worker.join().unwrap_or_default());
             }
             let demanded = copy.plan.lock().expect("plan lock").demanded_bytes;
             let detail =
-                filled_detail(started.elapsed().as_secs_f64(), image_len, &tally, demanded);
+                filled_detail(started.elapsed().as_secs_f64(), image_len, &tally, demanded) + &note;
             eprintln!("diskless: the RAM copy is whole ({detail})");
             for (source, refused) in req.sources.iter().zip(&tally.refused) {
                 if *refused > 0 {
@@ -274,7 +317,12 @@ pub fn fill_only(args: &[String]) -> Result<(), String> {
         req.data_len(),
         &tree,
     )?);
-    let workers = start_workers(&copy, &leaves, &req.sources);
+    let workers = start_workers(
+        &copy,
+        &leaves,
+        &req.sources,
+        &[Role::Demand, Role::Fill, Role::Fill],
+    );
     copy.read(0..BLOCK_SIZE);
     let root = started.elapsed().as_secs_f64();
     let mut tally = ranges.tally;
@@ -291,7 +339,8 @@ pub fn fill_only(args: &[String]) -> Result<(), String> {
 
 /// The detail of the `filled` report, `seconds=S bytes=N fetched=F demanded=D refused=R`
 /// (`R`: blocks refused, from every URL): what the server reads back with
-/// `diskless_boot::FilledDetail::parse` (tested below).
+/// `diskless_boot::FilledDetail::parse` (tested below). With a multicast session,
+/// [`multicast::Outcome::note`] follows.
 fn filled_detail(seconds: f64, bytes: u64, tally: &Tally, demanded: u64) -> String {
     format!(
         "seconds={seconds:.1} bytes={bytes} fetched={} demanded={demanded} refused={}",
@@ -507,16 +556,18 @@ enum Role {
     Fill,
 }
 
-/// One worker for the kernel's demands and [`WORKERS`] for the fill, each with its own
-/// connections; they end when the copy is whole, returning what each received and refused.
+/// A worker per role (one for the kernel's demands, [`WORKERS`] for the fill), each with
+/// its own connections; they end when the copy is whole, returning what each received and
+/// refused.
 fn start_workers(
     copy: &Arc<RamCopy>,
     leaves: &Arc<Leaves>,
     sources: &[Source],
+    roles: &[Role],
 ) -> Vec<std::thread::JoinHandle<Tally>> {
-    std::iter::once(Role::Demand)
-        .chain(std::iter::repeat_n(Role::Fill, WORKERS))
-        .map(|role| {
+    roles
+        .iter()
+        .map(|&role| {
             let (copy, leaves) = (copy.clone(), leaves.clone());
             let ranges = Ranges::new(sources.to_vec());
             std::thread::spawn(move || copy.fill(ranges, &leaves, role))
@@ -694,6 +745,23 @@ mod tests {
         assert!(
             Request::parse(Mode::Network, &args(&format!("{root} 300:0a http://s/img"))).is_ok()
         );
+        let joined = Request::parse(
+            Mode::Lazy,
+            &args(&format!(
+                "{root} 300:0a --ram /run/x --multicast http://s/join http://s/img"
+            )),
+        )
+        .unwrap();
+        assert_eq!(joined.multicast.as_deref(), Some("http://s/join"));
+        assert_eq!(req.multicast, None);
+        let err = Request::parse(
+            Mode::Network,
+            &args(&format!(
+                "{root} 300:0a --multicast http://s/join http://s/img"
+            )),
+        )
+        .unwrap_err();
+        assert!(err.contains("no"), "{err}");
         assert!(
             Request::parse(Mode::Network, &args(&format!("{root} 300:0a")))
                 .unwrap_err()
@@ -820,7 +888,12 @@ mod tests {
         let path = dir.path().join("root.squashfs");
         let copy =
             Arc::new(RamCopy::create(&path, s.image.len() as u64, s.data_len, &s.tree).unwrap());
-        let workers = start_workers(&copy, &s.leaves, &s.sources);
+        let workers = start_workers(
+            &copy,
+            &s.leaves,
+            &s.sources,
+            &[Role::Demand, Role::Fill, Role::Fill],
+        );
         reads_are_answered(copy.clone(), &s);
         for w in workers {
             w.join().unwrap();

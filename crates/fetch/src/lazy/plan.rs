@@ -65,6 +65,18 @@ impl Plan {
         bytes.start / self.chunk..bytes.end.min(self.len).div_ceil(self.chunk)
     }
 
+    /// The chunks that hold `bytes`.
+    pub fn chunks_of(&self, bytes: &Range<u64>) -> Range<u64> {
+        self.chunks(bytes)
+    }
+
+    /// No chunk that holds `bytes` is present or being fetched: another source may write
+    /// there (a chunk being fetched is written whole by its fetcher).
+    pub fn is_missing(&self, bytes: &Range<u64>) -> bool {
+        self.chunks(bytes)
+            .all(|c| self.states[c as usize] == State::Missing)
+    }
+
     /// The kernel waits for `bytes`: their missing chunks go first. Returns whether they are
     /// all present already.
     pub fn demand(&mut self, bytes: Range<u64>) -> bool {
@@ -245,9 +257,14 @@ mod tests {
     fn another_source_can_fill_chunks() {
         // A chunk marked present by another source (multicast) is skipped by the fill.
         let mut p = Plan::new(12, 4);
+        assert!(p.is_missing(&(4..8)));
+        assert_eq!(p.chunks_of(&(3..5)), 0..2);
         p.done(1);
+        assert!(!p.is_missing(&(4..5)));
+        assert!(!p.is_missing(&(3..5)), "one chunk of two present");
         assert_eq!(p.next(), Some(0));
         assert_eq!(p.next(), Some(2));
+        assert!(!p.is_missing(&(0..1)), "being fetched");
         assert_eq!(p.next(), None);
     }
 }
