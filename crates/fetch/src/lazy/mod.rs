@@ -916,7 +916,12 @@ mod tests {
         let path = dir.path().join("root.squashfs");
         let copy =
             Arc::new(RamCopy::create(&path, s.image.len() as u64, s.data_len, &s.tree).unwrap());
-        let workers = start_workers(&copy, &s.leaves, &s.sources);
+        let workers = start_workers(
+            &copy,
+            &s.leaves,
+            &s.sources,
+            &[Role::Demand, Role::Fill, Role::Fill],
+        );
         // Reads of damaged blocks among them (0, and 299 in the last chunk).
         reads_are_answered(copy.clone(), &s);
         let mut tally = Tally::default();
