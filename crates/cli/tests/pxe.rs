@@ -132,11 +132,14 @@ const STORM_MACS: [&str; 3] = [
     "52:54:00:00:00:23",
 ];
 
-/// sshd is active once the boot's jobs are done: the RSA host key is made after multi-user
-/// and sshd then reloaded (crates/image's SSH_KEYGEN_UNITS), and a seat that reached
-/// multi-user early (the lazy one) was once asked during that reload ("reloading").
-const SSH_ACTIVE: &str =
-    "timeout 300 systemctl is-system-running --wait >/dev/null; systemctl is-active ssh";
+/// sshd is active once the boot's jobs are done and its reload is over: the RSA host key is
+/// made after multi-user and sshd then reloaded (crates/image's SSH_KEYGEN_UNITS). A seat
+/// asked during that reload says "reloading": once a lazy seat that reached multi-user early,
+/// once a whole seat after `is-system-running --wait` had returned (sshd re-executes on
+/// SIGHUP and is "reloading" until it says it is ready again, seconds under TCG).
+const SSH_ACTIVE: &str = "timeout 300 systemctl is-system-running --wait >/dev/null; \
+     for i in $(seq 120); do s=$(systemctl is-active ssh); \
+     [ \"$s\" = reloading ] || break; sleep 1; done; echo \"$s\"";
 
 /// The seat of that storm that fetches `lazy` (pc03).
 const STORM_LAZY: &str = STORM_MACS[2];
