@@ -50,6 +50,8 @@ pub const LINEAR_NAME: &str = "diskless-lazy";
 /// HTTP connections filling the RAM copy in order at once (besides the one that fetches what
 /// the kernel waits for).
 const WORKERS: usize = 2;
+/// Every worker of a fill with no multicast session: the demand's and [`WORKERS`] fill ones.
+const ALL_ROLES: [Role; 1 + WORKERS] = [Role::Demand, Role::Fill, Role::Fill];
 const SECTOR: u64 = 512;
 /// The fill's progress on the console at most this often (a sysadmin at a seat's console
 /// sees it; the kernel's messages and a login prompt share the screen).
@@ -209,7 +211,7 @@ pub fn serve(mode: Mode, args: &[String]) -> Result<(), String> {
             // multicast session, the fill waits for it: the session brings the rest.
             let roles: &[Role] = match req.multicast {
                 Some(_) => &[Role::Demand],
-                None => &[Role::Demand, Role::Fill, Role::Fill],
+                None => &ALL_ROLES,
             };
             let mut workers = start_workers(&copy, &leaves, &req.sources, roles);
             let session = req.multicast.clone().map(|url| {
@@ -317,12 +319,7 @@ pub fn fill_only(args: &[String]) -> Result<(), String> {
         req.data_len(),
         &tree,
     )?);
-    let workers = start_workers(
-        &copy,
-        &leaves,
-        &req.sources,
-        &[Role::Demand, Role::Fill, Role::Fill],
-    );
+    let workers = start_workers(&copy, &leaves, &req.sources, &ALL_ROLES);
     copy.read(0..BLOCK_SIZE);
     let root = started.elapsed().as_secs_f64();
     let mut tally = ranges.tally;
@@ -888,12 +885,7 @@ mod tests {
         let path = dir.path().join("root.squashfs");
         let copy =
             Arc::new(RamCopy::create(&path, s.image.len() as u64, s.data_len, &s.tree).unwrap());
-        let workers = start_workers(
-            &copy,
-            &s.leaves,
-            &s.sources,
-            &[Role::Demand, Role::Fill, Role::Fill],
-        );
+        let workers = start_workers(&copy, &s.leaves, &s.sources, &ALL_ROLES);
         reads_are_answered(copy.clone(), &s);
         for w in workers {
             w.join().unwrap();
@@ -916,12 +908,7 @@ mod tests {
         let path = dir.path().join("root.squashfs");
         let copy =
             Arc::new(RamCopy::create(&path, s.image.len() as u64, s.data_len, &s.tree).unwrap());
-        let workers = start_workers(
-            &copy,
-            &s.leaves,
-            &s.sources,
-            &[Role::Demand, Role::Fill, Role::Fill],
-        );
+        let workers = start_workers(&copy, &s.leaves, &s.sources, &ALL_ROLES);
         // Reads of damaged blocks among them (0, and 299 in the last chunk).
         reads_are_answered(copy.clone(), &s);
         let mut tally = Tally::default();
