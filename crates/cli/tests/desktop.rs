@@ -2,50 +2,38 @@
 //! image bootstrap --desktop xfce`, built into an image, PXE-booted in QEMU with a VGA display;
 //! lightdm is active, its greeter runs, and the screen (a QMP screendump) shows a picture.
 //!
-//! Not in scripts/test: the Xfce tree is ~1.2 GB and its mksquashfs takes many minutes on 2
-//! cores (README, "Tests"). Run by `scripts/test-desktop`, which keeps its own cache (the tree
-//! in $DISKLESS_CACHE/roots/SUITE-xfce, the image in $DISKLESS_CACHE/desktop-store, or
-//! desktop-store-SUITE for a release other than bookworm). The release is the boot tests'
-//! (`common::test_release`: trixie unless `DISKLESS_TEST_SUITE` names another). The
+//! Run by scripts/test (its desktop job, beside the other boot tests) and alone by
+//! scripts/test-desktop; both take the image from scripts/desktop-image, which keeps the tree
+//! in $DISKLESS_CACHE/roots/SUITE-xfce and the image in $DISKLESS_CACHE/desktop-store-SUITE
+//! (bookworm's: desktop-store), and pass it in `DISKLESS_DESKTOP_STORE`. The release is the
+//! boot tests' (`common::test_release`: trixie unless `DISKLESS_TEST_SUITE` names another). The
 //! screendumps stay in the logs directory the test prints ($DISKLESS_DESKTOP_LOGS, when set).
 
 use std::path::{Path, PathBuf};
 
 mod common;
-use common::{
-    cache, command_output, diskless, read_report, run, run_vm, test_release, vm, Release,
-};
+use common::{command_output, read_report, run_vm, test_release, vm};
 
 const IMAGE: &str = "xfce";
 /// lightdm's GTK greeter, as `pgrep -x` sees it (the kernel keeps 15 characters of a name).
 const GREETER: &str = "lightdm-gtk-gre";
 
-/// The image store: $DISKLESS_DESKTOP_STORE (scripts/test-desktop builds the image there),
-/// else one built here from the bootstrapped Xfce tree of [`test_release`].
+/// The image store: $DISKLESS_DESKTOP_STORE (scripts/test and scripts/test-desktop set it),
+/// else what scripts/desktop-image makes (the Xfce tree of [`test_release`], bootstrapped and
+/// built when missing or changed).
 fn desktop_store() -> PathBuf {
     if let Some(store) = std::env::var_os("DISKLESS_DESKTOP_STORE") {
         return store.into();
     }
-    let release = test_release();
-    let root = cache()
-        .join("roots")
-        .join(format!("{}-xfce", release.suite()));
-    run(diskless()
-        .args(["image", "bootstrap", "--suite", release.suite()])
-        .arg(&root)
-        .args(["--desktop", "xfce", "--cache"])
-        .arg(cache().join("debs-desktop")));
-    // Bookworm's where it always was, as scripts/test-desktop keeps it.
-    let store = match release {
-        Release::Bookworm => cache().join("desktop-store"),
-        other => cache().join(format!("desktop-store-{}", other.suite())),
-    };
-    run(diskless()
-        .args(["image", "build"])
-        .arg(&root)
-        .args(["--name", IMAGE, "--store"])
-        .arg(&store));
-    store
+    let script = common::top().join("scripts/desktop-image");
+    let out = std::process::Command::new(&script)
+        .env("DISKLESS_TEST_SUITE", test_release().suite())
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .unwrap_or_else(|e| panic!("{}: {e}", script.display()));
+    assert!(out.status.success(), "{}: {}", script.display(), out.status);
+    let store = String::from_utf8_lossy(&out.stdout);
+    PathBuf::from(store.lines().last().expect("the store's path, last").trim())
 }
 
 /// Width, height and the RGB bytes of a binary PPM (P6, maxval 255), as QEMU's screendump
@@ -102,7 +90,7 @@ fn colours_of_a_picture() {
 }
 
 #[test]
-#[ignore = "needs root, QEMU, a 1.2 GB desktop tree and many minutes: run by scripts/test-desktop"]
+#[ignore = "needs root, QEMU, a 1.2 GB desktop tree and minutes: run by scripts/test"]
 fn an_xfce_image_boots_to_the_lightdm_greeter() {
     let store = desktop_store();
     let logs = match std::env::var_os("DISKLESS_DESKTOP_LOGS") {
