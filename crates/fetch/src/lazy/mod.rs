@@ -34,7 +34,7 @@ pub mod tree;
 use crate::progress::Progress;
 use crate::source::Source;
 use crate::verity;
-use plan::Plan;
+use plan::{Fill, Plan};
 use ranges::{Ranges, Refused, Tally};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -651,14 +651,19 @@ impl RamCopy {
                     if plan.is_whole() {
                         return ranges.tally;
                     }
+                    let now = Instant::now();
                     let next = match role {
-                        Role::Demand => plan.next_demanded(),
-                        Role::Fill => plan.next_in_order(),
+                        Role::Demand => plan.next_demanded(now).map_or(Fill::Wait, Fill::Chunk),
+                        Role::Fill => plan.next_in_order(now),
                     };
-                    if let Some(c) = next {
-                        break c;
-                    }
-                    plan = self.changed.wait(plan).expect("plan lock");
+                    plan = match next {
+                        Fill::Chunk(c) => break c,
+                        Fill::PauseUntil(until) => {
+                            let pause = until.saturating_duration_since(now);
+                            self.changed.wait_timeout(plan, pause).expect("plan lock").0
+                        }
+                        Fill::Wait => self.changed.wait(plan).expect("plan lock"),
+                    };
                 }
             };
             let range = self.plan.lock().expect("plan lock").range(chunk);
@@ -669,13 +674,13 @@ impl RamCopy {
             let mut plan = self.plan.lock().expect("plan lock");
             let present = match self.file.write_all_at(&data, range.start) {
                 Ok(()) => {
-                    plan.done(chunk);
+                    plan.done(chunk, Instant::now());
                     Some(plan.present_bytes())
                 }
                 Err(e) => {
                     // tmpfs was sized for the image above; this is not expected.
                     eprintln!("diskless: warning: writing the RAM copy: {e}");
-                    plan.failed(chunk);
+                    plan.failed(chunk, Instant::now());
                     None
                 }
             };
