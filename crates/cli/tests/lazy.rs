@@ -7,8 +7,12 @@
 //! still fills its copy, moves its root onto it, lets go of the network and reaches
 //! multi-user; its filled report counts the refused blocks, and so does the server's
 //! `diskless_lazy_refused_blocks_total`; the network seat boots in 512 MiB with its root on
-//! NBD. That lazy seats boot and leave the network with BIOS and UEFI is checked by pxe.rs (`uefi_full_mode`,
-//! `bios_proxy_mode_beside_dnsmasq`).
+//! NBD. A third seat, lazy, on a slow port once its root is served (2 Mbit/s: its boot's
+//! reads pre-empt the fill), is powered off (`systemctl poweroff`) as soon as it reaches
+//! multi-user, its helper still filling: the shutdown is clean (the kernel's "reboot: Power
+//! down", nbd0 kept through systemd-shutdown's signals, no I/O error of its root, no hang,
+//! no `filled`). That lazy seats boot and leave the network with BIOS and UEFI is checked
+//! by pxe.rs (`uefi_full_mode`, `bios_proxy_mode_beside_dnsmasq`).
 //!
 //! Run by scripts/test (`cargo test -p diskless --test lazy -- --ignored`): it needs root,
 //! network namespaces, QEMU and minutes. The image is the shared test image
@@ -31,6 +35,10 @@ use diskless_boot::{FilledDetail, Stage};
 
 const LAZY: &str = "52:54:00:00:00:01";
 const NETWORK: &str = "52:54:00:00:00:02";
+/// Lazy, powered off while its copy fills: once its root is served its port is slow enough
+/// (2 Mbit/s: the image in 11 minutes at least) that the fill is under way when it reaches
+/// multi-user, under TCG on a loaded machine too (at 10 Mbit/s it was whole first).
+const POWER_OFF: &str = "52:54:00:00:00:03";
 /// The damaging cache, beside `diskless vm`'s server (10.77.0.1) in its namespace.
 const CACHE_PORT: u16 = 8081;
 
@@ -124,13 +132,16 @@ fn lazy_and_network_seats_survive_a_restarted_server_and_a_damaging_cache() {
         format!(
             "[boot]\nimage_urls = [\"http://10.77.0.1\", \"http://10.77.0.1:{CACHE_PORT}\"]\n\n\
              [[client]]\nmac = \"{LAZY}\"\nfetch = \"lazy\"\n\n\
-             [[client]]\nmac = \"{NETWORK}\"\nfetch = \"network\"\n"
+             [[client]]\nmac = \"{NETWORK}\"\nfetch = \"network\"\n\n\
+             [[client]]\nmac = \"{POWER_OFF}\"\nfetch = \"lazy\"\n"
         ),
     )
     .unwrap();
     let logs = work.path().join("logs");
     let mut vm = vm("test", &store, &logs, &[BLOCK_PATH, "cat /proc/cmdline"]);
-    vm.args(["--mac", LAZY, "--mac", NETWORK, "--memory", "512"])
+    vm.args(["--mac", LAZY, "--mac", NETWORK, "--mac", POWER_OFF])
+        .args(["--memory", "512", "--power-off", POWER_OFF])
+        .arg(format!("--limit-rate={POWER_OFF}=2mbit"))
         .arg("--restart-server-during-fetch")
         .arg("--config")
         .arg(&config);
@@ -144,10 +155,10 @@ fn lazy_and_network_seats_survive_a_restarted_server_and_a_damaging_cache() {
     assert_namespace_gone(pid);
 
     let report = read_report(&logs);
-    let [lazy, network] = &report.clients[..] else {
-        panic!("two seats expected: {:?}", report.clients);
+    let [lazy, network, powered_off] = &report.clients[..] else {
+        panic!("three seats expected: {:?}", report.clients);
     };
-    for client in [lazy, network] {
+    for client in [lazy, network, powered_off] {
         eprintln!("{}: boot phases {:?}", client.mac, client.phases);
     }
     // The harness killed the server once the lazy seat's root was served, its copy filling.
@@ -202,5 +213,83 @@ fn lazy_and_network_seats_survive_a_restarted_server_and_a_damaging_cache() {
     assert!(stages.iter().any(|s| s == "multi-user"), "{stages:?}");
     for never in ["fetched", "filled", "network-released"] {
         assert!(!stages.iter().any(|s| s == never), "{never}: {stages:?}");
+    }
+
+    assert_clean_power_off(powered_off, &logs, &console_of(POWER_OFF));
+}
+
+/// Issue 25, item 8: `seat` (lazy) was powered off at multi-user while its helper filled the
+/// RAM copy, and the shutdown was clean: the helper (argv[0] '@') was serving the root when
+/// `systemctl poweroff` ran, systemd reached the power-off with no I/O error on the root's
+/// devices (the helper was not killed before the root was unmounted), within the vm's
+/// timeout (no hang), and the copy never became whole.
+fn assert_clean_power_off(seat: &diskless_vm::ClientReport, logs: &Path, console: &Path) {
+    let phases: Vec<&str> = seat.phases.iter().map(|p| p.phase.as_str()).collect();
+    assert!(
+        phases.ends_with(&["multi-user", diskless_vm::POWERED_OFF]),
+        "{phases:?}"
+    );
+    let (daemons, _) = command_output(seat, diskless_vm::ROOT_STORAGE_DAEMONS);
+    assert!(
+        daemons.contains("@diskless-fetch lazy-server") && daemons.contains("nbd0 connected"),
+        "the helper was not serving the root when the seat was powered off:\n{daemons}"
+    );
+    let console =
+        std::fs::read_to_string(console).unwrap_or_else(|e| panic!("{}: {e}", console.display()));
+    assert!(
+        console.contains(diskless_vm::POWER_DOWN),
+        "no power-off on the console:\n{console}"
+    );
+    // The figures of the run, for the log: when the seat got there, and the fill's last
+    // progress line before the power-off.
+    let at = |phase: &str| {
+        seat.phases
+            .iter()
+            .find(|p| p.phase == phase)
+            .map(|p| p.seconds)
+    };
+    let fill = console
+        .lines()
+        .rfind(|l| l.contains("diskless: the RAM copy: "))
+        .unwrap_or("no progress line");
+    eprintln!(
+        "powered-off seat: multi-user at {:?} s, powered off at {:?} s; last fill line: {fill}",
+        at("multi-user"),
+        at(diskless_vm::POWERED_OFF)
+    );
+    for bad in [
+        "I/O error",
+        // dm-verity's "data block N is corrupted".
+        "is corrupted",
+        "SQUASHFS error",
+        "Kernel panic",
+        "blocked for more than",
+        // The kernel let go of nbd0's socket with the root on it: what systemd-shutdown's
+        // SIGSTOP did to a helper that configured NBD by ioctls, its thread in NBD_DO_IT
+        // (it configures it by netlink now, lazy/netlink.rs).
+        "shutting down sockets",
+    ] {
+        assert!(
+            !console.contains(bad),
+            "{bad:?} at the shutdown:\n{console}"
+        );
+    }
+    // systemd-shutdown names every process it has to SIGKILL: never the helper.
+    let helper = daemons
+        .lines()
+        .find(|l| l.contains("@diskless-fetch lazy-server"))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("the helper's pid");
+    assert!(
+        !console.contains(&format!("Sending SIGKILL to PID {helper} ")),
+        "the helper was killed:\n{console}"
+    );
+    let stages = stages(logs, POWER_OFF);
+    assert!(stages.iter().any(|s| s == "multi-user"), "{stages:?}");
+    for never in ["filled", "network-released"] {
+        assert!(
+            !stages.iter().any(|s| s == never),
+            "the copy was whole before the power-off (fill too fast for the test): {stages:?}"
+        );
     }
 }

@@ -395,6 +395,8 @@ fn installed_package_serves_and_purges(release: Release) {
             disks: vec![],
             display: false,
             block_multicast: false,
+            rate_limit: None,
+            power_off: false,
         }],
         timeout: Duration::from_secs(1200),
         commands: vec!["findmnt -n -o FSTYPE /".into(), "hostname".into()],

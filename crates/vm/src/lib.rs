@@ -110,6 +110,14 @@ pub struct ClientConfig {
     /// dropped ([`netns::block_multicast`]), as on a switch port that does not carry the
     /// group. Its fetch helper hears nothing and falls back to HTTP.
     pub block_multicast: bool,
+    /// Its port's rate towards it (`tc`'s units, e.g. `2mbit`: a tbf on its tap) once its
+    /// image download starts (its boot files come at full speed): a slow link for the image,
+    /// e.g. to keep a lazy seat's fill under way at multi-user. Over the rate of
+    /// [`VmConfig::restart_server_during_fetch`] for its tap.
+    pub rate_limit: Option<String>,
+    /// Once at multi-user it is powered off from its console (`systemctl poweroff`, see
+    /// [`power_off`]) instead of running [`VmConfig::commands`].
+    pub power_off: bool,
 }
 
 /// The site's own DHCP server (dnsmasq), for trying proxy mode: it hands out the addresses,
@@ -180,7 +188,7 @@ pub struct CommandResult {
 /// A phase of a boot seen on the console.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Phase {
-    /// `kernel`, a [`Stage`]'s label, or `server-restarted`.
+    /// `kernel`, a [`Stage`]'s label, `server-restarted`, or [`POWERED_OFF`].
     pub phase: String,
     /// Seconds since the client's QEMU started.
     pub seconds: f64,
@@ -477,9 +485,18 @@ pub fn run_in(cfg: &VmConfig, ns: &netns::Netns) -> Result<VmReport, Error> {
             .enumerate()
             .map(|(index, (((mut console, mut started), qemu), client))| {
                 let restart = &restart;
-                let hook: Option<&(dyn Fn() -> Result<(), Error> + Sync)> =
+                let restart_hook: Option<&(dyn Fn() -> Result<(), Error> + Sync)> =
                     (index == 0 && cfg.restart_server_during_fetch.is_some()).then_some(restart);
+                let slow = |rate: &String| netns::limit_rate(&client.tap, rate);
                 scope.spawn(move || {
+                    let limit = || client.rate_limit.as_ref().map_or(Ok(()), slow);
+                    let hooks = OnFetching {
+                        restart: restart_hook,
+                        limit_rate: client.rate_limit.is_some().then_some(&limit),
+                    };
+                    // Nothing to run: no wait for the download's progress either.
+                    let hook =
+                        (hooks.restart.is_some() || hooks.limit_rate.is_some()).then_some(&hooks);
                     let mut qemu = Some(qemu);
                     let mut report = ClientReport {
                         mac: client.mac,
@@ -524,6 +541,9 @@ pub fn run_in(cfg: &VmConfig, ns: &netns::Netns) -> Result<VmReport, Error> {
                     }
                     let result = result
                         .and_then(|()| {
+                            if client.power_off {
+                                return power_off(&mut console, started, deadline, &mut report);
+                            }
                             run_commands(&mut console, &cfg.commands, deadline, &mut report)
                         })
                         .and_then(|()| {
@@ -683,15 +703,23 @@ fn start_client(
     Ok((qemu, Console::start(stdout, stdin, echo), started))
 }
 
-/// Follow one client's console through [`PHASES`] to multi-user, or to a failure marker.
-/// `on_fetching` runs once the image download shows progress, or the fetch helper serves
-/// the root from the network (lazy, network).
+/// What runs once a client's image download shows progress, or its fetch helper serves the
+/// root from the network (lazy, network).
+struct OnFetching<'a> {
+    /// Kill and restart the server (adds the phase `server-restarted`).
+    restart: Option<&'a (dyn Fn() -> Result<(), Error> + Sync)>,
+    /// Limit the rate of the client's port ([`ClientConfig::rate_limit`]).
+    limit_rate: Option<&'a dyn Fn() -> Result<(), Error>>,
+}
+
+/// Follow one client's console through [`PHASES`] to multi-user, or to a failure marker;
+/// `on_fetching` runs as it says.
 fn follow_boot(
     console: &mut Console,
     started: Instant,
     deadline: Instant,
     timeout: Duration,
-    on_fetching: Option<&(dyn Fn() -> Result<(), Error> + Sync)>,
+    on_fetching: Option<&OnFetching>,
     report: &mut ClientReport,
 ) -> Result<(), Error> {
     let mut from = 0;
@@ -729,11 +757,16 @@ fn follow_boot(
                     progress.extend_from_slice(&[FETCH_PROGRESS, SERVED_FROM_THE_NETWORK]);
                     if let Ok((i, _)) = console.wait_for(&progress, from, deadline) {
                         if i >= FAILURES.len() {
-                            hook()?;
-                            report.phases.push(Phase {
-                                phase: "server-restarted".into(),
-                                seconds: started.elapsed().as_secs_f64(),
-                            });
+                            if let Some(limit) = hook.limit_rate {
+                                limit()?;
+                            }
+                            if let Some(restart) = hook.restart {
+                                restart()?;
+                                report.phases.push(Phase {
+                                    phase: "server-restarted".into(),
+                                    seconds: started.elapsed().as_secs_f64(),
+                                });
+                            }
                         }
                     }
                 }
@@ -802,6 +835,61 @@ fn run_commands(
             status,
         });
     }
+    Ok(())
+}
+
+/// What [`power_off`] runs first, as a command of the client's report: the processes whose
+/// argv[0] begins with '@' (root-storage daemons, systemd's ROOT_STORAGE_DAEMONS: a lazy
+/// root's fetch helper), `PID ARGV`, and whether nbd0 serves a root; bash builtins only (with
+/// a `tr` per /proc entry the list took over 60 s on a 2 Mbit/s seat under load).
+pub const ROOT_STORAGE_DAEMONS: &str = "for p in /proc/[0-9]*; do \
+     mapfile -d '' -t a 2>/dev/null < $p/cmdline || continue; \
+     case ${a[0]} in @*) echo \"${p#/proc/} ${a[*]}\";; esac; \
+     done; [ -e /sys/block/nbd0/pid ] && echo nbd0 connected || echo nbd0 disconnected";
+
+/// The phase [`power_off`] adds once the client powered off.
+pub const POWERED_OFF: &str = "powered-off";
+
+/// The kernel's last line of a clean power-off.
+pub const POWER_DOWN: &str = "reboot: Power down";
+
+/// Power a client at multi-user off as a user would, from its shell: `systemctl poweroff`,
+/// its kernel's messages back on the console (the shell turned them off: an I/O error at
+/// shutdown must show), after [`ROOT_STORAGE_DAEMONS`] ran. Done when the kernel says
+/// [`POWER_DOWN`] or QEMU exits (`-no-reboot`), which adds the phase [`POWERED_OFF`]; a
+/// client still up at `deadline` is a timeout (a hung shutdown).
+fn power_off(
+    console: &mut Console,
+    started: Instant,
+    deadline: Instant,
+    report: &mut ClientReport,
+) -> Result<(), Error> {
+    console.wait_for_shell(deadline)?;
+    // Up to the run's deadline: on a slow port (--limit-rate) the seat may still be reading
+    // its root for a while after multi-user (60 s were too few for 2 Mbit/s under load).
+    let left = deadline.saturating_duration_since(Instant::now());
+    let (output, status) = console.run(ROOT_STORAGE_DAEMONS, left)?;
+    report.commands.push(CommandResult {
+        command: ROOT_STORAGE_DAEMONS.into(),
+        output,
+        status,
+    });
+    let from = console.position();
+    console.send("dmesg -n 7; systemctl poweroff\n")?;
+    match console.wait_for(&[POWER_DOWN], from, deadline) {
+        Ok(_) | Err(Error::ClientStopped) => {}
+        Err(Error::Timeout(_)) => {
+            return Err(Error::Timeout(format!(
+                "powering the client off: still up\n{}",
+                console.tail(15)
+            )))
+        }
+        Err(e) => return Err(e),
+    }
+    report.phases.push(Phase {
+        phase: POWERED_OFF.into(),
+        seconds: started.elapsed().as_secs_f64(),
+    });
     Ok(())
 }
 

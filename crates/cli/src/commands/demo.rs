@@ -90,6 +90,8 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         loss: 0,
         restart_server_during_fetch: false,
         block_multicast: vec![],
+        limit_rate: vec![],
+        power_off: vec![],
         run: vec![],
         cmdline: String::new(),
         size: diskless_boot::config::Size::default(),

@@ -61,6 +61,18 @@ pub struct VmArgs {
     /// image comes by HTTP.
     #[arg(long, value_name = "MAC", value_parser = clap::value_parser!(Mac))]
     pub block_multicast: Vec<Mac>,
+    /// The port of the client with this MAC is slow once its image download starts (its boot
+    /// files come at full speed): what reaches it is limited to RATE (tc's units, e.g. 2mbit;
+    /// a tbf on its tap), as MAC=RATE (repeatable). E.g. a lazy seat whose RAM copy must
+    /// still be filling when it reaches multi-user.
+    #[arg(long, value_name = "MAC=RATE", value_parser = mac_and_rate)]
+    pub limit_rate: Vec<(Mac, String)>,
+    /// Once the client with this MAC reaches multi-user, power it off from its console
+    /// (`systemctl poweroff`, after listing its root-storage daemons) instead of running the
+    /// --run commands on it (repeatable). Its boot is done when its kernel says "reboot: Power
+    /// down" or QEMU exits; a shutdown that hangs past --timeout fails.
+    #[arg(long, value_name = "MAC", value_parser = clap::value_parser!(Mac))]
+    pub power_off: Vec<Mac>,
     /// Run this command on the client once it is up (repeatable); its output is printed.
     #[arg(long = "run")]
     pub run: Vec<String>,
@@ -106,6 +118,21 @@ pub struct VmArgs {
 
 fn firmware_name(name: &str) -> Result<Firmware, String> {
     name.parse()
+}
+
+/// `MAC=RATE` of `--limit-rate`: a MAC and a rate in tc's units (digits, a unit: 10mbit).
+fn mac_and_rate(text: &str) -> Result<(Mac, String), String> {
+    let (mac, rate) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?}: MAC=RATE expected, e.g. 52:54:00:00:00:03=10mbit"))?;
+    let mac = mac.parse::<Mac>().map_err(|e| format!("{mac:?}: {e}"))?;
+    let digits = rate.trim_end_matches(|c: char| c.is_ascii_alphabetic());
+    if digits.is_empty() || !digits.chars().all(|c| c.is_ascii_digit() || c == '.') {
+        return Err(format!(
+            "{rate:?}: a rate in tc's units expected, e.g. 10mbit"
+        ));
+    }
+    Ok((mac, rate.to_string()))
 }
 
 /// The address of `host` on the vm's network, 10.77.0.0/24 (inside its own namespace).
@@ -252,8 +279,17 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
         "dlbr0".to_string()
     };
     let (server, admin) = server_argv(&args, config, &interface, &log_dir)?;
-    if let Some(mac) = args.block_multicast.iter().find(|m| !args.mac.contains(m)) {
-        bail!("--block-multicast {mac}: no client has that MAC (--mac)");
+    for (flag, macs) in [
+        ("--block-multicast", args.block_multicast.clone()),
+        ("--power-off", args.power_off.clone()),
+        (
+            "--limit-rate",
+            args.limit_rate.iter().map(|(mac, _)| *mac).collect(),
+        ),
+    ] {
+        if let Some(mac) = macs.iter().find(|m| !args.mac.contains(m)) {
+            bail!("{flag} {mac}: no client has that MAC (--mac)");
+        }
     }
     let firmware = args.firmware;
     let clients = args
@@ -269,6 +305,12 @@ pub fn run(args: VmArgs) -> Result<ExitCode> {
             disks: args.disks.clone(),
             display: args.display || !args.screendump.is_empty(),
             block_multicast: args.block_multicast.contains(mac),
+            rate_limit: args
+                .limit_rate
+                .iter()
+                .find(|(m, _)| m == mac)
+                .map(|(_, rate)| rate.clone()),
+            power_off: args.power_off.contains(mac),
         })
         .collect();
     let cfg = VmConfig {
@@ -340,6 +382,19 @@ mod tests {
         for (name, protocol) in [("http", ImageProtocol::Http), ("tftp", ImageProtocol::Tftp)] {
             assert_eq!(config_name::<ImageProtocol>(name), Ok(protocol));
             assert_eq!(name_in_config(&protocol), name);
+        }
+        let (mac, rate) = mac_and_rate("52:54:00:00:00:03=10mbit").unwrap();
+        assert_eq!(
+            (mac.to_string().as_str(), rate.as_str()),
+            ("52:54:00:00:00:03", "10mbit")
+        );
+        for bad in [
+            "52:54:00:00:00:03",
+            "x=10mbit",
+            "52:54:00:00:00:03=fast",
+            "52:54:00:00:00:03=1;0",
+        ] {
+            assert!(mac_and_rate(bad).is_err(), "{bad}");
         }
         let wrong = config_name::<Mode>("Proxy").unwrap_err();
         assert!(

@@ -20,11 +20,13 @@
 //! argv[0] begins with '@' (systemd's ROOT_STORAGE_DAEMONS convention: kept across
 //! switch_root and not killed at shutdown) and prints the verity device once the child has
 //! set it up. Everything the child needs after switch_root (the device-mapper control, the
-//! NBD device, the loop device over the copy) is opened or attached before: /dev and /run
-//! move under the new root and the helper's own root is left behind.
+//! loop device over the copy) is opened or attached before: /dev and /run move under the
+//! new root and the helper's own root is left behind. NBD is configured and released by
+//! netlink ([`netlink`]), by its index.
 
 pub mod multicast;
 pub mod nbd;
+pub mod netlink;
 pub mod plan;
 pub mod ranges;
 pub mod tree;
@@ -32,7 +34,7 @@ pub mod tree;
 use crate::progress::Progress;
 use crate::source::Source;
 use crate::verity;
-use plan::Plan;
+use plan::{Fill, Plan};
 use ranges::{Ranges, Refused, Tally};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -268,9 +270,9 @@ pub fn serve(mode: Mode, args: &[String]) -> Result<(), String> {
                 "linear",
                 &format!("{loop_dev} 0"),
             )?;
-            nbd::disconnect(&exposed.nbd_device)?;
+            netlink::disconnect(exposed.nbd_index)
+                .map_err(|e| format!("disconnecting nbd{}: {e}", exposed.nbd_index))?;
             let _ = exposed.server.join();
-            let _ = exposed.kernel.join();
             let detail = format!(
                 "seconds={:.1} device={loop_dev}",
                 started.elapsed().as_secs_f64()
@@ -357,9 +359,10 @@ fn report(req: &Request, stage: &str, detail: &str) {
 /// The devices the kernel reads the root through, and the threads that serve them.
 struct Exposed {
     control: File,
-    nbd_device: Arc<File>,
+    /// The NBD device's index (`/dev/nbdN`).
+    nbd_index: u32,
+    /// Answers the kernel until it disconnects.
     server: std::thread::JoinHandle<()>,
-    kernel: std::thread::JoinHandle<Result<(), String>>,
 }
 
 /// Serve `blocks` on an NBD device, put dm-linear and dm-verity over it, print the verity
@@ -367,18 +370,15 @@ struct Exposed {
 fn expose(req: &Request, blocks: Arc<dyn Blocks>) -> Result<Exposed, String> {
     let image_len = req.image_len();
     let control = verity::control()?;
-    let (nbd_device, nbd_dev, server_end) = attach_nbd(image_len)?;
-    let nbd_device = Arc::new(nbd_device);
+    // The server first: the kernel reads (a partition scan) as soon as the device is
+    // connected.
+    let (nbd_index, nbd_dev, server_end) = attach_nbd(image_len)?;
     let server = std::thread::spawn(move || {
         if let Err(e) = answer(server_end, &*blocks, image_len) {
             eprintln!("diskless: warning: serving the root stopped: {e}");
         }
     });
-    let kernel = {
-        let device = nbd_device.clone();
-        std::thread::spawn(move || nbd::run(&device))
-    };
-    wait_for_size(&nbd_device)?;
+    wait_for_size(&format!("/dev/nbd{nbd_index}"))?;
     let linear = verity::create(
         &control,
         LINEAR_NAME,
@@ -396,52 +396,57 @@ fn expose(req: &Request, blocks: Arc<dyn Blocks>) -> Result<Exposed, String> {
     }
     Ok(Exposed {
         control,
-        nbd_device,
+        nbd_index,
         server,
-        kernel,
     })
 }
 
-/// A free NBD device given one end of a new socketpair, as a disk of `len` bytes: the open
-/// device, its `MAJOR:MINOR`, and the other end for the server.
-fn attach_nbd(len: u64) -> Result<(File, String, UnixStream), String> {
+/// A free NBD device given one end of a new socketpair, as a disk of `len` bytes (by
+/// netlink, [`netlink::connect`]): its index, its `MAJOR:MINOR`, and the other end for the
+/// server.
+fn attach_nbd(len: u64) -> Result<(u32, String, UnixStream), String> {
     // The module was loaded a moment ago: devtmpfs adds its nodes asynchronously.
     crate::loopdev::wait_for_device(std::path::Path::new("/dev/nbd0"))
         .map_err(|e| format!("{e} (is the nbd module loaded?)"))?;
     let mut last = String::new();
-    for n in 0..16 {
-        let path = format!("/dev/nbd{n}");
-        let Ok(device) = OpenOptions::new().read(true).write(true).open(&path) else {
+    for index in 0..16 {
+        let path = format!("/dev/nbd{index}");
+        // Not opened before the connect: an open device has a configuration, and the
+        // kernel refuses to connect it (EBUSY).
+        let Ok(meta) = std::fs::metadata(&path) else {
             continue;
         };
         let (kernel_end, server_end) =
             UnixStream::pair().map_err(|e| format!("creating a socketpair: {e}"))?;
-        match nbd::configure(&device, &kernel_end, len, BLOCK_SIZE) {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&kernel_end);
+        match netlink::connect(index, fd, len, BLOCK_SIZE) {
             Ok(()) => {
-                let rdev = device
-                    .metadata()
-                    .map_err(|e| format!("{path}: {e}"))?
-                    .rdev();
                 // The kernel holds its own reference to the socket now.
                 drop(kernel_end);
+                let rdev = meta.rdev();
                 let dev = format!("{}:{}", libc::major(rdev), libc::minor(rdev));
-                return Ok((device, dev, server_end));
+                return Ok((index, dev, server_end));
             }
-            Err(e) => last = format!("{path}: {e}"),
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                last = format!("{path}: in use ({e})")
+            }
+            Err(e) => return Err(format!("{path}: connecting NBD by netlink: {e}")),
         }
     }
     Err(last)
 }
 
-/// The NBD device gets its size once NBD_DO_IT runs (in its thread).
-fn wait_for_size(device: &File) -> Result<(), String> {
+/// The NBD device has its size once it is connected; checked before dm-linear goes over it
+/// (a device of size 0 would make a table the kernel refuses).
+fn wait_for_size(path: &str) -> Result<(), String> {
+    let device = File::open(path).map_err(|e| format!("{path}: {e}"))?;
     for _ in 0..500 {
-        if nbd::size(device) > 0 {
+        if nbd::size(&device) > 0 {
             return Ok(());
         }
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
-    Err("the NBD device did not start (NBD_DO_IT) within 5 s".into())
+    Err(format!("{path} has no size 5 s after its connect"))
 }
 
 /// Where the server gets the bytes it answers with.
@@ -646,14 +651,19 @@ impl RamCopy {
                     if plan.is_whole() {
                         return ranges.tally;
                     }
+                    let now = Instant::now();
                     let next = match role {
-                        Role::Demand => plan.next_demanded(),
-                        Role::Fill => plan.next_in_order(),
+                        Role::Demand => plan.next_demanded(now).map_or(Fill::Wait, Fill::Chunk),
+                        Role::Fill => plan.next_in_order(now),
                     };
-                    if let Some(c) = next {
-                        break c;
-                    }
-                    plan = self.changed.wait(plan).expect("plan lock");
+                    plan = match next {
+                        Fill::Chunk(c) => break c,
+                        Fill::PauseUntil(until) => {
+                            let pause = until.saturating_duration_since(now);
+                            self.changed.wait_timeout(plan, pause).expect("plan lock").0
+                        }
+                        Fill::Wait => self.changed.wait(plan).expect("plan lock"),
+                    };
                 }
             };
             let range = self.plan.lock().expect("plan lock").range(chunk);
@@ -664,13 +674,13 @@ impl RamCopy {
             let mut plan = self.plan.lock().expect("plan lock");
             let present = match self.file.write_all_at(&data, range.start) {
                 Ok(()) => {
-                    plan.done(chunk);
+                    plan.done(chunk, Instant::now());
                     Some(plan.present_bytes())
                 }
                 Err(e) => {
                     // tmpfs was sized for the image above; this is not expected.
                     eprintln!("diskless: warning: writing the RAM copy: {e}");
-                    plan.failed(chunk);
+                    plan.failed(chunk, Instant::now());
                     None
                 }
             };

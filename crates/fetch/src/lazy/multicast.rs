@@ -157,7 +157,7 @@ impl Target for CopyTarget<'_> {
             let chunk = plan.range(c);
             let mut blocks = chunk.start / size..chunk.end.div_ceil(size);
             if plan.is_missing(&chunk) && blocks.all(|b| self.checked[b as usize]) {
-                plan.done(c);
+                plan.done(c, std::time::Instant::now());
                 self.bytes += chunk.end - chunk.start;
             }
         }
@@ -253,7 +253,7 @@ mod tests {
         {
             let mut plan = s.copy.plan.lock().unwrap();
             assert!(!plan.demand(300_000..300_001));
-            assert_eq!(plan.next_demanded(), Some(1));
+            assert_eq!(plan.next_demanded(std::time::Instant::now()), Some(1));
         }
         let chunk = super::super::plan::CHUNK;
         let by_session = session(&s, &s.image, 2, true);
@@ -273,7 +273,11 @@ mod tests {
             .file
             .write_all_at(&s.image[range.clone()], chunk)
             .unwrap();
-        s.copy.plan.lock().unwrap().done(1);
+        s.copy
+            .plan
+            .lock()
+            .unwrap()
+            .done(1, std::time::Instant::now());
         assert!(s.copy.plan.lock().unwrap().is_whole());
         let mut copy = vec![0u8; s.image.len()];
         s.copy.file.read_exact_at(&mut copy, 0).unwrap();

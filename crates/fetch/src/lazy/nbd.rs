@@ -1,11 +1,11 @@
 //! The kernel's NBD device driven over a socketpair: the wire format of its requests and
-//! replies (sans-IO, below) and the ioctls that hand it the socket.
+//! replies (sans-IO, below); [`super::netlink`] hands it the socket.
 //!
 //! Why NBD and not ublk: the block device has to exist in Debian 12's kernel (6.1) as well
 //! as Debian 13's (6.12); ublk is built only in 6.12 (`CONFIG_BLK_DEV_UBLK` is unset in
-//! 6.1's config), NBD in both (`CONFIG_BLK_DEV_NBD=m`). Configured by ioctls, as nbd-client
-//! does with `-nonetlink`, the driver needs no handshake: the helper holds both ends of a
-//! Unix socketpair, gives one to the kernel (NBD_SET_SOCK) and answers on the other.
+//! 6.1's config), NBD in both (`CONFIG_BLK_DEV_NBD=m`). Configured by the kernel's netlink
+//! interface, the driver needs no handshake: the helper holds both ends of a Unix
+//! socketpair, gives one to the kernel (NBD_CMD_CONNECT) and answers on the other.
 //!
 //! The transmission format is the protocol's (nbd's doc/proto.md, "Transmission phase";
 //! include/uapi/linux/nbd.h), all numbers big-endian:
@@ -136,70 +136,10 @@ pub fn refusal(request: &Request, size: u64) -> Option<u32> {
     }
 }
 
-// include/uapi/linux/nbd.h: _IO(0xab, n).
-const NBD_SET_SOCK: libc::c_ulong = 0xab00;
-const NBD_SET_BLKSIZE: libc::c_ulong = 0xab01;
-const NBD_DO_IT: libc::c_ulong = 0xab03;
-const NBD_CLEAR_SOCK: libc::c_ulong = 0xab04;
-const NBD_SET_SIZE_BLOCKS: libc::c_ulong = 0xab07;
-const NBD_DISCONNECT: libc::c_ulong = 0xab08;
-const NBD_SET_FLAGS: libc::c_ulong = 0xab0a;
-/// nbd.h: NBD_FLAG_HAS_FLAGS | NBD_FLAG_READ_ONLY (the kernel sets the disk read-only).
-const FLAGS_READ_ONLY: libc::c_ulong = (1 << 0) | (1 << 1);
 /// BLKGETSIZE64: _IOR(0x12, 114, size_t).
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 
-fn nbd_ioctl(
-    device: &File,
-    request: libc::c_ulong,
-    arg: libc::c_ulong,
-    what: &str,
-) -> Result<(), String> {
-    // SAFETY: the NBD ioctls take an integer argument (or none) on a valid fd.
-    if unsafe { libc::ioctl(device.as_raw_fd(), request as _, arg) } < 0 {
-        return Err(format!("{what}: {}", std::io::Error::last_os_error()));
-    }
-    Ok(())
-}
-
-/// Give `socket` to the NBD device `device` as a read-only disk of `size` bytes in
-/// `block_size` blocks. The disk appears once [`run`] is called (in its own thread).
-pub fn configure(
-    device: &File,
-    socket: &impl AsRawFd,
-    size: u64,
-    block_size: u64,
-) -> Result<(), String> {
-    nbd_ioctl(device, NBD_SET_BLKSIZE, block_size as _, "NBD_SET_BLKSIZE")?;
-    nbd_ioctl(
-        device,
-        NBD_SET_SIZE_BLOCKS,
-        (size / block_size) as _,
-        "NBD_SET_SIZE_BLOCKS",
-    )?;
-    nbd_ioctl(device, NBD_SET_FLAGS, FLAGS_READ_ONLY, "NBD_SET_FLAGS")?;
-    nbd_ioctl(
-        device,
-        NBD_SET_SOCK,
-        socket.as_raw_fd() as _,
-        "NBD_SET_SOCK (is the device in use?)",
-    )
-}
-
-/// NBD_DO_IT: the kernel serves the disk until it is disconnected; blocks until then.
-pub fn run(device: &File) -> Result<(), String> {
-    let result = nbd_ioctl(device, NBD_DO_IT, 0, "NBD_DO_IT");
-    // Whatever ended it, the socket is released so the device can be used again.
-    let _ = nbd_ioctl(device, NBD_CLEAR_SOCK, 0, "NBD_CLEAR_SOCK");
-    result
-}
-
-/// Ask the kernel to disconnect: it sends NBD_CMD_DISC and [`run`] returns.
-pub fn disconnect(device: &File) -> Result<(), String> {
-    nbd_ioctl(device, NBD_DISCONNECT, 0, "NBD_DISCONNECT")
-}
-
-/// The device's size as the kernel sees it (0 until [`run`] started it).
+/// The device's size as the kernel sees it (0 until it is connected).
 pub fn size(device: &File) -> u64 {
     let mut size: u64 = 0;
     // SAFETY: BLKGETSIZE64 writes one u64.
