@@ -408,7 +408,7 @@ fn attach_nbd(len: u64) -> Result<(u32, String, UnixStream), String> {
     // The module was loaded a moment ago: devtmpfs adds its nodes asynchronously.
     crate::loopdev::wait_for_device(std::path::Path::new("/dev/nbd0"))
         .map_err(|e| format!("{e} (is the nbd module loaded?)"))?;
-    let mut last = String::new();
+    let mut last = "no /dev/nbd0 to /dev/nbd15 to connect".to_string();
     for index in 0..16 {
         let path = format!("/dev/nbd{index}");
         // Not opened before the connect: an open device has a configuration, and the

@@ -193,13 +193,18 @@ impl Plan {
     #[cfg(test)]
     pub fn next(&mut self) -> Option<u64> {
         let now = Instant::now();
-        self.next_demanded(now).or_else(|| {
-            self.fill_from = None;
-            match self.next_in_order(now) {
-                Fill::Chunk(c) => Some(c),
-                Fill::PauseUntil(_) | Fill::Wait => None,
-            }
-        })
+        self.next_demanded(now)
+            .or_else(|| self.next_fill_unpaused(now))
+    }
+
+    /// The fill's next chunk at `now`, its quiet spell after a demand aside.
+    #[cfg(test)]
+    pub fn next_fill_unpaused(&mut self, now: Instant) -> Option<u64> {
+        self.fill_from = None;
+        match self.next_in_order(now) {
+            Fill::Chunk(c) => Some(c),
+            Fill::PauseUntil(_) | Fill::Wait => None,
+        }
     }
 
     /// A demanded chunk is no longer being fetched at `now`: the fill's quiet spell starts.
@@ -268,15 +273,6 @@ mod tests {
         Instant::now()
     }
 
-    /// The fill's next chunk, its pauses aside.
-    fn next_fill(p: &mut Plan) -> Option<u64> {
-        p.fill_from = None;
-        match p.next_in_order(now()) {
-            Fill::Chunk(c) => Some(c),
-            Fill::PauseUntil(_) | Fill::Wait => None,
-        }
-    }
-
     #[test]
     fn the_fill_goes_in_order() {
         let mut p = Plan::new(10, 4);
@@ -330,14 +326,14 @@ mod tests {
     fn demands_and_the_fill_can_be_taken_apart() {
         let mut p = Plan::new(16, 4);
         assert_eq!(p.next_demanded(now()), None);
-        assert_eq!(next_fill(&mut p), Some(0));
+        assert_eq!(p.next_fill_unpaused(now()), Some(0));
         assert!(!p.demand(8..9));
         assert_eq!(p.next_demanded(now()), Some(2));
         assert_eq!(p.next_demanded(now()), None);
         p.done(2, now());
         // The fill skips what a demand took.
-        assert_eq!(next_fill(&mut p), Some(1));
-        assert_eq!(next_fill(&mut p), Some(3));
+        assert_eq!(p.next_fill_unpaused(now()), Some(1));
+        assert_eq!(p.next_fill_unpaused(now()), Some(3));
         assert_eq!(p.demanded_bytes, 4);
     }
 
